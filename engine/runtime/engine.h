@@ -1,0 +1,149 @@
+// Engine: one loaded model (plus optional MTP block), its tokenizer and a backend,
+// and the generation API the CLI, the server and the benchmark drive.
+//
+// A Session is one backend sequence plus the token history its state holds. A
+// request whose prompt extends a session's tokens reuses that state: only the new
+// suffix is prefilled. A prompt that diverges truncates the session back to the
+// longest common prefix (when the backend can roll back that far) or resets it.
+//
+// generate() prefills the prompt in chunks, then samples one token per step until
+// EOS, a stop string, max_tokens, cancellation or the sink asking to stop. The sink
+// receives text deltas that never end inside a UTF-8 character and never contain
+// text that could still turn out to be part of a stop string; the ids of tokens
+// whose text is held back ride with the next delta.
+//
+// Thread-safety: an Engine and its Sessions are driven by ONE worker thread (the
+// backend is single-threaded). Other threads may only set a request's cancel flag.
+// Several Sessions may exist at once; each holds its own backend sequence. A
+// Session must not outlive the Engine that created it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "runtime/backend.h"
+#include "runtime/sampler.h"
+
+namespace ds4 {
+
+class Model;
+class Tokenizer;
+struct ModelConfig;
+
+// CUDA when this build has it and a GPU is present, else the CPU.
+BackendKind default_backend_kind();
+
+struct EngineOptions {
+  std::string model_path;            // main GGUF
+  std::string mtp_path;              // optional MTP GGUF ("" = none)
+  BackendKind backend = default_backend_kind();
+  int32_t ctx = 32768;               // tokens per session (prompt + generated)
+  int threads = 0;                   // CPU threads; 0 = all cores
+  int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = MTP off)
+  bool qat = true;                   // FP8 KV / FP4 indexer round trips (the real model)
+  int32_t prefill_chunk = 512;       // prompt tokens per forward() call
+};
+
+// Why a generation ended.
+enum class FinishReason {
+  kStop,       // EOS sampled or a stop string matched
+  kLength,     // max_tokens reached (or the context is full)
+  kCancelled,  // the cancel flag was set or the sink returned false
+};
+std::string_view finish_reason_name(FinishReason reason);  // "stop" | "length" | "cancelled"
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt;        // the whole prompt (token ids), BOS included
+  SamplerParams sampling;             // temperature, top_p, top_k, min_p, seed
+  int32_t max_tokens = -1;            // generated tokens at most; -1 = up to the context end
+  std::vector<std::string> stop;      // stop strings (cut at the earliest match)
+  const std::atomic<bool>* cancel = nullptr;  // set from any thread to stop early
+};
+
+// One streamed piece of output. `token_ids` are the sampled ids released with this
+// delta (usually one; more when earlier tokens' bytes were held back, none only in
+// the final flush after a stop-string cut). `text` is UTF-8 complete.
+struct TokenDelta {
+  std::span<const int32_t> token_ids;
+  std::string_view text;
+};
+// Returns false to stop the generation (finish reason kCancelled).
+using TokenSink = std::function<bool(const TokenDelta&)>;
+
+struct GenerateResult {
+  int32_t prompt_tokens = 0;      // the whole prompt, reused part included
+  int32_t reused_tokens = 0;      // prompt tokens whose state was kept from before
+  int32_t completion_tokens = 0;  // sampled tokens (EOS counted, never emitted as text)
+  FinishReason finish_reason = FinishReason::kStop;
+  std::string text;               // everything delivered to the sink, concatenated
+  double prefill_seconds = 0;     // prefill of the new prompt suffix
+  double ttft_seconds = 0;        // generate() start to the first sampled token
+  double decode_seconds = 0;      // first sampled token to the last one
+  // Prefill speed over the prefilled suffix; decode speed as llama-benchy defines it,
+  // (N - 1) / (t_last - t_first). Both 0 when undefined.
+  double prefill_tokens_per_second() const;
+  double decode_tokens_per_second() const;
+};
+
+class Engine;
+
+// One sequence of the backend and the tokens its state holds. Create with
+// Engine::new_session(); movable, not copyable.
+class Session {
+ public:
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  int32_t size() const { return static_cast<int32_t>(tokens_.size()); }
+  // Forgets everything (the next request prefills from token zero).
+  Status reset();
+
+ private:
+  friend class Engine;
+  Session(Backend* backend, SeqId seq) : backend_(backend), seq_(seq) {}
+  Backend* backend_;
+  SeqId seq_;
+  std::vector<int32_t> tokens_;   // tokens whose state the backend sequence holds
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> Load(const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Tokenizer& tokenizer() const;
+  const ModelConfig& config() const;
+  const Model& model() const { return *model_; }
+  Backend& backend() { return *backend_; }
+  const EngineOptions& options() const { return options_; }
+  int32_t ctx_size() const { return options_.ctx; }
+
+  Result<std::unique_ptr<Session>> new_session();
+
+  // Runs one request on `session` (see the file comment). Errors: context overflow
+  // (prompt + max_tokens beyond ctx_size(), with the numbers), an empty prompt, or a
+  // backend failure; on error the session is reset.
+  Result<GenerateResult> generate(Session& session, const GenerateRequest& request,
+                                  const TokenSink& sink);
+
+ private:
+  Engine(EngineOptions options, std::unique_ptr<Model> model,
+         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Backend> backend);
+  EngineOptions options_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Backend> backend_;
+};
+
+}  // namespace ds4
