@@ -77,7 +77,9 @@ class GgufFile {
 
   // Typed getters: a missing key or a value of an incompatible type is an error
   // that names the key and both types. Integer getters accept any integer type
-  // whose value fits; get_f32 accepts FLOAT32/FLOAT64.
+  // whose value fits; get_f32 accepts FLOAT32/FLOAT64 and, as ds4 does for its float
+  // keys (GGUF.md §4.1), integer values. Array getters: get_i64_array takes arrays of
+  // any integer type, get_f32_array arrays of floats or integers.
   Status get_u32(std::string_view key, uint32_t* out) const;
   Status get_u64(std::string_view key, uint64_t* out) const;
   Status get_i64(std::string_view key, int64_t* out) const;
