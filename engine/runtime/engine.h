@@ -80,14 +80,15 @@ using TokenSink = std::function<bool(const TokenDelta&)>;
 struct GenerateResult {
   int32_t prompt_tokens = 0;      // the whole prompt, reused part included
   int32_t reused_tokens = 0;      // prompt tokens whose state was kept from before
-  int32_t completion_tokens = 0;  // sampled tokens (EOS counted, never emitted as text)
+  int32_t completion_tokens = 0;  // tokens delivered to the sink (EOS is not counted)
   FinishReason finish_reason = FinishReason::kStop;
+  std::vector<int32_t> output_ids;  // every sampled id in order, a final EOS included
   std::string text;               // everything delivered to the sink, concatenated
   double prefill_seconds = 0;     // prefill of the new prompt suffix
   double ttft_seconds = 0;        // generate() start to the first sampled token
   double decode_seconds = 0;      // first sampled token to the last one
   // Prefill speed over the prefilled suffix; decode speed as llama-benchy defines it,
-  // (N - 1) / (t_last - t_first). Both 0 when undefined.
+  // (N - 1) / (t_last - t_first) over the N sampled ids. Both 0 when undefined.
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;
 };
@@ -95,7 +96,7 @@ struct GenerateResult {
 class Engine;
 
 // One sequence of the backend and the tokens its state holds. Create with
-// Engine::new_session(); movable, not copyable.
+// Engine::new_session(); not copyable.
 class Session {
  public:
   ~Session();
@@ -132,8 +133,10 @@ class Engine {
   Result<std::unique_ptr<Session>> new_session();
 
   // Runs one request on `session` (see the file comment). Errors: context overflow
-  // (prompt + max_tokens beyond ctx_size(), with the numbers), an empty prompt, or a
-  // backend failure; on error the session is reset.
+  // (prompt + max_tokens beyond ctx_size(), with the numbers), an empty prompt, an id
+  // outside the vocabulary, or a backend failure. The session always stays consistent:
+  // its tokens() are exactly what the backend state holds (after an error or a
+  // cancel, the part of the prompt that was fed).
   Result<GenerateResult> generate(Session& session, const GenerateRequest& request,
                                   const TokenSink& sink);
 

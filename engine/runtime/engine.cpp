@@ -1,0 +1,235 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "model/model.h"
+#include "runtime/generator.h"
+#include "text/tokenizer.h"
+
+namespace ds4 {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+bool is_cancelled(const std::atomic<bool>* cancel) {
+  return cancel != nullptr && cancel->load(std::memory_order_relaxed);
+}
+
+size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return i;
+}
+
+}  // namespace
+
+BackendKind default_backend_kind() {
+  return cuda_available() ? BackendKind::kCuda : BackendKind::kCpu;
+}
+
+std::string_view finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+double GenerateResult::prefill_tokens_per_second() const {
+  const int32_t prefilled = prompt_tokens - reused_tokens;
+  return prefill_seconds > 0 && prefilled > 0 ? prefilled / prefill_seconds : 0.0;
+}
+
+double GenerateResult::decode_tokens_per_second() const {
+  const size_t n = output_ids.size();
+  return decode_seconds > 0 && n > 1 ? static_cast<double>(n - 1) / decode_seconds : 0.0;
+}
+
+// ---------------------------------------------------------------------------------
+// Session
+
+Session::~Session() {
+  if (backend_ != nullptr) backend_->free_sequence(seq_);
+}
+
+Status Session::reset() {
+  tokens_.clear();
+  return backend_->truncate(seq_, 0).wrap("session reset");
+}
+
+// ---------------------------------------------------------------------------------
+// Engine
+
+Engine::Engine(EngineOptions options, std::unique_ptr<Model> model,
+               std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Backend> backend)
+    : options_(std::move(options)),
+      model_(std::move(model)),
+      tokenizer_(std::move(tokenizer)),
+      backend_(std::move(backend)) {}
+
+Engine::~Engine() = default;
+
+const Tokenizer& Engine::tokenizer() const { return *tokenizer_; }
+const ModelConfig& Engine::config() const { return model_->config(); }
+
+Result<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
+  if (options.ctx <= 0) {
+    return Status::Error("engine: context size must be positive, got " + std::to_string(options.ctx));
+  }
+  if (options.prefill_chunk <= 0) {
+    return Status::Error("engine: prefill chunk must be positive, got " +
+                         std::to_string(options.prefill_chunk));
+  }
+  if (options.mtp_draft < 0) {
+    return Status::Error("engine: MTP draft count must be >= 0, got " + std::to_string(options.mtp_draft));
+  }
+  auto model = Model::Load(options.model_path);
+  if (!model.ok()) return model.status();
+  if (!options.mtp_path.empty()) {
+    DS4_RETURN_IF_ERROR((*model)->load_mtp(options.mtp_path));
+  }
+  auto tokenizer = Tokenizer::FromGguf((*model)->gguf());
+  if (!tokenizer.ok()) return tokenizer.status().wrap(options.model_path);
+
+  BackendOptions backend_options;
+  backend_options.threads = options.threads;
+  backend_options.qat = options.qat;
+  backend_options.max_batch = options.prefill_chunk;
+  auto backend = make_backend(**model, options.backend, backend_options);
+  if (!backend.ok()) return backend.status();
+
+  return std::unique_ptr<Engine>(
+      new Engine(options, std::move(*model),
+                 std::make_unique<Tokenizer>(std::move(*tokenizer)), std::move(*backend)));
+}
+
+Result<std::unique_ptr<Session>> Engine::new_session() {
+  auto seq = backend_->new_sequence(options_.ctx);
+  if (!seq.ok()) return seq.status();
+  return std::unique_ptr<Session>(new Session(backend_.get(), *seq));
+}
+
+// Brings the session's backend state to a prefix of `prompt`, keeping as much as
+// the backend can; returns how many prompt tokens are already in the state. At
+// least one prompt token is always left to prefill (its logits start decoding).
+static Result<int32_t> reuse_prefix(Backend& backend, SeqId seq, std::vector<int32_t>* held,
+                                    const std::vector<int32_t>& prompt) {
+  size_t keep = common_prefix(*held, prompt);
+  if (keep == prompt.size()) keep = prompt.size() - 1;
+  if (keep == held->size()) return static_cast<int32_t>(keep);
+  const size_t rollback_limit =
+      held->size() > static_cast<size_t>(Backend::kMaxRollback) ? held->size() - Backend::kMaxRollback : 0;
+  if (keep < rollback_limit) keep = 0;
+  DS4_RETURN_IF_ERROR(backend.truncate(seq, static_cast<int32_t>(keep)));
+  held->resize(keep);
+  return static_cast<int32_t>(keep);
+}
+
+Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest& request,
+                                        const TokenSink& sink) {
+  const auto start = Clock::now();
+  const int32_t n_prompt = static_cast<int32_t>(request.prompt.size());
+  if (n_prompt == 0) return Status::Error("generate: the prompt is empty");
+  const int32_t vocab = tokenizer_->vocab_size();
+  for (int32_t i = 0; i < n_prompt; ++i) {
+    if (request.prompt[i] < 0 || request.prompt[i] >= vocab) {
+      return Status::Error("generate: prompt token " + std::to_string(i) + " has id " +
+                           std::to_string(request.prompt[i]) + ", outside the vocabulary [0, " +
+                           std::to_string(vocab) + ")");
+    }
+  }
+  const int32_t ctx = options_.ctx;
+  const int32_t max_tokens = request.max_tokens < 0 ? ctx - n_prompt : request.max_tokens;
+  if (n_prompt + static_cast<int64_t>(max_tokens) > ctx) {
+    return Status::Error("context overflow: prompt of " + std::to_string(n_prompt) +
+                         " tokens + max_tokens " + std::to_string(max_tokens) + " = " +
+                         std::to_string(n_prompt + static_cast<int64_t>(max_tokens)) +
+                         " exceeds the context size of " + std::to_string(ctx) + " tokens");
+  }
+
+  GenerateResult result;
+  result.prompt_tokens = n_prompt;
+  auto reused = reuse_prefix(*backend_, session.seq_, &session.tokens_, request.prompt);
+  if (!reused.ok()) return reused.status();
+  result.reused_tokens = *reused;
+
+  // Prefill the new suffix.
+  std::vector<float> logits;
+  const std::span<const int32_t> suffix(request.prompt.data() + *reused, n_prompt - *reused);
+  size_t fed = 0;
+  const Status prefill = prefill_tokens(*backend_, session.seq_, suffix, *reused,
+                                        options_.prefill_chunk, &logits, request.cancel, &fed);
+  session.tokens_.insert(session.tokens_.end(), suffix.begin(), suffix.begin() + fed);
+  if (!prefill.ok()) return prefill;
+  const auto prefill_end = Clock::now();
+  result.prefill_seconds = seconds_between(start, prefill_end);
+  if (fed < suffix.size()) {
+    result.finish_reason = FinishReason::kCancelled;
+    return result;
+  }
+
+  // Decode.
+  Sampler sampler(request.sampling);
+  OutputStream output(*tokenizer_, request.stop);
+  const int32_t eos = tokenizer_->eos();
+  Clock::time_point first_token_time{}, last_token_time{};
+  result.finish_reason = FinishReason::kLength;
+  bool sink_open = true;
+  auto deliver = [&](OutputStream::Piece piece) {
+    if (piece.empty()) return;
+    result.text += piece.text;
+    if (sink_open && sink) {
+      TokenDelta delta{piece.token_ids, piece.text};
+      if (!sink(delta)) sink_open = false;
+    }
+  };
+
+  for (int32_t step = 0; step < max_tokens; ++step) {
+    if (is_cancelled(request.cancel) || !sink_open) {
+      result.finish_reason = FinishReason::kCancelled;
+      break;
+    }
+    if (step > 0) {
+      const int32_t last = result.output_ids.back();
+      DS4_RETURN_IF_ERROR(decode_token(*backend_, session.seq_, last, session.size(), &logits));
+      session.tokens_.push_back(last);
+    }
+    const int32_t token = sampler.sample(logits);
+    last_token_time = Clock::now();
+    if (step == 0) first_token_time = last_token_time;
+    result.output_ids.push_back(token);
+    if (token == eos) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    ++result.completion_tokens;
+    deliver(output.push(token));
+    if (output.stopped()) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    if (!sink_open) {
+      result.finish_reason = FinishReason::kCancelled;
+      break;
+    }
+  }
+  deliver(output.finish());
+
+  if (!result.output_ids.empty()) {
+    result.ttft_seconds = seconds_between(start, first_token_time);
+    result.decode_seconds = seconds_between(first_token_time, last_token_time);
+  }
+  return result;
+}
+
+}  // namespace ds4
