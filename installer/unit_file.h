@@ -4,7 +4,8 @@
 //
 // Rendering rules: every {{NAME}} must have a value in UnitValues (an unknown name is an
 // error naming it and its line); a line whose placeholders all render empty is left out
-// (e.g. SupplementaryGroups when the host has no video/render group).
+// (e.g. SupplementaryGroups when the host has no video/render group); comment lines
+// ('#' or ';' first) are copied as written.
 //
 // Thread-safety: pure functions.
 #pragma once
