@@ -298,11 +298,8 @@ Status GgufFile::parse(std::span<const uint8_t> bytes) {
   DS4_RETURN_IF_ERROR(c.Read("metadata count", &kv_count));
   if (kv_count > c.remaining() / kMinKvBytes) {
     return Status::Error("metadata count " + Str(kv_count) + " cannot fit in the " +
-                         Str(c.remaining()) + " bytes left in the file");
-  }
-  if (tensor_count > c.remaining() / kMinTensorInfoBytes) {
-    return Status::Error("tensor count " + Str(tensor_count) + " cannot fit in the " +
-                         Str(c.remaining()) + " bytes left in the file");
+                         Str(c.remaining()) + " bytes left in the file (truncated file or "
+                         "corrupt count)");
   }
 
   // Metadata.
@@ -335,6 +332,11 @@ Status GgufFile::parse(std::span<const uint8_t> bytes) {
   }
 
   // Tensor table.
+  if (tensor_count > c.remaining() / kMinTensorInfoBytes) {
+    return Status::Error("tensor count " + Str(tensor_count) + " cannot fit in the " +
+                         Str(c.remaining()) + " bytes left after the metadata (truncated file "
+                         "or corrupt count)");
+  }
   tensors_.reserve(tensor_count);
   for (uint64_t k = 0; k < tensor_count; ++k) {
     GgufTensor t;
