@@ -120,6 +120,12 @@ std::string CurrentBinDir(const std::string& prefix) {
   return (fs::path(prefix) / "current" / "bin").string();
 }
 
+std::string CurrentEngineVersion(const std::string& prefix) {
+  std::string target = LinkTarget(fs::path(prefix) / "current");
+  if (target.empty() || !IsCompleteVersion(fs::path(prefix) / target)) return "";
+  return fs::path(target).filename().string();
+}
+
 Result<std::string> EngineVersion(const BuildRequest& request) {
   const fs::path source(request.source_dir);
   std::error_code ec;

@@ -57,4 +57,7 @@ Status BuildStage(Context& context);
 // "<prefix>/current/bin" and the like.
 std::string CurrentBinDir(const std::string& prefix);
 
+// The version <prefix>/current points at; "" when no engine is installed there.
+std::string CurrentEngineVersion(const std::string& prefix);
+
 }  // namespace ds4setup

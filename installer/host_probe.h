@@ -55,7 +55,8 @@ std::string ParseNvccVersion(const std::string& nvcc_output);   // "" when not f
 uint64_t ParseMemTotalBytes(const std::string& meminfo);        // 0 when not found
 
 // The profile that matches: `forced` when set (must exist), else the first profile
-// whose arch, GPU name and compute capability match (demo is never auto-picked).
+// whose GPU name and compute capability match (the arch is then
+// checked by the doctor, so a wrong arch gets its own message) (demo is never auto-picked).
 // Unknown hosts get an error listing the profiles and how to force one.
 Result<HostProfile> ChooseProfile(const HostFacts& facts, const HostProfiles& profiles,
                                   const std::string& forced);

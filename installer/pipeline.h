@@ -8,6 +8,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,8 @@
 #include "ui.h"
 
 namespace ds4setup {
+
+class DirLock;
 
 // Process exit codes of ds4-setup (documented in docs/installer.md).
 enum ExitCode : int {
@@ -48,6 +51,9 @@ struct Context {
   std::string mtp_path;                  // verified draft model ("" without --with-mtp)
   std::string bin_dir;                   // built engine programs, set by build
   int exit_code = kExitFailure;          // a failing stage sets the code to exit with
+  bool stop = false;                     // a stage sets it to end the run early, successfully
+                                         // (--dry-run after the plan)
+  std::shared_ptr<DirLock> models_lock;  // held from fetch to the end of the run
 };
 
 struct Stage {
@@ -59,11 +65,12 @@ struct Stage {
 // the plan and the later stages are not run.
 std::vector<Stage> InstallStages();
 
-// Runs `stages` in order; returns the process exit code (kExitOk when all passed).
+// Runs `stages` in order; returns the process exit code (kExitOk when all passed or a
+// stage set `stop`).
 int RunStages(const std::vector<Stage>& stages, Context& context);
 
-// Stages, exposed so that subcommands can reuse them (download = probe-less
-// plan + fetch + verify).
+// Stages, exposed so that subcommands can reuse them (download = plan + fetch +
+// verify, without the host checks).
 Status ProbeStage(Context& context);
 Status PlanStage(Context& context);
 Status FetchStage(Context& context);
