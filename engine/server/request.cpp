@@ -1,5 +1,6 @@
 #include "server/request.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -56,73 +57,9 @@ FieldError read_integer(const Json& object, const char* key, std::optional<int64
   return type_error(key, "an integer");
 }
 
-// Message content: a string, null, or an array of {"type": "text", "text": ...} parts.
-FieldError read_content(const Json& message, const std::string& where, std::string* out) {
-  if (is_absent(message, "content")) return std::nullopt;
-  const Json& content = message.at("content");
-  if (content.is_string()) {
-    *out = content.get<std::string>();
-    return std::nullopt;
-  }
-  const std::string field = where + ".content";
-  if (!content.is_array()) return type_error(field, "a string or an array of text parts");
-  for (size_t i = 0; i < content.size(); ++i) {
-    const Json& part = content[i];
-    const std::string part_field = field + "[" + std::to_string(i) + "]";
-    if (!part.is_object()) return type_error(part_field, "an object");
-    auto type = part.find("type");
-    if (type == part.end() || !type->is_string()) {
-      return type_error(part_field + ".type", "a string");
-    }
-    if (*type != "text") {
-      return bad_request("'" + part_field + ".type' is \"" + type->get<std::string>() +
-                             "\"; only text content is supported",
-                         part_field + ".type");
-    }
-    auto text = part.find("text");
-    if (text == part.end() || !text->is_string()) {
-      return type_error(part_field + ".text", "a string");
-    }
-    out->append(text->get<std::string>());
-  }
-  return std::nullopt;
-}
-
-FieldError read_tool_calls(const Json& message, const std::string& where,
-                           std::vector<ToolCallIn>* out) {
-  if (is_absent(message, "tool_calls")) return std::nullopt;
-  const Json& calls = message.at("tool_calls");
-  const std::string field = where + ".tool_calls";
-  if (!calls.is_array()) return type_error(field, "an array");
-  for (size_t i = 0; i < calls.size(); ++i) {
-    const Json& call = calls[i];
-    const std::string call_field = field + "[" + std::to_string(i) + "]";
-    if (!call.is_object()) return type_error(call_field, "an object");
-    ToolCallIn parsed;
-    if (auto id = call.find("id"); id != call.end() && !id->is_null()) {
-      if (!id->is_string()) return type_error(call_field + ".id", "a string");
-      parsed.id = id->get<std::string>();
-    }
-    auto function = call.find("function");
-    if (function == call.end() || !function->is_object()) {
-      return type_error(call_field + ".function", "an object");
-    }
-    auto name = function->find("name");
-    if (name == function->end() || !name->is_string()) {
-      return type_error(call_field + ".function.name", "a string");
-    }
-    parsed.name = name->get<std::string>();
-    if (auto args = function->find("arguments"); args != function->end() && !args->is_null()) {
-      parsed.arguments = args->is_string() ? args->get<std::string>() : args->dump();
-    } else {
-      parsed.arguments = "{}";
-    }
-    out->push_back(std::move(parsed));
-  }
-  return std::nullopt;
-}
-
-FieldError read_messages(const Json& body, std::vector<ChatMessageIn>* out) {
+// The messages array is parsed by the chat encoding (text/chat.h), which knows
+// every role and field; here only its presence and shape are checked first.
+FieldError read_messages(const Json& body, std::vector<Message>* out) {
   if (is_absent(body, "messages")) return bad_request("'messages' is required", "messages");
   const Json& messages = body.at("messages");
   if (!messages.is_array()) return type_error("messages", "an array");
@@ -131,25 +68,12 @@ FieldError read_messages(const Json& body, std::vector<ChatMessageIn>* out) {
     const Json& message = messages[i];
     const std::string where = "messages[" + std::to_string(i) + "]";
     if (!message.is_object()) return type_error(where, "an object");
-    ChatMessageIn parsed;
     auto role = message.find("role");
     if (role == message.end() || !role->is_string()) return type_error(where + ".role", "a string");
-    parsed.role = role->get<std::string>();
-    if (auto error = read_content(message, where, &parsed.content)) return error;
-    for (const char* key : {"reasoning_content", "reasoning"}) {
-      if (is_absent(message, key)) continue;
-      if (!message.at(key).is_string()) return type_error(where + "." + key, "a string");
-      if (parsed.reasoning_content.empty()) parsed.reasoning_content = message.at(key).get<std::string>();
-    }
-    if (auto error = read_tool_calls(message, where, &parsed.tool_calls)) return error;
-    for (auto [key, target] : {std::pair{"tool_call_id", &parsed.tool_call_id},
-                               std::pair{"name", &parsed.name}}) {
-      if (is_absent(message, key)) continue;
-      if (!message.at(key).is_string()) return type_error(where + "." + key, "a string");
-      *target = message.at(key).get<std::string>();
-    }
-    out->push_back(std::move(parsed));
   }
+  Result<std::vector<Message>> parsed = messages_from_json(messages.dump());
+  if (!parsed.ok()) return bad_request(parsed.status().message(), "messages");
+  *out = std::move(parsed.value());
   return std::nullopt;
 }
 
@@ -171,23 +95,9 @@ FieldError read_tools(const Json& body, CompletionRequest* request) {
   if (!is_absent(body, "tools")) {
     const Json& tools = body.at("tools");
     if (!tools.is_array()) return type_error("tools", "an array");
-    for (size_t i = 0; i < tools.size(); ++i) {
-      const std::string where = "tools[" + std::to_string(i) + "]";
-      const Json& tool = tools[i];
-      if (!tool.is_object()) return type_error(where, "an object");
-      if (auto type = tool.find("type"); type != tool.end() && *type != "function") {
-        return bad_request("'" + where + ".type' must be \"function\"", where + ".type");
-      }
-      auto function = tool.find("function");
-      if (function == tool.end() || !function->is_object()) {
-        return type_error(where + ".function", "an object");
-      }
-      auto name = function->find("name");
-      if (name == function->end() || !name->is_string() || name->get<std::string>().empty()) {
-        return type_error(where + ".function.name", "a non-empty string");
-      }
-      request->tools.push_back(ToolSpec{name->get<std::string>(), function->dump()});
-    }
+    Result<std::vector<std::string>> parsed = tools_from_json(tools.dump());
+    if (!parsed.ok()) return bad_request(parsed.status().message(), "tools");
+    request->tools = std::move(parsed.value());
   }
   if (is_absent(body, "tool_choice")) return std::nullopt;
   const Json& choice = body.at("tool_choice");

@@ -17,30 +17,9 @@
 #include <vector>
 
 #include "server/api_error.h"
+#include "text/chat.h"
 
 namespace ds4::server {
-
-// A tool call of an assistant message in the history (OpenAI "tool_calls").
-struct ToolCallIn {
-  std::string id;
-  std::string name;
-  std::string arguments;  // the JSON text of the arguments, as the client sent it
-};
-
-struct ChatMessageIn {
-  std::string role;  // system, developer, user, assistant, tool, function, ...
-  std::string content;
-  std::string reasoning_content;  // assistant messages only
-  std::vector<ToolCallIn> tool_calls;
-  std::string tool_call_id;  // tool messages
-  std::string name;
-};
-
-// An OpenAI function tool: {"type": "function", "function": {...}}.
-struct ToolSpec {
-  std::string name;
-  std::string function_json;  // the "function" object, minified, keys in client order
-};
 
 // How the request asks for reasoning (TOKENIZER_AND_CHAT.md §5.2).
 enum class ThinkingRequest {
@@ -64,9 +43,9 @@ enum class Endpoint { kChatCompletions, kCompletions };
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   std::string model;                    // echoed back; any value accepted
-  std::vector<ChatMessageIn> messages;  // chat endpoint
-  std::string prompt;                   // completions endpoint
-  std::vector<ToolSpec> tools;
+  std::vector<Message> messages;  // chat endpoint (parsed by text/chat.h)
+  std::string prompt;             // completions endpoint
+  std::vector<std::string> tools; // JSON text of each OpenAI tool object
   // "auto" (default when tools are given), "none", "required", or a function name.
   std::string tool_choice = "auto";
   ThinkingRequest thinking = ThinkingRequest::kDefault;
