@@ -85,20 +85,25 @@ class DsmlStreamParser {
   bool in_structure() const { return state_ == State::kToolCalls && !in_value_; }
   // Set when the tool-call block is malformed; the stream stops producing events.
   const Status& error() const { return error_; }
+  // Thinking mode: true once the reasoning was closed by </think>.
+  bool reasoning_closed() const { return reasoning_closed_; }
 
  private:
   enum class State { kReasoning, kContent, kToolCalls, kDone };
   void parse_reasoning(std::vector<DsmlEvent>* out, bool final);
   void parse_content(std::vector<DsmlEvent>* out, bool final);
+  void emit_content(std::string_view text, bool final, std::vector<DsmlEvent>* out);
   void parse_tool_calls(std::vector<DsmlEvent>* out);
   void fail(std::string message);
 
   State state_;
   std::string buf_;         // text not yet turned into events
   std::string pending_ws_;  // content whitespace held until we know a block does not follow
+  bool reasoning_started_ = false;
+  bool reasoning_closed_ = false;
   // Tool-call block progress.
-  std::string variant_prefix_;  // marker prefix of the block's variant ("<｜DSML｜", "<DSML｜", "<")
-  std::string close_prefix_;    // closing-tag prefix ("</｜DSML｜", ...)
+  std::string_view open_;   // tag prefix of the block's variant ("<｜DSML｜", "<DSML｜", "<")
+  std::string_view close_;  // closing-tag prefix ("</｜DSML｜", "</DSML｜", "</")
   bool in_invoke_ = false;
   bool in_value_ = false;
   int call_index_ = -1;
