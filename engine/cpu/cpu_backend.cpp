@@ -1,0 +1,128 @@
+#include "cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+
+#include "cpu/forward_pass.h"
+#include "cpu/rope.h"
+#include "cpu/sequence_state.h"
+#include "model/model.h"
+#include "runtime/thread_pool.h"
+
+namespace ds4::cpu {
+
+struct CpuBackend::Impl {
+  Impl(const Model& m, const BackendOptions& o)
+      : model(m), options(o), pool(o.threads), rope_plain(m.config(), false), rope_yarn(m.config(), true) {}
+
+  const Model& model;
+  BackendOptions options;
+  ThreadPool pool;
+  Rope rope_plain;
+  Rope rope_yarn;
+  CpuTrace trace;
+  std::vector<SequenceState> sequences;
+
+  SequenceState* find(SeqId seq) {
+    if (seq < 0 || seq >= static_cast<SeqId>(sequences.size()) || !sequences[seq].in_use) return nullptr;
+    return &sequences[seq];
+  }
+};
+
+CpuBackend::CpuBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CpuBackend::~CpuBackend() = default;
+
+Result<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& model, const BackendOptions& options) {
+  if (options.max_batch <= 0) {
+    return Status::Error("cpu backend: max_batch must be positive, is " + std::to_string(options.max_batch));
+  }
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::make_unique<Impl>(model, options)));
+}
+
+Result<SeqId> CpuBackend::new_sequence(int32_t max_ctx) {
+  if (max_ctx <= 0) return Status::Error("cpu backend: max_ctx must be positive, is " + std::to_string(max_ctx));
+  auto& seqs = impl_->sequences;
+  SeqId id = 0;
+  while (id < static_cast<SeqId>(seqs.size()) && seqs[id].in_use) ++id;
+  if (id == static_cast<SeqId>(seqs.size())) seqs.emplace_back();
+  seqs[id].init(impl_->model.config(), impl_->model.config().compress_ratios, max_ctx, kMaxRollback);
+  return id;
+}
+
+void CpuBackend::free_sequence(SeqId seq) {
+  SequenceState* s = impl_->find(seq);
+  if (s != nullptr) *s = SequenceState{};
+}
+
+int32_t CpuBackend::sequence_length(SeqId seq) const {
+  SequenceState* s = impl_->find(seq);
+  return s == nullptr ? 0 : s->length;
+}
+
+Status CpuBackend::truncate(SeqId seq, int32_t n) {
+  SequenceState* s = impl_->find(seq);
+  if (s == nullptr) return Status::Error("cpu backend: truncate: unknown sequence " + std::to_string(seq));
+  if (n < 0 || n > s->length) {
+    return Status::Error("cpu backend: truncate sequence " + std::to_string(seq) + " to " + std::to_string(n) +
+                         " tokens: it holds " + std::to_string(s->length));
+  }
+  if (n != 0 && n < s->length - kMaxRollback) {
+    return Status::Error("cpu backend: truncate sequence " + std::to_string(seq) + " from " +
+                         std::to_string(s->length) + " to " + std::to_string(n) + " tokens: at most " +
+                         std::to_string(kMaxRollback) + " tokens can be rolled back (or truncate to 0)");
+  }
+  s->length = n;
+  return Status::Ok();
+}
+
+Status CpuBackend::forward(std::span<const BatchToken> batch, ForwardOutput* out) {
+  out->logits.clear();
+  out->hidden.clear();
+  if (batch.empty()) return Status::Ok();
+  const ModelConfig& c = impl_->model.config();
+  if (static_cast<int64_t>(batch.size()) > impl_->options.max_batch) {
+    return Status::Error("cpu backend: batch of " + std::to_string(batch.size()) + " tokens exceeds max_batch " +
+                         std::to_string(impl_->options.max_batch));
+  }
+  // Validate everything before touching any state.
+  std::map<SeqId, size_t> slice_of;
+  std::vector<SequenceSlice> slices;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const BatchToken& t = batch[i];
+    SequenceState* s = impl_->find(t.seq);
+    const std::string where = "cpu backend: batch token " + std::to_string(i);
+    if (s == nullptr) return Status::Error(where + ": unknown sequence " + std::to_string(t.seq));
+    if (t.token < 0 || t.token >= c.vocab) {
+      return Status::Error(where + ": token id " + std::to_string(t.token) + " is outside the vocabulary [0, " +
+                           std::to_string(c.vocab) + ")");
+    }
+    auto it = slice_of.find(t.seq);
+    if (it == slice_of.end()) {
+      it = slice_of.emplace(t.seq, slices.size()).first;
+      slices.push_back(SequenceSlice{s, s->length, {}});
+    }
+    SequenceSlice& slice = slices[it->second];
+    const int32_t expected = slice.start + static_cast<int32_t>(slice.tokens.size());
+    if (t.pos != expected) {
+      return Status::Error(where + ": position " + std::to_string(t.pos) + " of sequence " + std::to_string(t.seq) +
+                           " does not continue it (expected " + std::to_string(expected) + ")");
+    }
+    if (t.pos >= s->max_ctx) {
+      return Status::Error(where + ": position " + std::to_string(t.pos) + " exceeds the context of sequence " +
+                           std::to_string(t.seq) + " (" + std::to_string(s->max_ctx) + " tokens)");
+    }
+    slice.tokens.push_back(static_cast<int32_t>(i));
+  }
+  ForwardContext ctx{impl_->model, impl_->pool, impl_->options.qat, &impl_->trace, impl_->rope_plain,
+                     impl_->rope_yarn};
+  run_forward(ctx, batch, slices, out);
+  for (SequenceSlice& slice : slices) slice.state->length = slice.start + static_cast<int32_t>(slice.tokens.size());
+  return Status::Ok();
+}
+
+void CpuBackend::set_trace(CpuTrace trace) { impl_->trace = std::move(trace); }
+
+int CpuBackend::threads() const { return impl_->pool.size(); }
+
+}  // namespace ds4::cpu
