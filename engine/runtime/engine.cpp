@@ -113,6 +113,13 @@ Result<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
                  std::make_unique<Tokenizer>(std::move(*tokenizer)), std::move(*backend)));
 }
 
+std::unique_ptr<Engine> Engine::FromParts(EngineOptions options, std::unique_ptr<Model> model,
+                                          std::unique_ptr<Tokenizer> tokenizer,
+                                          std::unique_ptr<Backend> backend) {
+  return std::unique_ptr<Engine>(
+      new Engine(std::move(options), std::move(model), std::move(tokenizer), std::move(backend)));
+}
+
 Result<std::unique_ptr<Session>> Engine::new_session() {
   auto seq = backend_->new_sequence(options_.ctx);
   if (!seq.ok()) return seq.status();

@@ -119,6 +119,13 @@ class Session {
 class Engine {
  public:
   static Result<std::unique_ptr<Engine>> Load(const EngineOptions& options);
+  // Assembles an Engine from parts built elsewhere (tests with a scripted backend,
+  // tools with their own backend). `backend` must have been made for `model`; a
+  // scripted test backend may come with a null model (then config() and model() must
+  // not be called).
+  static std::unique_ptr<Engine> FromParts(EngineOptions options, std::unique_ptr<Model> model,
+                                           std::unique_ptr<Tokenizer> tokenizer,
+                                           std::unique_ptr<Backend> backend);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
