@@ -2,7 +2,121 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device_model.h"
+#include "cuda/forward.h"
+#include "model/model.h"
+
 namespace ds4 {
+namespace {
+
+// The Backend over CudaForward: validates batches, keeps sequence lengths, and
+// runs each token of a batch as one graph replay of its sequence.
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(std::unique_ptr<DeviceModel> model, std::unique_ptr<CudaForward> forward,
+              const BackendOptions& options)
+      : model_(std::move(model)), forward_(std::move(forward)), options_(options) {}
+  ~CudaBackend() override {
+    forward_.reset();
+    model_.reset();
+  }
+
+  std::string_view name() const override { return "cuda"; }
+
+  Result<SeqId> new_sequence(int32_t max_ctx) override {
+    Result<int> id = forward_->new_sequence(max_ctx);
+    if (!id.ok()) return id.status();
+    if (static_cast<size_t>(*id) >= lengths_.size()) lengths_.resize(*id + 1, 0);
+    lengths_[*id] = 0;
+    return static_cast<SeqId>(*id);
+  }
+
+  void free_sequence(SeqId seq) override { forward_->free_sequence(seq); }
+
+  int32_t sequence_length(SeqId seq) const override {
+    return forward_->valid(seq) ? lengths_[seq] : 0;
+  }
+
+  Status truncate(SeqId seq, int32_t n) override {
+    if (!forward_->valid(seq)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(seq));
+    const int32_t len = lengths_[seq];
+    if (n < 0 || n > len) {
+      return Status::Error("CUDA backend: cannot truncate sequence " + std::to_string(seq) + " of length " +
+                           std::to_string(len) + " to " + std::to_string(n));
+    }
+    if (n != 0 && n < len - kMaxRollback) {
+      return Status::Error("CUDA backend: truncating sequence " + std::to_string(seq) + " by " +
+                           std::to_string(len - n) + " tokens exceeds the rollback limit of " +
+                           std::to_string(kMaxRollback));
+    }
+    lengths_[seq] = n;
+    return Status::Ok();
+  }
+
+  Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override {
+    DS4_RETURN_IF_ERROR(validate(batch));
+    const ModelConfig& c = model_->config();
+    size_t n_logits = 0, n_hidden = 0;
+    for (const BatchToken& t : batch) {
+      n_logits += t.want_logits;
+      n_hidden += t.want_hidden;
+    }
+    out->logits.assign(n_logits * c.vocab, 0.0f);
+    out->hidden.assign(n_hidden * static_cast<size_t>(c.hc_dim()), 0.0f);
+    std::vector<int32_t> saved = lengths_;
+    size_t li = 0, hi = 0;
+    for (const BatchToken& t : batch) {
+      float* logits = t.want_logits ? out->logits.data() + (li++) * c.vocab : nullptr;
+      float* hidden = t.want_hidden ? out->hidden.data() + (hi++) * c.hc_dim() : nullptr;
+      Status s = forward_->step(t.seq, t.token, t.pos, logits, hidden);
+      if (!s.ok()) {
+        lengths_ = saved;
+        return s;
+      }
+      lengths_[t.seq] = t.pos + 1;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Status validate(std::span<const BatchToken> batch) const {
+    if (static_cast<int32_t>(batch.size()) > options_.max_batch) {
+      return Status::Error("CUDA backend: batch of " + std::to_string(batch.size()) +
+                           " tokens exceeds max_batch " + std::to_string(options_.max_batch));
+    }
+    std::vector<int32_t> next = lengths_;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const BatchToken& t = batch[i];
+      const std::string where = "CUDA backend: batch token " + std::to_string(i) + ": ";
+      if (!forward_->valid(t.seq)) return Status::Error(where + "unknown sequence " + std::to_string(t.seq));
+      if (t.pos != next[t.seq]) {
+        return Status::Error(where + "position " + std::to_string(t.pos) + " does not continue sequence " +
+                             std::to_string(t.seq) + " (expected " + std::to_string(next[t.seq]) + ")");
+      }
+      if (t.pos >= forward_->max_ctx(t.seq)) {
+        return Status::Error(where + "position " + std::to_string(t.pos) + " exceeds the sequence context " +
+                             std::to_string(forward_->max_ctx(t.seq)));
+      }
+      if (t.token < 0 || t.token >= model_->config().vocab) {
+        return Status::Error(where + "token id " + std::to_string(t.token) + " is outside the vocabulary");
+      }
+      next[t.seq] = t.pos + 1;
+    }
+    return Status::Ok();
+  }
+
+  std::unique_ptr<DeviceModel> model_;
+  std::unique_ptr<CudaForward> forward_;
+  BackendOptions options_;
+  std::vector<int32_t> lengths_;
+};
+
+}  // namespace
 
 bool cuda_device_present() {
   int count = 0;
@@ -12,11 +126,20 @@ bool cuda_device_present() {
 
 Result<std::unique_ptr<Backend>> make_cuda_backend(const Model& model,
                                                    const BackendOptions& options) {
-  (void)model;
   if (!cuda_device_present()) {
     return Status::Error("CUDA backend: no CUDA device is present");
   }
-  return Status::Error("CUDA backend: incomplete (forward pass not yet available on the GPU)");
+  DS4_CUDA_TRY(cudaSetDevice(options.device));
+  UploadStats stats;
+  Result<std::unique_ptr<DeviceModel>> dm = upload_model(model, 8, &stats);
+  if (!dm.ok()) return dm.status();
+  std::fprintf(stderr, "ds4: CUDA: %.2f GiB of weights uploaded in %.2f s (%.2f GiB/s)\n",
+               stats.bytes / (1024.0 * 1024.0 * 1024.0), stats.seconds, stats.gib_per_s());
+  Result<std::unique_ptr<CudaForward>> fw = CudaForward::Create(**dm, options.qat);
+  if (!fw.ok()) return fw.status();
+  std::unique_ptr<Backend> backend(
+      new CudaBackend(std::move(dm.value()), std::move(fw.value()), options));
+  return std::move(backend);
 }
 
 }  // namespace ds4

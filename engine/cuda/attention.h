@@ -1,0 +1,44 @@
+// Decode attention on the GPU (spec/MODEL.md §2.5.5): for every head, a softmax with
+// the head's sink logit over the raw window rows and the visible (or indexer-selected)
+// compressed rows, K = V = the stored row, scale 1/sqrt(head_dim), then the inverse
+// RoPE of the output tail at the query position. Counts come from the position in
+// device memory, so the launch is graph-safe.
+//
+// Thread-safety: launches on the caller's stream; no host state.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+
+namespace ds4 {
+
+struct AttentionLaunch {
+  const float* q = nullptr;          // heads x head_dim
+  float* out = nullptr;              // heads x head_dim
+  const float* raw = nullptr;        // ring [ring][head_dim]; position t in slot t % ring
+  int ring = 0;
+  int window = 0;
+  const float* comp = nullptr;       // compressed rows [max_comp_rows][head_dim]
+  int64_t max_comp_rows = 0;
+  int ratio = 0;                     // 0: raw only
+  int topk = 0;                      // ratio 4: indexer top-k
+  const int32_t* selected = nullptr; // ratio 4: indexer selection (used when *active)
+  const int32_t* active = nullptr;   // ratio 4: indexer gate flag
+  const float* sinks = nullptr;      // heads
+  int heads = 0;
+  int head_dim = 0;
+  int rope_dim = 0;
+  const float* rope_freqs = nullptr;
+  const int32_t* pos = nullptr;
+  int max_visible = 0;               // bound on raw + compressed rows (shared memory)
+};
+
+Status launch_attention_decode(const AttentionLaunch& launch, cudaStream_t stream);
+
+// Raises the kernel's shared-memory limit (call once before recording graphs).
+Status attention_init();
+
+}  // namespace ds4

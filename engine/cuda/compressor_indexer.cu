@@ -1,0 +1,223 @@
+#include "cuda/compressor_indexer.h"
+
+#include <algorithm>
+
+#include "cuda/cuda_check.h"
+#include "cuda/row_post.cuh"
+
+namespace ds4 {
+namespace {
+
+using namespace cuda_detail;
+
+constexpr int kSelectThreads = 1024;
+
+__global__ void compressor_kernel(CompressorLaunch p) {
+  extern __shared__ float shared[];
+  float* v = shared;
+  float* scratch = shared + p.d;
+  const int pos = *p.pos;
+  const int coff = p.ratio == 4 ? 2 : 1;
+  const int w = coff * p.d;
+  const int phase = pos % p.ratio;
+  const int slot = pos % p.state_slots;
+  for (int j = threadIdx.x; j < w; j += blockDim.x) {
+    p.state_k[slot * w + j] = p.k[j];
+    p.state_z[slot * w + j] = p.z[j] + p.ape[phase * w + j];
+  }
+  __syncthreads();
+  if ((pos + 1) % p.ratio != 0) return;
+  const int c = (pos + 1) / p.ratio - 1;
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) {
+    // Candidates: (first position, count, channel offset) per half.
+    float mx = -INFINITY;
+    const int halves = coff;
+    for (int half = 0; half < halves; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) {
+        mx = fmaxf(mx, p.state_z[((first + t) % p.state_slots) * w + ch]);
+      }
+    }
+    float sum = 0.0f;
+    for (int half = 0; half < halves; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) {
+        sum += expf(p.state_z[((first + t) % p.state_slots) * w + ch] - mx);
+      }
+    }
+    float pooled = 0.0f;
+    for (int half = 0; half < halves; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) {
+        const int s = ((first + t) % p.state_slots) * w + ch;
+        pooled += expf(p.state_z[s] - mx) / sum * p.state_k[s];
+      }
+    }
+    v[j] = pooled;
+  }
+  __syncthreads();
+  post_process_row(v, p.d, true, p.norm_weight, p.eps, p.rope_dim, p.rope_freqs,
+                   static_cast<float>(c * p.ratio), false, static_cast<int>(p.qat), scratch);
+  if (c >= p.max_rows) return;
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) p.rows[static_cast<int64_t>(c) * p.d + j] = v[j];
+}
+
+__global__ void indexer_gate_kernel(const int32_t* pos, int ratio, int topk, int32_t* flag) {
+  *flag = ((*pos + 1) / ratio) > topk ? 1 : 0;
+}
+
+__global__ void indexer_score_kernel(IndexerLaunch p) {
+  if (!*p.active) return;
+  extern __shared__ float shared[];
+  float* q = shared;
+  float* w = shared + p.heads * p.head_dim;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
+                      static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
+  for (int i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = p.q[i];
+  for (int i = threadIdx.x; i < p.heads; i += blockDim.x) w[i] = p.weights[i] * scale;
+  __syncthreads();
+  const int nc = (*p.pos + 1) / p.ratio;
+  const int lane = threadIdx.x & 31;
+  const int warps = blockDim.x >> 5;
+  for (int64_t c = blockIdx.x * warps + (threadIdx.x >> 5); c < nc && c < p.max_rows;
+       c += static_cast<int64_t>(gridDim.x) * warps) {
+    const float* row = p.rows + c * p.head_dim;
+    float score = 0.0f;
+    for (int h = 0; h < p.heads; ++h) {
+      float d = 0.0f;
+      for (int i = lane; i < p.head_dim; i += 32) d += q[h * p.head_dim + i] * row[i];
+      d = warp_sum(d);
+      score += fmaxf(d, 0.0f) * w[h];
+    }
+    if (lane == 0) p.scores[c] = score;
+  }
+}
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix sum over the block (kSelectThreads values); returns this thread's.
+__device__ int block_exclusive_scan(int v, int* buf) {
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (int off = 1; off < kSelectThreads; off <<= 1) {
+    const int add = threadIdx.x >= off ? buf[threadIdx.x - off] : 0;
+    __syncthreads();
+    buf[threadIdx.x] += add;
+    __syncthreads();
+  }
+  const int inclusive = buf[threadIdx.x];
+  __syncthreads();
+  return inclusive - v;
+}
+
+__global__ void __launch_bounds__(kSelectThreads) indexer_topk_kernel(IndexerLaunch p) {
+  if (!*p.active) return;
+  __shared__ int hist[256];
+  __shared__ int scan_buf[kSelectThreads];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining;
+  int nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+  uint32_t prefix = 0, mask = 0;
+  int remaining = p.topk;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+      const uint32_t key = order_key(p.scores[i]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0;
+      int b = 255;
+      for (; b > 0; --b) {
+        if (above + hist[b] >= remaining) break;
+        above += hist[b];
+      }
+      s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+      s_remaining = remaining - above;
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    remaining = s_remaining;
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  // prefix is the k-th largest key; take every larger key and the first `remaining` equal ones.
+  const int chunk = (nc + kSelectThreads - 1) / kSelectThreads;
+  const int begin = threadIdx.x * chunk;
+  const int end = min(nc, begin + chunk);
+  int gt = 0, eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = order_key(p.scores[i]);
+    gt += key > prefix;
+    eq += key == prefix;
+  }
+  const int eq_before = block_exclusive_scan(eq, scan_buf);
+  const int take_eq = max(0, min(eq, remaining - eq_before));
+  int offset = block_exclusive_scan(gt + take_eq, scan_buf);
+  int taken_eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = order_key(p.scores[i]);
+    if (key > prefix || (key == prefix && taken_eq < take_eq)) {
+      if (key == prefix) ++taken_eq;
+      if (offset < p.topk) p.selected[offset] = i;
+      ++offset;
+    }
+  }
+}
+
+int pow2_threads(int n) {
+  int t = 32;
+  while (t < n && t < 1024) t *= 2;
+  return t;
+}
+
+}  // namespace
+
+Status indexer_init() {
+  static const Status status = cuda_status(
+      cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           96 * 1024),
+      "raising the indexer kernel's shared memory limit");
+  return status;
+}
+
+Status launch_compressor_update(const CompressorLaunch& p, cudaStream_t stream) {
+  if (p.ratio <= 0 || p.d <= 0 || p.state_slots < (p.ratio == 4 ? 8 : p.ratio)) {
+    return Status::Error("compressor: invalid ratio, row length or state size");
+  }
+  const int w = p.d * (p.ratio == 4 ? 2 : 1);
+  const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
+  compressor_kernel<<<1, pow2_threads(w), shared, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "compressor launch");
+}
+
+Status launch_indexer_gate(const int32_t* pos, int ratio, int topk, int32_t* flag,
+                           cudaStream_t stream) {
+  indexer_gate_kernel<<<1, 1, 0, stream>>>(pos, ratio, topk, flag);
+  return cuda_status(cudaGetLastError(), "indexer gate launch");
+}
+
+Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
+  const size_t shared = sizeof(float) * (p.heads * p.head_dim + p.heads);
+  if (shared > 96 * 1024) return Status::Error("indexer: query does not fit in shared memory");
+  DS4_RETURN_IF_ERROR(indexer_init());
+  const int64_t blocks = std::min<int64_t>((p.max_rows + 7) / 8, 1056);
+  indexer_score_kernel<<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), 256, shared, stream>>>(p);
+  DS4_CUDA_TRY(cudaGetLastError());
+  indexer_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "indexer top-k launch");
+}
+
+}  // namespace ds4

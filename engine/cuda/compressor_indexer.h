@@ -1,0 +1,69 @@
+// KV compressors and the lightning indexer on the GPU (spec/MODEL.md §2.5.3, §2.5.4).
+//
+// Compressor state is kept per POSITION, not per window slot: token p writes its
+// (k, z + ape) into slot p mod `state_slots` (state_slots = coff*ratio + rollback
+// margin), so a rolled-back sequence keeps every value it still needs. Row c is
+// emitted when (p + 1) mod ratio == 0, pooled per channel over its candidates, then
+// RMSNorm (learned weight), RoPE at c*ratio, and the QAT round trip.
+//
+// Thread-safety: launches on the caller's stream; no host state.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/row_ops.h"
+
+namespace ds4 {
+
+struct CompressorLaunch {
+  const float* k = nullptr;        // w values: compressor_kv . n
+  const float* z = nullptr;        // w values: compressor_gate . n (ape not yet added)
+  const float* ape = nullptr;      // device f32 [ratio][w]
+  const float* norm_weight = nullptr;  // d values
+  float* state_k = nullptr;        // [state_slots][w]
+  float* state_z = nullptr;        // [state_slots][w]
+  int state_slots = 0;
+  float* rows = nullptr;           // emitted rows [max_rows][d]
+  int64_t max_rows = 0;
+  int ratio = 0;
+  int d = 0;                       // row length; w = d * (ratio == 4 ? 2 : 1)
+  float eps = 1e-6f;
+  int rope_dim = 0;
+  const float* rope_freqs = nullptr;
+  RowQat qat = RowQat::kNone;
+  const int32_t* pos = nullptr;    // device
+};
+
+// Stores token *pos's (k, z) and emits a row when its window completes.
+Status launch_compressor_update(const CompressorLaunch& launch, cudaStream_t stream);
+
+// Writes *flag = (floor((*pos + 1) / ratio) > topk): whether the indexer must select.
+Status launch_indexer_gate(const int32_t* pos, int ratio, int topk, int32_t* flag,
+                           cudaStream_t stream);
+
+struct IndexerLaunch {
+  const float* q = nullptr;        // heads x head_dim, post-processed (RoPE, QAT)
+  const float* weights = nullptr;  // heads: indexer.proj . n (unscaled)
+  const float* rows = nullptr;     // index rows [max_rows][head_dim]
+  int64_t max_rows = 0;
+  int heads = 0;
+  int head_dim = 0;
+  int ratio = 4;
+  int topk = 0;
+  const int32_t* pos = nullptr;    // device
+  const int32_t* active = nullptr; // device flag from launch_indexer_gate
+  float* scores = nullptr;         // workspace [max_rows]
+  int32_t* selected = nullptr;     // out: topk row indices in increasing order
+};
+
+// score_c = sum_h w_h / sqrt(head_dim * heads) * relu(q_h . row_c) for every visible
+// row, then the topk largest (ties to the lower index). Does nothing when !*active.
+Status launch_indexer_select(const IndexerLaunch& launch, cudaStream_t stream);
+
+// Raises the scoring kernel's shared-memory limit (call once before recording graphs).
+Status indexer_init();
+
+}  // namespace ds4

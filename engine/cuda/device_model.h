@@ -1,0 +1,101 @@
+// DeviceModel: every weight of a DeepSeek V4 Flash model resident in GPU memory,
+// in the layouts of cuda/device_matrix.h, plus the RoPE frequency tables. Built by
+// upload_model() from a loaded Model (the file's bytes streamed through pinned
+// staging buffers by several threads) or by make_synthetic_model() (random valid
+// blocks of the real shapes and types generated on the GPU, no file).
+//
+// All tensors live in one device allocation owned by the DeviceModel.
+// Thread-safety: immutable after creation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "cuda/device_matrix.h"
+#include "model/config.h"
+
+namespace ds4 {
+
+class Model;
+
+struct DeviceCompressor {
+  DeviceMatrix kv, gate;          // F16 [dim] -> w
+  float* ape = nullptr;           // [ratio][w]
+  float* norm = nullptr;          // [d]
+};
+
+struct DeviceLayer {
+  int32_t ratio = 0;
+  bool hash = false;
+  float swiglu_limit = 0;
+  DeviceMatrix hc_attn_fn, hc_ffn_fn;
+  float *hc_attn_scale = nullptr, *hc_attn_base = nullptr;
+  float *hc_ffn_scale = nullptr, *hc_ffn_base = nullptr;
+  float* attn_norm = nullptr;
+  DeviceMatrix q_a, q_b, kv, out_a, out_b;
+  float *q_a_norm = nullptr, *kv_a_norm = nullptr, *sinks = nullptr;
+  DeviceCompressor compressor;    // ratio != 0
+  DeviceMatrix index_q_b, index_proj;  // ratio == 4
+  DeviceCompressor index_compressor;
+  float* ffn_norm = nullptr;
+  DeviceMatrix gate_inp;
+  float* exp_probs_b = nullptr;   // optional
+  int32_t* tid2eid = nullptr;     // hash layers
+  DeviceMatrix gate_exps, up_exps, down_exps;
+  DeviceMatrix gate_shexp, up_shexp, down_shexp;
+};
+
+struct UploadStats {
+  uint64_t bytes = 0;   // bytes written to the device
+  double seconds = 0;   // wall time of the transfer
+  double gib_per_s() const { return seconds > 0 ? bytes / seconds / (1024.0 * 1024.0 * 1024.0) : 0; }
+};
+
+class DeviceModel {
+ public:
+  ~DeviceModel();
+  DeviceModel(const DeviceModel&) = delete;
+  DeviceModel& operator=(const DeviceModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const DeviceLayer& layer(int i) const { return layers_[i]; }
+  const DeviceMatrix& token_embd() const { return token_embd_; }
+  const DeviceMatrix& output() const { return output_; }
+  const DeviceMatrix& output_hc_fn() const { return output_hc_fn_; }
+  const float* output_norm() const { return output_norm_; }
+  const float* output_hc_scale() const { return output_hc_scale_; }
+  const float* output_hc_base() const { return output_hc_base_; }
+  // RoPE frequencies (rope_dim/2 floats): plain for ratio-0 layers, YaRN for compressed.
+  const float* rope_freqs(bool compressed) const { return compressed ? rope_yarn_ : rope_plain_; }
+  uint64_t device_bytes() const { return arena_bytes_; }
+
+ private:
+  friend class DeviceModelBuilder;
+  DeviceModel() = default;
+
+  ModelConfig config_;
+  std::vector<DeviceLayer> layers_;
+  DeviceMatrix token_embd_, output_, output_hc_fn_;
+  float *output_norm_ = nullptr, *output_hc_scale_ = nullptr, *output_hc_base_ = nullptr;
+  float *rope_plain_ = nullptr, *rope_yarn_ = nullptr;
+  void* arena_ = nullptr;
+  uint64_t arena_bytes_ = 0;
+};
+
+// Uploads every main-model tensor of `model` (MTP excluded) with `threads` staging
+// threads (0: 8). Errors name the tensor whose type or shape the kernels cannot read.
+Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int threads,
+                                                  UploadStats* stats);
+
+// A model of `config`'s shapes with the real file's tensor types (MODEL.md §1.4),
+// filled on the GPU with random valid blocks from `seed`.
+Result<std::unique_ptr<DeviceModel>> make_synthetic_model(const ModelConfig& config,
+                                                          uint64_t seed);
+
+// The real DeepSeek V4 Flash configuration (MODEL.md §1.1), for synthetic runs.
+ModelConfig deepseek_v4_flash_config();
+
+}  // namespace ds4

@@ -1,0 +1,485 @@
+#include "cuda/forward.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/attention.h"
+#include "cuda/compressor_indexer.h"
+#include "cuda/cuda_check.h"
+#include "cuda/hyper_connections.h"
+#include "cuda/matvec.h"
+#include "cuda/moe.h"
+#include "cuda/row_ops.h"
+#include "cuda/sampling.h"
+
+namespace ds4 {
+
+// Device memory of one sequence: the step block, per-layer caches and its graphs.
+struct DeviceSequence {
+  int32_t max_ctx = 0;
+  int32_t* step = nullptr;  // [0] token, [1] position
+  void* arena = nullptr;
+  float* raw = nullptr;     // [layers][ring][head_dim]
+  int ring = 0;
+  struct Layer {
+    float* comp_rows = nullptr;
+    int64_t comp_max = 0;
+    float *comp_k = nullptr, *comp_z = nullptr;
+    int comp_slots = 0;
+    float* index_rows = nullptr;
+    float *index_k = nullptr, *index_z = nullptr;
+    int index_slots = 0;
+    int max_visible = 0;
+  };
+  std::vector<Layer> layers;
+  float* scores = nullptr;  // indexer workspace [max_ctx/4 + 1]
+  cudaGraphExec_t graph = nullptr;
+  cudaGraphExec_t graph_advance = nullptr;
+
+  ~DeviceSequence() {
+    if (graph) cudaGraphExecDestroy(graph);
+    if (graph_advance) cudaGraphExecDestroy(graph_advance);
+    if (arena) cudaFree(arena);
+  }
+};
+
+struct CudaForward::Workspace {
+  void* arena = nullptr;
+  float *x = nullptr, *xb = nullptr, *mix = nullptr, *post = nullptr, *comb = nullptr;
+  float *n = nullptr, *a = nullptr, *qf = nullptr, *kv = nullptr, *heads = nullptr, *u = nullptr;
+  float *out = nullptr, *ck = nullptr, *cz = nullptr, *iq = nullptr, *iw = nullptr;
+  float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
+  float *head = nullptr, *logits = nullptr;
+  int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
+  ~Workspace() {
+    if (arena) cudaFree(arena);
+  }
+};
+
+namespace {
+
+__global__ void advance_kernel(int32_t* step, const int32_t* next_token) {
+  step[0] = *next_token;
+  step[1] += 1;
+}
+
+// Bump allocator over sizes in floats (4-byte units), 256-byte aligned.
+class Carver {
+ public:
+  template <typename T>
+  void take(T** out, int64_t n) {
+    slots_.push_back({reinterpret_cast<void**>(out), offset_});
+    offset_ += (std::max<int64_t>(n, 1) * 4 + 255) / 256 * 256;
+  }
+  Status allocate(void** arena, const char* what) {
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMalloc(arena, offset_), what));
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMemset(*arena, 0, offset_), what));
+    for (auto& s : slots_) *s.first = static_cast<uint8_t*>(*arena) + s.second;
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<std::pair<void**, int64_t>> slots_;
+  int64_t offset_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& model, bool qat) {
+  std::unique_ptr<CudaForward> f(new CudaForward(model, qat));
+  DS4_RETURN_IF_ERROR(f->init());
+  return std::move(f);
+}
+
+CudaForward::CudaForward(const DeviceModel& model, bool qat) : model_(model), qat_(qat) {}
+
+CudaForward::~CudaForward() {
+  seqs_.clear();
+  ws_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Status CudaForward::init() {
+  DS4_RETURN_IF_ERROR(matvec_init());
+  DS4_RETURN_IF_ERROR(attention_init());
+  DS4_RETURN_IF_ERROR(indexer_init());
+  DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const ModelConfig& c = model_.config();
+  ws_ = std::make_unique<Workspace>();
+  Workspace& w = *ws_;
+  Carver k;
+  const int64_t hd = c.hc_dim();
+  const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  const int64_t comp_w = 2 * static_cast<int64_t>(std::max(c.head_dim, c.index_head_dim));
+  k.take(&w.x, hd);
+  k.take(&w.xb, hd);
+  k.take(&w.mix, c.hc_mix());
+  k.take(&w.post, c.hc_mult);
+  k.take(&w.comb, c.hc_mult * c.hc_mult);
+  k.take(&w.n, c.dim);
+  k.take(&w.a, c.q_lora);
+  k.take(&w.qf, qdim);
+  k.take(&w.kv, c.head_dim);
+  k.take(&w.heads, qdim);
+  k.take(&w.u, static_cast<int64_t>(c.out_groups) * c.out_lora);
+  k.take(&w.out, c.dim);
+  k.take(&w.ck, comp_w);
+  k.take(&w.cz, comp_w);
+  k.take(&w.iq, static_cast<int64_t>(c.index_heads) * c.index_head_dim);
+  k.take(&w.iw, c.index_heads);
+  k.take(&w.router, c.n_experts);
+  k.take(&w.route_w, c.n_experts_used);
+  k.take(&w.route_ids, c.n_experts_used);
+  k.take(&w.h, static_cast<int64_t>(c.n_experts_used) * c.expert_ffn);
+  k.take(&w.hs, c.expert_ffn);
+  k.take(&w.moe, c.dim);
+  k.take(&w.head, c.dim);
+  k.take(&w.logits, c.vocab);
+  k.take(&w.selected, std::max(1, c.index_topk));
+  k.take(&w.index_active, 1);
+  k.take(&w.argmax, 1);
+  return k.allocate(&w.arena, "allocating the forward workspace");
+}
+
+Result<int> CudaForward::new_sequence(int32_t max_ctx) {
+  if (max_ctx <= 0) return Status::Error("CUDA backend: sequence context must be positive");
+  const ModelConfig& c = model_.config();
+  auto seq = std::make_unique<DeviceSequence>();
+  seq->max_ctx = max_ctx;
+  seq->ring = c.window + kRollback;
+  seq->layers.resize(c.n_layers);
+  Carver k;
+  k.take(&seq->step, 2);
+  k.take(&seq->raw, static_cast<int64_t>(c.n_layers) * seq->ring * c.head_dim);
+  k.take(&seq->scores, max_ctx / 4 + 1);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const int r = c.ratio(l);
+    DeviceSequence::Layer& L = seq->layers[l];
+    L.max_visible = c.window;
+    if (r == 0) continue;
+    const int coff = ModelConfig::compressor_coff(r);
+    L.comp_max = max_ctx / r + 1;
+    L.comp_slots = coff * r + kRollback;
+    k.take(&L.comp_rows, L.comp_max * c.head_dim);
+    k.take(&L.comp_k, static_cast<int64_t>(L.comp_slots) * coff * c.head_dim);
+    k.take(&L.comp_z, static_cast<int64_t>(L.comp_slots) * coff * c.head_dim);
+    L.max_visible += r == 4 ? static_cast<int>(std::min<int64_t>(c.index_topk, L.comp_max))
+                            : static_cast<int>(L.comp_max);
+    if (r == 4) {
+      L.index_slots = 2 * 4 + kRollback;
+      k.take(&L.index_rows, L.comp_max * c.index_head_dim);
+      k.take(&L.index_k, static_cast<int64_t>(L.index_slots) * 2 * c.index_head_dim);
+      k.take(&L.index_z, static_cast<int64_t>(L.index_slots) * 2 * c.index_head_dim);
+    }
+  }
+  DS4_RETURN_IF_ERROR(k.allocate(&seq->arena, "allocating sequence state"));
+  for (size_t i = 0; i < seqs_.size(); ++i) {
+    if (!seqs_[i]) {
+      seqs_[i] = std::move(seq);
+      return static_cast<int>(i);
+    }
+  }
+  seqs_.push_back(std::move(seq));
+  return static_cast<int>(seqs_.size() - 1);
+}
+
+void CudaForward::free_sequence(int id) {
+  if (valid(id)) seqs_[id].reset();
+}
+
+bool CudaForward::valid(int id) const {
+  return id >= 0 && id < static_cast<int>(seqs_.size()) && seqs_[id] != nullptr;
+}
+
+int32_t CudaForward::max_ctx(int id) const { return valid(id) ? seqs_[id]->max_ctx : 0; }
+
+Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
+  const ModelConfig& c = model_.config();
+  const DeviceLayer& L = model_.layer(l);
+  const DeviceSequence::Layer& S = seq.layers[l];
+  Workspace& w = *ws_;
+  cudaStream_t st = stream_;
+  const int32_t* pos = seq.step + 1;
+  const int32_t* token = seq.step;
+  const float* freqs = model_.rope_freqs(L.ratio != 0);
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  auto mv = [&](const DeviceMatrix& m, const float* x, float* y) {
+    MatvecLaunch ml;
+    ml.w = &m;
+    ml.x = x;
+    ml.y = y;
+    return launch_matvec(ml, st);
+  };
+
+  // Attention sublayer.
+  DS4_RETURN_IF_ERROR(mv(L.hc_attn_fn, w.x, w.mix));
+  DS4_RETURN_IF_ERROR(launch_hc_pre(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc,
+                                    w.post, w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a));
+  DS4_RETURN_IF_ERROR(launch_rms_norm(w.a, L.q_a_norm, c.q_lora, c.norm_eps, w.a, st));
+  DS4_RETURN_IF_ERROR(mv(L.q_b, w.a, w.qf));
+  RowPostLaunch q;
+  q.in = q.out = w.qf;
+  q.in_stride = q.out_stride = c.head_dim;
+  q.n_rows = c.n_heads;
+  q.d = c.head_dim;
+  q.norm = true;
+  q.eps = c.norm_eps;
+  q.rope_dim = c.rope_dim;
+  q.rope_freqs = freqs;
+  q.pos = pos;
+  DS4_RETURN_IF_ERROR(launch_row_post(q, st));
+  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv));
+  RowPostLaunch kv = q;
+  kv.in = w.kv;
+  kv.out = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
+  kv.n_rows = 1;
+  kv.norm_weight = L.kv_a_norm;
+  kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+  kv.ring = seq.ring;
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, st));
+
+  if (L.ratio != 0) {
+    DS4_RETURN_IF_ERROR(mv(L.compressor.kv, w.n, w.ck));
+    DS4_RETURN_IF_ERROR(mv(L.compressor.gate, w.n, w.cz));
+    CompressorLaunch cl;
+    cl.k = w.ck;
+    cl.z = w.cz;
+    cl.ape = L.compressor.ape;
+    cl.norm_weight = L.compressor.norm;
+    cl.state_k = S.comp_k;
+    cl.state_z = S.comp_z;
+    cl.state_slots = S.comp_slots;
+    cl.rows = S.comp_rows;
+    cl.max_rows = S.comp_max;
+    cl.ratio = L.ratio;
+    cl.d = c.head_dim;
+    cl.eps = c.norm_eps;
+    cl.rope_dim = c.rope_dim;
+    cl.rope_freqs = freqs;
+    cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+    cl.pos = pos;
+    DS4_RETURN_IF_ERROR(launch_compressor_update(cl, st));
+    if (L.ratio == 4) {
+      DS4_RETURN_IF_ERROR(mv(L.index_compressor.kv, w.n, w.ck));
+      DS4_RETURN_IF_ERROR(mv(L.index_compressor.gate, w.n, w.cz));
+      CompressorLaunch il = cl;
+      il.ape = L.index_compressor.ape;
+      il.norm_weight = L.index_compressor.norm;
+      il.state_k = S.index_k;
+      il.state_z = S.index_z;
+      il.state_slots = S.index_slots;
+      il.rows = S.index_rows;
+      il.d = c.index_head_dim;
+      il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+      DS4_RETURN_IF_ERROR(launch_compressor_update(il, st));
+      DS4_RETURN_IF_ERROR(launch_indexer_gate(pos, 4, c.index_topk, w.index_active, st));
+      DS4_RETURN_IF_ERROR(mv(L.index_q_b, w.a, w.iq));
+      RowPostLaunch iq;
+      iq.in = iq.out = w.iq;
+      iq.in_stride = iq.out_stride = c.index_head_dim;
+      iq.n_rows = c.index_heads;
+      iq.d = c.index_head_dim;
+      iq.rope_dim = c.rope_dim;
+      iq.rope_freqs = freqs;
+      iq.pos = pos;
+      iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+      DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
+      DS4_RETURN_IF_ERROR(mv(L.index_proj, w.n, w.iw));
+      IndexerLaunch ix;
+      ix.q = w.iq;
+      ix.weights = w.iw;
+      ix.rows = S.index_rows;
+      ix.max_rows = S.comp_max;
+      ix.heads = c.index_heads;
+      ix.head_dim = c.index_head_dim;
+      ix.ratio = 4;
+      ix.topk = c.index_topk;
+      ix.pos = pos;
+      ix.active = w.index_active;
+      ix.scores = seq.scores;
+      ix.selected = w.selected;
+      DS4_RETURN_IF_ERROR(launch_indexer_select(ix, st));
+    }
+  }
+  AttentionLaunch at;
+  at.q = w.qf;
+  at.out = w.heads;
+  at.raw = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
+  at.ring = seq.ring;
+  at.window = c.window;
+  at.comp = S.comp_rows;
+  at.max_comp_rows = S.comp_max;
+  at.ratio = L.ratio;
+  at.topk = c.index_topk;
+  at.selected = w.selected;
+  at.active = w.index_active;
+  at.sinks = L.sinks;
+  at.heads = c.n_heads;
+  at.head_dim = c.head_dim;
+  at.rope_dim = c.rope_dim;
+  at.rope_freqs = freqs;
+  at.pos = pos;
+  at.max_visible = S.max_visible;
+  DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
+  MatvecLaunch oa;
+  oa.w = &L.out_a;
+  oa.x = w.heads;
+  oa.x_slot_stride = static_cast<int64_t>(c.heads_per_group()) * c.head_dim;
+  oa.y = w.u;
+  oa.y_slot_stride = c.out_lora;
+  oa.n_slots = c.out_groups;
+  oa.n_rows = c.out_lora;
+  oa.slot_row_stride = c.out_lora;
+  DS4_RETURN_IF_ERROR(launch_matvec(oa, st));
+  DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out));
+  DS4_RETURN_IF_ERROR(launch_hc_post(w.x, w.out, w.post, w.comb, hc, w.xb, st));
+  (void)qdim;
+
+  // MoE sublayer.
+  DS4_RETURN_IF_ERROR(mv(L.hc_ffn_fn, w.xb, w.mix));
+  DS4_RETURN_IF_ERROR(launch_hc_pre(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc,
+                                    w.post, w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router));
+  RouterLaunch rl;
+  rl.logits = w.router;
+  rl.n_experts = c.n_experts;
+  rl.n_used = c.n_experts_used;
+  rl.bias = L.hash ? nullptr : L.exp_probs_b;
+  rl.tid2eid = L.hash ? L.tid2eid : nullptr;
+  rl.token = token;
+  rl.route_scale = c.route_scale;
+  rl.route_norm = c.route_norm;
+  rl.ids = w.route_ids;
+  rl.weights = w.route_w;
+  DS4_RETURN_IF_ERROR(launch_router(rl, st));
+  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
+  MatvecLaunch gu;
+  gu.w = &L.gate_exps;
+  gu.w_up = &L.up_exps;
+  gu.x = w.n;
+  gu.y = w.h;
+  gu.y_slot_stride = c.expert_ffn;
+  gu.n_slots = c.n_experts_used;
+  gu.slot_matrix = w.route_ids;
+  gu.slot_weight = w.route_w;
+  gu.swiglu_limit = limit;
+  DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
+  MatvecLaunch sgu;
+  sgu.w = &L.gate_shexp;
+  sgu.w_up = &L.up_shexp;
+  sgu.x = w.n;
+  sgu.y = w.hs;
+  sgu.swiglu_limit = limit;
+  DS4_RETURN_IF_ERROR(launch_matvec(sgu, st));
+  MatvecLaunch dn;
+  dn.w = &L.down_exps;
+  dn.x = w.h;
+  dn.x_slot_stride = c.expert_ffn;
+  dn.y = w.moe;
+  dn.n_slots = c.n_experts_used;
+  dn.slot_matrix = w.route_ids;
+  dn.sum_slots = true;
+  DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
+  MatvecLaunch sd;
+  sd.w = &L.down_shexp;
+  sd.x = w.hs;
+  sd.y = w.moe;
+  sd.accumulate = true;
+  DS4_RETURN_IF_ERROR(launch_matvec(sd, st));
+  return launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st);
+}
+
+Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
+  const ModelConfig& c = model_.config();
+  Workspace& w = *ws_;
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step,
+                                      hc, w.x, stream_));
+  for (int l = 0; l < c.n_layers; ++l) DS4_RETURN_IF_ERROR(enqueue_layer(seq, l));
+  MatvecLaunch hm;
+  hm.w = &model_.output_hc_fn();
+  hm.x = w.x;
+  hm.y = w.mix;
+  DS4_RETURN_IF_ERROR(launch_matvec(hm, stream_));
+  DS4_RETURN_IF_ERROR(launch_hc_head(w.x, w.mix, model_.output_hc_scale(), model_.output_hc_base(),
+                                     model_.output_norm(), hc, w.head, stream_));
+  MatvecLaunch lm;
+  lm.w = &model_.output();
+  lm.x = w.head;
+  lm.y = w.logits;
+  DS4_RETURN_IF_ERROR(launch_matvec(lm, stream_));
+  DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, stream_));
+  if (advance) {
+    advance_kernel<<<1, 1, 0, stream_>>>(seq.step, w.argmax);
+    DS4_CUDA_TRY(cudaGetLastError());
+  }
+  return Status::Ok();
+}
+
+Status CudaForward::record(DeviceSequence& seq, bool advance) {
+  cudaGraph_t graph = nullptr;
+  DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  Status s = enqueue_token(seq, advance);
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  DS4_RETURN_IF_ERROR(s);
+  DS4_RETURN_IF_ERROR(cuda_status(end, "recording the decode graph"));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the decode graph"));
+  (advance ? seq.graph_advance : seq.graph) = exec;
+  return Status::Ok();
+}
+
+Status CudaForward::set_step(int id, int32_t token, int32_t pos) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  DeviceSequence& seq = *seqs_[id];
+  if (pos < 0 || pos >= seq.max_ctx) {
+    return Status::Error("CUDA backend: position " + std::to_string(pos) + " is outside the sequence context of " +
+                         std::to_string(seq.max_ctx));
+  }
+  if (token < 0 || token >= model_.config().vocab) {
+    return Status::Error("CUDA backend: token id " + std::to_string(token) + " is outside the vocabulary");
+  }
+  const int32_t host[2] = {token, pos};
+  DS4_CUDA_TRY(cudaMemcpyAsync(seq.step, host, sizeof(host), cudaMemcpyHostToDevice, stream_));
+  return Status::Ok();
+}
+
+Status CudaForward::step(int id, int32_t token, int32_t pos, float* logits, float* hidden) {
+  DS4_RETURN_IF_ERROR(set_step(id, token, pos));
+  DeviceSequence& seq = *seqs_[id];
+  if (!seq.graph) DS4_RETURN_IF_ERROR(record(seq, false));
+  DS4_CUDA_TRY(cudaGraphLaunch(seq.graph, stream_));
+  const ModelConfig& c = model_.config();
+  if (logits) {
+    DS4_CUDA_TRY(cudaMemcpyAsync(logits, ws_->logits, sizeof(float) * c.vocab, cudaMemcpyDeviceToHost,
+                                 stream_));
+  }
+  if (hidden) {
+    DS4_CUDA_TRY(cudaMemcpyAsync(hidden, ws_->x, sizeof(float) * c.hc_dim(), cudaMemcpyDeviceToHost,
+                                 stream_));
+  }
+  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return Status::Ok();
+}
+
+Status CudaForward::replay_greedy(int id, int n) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  DeviceSequence& seq = *seqs_[id];
+  if (!seq.graph_advance) DS4_RETURN_IF_ERROR(record(seq, true));
+  for (int i = 0; i < n; ++i) DS4_CUDA_TRY(cudaGraphLaunch(seq.graph_advance, stream_));
+  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return Status::Ok();
+}
+
+Result<int32_t> CudaForward::last_argmax() {
+  int32_t v = 0;
+  DS4_CUDA_TRY(cudaMemcpyAsync(&v, ws_->argmax, sizeof(v), cudaMemcpyDeviceToHost, stream_));
+  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return v;
+}
+
+}  // namespace ds4

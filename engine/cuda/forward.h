@@ -1,0 +1,68 @@
+// CudaForward: one token of the DeepSeek V4 Flash forward pass (spec/MODEL.md §2.8)
+// on the GPU, for one sequence, recorded once per sequence as a CUDA graph and
+// replayed for every token. The token id and position live in device memory (the
+// sequence's `step` block); every kernel reads them there, so the same graph serves
+// every position. The graph ends with the greedy argmax and, when asked, advances
+// the step block itself (next token = argmax, pos + 1) for host-free decode loops.
+//
+// Sequence state is indexed by absolute position (raw ring, compressor state,
+// compressed and indexer rows), so truncating a sequence only moves its length.
+//
+// Thread-safety: one thread at a time.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "cuda/device_model.h"
+
+namespace ds4 {
+
+struct DeviceSequence;
+
+class CudaForward {
+ public:
+  // `model` must outlive the forward. `qat`: simulate the FP8 / FP4 round trips.
+  static Result<std::unique_ptr<CudaForward>> Create(const DeviceModel& model, bool qat);
+  ~CudaForward();
+
+  // Rollback margin kept by the position-indexed state (Backend::kMaxRollback).
+  static constexpr int kRollback = 16;
+
+  Result<int> new_sequence(int32_t max_ctx);
+  void free_sequence(int id);
+  bool valid(int id) const;
+  int32_t max_ctx(int id) const;
+
+  // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
+  // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
+  Status step(int id, int32_t token, int32_t pos, float* logits, float* hidden);
+
+  // Benchmark helpers: set the step block, then replay `n` tokens where each feeds
+  // the argmax of the previous one, with no host work between tokens.
+  Status set_step(int id, int32_t token, int32_t pos);
+  Status replay_greedy(int id, int n);
+  // The argmax of the last step's logits.
+  Result<int32_t> last_argmax();
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  CudaForward(const DeviceModel& model, bool qat);
+  Status init();
+  Status record(DeviceSequence& seq, bool advance);
+  Status enqueue_token(DeviceSequence& seq, bool advance);
+  Status enqueue_layer(DeviceSequence& seq, int l);
+
+  const DeviceModel& model_;
+  bool qat_;
+  cudaStream_t stream_ = nullptr;
+  struct Workspace;
+  std::unique_ptr<Workspace> ws_;
+  std::vector<std::unique_ptr<DeviceSequence>> seqs_;
+};
+
+}  // namespace ds4

@@ -1,0 +1,321 @@
+#include "cuda/matvec.h"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/dequant_chunk.cuh"
+#include "format/iq2xxs_grid.h"
+
+namespace ds4 {
+namespace {
+
+using cuda_detail::deq_chunk;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxSharedBytes = 96 * 1024;
+
+__device__ uint64_t g_iq2xxs_grid[256];
+
+struct MatvecParams {
+  const uint8_t* w_data;
+  const uint16_t* w_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;
+  int64_t scales_per_row;
+  int64_t matrix_rows;
+  int64_t cols;
+  int64_t n_rows;
+  int64_t slot_row_stride;
+  const float* x;
+  int64_t x_tok_stride;
+  int64_t x_slot_stride;
+  float* y;
+  int64_t y_tok_stride;
+  int64_t y_slot_stride;
+  int n_tokens;
+  int n_slots;
+  const int32_t* slot_matrix;
+  int fixed_matrix;
+  const float* slot_weight;
+  float swiglu_limit;
+  int sum_slots;
+  int accumulate;
+  int vectors;         // x vectors per token held in shared memory
+  int warps_per_row;   // 1 or kWarps
+  int rows_per_warp;   // rows each warp walks (warps_per_row == 1)
+};
+
+// x for one (token, vector) is stored transposed by 4-float groups so that lanes
+// reading consecutive chunks hit consecutive shared-memory words.
+__device__ __forceinline__ int transposed_index(int64_t i, int ns) {
+  const int s = static_cast<int>(i >> 5);
+  const int k = static_cast<int>(i & 31);
+  return (((k >> 2) * ns + s) << 2) + (k & 3);
+}
+
+template <int NT>
+__device__ __forceinline__ void dot_chunk(const float* w, float factor, const float* xs, int ns,
+                                          int c, int64_t vec_stride, float* acc) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float4* xv = reinterpret_cast<const float4*>(xs + t * vec_stride) + c;
+    float d = 0.0f;
+#pragma unroll
+    for (int k4 = 0; k4 < 8; ++k4) {
+      const float4 xx = xv[k4 * ns];
+      d = fmaf(w[4 * k4], xx.x, d);
+      d = fmaf(w[4 * k4 + 1], xx.y, d);
+      d = fmaf(w[4 * k4 + 2], xx.z, d);
+      d = fmaf(w[4 * k4 + 3], xx.w, d);
+    }
+    acc[t] = fmaf(d, factor, acc[t]);
+  }
+}
+
+__device__ __forceinline__ float swiglu(float g, float u, float limit) {
+  g = fminf(g, limit);
+  u = fminf(fmaxf(u, -limit), limit);
+  return g / (1.0f + expf(-g)) * u;
+}
+
+template <GgmlType T, int NT, bool PAIRED>
+__global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
+  extern __shared__ float4 shared_x4[];
+  float* xs = reinterpret_cast<float*>(shared_x4);
+  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 256 : 1];
+  __shared__ float partial[kWarps][2 * NT];
+
+  const int ns = static_cast<int>(p.cols >> 5);
+  const int tok0 = blockIdx.z * NT;
+  const int slot = p.sum_slots ? 0 : blockIdx.y;
+  const int64_t per_token = static_cast<int64_t>(p.vectors) * p.cols;
+
+  for (int64_t idx = threadIdx.x; idx < NT * per_token; idx += kThreads) {
+    const int t = static_cast<int>(idx / per_token);
+    const int64_t rem = idx - t * per_token;
+    const int v = static_cast<int>(rem / p.cols);
+    const int64_t i = rem - v * p.cols;
+    const int tok = tok0 + t;
+    const int x_slot = p.sum_slots ? v : slot;
+    float val = 0.0f;
+    if (tok < p.n_tokens) val = p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + i];
+    xs[(t * p.vectors + v) * p.cols + transposed_index(i, ns)] = val;
+  }
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) grid[i] = g_iq2xxs_grid[i];
+  }
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int chunk_start = p.warps_per_row == 1 ? lane : lane + 32 * warp;
+  const int chunk_step = 32 * p.warps_per_row;
+  const int slots_here = p.sum_slots ? p.n_slots : 1;
+  const int rows_per_warp = p.warps_per_row == 1 ? p.rows_per_warp : 1;
+
+  for (int rw = 0; rw < rows_per_warp; ++rw) {
+    const int64_t r = p.warps_per_row == 1
+                          ? (static_cast<int64_t>(blockIdx.x) * rows_per_warp + rw) * kWarps + warp
+                          : static_cast<int64_t>(blockIdx.x);
+    if (p.warps_per_row == 1 && r >= p.n_rows) break;
+    float acc[NT];
+    float acc_up[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = acc_up[t] = 0.0f;
+
+    for (int si = 0; si < slots_here; ++si) {
+      const int s = p.sum_slots ? si : slot;
+      const int matrix = p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
+      const int64_t grow = matrix * p.matrix_rows + s * p.slot_row_stride + r;
+      const uint8_t* wrow = p.w_data + grow * p.row_bytes;
+      const uint16_t* wsc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
+      const uint8_t* urow = PAIRED ? p.u_data + grow * p.row_bytes : nullptr;
+      const uint16_t* usc = PAIRED && p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
+      const float* xv = xs + (p.sum_slots && p.x_slot_stride ? si : 0) * p.cols;
+      const int64_t vec_stride = per_token;
+      if (r < p.n_rows) {
+        for (int c = chunk_start; c < ns; c += chunk_step) {
+          float w[32];
+          const float f = deq_chunk<T>(wrow, wsc, c, grid, w);
+          dot_chunk<NT>(w, f, xv, ns, c, vec_stride, acc);
+          if constexpr (PAIRED) {
+            const float fu = deq_chunk<T>(urow, usc, c, grid, w);
+            dot_chunk<NT>(w, fu, xv, ns, c, vec_stride, acc_up);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
+        if constexpr (PAIRED) acc_up[t] += __shfl_xor_sync(0xffffffffu, acc_up[t], off);
+      }
+    }
+    if (p.warps_per_row != 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          partial[warp][t] = acc[t];
+          partial[warp][NT + t] = acc_up[t];
+        }
+      }
+      __syncthreads();
+      if (warp != 0) return;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float a = 0.0f, b = 0.0f;
+        for (int wi = 0; wi < kWarps; ++wi) {
+          a += partial[wi][t];
+          b += partial[wi][NT + t];
+        }
+        acc[t] = a;
+        acc_up[t] = b;
+      }
+      if (r >= p.n_rows) return;
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const int tok = tok0 + t;
+        if (tok >= p.n_tokens) break;
+        float v = acc[t];
+        if constexpr (PAIRED) {
+          const float weight = p.slot_weight ? p.slot_weight[slot] : 1.0f;
+          v = swiglu(acc[t], acc_up[t], p.swiglu_limit) * weight;
+        }
+        float* out = p.y + tok * p.y_tok_stride + (p.sum_slots ? 0 : slot * p.y_slot_stride) + r;
+        *out = p.accumulate ? *out + v : v;
+      }
+    }
+  }
+}
+
+using KernelFn = void (*)(MatvecParams);
+
+template <GgmlType T>
+KernelFn pick_kernel(int nt, bool paired) {
+  switch (nt) {
+    case 1: return paired ? matvec_kernel<T, 1, true> : matvec_kernel<T, 1, false>;
+    case 2: return paired ? matvec_kernel<T, 2, true> : matvec_kernel<T, 2, false>;
+    case 4: return paired ? matvec_kernel<T, 4, true> : matvec_kernel<T, 4, false>;
+    default: return paired ? matvec_kernel<T, 8, true> : matvec_kernel<T, 8, false>;
+  }
+}
+
+KernelFn pick_kernel(GgmlType type, int nt, bool paired) {
+  switch (type) {
+    case GgmlType::F32: return pick_kernel<GgmlType::F32>(nt, paired);
+    case GgmlType::F16: return pick_kernel<GgmlType::F16>(nt, paired);
+    case GgmlType::Q8_0: return pick_kernel<GgmlType::Q8_0>(nt, paired);
+    case GgmlType::IQ2_XXS: return pick_kernel<GgmlType::IQ2_XXS>(nt, paired);
+    case GgmlType::Q2_K: return pick_kernel<GgmlType::Q2_K>(nt, paired);
+    case GgmlType::Q4_K: return pick_kernel<GgmlType::Q4_K>(nt, paired);
+    default: return nullptr;
+  }
+}
+
+Status init_once() {
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, kIq2xxsGrid, sizeof(kIq2xxsGrid)));
+  const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
+                            GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
+  for (GgmlType t : types) {
+    for (int nt : {1, 2, 4, 8}) {
+      for (bool paired : {false, true}) {
+        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_kernel(t, nt, paired),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          kMaxSharedBytes));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status matvec_init() {
+  static std::once_flag once;
+  static Status status;
+  std::call_once(once, [] { status = init_once(); });
+  return status;
+}
+
+Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(matvec_init());
+  const DeviceMatrix& w = *l.w;
+  if (!device_matrix_supported(w.type, w.cols)) {
+    return Status::Error("matvec: unsupported weight type " + std::string(ggml_type_name(w.type)) +
+                         " with " + std::to_string(w.cols) + " columns");
+  }
+  if (l.w_up && (l.w_up->type != w.type || l.w_up->cols != w.cols || l.w_up->rows != w.rows)) {
+    return Status::Error("matvec: gate and up matrices differ in type or shape");
+  }
+  if (l.slot_matrix && l.n_tokens != 1) {
+    return Status::Error("matvec: per-slot matrices need exactly one token");
+  }
+  const int64_t n_rows = l.n_rows < 0 ? w.rows : l.n_rows;
+  if (n_rows == 0 || l.n_tokens == 0) return Status::Ok();
+  const int vectors = l.sum_slots && l.x_slot_stride ? l.n_slots : 1;
+  const int64_t bytes_per_token = static_cast<int64_t>(vectors) * w.cols * 4;
+  if (bytes_per_token > kMaxSharedBytes) {
+    return Status::Error("matvec: " + std::to_string(w.cols) + " columns x " +
+                         std::to_string(vectors) + " vectors do not fit in shared memory");
+  }
+  int nt = 8;
+  while (nt > 1 && (nt > l.n_tokens * 2 - 1 || nt * bytes_per_token > kMaxSharedBytes)) nt /= 2;
+  if (nt > l.n_tokens) nt = std::max(1, nt / 2);
+
+  MatvecParams p{};
+  p.w_data = w.data;
+  p.w_scales = w.scales;
+  p.u_data = l.w_up ? l.w_up->data : nullptr;
+  p.u_scales = l.w_up ? l.w_up->scales : nullptr;
+  p.row_bytes = static_cast<int64_t>(w.data_row_bytes());
+  p.scales_per_row = w.scales_per_row();
+  p.matrix_rows = w.rows;
+  p.cols = w.cols;
+  p.n_rows = n_rows;
+  p.slot_row_stride = l.slot_row_stride;
+  p.x = l.x;
+  p.x_tok_stride = l.x_tok_stride;
+  p.x_slot_stride = l.x_slot_stride;
+  p.y = l.y;
+  p.y_tok_stride = l.y_tok_stride;
+  p.y_slot_stride = l.y_slot_stride;
+  p.n_tokens = l.n_tokens;
+  p.n_slots = l.n_slots;
+  p.slot_matrix = l.slot_matrix;
+  p.fixed_matrix = l.fixed_matrix;
+  p.slot_weight = l.slot_weight;
+  p.swiglu_limit = l.swiglu_limit;
+  p.sum_slots = l.sum_slots ? 1 : 0;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.vectors = vectors;
+
+  const int grid_y = l.sum_slots ? 1 : l.n_slots;
+  const int grid_z = (l.n_tokens + nt - 1) / nt;
+  const int64_t ns = w.cols / 32;
+  const int64_t want_ctas = 4 * 132;
+  if (n_rows * grid_y * grid_z < 2 * want_ctas && ns >= 64) {
+    p.warps_per_row = kWarps;
+    p.rows_per_warp = 1;
+  } else {
+    p.warps_per_row = 1;
+    const int64_t ctas_one = (n_rows + kWarps - 1) / kWarps * grid_y * grid_z;
+    p.rows_per_warp = static_cast<int>(std::clamp<int64_t>(ctas_one / want_ctas, 1, 8));
+  }
+  const int64_t grid_x = p.warps_per_row == 1
+                             ? (n_rows + kWarps * p.rows_per_warp - 1) / (kWarps * p.rows_per_warp)
+                             : n_rows;
+  KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr);
+  const size_t shared = static_cast<size_t>(nt * bytes_per_token);
+  fn<<<dim3(static_cast<unsigned>(grid_x), grid_y, grid_z), kThreads, shared, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "matvec launch");
+}
+
+}  // namespace ds4

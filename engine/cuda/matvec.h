@@ -1,0 +1,56 @@
+// Quantized matrix-vector products on the GPU (the decode path): weights are
+// dequantized in registers, activations stay f32, sums accumulate in f32 (the
+// rule of fixtures/README.md §4). One launch covers several tokens, several
+// "slots" (experts, or row groups of one matrix) and an optional fused SwiGLU.
+//
+// For every token t < n_tokens and slot s < n_slots, with
+//   W_s = rows [row_base(s), row_base(s) + n_rows) of the stacked weight,
+//   row_base(s) = matrix(s) * w.rows + s * slot_row_stride,
+//   matrix(s)   = slot_matrix ? slot_matrix[s] : fixed_matrix,
+//   x_ts = x + t*x_tok_stride + s*x_slot_stride:
+// plain:   v = W_s . x_ts
+// paired:  v = silu(min(W_s . x_ts, limit)) * clamp(U_s . x_ts, -limit, limit) * slot_weight[s]
+//          (U = w_up, the same shape and type as W: MoE gate/up, MODEL.md §2.1.5, §2.6)
+// and the result goes to y[t*y_tok_stride + s*y_slot_stride + r] (stored, or added when
+// `accumulate`); with `sum_slots` the values of all slots are summed into
+// y[t*y_tok_stride + r] instead (MoE down projection over the selected experts).
+//
+// Thread-safety: launches on the caller's stream; no host state.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/device_matrix.h"
+
+namespace ds4 {
+
+struct MatvecLaunch {
+  const DeviceMatrix* w = nullptr;
+  const DeviceMatrix* w_up = nullptr;  // set: paired SwiGLU
+  const float* x = nullptr;
+  int64_t x_tok_stride = 0;
+  int64_t x_slot_stride = 0;
+  float* y = nullptr;
+  int64_t y_tok_stride = 0;
+  int64_t y_slot_stride = 0;
+  int n_tokens = 1;
+  int n_slots = 1;
+  int64_t n_rows = -1;               // -1: w->rows
+  int64_t slot_row_stride = 0;
+  const int32_t* slot_matrix = nullptr;  // device memory, n_slots entries (needs n_tokens == 1)
+  int fixed_matrix = 0;
+  const float* slot_weight = nullptr;    // device memory, n_slots entries (paired only; nullptr = 1)
+  float swiglu_limit = 10.0f;
+  bool sum_slots = false;
+  bool accumulate = false;
+};
+
+Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);
+
+// Uploads the IQ2_XXS codebook to the device (once per process; idempotent).
+Status matvec_init();
+
+}  // namespace ds4

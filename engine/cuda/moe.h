@@ -1,0 +1,33 @@
+// MoE routing on the GPU (spec/MODEL.md §2.6): scores sqrt(softplus(logit)), expert
+// choice by token id (hash layers, tid2eid) or by the top-k of score + bias (ties to
+// the lower expert index), weights = route_scale * score / sum(selected scores).
+// The expert products themselves run through launch_matvec (paired gate/up with the
+// SwiGLU clamp, then the down projection summed over the selected experts).
+//
+// Thread-safety: launches on the caller's stream; no host state.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+
+namespace ds4 {
+
+struct RouterLaunch {
+  const float* logits = nullptr;   // n_experts: ffn_gate_inp . f
+  int n_experts = 0;
+  int n_used = 0;
+  const float* bias = nullptr;     // optional selection bias
+  const int32_t* tid2eid = nullptr;  // hash layers: [vocab][n_used]
+  const int32_t* token = nullptr;  // device: the input token id
+  float route_scale = 1.0f;
+  bool route_norm = true;
+  int32_t* ids = nullptr;          // out: n_used expert ids
+  float* weights = nullptr;        // out: n_used weights
+};
+
+Status launch_router(const RouterLaunch& launch, cudaStream_t stream);
+
+}  // namespace ds4

@@ -1,0 +1,59 @@
+#include "cuda/row_ops.h"
+
+#include "cuda/cuda_check.h"
+#include "cuda/row_post.cuh"
+
+namespace ds4 {
+namespace {
+
+using namespace cuda_detail;
+
+__global__ void row_post_kernel(RowPostLaunch p) {
+  extern __shared__ float shared[];
+  float* v = shared;
+  float* scratch = shared + p.d;
+  const int row = blockIdx.x;
+  const float* in = p.in + row * p.in_stride;
+  for (int i = threadIdx.x; i < p.d; i += blockDim.x) v[i] = in[i];
+  __syncthreads();
+  const float pos = p.pos ? static_cast<float>(*p.pos) : 0.0f;
+  post_process_row(v, p.d, p.norm, p.norm_weight, p.eps, p.rope_dim, p.rope_freqs, pos, p.inverse,
+                   static_cast<int>(p.qat), scratch);
+  int64_t out_row = row;
+  if (p.ring > 0) out_row = (*p.pos % p.ring) + row;
+  float* out = p.out + out_row * p.out_stride;
+  for (int i = threadIdx.x; i < p.d; i += blockDim.x) out[i] = v[i];
+}
+
+__global__ void rms_norm_kernel(const float* x, const float* w, int n, float eps, float* out) {
+  __shared__ float scratch[32];
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+  ss = block_sum(ss, scratch);
+  const float f = rsqrtf(ss / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i] * f * (w ? w[i] : 1.0f);
+}
+
+int threads_for(int d) {
+  int t = 32;
+  while (t < d && t < 1024) t *= 2;
+  return t;
+}
+
+}  // namespace
+
+Status launch_row_post(const RowPostLaunch& p, cudaStream_t stream) {
+  if (p.d <= 0 || p.d > 4096) return Status::Error("row_post: row length out of range");
+  if (p.rope_dim > p.d) return Status::Error("row_post: rope_dim exceeds the row length");
+  const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
+  row_post_kernel<<<p.n_rows, threads_for(p.d), shared, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "row_post launch");
+}
+
+Status launch_rms_norm(const float* x, const float* weight, int n, float eps, float* out,
+                       cudaStream_t stream) {
+  rms_norm_kernel<<<1, 1024, 0, stream>>>(x, weight, n, eps, out);
+  return cuda_status(cudaGetLastError(), "rms_norm launch");
+}
+
+}  // namespace ds4
