@@ -229,7 +229,12 @@ Attempt Resolve(const FetchRequest& request, Resolved* out, Ui* ui) {
     }
     if (code >= 300 && code < 400 && !next.empty()) {
       ui->Log("redirect " + ShortUrl(url) + " -> " + ShortUrl(next));
-      url = next;
+      if (Origin(next) != home) {  // the CDN: bytes come from there, without the token
+        out->data_url = next;
+        out->send_token = false;
+        return Attempt();
+      }
+      url = next;  // a move within the hub (renamed repo, resolve cache): follow it
       continue;
     }
     if (code == 200 || code == 206) {
