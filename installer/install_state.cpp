@@ -43,7 +43,6 @@ Result<InstallState> LoadInstallState(const std::string& prefix) {
     Get(object, "mtp_path", &state.mtp_path);
     Get(object, "mtp_sha256", &state.mtp_sha256);
     Get(object, "models_dir", &state.models_dir);
-    Get(object, "models_dir_created", &state.models_dir_created);
     Get(object, "smoke_key", &state.smoke_key);
     Get(object, "smoke_passed_at", &state.smoke_passed_at);
     Get(object, "service_mode", &state.service_mode);
@@ -73,7 +72,6 @@ Status SaveInstallState(const InstallState& state) {
                  {"mtp_path", state.mtp_path},
                  {"mtp_sha256", state.mtp_sha256},
                  {"models_dir", state.models_dir},
-                 {"models_dir_created", state.models_dir_created},
                  {"smoke_key", state.smoke_key},
                  {"smoke_passed_at", state.smoke_passed_at},
                  {"service_mode", state.service_mode},

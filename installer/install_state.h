@@ -1,7 +1,7 @@
 // InstallState: what `ds4-setup install` set up, recorded in <prefix>/install-state.json
 // so that `status` can report on it and `uninstall` removes exactly what install created
-// (and nothing it found already there: a service user that existed before, a models
-// directory given by the user).
+// (and nothing it found already there: a service user that existed before; with
+// --purge-models only the recorded model files, and their folder if that is then empty).
 //
 // Thread-safety: plain value; Load/Save touch one file, from one thread.
 #pragma once
@@ -25,7 +25,6 @@ struct InstallState {
   std::string mtp_path;
   std::string mtp_sha256;
   std::string models_dir;
-  bool models_dir_created = false;  // did not exist before install (removed by --purge-models)
 
   // Smoke checks that passed for <engine version>/<model sha256>/<checks hash>.
   std::string smoke_key;

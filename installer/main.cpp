@@ -14,6 +14,8 @@
 #include "host_probe.h"
 #include "options.h"
 #include "pipeline.h"
+#include "status_cmd.h"
+#include "uninstall_cmd.h"
 #include "ui.h"
 
 #ifndef DS4_VERSION
@@ -148,6 +150,10 @@ int Main(int argc, char** argv) {
   Ui ui;
   if (const char* token = std::getenv("HF_TOKEN")) ui.AddSecret(token);
   if (options.json) ui.set_quiet(true);
+  // status and uninstall must not create anything under the prefix: they log to /tmp.
+  if (options.log_path.empty() &&
+      (options.command == Command::kStatus || options.command == Command::kUninstall))
+    options.log_path = "/tmp/ds4-setup-" + std::to_string(::getuid()) + ".log";
   if (options.log_path.empty()) options.log_path = DefaultLogPath(options);
   Status log = ui.OpenLog(options.log_path);
   if (!log.ok()) ui.Warning(log.message() + "; continuing without a log file");
@@ -156,10 +162,11 @@ int Main(int argc, char** argv) {
   Context context;
   context.options = options;
   context.ui = &ui;
+  // status and uninstall: the manifests only add detail (file sizes), so a failure to
+  // load them does not stop either.
   if (options.command == Command::kStatus || options.command == Command::kUninstall) {
-    ui.Error(std::string(options.command == Command::kStatus ? "status" : "uninstall") +
-             " is not available in this build yet");
-    return kExitFailure;
+    if (!LoadManifests(context).ok()) ui.Log("manifests not loaded; status shows less detail");
+    return options.command == Command::kStatus ? RunStatus(context) : RunUninstall(context);
   }
   Status loaded = LoadManifests(context);
   if (!loaded.ok()) {

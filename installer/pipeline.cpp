@@ -11,6 +11,10 @@
 #include "fetch.h"
 #include "host_probe.h"
 #include "lock.h"
+// Stages of the second half (build, smoke, service).
+#include "build_stage.h"
+#include "service_stage.h"
+#include "smoke_stage.h"
 
 namespace ds4setup {
 namespace {
@@ -186,7 +190,10 @@ std::vector<Stage> InstallStages() {
       {"plan", PlanStage},
       {"fetch", FetchStage},
       {"verify", VerifyStage},
-      // build, smoke and service follow here.
+      // The second half: build the engine, smoke-test it, install the service.
+      {"build", BuildStage},
+      {"smoke", SmokeStage},
+      {"service", ServiceStage},
   };
 }
 
