@@ -28,6 +28,21 @@ inline uint32_t LoadU32(const uint8_t* p) {
   return v;
 }
 
+// IEEE half -> float without branches (vectorizes) and without ever feeding a float
+// subnormal to the FPU (which is slow on some CPUs): normals and inf/NaN are rebiased
+// in the integer domain, half subnormals come out of one exact float subtraction.
+inline float Fp16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t em = h & 0x7FFFu;
+  const uint32_t exp = em & 0x7C00u;
+  const uint32_t inf_nan = 0u - static_cast<uint32_t>(exp == 0x7C00u);  // all-ones masks
+  const uint32_t subnormal = 0u - static_cast<uint32_t>(exp == 0);
+  const uint32_t normal = (em << 13) + (112u << 23) + ((112u << 23) & inf_nan);
+  const uint32_t small = std::bit_cast<uint32_t>(std::bit_cast<float>((em << 13) + (113u << 23)) -
+                                                 std::bit_cast<float>(113u << 23));
+  return std::bit_cast<float>(((small & subnormal) | (normal & ~subnormal)) | sign);
+}
+
 // ---- Float accumulation ------------------------------------------------------------
 
 constexpr int kLanes = 16;
@@ -62,7 +77,7 @@ void DequantF32(const void* src, float* out, int64_t n) {
 
 void DequantF16(const void* src, float* out, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
-  for (int64_t i = 0; i < n; ++i) out[i] = fp16_to_f32(LoadU16(p + 2 * i));
+  for (int64_t i = 0; i < n; ++i) out[i] = Fp16ToF32(LoadU16(p + 2 * i));
 }
 
 void DequantBF16(const void* src, float* out, int64_t n) {
@@ -83,33 +98,36 @@ void DequantI32(const void* src, float* out, int64_t n) {
 void DequantQ8_0(const void* src, float* out, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQK8_0; ++b, p += sizeof(BlockQ8_0), out += kQK8_0) {
-    const float d = fp16_to_f32(LoadU16(p));
+    const float d = Fp16ToF32(LoadU16(p));
     const int8_t* qs = reinterpret_cast<const int8_t*>(p + 2);
     for (int i = 0; i < kQK8_0; ++i) out[i] = d * static_cast<float>(qs[i]);
   }
 }
 
-// Q2_K (§6.3): scales[16] | qs[64] | d | dmin.
+// Q2_K (§6.3): scales[16] | qs[64] | d | dmin. Element e = 128h + 32s + l takes bits
+// 2s..2s+1 of qs[32h + l]; sub-block g = e / 16 has scale code scales[g] & 15 and min
+// code scales[g] >> 4.
 void DequantQ2_K(const void* src, float* out, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQK_K; ++b, p += sizeof(BlockQ2_K), out += kQK_K) {
     const uint8_t* scales = p;
     const uint8_t* qs = p + 16;
-    const float d = fp16_to_f32(LoadU16(p + 80));
-    const float dmin = fp16_to_f32(LoadU16(p + 82));
+    const float d = Fp16ToF32(LoadU16(p + 80));
+    const float dmin = Fp16ToF32(LoadU16(p + 82));
+    uint8_t codes[kQK_K];
     for (int h = 0; h < 2; ++h) {
       for (int s = 0; s < 4; ++s) {
-        for (int half = 0; half < 2; ++half) {  // two 16-element sub-blocks per 32-run
-          const int e0 = 128 * h + 32 * s + 16 * half;
-          const uint8_t sc = scales[e0 / 16];
-          const float dl = d * static_cast<float>(sc & 0x0F);
-          const float ml = dmin * static_cast<float>(sc >> 4);
-          const uint8_t* q = qs + 32 * h + 16 * half;
-          for (int l = 0; l < 16; ++l) {
-            out[e0 + l] = dl * static_cast<float>((q[l] >> (2 * s)) & 3) - ml;
-          }
-        }
+        uint8_t* c = codes + 128 * h + 32 * s;
+        const uint8_t* q = qs + 32 * h;
+        for (int l = 0; l < 32; ++l) c[l] = static_cast<uint8_t>((q[l] >> (2 * s)) & 3);
       }
+    }
+    for (int g = 0; g < 16; ++g) {
+      const float dl = d * static_cast<float>(scales[g] & 0x0F);
+      const float ml = dmin * static_cast<float>(scales[g] >> 4);
+      const uint8_t* c = codes + 16 * g;
+      float* o = out + 16 * g;
+      for (int l = 0; l < 16; ++l) o[l] = dl * static_cast<float>(c[l]) - ml;
     }
   }
 }
@@ -129,8 +147,8 @@ void UnpackQ4_KScales(const uint8_t* k, uint8_t sc[8], uint8_t mn[8]) {
 void DequantQ4_K(const void* src, float* out, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQK_K; ++b, p += sizeof(BlockQ4_K), out += kQK_K) {
-    const float d = fp16_to_f32(LoadU16(p));
-    const float dmin = fp16_to_f32(LoadU16(p + 2));
+    const float d = Fp16ToF32(LoadU16(p));
+    const float dmin = Fp16ToF32(LoadU16(p + 2));
     uint8_t sc[8], mn[8];
     UnpackQ4_KScales(p + 4, sc, mn);
     const uint8_t* qs = p + 16;
@@ -147,22 +165,40 @@ void DequantQ4_K(const void* src, float* out, int64_t n) {
 }
 
 // IQ2_XXS (§6.5): d | eight 8-byte groups (four grid indices, four sign indices, scale).
+// The codebook and the sign masks are expanded once into float tables (12 KiB), so
+// each 8-element sub-group is two plain multiplies the compiler vectorizes.
+struct Iq2xxsFloatTables {
+  float magnitude[256][8];
+  float sign[128][8];
+  Iq2xxsFloatTables() {
+    for (int g = 0; g < 256; ++g) {
+      for (int i = 0; i < 8; ++i) magnitude[g][i] = static_cast<float>((kIq2xxsGrid[g] >> (8 * i)) & 0xFF);
+    }
+    for (uint32_t s = 0; s < 128; ++s) {
+      for (int i = 0; i < 8; ++i) sign[s][i] = (iq2xxs_sign_mask(s) >> i) & 1 ? -1.0f : 1.0f;
+    }
+  }
+};
+
+const Iq2xxsFloatTables& Iq2xxsTables() {
+  static const Iq2xxsFloatTables tables;
+  return tables;
+}
+
 void DequantIQ2_XXS(const void* src, float* out, int64_t n) {
+  const Iq2xxsFloatTables& t = Iq2xxsTables();
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQK_K; ++b, p += sizeof(BlockIQ2_XXS), out += kQK_K) {
-    const float d = fp16_to_f32(LoadU16(p));
+    const float d = Fp16ToF32(LoadU16(p));
     for (int ib = 0; ib < 8; ++ib) {
       const uint32_t a = LoadU32(p + 2 + 8 * ib);
       const uint32_t s = LoadU32(p + 6 + 8 * ib);
       const float db = d * (0.5f + static_cast<float>(s >> 28)) * 0.25f;
       for (int k = 0; k < 4; ++k) {
-        const uint64_t grid = kIq2xxsGrid[(a >> (8 * k)) & 0xFF];
-        const uint8_t signs = iq2xxs_sign_mask((s >> (7 * k)) & 0x7F);
+        const float* mag = t.magnitude[(a >> (8 * k)) & 0xFF];
+        const float* sign = t.sign[(s >> (7 * k)) & 0x7F];
         float* o = out + 32 * ib + 8 * k;
-        for (int i = 0; i < 8; ++i) {
-          const float mag = static_cast<float>((grid >> (8 * i)) & 0xFF);
-          o[i] = db * mag * ((signs >> i) & 1 ? -1.0f : 1.0f);
-        }
+        for (int i = 0; i < 8; ++i) o[i] = db * mag[i] * sign[i];
       }
     }
   }
@@ -234,15 +270,7 @@ float dot_row(GgmlType type, const void* row, const float* x, int64_t n) {
 
 // ---- fp16 / bf16 -------------------------------------------------------------------------
 
-float fp16_to_f32(uint16_t h) {
-  // Shift exponent+mantissa into float position and rescale by 2^(127-15): exact for
-  // normals and subnormals alike. Inf/NaN get the all-ones exponent, mantissa kept.
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t em = static_cast<uint32_t>(h & 0x7FFFu) << 13;
-  uint32_t bits = std::bit_cast<uint32_t>(std::bit_cast<float>(em) * 0x1p112f);
-  if (em >= (0x7C00u << 13)) bits = em | 0x7F800000u;
-  return std::bit_cast<float>(bits | sign);
-}
+float fp16_to_f32(uint16_t h) { return Fp16ToF32(h); }
 
 uint16_t f32_to_fp16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
