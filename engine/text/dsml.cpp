@@ -139,7 +139,8 @@ void DsmlStreamParser::parse_reasoning(std::vector<DsmlEvent>* out, bool final) 
     state_ = State::kContent;
     return;
   }
-  const size_t hold = final ? 0 : partial_suffix(buf_, kThinkEndText);
+  const size_t hold =
+      final ? 0 : std::max(partial_suffix(buf_, kThinkEndText), partial_suffix(buf_, kEosText));
   if (buf_.size() > hold) {
     out->push_back({DsmlEvent::Kind::kReasoning, 0, "", buf_.substr(0, buf_.size() - hold)});
     buf_.erase(0, buf_.size() - hold);
@@ -182,6 +183,7 @@ void DsmlStreamParser::parse_content(std::vector<DsmlEvent>* out, bool final) {
   }
   size_t hold = 0;
   if (!final) {
+    hold = partial_suffix(buf_, kEosText);
     for (const Variant& v : kVariants) {
       hold = std::max(hold, partial_suffix(buf_, std::string(v.open) + "tool_calls>"));
     }
@@ -268,24 +270,34 @@ void DsmlStreamParser::parse_tool_calls(std::vector<DsmlEvent>* out) {
   }
 }
 
-std::vector<DsmlEvent> DsmlStreamParser::push(std::string_view text) {
-  std::vector<DsmlEvent> out;
-  if (!error_.ok() || state_ == State::kDone) return out;
-  buf_.append(text);
-  for (;;) {
+void DsmlStreamParser::drain(std::vector<DsmlEvent>* out) {
+  while (error_.ok() && state_ != State::kDone) {
     const State before = state_;
     const size_t size_before = buf_.size();
-    if (state_ == State::kReasoning) parse_reasoning(&out, false);
-    else if (state_ == State::kContent) parse_content(&out, false);
-    else if (state_ == State::kToolCalls) parse_tool_calls(&out);
+    if (state_ == State::kReasoning) parse_reasoning(out, false);
+    else if (state_ == State::kContent) parse_content(out, false);
+    else parse_tool_calls(out);
     if (state_ == before && buf_.size() == size_before) break;
-    if (state_ == State::kDone || !error_.ok()) break;
   }
+}
+
+std::vector<DsmlEvent> DsmlStreamParser::push(std::string_view text) {
+  std::vector<DsmlEvent> out;
+  if (!error_.ok() || state_ == State::kDone || ended_) return out;
+  buf_.append(text);
+  // The end-of-sentence string ends the completion; nothing after it counts.
+  const size_t eos = buf_.find(kEosText);
+  if (eos != std::string::npos) {
+    buf_.resize(eos);
+    ended_ = true;
+  }
+  drain(&out);
   return out;
 }
 
 Result<std::vector<DsmlEvent>> DsmlStreamParser::finish() {
-  std::vector<DsmlEvent> out = push("");
+  std::vector<DsmlEvent> out;
+  drain(&out);
   if (state_ == State::kReasoning) parse_reasoning(&out, true);
   if (state_ == State::kContent) parse_content(&out, true);
   if (!error_.ok()) return error_;

@@ -63,7 +63,8 @@ struct DsmlEvent {
 };
 
 // Incremental parser: push() any fragments of the completion text (token by token)
-// and get back the events that are certain. Text that might be the start of a marker
+// and get back the events that are certain. An end-of-sentence string ends the
+// completion (text after it is ignored). Text that might be the start of a marker
 // (`</think>`, the tool-call block start, trailing whitespace before a block) is held
 // until it is decided. The concatenated argument fragments of a call equal the
 // `arguments` parse_completion() returns.
@@ -90,6 +91,7 @@ class DsmlStreamParser {
 
  private:
   enum class State { kReasoning, kContent, kToolCalls, kDone };
+  void drain(std::vector<DsmlEvent>* out);
   void parse_reasoning(std::vector<DsmlEvent>* out, bool final);
   void parse_content(std::vector<DsmlEvent>* out, bool final);
   void emit_content(std::string_view text, bool final, std::vector<DsmlEvent>* out);
@@ -99,6 +101,7 @@ class DsmlStreamParser {
   State state_;
   std::string buf_;         // text not yet turned into events
   std::string pending_ws_;  // content whitespace held until we know a block does not follow
+  bool ended_ = false;      // an end-of-sentence string was seen
   bool reasoning_started_ = false;
   bool reasoning_closed_ = false;
   // Tool-call block progress.
