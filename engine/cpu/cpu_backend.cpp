@@ -7,6 +7,7 @@
 #include "cpu/forward_pass.h"
 #include "cpu/rope.h"
 #include "cpu/sequence_state.h"
+#include "cpu/weight_cache.h"
 #include "model/model.h"
 #include "runtime/thread_pool.h"
 
@@ -14,13 +15,16 @@ namespace ds4::cpu {
 
 struct CpuBackend::Impl {
   Impl(const Model& m, const BackendOptions& o)
-      : model(m), options(o), pool(o.threads), rope_plain(m.config(), false), rope_yarn(m.config(), true) {}
+      : model(m), options(o), pool(o.threads), rope_plain(m.config(), false), rope_yarn(m.config(), true) {
+    cache.build({&m.gguf(), m.mtp_gguf()}, pool);
+  }
 
   const Model& model;
   BackendOptions options;
   ThreadPool pool;
   Rope rope_plain;
   Rope rope_yarn;
+  WeightCache cache;
   CpuTrace trace;
   std::vector<SequenceState> sequences;
 
@@ -114,8 +118,8 @@ Status CpuBackend::forward(std::span<const BatchToken> batch, ForwardOutput* out
     }
     slice.tokens.push_back(static_cast<int32_t>(i));
   }
-  ForwardContext ctx{impl_->model, impl_->pool, impl_->options.qat, &impl_->trace, impl_->rope_plain,
-                     impl_->rope_yarn};
+  ForwardContext ctx{impl_->model, impl_->pool,      impl_->options.qat, &impl_->trace,
+                     impl_->rope_plain, impl_->rope_yarn, impl_->cache};
   run_forward(ctx, batch, slices, out);
   for (SequenceSlice& slice : slices) slice.state->length = slice.start + static_cast<int32_t>(slice.tokens.size());
   return Status::Ok();

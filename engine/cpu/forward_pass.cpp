@@ -44,7 +44,12 @@ class BlockRunner {
     x.assign(n_ * c_.hc_dim(), 0.0f);
     for (int64_t t = 0; t < n_; ++t) {
       float* xt = x.data() + t * c_.hc_dim();
-      dequantize_row(emb.type(), emb.row(batch_[t].token), xt, d);
+      const float* dense = ctx_.cache.find(emb.tensor);
+      if (dense != nullptr) {
+        std::memcpy(xt, dense + static_cast<int64_t>(batch_[t].token) * d, d * sizeof(float));
+      } else {
+        dequantize_row(emb.type(), emb.row(batch_[t].token), xt, d);
+      }
       for (int h = 1; h < c_.hc_mult; ++h) std::memcpy(xt + h * d, xt, d * sizeof(float));
     }
   }
@@ -73,17 +78,26 @@ class BlockRunner {
       Vec row(hcd);
       for (int64_t i = b; i < e; ++i) {
         float* yi = y.data() + i * d;
-        hc_head(c_, x.data() + want[i] * hcd, m.output_hc_fn(), m.output_hc_scale(), m.output_hc_base(), yi,
-                row.data());
+        hc_head(c_, x.data() + want[i] * hcd, m.output_hc_fn(), dense(m.output_hc_fn()), m.output_hc_scale(),
+                m.output_hc_base(), yi, row.data());
         rms_norm(yi, m.output_norm().f32(), d, c_.norm_eps, yi);
       }
     });
     const size_t base = out->logits.size();
     out->logits.resize(base + want.size() * c_.vocab);
-    matmul(ctx_.pool, m.output(), y.data(), static_cast<int64_t>(want.size()), out->logits.data() + base);
+    mm(m.output(), y.data(), static_cast<int64_t>(want.size()), out->logits.data() + base);
   }
 
  private:
+  const float* dense(const Weight& w) const { return ctx_.cache.find(w.tensor); }
+  void mm(const Weight& w, MatmulArgs a) const {
+    a.dense = dense(w);
+    matmul(ctx_.pool, w, a);
+  }
+  void mm(const Weight& w, const float* x, int64_t n, float* y) const {
+    matmul(ctx_.pool, w, x, n, y, dense(w));
+  }
+
   const Rope& rope_for(const LayerWeights& w) const { return w.ratio != 0 ? ctx_.rope_yarn : ctx_.rope_plain; }
   LayerState& state(int64_t t, int32_t layer) const {
     return slices_[places_[t].slice].state->layers[layer];
@@ -100,7 +114,7 @@ class BlockRunner {
       Vec row(hcd);
       for (int64_t t = b; t < e; ++t) {
         float* y = normed.data() + t * d;
-        hc_pre(c_, x.data() + t * hcd, fn, scale, base, y, &mix[t], row.data());
+        hc_pre(c_, x.data() + t * hcd, fn, dense(fn), scale, base, y, &mix[t], row.data());
         rms_norm(y, norm.f32(), d, c_.norm_eps, y);
       }
     });
@@ -133,10 +147,10 @@ class BlockRunner {
 
     // §2.5.1 query path.
     Vec qlat(n_ * ql);
-    matmul(ctx_.pool, w.attn_q_a, nrm.data(), n_, qlat.data());
+    mm(w.attn_q_a, nrm.data(), n_, qlat.data());
     for (int64_t t = 0; t < n_; ++t) rms_norm(qlat.data() + t * ql, w.attn_q_a_norm.f32(), ql, c_.norm_eps, qlat.data() + t * ql);
     Vec q(n_ * H * hd);
-    matmul(ctx_.pool, w.attn_q_b, qlat.data(), n_, q.data());
+    mm(w.attn_q_b, qlat.data(), n_, q.data());
     for_tokens([&](int64_t t) {
       for (int64_t h = 0; h < H; ++h) {
         float* qh = q.data() + (t * H + h) * hd;
@@ -147,7 +161,7 @@ class BlockRunner {
 
     // §2.5.2 KV path.
     Vec kv(n_ * hd);
-    matmul(ctx_.pool, w.attn_kv, nrm.data(), n_, kv.data());
+    mm(w.attn_kv, nrm.data(), n_, kv.data());
     for_tokens([&](int64_t t) {
       float* r = kv.data() + t * hd;
       rms_norm(r, w.attn_kv_a_norm.f32(), hd, c_.norm_eps, r);
@@ -198,10 +212,10 @@ class BlockRunner {
       a.ldy = G * ol;
       a.row_begin = g * ol;
       a.row_count = ol;
-      matmul(ctx_.pool, w.attn_output_a, a);
+      mm(w.attn_output_a, a);
     }
     Vec attn(n_ * d);
-    matmul(ctx_.pool, w.attn_output_b, u.data(), n_, attn.data());
+    mm(w.attn_output_b, u.data(), n_, attn.data());
 
     // The chunk's raw rows join the ring only now: queries above read them from `kv`.
     for (int64_t t = 0; t < n_; ++t) std::memcpy(state(t, layer).raw_at(pos(t)), kv.data() + t * hd, hd * sizeof(float));
@@ -240,8 +254,8 @@ class BlockRunner {
   void compress(int32_t layer, const CompressorWeights& cw, const Vec& nrm, const Rope& rope, CompressedRowKind kind) {
     const int64_t width = cw.kv.rows();
     Vec k(n_ * width), z(n_ * width);
-    matmul(ctx_.pool, cw.kv, nrm.data(), n_, k.data());
-    matmul(ctx_.pool, cw.gate, nrm.data(), n_, z.data());
+    mm(cw.kv, nrm.data(), n_, k.data());
+    mm(cw.gate, nrm.data(), n_, z.data());
     for (SequenceSlice& slice : slices_) {
       LayerState& st = slice.state->layers[layer];
       CompressorRing& ring = kind == CompressedRowKind::kAttention ? st.comp : st.index_comp;
@@ -273,8 +287,8 @@ class BlockRunner {
       std::memcpy(xin.data() + i * d, nrm.data() + need[i] * d, d * sizeof(float));
     }
     Vec q(m * ih * id), wts(m * ih);
-    matmul(ctx_.pool, w.indexer.q_b, lat.data(), m, q.data());
-    matmul(ctx_.pool, w.indexer.proj, xin.data(), m, wts.data());
+    mm(w.indexer.q_b, lat.data(), m, q.data());
+    mm(w.indexer.proj, xin.data(), m, wts.data());
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)) *
                                             (1.0 / std::sqrt(static_cast<double>(ih))));
     ctx_.pool.parallel_for(m, 1, [&](int64_t b, int64_t e) {
@@ -314,7 +328,7 @@ class BlockRunner {
     hc_pre_all(x, w.hc_ffn_fn, w.hc_ffn_scale, w.hc_ffn_base, w.ffn_norm, f, mix);
 
     Vec logits(n_ * ne);
-    matmul(ctx_.pool, w.ffn_gate_inp, f.data(), n_, logits.data());
+    mm(w.ffn_gate_inp, f.data(), n_, logits.data());
     std::vector<int32_t> experts(n_ * k);
     Vec weights(n_ * k);
     for (int64_t t = 0; t < n_; ++t) {
@@ -370,9 +384,9 @@ class BlockRunner {
     a.ldy = ffn;
     a.mat = mat;
     a.y = g.data();
-    matmul(ctx_.pool, gate, a);
+    mm(gate, a);
     a.y = u.data();
-    matmul(ctx_.pool, up, a);
+    mm(up, a);
     for (int64_t i = 0; i < m; ++i) {
       float* gi = g.data() + i * ffn;
       clamped_swiglu(gi, u.data() + i * ffn, ffn, limit, gi);
@@ -387,7 +401,7 @@ class BlockRunner {
     b.y = y.data();
     b.ldy = d;
     b.mat = mat;
-    matmul(ctx_.pool, down, b);
+    mm(down, b);
   }
 
   const ForwardContext& ctx_;

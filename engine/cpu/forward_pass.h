@@ -12,6 +12,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/rope.h"
 #include "cpu/sequence_state.h"
+#include "cpu/weight_cache.h"
 #include "model/model.h"
 #include "runtime/thread_pool.h"
 
@@ -31,6 +32,7 @@ struct ForwardContext {
   const CpuTrace* trace = nullptr;
   const Rope& rope_plain;
   const Rope& rope_yarn;
+  const WeightCache& cache;
 };
 
 // Runs the batch; `slices` cover every token. States are updated (rows, rings) but

@@ -11,14 +11,16 @@ namespace {
 
 // m[r] = (fn_r . x) * rsqrt(mean(x^2) + eps) for the rows of `fn` (official order:
 // project the raw state, then scale by the RMS factor).
-void hc_mixes(const ModelConfig& c, const float* x, const Weight& fn, float* m, float* row) {
+void hc_mixes(const ModelConfig& c, const float* x, const Weight& fn, const float* dense, float* m, float* row) {
   const int64_t n = c.hc_dim();
   double ss = 0;
   for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
   const float rsqrt = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + c.norm_eps));
   for (int64_t r = 0; r < fn.rows(); ++r) {
     const float* w = row;
-    if (fn.type() == GgmlType::F32) {
+    if (dense != nullptr) {
+      w = dense + r * n;
+    } else if (fn.type() == GgmlType::F32) {
       w = reinterpret_cast<const float*>(fn.row(r));
     } else {
       dequantize_row(fn.type(), fn.row(r), row, n);
@@ -71,10 +73,10 @@ void hc_split_sinkhorn(const float* mixes, const float* scale, const float* base
   }
 }
 
-void hc_pre(const ModelConfig& c, const float* x, const Weight& fn, const Weight& scale, const Weight& base,
-            float* y, HcMix* mix, float* row) {
+void hc_pre(const ModelConfig& c, const float* x, const Weight& fn, const float* fn_dense, const Weight& scale,
+            const Weight& base, float* y, HcMix* mix, float* row) {
   float m[16 * 18];
-  hc_mixes(c, x, fn, m, row);
+  hc_mixes(c, x, fn, fn_dense, m, row);
   hc_split_sinkhorn(m, scale.f32(), base.f32(), c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, mix);
   const int64_t d = c.dim;
   for (int64_t i = 0; i < d; ++i) {
@@ -97,10 +99,10 @@ void hc_post(const ModelConfig& c, const float* f, const float* residual, const 
   }
 }
 
-void hc_head(const ModelConfig& c, const float* x, const Weight& fn, const Weight& scale, const Weight& base,
-             float* y, float* row) {
+void hc_head(const ModelConfig& c, const float* x, const Weight& fn, const float* fn_dense, const Weight& scale,
+             const Weight& base, float* y, float* row) {
   float m[16];
-  hc_mixes(c, x, fn, m, row);
+  hc_mixes(c, x, fn, fn_dense, m, row);
   const float* sc = scale.f32();
   const float* b = base.f32();
   float w[16];

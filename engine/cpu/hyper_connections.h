@@ -24,8 +24,9 @@ void hc_split_sinkhorn(const float* mixes, const float* scale, const float* base
                        int iters, float eps, HcMix* out);
 
 // X: hc * dim state of one token. Writes the sublayer input y (dim) and the mix.
-// `fn_row_scratch` must hold hc * dim floats (dequantized fn rows).
-void hc_pre(const ModelConfig& c, const float* x, const Weight& fn, const Weight& scale,
+// `fn_dense` is an f32 copy of fn (or nullptr); otherwise `fn_row_scratch` (hc * dim
+// floats) receives each dequantized row.
+void hc_pre(const ModelConfig& c, const float* x, const Weight& fn, const float* fn_dense, const Weight& scale,
             const Weight& base, float* y, HcMix* mix, float* fn_row_scratch);
 
 // X'_dst = post_dst * f + sum_src comb[src][dst] * residual_src (one token).
@@ -33,7 +34,7 @@ void hc_post(const ModelConfig& c, const float* f, const float* residual, const 
              float* x_out);
 
 // Final collapse: y = sum_h (sigmoid(m_h * scale + base_h) + eps) * X_h.
-void hc_head(const ModelConfig& c, const float* x, const Weight& fn, const Weight& scale,
+void hc_head(const ModelConfig& c, const float* x, const Weight& fn, const float* fn_dense, const Weight& scale,
              const Weight& base, float* y, float* fn_row_scratch);
 
 }  // namespace ds4::cpu

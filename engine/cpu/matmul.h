@@ -23,11 +23,13 @@ struct MatmulArgs {
   int64_t mat = 0;           // matrix index of a 3-D (expert) tensor
   int64_t row_begin = 0;     // first weight row
   int64_t row_count = -1;    // -1: all rows from row_begin
+  const float* dense = nullptr;  // f32 copy of the whole tensor (WeightCache), if any
 };
 
 void matmul(ThreadPool& pool, const Weight& w, const MatmulArgs& args);
 
 // Convenience: y[n x rows] = x[n x cols] . W^T for a whole 2-D weight.
-void matmul(ThreadPool& pool, const Weight& w, const float* x, int64_t n, float* y);
+void matmul(ThreadPool& pool, const Weight& w, const float* x, int64_t n, float* y,
+            const float* dense = nullptr);
 
 }  // namespace ds4::cpu

@@ -16,7 +16,7 @@ void route_token(const ModelConfig& c, const LayerWeights& w, const float* logit
   for (int e = 0; e < ne; ++e) score[e] = std::sqrt(softplus(logits[e]));
   if (w.hash) {
     const int32_t* ids = w.ffn_gate_tid2eid.i32() + static_cast<int64_t>(token) * k;
-    for (int i = 0; i < k; ++i) experts[i] = std::clamp<int32_t>(ids[i], 0, ne - 1);
+    for (int i = 0; i < k; ++i) experts[i] = ids[i];  // range-checked when the model is bound
   } else {
     std::vector<float> biased(score);
     if (w.exp_probs_b.present()) {

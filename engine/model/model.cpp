@@ -123,6 +123,15 @@ Status bind_block(const Binder& b, const ModelConfig& c, const BlockSpec& s, flo
   if (s.hash) {
     DS4_RETURN_IF_ERROR(b.bind(&w->ffn_gate_tid2eid, p + "ffn_gate_tid2eid.weight", {I32},
                                {c.n_experts_used, c.vocab}));
+    const int32_t* ids = w->ffn_gate_tid2eid.i32();
+    const int64_t count = static_cast<int64_t>(c.n_experts_used) * c.vocab;
+    for (int64_t i = 0; i < count; ++i) {
+      if (ids[i] < 0 || ids[i] >= c.n_experts) {
+        return Status::Error("tensor " + p + "ffn_gate_tid2eid.weight: entry " + std::to_string(i) + " (token " +
+                             std::to_string(i / c.n_experts_used) + ") names expert " + std::to_string(ids[i]) +
+                             ", outside [0, " + std::to_string(c.n_experts) + ")");
+      }
+    }
   }
   const std::vector<GgmlType> kRouted = {GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   const int64_t ffn = c.expert_ffn, ne = c.n_experts;
