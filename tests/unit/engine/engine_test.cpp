@@ -1,0 +1,427 @@
+// Engine / generation-loop behaviour with a scripted backend: the next token is a
+// function of the sequence's whole history, so any mistake in KV reuse, truncation
+// or positions changes the output. Covers KV reuse, chunked prefill, EOS, max_tokens,
+// stop strings, UTF-8-complete deltas, cancellation and context overflow. The real
+// forward pass is exercised in generation_test.cpp and paris_test.cpp.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "format/gguf.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "text/tokenizer.h"
+
+namespace {
+
+using ds4::BatchToken;
+using ds4::ForwardOutput;
+using ds4::SeqId;
+
+// The next token after `history`.
+using Script = std::function<int32_t(const std::vector<int32_t>& history)>;
+
+// A Backend that keeps each sequence's token history and returns logits with a
+// single clear maximum at script(history). Records what it was fed.
+class ScriptedBackend : public ds4::Backend {
+ public:
+  ScriptedBackend(int32_t vocab, Script script) : vocab_(vocab), script_(std::move(script)) {}
+
+  std::string_view name() const override { return "scripted"; }
+  ds4::Result<SeqId> new_sequence(int32_t max_ctx) override {
+    const SeqId id = next_id_++;
+    seqs_[id] = {};
+    max_ctx_[id] = max_ctx;
+    return id;
+  }
+  void free_sequence(SeqId seq) override { seqs_.erase(seq); }
+  int32_t sequence_length(SeqId seq) const override {
+    return static_cast<int32_t>(seqs_.at(seq).size());
+  }
+  ds4::Status truncate(SeqId seq, int32_t n) override {
+    auto& h = seqs_.at(seq);
+    const int32_t len = static_cast<int32_t>(h.size());
+    if (n > len || (n != 0 && n < len - kMaxRollback)) {
+      return ds4::Status::Error("scripted: cannot truncate " + std::to_string(len) + " to " +
+                                std::to_string(n));
+    }
+    h.resize(n);
+    ++truncations;
+    return ds4::Status::Ok();
+  }
+  ds4::Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override {
+    ++forward_calls;
+    if (fail_next_forward) {
+      fail_next_forward = false;
+      return ds4::Status::Error("scripted: injected failure");
+    }
+    out->logits.clear();
+    out->hidden.clear();
+    max_batch_seen = std::max<int32_t>(max_batch_seen, static_cast<int32_t>(batch.size()));
+    for (const BatchToken& t : batch) {
+      auto& h = seqs_.at(t.seq);
+      if (t.pos != static_cast<int32_t>(h.size())) {
+        return ds4::Status::Error("scripted: token at position " + std::to_string(t.pos) +
+                                  " but the sequence holds " + std::to_string(h.size()));
+      }
+      if (t.pos >= max_ctx_.at(t.seq)) return ds4::Status::Error("scripted: beyond max_ctx");
+      h.push_back(t.token);
+      ++tokens_fed;
+      if (t.want_logits) {
+        ++logits_requested;
+        std::vector<float> row(vocab_, 0.0f);
+        row[script_(h)] = 10.0f;
+        out->logits.insert(out->logits.end(), row.begin(), row.end());
+      }
+    }
+    if (after_forward) after_forward();
+    return ds4::Status::Ok();
+  }
+
+  int64_t forward_calls = 0, tokens_fed = 0, logits_requested = 0, truncations = 0;
+  int32_t max_batch_seen = 0;
+  bool fail_next_forward = false;
+  std::function<void()> after_forward;
+
+ private:
+  int32_t vocab_;
+  Script script_;
+  SeqId next_id_ = 0;
+  std::map<SeqId, std::vector<int32_t>> seqs_;
+  std::map<SeqId, int32_t> max_ctx_;
+};
+
+std::string data_path(const std::string& rel) { return std::string(DS4_TEST_DATA) + "/" + rel; }
+
+std::unique_ptr<ds4::Tokenizer> load_tokenizer() {
+  auto gguf = ds4::GgufFile::Open(data_path("tiny-chat/model.gguf"));
+  REQUIRE_MESSAGE(gguf.ok(), gguf.status().message());
+  auto tok = ds4::Tokenizer::FromGguf(**gguf);
+  REQUIRE_MESSAGE(tok.ok(), tok.status().message());
+  return std::make_unique<ds4::Tokenizer>(std::move(*tok));
+}
+
+// A history-dependent token in [100, 1100): ordinary text tokens of tiny-chat.
+int32_t hash_script(const std::vector<int32_t>& h) {
+  uint64_t x = 1469598103934665603ull;
+  for (int32_t t : h) x = (x ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+  return 100 + static_cast<int32_t>(x % 1000);
+}
+
+struct Fixture {
+  explicit Fixture(Script script = hash_script, int32_t ctx = 256, int32_t chunk = 512) {
+    auto tok = load_tokenizer();
+    vocab = tok->vocab_size();
+    eos = tok->eos();
+    auto b = std::make_unique<ScriptedBackend>(vocab, std::move(script));
+    backend = b.get();
+    ds4::EngineOptions options;
+    options.ctx = ctx;
+    options.prefill_chunk = chunk;
+    engine = ds4::Engine::FromParts(options, nullptr, std::move(tok), std::move(b));
+  }
+  std::unique_ptr<ds4::Session> session() {
+    auto s = engine->new_session();
+    REQUIRE(s.ok());
+    return std::move(*s);
+  }
+  std::unique_ptr<ds4::Engine> engine;
+  ScriptedBackend* backend = nullptr;
+  int32_t vocab = 0, eos = 1;
+};
+
+ds4::GenerateRequest greedy(std::vector<int32_t> prompt, int32_t max_tokens) {
+  ds4::GenerateRequest r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0.0f;
+  r.max_tokens = max_tokens;
+  return r;
+}
+
+std::vector<int32_t> iota_prompt(int32_t n, int32_t first = 200) {
+  std::vector<int32_t> p;
+  for (int32_t i = 0; i < n; ++i) p.push_back(first + (i * 7) % 500);
+  return p;
+}
+
+ds4::GenerateResult run(Fixture& f, ds4::Session& s, const ds4::GenerateRequest& r,
+                        std::vector<std::vector<int32_t>>* id_groups = nullptr,
+                        std::string* streamed = nullptr) {
+  auto res = f.engine->generate(s, r, [&](const ds4::TokenDelta& d) {
+    if (id_groups) id_groups->emplace_back(d.token_ids.begin(), d.token_ids.end());
+    if (streamed) *streamed += d.text;
+    return true;
+  });
+  REQUIRE_MESSAGE(res.ok(), res.status().message());
+  return std::move(*res);
+}
+
+}  // namespace
+
+TEST_CASE("greedy generation follows the script and stops at max_tokens") {
+  Fixture f;
+  auto s = f.session();
+  const auto prompt = iota_prompt(20);
+  auto r = run(f, *s, greedy(prompt, 8));
+  CHECK(r.finish_reason == ds4::FinishReason::kLength);
+  CHECK(r.completion_tokens == 8);
+  REQUIRE(r.output_ids.size() == 8);
+  std::vector<int32_t> h = prompt;
+  for (int32_t id : r.output_ids) {
+    CHECK(id == hash_script(h));
+    h.push_back(id);
+  }
+  // The last sampled token is not fed; everything else is.
+  CHECK(s->size() == 20 + 7);
+  CHECK(f.backend->tokens_fed == 27);
+  CHECK(r.prompt_tokens == 20);
+  CHECK(r.reused_tokens == 0);
+}
+
+TEST_CASE("prefill runs in chunks and asks logits only for the last prompt token") {
+  Fixture f(hash_script, 256, 7);
+  auto s = f.session();
+  auto r = run(f, *s, greedy(iota_prompt(30), 1));
+  CHECK(r.completion_tokens == 1);
+  CHECK(f.backend->forward_calls == 5);  // 7 + 7 + 7 + 7 + 2
+  CHECK(f.backend->max_batch_seen == 7);
+  CHECK(f.backend->logits_requested == 1);
+  // The same answer as a single-chunk prefill.
+  Fixture g(hash_script, 256, 512);
+  auto s2 = g.session();
+  auto r2 = run(g, *s2, greedy(iota_prompt(30), 1));
+  CHECK(r.output_ids == r2.output_ids);
+  CHECK(g.backend->forward_calls == 1);
+}
+
+TEST_CASE("a prompt extending the session reuses its state and prefills only the suffix") {
+  Fixture f;
+  auto s = f.session();
+  const auto p1 = iota_prompt(40);
+  auto r1 = run(f, *s, greedy(p1, 6));
+  std::vector<int32_t> p2 = p1;
+  p2.insert(p2.end(), r1.output_ids.begin(), r1.output_ids.end());
+  for (int32_t t : iota_prompt(12, 700)) p2.push_back(t);
+  const int32_t held = s->size();
+  CHECK(held == 40 + 5);
+  const int64_t fed_before = f.backend->tokens_fed;
+  auto r2 = run(f, *s, greedy(p2, 6));
+  CHECK(r2.reused_tokens == held);
+  CHECK(r2.prompt_tokens == static_cast<int32_t>(p2.size()));
+  // Only the suffix (the unfed last reply token + 12 new) plus 5 decode steps.
+  CHECK(f.backend->tokens_fed - fed_before == (static_cast<int64_t>(p2.size()) - held) + 5);
+
+  Fixture fresh;
+  auto s2 = fresh.session();
+  auto r3 = run(fresh, *s2, greedy(p2, 6));
+  CHECK(r3.reused_tokens == 0);
+  CHECK(r3.output_ids == r2.output_ids);
+}
+
+TEST_CASE("a repeated prompt re-feeds only its last token") {
+  Fixture f;
+  auto s = f.session();
+  const auto p = iota_prompt(25);
+  auto r1 = run(f, *s, greedy(p, 1));  // holds exactly the prompt afterwards
+  CHECK(s->size() == 25);
+  const int64_t fed_before = f.backend->tokens_fed;
+  auto r2 = run(f, *s, greedy(p, 1));
+  CHECK(r2.reused_tokens == 24);
+  CHECK(f.backend->tokens_fed - fed_before == 1);
+  CHECK(r1.output_ids == r2.output_ids);
+}
+
+TEST_CASE("a diverging prompt rolls back to the common prefix or resets") {
+  SUBCASE("close divergence: truncate to the common prefix") {
+    Fixture f;
+    auto s = f.session();
+    const auto p = iota_prompt(30);
+    run(f, *s, greedy(p, 1));
+    auto p2 = p;
+    p2[27] = 999;  // diverges 3 tokens before the end: within the rollback limit
+    auto r = run(f, *s, greedy(p2, 3));
+    CHECK(r.reused_tokens == 27);
+    Fixture fresh;
+    auto s2 = fresh.session();
+    CHECK(run(fresh, *s2, greedy(p2, 3)).output_ids == r.output_ids);
+  }
+  SUBCASE("far divergence: reset and prefill from token zero") {
+    Fixture f;
+    auto s = f.session();
+    const auto p = iota_prompt(60);
+    run(f, *s, greedy(p, 1));
+    auto p2 = p;
+    p2[5] = 999;
+    auto r = run(f, *s, greedy(p2, 3));
+    CHECK(r.reused_tokens == 0);
+    Fixture fresh;
+    auto s2 = fresh.session();
+    CHECK(run(fresh, *s2, greedy(p2, 3)).output_ids == r.output_ids);
+  }
+}
+
+TEST_CASE("EOS ends the generation, is reported in output_ids and never streamed") {
+  Fixture probe;
+  const int32_t eos = probe.eos;
+  // Three text tokens, then EOS.
+  Fixture f([eos](const std::vector<int32_t>& h) { return h.size() >= 13 ? eos : 300 + static_cast<int32_t>(h.size()); });
+  auto s = f.session();
+  std::vector<std::vector<int32_t>> groups;
+  auto r = run(f, *s, greedy(iota_prompt(10), 50), &groups);
+  CHECK(r.finish_reason == ds4::FinishReason::kStop);
+  CHECK(r.completion_tokens == 3);
+  REQUIRE(r.output_ids.size() == 4);
+  CHECK(r.output_ids.back() == eos);
+  std::vector<int32_t> streamed;
+  for (auto& g : groups) streamed.insert(streamed.end(), g.begin(), g.end());
+  CHECK(streamed == std::vector<int32_t>(r.output_ids.begin(), r.output_ids.end() - 1));
+}
+
+TEST_CASE("stop strings cut the text at the earliest match and stop") {
+  auto tok = load_tokenizer();
+  const std::vector<int32_t> text_ids = tok->encode(" Paris is the capital. More text follows here.");
+  REQUIRE(text_ids.size() > 4);
+  const size_t base = 10;
+  Fixture f([text_ids](const std::vector<int32_t>& h) {
+    const size_t i = h.size() - 10;
+    return i < text_ids.size() ? text_ids[i] : text_ids.back();
+  });
+  auto s = f.session();
+  auto req = greedy(iota_prompt(base), 100);
+  req.stop = {"capital", "follows"};
+  std::string streamed;
+  auto r = run(f, *s, req, nullptr, &streamed);
+  CHECK(r.finish_reason == ds4::FinishReason::kStop);
+  CHECK(streamed == " Paris is the ");
+  CHECK(r.text == streamed);
+  CHECK(r.completion_tokens < static_cast<int32_t>(text_ids.size()));
+}
+
+TEST_CASE("a character split over two tokens is streamed whole, its ids ride together") {
+  auto tok = load_tokenizer();
+  // GPT-2 byte alphabet: byte 0xC3 is "Ã" (U+00C3), byte 0xA9 is "©" (U+00A9): "é".
+  auto lead = tok->find_token("\xC3\x83");
+  auto cont = tok->find_token("\xC2\xA9");
+  REQUIRE(lead.has_value());
+  REQUIRE(cont.has_value());
+  const int32_t a = *tok->find_token("a");
+  const std::vector<int32_t> script_ids = {a, *lead, *cont, a};
+  Fixture f([script_ids](const std::vector<int32_t>& h) {
+    const size_t i = h.size() - 5;
+    return script_ids[std::min(i, script_ids.size() - 1)];
+  });
+  auto s = f.session();
+  std::vector<std::vector<int32_t>> groups;
+  std::string streamed;
+  auto r = run(f, *s, greedy(iota_prompt(5), 4), &groups, &streamed);
+  CHECK(streamed == "a\xC3\xA9" "a");
+  REQUIRE(groups.size() == 3);
+  CHECK(groups[0] == std::vector<int32_t>{a});
+  CHECK(groups[1] == std::vector<int32_t>{*lead, *cont});
+  CHECK(groups[2] == std::vector<int32_t>{a});
+  CHECK(r.completion_tokens == 4);
+}
+
+TEST_CASE("cancellation") {
+  SUBCASE("the cancel flag stops decoding") {
+    Fixture f;
+    auto s = f.session();
+    std::atomic<bool> cancel{false};
+    auto req = greedy(iota_prompt(10), 100);
+    req.cancel = &cancel;
+    int deltas = 0;
+    auto r = f.engine->generate(*s, req, [&](const ds4::TokenDelta&) {
+      if (++deltas == 3) cancel.store(true);
+      return true;
+    });
+    REQUIRE(r.ok());
+    CHECK(r->finish_reason == ds4::FinishReason::kCancelled);
+    CHECK(r->completion_tokens == 3);
+    CHECK(s->size() == 10 + 2);
+  }
+  SUBCASE("the sink returning false stops decoding") {
+    Fixture f;
+    auto s = f.session();
+    int deltas = 0;
+    auto r = f.engine->generate(*s, greedy(iota_prompt(10), 100), [&](const ds4::TokenDelta&) {
+      return ++deltas < 2;
+    });
+    REQUIRE(r.ok());
+    CHECK(r->finish_reason == ds4::FinishReason::kCancelled);
+    CHECK(r->completion_tokens == 2);
+  }
+  SUBCASE("cancel during prefill stops between chunks and keeps the session consistent") {
+    Fixture f(hash_script, 256, 8);
+    auto s = f.session();
+    std::atomic<bool> cancel{false};
+    f.backend->after_forward = [&] { cancel.store(true); };
+    auto req = greedy(iota_prompt(40), 10);
+    req.cancel = &cancel;
+    auto r = f.engine->generate(*s, req, nullptr);
+    REQUIRE(r.ok());
+    CHECK(r->finish_reason == ds4::FinishReason::kCancelled);
+    CHECK(r->output_ids.empty());
+    CHECK(s->size() == 8);
+    CHECK(f.backend->sequence_length(0) == 8);
+    // The next request continues from the kept chunk.
+    f.backend->after_forward = nullptr;
+    auto again = run(f, *s, greedy(iota_prompt(40), 2));
+    CHECK(again.reused_tokens == 8);
+  }
+}
+
+TEST_CASE("context overflow is an error carrying the numbers") {
+  Fixture f(hash_script, 128);
+  auto s = f.session();
+  auto r = f.engine->generate(*s, greedy(iota_prompt(100), 50), nullptr);
+  REQUIRE_FALSE(r.ok());
+  const std::string& msg = r.status().message();
+  CHECK(msg.find("100") != std::string::npos);
+  CHECK(msg.find("50") != std::string::npos);
+  CHECK(msg.find("128") != std::string::npos);
+  CHECK(f.backend->tokens_fed == 0);
+  // max_tokens -1 fills the context exactly.
+  auto full = run(f, *s, greedy(iota_prompt(100), -1));
+  CHECK(full.completion_tokens == 28);
+  CHECK(full.finish_reason == ds4::FinishReason::kLength);
+}
+
+TEST_CASE("bad requests are rejected with a clear error") {
+  Fixture f;
+  auto s = f.session();
+  auto empty = f.engine->generate(*s, greedy({}, 4), nullptr);
+  REQUIRE_FALSE(empty.ok());
+  CHECK(empty.status().message().find("empty") != std::string::npos);
+  auto bad = f.engine->generate(*s, greedy({5, f.vocab + 3}, 4), nullptr);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find(std::to_string(f.vocab + 3)) != std::string::npos);
+}
+
+TEST_CASE("a backend failure is reported and the session stays consistent") {
+  Fixture f;
+  auto s = f.session();
+  f.backend->fail_next_forward = true;
+  auto r = f.engine->generate(*s, greedy(iota_prompt(10), 4), nullptr);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("injected failure") != std::string::npos);
+  CHECK(s->size() == 0);
+  auto ok = run(f, *s, greedy(iota_prompt(10), 4));
+  CHECK(ok.completion_tokens == 4);
+}
+
+TEST_CASE("timings and speeds are filled in") {
+  Fixture f;
+  auto s = f.session();
+  auto r = run(f, *s, greedy(iota_prompt(10), 5));
+  CHECK(r.ttft_seconds >= r.prefill_seconds);
+  CHECK(r.decode_seconds >= 0.0);
+  CHECK(ds4::finish_reason_name(ds4::FinishReason::kLength) == "length");
+  CHECK(ds4::finish_reason_name(ds4::FinishReason::kStop) == "stop");
+  CHECK(ds4::finish_reason_name(ds4::FinishReason::kCancelled) == "cancelled");
+}
