@@ -93,6 +93,10 @@ Result<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
   if (options.mtp_draft < 0) {
     return Status::Error("engine: MTP draft count must be >= 0, got " + std::to_string(options.mtp_draft));
   }
+  if (options.mtp_draft > 0 && options.mtp_path.empty()) {
+    return Status::Error("engine: " + std::to_string(options.mtp_draft) +
+                         " MTP draft tokens requested but no MTP file was given");
+  }
   auto model = Model::Load(options.model_path);
   if (!model.ok()) return model.status();
   if (!options.mtp_path.empty()) {

@@ -46,7 +46,8 @@ struct EngineOptions {
   BackendKind backend = default_backend_kind();
   int32_t ctx = 32768;               // tokens per session (prompt + generated)
   int threads = 0;                   // CPU threads; 0 = all cores
-  int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = MTP off)
+  int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = off; needs mtp_path;
+                                     // speculative decoding is not implemented yet)
   bool qat = true;                   // FP8 KV / FP4 indexer round trips (the real model)
   int32_t prefill_chunk = 512;       // prompt tokens per forward() call
 };

@@ -309,6 +309,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ds4: %s\n", engine.status().message().c_str());
     return 1;
   }
+  if (o.mtp_draft > 0) {
+    std::fprintf(stderr,
+                 "ds4: note: the MTP file is loaded and checked, but speculative decoding is not "
+                 "implemented yet; decoding runs without drafts\n");
+  }
   install_sigint_handler();
   return o.has_prompt ? run_one_shot(o, **engine) : run_interactive(o, **engine);
 }
