@@ -214,6 +214,7 @@ Result<VariantData> load_variant(const Fixture& f, const std::string& v) {
 struct Capture {
   std::vector<float> hc;                  // [layer][pos 0..3][hc_dim]
   std::vector<std::vector<int32_t>> route; // [pos * n_layers + layer] -> experts
+  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> indexer;  // (layer, pos) -> selected rows
   int32_t hc_dim = 0;
   int32_t n_layers = 0;
   int32_t n_used = 0;
@@ -237,7 +238,58 @@ void attach_capture(Backend* backend, Capture* cap, int32_t n_layers, int32_t hc
       cap->route[static_cast<size_t>(t.pos) * cap->n_layers + layer].assign(e, e + cap->n_used);
     }
   };
+  trace.indexer = [cap, n_prompt](int32_t layer, const BatchToken& t, const std::vector<int32_t>& selected) {
+    if (static_cast<size_t>(t.pos) < n_prompt) cap->indexer[{layer, t.pos}] = selected;
+  };
   cpu_backend->set_trace(std::move(trace));
+}
+
+// Compares the indexer's choices with indexer_selected_{v}_layer{L} wherever the
+// engine's indexer had to choose; differences where the stored margin is below 1e-3
+// are near-ties.
+void report_indexer(const Fixture& f, const std::string& v, const Capture& cap, const std::vector<int32_t>& ratios,
+                    std::vector<std::string>* details) {
+  const int32_t np = static_cast<int32_t>(f.prompt.size());
+  const int32_t first = f.golden["positions"].value("indexer_selected_first", 0);
+  const int32_t cols = np / 4;
+  std::vector<int32_t> ratio4;
+  for (int32_t l = 0; l < static_cast<int32_t>(ratios.size()); ++l) {
+    if (ratios[l] == 4) ratio4.push_back(l);
+  }
+  std::vector<float> margin;
+  const bool have_margin =
+      f.has_array("indexer_margin_" + v) &&
+      read_array(f.path(f.array("indexer_margin_" + v)["file"]), static_cast<size_t>(np) * ratio4.size(), &margin).ok();
+  for (size_t li = 0; li < ratio4.size(); ++li) {
+    const int32_t l = ratio4[li];
+    const std::string name = "indexer_selected_" + v + "_layer" + std::to_string(l);
+    std::vector<uint8_t> sel;
+    if (!f.has_array(name) ||
+        !read_array(f.path(f.array(name)["file"]), static_cast<size_t>(np - first) * cols, &sel).ok()) {
+      continue;
+    }
+    int32_t compared = 0, flips = 0, bugs = 0;
+    for (const auto& [key, mine] : cap.indexer) {
+      if (key.first != l || key.second < first) continue;
+      const int32_t p = key.second;
+      std::vector<int32_t> golden;
+      for (int32_t c = 0; c < cols; ++c) {
+        if (sel[static_cast<size_t>(p - first) * cols + c]) golden.push_back(c);
+      }
+      compared++;
+      if (golden == mine) continue;
+      const float m = have_margin ? margin[static_cast<size_t>(p) * ratio4.size() + li] : NAN;
+      if (!std::isnan(m) && m < 1e-3) {
+        flips++;
+      } else if (bugs++ == 0) {
+        details->push_back(v + " indexer layer " + std::to_string(l) + ": first mismatch at position " +
+                           std::to_string(p) + " (margin " + fmt(m) + ")");
+      }
+    }
+    details->push_back(v + " indexer layer " + std::to_string(l) + ": " + std::to_string(compared) +
+                       " selections compared, " + std::to_string(bugs) + " mismatches with a clear margin, " +
+                       std::to_string(flips) + " near-tie flips");
+  }
 }
 
 void report_capture(const Fixture& f, const std::string& v, const Capture& cap, int32_t n_used,
@@ -394,7 +446,10 @@ Result<GoldenReport> run_golden(const GoldenOptions& options) {
       Status s = run_mode(backend.value().get(), f, data.value(), &run);
       if (!s.ok()) return s.wrap("golden " + f.dir + " " + v + " " + run.mode_name());
       report.details.push_back(describe(run));
-      if (options.debug && chunk == 0) report_capture(f, v, cap, c.n_experts_used, &report.details);
+      if (options.debug && chunk == 0) {
+        report_capture(f, v, cap, c.n_experts_used, &report.details);
+        report_indexer(f, v, cap, c.compress_ratios, &report.details);
+      }
       report.runs.push_back(std::move(run));
     }
   }
