@@ -53,7 +53,9 @@ void CheckFile(const std::string& fixture, const std::string& file_name,
   const GgufFile& file = **opened;
   CHECK(expected_tensors.size() == file.tensors().size());
   int checked = 0;
-  for (const auto& [name, want] : expected_tensors.items()) {
+  for (const auto& item : expected_tensors.items()) {
+    const std::string name = item.key();
+    const nlohmann::json& want = item.value();
     CAPTURE(fixture);
     CAPTURE(file_name);
     CAPTURE(name);

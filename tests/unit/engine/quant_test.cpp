@@ -183,7 +183,9 @@ TEST_CASE("spec §6.8 test vectors dequantize to the published values") {
     REQUIRE(quant_supported(v.type));
     std::vector<float> out(info->block_elems);
     dequantize_row(v.type, block.data(), out.data(), info->block_elems);
-    for (const auto& [index, expected] : v.values) {
+    for (const auto& value : v.values) {
+      const int index = value.first;
+      const double expected = value.second;
       CAPTURE(index);
       CheckClose(out[index], expected);
     }
