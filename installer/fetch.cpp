@@ -178,7 +178,7 @@ Attempt Resolve(const FetchRequest& request, Resolved* out, Ui* ui) {
   }
   const std::string home = Origin(request.url);
   std::string url = request.url;
-  bool first = true;
+  bool linked_unchecked = true;
   for (int hop = 0; hop <= kMaxRedirects; ++hop) {
     Headers headers;
     CURL* curl = NewHandle(request.retry, &headers);
@@ -200,10 +200,10 @@ Attempt Resolve(const FetchRequest& request, Resolved* out, Ui* ui) {
     const std::string what = "resolving " + ShortUrl(url);
     if (rc != CURLE_OK) return ClassifyCurl(rc, error_buffer, what);
 
-    if (first) {
-      first = false;
-      std::string linked_size = headers.Get("x-linked-size");
-      std::string linked_etag = headers.Get("x-linked-etag");
+    std::string linked_size = headers.Get("x-linked-size");
+    std::string linked_etag = headers.Get("x-linked-etag");
+    if (linked_unchecked && (!linked_size.empty() || !linked_etag.empty())) {
+      linked_unchecked = false;  // the un-redirected answer that carries them (HF may first move a renamed repo)
       linked_etag.erase(std::remove(linked_etag.begin(), linked_etag.end(), '"'), linked_etag.end());
       if (linked_etag.rfind("W/", 0) == 0) linked_etag = linked_etag.substr(2);
       ui->Log("resolve " + ShortUrl(url) + ": HTTP " + std::to_string(code) + " X-Linked-Size=" +

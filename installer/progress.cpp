@@ -60,6 +60,13 @@ std::string Progress::Format(uint64_t done, uint64_t total, double rate, int bar
 void Progress::Update(uint64_t done) {
   done_ = done;
   Clock::time_point now = Clock::now();
+  if (!moving_) {  // the rate counts from the first byte, not from the resolve before it
+    moving_ = true;
+    began_ = now;
+    last_draw_ = now;
+    start_ = done;
+    return;
+  }
   double since = std::chrono::duration<double>(now - last_draw_).count();
   if (since >= (tty_ ? 0.1 : interval_seconds_)) Draw(now);
 }

@@ -40,6 +40,7 @@ class Progress {
   Clock::time_point began_;
   Clock::time_point last_draw_;
   bool finished_ = false;
+  bool moving_ = false;  // Update() has been called once
 };
 
 }  // namespace ds4setup

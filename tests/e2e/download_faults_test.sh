@@ -86,4 +86,13 @@ setup download --models-dir "$WORK/m7"
 grep -q "X-Linked-Etag" "$WORK/out.txt" || fail "etag: mismatch not explained"
 [ "$(hub_stat 's["bytes_served"]')" -eq 0 ] || fail "etag: bytes were downloaded anyway"
 pass "X-Linked-Etag mismatch refused before downloading"
+
+# 8. The hub's X-Linked-Size disagrees with the manifest.
+hub_config "{$files, \"size\": {\"test.gguf\": 12345}}"
+hub_reset
+setup download --models-dir "$WORK/m8"
+[ "$RC" -eq 5 ] || fail "size: exit status $RC, expected 5"
+grep -q "is 12345 bytes (X-Linked-Size) but the manifest pins" "$WORK/out.txt" || fail "size: mismatch not explained"
+[ "$(hub_stat 's["bytes_served"]')" -eq 0 ] || fail "size: bytes were downloaded anyway"
+pass "X-Linked-Size mismatch refused before downloading"
 echo "PASS download_faults"
