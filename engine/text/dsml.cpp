@@ -10,7 +10,14 @@ namespace {
 
 constexpr std::string_view kDsml = kDsmlText;  // ｜DSML｜
 
-std::string dsml_tag(std::string_view name) { return "<" + std::string(kDsml) + std::string(name); }
+std::string dsml_tag(std::string_view name) {
+  std::string tag;
+  tag.reserve(1 + kDsml.size() + name.size());
+  tag.push_back('<');
+  tag.append(kDsml);
+  tag.append(name);
+  return tag;
+}
 
 // One rendered parameter: raw strings, Python-JSON for everything else.
 std::string render_parameter(const std::string& key, const OrderedJson& value) {

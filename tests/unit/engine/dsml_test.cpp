@@ -267,3 +267,35 @@ TEST_CASE("stream parser holds back only what could start a marker") {
   REQUIRE(rest->size() == 1);
   CHECK((*rest)[0].text == "  ");
 }
+
+TEST_CASE("stream parser gives the same result for any chunking") {
+  std::vector<std::string> texts = completions(official_output(1), "<think>");
+  const auto more = completions(official_output(3), "<think>");
+  texts.insert(texts.end(), more.begin(), more.end());
+  uint64_t state = 42;
+  for (const std::string& text : texts) {
+    const auto whole = parse(text, true);
+    for (int round = 0; round < 20; ++round) {
+      ds4::DsmlStreamParser parser(true);
+      ds4::ParsedCompletion p;
+      auto apply = [&](const std::vector<ds4::DsmlEvent>& events) {
+        for (const auto& e : events) {
+          if (e.kind == ds4::DsmlEvent::Kind::kReasoning) p.reasoning += e.text;
+          if (e.kind == ds4::DsmlEvent::Kind::kContent) p.content += e.text;
+          if (e.kind == ds4::DsmlEvent::Kind::kToolCallBegin) p.tool_calls.push_back({"", e.name, ""});
+          if (e.kind == ds4::DsmlEvent::Kind::kToolCallArguments) p.tool_calls.back().arguments += e.text;
+        }
+      };
+      for (size_t at = 0; at < text.size();) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        const size_t n = 1 + (state >> 33) % 12;
+        apply(parser.push(std::string_view(text).substr(at, n)));
+        at += n;
+      }
+      auto tail = parser.finish();
+      REQUIRE(tail.ok());
+      apply(*tail);
+      check_same(whole, p);
+    }
+  }
+}

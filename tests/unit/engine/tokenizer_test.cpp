@@ -229,3 +229,33 @@ TEST_CASE("streaming UTF-8 decoder never emits a broken character") {
   CHECK(ds4::utf8_complete_prefix("ab\xE2\x82") == 2);
   CHECK(ds4::utf8_complete_prefix("ab\xE2\x82\xAC") == 5);
 }
+
+TEST_CASE("random text: pieces cover the input and ids decode back to it, byte for byte") {
+  const ds4::Tokenizer tok = load_tokenizer("tiny-chat");
+  // A deterministic generator over an alphabet of tricky characters and raw bytes.
+  const std::vector<std::string> alphabet = {
+      "a", "Z", "\xC3\xA9", "e\xCC\x81", " ", "\t", "\n", "\r", "\xC2\xA0", "\xE3\x80\x80", ",",
+      ".", "!", "'", "\"", "<", ">", "{", "_", "0", "7", "\xD9\xA2", "\xEF\xBC\x93",
+      "\xE6\xAF\x95", "\xE3\x81\xAE", "\xED\x95\x9C", "\xF0\x9F\x98\x80", "\xE2\x80\x8D",
+      "\xE2\x80\xA6", "\xE2\x80\x9C", "\x01", "\x7F", "\xFF", "\xC3", "\xE2\x82",
+      std::string(ds4::kUserText), std::string(ds4::kThinkEndText)};
+  uint64_t state = 0x1234567;
+  auto next = [&](uint64_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return (state >> 33) % n;
+  };
+  for (int i = 0; i < 3000; ++i) {
+    std::string text;
+    const uint64_t len = 1 + next(30);
+    for (uint64_t k = 0; k < len; ++k) text += alphabet[next(alphabet.size())];
+    CAPTURE(text);
+    std::string joined;
+    for (std::string_view p : ds4::pretokenize(text)) {
+      CHECK_FALSE(p.empty());
+      joined += p;
+    }
+    CHECK(joined == text);
+    CHECK(tok.decode(tok.encode(text)) == text);
+    CHECK(tok.decode(tok.encode_with_specials(text)) == text);
+  }
+}
