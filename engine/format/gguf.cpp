@@ -196,7 +196,167 @@ Status ReadValue(Cursor& c, GgufValueType type, int depth, const std::string& wh
   return ReadScalar(c, type, what, v);
 }
 
-bool MulOverflows(int64_t a, int64_t b, int64_t* out) { return __builtin_mul_overflow(a, b, out); }
+Status ReadHeader(Cursor& c, uint32_t* version, uint64_t* tensor_count, uint64_t* kv_count) {
+  if (c.remaining() < kHeaderBytes) {
+    return Status::Error("truncated header: file has " + Str(c.remaining()) +
+                         " bytes, a GGUF header needs " + Str(kHeaderBytes));
+  }
+  uint32_t magic = 0;
+  DS4_RETURN_IF_ERROR(c.Read("magic", &magic));
+  if (magic != kGgufMagic) {
+    char found[16];
+    std::snprintf(found, sizeof(found), "0x%08" PRIx32, magic);
+    return Status::Error("bad magic: expected 0x46554747 ('GGUF'), found " + std::string(found) +
+                         " (not a GGUF file)");
+  }
+  DS4_RETURN_IF_ERROR(c.Read("version", version));
+  if (*version != kGgufVersion) {
+    return Status::Error("unsupported GGUF version " + std::to_string(*version) +
+                         " (expected version 3)");
+  }
+  DS4_RETURN_IF_ERROR(c.Read("tensor count", tensor_count));
+  DS4_RETURN_IF_ERROR(c.Read("metadata count", kv_count));
+  return Status::Ok();
+}
+
+Status ReadMetadata(Cursor& c, uint64_t count,
+                    std::vector<std::pair<std::string, GgufValue>>* kv,
+                    std::unordered_map<std::string, size_t>* index) {
+  if (count > c.remaining() / kMinKvBytes) {
+    return Status::Error("metadata count " + Str(count) + " cannot fit in the " +
+                         Str(c.remaining()) + " bytes left in the file (truncated file or "
+                         "corrupt count)");
+  }
+  kv->reserve(count);
+  for (uint64_t k = 0; k < count; ++k) {
+    std::string key;
+    DS4_RETURN_IF_ERROR(c.ReadString("metadata entry " + Str(k) + " key", &key));
+    const std::string what = "metadata key '" + key + "'";
+    uint32_t type = 0;
+    DS4_RETURN_IF_ERROR(c.Read(what + " value type", &type));
+    if (!KnownValueType(type)) {
+      return Status::Error(what + ": unknown value type " + std::to_string(type) +
+                           " (valid GGUF value types are 0..12)");
+    }
+    GgufValue value;
+    DS4_RETURN_IF_ERROR(ReadValue(c, static_cast<GgufValueType>(type), 0, what, &value));
+    index->emplace(key, kv->size());  // on a duplicate key the first one wins, as in ds4
+    kv->emplace_back(std::move(key), std::move(value));
+  }
+  return Status::Ok();
+}
+
+// general.alignment, when present, must be a non-zero UINT32 (GGUF.md §2.1).
+Status ReadAlignment(const GgufValue* value, uint64_t* alignment) {
+  *alignment = kDefaultAlignment;
+  if (value == nullptr) return Status::Ok();
+  if (value->type != GgufValueType::UINT32 || value->u == 0) {
+    return Status::Error("metadata key 'general.alignment': expected a non-zero UINT32, found " +
+                         TypeName(value->type) +
+                         (value->type == GgufValueType::UINT32 ? " 0" : std::string()));
+  }
+  *alignment = value->u;
+  return Status::Ok();
+}
+
+// n_dims and ne[]: 1..8 dimensions, each >= 1, element count within int64.
+Status ReadShape(Cursor& c, const std::string& what, std::vector<int64_t>* ne, int64_t* elements) {
+  uint32_t n_dims = 0;
+  DS4_RETURN_IF_ERROR(c.Read(what + " n_dims", &n_dims));
+  if (n_dims < 1 || n_dims > kMaxDims) {
+    return Status::Error(what + ": n_dims is " + std::to_string(n_dims) + ", expected 1.." +
+                         std::to_string(kMaxDims));
+  }
+  *elements = 1;
+  for (uint32_t d = 0; d < n_dims; ++d) {
+    uint64_t dim = 0;
+    DS4_RETURN_IF_ERROR(c.Read(what + " ne[" + std::to_string(d) + "]", &dim));
+    if (dim == 0 || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return Status::Error(what + ": ne[" + std::to_string(d) + "] = " + Str(dim) +
+                           " is not a valid dimension (expected 1..2^63-1)");
+    }
+    ne->push_back(static_cast<int64_t>(dim));
+    if (__builtin_mul_overflow(*elements, static_cast<int64_t>(dim), elements)) {
+      return Status::Error(what + ": element count overflows (ne = " + ShapeString(*ne) + "...)");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ReadTensorInfo(Cursor& c, uint64_t k, uint64_t alignment, GgufTensor* t) {
+  DS4_RETURN_IF_ERROR(c.ReadString("tensor " + Str(k) + " name", &t->name));
+  const std::string what = "tensor '" + t->name + "'";
+  int64_t elements = 0;
+  DS4_RETURN_IF_ERROR(ReadShape(c, what, &t->ne, &elements));
+  uint32_t type_id = 0;
+  DS4_RETURN_IF_ERROR(c.Read(what + " type", &type_id));
+  const GgmlTypeInfo* info = ggml_type_info(type_id);
+  if (info == nullptr) {
+    return Status::Error(what + ": unknown ggml type id " + std::to_string(type_id));
+  }
+  t->type = info->type;
+  if (t->ne[0] % info->block_elems != 0) {
+    return Status::Error(what + ": ne[0] = " + std::to_string(t->ne[0]) +
+                         " is not a multiple of the " + std::string(info->name) +
+                         " block size " + std::to_string(info->block_elems));
+  }
+  const uint64_t blocks = static_cast<uint64_t>(elements) / info->block_elems;
+  if (__builtin_mul_overflow(blocks, static_cast<uint64_t>(info->block_bytes), &t->nbytes)) {
+    return Status::Error(what + ": byte size overflows (ne = " + ShapeString(t->ne) + ")");
+  }
+  DS4_RETURN_IF_ERROR(c.Read(what + " offset", &t->offset));
+  if (t->offset % alignment != 0) {
+    return Status::Error(what + ": data offset " + Str(t->offset) +
+                         " is misaligned (not a multiple of the alignment " + Str(alignment) + ")");
+  }
+  return Status::Ok();
+}
+
+Status ReadTensorInfos(Cursor& c, uint64_t count, uint64_t alignment,
+                       std::vector<GgufTensor>* tensors) {
+  if (count > c.remaining() / kMinTensorInfoBytes) {
+    return Status::Error("tensor count " + Str(count) + " cannot fit in the " +
+                         Str(c.remaining()) + " bytes left after the metadata (truncated file "
+                         "or corrupt count)");
+  }
+  tensors->reserve(count);
+  for (uint64_t k = 0; k < count; ++k) {
+    GgufTensor t;
+    DS4_RETURN_IF_ERROR(ReadTensorInfo(c, k, alignment, &t));
+    tensors->push_back(std::move(t));
+  }
+  return Status::Ok();
+}
+
+// Checks every tensor's bytes lie inside the file and names are unique; sets `data`.
+Status PlaceTensors(std::span<const uint8_t> bytes, uint64_t data_offset,
+                    std::vector<GgufTensor>* tensors,
+                    std::unordered_map<std::string, size_t>* index) {
+  const uint64_t size = bytes.size();
+  if (!tensors->empty() && data_offset > size) {
+    return Status::Error("truncated file: the data section would start at offset " +
+                         Str(data_offset) + ", past the end of the file (" + Str(size) +
+                         " bytes)");
+  }
+  const uint64_t data_bytes = data_offset <= size ? size - data_offset : 0;
+  index->reserve(tensors->size());
+  for (size_t k = 0; k < tensors->size(); ++k) {
+    GgufTensor& t = (*tensors)[k];
+    if (t.offset > data_bytes || t.nbytes > data_bytes - t.offset) {
+      return Status::Error("tensor '" + t.name + "': data [" + Str(t.offset) + ", +" +
+                           Str(t.nbytes) + ") of the data section lies beyond the end of the "
+                           "file (the data section holds " + Str(data_bytes) + " bytes)");
+    }
+    auto [it, inserted] = index->emplace(t.name, k);
+    if (!inserted) {
+      return Status::Error("duplicate tensor name '" + t.name + "' (tensors " +
+                           Str(it->second) + " and " + Str(k) + ")");
+    }
+    t.data = bytes.data() + data_offset + t.offset;
+  }
+  return Status::Ok();
+}
+
 
 }  // namespace
 
@@ -275,144 +435,15 @@ Result<std::unique_ptr<GgufFile>> GgufFile::FromMemory(std::span<const uint8_t> 
 }
 
 Status GgufFile::parse(std::span<const uint8_t> bytes) {
-  if (bytes.size() < kHeaderBytes) {
-    return Status::Error("truncated header: file has " + Str(bytes.size()) +
-                         " bytes, a GGUF header needs " + Str(kHeaderBytes));
-  }
   Cursor c(bytes);
-  uint32_t magic = 0;
   uint64_t tensor_count = 0, kv_count = 0;
-  DS4_RETURN_IF_ERROR(c.Read("magic", &magic));
-  if (magic != kGgufMagic) {
-    char found[16];
-    std::snprintf(found, sizeof(found), "0x%08" PRIx32, magic);
-    return Status::Error("bad magic: expected 0x46554747 ('GGUF'), found " + std::string(found) +
-                         " (not a GGUF file)");
-  }
-  DS4_RETURN_IF_ERROR(c.Read("version", &version_));
-  if (version_ != kGgufVersion) {
-    return Status::Error("unsupported GGUF version " + std::to_string(version_) +
-                         " (expected version 3)");
-  }
-  DS4_RETURN_IF_ERROR(c.Read("tensor count", &tensor_count));
-  DS4_RETURN_IF_ERROR(c.Read("metadata count", &kv_count));
-  if (kv_count > c.remaining() / kMinKvBytes) {
-    return Status::Error("metadata count " + Str(kv_count) + " cannot fit in the " +
-                         Str(c.remaining()) + " bytes left in the file (truncated file or "
-                         "corrupt count)");
-  }
-
-  // Metadata.
-  kv_.reserve(kv_count);
-  for (uint64_t k = 0; k < kv_count; ++k) {
-    std::string entry = "metadata entry " + Str(k);
-    std::string key;
-    DS4_RETURN_IF_ERROR(c.ReadString(entry + " key", &key));
-    std::string what = "metadata key '" + key + "'";
-    uint32_t type = 0;
-    DS4_RETURN_IF_ERROR(c.Read(what + " value type", &type));
-    if (!KnownValueType(type)) {
-      return Status::Error(what + ": unknown value type " + std::to_string(type) +
-                           " (valid GGUF value types are 0..12)");
-    }
-    GgufValue value;
-    DS4_RETURN_IF_ERROR(ReadValue(c, static_cast<GgufValueType>(type), 0, what, &value));
-    kv_index_.emplace(key, kv_.size());  // on a duplicate key the first one wins
-    kv_.emplace_back(std::move(key), std::move(value));
-  }
-
-  alignment_ = kDefaultAlignment;
-  if (const GgufValue* a = find("general.alignment")) {
-    if (a->type != GgufValueType::UINT32 || a->u == 0) {
-      return Status::Error("metadata key 'general.alignment': expected a non-zero UINT32, found " +
-                           TypeName(a->type) +
-                           (a->type == GgufValueType::UINT32 ? " 0" : std::string()));
-    }
-    alignment_ = a->u;
-  }
-
-  // Tensor table.
-  if (tensor_count > c.remaining() / kMinTensorInfoBytes) {
-    return Status::Error("tensor count " + Str(tensor_count) + " cannot fit in the " +
-                         Str(c.remaining()) + " bytes left after the metadata (truncated file "
-                         "or corrupt count)");
-  }
-  tensors_.reserve(tensor_count);
-  for (uint64_t k = 0; k < tensor_count; ++k) {
-    GgufTensor t;
-    DS4_RETURN_IF_ERROR(c.ReadString("tensor " + Str(k) + " name", &t.name));
-    const std::string what = "tensor '" + t.name + "'";
-    uint32_t n_dims = 0;
-    DS4_RETURN_IF_ERROR(c.Read(what + " n_dims", &n_dims));
-    if (n_dims < 1 || n_dims > kMaxDims) {
-      return Status::Error(what + ": n_dims is " + std::to_string(n_dims) + ", expected 1.." +
-                           std::to_string(kMaxDims));
-    }
-    int64_t elements = 1;
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      uint64_t dim = 0;
-      DS4_RETURN_IF_ERROR(c.Read(what + " ne[" + std::to_string(d) + "]", &dim));
-      if (dim == 0 || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return Status::Error(what + ": ne[" + std::to_string(d) + "] = " + Str(dim) +
-                             " is not a valid dimension (expected 1..2^63-1)");
-      }
-      t.ne.push_back(static_cast<int64_t>(dim));
-      if (MulOverflows(elements, static_cast<int64_t>(dim), &elements)) {
-        return Status::Error(what + ": element count overflows (ne = " + ShapeString(t.ne) +
-                             "...)");
-      }
-    }
-    uint32_t type_id = 0;
-    DS4_RETURN_IF_ERROR(c.Read(what + " type", &type_id));
-    const GgmlTypeInfo* info = ggml_type_info(type_id);
-    if (info == nullptr) {
-      return Status::Error(what + ": unknown ggml type id " + std::to_string(type_id));
-    }
-    t.type = info->type;
-    if (t.ne[0] % info->block_elems != 0) {
-      return Status::Error(what + ": ne[0] = " + std::to_string(t.ne[0]) +
-                           " is not a multiple of the " + std::string(info->name) +
-                           " block size " + std::to_string(info->block_elems));
-    }
-    const uint64_t blocks = static_cast<uint64_t>(elements) / info->block_elems;
-    if (__builtin_mul_overflow(blocks, static_cast<uint64_t>(info->block_bytes), &t.nbytes)) {
-      return Status::Error(what + ": byte size overflows (ne = " + ShapeString(t.ne) + ")");
-    }
-    DS4_RETURN_IF_ERROR(c.Read(what + " offset", &t.offset));
-    if (t.offset % alignment_ != 0) {
-      return Status::Error(what + ": data offset " + Str(t.offset) +
-                           " is misaligned (not a multiple of the alignment " + Str(alignment_) +
-                           ")");
-    }
-    tensors_.push_back(std::move(t));
-  }
-
-  // Data section.
-  const uint64_t end_of_table = c.pos();
-  const uint64_t pad = (alignment_ - end_of_table % alignment_) % alignment_;
-  data_offset_ = end_of_table + pad;
-  const uint64_t size = bytes.size();
-  if (!tensors_.empty() && data_offset_ > size) {
-    return Status::Error("truncated file: the data section would start at offset " +
-                         Str(data_offset_) + ", past the end of the file (" + Str(size) +
-                         " bytes)");
-  }
-  const uint64_t data_bytes = data_offset_ <= size ? size - data_offset_ : 0;
-  tensor_index_.reserve(tensors_.size());
-  for (size_t k = 0; k < tensors_.size(); ++k) {
-    GgufTensor& t = tensors_[k];
-    if (t.offset > data_bytes || t.nbytes > data_bytes - t.offset) {
-      return Status::Error("tensor '" + t.name + "': data [" + Str(t.offset) + ", +" +
-                           Str(t.nbytes) + ") of the data section lies beyond the end of the "
-                           "file (the data section holds " + Str(data_bytes) + " bytes)");
-    }
-    if (!tensor_index_.emplace(t.name, k).second) {
-      return Status::Error("duplicate tensor name '" + t.name + "' (tensors " +
-                           Str(tensor_index_[t.name]) + " and " + Str(k) + ")");
-    }
-    t.data = bytes.data() + data_offset_ + t.offset;
-  }
-  return Status::Ok();
+  DS4_RETURN_IF_ERROR(ReadHeader(c, &version_, &tensor_count, &kv_count));
+  DS4_RETURN_IF_ERROR(ReadMetadata(c, kv_count, &kv_, &kv_index_));
+  DS4_RETURN_IF_ERROR(ReadAlignment(find("general.alignment"), &alignment_));
+  DS4_RETURN_IF_ERROR(ReadTensorInfos(c, tensor_count, alignment_, &tensors_));
+  // The data section starts at the next multiple of the alignment.
+  data_offset_ = c.pos() + (alignment_ - c.pos() % alignment_) % alignment_;
+  return PlaceTensors(bytes, data_offset_, &tensors_, &tensor_index_);
 }
 
 const GgufValue* GgufFile::find(std::string_view key) const {
