@@ -45,6 +45,8 @@ class CpuBackend : public Backend {
   int32_t sequence_length(SeqId seq) const override;
   Status truncate(SeqId seq, int32_t n) override;
   Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override;
+  bool has_mtp() const override;
+  Status forward_mtp(std::span<const MtpToken> batch, ForwardOutput* out) override;
 
   void set_trace(CpuTrace trace);
   int threads() const;

@@ -63,8 +63,38 @@ class BlockRunner {
     }
   }
 
+  // §2.11: the MTP block's input: e_proj(enorm(embedding)) broadcast to the streams
+  // plus h_proj(hnorm(stream)) of the given HC state, per stream.
+  void mtp_embed(const MtpWeights& w, const std::vector<const float*>& hidden, Vec& x) const {
+    const int64_t d = c_.dim, hc = c_.hc_mult;
+    Vec e;
+    embed(e);  // n x hc x d; stream 0 holds the embedding row
+    Vec en(n_ * d), hn(n_ * hc * d);
+    for (int64_t t = 0; t < n_; ++t) {
+      rms_norm(e.data() + t * hc * d, w.enorm.f32(), d, c_.norm_eps, en.data() + t * d);
+      for (int64_t h = 0; h < hc; ++h) {
+        rms_norm(hidden[t] + h * d, w.hnorm.f32(), d, c_.norm_eps, hn.data() + (t * hc + h) * d);
+      }
+    }
+    Vec ep(n_ * d), hp(n_ * hc * d);
+    mm(w.e_proj, en.data(), n_, ep.data());
+    mm(w.h_proj, hn.data(), n_ * hc, hp.data());
+    x.assign(n_ * hc * d, 0.0f);
+    for (int64_t t = 0; t < n_; ++t) {
+      for (int64_t h = 0; h < hc; ++h) {
+        for (int64_t i = 0; i < d; ++i) x[(t * hc + h) * d + i] = ep[t * d + i] + hp[(t * hc + h) * d + i];
+      }
+    }
+  }
+
   // §2.7: logits for the tokens that want them; hidden states for those that want them.
   void head(const Vec& x, ForwardOutput* out) const {
+    const Model& m = ctx_.model;
+    head(x, m.output_hc_fn(), m.output_hc_scale(), m.output_hc_base(), m.output_norm(), out);
+  }
+
+  void head(const Vec& x, const Weight& hc_fn, const Weight& hc_scale, const Weight& hc_base, const Weight& norm,
+            ForwardOutput* out) const {
     const int64_t hcd = c_.hc_dim(), d = c_.dim;
     std::vector<int64_t> want;
     for (int64_t t = 0; t < n_; ++t) {
@@ -78,9 +108,8 @@ class BlockRunner {
       Vec row(hcd);
       for (int64_t i = b; i < e; ++i) {
         float* yi = y.data() + i * d;
-        hc_head(c_, x.data() + want[i] * hcd, m.output_hc_fn(), dense(m.output_hc_fn()), m.output_hc_scale(),
-                m.output_hc_base(), yi, row.data());
-        rms_norm(yi, m.output_norm().f32(), d, c_.norm_eps, yi);
+        hc_head(c_, x.data() + want[i] * hcd, hc_fn, dense(hc_fn), hc_scale, hc_base, yi, row.data());
+        rms_norm(yi, norm.f32(), d, c_.norm_eps, yi);
       }
     });
     const size_t base = out->logits.size();
@@ -218,7 +247,7 @@ class BlockRunner {
     mm(w.attn_output_b, u.data(), n_, attn.data());
 
     // The chunk's raw rows join the ring only now: queries above read them from `kv`.
-    for (int64_t t = 0; t < n_; ++t) std::memcpy(state(t, layer).raw_at(pos(t)), kv.data() + t * hd, hd * sizeof(float));
+    for (int64_t t = 0; t < n_; ++t) state(t, layer).write_raw(pos(t), kv.data() + t * hd);
 
     hc_post_all(attn, residual, mix, x);
   }
@@ -236,7 +265,7 @@ class BlockRunner {
     for (int64_t r = std::max<int64_t>(0, p - c_.window + 1); r <= p; ++r) {
       if (r >= slice.start) {
         rows.push_back(kv.data() + static_cast<int64_t>(slice.tokens[r - slice.start]) * hd);
-      } else {
+      } else if (st.raw_holds(r)) {
         rows.push_back(st.raw_at(r));
       }
     }
@@ -422,6 +451,16 @@ void run_forward(const ForwardContext& ctx, std::span<const BatchToken> batch, s
   const Model& m = ctx.model;
   for (int32_t l = 0; l < m.n_layers(); ++l) runner.block(l, m.layer(l), x);
   runner.head(x, out);
+}
+
+void run_mtp(const ForwardContext& ctx, std::span<const BatchToken> batch, const std::vector<const float*>& hidden,
+             std::vector<SequenceSlice>& slices, ForwardOutput* out) {
+  BlockRunner runner(ctx, batch, slices);
+  const MtpWeights& w = ctx.model.mtp();
+  std::vector<float> x;
+  runner.mtp_embed(w, hidden, x);
+  runner.block(ctx.model.n_layers(), w.block, x);
+  runner.head(x, w.hc_head_fn, w.hc_head_scale, w.hc_head_base, w.norm, out);
 }
 
 }  // namespace ds4::cpu

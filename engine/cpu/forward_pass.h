@@ -40,4 +40,9 @@ struct ForwardContext {
 void run_forward(const ForwardContext& ctx, std::span<const BatchToken> batch,
                  std::vector<SequenceSlice>& slices, ForwardOutput* out);
 
+// Runs the MTP block (its state is the last entry of SequenceState::layers) over
+// `batch`, whose token t reads the HC state hidden[t].
+void run_mtp(const ForwardContext& ctx, std::span<const BatchToken> batch, const std::vector<const float*>& hidden,
+             std::vector<SequenceSlice>& slices, ForwardOutput* out);
+
 }  // namespace ds4::cpu

@@ -1,5 +1,6 @@
 #include "cpu/sequence_state.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace ds4::cpu {
@@ -18,6 +19,17 @@ void RowStore::init(int64_t capacity_rows, int32_t row_d) {
   data.assign(static_cast<size_t>(capacity_rows) * row_d, 0.0f);
 }
 
+void LayerState::write_raw(int64_t pos, const float* row) {
+  std::copy(row, row + head_dim_, raw_at(pos));
+  raw_pos[pos % raw_cap] = static_cast<int32_t>(pos);
+}
+
+void LayerState::forget_from(int64_t n) {
+  for (int32_t& p : raw_pos) {
+    if (p >= n) p = -1;
+  }
+}
+
 void SequenceState::init(const ModelConfig& c, const std::vector<int32_t>& ratios, int32_t ctx,
                          int32_t rollback) {
   in_use = true;
@@ -30,6 +42,7 @@ void SequenceState::init(const ModelConfig& c, const std::vector<int32_t>& ratio
     s.head_dim_ = c.head_dim;
     s.raw_cap = c.window + rollback;
     s.raw.assign(static_cast<size_t>(s.raw_cap) * c.head_dim, 0.0f);
+    s.raw_pos.assign(s.raw_cap, -1);
     if (s.ratio != 0) {
       s.comp.init(s.ratio, c.head_dim, rollback);
       s.comp_rows.init(ctx / s.ratio + 1, c.head_dim);

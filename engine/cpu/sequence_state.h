@@ -47,6 +47,7 @@ struct LayerState {
   int32_t ratio = 0;
   int32_t raw_cap = 0;
   std::vector<float> raw;       // raw_cap x head_dim, slot = pos mod raw_cap
+  std::vector<int32_t> raw_pos; // position held by each slot (-1: empty)
   CompressorRing comp;          // ratio != 0
   RowStore comp_rows;
   CompressorRing index_comp;    // ratio == 4
@@ -54,6 +55,10 @@ struct LayerState {
 
   float* raw_at(int64_t pos) { return raw.data() + (pos % raw_cap) * static_cast<int64_t>(head_dim_); }
   const float* raw_at(int64_t pos) const { return raw.data() + (pos % raw_cap) * static_cast<int64_t>(head_dim_); }
+  bool raw_holds(int64_t pos) const { return raw_pos[pos % raw_cap] == pos; }
+  void write_raw(int64_t pos, const float* row);
+  // Forgets the raw rows of positions >= n.
+  void forget_from(int64_t n);
   int32_t head_dim_ = 0;
 };
 
@@ -61,6 +66,7 @@ struct SequenceState {
   bool in_use = false;
   int32_t max_ctx = 0;
   int32_t length = 0;
+  // One entry per main block, plus the MTP block's state last when the model has one.
   std::vector<LayerState> layers;
 
   // Sizes every buffer from the config; `ratios` gives each block's ratio.

@@ -34,6 +34,20 @@ struct BatchToken {
   bool want_hidden = false;  // return the final HC state leaving the last block (MTP input)
 };
 
+// One token for the MTP draft block (spec/MODEL.md §2.11): the block reads the token
+// `token` at `pos` together with `hidden`, an HC state (hc_mult * dim floats) produced
+// earlier (the main model's state leaving its last block for the token at `pos`, or
+// the MTP block's own output state for a further draft). Tokens of one sequence
+// appear at consecutive positions; the block keeps its own raw window per sequence.
+struct MtpToken {
+  int32_t token = 0;
+  SeqId seq = 0;
+  int32_t pos = 0;
+  const float* hidden = nullptr;
+  bool want_logits = true;   // draft logits (prediction of pos + 1)
+  bool want_hidden = false;  // the MTP block's output HC state (input of the next draft)
+};
+
 struct ForwardOutput {
   // Row i belongs to the i-th token of the batch with want_logits (batch order);
   // each row has vocab floats.
@@ -71,6 +85,14 @@ class Backend {
 
   // Runs the batch; on error no sequence has advanced.
   virtual Status forward(std::span<const BatchToken> batch, ForwardOutput* out) = 0;
+
+  // The MTP draft block, when the backend supports it and the model has one loaded
+  // (Model::load_mtp before the backend was created). truncate() also forgets the
+  // MTP rows of the dropped positions.
+  virtual bool has_mtp() const { return false; }
+  virtual Status forward_mtp(std::span<const MtpToken> batch, ForwardOutput* out) {
+    return Status::Error(std::string(name()) + " backend: the MTP block is not available");
+  }
 };
 
 // Creates a backend for `model` (which must outlive it). kCuda fails with a clear

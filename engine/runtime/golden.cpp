@@ -45,11 +45,11 @@ std::string fmt(double v) {
 }  // namespace
 
 std::string GoldenReport::summary() const {
-  GoldenPart pre, dec;
+  GoldenPart pre, dec, mtp;
   std::set<std::string> variants;
   for (const GoldenRun& r : runs) {
     variants.insert(r.variant);
-    for (auto [dst, src] : {std::pair{&pre, &r.prefill}, std::pair{&dec, &r.decode}}) {
+    for (auto [dst, src] : {std::pair{&pre, &r.prefill}, std::pair{&dec, &r.decode}, std::pair{&mtp, &r.mtp}}) {
       dst->positions += src->positions;
       dst->within_bound += src->within_bound;
       dst->max_rel_std = std::max(dst->max_rel_std, src->max_rel_std);
@@ -66,7 +66,11 @@ std::string GoldenReport::summary() const {
     << pre.positions << ", top-1 " << pre.top1_agree << "/" << pre.positions << ";";
   o << " decode: max|dlogit|/std " << fmt(dec.max_rel_std) << ", within bound " << dec.within_bound << "/"
     << dec.positions << ", top-1 " << dec.top1_agree << "/" << dec.positions << ";";
-  o << " worst |d|/bound " << fmt(std::max(pre.worst_excess, dec.worst_excess));
+  if (mtp.positions > 0) {
+    o << " mtp: max|dlogit|/std " << fmt(mtp.max_rel_std) << ", within bound " << mtp.within_bound << "/"
+      << mtp.positions << ", top-1 " << mtp.top1_agree << "/" << mtp.positions << ";";
+  }
+  o << " worst |d|/bound " << fmt(std::max({pre.worst_excess, dec.worst_excess, mtp.worst_excess}));
   o << (passed() ? " PASS" : " FAIL");
   return o.str();
 }
@@ -188,6 +192,8 @@ Result<Fixture> load_fixture(const std::string& dir) {
 
 struct VariantData {
   std::vector<float> prefill, prefill_noise, decode, decode_noise;
+  std::vector<float> mtp, mtp_noise;      // empty when the fixture has no MTP goldens
+  std::vector<int32_t> mtp_positions;
   std::vector<int32_t> decode_tokens;
   double logit_std = 1.0;
 };
@@ -207,6 +213,17 @@ Result<VariantData> load_variant(const Fixture& f, const std::string& v) {
     return Status::Error(f.dir + "/golden.json: decode.tokens." + v + " has fewer than n_steps entries");
   }
   d.logit_std = f.golden["decision_margins"][v]["logit_std"].get<double>();
+  if (f.has_array("mtp_logits_" + v) && f.has_array("noise_mtp_" + v) && f.golden["positions"].contains("mtp_logits")) {
+    d.mtp_positions = f.golden["positions"]["mtp_logits"].get<std::vector<int32_t>>();
+    const size_t nm = d.mtp_positions.size();
+    DS4_RETURN_IF_ERROR(read_array(f.path(f.array("mtp_logits_" + v)["file"]), nm * V, &d.mtp));
+    DS4_RETURN_IF_ERROR(read_array(f.path(f.array("noise_mtp_" + v)["file"]), nm, &d.mtp_noise));
+    for (int32_t p : d.mtp_positions) {
+      if (p < 0 || p >= static_cast<int32_t>(f.prompt.size())) {
+        return Status::Error(f.dir + "/golden.json: MTP position " + std::to_string(p) + " is outside the prompt");
+      }
+    }
+  }
   return d;
 }
 
@@ -231,10 +248,11 @@ void attach_capture(Backend* backend, Capture* cap, int32_t n_layers, int32_t hc
   cap->route.assign(n_prompt * n_layers, {});
   cpu::CpuTrace trace;
   trace.block_output = [cap](int32_t layer, const BatchToken& t, const float* x) {
+    if (layer >= cap->n_layers) return;  // the MTP block
     if (t.pos < 4) std::copy(x, x + cap->hc_dim, cap->hc.begin() + (static_cast<size_t>(layer) * 4 + t.pos) * cap->hc_dim);
   };
   trace.routing = [cap, n_prompt](int32_t layer, const BatchToken& t, const int32_t* e, const float*) {
-    if (static_cast<size_t>(t.pos) < n_prompt) {
+    if (layer < cap->n_layers && static_cast<size_t>(t.pos) < n_prompt) {
       cap->route[static_cast<size_t>(t.pos) * cap->n_layers + layer].assign(e, e + cap->n_used);
     }
   };
@@ -343,6 +361,29 @@ void report_capture(const Fixture& f, const std::string& v, const Capture& cap, 
 
 // Runs the prompt in chunks of `chunk` (0: all at once), then the teacher-forced
 // decode, and compares every stored position.
+// MTP over the prompt (ds4's pairing: the main state h_p with the token x_p at p), as
+// one batch with the block's own window; compares the stored positions.
+Status run_mtp_check(Backend* backend, SeqId seq, const Fixture& f, const VariantData& d,
+                     const std::vector<float>& hidden, int32_t hc_dim, GoldenPart* part) {
+  const int32_t n = static_cast<int32_t>(f.prompt.size());
+  std::vector<int32_t> row_of(n, -1);
+  for (size_t i = 0; i < d.mtp_positions.size(); ++i) row_of[d.mtp_positions[i]] = static_cast<int32_t>(i);
+  std::vector<MtpToken> batch;
+  for (int32_t p = 0; p < n; ++p) {
+    batch.push_back({f.prompt[p], seq, p, hidden.data() + static_cast<size_t>(p) * hc_dim, row_of[p] >= 0, false});
+  }
+  ForwardOutput out;
+  DS4_RETURN_IF_ERROR(backend->forward_mtp(batch, &out));
+  int32_t k = 0;
+  for (int32_t p = 0; p < n; ++p) {
+    if (row_of[p] < 0) continue;
+    const int32_t r = row_of[p];
+    compare_row(out.logits.data() + static_cast<size_t>(k++) * f.vocab, d.mtp.data() + static_cast<size_t>(r) * f.vocab,
+                f.vocab, d.logit_std, d.mtp_noise[r], p, part);
+  }
+  return Status::Ok();
+}
+
 Status run_mode(Backend* backend, const Fixture& f, const VariantData& d, GoldenRun* run) {
   const int32_t n = static_cast<int32_t>(f.prompt.size());
   auto seq = backend->new_sequence(n + f.n_steps + 1);
@@ -350,14 +391,17 @@ Status run_mode(Backend* backend, const Fixture& f, const VariantData& d, Golden
   std::vector<int32_t> row_of(n, -1);
   for (size_t i = 0; i < f.stored_positions.size(); ++i) row_of[f.stored_positions[i]] = static_cast<int32_t>(i);
   const int32_t chunk = run->chunk <= 0 ? n : run->chunk;
+  const bool mtp = run->chunk == 0 && backend->has_mtp() && !d.mtp.empty();
+  std::vector<float> hidden;  // every prompt position's final HC state, for the MTP check
   ForwardOutput out;
   Status status;
   for (int32_t start = 0; start < n && status.ok(); start += chunk) {
     const int32_t end = std::min(n, start + chunk);
     std::vector<BatchToken> batch;
-    for (int32_t p = start; p < end; ++p) batch.push_back({f.prompt[p], *seq, p, row_of[p] >= 0, false});
+    for (int32_t p = start; p < end; ++p) batch.push_back({f.prompt[p], *seq, p, row_of[p] >= 0, mtp});
     status = backend->forward(batch, &out);
     if (!status.ok()) break;
+    hidden.insert(hidden.end(), out.hidden.begin(), out.hidden.end());
     int32_t k = 0;
     for (int32_t p = start; p < end; ++p) {
       if (row_of[p] < 0) continue;
@@ -365,6 +409,10 @@ Status run_mode(Backend* backend, const Fixture& f, const VariantData& d, Golden
       compare_row(out.logits.data() + static_cast<size_t>(k++) * f.vocab, d.prefill.data() + static_cast<size_t>(r) * f.vocab,
                   f.vocab, d.logit_std, d.prefill_noise[r], p, &run->prefill);
     }
+  }
+  if (mtp && status.ok()) {
+    const int32_t hc_dim = static_cast<int32_t>(hidden.size() / f.prompt.size());
+    status = run_mtp_check(backend, *seq, f, d, hidden, hc_dim, &run->mtp);
   }
   for (int32_t i = 0; i < f.n_steps && status.ok(); ++i) {
     BatchToken t{d.decode_tokens[i], *seq, n + i, true, false};
@@ -392,6 +440,7 @@ std::string describe(const GoldenRun& r) {
   o << r.variant << " " << r.mode_name() << ":";
   part("prefill", r.prefill);
   part("decode", r.decode);
+  if (r.mtp.positions > 0) part("mtp", r.mtp);
   o << " decode tokens " << r.decode_tokens_reproduced << "/" << r.decode_tokens_required
     << (r.passed() ? " ok" : " FAILED");
   return o.str();
@@ -410,6 +459,10 @@ Result<GoldenReport> run_golden(const GoldenOptions& options) {
   const std::string model_path = options.model_path.empty() ? f.path("model.gguf") : options.model_path;
   auto model = Model::Load(model_path);
   if (!model.ok()) return model.status();
+  const std::string mtp_path = f.path("mtp.gguf");
+  if (options.check_mtp && std::ifstream(mtp_path).good()) {
+    DS4_RETURN_IF_ERROR(model.value()->load_mtp(mtp_path));
+  }
   const ModelConfig& c = model.value()->config();
   if (c.vocab != f.vocab || c.n_layers != f.n_layers) {
     return Status::Error("golden " + f.dir + ": the model (" + model_path + ") has vocab " + std::to_string(c.vocab) +

@@ -32,6 +32,9 @@ struct GoldenOptions {
   // Prefill chunk sizes for the chunked mode (0 = one full prefill, 1 = token by token).
   std::vector<int32_t> modes = {0, 7, 61, 512, 1};
   bool check_tokenizer = true;
+  // When the fixture has mtp.gguf and MTP goldens: the full-prefill run also checks
+  // the MTP draft logits (fixtures/README.md §4.8) on backends with an MTP block.
+  bool check_mtp = true;
   // CPU backend only: compare HC states (positions 0..3) and routing decisions of the
   // full prefill with the fixture's decision arrays, and describe the first mismatch.
   bool debug = false;
@@ -56,10 +59,12 @@ struct GoldenRun {
   int32_t chunk = 0;              // 0 full prefill, 1 token by token, else chunk size
   GoldenPart prefill;
   GoldenPart decode;
+  GoldenPart mtp;                 // MTP draft logits (positions == 0 when not checked)
   int32_t decode_tokens_reproduced = 0;  // engine argmax == decode.tokens[i + 1] (gap clear)
   int32_t decode_tokens_required = 0;
   bool passed() const {
-    return prefill.passed() && decode.passed() && decode_tokens_reproduced == decode_tokens_required;
+    return prefill.passed() && decode.passed() && mtp.passed() &&
+           decode_tokens_reproduced == decode_tokens_required;
   }
   std::string mode_name() const;
 };

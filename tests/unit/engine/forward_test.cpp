@@ -264,3 +264,58 @@ TEST_CASE("want_hidden returns the HC state; make_backend names a missing CUDA b
     CHECK(cuda.status().message().find("cuda") != std::string::npos);
   }
 }
+
+TEST_CASE("MTP block: needs the MTP file; chunked MTP equals one batch; drafts recurse on its own state") {
+  auto model = load("tiny-fast");
+  {
+    auto plain = cpu_backend(*model);
+    CHECK_FALSE(plain->has_mtp());
+    ds4::ForwardOutput out;
+    std::vector<float> h(model->config().hc_dim(), 0.0f);
+    std::vector<ds4::MtpToken> t = {{5, 0, 0, h.data(), true, false}};
+    CHECK(plain->forward_mtp(t, &out).message().find("MTP") != std::string::npos);
+  }
+  REQUIRE(model->load_mtp(data_path("tiny-fast/mtp.gguf")).ok());
+  auto b = cpu_backend(*model);
+  REQUIRE(b->has_mtp());
+  const int n = 40;
+  const int64_t hcd = model->config().hc_dim();
+  const auto ids = tokens(n, model->config().vocab, 9);
+  auto seq = b->new_sequence(64);
+  std::vector<ds4::BatchToken> prompt;
+  for (int p = 0; p < n; ++p) prompt.push_back({ids[p], *seq, p, false, true});
+  ds4::ForwardOutput out;
+  REQUIRE(b->forward(prompt, &out).ok());
+  const std::vector<float> hidden = out.hidden;
+  REQUIRE(hidden.size() == static_cast<size_t>(n * hcd));
+
+  auto mtp_run = [&](ds4::Backend& be, ds4::SeqId s, int chunk) {
+    std::vector<float> logits;
+    for (int start = 0; start < n; start += chunk) {
+      std::vector<ds4::MtpToken> batch;
+      for (int p = start; p < std::min(n, start + chunk); ++p) {
+        batch.push_back({ids[p], s, p, hidden.data() + p * hcd, true, false});
+      }
+      ds4::ForwardOutput o;
+      ds4::Status st = be.forward_mtp(batch, &o);
+      REQUIRE_MESSAGE(st.ok(), st.message());
+      logits.insert(logits.end(), o.logits.begin(), o.logits.end());
+    }
+    return logits;
+  };
+  auto s1 = b->new_sequence(64), s2 = b->new_sequence(64);
+  const auto whole = mtp_run(*b, *s1, n);
+  const auto chunked = mtp_run(*b, *s2, 7);
+  CHECK(max_abs_diff(whole, chunked) < 1e-5);
+
+  // A second draft reads the first draft's output state at the next position.
+  std::vector<ds4::MtpToken> first = {{ids[n - 1], *s1, n, hidden.data() + (n - 1) * hcd, true, true}};
+  REQUIRE(b->forward_mtp(first, &out).ok());
+  REQUIRE(out.hidden.size() == static_cast<size_t>(hcd));
+  const std::vector<float> state = out.hidden;
+  std::vector<ds4::MtpToken> second = {{ids[0], *s1, n + 1, state.data(), true, false}};
+  REQUIRE(b->forward_mtp(second, &out).ok());
+  CHECK(out.logits.size() == static_cast<size_t>(model->config().vocab));
+  std::vector<ds4::MtpToken> no_state = {{ids[0], *s1, n + 2, nullptr, true, false}};
+  CHECK(b->forward_mtp(no_state, &out).message().find("HC state") != std::string::npos);
+}

@@ -72,3 +72,17 @@ TEST_CASE("a missing fixture folder is a clear error") {
   REQUIRE_FALSE(report.ok());
   CHECK(report.status().message().find("no-such-fixture") != std::string::npos);
 }
+
+TEST_CASE("the MTP draft logits are checked when the fixture has an MTP file") {
+  ds4::GoldenOptions o;
+  o.fixture_dir = data_path("tiny-fast");
+  o.variants = {"off"};
+  o.modes = {0};
+  auto report = ds4::run_golden(o);
+  REQUIRE_MESSAGE(report.ok(), report.status().message());
+  REQUIRE(report->runs.size() == 1);
+  CHECK(report->runs[0].mtp.positions == 60);
+  CHECK(report->runs[0].mtp.passed());
+  CHECK(report->summary().find("mtp:") != std::string::npos);
+  CHECK(report->passed());
+}
