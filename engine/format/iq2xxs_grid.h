@@ -16,7 +16,9 @@ extern const uint64_t kIq2xxsGrid[256];
 
 constexpr uint8_t iq2xxs_sign_mask(uint32_t sign_index) {
   const uint32_t s = sign_index & 0x7F;
-  return static_cast<uint8_t>(s | ((__builtin_popcount(s) & 1u) << 7));
+  uint32_t parity = 0;
+  for (uint32_t bits = s; bits != 0; bits >>= 1) parity ^= bits & 1u;
+  return static_cast<uint8_t>(s | (parity << 7));
 }
 
 }  // namespace ds4
