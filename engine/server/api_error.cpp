@@ -19,14 +19,14 @@ ApiError bad_request(std::string message, std::string param) {
   return ApiError{400, "invalid_request_error", std::move(message), std::move(param), ""};
 }
 
-ApiError context_overflow(int prompt_tokens, int max_tokens, int ctx_size) {
+ApiError context_overflow(int prompt_tokens, int max_tokens, int ctx_size, std::string param) {
   std::string message = "This model's maximum context length is " + std::to_string(ctx_size) +
                         " tokens. However, you requested " +
                         std::to_string(prompt_tokens + max_tokens) + " tokens (" +
                         std::to_string(prompt_tokens) + " in the prompt, " +
                         std::to_string(max_tokens) +
                         " for the completion). Please reduce the prompt or max_tokens.";
-  return ApiError{400, "invalid_request_error", std::move(message), "messages",
+  return ApiError{400, "invalid_request_error", std::move(message), std::move(param),
                   "context_length_exceeded"};
 }
 

@@ -22,7 +22,8 @@ struct ApiError {
 };
 
 ApiError bad_request(std::string message, std::string param = {});
-ApiError context_overflow(int prompt_tokens, int max_tokens, int ctx_size);
+ApiError context_overflow(int prompt_tokens, int max_tokens, int ctx_size,
+                          std::string param = "messages");
 ApiError body_too_large(size_t limit_bytes);
 ApiError route_not_found(const std::string& method, const std::string& path);
 ApiError not_ready(std::string message);

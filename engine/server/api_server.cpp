@@ -121,12 +121,30 @@ void ApiServer::install_routes() {
   http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     handle_models(res);
   });
-  http_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::kChatCompletions);
-  });
-  http_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::kCompletions);
-  });
+  // The body is read through a ContentReader: cpp-httplib's own reading caps bodies
+  // sent as application/x-www-form-urlencoded (curl -d) at 8 KiB.
+  for (auto [path, endpoint] : {std::pair{"/v1/chat/completions", Endpoint::kChatCompletions},
+                                std::pair{"/v1/completions", Endpoint::kCompletions}}) {
+    http_->Post(path, [this, endpoint = endpoint](const httplib::Request& req,
+                                                  httplib::Response& res,
+                                                  const httplib::ContentReader& reader) {
+      std::string body;
+      bool too_large = false;
+      const size_t limit = options_.max_body_bytes;
+      const bool complete = reader([&](const char* data, size_t length) {
+        if (body.size() + length > limit) {
+          too_large = true;
+          return false;
+        }
+        body.append(data, length);
+        return true;
+      });
+      // cpp-httplib sets 413 itself when Content-Length is over the limit.
+      if (too_large || res.status == 413) return send_error(res, body_too_large(limit));
+      if (!complete) return send_error(res, bad_request("could not read the whole request body"));
+      handle_completion(body, res, endpoint);
+    });
+  }
   if (!options_.cors_origin.empty()) {
     http_->set_default_headers({{"Access-Control-Allow-Origin", options_.cors_origin},
                                 {"Access-Control-Allow-Headers", "Authorization, Content-Type"},
@@ -177,7 +195,7 @@ void ApiServer::handle_models(httplib::Response& res) {
   res.set_content(models_json(created_, engine_->ctx_size()), kJson);
 }
 
-void ApiServer::handle_completion(const httplib::Request& req, httplib::Response& res,
+void ApiServer::handle_completion(const std::string& body, httplib::Response& res,
                                   Endpoint endpoint) {
   Engine* engine;
   EngineWorker* worker;
@@ -188,7 +206,7 @@ void ApiServer::handle_completion(const httplib::Request& req, httplib::Response
     engine = engine_;
     worker = worker_;
   }
-  auto parsed = parse_request(req.body, endpoint);
+  auto parsed = parse_request(body, endpoint);
   if (auto* error = std::get_if<ApiError>(&parsed)) return send_error(res, *error);
   const CompletionRequest& request = std::get<CompletionRequest>(parsed);
   auto prepared = prepare_request(request, engine->tokenizer(), engine->ctx_size());

@@ -70,7 +70,7 @@ class ApiServer {
   class HttpServer;
   void install_routes();
   void handle_models(httplib::Response& res);
-  void handle_completion(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void handle_completion(const std::string& body, httplib::Response& res, Endpoint endpoint);
 
   ServerOptions options_;
   std::unique_ptr<HttpServer> http_;

@@ -1,5 +1,7 @@
 #include "server/engine_worker.h"
 
+#include <cstdio>
+
 #include "server/output_assembler.h"
 #include "text/tokenizer.h"
 
@@ -33,6 +35,16 @@ Usage usage_of(const GenerateResult& result) {
   usage.prompt_ms = result.prefill_seconds * 1000.0;
   usage.decode_ms = result.decode_seconds * 1000.0;
   return usage;
+}
+
+// One line per request on stderr (the service journal).
+void log_result(const GenerateResult& result) {
+  std::fprintf(stderr,
+               "ds4-server: request: prompt %d tokens (%d reused), completion %d tokens, "
+               "finish %s, prefill %.1f t/s, decode %.1f t/s\n",
+               result.prompt_tokens, result.reused_tokens, result.completion_tokens,
+               std::string(finish_reason_name(result.finish_reason)).c_str(),
+               result.prefill_tokens_per_second(), result.decode_tokens_per_second());
 }
 
 }  // namespace
@@ -116,10 +128,12 @@ void EngineWorker::run_job(GenerationJob& job) {
   };
   Result<GenerateResult> generated = engine_->generate(*session_, request, sink);
   if (!generated.ok()) {
+    std::fprintf(stderr, "ds4-server: request failed: %s\n", generated.status().message().c_str());
     job.publish(failure(engine_failure(generated.status().message())));
     return;
   }
   const GenerateResult& result = generated.value();
+  log_result(result);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ && result.finish_reason == FinishReason::kCancelled) {

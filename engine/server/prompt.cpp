@@ -55,22 +55,21 @@ std::variant<PreparedRequest, ApiError> prepare_request(const CompletionRequest&
   prepared.thinking = effective_thinking(request.thinking, ctx_size);
   prepared.tools_active = request.endpoint == Endpoint::kChatCompletions && request.tools_active();
   Result<std::string> rendered = render_prompt(request, prepared.thinking);
-  if (!rendered.ok()) {
-    return bad_request(rendered.status().message(),
-                       request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt");
-  }
+  const std::string input_field =
+      request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt";
+  if (!rendered.ok()) return bad_request(rendered.status().message(), input_field);
   GenerateRequest& generate = prepared.generate;
   generate.prompt = tokenizer.encode_with_specials(rendered.value());
   const int32_t prompt_tokens = static_cast<int32_t>(generate.prompt.size());
   const int32_t free_tokens = ctx_size - prompt_tokens;
   if (request.max_tokens) {
     if (*request.max_tokens > free_tokens) {
-      return context_overflow(prompt_tokens, *request.max_tokens, ctx_size);
+      return context_overflow(prompt_tokens, *request.max_tokens, ctx_size, input_field);
     }
     generate.max_tokens = *request.max_tokens;
   } else {
     // No budget given: up to the end of the context, which must leave room for one token.
-    if (free_tokens < 1) return context_overflow(prompt_tokens, 1, ctx_size);
+    if (free_tokens < 1) return context_overflow(prompt_tokens, 1, ctx_size, input_field);
     generate.max_tokens = free_tokens;
   }
   generate.sampling = effective_sampling(request.sampling, prepared.thinking);

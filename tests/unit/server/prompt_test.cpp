@@ -55,7 +55,8 @@ std::variant<PreparedRequest, ApiError> prepare(const std::string& body, int32_t
 
 TEST_CASE("server-rendered golden prompts give the fixture's exact ids") {
   int checked = 0;
-  for (const json& c : golden()["cases"]) {
+  const json cases = golden()["cases"];
+  for (const json& c : cases) {
     if (c["rendering"] != "server") continue;
     json body = {{"messages", json::array({{{"role", "user"}, {"content", c["question"]}}})}};
     if (c["mode"] == "nothink") body["thinking"] = {{"type", "disabled"}};
@@ -76,7 +77,8 @@ TEST_CASE("server-rendered golden prompts give the fixture's exact ids") {
 
 TEST_CASE("/v1/completions renders the default system prompt (the CLI golden cases)") {
   int checked = 0;
-  for (const json& c : golden()["cases"]) {
+  const json cases = golden()["cases"];
+  for (const json& c : cases) {
     if (c["rendering"] != "cli") continue;
     json body = {{"prompt", c["question"]}};
     if (c["mode"] == "nothink") body["reasoning_effort"] = "none";
