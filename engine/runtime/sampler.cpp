@@ -12,6 +12,7 @@ namespace {
 SamplerParams normalized(SamplerParams p) {
   if (!(p.top_p > 0.0f) || p.top_p > 1.0f) p.top_p = 1.0f;
   if (!(p.min_p > 0.0f)) p.min_p = 0.0f;
+  if (p.min_p > 1.0f) p.min_p = 1.0f;
   if (p.top_k < 0) p.top_k = 0;
   p.top_k = std::min(p.top_k, SamplerParams::kMaxTopK);
   return p;
@@ -60,19 +61,20 @@ int32_t Sampler::sample(std::span<const float> logits) {
 
 // Default path: weights relative to the top token, min_p cut, walk in id order.
 int32_t Sampler::sample_min_p(std::span<const float> logits, float max_logit) {
-  const double inv_t = 1.0 / params_.temperature;
-  std::vector<double> weight(logits.size(), 0.0);
+  const float inv_t = 1.0f / params_.temperature;
+  std::vector<float>& weight = weights_;
+  weight.assign(logits.size(), 0.0f);
   double total = 0.0;
   for (size_t i = 0; i < logits.size(); ++i) {
     if (!std::isfinite(logits[i])) continue;
-    const double w = std::exp((static_cast<double>(logits[i]) - max_logit) * inv_t);
+    const float w = std::exp((logits[i] - max_logit) * inv_t);
     if (w < params_.min_p) continue;
     weight[i] = w;
     total += w;
   }
   double r = rng_.next_uniform() * total;
   for (size_t i = 0; i < logits.size(); ++i) {
-    if (weight[i] == 0.0) continue;
+    if (weight[i] == 0.0f) continue;
     r -= weight[i];
     if (r <= 0.0) return static_cast<int32_t>(i);
   }
@@ -81,49 +83,59 @@ int32_t Sampler::sample_min_p(std::span<const float> logits, float max_logit) {
 
 // top_k and/or top_p: candidates sorted by logit (ties: lower id), min_p relative to
 // the first, cut once the kept mass reaches top_p, then a walk in sorted order.
+// Only as many candidates as the cut needs are sorted (a growing partial sort).
 int32_t Sampler::sample_sorted(std::span<const float> logits, float max_logit) {
-  const double inv_t = 1.0 / params_.temperature;
-  auto weight_of = [&](int32_t i) {
-    return std::exp((static_cast<double>(logits[i]) - max_logit) * inv_t);
+  const float inv_t = 1.0f / params_.temperature;
+  auto before = [](const Candidate& a, const Candidate& b) {
+    return a.logit != b.logit ? a.logit > b.logit : a.id < b.id;
   };
-  auto before = [&](int32_t a, int32_t b) {
-    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
-  };
-  std::vector<int32_t> order;
-  order.reserve(logits.size());
-  for (size_t i = 0; i < logits.size(); ++i) {
-    if (std::isfinite(logits[i])) order.push_back(static_cast<int32_t>(i));
-  }
+  std::vector<Candidate>& cands = candidates_;
+  cands.clear();
   double total = 0.0;
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < order.size()) {
-    std::partial_sort(order.begin(), order.begin() + params_.top_k, order.end(), before);
-    order.resize(params_.top_k);
-    for (int32_t i : order) total += weight_of(i);
-  } else {
-    for (int32_t i : order) total += weight_of(i);
-    // Only tokens above the min_p threshold can be kept: sort just those.
-    const double floor = params_.min_p;  // relative to the top weight, which is 1
-    auto end = std::partition(order.begin(), order.end(),
-                              [&](int32_t i) { return weight_of(i) >= floor; });
-    order.erase(end, order.end());
-    std::sort(order.begin(), order.end(), before);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (!std::isfinite(logits[i])) continue;
+    const float w = std::exp((logits[i] - max_logit) * inv_t);
+    total += w;
+    // Below the min_p floor (the top weight is 1) a token can never be kept;
+    // with top_k every token competes for the k places first.
+    if (params_.top_k > 0 || w >= params_.min_p) {
+      cands.push_back({logits[i], static_cast<int32_t>(i), w});
+    }
   }
-  const double first = weight_of(order.front());
-  std::vector<double> kept;
-  double mass = 0.0;
-  for (int32_t i : order) {
-    const double w = weight_of(i);
-    if (!kept.empty() && w / total < (first / total) * params_.min_p) break;
-    kept.push_back(w);
-    mass += w;
-    if (mass >= params_.top_p * total) break;
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < cands.size()) {
+    std::partial_sort(cands.begin(), cands.begin() + params_.top_k, cands.end(), before);
+    cands.resize(params_.top_k);
+    total = 0.0;
+    for (const Candidate& c : cands) total += c.weight;
   }
-  double r = rng_.next_uniform() * mass;
-  for (size_t k = 0; k < kept.size(); ++k) {
-    r -= kept[k];
-    if (r <= 0.0) return order[k];
+  const size_t limit = cands.size();
+  for (size_t sorted = std::min<size_t>(64, limit);; sorted = std::min(sorted * 4, limit)) {
+    std::partial_sort(cands.begin(), cands.begin() + sorted, cands.end(), before);
+    const double first = cands.front().weight;
+    size_t kept = 0;
+    double mass = 0.0;
+    bool decided = false;
+    for (; kept < sorted; ++kept) {
+      const double w = cands[kept].weight;
+      if (kept > 0 && w / total < (first / total) * params_.min_p) {
+        decided = true;
+        break;
+      }
+      mass += w;
+      if (mass >= params_.top_p * total) {
+        ++kept;
+        decided = true;
+        break;
+      }
+    }
+    if (!decided && sorted < limit) continue;
+    double r = rng_.next_uniform() * mass;
+    for (size_t k = 0; k < kept; ++k) {
+      r -= cands[k].weight;
+      if (r <= 0.0) return cands[k].id;
+    }
+    return cands.front().id;
   }
-  return order.front();
 }
 
 uint64_t sampler_time_seed() {

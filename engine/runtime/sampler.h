@@ -8,13 +8,14 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace ds4 {
 
 struct SamplerParams {
   float temperature = 1.0f;  // <= 0: greedy argmax
   float top_p = 1.0f;        // <= 0 or > 1 means 1 (disabled)
-  float min_p = 0.05f;       // relative to the top token's probability; < 0 means 0
+  float min_p = 0.05f;       // relative to the top token's probability; clamped to [0, 1]
   int32_t top_k = 0;         // 0 = disabled; capped at kMaxTopK
   uint64_t seed = 0;         // RNG seed (0 selects the generator's fixed default state)
 
@@ -51,6 +52,13 @@ class Sampler {
 
   SamplerParams params_;
   SamplerRng rng_;
+  struct Candidate {
+    float logit;
+    int32_t id;
+    float weight;  // exp((logit - max) / T)
+  };
+  std::vector<float> weights_;          // scratch of the default path
+  std::vector<Candidate> candidates_;   // scratch of the sorted path
 };
 
 // A seed derived from the clock, for requests that give none.

@@ -129,6 +129,12 @@ TEST_CASE("top_p stops after the token that reaches the mass") {
   CHECK(ds4::Sampler(params(1.0f, 0.0f, 0.05f, 0, 1)).params().top_p == 1.0f);
   CHECK(ds4::Sampler(params(1.0f, 1.5f, 0.05f, 0, 1)).params().top_p == 1.0f);
   CHECK(ds4::Sampler(params(1.0f, 1.0f, -1.0f, 0, 1)).params().min_p == 0.0f);
+  CHECK(ds4::Sampler(params(1.0f, 1.0f, 3.0f, 0, 1)).params().min_p == 1.0f);
+  // min_p 1 keeps only the top token on every path.
+  for (float top_p : {1.0f, 0.5f}) {
+    const auto only_top = histogram(params(1.0f, top_p, 3.0f, 0, 2), logits_of({0.3, 0.7}), 100);
+    CHECK(only_top[1] == 100);
+  }
 }
 
 TEST_CASE("temperature sharpens or flattens the distribution") {
@@ -194,4 +200,21 @@ TEST_CASE("stop matcher output never splits a UTF-8 character") {
   out += m.finish();
   CHECK(out == text);
   CHECK_FALSE(m.stopped());
+}
+
+TEST_CASE("top_p over a large flat-tailed vocabulary keeps exactly the nucleus") {
+  // 1000 tokens: ten strong ones (90% of the mass together), a long weak tail.
+  std::vector<double> probs(1000, 0.1 / 990);
+  for (int i = 0; i < 10; ++i) probs[i * 97] = 0.09;
+  const std::vector<float> logits = logits_of(probs);
+  const auto counts = histogram(params(1.0f, 0.85f, 0.0f, 0, 17), logits, 20000);
+  int strong = 0, weak = 0;
+  for (int i = 0; i < 1000; ++i) (i % 97 == 0 && i / 97 < 10 ? strong : weak) += counts[i];
+  CHECK(weak == 0);
+  CHECK(strong == 20000);
+  // 0.95 needs part of the tail: the tail now appears, in sorted (id) order of ties.
+  const auto wider = histogram(params(1.0f, 0.95f, 0.0f, 0, 17), logits, 20000);
+  int tail = 0;
+  for (int i = 0; i < 1000; ++i) tail += (i % 97 == 0 && i / 97 < 10) ? 0 : wider[i];
+  CHECK(tail > 0);
 }
