@@ -220,6 +220,16 @@ Result<Tokenizer> Tokenizer::FromVocab(std::vector<std::string> tokens,
 }
 
 Result<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
+  // The model kind is optional metadata; when present it must be byte-level BPE.
+  if (gguf.find("tokenizer.ggml.model") != nullptr) {
+    std::string model;
+    Status s = gguf.get_string("tokenizer.ggml.model", &model);
+    if (!s.ok()) return s.wrap(gguf.path());
+    if (model != "gpt2") {
+      return Status::Error(gguf.path() + ": tokenizer.ggml.model is \"" + model +
+                           "\", expected \"gpt2\" (byte-level BPE)");
+    }
+  }
   std::vector<std::string> tokens, merges;
   Status s = gguf.get_string_array("tokenizer.ggml.tokens", &tokens);
   if (!s.ok()) return s.wrap(gguf.path());

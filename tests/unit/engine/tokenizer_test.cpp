@@ -259,3 +259,12 @@ TEST_CASE("random text: pieces cover the input and ids decode back to it, byte f
     CHECK(tok.decode(tok.encode_with_specials(text)) == text);
   }
 }
+
+TEST_CASE("a GGUF without tokenizer keys is refused with the key and file named") {
+  auto mtp = ds4::GgufFile::Open(data_path("tiny-fast/mtp.gguf"));
+  REQUIRE_MESSAGE(mtp.ok(), mtp.status().message());
+  auto tok = ds4::Tokenizer::FromGguf(**mtp);
+  REQUIRE_FALSE(tok.ok());
+  CHECK(tok.status().message().find("tokenizer.ggml.tokens") != std::string::npos);
+  CHECK(tok.status().message().find("mtp.gguf") != std::string::npos);
+}
