@@ -185,7 +185,7 @@ std::string FormatCheckJson(const std::vector<CheckRow>& rows, const std::string
                                   {"ram_bytes", facts.ram_bytes},
                                   {"disk_path", facts.disk_path},
                                   {"disk_free_bytes", facts.disk_free_bytes}}}};
-  return doc.dump(2) + "\n";
+  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace ds4setup

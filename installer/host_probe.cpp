@@ -142,8 +142,9 @@ uint64_t ParseMemTotalBytes(const std::string& meminfo) {
 }
 
 Result<uint64_t> FreeDiskBytes(const std::string& path, std::string* measured_at) {
-  std::filesystem::path p = std::filesystem::absolute(path.empty() ? "." : path);
   std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path.empty() ? "." : path, ec);
+  if (ec) return Status::Error("cannot resolve path " + path + ": " + ec.message());
   while (!std::filesystem::exists(p, ec) && p.has_parent_path() && p != p.parent_path())
     p = p.parent_path();
   if (measured_at) *measured_at = p.string();

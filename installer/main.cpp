@@ -14,6 +14,7 @@
 #include "host_probe.h"
 #include "options.h"
 #include "pipeline.h"
+#include "service_stage.h"
 #include "status_cmd.h"
 #include "uninstall_cmd.h"
 #include "ui.h"
@@ -128,6 +129,7 @@ int Main(int argc, char** argv) {
   CLI::App* download = app.add_subcommand("download", "Download and verify the model files only");
   CLI::App* status = app.add_subcommand("status", "Show what is installed and whether the service runs");
   CLI::App* uninstall = app.add_subcommand("uninstall", "Remove the service and installed files");
+  CLI::App* unit = app.add_subcommand("unit", "Print the systemd unit install would write (changes nothing)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -150,9 +152,9 @@ int Main(int argc, char** argv) {
   Ui ui;
   if (const char* token = std::getenv("HF_TOKEN")) ui.AddSecret(token);
   if (options.json) ui.set_quiet(true);
-  // status and uninstall must not create anything under the prefix: they log to /tmp.
+  // status, uninstall and unit must not create anything under the prefix: they log to /tmp.
   if (options.log_path.empty() &&
-      (options.command == Command::kStatus || options.command == Command::kUninstall))
+      (options.command == Command::kStatus || options.command == Command::kUninstall || *unit))
     options.log_path = "/tmp/ds4-setup-" + std::to_string(::getuid()) + ".log";
   if (options.log_path.empty()) options.log_path = DefaultLogPath(options);
   Status log = ui.OpenLog(options.log_path);
@@ -170,9 +172,12 @@ int Main(int argc, char** argv) {
   }
   Status loaded = LoadManifests(context);
   if (!loaded.ok()) {
+    if (options.json)  // doctor --json answers in JSON even when it cannot start
+      ui.Plain(nlohmann::json({{"ok", false}, {"error", loaded.message()}}).dump(2) + "\n");
     ui.Error(loaded.message());
     return context.exit_code;
   }
+  if (*unit) return RunUnitCommand(context);
   switch (context.options.command) {
     case Command::kDoctor: return RunDoctor(context);
     case Command::kDownload: return RunDownload(context);

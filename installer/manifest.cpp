@@ -103,6 +103,11 @@ Status ParseProfile(const std::string& name, const YAML::Node& node, const std::
   return Status::Ok();
 }
 
+// The key of a mapping entry as a string ("" when it is not a scalar).
+std::string KeyName(const YAML::Node& key) {
+  return key.IsScalar() ? key.Scalar() : std::string();
+}
+
 }  // namespace
 
 const ModelArtifact* ModelManifest::Find(const std::string& name) const {
@@ -140,7 +145,8 @@ Result<ModelManifest> ParseModelManifest(const std::string& yaml_text, const std
   DS4_RETURN_IF_ERROR(ReadScalar(root, "draft", origin, false, &manifest.draft_name));
   for (const auto& entry : root["models"]) {
     ModelArtifact artifact;
-    std::string name = entry.first.as<std::string>();
+    std::string name = KeyName(entry.first);
+    if (name.empty()) return Status::Error(origin + ": a model name must be a plain string");
     DS4_RETURN_IF_ERROR(
         ParseArtifact(name, entry.second, origin + ": models." + name, &artifact));
     if (manifest.Find(name)) return Status::Error(origin + ": model '" + name + "' listed twice");
@@ -225,7 +231,8 @@ Result<HostProfiles> ParseHostProfiles(const std::string& yaml_text, const std::
   HostProfiles hosts;
   for (const auto& entry : root["profiles"]) {
     HostProfile profile;
-    std::string name = entry.first.as<std::string>();
+    std::string name = KeyName(entry.first);
+    if (name.empty()) return Status::Error(origin + ": a profile name must be a plain string");
     DS4_RETURN_IF_ERROR(ParseProfile(name, entry.second, origin + ": profiles." + name, &profile));
     hosts.profiles.push_back(std::move(profile));
   }

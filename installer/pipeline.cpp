@@ -124,6 +124,10 @@ Status PlanStage(Context& context) {
     context.stop = true;
   } else {
     context.ui->Log(text);
+    std::string names;
+    for (const auto& file : context.plan.files) names += (names.empty() ? "" : " + ") + file.artifact.name;
+    context.ui->Info("Models: " + names + " in " + context.plan.models_dir + ", " +
+                     HumanBytes(context.plan.remaining_bytes) + " to download");
   }
   return Status::Ok();
 }
