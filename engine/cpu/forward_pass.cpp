@@ -167,7 +167,7 @@ class BlockRunner {
   // ---- attention half (§2.5) ----
   void attention_half(int32_t layer, const LayerWeights& w, Vec& x) {
     const int64_t d = c_.dim, hd = c_.head_dim, H = c_.n_heads, ql = c_.q_lora;
-    const int64_t rd = c_.rope_dim, nope = c_.nope_dim();
+    const int64_t nope = c_.nope_dim();
     const Rope& rope = rope_for(w);
     Vec residual = x;
     Vec nrm;
@@ -227,7 +227,6 @@ class BlockRunner {
         }
       }
     });
-    (void)rd;
 
     // §2.5.6 grouped low-rank output projection.
     const int64_t G = c_.out_groups, ol = c_.out_lora, gw = c_.heads_per_group() * hd;
@@ -350,7 +349,7 @@ class BlockRunner {
 
   // ---- FFN half (§2.6) ----
   void ffn_half(int32_t layer, const LayerWeights& w, Vec& x) {
-    const int64_t d = c_.dim, ne = c_.n_experts, k = c_.n_experts_used, ffn = c_.expert_ffn;
+    const int64_t d = c_.dim, ne = c_.n_experts, k = c_.n_experts_used;
     Vec residual = x;
     Vec f;
     std::vector<HcMix> mix;
@@ -397,7 +396,6 @@ class BlockRunner {
       expert_ffn(w.ffn_gate_shexp, w.ffn_up_shexp, w.ffn_down_shexp, 0, w.swiglu_limit, f, n_, nullptr, ys);
       for (int64_t i = 0; i < n_ * d; ++i) out[i] += ys[i];
     }
-    (void)ffn;
     hc_post_all(out, residual, mix, x);
   }
 

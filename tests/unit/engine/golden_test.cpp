@@ -21,10 +21,10 @@ void check_fixture(const std::string& fixture, const std::string& variant) {
   o.debug = true;
   auto report = ds4::run_golden(o);
   REQUIRE_MESSAGE(report.ok(), report.status().message());
+  MESSAGE(report->summary());
   std::string details;
   for (const std::string& line : report->details) details += line + "\n";
   INFO(details);
-  MESSAGE(report->summary());
   for (const std::string& line : report->details) {
     CHECK_MESSAGE(line.find("MISMATCH") == std::string::npos, line);
     CHECK_MESSAGE(line.find("first mismatch") == std::string::npos, line);
