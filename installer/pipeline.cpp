@@ -105,7 +105,8 @@ Status ProbeStage(Context& context) {
   }
   std::string message = "host checks failed for profile " + context.profile.name + ": " + failed;
   if (context.options.dry_run) {
-    context.ui->Warning(message + " (dry run: showing the plan anyway; a real install stops here)");
+    context.ui->Warning("host checks failed for profile " + context.profile.name +
+                        " (fixes above); dry run: showing the plan anyway, a real install stops here");
     return Status::Ok();
   }
   return Fail(context, only_disk ? kExitDiskSpace : kExitHostCheck, message);
