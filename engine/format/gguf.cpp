@@ -10,11 +10,9 @@
 #include <bit>
 #include <cerrno>
 #include <cinttypes>
-#include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
-#include <unordered_set>
 
 namespace ds4 {
 
@@ -97,7 +95,9 @@ class Cursor {
 
   Status ReadString(const std::string& what, std::string* out) {
     uint64_t len = 0;
-    DS4_RETURN_IF_ERROR(Read(what + " length", &len));
+    if (remaining() < sizeof(len)) return Truncated(what + " length", sizeof(len));
+    std::memcpy(&len, bytes_.data() + pos_, sizeof(len));
+    pos_ += sizeof(len);
     if (len > remaining()) {
       return Status::Error(what + ": string length " + Str(len) + " exceeds the " +
                            Str(remaining()) + " bytes left in the file (offset " + Str(pos_) + ")");
