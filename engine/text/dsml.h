@@ -43,8 +43,8 @@ struct ParsedCompletion {
 };
 
 // Parses the text generated after the prompt (in thinking mode the prompt ended with
-// <think>, so the text starts inside the reasoning). A trailing end-of-sentence string
-// is ignored. Errors name the malformed part (e.g. an unterminated tool-call block).
+// <think>, so the text starts inside the reasoning). Text from the first
+// end-of-sentence string on is ignored. Errors name the malformed part (e.g. an unterminated tool-call block).
 Result<ParsedCompletion> parse_completion(std::string_view text, bool thinking);
 
 // One incremental piece of a completion.
