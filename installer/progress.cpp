@@ -77,6 +77,7 @@ void Progress::Draw(Clock::time_point now) {
   if (tty_) {
     std::fprintf(ui_->out(), "\r\033[K%s %s", label_.c_str(), text.c_str());
     std::fflush(ui_->out());
+    ui_->set_bar_open(true);
   } else {
     ui_->Info(label_ + ": " + text);
   }
@@ -90,6 +91,7 @@ void Progress::Finish() {
     Draw(now);
     std::fputc('\n', ui_->out());
     std::fflush(ui_->out());
+    ui_->set_bar_open(false);
   }
   ui_->Log(label_ + ": " + Format(done_, total_, Rate(now), 0));
 }

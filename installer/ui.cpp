@@ -84,6 +84,11 @@ void Ui::Emit(std::FILE* stream, bool tty, const char* colour, const std::string
               const std::string& message, bool show) {
   std::lock_guard<std::mutex> lock(mu_);
   std::string safe = Redact(message);
+  if (show && bar_open_ && out_tty_) {
+    std::fputs("\r\033[K", out_);
+    std::fflush(out_);
+    bar_open_ = false;
+  }
   if (show) {
     if (tty)
       std::fprintf(stream, "%s%s%s%s\n", colour, prefix.c_str(), kReset, safe.c_str());

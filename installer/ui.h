@@ -40,6 +40,11 @@ class Ui {
   // When quiet, Info lines go to the log only (e.g. under --json).
   void set_quiet(bool quiet) { quiet_ = quiet; }
   bool stdout_is_tty() const { return out_tty_; }
+  // A progress bar is drawn on the terminal's current line: the next line shown clears it.
+  void set_bar_open(bool open) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bar_open_ = open;
+  }
   std::FILE* out() const { return out_; }
 
  private:
@@ -53,6 +58,7 @@ class Ui {
   bool out_tty_;
   bool err_tty_;
   bool quiet_ = false;
+  bool bar_open_ = false;
   std::FILE* log_ = nullptr;
   std::string log_path_;
   std::vector<std::string> secrets_;
