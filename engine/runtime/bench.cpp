@@ -1,5 +1,7 @@
 #include "runtime/bench.h"
 
+#include <time.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -25,8 +27,16 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// CPU time of the whole process (all threads), in seconds.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
 struct Measurement {
   double pp_tps = 0, tg_tps = 0, ttft_s = 0, depth_fill_s = 0;
+  double pp_cpu_util = 0, tg_cpu_util = 0;
 };
 
 // Owns one backend sequence for the duration of a measurement.
@@ -65,13 +75,16 @@ Result<Measurement> measure_once(Backend& backend, int32_t vocab, int32_t pp, in
 
   const std::vector<int32_t> prompt = random_tokens(rng, vocab, pp);
   std::vector<float> logits;
+  const double cpu0 = process_cpu_seconds();
   const auto t0 = Clock::now();
   DS4_RETURN_IF_ERROR(prefill_tokens(backend, seq.id(), prompt, depth, chunk, &logits)
                           .wrap("prefill of " + std::to_string(pp) + " tokens"));
   int32_t token = Sampler::greedy(logits);
   const auto t_first = Clock::now();
+  const double cpu_first = process_cpu_seconds();
   m.ttft_s = seconds_between(t0, t_first);
   m.pp_tps = m.ttft_s > 0 ? pp / m.ttft_s : 0;
+  m.pp_cpu_util = m.ttft_s > 0 ? (cpu_first - cpu0) / m.ttft_s : 0;
 
   int32_t pos = depth + pp;
   for (int32_t i = 1; i < tg; ++i) {
@@ -81,6 +94,7 @@ Result<Measurement> measure_once(Backend& backend, int32_t vocab, int32_t pp, in
   const auto t_last = Clock::now();
   const double decode_s = seconds_between(t_first, t_last);
   m.tg_tps = tg > 1 && decode_s > 0 ? (tg - 1) / decode_s : 0;
+  m.tg_cpu_util = decode_s > 0 ? (process_cpu_seconds() - cpu_first) / decode_s : 0;
   return m;
 }
 
@@ -127,7 +141,7 @@ Result<std::vector<BenchRow>> run_bench(Backend& backend, int32_t vocab, const B
   }
   std::vector<BenchRow> rows;
   for (int32_t depth : p.depths) {
-    std::vector<double> pp_tps, tg_tps, ttft, fill;
+    std::vector<double> pp_tps, tg_tps, ttft, fill, pp_cpu, tg_cpu;
     for (int32_t r = 0; r < p.repetitions; ++r) {
       auto m = measure_once(backend, vocab, p.pp, p.tg, depth, p.chunk, rng);
       if (!m.ok()) return m.status().wrap("bench at depth " + std::to_string(depth));
@@ -135,6 +149,8 @@ Result<std::vector<BenchRow>> run_bench(Backend& backend, int32_t vocab, const B
       tg_tps.push_back(m->tg_tps);
       ttft.push_back(m->ttft_s * 1e3);
       fill.push_back(m->depth_fill_s);
+      pp_cpu.push_back(m->pp_cpu_util);
+      tg_cpu.push_back(m->tg_cpu_util);
     }
     BenchRow row;
     row.pp = p.pp;
@@ -146,6 +162,8 @@ Result<std::vector<BenchRow>> run_bench(Backend& backend, int32_t vocab, const B
     mean_and_sd(tg_tps, &row.tg_tps, &row.tg_tps_sd);
     mean_and_sd(ttft, &row.ttft_ms, &unused_sd);
     mean_and_sd(fill, &row.depth_fill_s, &unused_sd);
+    mean_and_sd(pp_cpu, &row.pp_cpu_util, &unused_sd);
+    mean_and_sd(tg_cpu, &row.tg_cpu_util, &unused_sd);
     rows.push_back(row);
   }
   return rows;
@@ -164,14 +182,15 @@ Result<BenchTarget> make_synthetic_full_target(const BackendOptions& options) {
 std::string bench_csv(const BenchTarget& target, int threads, const std::vector<BenchRow>& rows) {
   std::string out =
       "model,backend,threads,pp,tg,depth,runs,pp_tps,pp_tps_sd,tg_tps,tg_tps_sd,ttft_ms,"
-      "depth_fill_s\n";
+      "depth_fill_s,pp_cpu_util,tg_cpu_util\n";
   for (const BenchRow& r : rows) {
     out += csv_field(target.model_name) + "," + csv_field(target.backend_name) + "," +
            std::to_string(threads) + "," + std::to_string(r.pp) + "," + std::to_string(r.tg) + "," +
            std::to_string(r.depth) + "," + std::to_string(r.runs) + "," +
            format("%.3f", r.pp_tps) + "," + format("%.3f", r.pp_tps_sd) + "," +
            format("%.3f", r.tg_tps) + "," + format("%.3f", r.tg_tps_sd) + "," +
-           format("%.3f", r.ttft_ms) + "," + format("%.4f", r.depth_fill_s) + "\n";
+           format("%.3f", r.ttft_ms) + "," + format("%.4f", r.depth_fill_s) + "," +
+           format("%.2f", r.pp_cpu_util) + "," + format("%.2f", r.tg_cpu_util) + "\n";
   }
   return out;
 }
@@ -179,18 +198,19 @@ std::string bench_csv(const BenchTarget& target, int threads, const std::vector<
 std::string bench_table(const BenchTarget& target, const std::vector<BenchRow>& rows) {
   std::string out = "model: " + target.model_name + "   backend: " + target.backend_name + "\n";
   char line[256];
-  std::snprintf(line, sizeof line, "| %-18s | %16s | %16s | %12s |\n", "test", "prefill t/s",
-                "decode t/s", "ttft ms");
+  std::snprintf(line, sizeof line, "| %-18s | %16s | %16s | %12s | %11s |\n", "test", "prefill t/s",
+                "decode t/s", "ttft ms", "cores pp/tg");
   out += line;
-  out += "|--------------------|------------------|------------------|--------------|\n";
+  out += "|--------------------|------------------|------------------|--------------|-------------|\n";
   for (const BenchRow& r : rows) {
     const std::string test = "pp" + std::to_string(r.pp) + "+tg" + std::to_string(r.tg) + " @ d" +
                              std::to_string(r.depth);
     const std::string pp = format("%.2f", r.pp_tps) + " ± " + format("%.2f", r.pp_tps_sd);
     const std::string tg = format("%.2f", r.tg_tps) + " ± " + format("%.2f", r.tg_tps_sd);
     // "±" is two bytes in UTF-8 but one column wide: pad one extra.
-    std::snprintf(line, sizeof line, "| %-18s | %17s | %17s | %12.2f |\n", test.c_str(), pp.c_str(),
-                  tg.c_str(), r.ttft_ms);
+    const std::string cores = format("%.2f", r.pp_cpu_util) + "/" + format("%.2f", r.tg_cpu_util);
+    std::snprintf(line, sizeof line, "| %-18s | %17s | %17s | %12.2f | %11s |\n", test.c_str(),
+                  pp.c_str(), tg.c_str(), r.ttft_ms, cores.c_str());
     out += line;
   }
   return out;

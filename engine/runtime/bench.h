@@ -41,6 +41,9 @@ struct BenchRow {
   double tg_tps = 0, tg_tps_sd = 0;   // decode tokens per second
   double ttft_ms = 0;                 // prefill of pp tokens + first sample
   double depth_fill_s = 0;            // time to fill the depth context (not part of pp)
+  // Process CPU time / wall time during the prefill and the decode phase: about the
+  // number of cores kept busy (2.0 = both cores of a two-core machine).
+  double pp_cpu_util = 0, tg_cpu_util = 0;
 };
 
 // Measures `backend` whose vocabulary has `vocab` entries. Errors name the depth

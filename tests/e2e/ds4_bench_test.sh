@@ -26,7 +26,7 @@ assert [r["depth"] for r in rows] == ["0", "160"], rows
 for r in rows:
     assert r["model"] == "model.gguf" and r["backend"] == "cpu", r
     assert r["pp"] == "64" and r["tg"] == "8" and r["runs"] == "1", r
-    for key in ("pp_tps", "tg_tps", "ttft_ms"):
+    for key in ("pp_tps", "tg_tps", "ttft_ms", "pp_cpu_util", "tg_cpu_util"):
         assert float(r[key]) > 0, (key, r)
     # ttft is the prefill of pp tokens: pp / pp_tps in milliseconds.
     assert abs(float(r["ttft_ms"]) - 64 / float(r["pp_tps"]) * 1e3) < 0.05 * float(r["ttft_ms"]) + 0.01, r
