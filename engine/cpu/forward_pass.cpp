@@ -246,6 +246,7 @@ class BlockRunner {
     mm(w.attn_output_b, u.data(), n_, attn.data());
 
     // The chunk's raw rows join the ring only now: queries above read them from `kv`.
+    // They stay f32 as in the official code (ds4 rounds them to f16).
     for (int64_t t = 0; t < n_; ++t) state(t, layer).write_raw(pos(t), kv.data() + t * hd);
 
     hc_post_all(attn, residual, mix, x);
@@ -269,6 +270,7 @@ class BlockRunner {
       }
     }
     if (w.ratio == 0) return;
+    // Rows stay in f32: the official code attends the unrounded rows (ds4 stores f16).
     const int64_t visible = (p + 1) / w.ratio;
     if (use_sel) {
       for (int32_t ci : sel) rows.push_back(st.comp_rows.row(ci));
@@ -292,7 +294,7 @@ class BlockRunner {
         const int64_t p = pos(t);
         compressor_store(cw, ring, p, k.data() + t * width, z.data() + t * width);
         if ((p + 1) % ring.ratio == 0) {
-          compressor_emit(c_, cw, ring, p, rope, kind, ctx_.qat, store.row((p + 1) / ring.ratio - 1));
+          compressor_emit(c_, cw, ring, p, rope, kind, ctx_.qat, store.row_for_write((p + 1) / ring.ratio - 1));
         }
       }
     }

@@ -14,9 +14,19 @@ void CompressorRing::init(int32_t r, int32_t row_d, int32_t rollback) {
   z.assign(static_cast<size_t>(cap) * width, -INFINITY);
 }
 
-void RowStore::init(int64_t capacity_rows, int32_t row_d) {
+void RowStore::init(int64_t rows, int32_t row_d) {
   d = row_d;
-  data.assign(static_cast<size_t>(capacity_rows) * row_d, 0.0f);
+  max_rows = rows;
+  data.clear();
+}
+
+float* RowStore::row_for_write(int64_t c) {
+  const size_t need = static_cast<size_t>(c + 1) * d;
+  if (data.size() < need) {
+    const size_t cap = static_cast<size_t>(max_rows) * d;
+    data.resize(std::min(cap, std::max(need, 2 * data.size())));
+  }
+  return row(c);
 }
 
 void LayerState::write_raw(int64_t pos, const float* row) {

@@ -34,11 +34,15 @@ struct CompressorRing {
 };
 
 // Append-only rows (compressed attention rows or indexer rows); row c of a sequence
-// of length n is valid for c < n / ratio.
+// of length n is valid for c < n / ratio. Storage grows as rows are emitted (up to
+// max_rows), so a long context costs memory only once it is used.
 struct RowStore {
   int32_t d = 0;
+  int64_t max_rows = 0;
   std::vector<float> data;
-  void init(int64_t capacity_rows, int32_t d);
+  void init(int64_t max_rows, int32_t d);
+  // Row c for writing; grows the storage (invalidating earlier row pointers).
+  float* row_for_write(int64_t c);
   float* row(int64_t c) { return data.data() + c * d; }
   const float* row(int64_t c) const { return data.data() + c * d; }
 };
