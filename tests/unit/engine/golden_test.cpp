@@ -5,8 +5,15 @@
 // teacher-forced decode steps.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "model/model.h"
+#include "runtime/backend.h"
 #include "runtime/golden.h"
 
 namespace {
@@ -85,4 +92,50 @@ TEST_CASE("the MTP draft logits are checked when the fixture has an MTP file") {
   CHECK(report->runs[0].mtp.passed());
   CHECK(report->summary().find("mtp:") != std::string::npos);
   CHECK(report->passed());
+}
+
+// tiny-chat (head dim 512 as in the real model: seven FP8 blocks per KV row): the
+// official model's logits at the last position of the France prompt, QAT on and off.
+TEST_CASE("tiny-chat: France prompt last-position logits match the official model") {
+  std::ifstream in(data_path("tiny-chat/golden.json"));
+  REQUIRE(in.good());
+  const nlohmann::json g = nlohmann::json::parse(in);
+  auto model = ds4::Model::Load(data_path("tiny-chat/model.gguf"));
+  REQUIRE_MESSAGE(model.ok(), model.status().message());
+  const int32_t vocab = (*model)->config().vocab;
+  for (const std::string mode : {"nothink", "think"}) {
+    const nlohmann::json& info = g["logits"][mode];
+    std::vector<int32_t> ids;
+    for (const auto& c : g["cases"]) {
+      if (c["id"] == info["case"]) ids = c["prompt_ids"].get<std::vector<int32_t>>();
+    }
+    REQUIRE(!ids.empty());
+    REQUIRE(static_cast<int32_t>(ids.size()) == info["position"].get<int32_t>() + 1);
+    for (const bool qat : {true, false}) {
+      std::ifstream bin(data_path("tiny-chat/" + info[qat ? "qat_on" : "qat_off"].get<std::string>()), std::ios::binary);
+      std::vector<float> golden(vocab);
+      REQUIRE(bin.read(reinterpret_cast<char*>(golden.data()), vocab * sizeof(float)));
+      ds4::BackendOptions o;
+      o.qat = qat;
+      auto backend = ds4::make_backend(**model, ds4::BackendKind::kCpu, o);
+      REQUIRE(backend.ok());
+      auto seq = (*backend)->new_sequence(64);
+      std::vector<ds4::BatchToken> batch;
+      for (size_t p = 0; p < ids.size(); ++p) {
+        batch.push_back({ids[p], *seq, static_cast<int32_t>(p), p + 1 == ids.size(), false});
+      }
+      ds4::ForwardOutput out;
+      REQUIRE((*backend)->forward(batch, &out).ok());
+      REQUIRE(out.logits.size() == golden.size());
+      double max_abs = 0;
+      size_t arg = 0;
+      for (size_t i = 0; i < golden.size(); ++i) {
+        max_abs = std::max(max_abs, std::fabs(double(out.logits[i]) - golden[i]));
+        if (out.logits[i] > out.logits[arg]) arg = i;
+      }
+      const double std_dev = info["std"].get<double>();
+      CHECK_MESSAGE(max_abs <= 1e-3 * std_dev, mode << (qat ? " qat" : " off") << ": max |dlogit| " << max_abs);
+      CHECK(static_cast<int32_t>(arg) == info["argmax"].get<int32_t>());
+    }
+  }
 }
