@@ -314,4 +314,30 @@ Status ServiceStage(Context& context) {
   return Status::Ok();
 }
 
+int RunUnitCommand(Context& context) {
+  Status probed = ProbeStage(context);
+  if (!probed.ok()) {
+    context.ui->Error(probed.message());
+    return context.exit_code;
+  }
+  const std::string models_dir = ModelsDir(context.options);
+  for (const ModelArtifact& artifact : context.artifacts) {
+    const std::string path = (fs::path(models_dir) / artifact.file).string();
+    if (artifact.kind == "draft") {
+      context.mtp_path = path;
+    } else {
+      context.model_path = path;
+    }
+  }
+  Result<std::string> unit =
+      RenderUnitFile(context.options.source_dir + "/systemd/ds4.service", UnitConfigFor(context));
+  if (!unit.ok()) {
+    context.ui->Error(unit.status().message());
+    return kExitService;
+  }
+  context.ui->Log("rendered the unit for host profile " + context.profile.name);
+  context.ui->Plain(*unit);
+  return kExitOk;
+}
+
 }  // namespace ds4setup

@@ -42,4 +42,8 @@ UnitConfig UnitConfigFor(const Context& context);
 
 Status ServiceStage(Context& context);
 
+// `ds4-setup unit [install flags]`: probes the host (for the profile), then prints the unit
+// that install would write for these flags, changing nothing. Returns the exit code.
+int RunUnitCommand(Context& context);
+
 }  // namespace ds4setup

@@ -22,7 +22,7 @@ namespace {
 
 std::string Row(const std::string& label, const std::string& value) {
   std::string padded = label + ":";
-  padded.resize(std::max<size_t>(padded.size(), 10), ' ');
+  padded.resize(std::max<size_t>(padded.size() + 1, 11), ' ');
   return "  " + padded + value + "\n";
 }
 
@@ -39,12 +39,13 @@ std::string EngineLine(const std::string& prefix) {
     line += archs.empty() ? " (CPU-only)" : " (CUDA sm_" + archs + ")";
     line += ", built " + info.value("built_at", std::string("?"));
   }
+  line += ", in " + CurrentBinDir(prefix);
   std::error_code ec;
   if (fs::is_symlink(fs::path(prefix) / "previous", ec)) {
     line += "; previous build kept for rollback: " +
             fs::read_symlink(fs::path(prefix) / "previous", ec).filename().string();
   }
-  return line + " in " + CurrentBinDir(prefix);
+  return line;
 }
 
 std::string FileLine(const Context& context, const std::string& path, const std::string& sha256) {
