@@ -210,21 +210,23 @@ class BlockRunner {
     }
 
     // §2.5.5 attention over raw window + compressed rows, per (token, head).
+    std::vector<std::vector<const float*>> rows(n_);
+    for_tokens([&](int64_t t) { visible_rows(layer, w, t, kv, selected[t], use_selection[t] != 0, rows[t]); });
     Vec o(n_ * H * hd);
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
     const float* sinks = w.attn_sinks.f32();
-    ctx_.pool.parallel_for(n_, 1, [&](int64_t b, int64_t e) {
-      std::vector<const float*> rows;
+    int64_t work = 0;  // multiply-adds, to keep tiny decode steps off the pool
+    for (const auto& r : rows) work += static_cast<int64_t>(r.size()) * H * hd * 2;
+    const int64_t grain = work < (1 << 18) ? n_ * H : 1;
+    ctx_.pool.parallel_for(n_ * H, grain, [&](int64_t b, int64_t e) {
       Vec scores;
-      for (int64_t t = b; t < e; ++t) {
-        visible_rows(layer, w, t, kv, selected[t], use_selection[t] != 0, rows);
-        scores.resize(rows.size());
-        for (int64_t h = 0; h < H; ++h) {
-          float* oh = o.data() + (t * H + h) * hd;
-          attend_head(q.data() + (t * H + h) * hd, rows.data(), static_cast<int64_t>(rows.size()), hd, sinks[h],
-                      scale, oh, scores.data());
-          rope.rotate(oh + nope, pos(t), /*inverse=*/true);
-        }
+      for (int64_t th = b; th < e; ++th) {
+        const int64_t t = th / H, h = th % H;
+        scores.resize(rows[t].size());
+        float* oh = o.data() + th * hd;
+        attend_head(q.data() + th * hd, rows[t].data(), static_cast<int64_t>(rows[t].size()), hd, sinks[h], scale, oh,
+                    scores.data());
+        rope.rotate(oh + nope, pos(t), /*inverse=*/true);
       }
     });
 
