@@ -135,10 +135,14 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(const Model& model,
   if (!dm.ok()) return dm.status();
   std::fprintf(stderr, "ds4: CUDA: %.2f GiB of weights uploaded in %.2f s (%.2f GiB/s)\n",
                stats.bytes / (1024.0 * 1024.0 * 1024.0), stats.seconds, stats.gib_per_s());
-  Result<std::unique_ptr<CudaForward>> fw = CudaForward::Create(**dm, options.qat);
+  return make_cuda_backend_from_device(std::move(dm.value()), options);
+}
+
+Result<std::unique_ptr<Backend>> make_cuda_backend_from_device(std::unique_ptr<DeviceModel> model,
+                                                               const BackendOptions& options) {
+  Result<std::unique_ptr<CudaForward>> fw = CudaForward::Create(*model, options.qat);
   if (!fw.ok()) return fw.status();
-  std::unique_ptr<Backend> backend(
-      new CudaBackend(std::move(dm.value()), std::move(fw.value()), options));
+  std::unique_ptr<Backend> backend(new CudaBackend(std::move(model), std::move(fw.value()), options));
   return std::move(backend);
 }
 

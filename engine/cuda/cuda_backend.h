@@ -22,6 +22,12 @@ class Model;
 Result<std::unique_ptr<Backend>> make_cuda_backend(const Model& model,
                                                    const BackendOptions& options);
 
+class DeviceModel;
+
+// A backend over weights already in GPU memory (synthetic full-size runs).
+Result<std::unique_ptr<Backend>> make_cuda_backend_from_device(std::unique_ptr<DeviceModel> model,
+                                                               const BackendOptions& options);
+
 // True when the CUDA runtime sees at least one device.
 bool cuda_device_present();
 

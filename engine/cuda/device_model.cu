@@ -627,6 +627,40 @@ Result<std::unique_ptr<DeviceModel>> make_synthetic_model(const ModelConfig& con
   return b.release();
 }
 
+OwnedDeviceMatrix::~OwnedDeviceMatrix() {
+  if (memory) cudaFree(memory);
+}
+
+namespace {
+
+Result<std::unique_ptr<OwnedDeviceMatrix>> single_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, const uint8_t* host,
+                                                         uint64_t seed, int threads, UploadStats* stats) {
+  ModelConfig none;
+  DeviceModelBuilder b(none);
+  auto owned = std::make_unique<OwnedDeviceMatrix>();
+  b.add_matrix("matrix", type, cols, rows, count, host, &owned->m);
+  DS4_RETURN_IF_ERROR(b.allocate());
+  DS4_RETURN_IF_ERROR(host ? b.upload(threads, stats) : b.fill_synthetic(seed));
+  std::unique_ptr<DeviceModel> model = b.release();
+  owned->memory = model->release_arena();
+  return std::move(owned);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, const uint8_t* host,
+                                                         int threads, UploadStats* stats) {
+  if (!host) return Status::Error("upload_matrix: no host data");
+  return single_matrix(type, cols, rows, count, host, 0, threads, stats);
+}
+
+Result<std::unique_ptr<OwnedDeviceMatrix>> random_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, uint64_t seed) {
+  return single_matrix(type, cols, rows, count, nullptr, seed, 1, nullptr);
+}
+
 ModelConfig deepseek_v4_flash_config() {
   ModelConfig c;
   c.n_layers = 43;

@@ -71,6 +71,12 @@ class DeviceModel {
   // RoPE frequencies (rope_dim/2 floats): plain for ratio-0 layers, YaRN for compressed.
   const float* rope_freqs(bool compressed) const { return compressed ? rope_yarn_ : rope_plain_; }
   uint64_t device_bytes() const { return arena_bytes_; }
+  // Hands the allocation to the caller (who must cudaFree it); the model keeps none.
+  void* release_arena() {
+    void* a = arena_;
+    arena_ = nullptr;
+    return a;
+  }
 
  private:
   friend class DeviceModelBuilder;
@@ -94,6 +100,25 @@ Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int thread
 // filled on the GPU with random valid blocks from `seed`.
 Result<std::unique_ptr<DeviceModel>> make_synthetic_model(const ModelConfig& config,
                                                           uint64_t seed);
+
+// One matrix in its own device allocation (tests, micro-benchmarks).
+struct OwnedDeviceMatrix {
+  DeviceMatrix m;
+  void* memory = nullptr;
+  OwnedDeviceMatrix() = default;
+  OwnedDeviceMatrix(const OwnedDeviceMatrix&) = delete;
+  OwnedDeviceMatrix& operator=(const OwnedDeviceMatrix&) = delete;
+  ~OwnedDeviceMatrix();
+};
+
+// `host` holds count*rows rows of `cols` elements in the file layout of `type`.
+// `threads` staging threads; `stats` (optional) receives the transfer rate.
+Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, const uint8_t* host,
+                                                         int threads = 1, UploadStats* stats = nullptr);
+// Random valid blocks generated on the GPU (the synthetic model's fill rule).
+Result<std::unique_ptr<OwnedDeviceMatrix>> random_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, uint64_t seed);
 
 // The real DeepSeek V4 Flash configuration (MODEL.md §1.1), for synthetic runs.
 ModelConfig deepseek_v4_flash_config();

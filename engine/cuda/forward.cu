@@ -462,8 +462,10 @@ Status CudaForward::step(int id, int32_t token, int32_t pos, float* logits, floa
     DS4_CUDA_TRY(cudaMemcpyAsync(hidden, ws_->x, sizeof(float) * c.hc_dim(), cudaMemcpyDeviceToHost,
                                  stream_));
   }
-  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
-  return Status::Ok();
+  // Without outputs the host runs ahead; the next step that returns data (or an
+  // error raised by this one) synchronizes.
+  if (logits || hidden) DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return cuda_status(cudaGetLastError(), "decode step");
 }
 
 Status CudaForward::replay_greedy(int id, int n) {
@@ -473,6 +475,53 @@ Status CudaForward::replay_greedy(int id, int n) {
   for (int i = 0; i < n; ++i) DS4_CUDA_TRY(cudaGraphLaunch(seq.graph_advance, stream_));
   DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
   return Status::Ok();
+}
+
+namespace {
+
+__global__ void fill_random_kernel(float* out, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint64_t x = (seed + i) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    out[i] = scale * (static_cast<float>(x >> 40) / 16777216.0f - 0.5f);
+  }
+}
+
+void fill_random(float* p, int64_t n, uint64_t seed, cudaStream_t st) {
+  if (!p || n <= 0) return;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
+  fill_random_kernel<<<static_cast<unsigned>(blocks), 256, 0, st>>>(p, n, seed, 2.0f);
+}
+
+}  // namespace
+
+Status CudaForward::fill_context_random(int id, int32_t length, uint64_t seed) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  DeviceSequence& seq = *seqs_[id];
+  if (length < 0 || length >= seq.max_ctx) return Status::Error("CUDA backend: fill length outside the context");
+  const ModelConfig& c = model_.config();
+  fill_random(seq.raw, static_cast<int64_t>(c.n_layers) * seq.ring * c.head_dim, seed, stream_);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const DeviceSequence::Layer& L = seq.layers[l];
+    const int r = c.ratio(l);
+    if (r == 0) continue;
+    const int coff = ModelConfig::compressor_coff(r);
+    fill_random(L.comp_rows, std::min<int64_t>(L.comp_max, length / r + 1) * c.head_dim, seed + 1 + l, stream_);
+    fill_random(L.comp_k, static_cast<int64_t>(L.comp_slots) * coff * c.head_dim, seed + 100 + l, stream_);
+    fill_random(L.comp_z, static_cast<int64_t>(L.comp_slots) * coff * c.head_dim, seed + 200 + l, stream_);
+    if (r == 4) {
+      fill_random(L.index_rows, std::min<int64_t>(L.comp_max, length / 4 + 1) * c.index_head_dim, seed + 300 + l,
+                  stream_);
+      fill_random(L.index_k, static_cast<int64_t>(L.index_slots) * 2 * c.index_head_dim, seed + 400 + l, stream_);
+      fill_random(L.index_z, static_cast<int64_t>(L.index_slots) * 2 * c.index_head_dim, seed + 500 + l, stream_);
+    }
+  }
+  DS4_CUDA_TRY(cudaGetLastError());
+  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return set_step(id, 0, length);
 }
 
 Result<int32_t> CudaForward::last_argmax() {

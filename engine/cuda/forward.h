@@ -46,6 +46,10 @@ class CudaForward {
   // the argmax of the previous one, with no host work between tokens.
   Status set_step(int id, int32_t token, int32_t pos);
   Status replay_greedy(int id, int n);
+  // Benchmark helper: makes sequence `id` look as if `length` tokens had been
+  // processed, with random finite rows in every cache (decode cost depends only on
+  // the row counts), without running them.
+  Status fill_context_random(int id, int32_t length, uint64_t seed);
   // The argmax of the last step's logits.
   Result<int32_t> last_argmax();
   cudaStream_t stream() const { return stream_; }

@@ -1,0 +1,376 @@
+// The forward pass's small GPU ops against the CPU reference (engine/cpu/*) on fresh
+// random inputs, every output element compared: row post-processing (RMSNorm, RoPE,
+// FP8 round trip, Hadamard + FP4 round trip), hyper-connections (hc_pre with Sinkhorn,
+// hc_post, hc_head), the MoE router (biased top-k and hash routing), decode attention
+// with sinks over raw and compressed rows, the indexer's scores and top-k selection,
+// and the greedy argmax.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+
+#include "cpu/attention.h"
+#include "cpu/hyper_connections.h"
+#include "cpu/indexer.h"
+#include "cpu/moe.h"
+#include "cpu/qat.h"
+#include "cpu/rope.h"
+#include "cpu/vector_ops.h"
+#include "cuda/attention.h"
+#include "cuda/compressor_indexer.h"
+#include "cuda/device_model.h"
+#include "cuda/hyper_connections.h"
+#include "cuda/matvec.h"
+#include "cuda/moe.h"
+#include "cuda/row_ops.h"
+#include "cuda/sampling.h"
+#include "cuda_test_util.h"
+
+using namespace ds4;
+using namespace ds4::test;
+
+namespace {
+
+ModelConfig small_config() {
+  ModelConfig c = deepseek_v4_flash_config();
+  c.dim = 256;
+  c.n_heads = 8;
+  c.head_dim = 512;
+  c.n_experts = 64;
+  c.n_experts_used = 6;
+  c.vocab = 50;
+  return c;
+}
+
+// A Weight over caller-owned bytes (the CPU routines take Weights).
+struct FakeTensor {
+  GgufTensor t;
+  Weight w;
+  FakeTensor(GgmlType type, std::vector<int64_t> ne, const void* data) {
+    t.name = "test";
+    t.type = type;
+    t.ne = std::move(ne);
+    t.data = static_cast<const uint8_t*>(data);
+    w.tensor = &t;
+  }
+};
+
+int count_bad(const std::vector<float>& gpu, const std::vector<float>& cpu, double rel, double abs_tol,
+              const std::string& what) {
+  int bad = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (!(std::fabs(gpu[i] - cpu[i]) <= rel * std::fabs(cpu[i]) + abs_tol)) {
+      if (bad++ < 3) std::printf("  %s[%zu]: gpu %.8g cpu %.8g\n", what.c_str(), i, gpu[i], cpu[i]);
+    }
+  }
+  return bad;
+}
+
+void test_row_post(std::mt19937& rng) {
+  const ModelConfig c = small_config();
+  const int d = 512, rows = 6, pos = 70001;
+  std::vector<float> x = random_floats(rows * d, rng, -3.0f, 3.0f);
+  std::vector<float> w = random_floats(d, rng, 0.5f, 1.5f);
+  const cpu::Rope rope(c, true);
+  DeviceVec<float> dfreq(rope.freqs()), dw(w), dx(x), dy(rows * d);
+  DeviceVec<int32_t> dpos(std::vector<int32_t>{pos});
+  // Norm + RoPE (no QAT): close in f32.
+  RowPostLaunch l;
+  l.in = dx.get();
+  l.in_stride = l.out_stride = d;
+  l.out = dy.get();
+  l.n_rows = rows;
+  l.d = d;
+  l.norm = true;
+  l.norm_weight = dw.get();
+  l.rope_dim = c.rope_dim;
+  l.rope_freqs = dfreq.get();
+  l.pos = dpos.get();
+  check(launch_row_post(l, nullptr).ok(), "row_post launch");
+  std::vector<float> ref(rows * d);
+  for (int r = 0; r < rows; ++r) {
+    cpu::rms_norm(x.data() + r * d, w.data(), d, c.norm_eps, ref.data() + r * d);
+    rope.rotate(ref.data() + r * d + d - c.rope_dim, pos);
+  }
+  check(count_bad(dy.host(), ref, 2e-5, 1e-6, "norm+rope") == 0, "row_post: RMSNorm + RoPE match");
+  // Inverse RoPE undoes the rotation.
+  RowPostLaunch inv = l;
+  inv.in = dy.get();
+  inv.norm = false;
+  inv.inverse = true;
+  DeviceVec<float> dz(rows * d);
+  inv.out = dz.get();
+  check(launch_row_post(inv, nullptr).ok(), "row_post inverse launch");
+  std::vector<float> back(rows * d);
+  for (int r = 0; r < rows; ++r) cpu::rms_norm(x.data() + r * d, w.data(), d, c.norm_eps, back.data() + r * d);
+  check(count_bad(dz.host(), back, 1e-4, 1e-5, "inverse rope") == 0, "row_post: inverse RoPE restores");
+  // FP8 alone: bit-exact against the CPU round trip.
+  RowPostLaunch f8 = l;
+  f8.norm = false;
+  f8.rope_dim = 64;
+  f8.rope_freqs = dfreq.get();
+  f8.qat = RowQat::kFp8Nope;
+  f8.inverse = false;
+  f8.in = dx.get();
+  f8.out = dy.get();
+  // Scale rows over many binades so subnormal and saturating blocks occur.
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < d; ++i) x[r * d + i] *= std::ldexp(1.0f, 6 * r - 18) * (i % 64 == 5 ? 40.0f : 1.0f);
+  cudaMemcpy(dx.get(), x.data(), sizeof(float) * x.size(), cudaMemcpyHostToDevice);
+  check(launch_row_post(f8, nullptr).ok(), "fp8 launch");
+  for (int r = 0; r < rows; ++r) {
+    std::copy(x.begin() + r * d, x.begin() + (r + 1) * d, ref.begin() + r * d);
+    rope.rotate(ref.data() + r * d + d - 64, pos);
+    cpu::fp8_roundtrip(ref.data() + r * d, d - 64);
+  }
+  check(count_bad(dy.host(), ref, 0.0, 0.0, "fp8") == 0, "row_post: FP8 round trip bit-exact");
+  // Hadamard + FP4 on 128-wide rows: bit-exact.
+  const int di = 128;
+  std::vector<float> xi = random_floats(rows * di, rng, -2.0f, 2.0f);
+  DeviceVec<float> dxi(xi), dyi(rows * di);
+  RowPostLaunch f4;
+  f4.in = dxi.get();
+  f4.out = dyi.get();
+  f4.in_stride = f4.out_stride = di;
+  f4.n_rows = rows;
+  f4.d = di;
+  f4.qat = RowQat::kHadamardFp4;
+  check(launch_row_post(f4, nullptr).ok(), "fp4 launch");
+  std::vector<float> refi = xi;
+  for (int r = 0; r < rows; ++r) {
+    cpu::hadamard(refi.data() + r * di, di);
+    cpu::fp4_roundtrip(refi.data() + r * di, di);
+  }
+  check(count_bad(dyi.host(), refi, 0.0, 0.0, "hadamard+fp4") == 0, "row_post: Hadamard + FP4 bit-exact");
+}
+
+void test_hyper_connections(std::mt19937& rng) {
+  const ModelConfig c = small_config();
+  const int hc = c.hc_mult, dim = c.dim, mix = c.hc_mix();
+  std::vector<float> x = random_floats(hc * dim, rng, -2.0f, 2.0f);
+  std::vector<uint8_t> fn = random_blocks(GgmlType::F16, mix, hc * dim, rng);
+  std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(mix, rng, -0.5f, 0.5f);
+  std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
+  FakeTensor tfn(GgmlType::F16, {hc * dim, mix}, fn.data()), tsc(GgmlType::F32, {3}, scale.data()),
+      tb(GgmlType::F32, {mix}, base.data());
+  auto dfn = upload_matrix(GgmlType::F16, hc * dim, mix, 1, fn.data());
+  check(dfn.ok(), "hc fn upload");
+  if (!dfn.ok()) return;
+  DeviceVec<float> dx(x), dmix(mix), dsc(scale), db(base), dnw(norm_w), dpost(hc), dcomb(hc * hc), dout(dim);
+  MatvecLaunch ml;
+  ml.w = &(*dfn)->m;
+  ml.x = dx.get();
+  ml.y = dmix.get();
+  check(launch_matvec(ml, nullptr).ok(), "hc mix launch");
+  const HcShape s{dim, hc, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  check(launch_hc_pre(dx.get(), dmix.get(), dsc.get(), db.get(), dnw.get(), s, dpost.get(), dcomb.get(),
+                      dout.get(), nullptr).ok(), "hc_pre launch");
+  std::vector<float> y(dim), yn(dim), scratch(hc * dim);
+  cpu::HcMix m;
+  cpu::hc_pre(c, x.data(), tfn.w, nullptr, tsc.w, tb.w, y.data(), &m, scratch.data());
+  cpu::rms_norm(y.data(), norm_w.data(), dim, c.norm_eps, yn.data());
+  check(count_bad(dout.host(), yn, 1e-4, 1e-5, "hc_pre out") == 0, "hc_pre: sublayer input matches");
+  check(count_bad(dpost.host(), std::vector<float>(m.post, m.post + hc), 1e-4, 1e-6, "post") == 0,
+        "hc_pre: post weights match");
+  std::vector<float> comb(m.comb, m.comb + hc * hc);
+  check(count_bad(dcomb.host(), comb, 1e-4, 1e-6, "comb") == 0, "hc_pre: Sinkhorn comb matches");
+  // hc_post with the CPU's mix on both sides.
+  std::vector<float> f = random_floats(dim, rng);
+  DeviceVec<float> df(f), dxo(hc * dim), dpost2(std::vector<float>(m.post, m.post + hc)), dcomb2(comb);
+  check(launch_hc_post(dx.get(), df.get(), dpost2.get(), dcomb2.get(), s, dxo.get(), nullptr).ok(), "hc_post launch");
+  std::vector<float> xo(hc * dim);
+  cpu::hc_post(c, f.data(), x.data(), m, xo.data());
+  check(count_bad(dxo.host(), xo, 1e-5, 1e-6, "hc_post") == 0, "hc_post matches");
+  // hc_head.
+  std::vector<uint8_t> hfn = random_blocks(GgmlType::F16, hc, hc * dim, rng);
+  std::vector<float> hscale = {0.9f}, hbase = random_floats(hc, rng, -0.5f, 0.5f);
+  FakeTensor thfn(GgmlType::F16, {hc * dim, hc}, hfn.data()), ths(GgmlType::F32, {1}, hscale.data()),
+      thb(GgmlType::F32, {hc}, hbase.data());
+  auto dhfn = upload_matrix(GgmlType::F16, hc * dim, hc, 1, hfn.data());
+  DeviceVec<float> dhs(hscale), dhb(hbase), dhead(dim);
+  ml.w = &(*dhfn)->m;
+  check(launch_matvec(ml, nullptr).ok(), "hc_head mix launch");
+  check(launch_hc_head(dx.get(), dmix.get(), dhs.get(), dhb.get(), dnw.get(), s, dhead.get(), nullptr).ok(),
+        "hc_head launch");
+  std::vector<float> hy(dim), hyn(dim);
+  cpu::hc_head(c, x.data(), thfn.w, nullptr, ths.w, thb.w, hy.data(), scratch.data());
+  cpu::rms_norm(hy.data(), norm_w.data(), dim, c.norm_eps, hyn.data());
+  check(count_bad(dhead.host(), hyn, 1e-4, 1e-5, "hc_head") == 0, "hc_head matches");
+}
+
+void test_router(std::mt19937& rng) {
+  const ModelConfig c = small_config();
+  const int ne = c.n_experts, k = c.n_experts_used;
+  for (int hash = 0; hash < 2; ++hash) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> logits = random_floats(ne, rng, -4.0f, 4.0f);
+      if (trial % 5 == 0) for (int e = 0; e < ne; e += 3) logits[e] = logits[0];  // exact ties
+      std::vector<float> bias = random_floats(ne, rng, -0.2f, 0.2f);
+      if (trial % 5 == 0) std::fill(bias.begin(), bias.end(), 0.0f);
+      std::vector<int32_t> tid(static_cast<size_t>(k) * c.vocab);
+      for (size_t i = 0; i < tid.size(); ++i) tid[i] = static_cast<int32_t>((i * 7 + trial) % ne);
+      const int32_t token = trial % c.vocab;
+      FakeTensor tb(GgmlType::F32, {ne}, bias.data()), tt(GgmlType::I32, {k, c.vocab}, tid.data());
+      LayerWeights lw;
+      lw.hash = hash;
+      if (hash) lw.ffn_gate_tid2eid = tt.w; else lw.exp_probs_b = tb.w;
+      std::vector<int32_t> ids(k);
+      std::vector<float> wts(k);
+      cpu::route_token(c, lw, logits.data(), token, ids.data(), wts.data());
+      DeviceVec<float> dl(logits), db(bias), dw(k);
+      DeviceVec<int32_t> dt(tid), dtok(std::vector<int32_t>{token}), dids(k);
+      RouterLaunch rl;
+      rl.logits = dl.get();
+      rl.n_experts = ne;
+      rl.n_used = k;
+      rl.bias = hash ? nullptr : db.get();
+      rl.tid2eid = hash ? dt.get() : nullptr;
+      rl.token = dtok.get();
+      rl.route_scale = c.route_scale;
+      rl.route_norm = c.route_norm;
+      rl.ids = dids.get();
+      rl.weights = dw.get();
+      check(launch_router(rl, nullptr).ok(), "router launch");
+      std::vector<int32_t> gids = dids.host();
+      std::vector<float> gw = dw.host();
+      bool same = true;
+      for (int i = 0; i < k; ++i) {
+        int j = static_cast<int>(std::find(ids.begin(), ids.end(), gids[i]) - ids.begin());
+        if (j == k || std::fabs(gw[i] - wts[j]) > 1e-5f * std::fabs(wts[j]) + 1e-7f) same = false;
+      }
+      check(same, std::string("router ") + (hash ? "hash" : "top-k") + " trial " + std::to_string(trial) +
+                      ": same experts (as sets) and weights");
+    }
+  }
+}
+
+void test_attention(std::mt19937& rng) {
+  ModelConfig c = small_config();
+  const int H = c.n_heads, D = c.head_dim, window = 128, ring = window + 16;
+  for (int ratio : {0, 4, 128}) {
+    for (int pos : {0, 57, 1000, 2300}) {
+      const int64_t max_comp = 3000 / (ratio ? ratio : 1) + 1;
+      const int topk = 512;
+      std::vector<float> q = random_floats(H * D, rng, -0.2f, 0.2f);
+      std::vector<float> raw = random_floats(static_cast<size_t>(ring) * D, rng);
+      std::vector<float> comp = random_floats(static_cast<size_t>(max_comp) * D, rng);
+      std::vector<float> sinks = random_floats(H, rng, -1.0f, 2.0f);
+      const int nc = ratio ? (pos + 1) / ratio : 0;
+      const bool active = ratio == 4 && nc > topk;
+      std::vector<int32_t> sel;
+      if (active) {
+        for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; i += 1) if (rng() % 3) sel.push_back(i);
+        for (int i = 0; static_cast<int>(sel.size()) < topk; ++i) sel.push_back(i);
+      }
+      if (sel.empty()) sel.push_back(0);
+      DeviceVec<float> dq(q), draw(raw), dcomp(comp), dsink(sinks), dout(H * D);
+      const cpu::Rope rope(c, ratio != 0);
+      DeviceVec<float> dfreq(rope.freqs());
+      DeviceVec<int32_t> dsel(sel), dact(std::vector<int32_t>{active ? 1 : 0}), dpos(std::vector<int32_t>{pos});
+      AttentionLaunch a;
+      a.q = dq.get();
+      a.out = dout.get();
+      a.raw = draw.get();
+      a.ring = ring;
+      a.window = window;
+      a.comp = dcomp.get();
+      a.max_comp_rows = max_comp;
+      a.ratio = ratio;
+      a.topk = topk;
+      a.selected = dsel.get();
+      a.active = dact.get();
+      a.sinks = dsink.get();
+      a.heads = H;
+      a.head_dim = D;
+      a.rope_dim = c.rope_dim;
+      a.rope_freqs = dfreq.get();
+      a.pos = dpos.get();
+      a.max_visible = window + (ratio == 4 ? topk : static_cast<int>(max_comp));
+      check(launch_attention_decode(a, nullptr).ok(), "attention launch");
+      std::vector<const float*> rows;
+      const int nraw = std::min(pos + 1, window);
+      for (int r = 0; r < nraw; ++r) rows.push_back(raw.data() + static_cast<size_t>((pos - nraw + 1 + r) % ring) * D);
+      if (ratio == 4 && active) for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
+      else for (int i = 0; i < nc; ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
+      std::vector<float> ref(H * D), scores(rows.size());
+      for (int h = 0; h < H; ++h) {
+        cpu::attend_head(q.data() + h * D, rows.data(), static_cast<int64_t>(rows.size()), D, sinks[h],
+                         1.0f / std::sqrt(static_cast<float>(D)), ref.data() + h * D, scores.data());
+        rope.rotate(ref.data() + h * D + D - c.rope_dim, pos, true);
+      }
+      check(count_bad(dout.host(), ref, 1e-4, 2e-6, "attention") == 0,
+            "attention ratio " + std::to_string(ratio) + " pos " + std::to_string(pos) + " matches");
+    }
+  }
+}
+
+void test_indexer(std::mt19937& rng) {
+  const int heads = 16, hd = 128, topk = 64;
+  for (int pos : {100, 255, 1999}) {
+    const int64_t max_rows = 600;
+    std::vector<float> q = random_floats(heads * hd, rng), w = random_floats(heads, rng);
+    std::vector<float> rows = random_floats(max_rows * hd, rng);
+    for (int r = 10; r < max_rows; r += 37) std::copy(rows.begin(), rows.begin() + hd, rows.begin() + r * hd);  // ties
+    DeviceVec<float> dq(q), dw(w), drows(rows), dscores(max_rows);
+    DeviceVec<int32_t> dpos(std::vector<int32_t>{pos}), dact(1), dsel(topk);
+    check(launch_indexer_gate(dpos.get(), 4, topk, dact.get(), nullptr).ok(), "indexer gate launch");
+    IndexerLaunch ix;
+    ix.q = dq.get();
+    ix.weights = dw.get();
+    ix.rows = drows.get();
+    ix.max_rows = max_rows;
+    ix.heads = heads;
+    ix.head_dim = hd;
+    ix.ratio = 4;
+    ix.topk = topk;
+    ix.pos = dpos.get();
+    ix.active = dact.get();
+    ix.scores = dscores.get();
+    ix.selected = dsel.get();
+    check(launch_indexer_select(ix, nullptr).ok(), "indexer launch");
+    const int nc = std::min<int>((pos + 1) / 4, max_rows);
+    const bool active = nc > topk;
+    check(dact.host()[0] == (active ? 1 : 0), "indexer gate flag at pos " + std::to_string(pos));
+    if (!active) continue;
+    std::vector<float> ws(heads), scores(nc);
+    const float scale = static_cast<float>(1.0 / std::sqrt(128.0)) * static_cast<float>(1.0 / std::sqrt(16.0));
+    for (int h = 0; h < heads; ++h) ws[h] = w[h] * scale;
+    cpu::indexer_scores(q.data(), ws.data(), heads, hd, rows.data(), nc, scores.data());
+    std::vector<float> gscores = dscores.host();
+    gscores.resize(nc);
+    check(count_bad(gscores, scores, 1e-4, 1e-5, "index scores") == 0, "indexer scores at pos " + std::to_string(pos));
+    // Select from the GPU's own scores so the comparison tests the selection only.
+    std::vector<int32_t> ref;
+    cpu::select_top_k(gscores.data(), nc, topk, &ref);
+    std::vector<int32_t> got = dsel.host();
+    check(got == ref, "indexer top-k (ascending, ties to lower index) at pos " + std::to_string(pos));
+  }
+}
+
+void test_argmax(std::mt19937& rng) {
+  std::vector<float> logits = random_floats(129280, rng);
+  logits[70000] = 5.0f;
+  logits[90000] = 5.0f;
+  logits[3] = NAN;
+  DeviceVec<float> dl(logits);
+  DeviceVec<int32_t> di(1);
+  check(launch_argmax(dl.get(), static_cast<int>(logits.size()), di.get(), nullptr).ok(), "argmax launch");
+  check(di.host()[0] == 70000, "argmax: ties go to the lower id, NaN ignored");
+}
+
+}  // namespace
+
+int main() {
+  if (!gpu_present()) return 77;
+  std::mt19937 rng(424242);
+  test_row_post(rng);
+  test_hyper_connections(rng);
+  test_router(rng);
+  test_attention(rng);
+  test_indexer(rng);
+  test_argmax(rng);
+  return finish("ops_test");
+}
