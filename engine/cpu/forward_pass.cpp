@@ -323,29 +323,50 @@ class BlockRunner {
     mm(w.indexer.proj, xin.data(), m, wts.data());
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)) *
                                             (1.0 / std::sqrt(static_cast<double>(ih))));
-    ctx_.pool.parallel_for(m, 1, [&](int64_t b, int64_t e) {
-      Vec scores;
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t t = need[i];
-        float* qi = q.data() + i * ih * id;
-        for (int64_t h = 0; h < ih; ++h) {
-          float* qh = qi + h * id;
-          rope.rotate(qh + nope, pos(t));
-          if (ctx_.qat) {
-            hadamard(qh, id);
-            fp4_roundtrip(qh, id);
-          }
+    // RoPE + Hadamard + FP4 on each query head, scaled head weights.
+    auto prepare = [&](int64_t i) {
+      float* qi = q.data() + i * ih * id;
+      for (int64_t h = 0; h < ih; ++h) {
+        float* qh = qi + h * id;
+        rope.rotate(qh + nope, pos(need[i]));
+        if (ctx_.qat) {
+          hadamard(qh, id);
+          fp4_roundtrip(qh, id);
         }
-        float* wi = wts.data() + i * ih;
-        for (int64_t h = 0; h < ih; ++h) wi[h] *= wscale;
-        const int64_t nc = (pos(t) + 1) / 4;
-        scores.resize(nc);
-        const LayerState& st = state(t, layer);
-        indexer_scores(qi, wi, static_cast<int>(ih), static_cast<int>(id), st.index_rows.row(0), nc, scores.data());
-        select_top_k(scores.data(), nc, c_.index_topk, &selected[t]);
-        use_selection[t] = 1;
       }
-    });
+      for (int64_t h = 0; h < ih; ++h) wts[i * ih + h] *= wscale;
+    };
+    // Scores rows [c0, c1) of query i.
+    auto score = [&](int64_t i, int64_t c0, int64_t c1, float* scores) {
+      const LayerState& st = state(need[i], layer);
+      indexer_scores(q.data() + i * ih * id, wts.data() + i * ih, static_cast<int>(ih), static_cast<int>(id),
+                     st.index_rows.row(c0), c1 - c0, scores + c0);
+    };
+    auto visible = [&](int64_t i) { return static_cast<int64_t>((pos(need[i]) + 1) / 4); };
+    if (m >= ctx_.pool.size()) {
+      // Many queries (prefill): one query per task.
+      ctx_.pool.parallel_for(m, 1, [&](int64_t b, int64_t e) {
+        Vec scores;
+        for (int64_t i = b; i < e; ++i) {
+          prepare(i);
+          scores.resize(visible(i));
+          score(i, 0, visible(i), scores.data());
+          select_top_k(scores.data(), visible(i), c_.index_topk, &selected[need[i]]);
+        }
+      });
+    } else {
+      // Few queries (decode): split each query's rows across the pool.
+      Vec scores;
+      for (int64_t i = 0; i < m; ++i) {
+        prepare(i);
+        const int64_t nc = visible(i);
+        scores.resize(nc);
+        const int64_t grain = std::max<int64_t>(256, nc / (4 * ctx_.pool.size()));
+        ctx_.pool.parallel_for(nc, grain, [&](int64_t c0, int64_t c1) { score(i, c0, c1, scores.data()); });
+        select_top_k(scores.data(), nc, c_.index_topk, &selected[need[i]]);
+      }
+    }
+    for (int64_t t : need) use_selection[t] = 1;
     if (ctx_.trace != nullptr && ctx_.trace->indexer) {
       for (int64_t t : need) ctx_.trace->indexer(layer, batch_[t], selected[t]);
     }
