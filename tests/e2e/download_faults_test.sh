@@ -95,7 +95,18 @@ setup download --models-dir "$WORK/m8"
 grep -q "is 12345 bytes (X-Linked-Size) but the manifest pins" "$WORK/out.txt" || fail "size: mismatch not explained"
 [ "$(hub_stat 's["bytes_served"]')" -eq 0 ] || fail "size: bytes were downloaded anyway"
 pass "X-Linked-Size mismatch refused before downloading"
-# 9. A CDN that keeps failing: the retry budget runs out, exit 4, the .part is kept.
+# 9. A hung connection (bytes stop, socket stays open) is abandoned after the stall
+#    timeout (1 s here) and the download goes on from where it stopped.
+hub_config "{$files, \"cdn_faults\": [\"ok\", \"stall:4096\"]}"
+hub_reset
+start=$(date +%s)
+DS4_FETCH_STALL_SECONDS=1 setup download --models-dir "$WORK/m10"
+check_download stall "$WORK/m10"
+[ $(( $(date +%s) - start )) -lt 20 ] || fail "stall: took too long, the hung connection was not dropped"
+[ "$(hub_stat 's["bytes_served"]')" -eq "$(size_of "$WORK/payload")" ] || fail "stall: bytes re-sent"
+pass "hung connection dropped by the stall timeout, download resumed"
+
+# 10. A CDN that keeps failing: the retry budget runs out, exit 4, the .part is kept.
 hub_config "{$files, \"cdn_faults\": [\"ok\", \"503\", \"503\", \"503\", \"503\", \"503\"]}"
 DS4_FETCH_MAX_ATTEMPTS=3 setup download --models-dir "$WORK/m9"
 [ "$RC" -eq 4 ] || fail "budget: exit status $RC, expected 4"

@@ -28,6 +28,7 @@ over on each change), so a test can change the server's behaviour between runs:
   }
 cdn_faults / resolve_faults are consumed one per request, in order; afterwards "ok".
   drop:N   send the headers and N body bytes, then cut the connection
+  stall:N  send the headers and N body bytes, then hang (60 s) without closing
   503      answer 503 Service Unavailable
   429:S    answer 429 Too Many Requests with Retry-After: S
   expire   the signed URL expires now: this and later requests with it get 403
@@ -246,10 +247,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         limit = length
-        if fault.startswith("drop"):
+        if fault.startswith("drop") or fault.startswith("stall"):
             limit = min(length, int(fault.partition(":")[2] or "0"))
         corrupt = fault == "corrupt" or config.get("corrupt_always")
         self.stream(path, start, limit, corrupt, float(config.get("rate", 0) or 0))
+        if limit < length and fault.startswith("stall"):
+            time.sleep(60)  # a hung connection: the client must give up on it by itself
         if limit < length:
             self.close_connection = True
             try:
