@@ -675,6 +675,9 @@ FetchOutcome AdoptFile(const std::string& source, const FetchRequest& request, U
                 "--adopt " + source + ": it is " + std::to_string(size) + " bytes, but " +
                     request.label + " is " + std::to_string(request.expected_bytes) + " bytes",
                 stats);
+  std::error_code same_ec;
+  if (std::filesystem::equivalent(source, request.dest, same_ec))  // already in place
+    return FetchFile(request, ui);
   std::string part_path = request.dest + ".part";
   std::remove(part_path.c_str());
   bool linked = ::link(source.c_str(), part_path.c_str()) == 0;

@@ -206,6 +206,18 @@ TEST_CASE("AdoptFile verifies the given file and keeps the original") {
   CHECK(short_file.status.message().find("it is 80000 bytes, but test is 80001 bytes") != std::string::npos);
 }
 
+TEST_CASE("adopting the file that is already the destination verifies it in place") {
+  Scratch s;
+  QuietUi q;
+  std::string bytes = RandomBytes(30000, 10);
+  WriteFile(s / "dst", bytes);
+  FetchOutcome out = AdoptFile(s / "dst", RequestFor(s / "unused", s / "dst", bytes), &q.ui);
+  REQUIRE_MESSAGE(out.status.ok(), out.status.message());
+  CHECK(out.stats.already_complete);
+  CHECK(ReadFile(s / "dst") == bytes);
+  CHECK_FALSE(fs::exists(s / "dst.part"));
+}
+
 TEST_CASE("Retry-After: seconds or an HTTP date; backoff doubles up to its cap") {
   CHECK(ParseRetryAfter("7", 0) == 7);
   CHECK(ParseRetryAfter(" 120 ", 0) == 120);
