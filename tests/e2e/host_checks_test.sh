@@ -14,9 +14,9 @@ unset FAKE_GPU_NAME FAKE_GPU_CC FAKE_GPU_MEM_MIB FAKE_CUDA_VERSION FAKE_SMI_FAIL
 
 doctor() {  # doctor ARGS...: text run then JSON run; $RC, $WORK/out.txt, $WORK/out.json
   set +e
-  "$SETUP" doctor --models-dir "$WORK/models" "$@" >"$WORK/out.txt" 2>&1
+  "$SETUP" doctor --models-dir "${MODELS:-$WORK/models}" "$@" >"$WORK/out.txt" 2>&1
   RC=$?
-  "$SETUP" doctor --json --models-dir "$WORK/models" "$@" >"$WORK/out.json" 2>/dev/null
+  "$SETUP" doctor --json --models-dir "${MODELS:-$WORK/models}" "$@" >"$WORK/out.json" 2>/dev/null
   set -e
   cat "$WORK/out.txt"
 }
@@ -86,7 +86,7 @@ if unshare -m sh -c "mount -t tmpfs -o size=8m tmpfs '$WORK/small'" 2>/dev/null;
   set -e
   how="real 8 MiB tmpfs"
 else
-  DS4_FAKE_FREE_BYTES=$((8 << 20)) doctor
+  MODELS="$WORK/small/models" DS4_FAKE_FREE_BYTES=$((8 << 20)) doctor
   how="DS4_FAKE_FREE_BYTES hook (mounting not permitted here)"
 fi
 cat "$WORK/out.txt"
