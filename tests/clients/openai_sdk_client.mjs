@@ -1,0 +1,139 @@
+#!/usr/bin/env node
+// Drives ds4-server with the official `openai` npm SDK and checks the answers of
+// the tiny trained chat model:
+//  * /v1/models lists deepseek-v4-flash;
+//  * chat completions, thinking disabled, temperature 0: the non-streamed answer
+//    contains "Paris" and the streamed text equals it; usage is reported;
+//  * thinking on (the default): reasoning_content and content, streamed == not;
+//  * /v1/completions streamed == not streamed;
+//  * errors surface as the SDK's typed errors (400 BadRequestError).
+//
+//   OPENAI_SDK_DIR=<dir with node_modules/openai> node openai_sdk_client.mjs BASE_URL
+import { createRequire } from 'node:module';
+import path from 'node:path';
+
+const sdkDir = process.env.OPENAI_SDK_DIR;
+const baseURL = process.argv[2];
+if (!sdkDir || !baseURL) {
+  console.error('usage: OPENAI_SDK_DIR=DIR node openai_sdk_client.mjs BASE_URL');
+  process.exit(2);
+}
+const require = createRequire(path.join(sdkDir, 'package.json'));
+const OpenAI = require('openai').default ?? require('openai');
+
+const client = new OpenAI({ baseURL, apiKey: 'not-needed', maxRetries: 0, timeout: 120_000 });
+const failures = [];
+function check(condition, message) {
+  if (!condition) failures.push(message);
+  else console.log(`ok - ${message}`);
+}
+
+const france = [{ role: 'user', content: 'What is the capital of France?' }];
+
+async function collect(stream) {
+  let content = '';
+  let reasoning = '';
+  let chunks = 0;
+  let usage = null;
+  let finish = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    if (!chunk.choices || chunk.choices.length === 0) continue;
+    chunks++;
+    const choice = chunk.choices[0];
+    content += choice.delta?.content ?? choice.text ?? '';
+    reasoning += choice.delta?.reasoning_content ?? '';
+    if (choice.finish_reason) finish = choice.finish_reason;
+  }
+  return { content, reasoning, chunks, usage, finish };
+}
+
+async function main() {
+  const models = await client.models.list();
+  const ids = models.data.map((m) => m.id);
+  check(ids.length === 1 && ids[0] === 'deepseek-v4-flash', `models.list() is [deepseek-v4-flash] (got ${ids})`);
+
+  // Thinking disabled, greedy.
+  const plain = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 64,
+    thinking: { type: 'disabled' },
+  });
+  const answer = plain.choices[0].message.content;
+  check(answer.includes('Paris'), `non-streamed answer contains Paris: ${JSON.stringify(answer)}`);
+  check(plain.choices[0].finish_reason === 'stop', `finish_reason stop (${plain.choices[0].finish_reason})`);
+  check(plain.usage.prompt_tokens > 0 && plain.usage.completion_tokens > 0,
+    `usage reported: ${JSON.stringify(plain.usage)}`);
+  check(!plain.choices[0].message.reasoning_content, 'no reasoning with thinking disabled');
+
+  const streamed = await collect(await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 64,
+    thinking: { type: 'disabled' }, stream: true, stream_options: { include_usage: true },
+  }));
+  check(streamed.content === answer, `streamed text equals non-streamed: ${JSON.stringify(streamed.content)}`);
+  check(streamed.finish === 'stop', `streamed finish_reason stop (${streamed.finish})`);
+  check(streamed.usage && streamed.usage.completion_tokens === plain.usage.completion_tokens &&
+        streamed.usage.prompt_tokens === plain.usage.prompt_tokens,
+    `streamed usage equals non-streamed: ${JSON.stringify(streamed.usage)}`);
+  check(streamed.chunks === plain.usage.completion_tokens + 1,
+    `one chunk per token plus the finish chunk (${streamed.chunks} chunks, ${plain.usage.completion_tokens} tokens)`);
+
+  // The other two switches give the same non-thinking answer.
+  for (const extra of [{ reasoning_effort: 'none' }, { chat_template_kwargs: { thinking: false } }]) {
+    const other = await client.chat.completions.create({
+      model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 64, ...extra,
+    });
+    check(other.choices[0].message.content === answer && !other.choices[0].message.reasoning_content,
+      `${JSON.stringify(extra)} disables thinking`);
+  }
+
+  // Thinking on (the default): reasoning_content then content.
+  const thought = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 128,
+  });
+  const message = thought.choices[0].message;
+  check(typeof message.reasoning_content === 'string' && message.reasoning_content.length > 0,
+    `thinking: reasoning_content ${JSON.stringify(message.reasoning_content)}`);
+  check(message.content.includes('Paris'), `thinking: content contains Paris: ${JSON.stringify(message.content)}`);
+  check(!message.content.includes('</think>') && !message.reasoning_content.includes('</think>'),
+    'thinking: no </think> marker in the visible text');
+  const thoughtStream = await collect(await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 128, stream: true,
+  }));
+  check(thoughtStream.reasoning === message.reasoning_content,
+    'thinking: streamed reasoning_content equals non-streamed');
+  check(thoughtStream.content === message.content, 'thinking: streamed content equals non-streamed');
+
+  // /v1/completions.
+  const completion = await client.completions.create({
+    model: 'deepseek-v4-flash', prompt: 'What is the capital of France?', temperature: 0,
+    max_tokens: 64, reasoning_effort: 'none',
+  });
+  const text = completion.choices[0].text;
+  check(text.includes('Paris'), `completions: text contains Paris: ${JSON.stringify(text)}`);
+  const completionStream = await collect(await client.completions.create({
+    model: 'deepseek-v4-flash', prompt: 'What is the capital of France?', temperature: 0,
+    max_tokens: 64, reasoning_effort: 'none', stream: true,
+  }));
+  check(completionStream.content === text, 'completions: streamed text equals non-streamed');
+
+  // Errors are typed by the SDK.
+  try {
+    await client.chat.completions.create({ model: 'deepseek-v4-flash', messages: france, temperature: 'hot' });
+    check(false, 'a string temperature is rejected');
+  } catch (error) {
+    check(error instanceof OpenAI.BadRequestError && error.status === 400,
+      `a string temperature is a 400 BadRequestError (${error.status} ${error.message})`);
+  }
+}
+
+try {
+  await main();
+} catch (error) {
+  failures.push(`unexpected: ${error.stack ?? error}`);
+}
+if (failures.length > 0) {
+  console.error(`openai SDK client: ${failures.length} failure(s):`);
+  for (const f of failures) console.error(`  - ${f}`);
+  process.exit(1);
+}
+console.log('openai SDK client: all checks passed');
