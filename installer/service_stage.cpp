@@ -335,8 +335,7 @@ int RunUnitCommand(Context& context) {
     context.ui->Error(unit.status().message());
     return kExitService;
   }
-  context.ui->Log("rendered the unit for host profile " + context.profile.name);
-  context.ui->Plain(*unit);
+  context.ui->Plain("# Rendered by `ds4-setup unit` for host profile " + context.profile.name + "\n" + *unit);
   return kExitOk;
 }
 
