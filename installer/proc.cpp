@@ -256,6 +256,10 @@ Result<pid_t> StartDetached(const std::vector<std::string>& argv, const std::str
     dup2(null_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
+    // The server outlives ds4-setup: it must not keep ds4-setup's files (its log) open.
+    for (int fd = 3; fd < 1024; ++fd) {
+      if (fd != report[1]) close(fd);
+    }
     signal(SIGHUP, SIG_IGN);
     execve(program.c_str(), c_args.data(), c_env.data());
     int error = errno;
