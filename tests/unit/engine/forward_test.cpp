@@ -4,8 +4,13 @@
 // rejected without advancing any sequence.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -14,6 +19,7 @@
 #include "cpu/rope.h"
 #include "model/model.h"
 #include "runtime/backend.h"
+#include "runtime/thread_pool.h"
 
 namespace {
 
@@ -318,4 +324,24 @@ TEST_CASE("MTP block: needs the MTP file; chunked MTP equals one batch; drafts r
   CHECK(out.logits.size() == static_cast<size_t>(model->config().vocab));
   std::vector<ds4::MtpToken> no_state = {{ids[0], *s1, n + 2, nullptr, true, false}};
   CHECK(b->forward_mtp(no_state, &out).message().find("HC state") != std::string::npos);
+}
+
+TEST_CASE("thread pool: every index runs exactly once, on more than one thread when asked") {
+  ds4::ThreadPool pool(3);
+  CHECK(pool.size() == 3);
+  for (int64_t n : {0, 1, 5, 1000, 4097}) {
+    std::vector<std::atomic<int>> hits(n);
+    pool.parallel_for(n, 7, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[i]++;
+    });
+    for (int64_t i = 0; i < n; ++i) REQUIRE(hits[i].load() == 1);
+  }
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  pool.parallel_for(64, 1, [&](int64_t, int64_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  CHECK(ids.size() > 1);
 }
