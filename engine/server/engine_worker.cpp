@@ -167,6 +167,8 @@ void EngineWorker::run_job(GenerationJob& job) {
     completion.finish_reason = "tool_calls";
   } else if (result.finish_reason == FinishReason::kLength) {
     completion.finish_reason = "length";
+  } else if (result.finish_reason == FinishReason::kCancelled) {
+    completion.finish_reason = "cancelled";  // the client is gone; nobody reads it
   } else {
     completion.finish_reason = "stop";
   }
