@@ -4,6 +4,7 @@
 #    503 while the model file is still being read (a FIFO nobody writes to yet);
 #  * SIGTERM during the load exits at once with status 0;
 #  * a second server on a busy port fails within a second, naming the port;
+#  * --cors answers preflight requests;
 #  * SIGTERM with a stream in flight cancels it (the client gets an error event and
 #    [DONE]) and the process exits with status 0.
 set -euo pipefail
@@ -57,8 +58,18 @@ wait "$loading_pid" || status=$?
 [ "$status" -eq 0 ] || fail "SIGTERM during load: exit status $status"
 echo "ok - SIGTERM during load exits with status 0"
 
-# 4. SIGTERM with a generation in flight.
-start_server
+# 4. --cors answers preflight requests and marks responses.
+start_server --cors
+headers=$(curl -s --max-time 10 -D - -o /dev/null -X OPTIONS \
+  -H 'Origin: http://example.test' -H 'Access-Control-Request-Method: POST' \
+  "$BASE_URL/chat/completions")
+grep -qi '^Access-Control-Allow-Origin: \*' <<<"$headers" || fail "no CORS header on preflight: $headers"
+grep -q ' 204' <<<"$(head -n 1 <<<"$headers")" || fail "preflight status: $(head -n 1 <<<"$headers")"
+headers=$(curl -s --max-time 10 -D - -o /dev/null "$BASE_URL/models")
+grep -qi '^Access-Control-Allow-Origin: \*' <<<"$headers" || fail "no CORS header on /v1/models"
+echo "ok - --cors: preflight 204 and Access-Control-Allow-Origin"
+
+# 5. SIGTERM with a generation in flight.
 stream_body='{"messages":[{"role":"user","content":"Write a poem"}],"thinking":{"type":"disabled"},"temperature":10,"min_p":0,"seed":3,"max_tokens":3000,"stream":true}'
 curl -sN --max-time 120 -H 'Content-Type: application/json' -d "$stream_body" \
   "$BASE_URL/chat/completions" >"$HARNESS_TMP/inflight" &
