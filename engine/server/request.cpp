@@ -91,6 +91,30 @@ FieldError read_prompt(const Json& body, std::string* out) {
   return type_error("prompt", "a string (or an array holding one string)");
 }
 
+// The function name of one tool as tools_from_json() returns it: an OpenAI tool
+// object {"type":"function","function":{...}} or a bare function object.
+std::string tool_name(const std::string& tool_json) {
+  Json tool = Json::parse(tool_json, nullptr, /*allow_exceptions=*/false);
+  if (!tool.is_object()) return "";
+  const Json& function = tool.contains("function") ? tool["function"] : tool;
+  if (!function.is_object() || !function.contains("name") || !function["name"].is_string()) return "";
+  return function["name"].get<std::string>();
+}
+
+// tool_choice naming a function: only that tool is offered to the model.
+FieldError keep_only_tool(const std::string& name, std::vector<std::string>* tools) {
+  std::vector<std::string> kept;
+  for (std::string& tool : *tools) {
+    if (tool_name(tool) == name) kept.push_back(std::move(tool));
+  }
+  if (kept.empty()) {
+    return bad_request("'tool_choice' names function \"" + name + "\", which is not in 'tools'",
+                       "tool_choice");
+  }
+  *tools = std::move(kept);
+  return std::nullopt;
+}
+
 FieldError read_tools(const Json& body, CompletionRequest* request) {
   if (!is_absent(body, "tools")) {
     const Json& tools = body.at("tools");
@@ -116,7 +140,7 @@ FieldError read_tools(const Json& body, CompletionRequest* request) {
       auto name = function->find("name");
       if (name != function->end() && name->is_string()) {
         request->tool_choice = name->get<std::string>();
-        return std::nullopt;
+        return keep_only_tool(request->tool_choice, &request->tools);
       }
     }
   }

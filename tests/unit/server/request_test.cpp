@@ -126,6 +126,17 @@ TEST_CASE("tools and tool_choice") {
   CHECK_FALSE(parse_ok(chat(tools + R"(,"tool_choice":"none")")).tools_active());
   CHECK(parse_ok(chat(tools + R"(,"tool_choice":{"type":"function","function":{"name":"get_weather"}})"))
             .tool_choice == "get_weather");
+  // Naming one function offers only that tool; naming an unknown one is an error.
+  const std::string two_tools =
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{}}},)"
+      R"({"type":"function","function":{"name":"get_time","parameters":{}}}])";
+  CompletionRequest named = parse_ok(
+      chat(two_tools + R"(,"tool_choice":{"type":"function","function":{"name":"get_time"}})"));
+  REQUIRE(named.tools.size() == 1);
+  CHECK(named.tools[0].find("get_time") != std::string::npos);
+  CHECK(parse_ok(chat(two_tools)).tools.size() == 2);
+  CHECK(parse_error(chat(two_tools + R"(,"tool_choice":{"type":"function","function":{"name":"nope"}})"))
+            .param == "tool_choice");
   CHECK(parse_error(chat(tools + R"(,"tool_choice":"sometimes")")).param == "tool_choice");
 }
 
