@@ -247,7 +247,14 @@ void ApiServer::handle_completion(const std::string& body, httplib::Response& re
       [job, chunks, include_usage](size_t, httplib::DataSink& sink) {
         for (;;) {
           std::optional<JobEvent> event = job->next(kPollInterval);
-          if (!event) continue;
+          if (!event) {
+            // Queued or prefilling: notice a client that left before its first token.
+            if (!sink.is_writable()) {
+              job->cancel = true;
+              return false;
+            }
+            continue;
+          }
           if (event->kind == JobEvent::Kind::kToken) {
             if (!write_sse(sink, sse_data(chunks->token_chunk(event->delta, event->token_ids)))) {
               job->cancel = true;

@@ -100,5 +100,25 @@ tokens=$(sed -n 's/.*completion \([0-9]*\) tokens, finish cancelled.*/\1/p' <<<"
 echo "ok - client dropped mid-stream: generation cancelled after $tokens tokens"
 still_serving "a dropped client"
 
+# A client that leaves before its first token (during a ~3200-token prefill): the
+# server notices while waiting and cancels the generation too.
+python3 - "$HARNESS_TMP/long_stream" <<'PY'
+import json, sys
+json.dump({"messages": [{"role": "user", "content": "apple banana cherry " * 400}],
+           "thinking": {"type": "disabled"}, "max_tokens": 50, "stream": True},
+          open(sys.argv[1], "w"))
+PY
+before=$(grep -c 'finish cancelled' "$SERVER_LOG" || true)
+curl -sN --max-time 1 -H 'Content-Type: application/json' --data-binary @"$HARNESS_TMP/long_stream" \
+  "$chat_url" >/dev/null || true
+for i in $(seq 1 300); do  # at most 30 s
+  [ "$(grep -c 'finish cancelled' "$SERVER_LOG" || true)" -gt "$before" ] && break
+  sleep 0.1
+done
+[ "$(grep -c 'finish cancelled' "$SERVER_LOG" || true)" -gt "$before" ] \
+  || fail "the generation of a client gone during prefill was not cancelled"
+echo "ok - client gone during prefill: $(grep 'finish cancelled' "$SERVER_LOG" | tail -n 1)"
+still_serving "a client gone during prefill"
+
 stop_server
 echo "PASS: bad input answered, server kept serving"
