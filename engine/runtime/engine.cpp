@@ -7,6 +7,7 @@
 
 #include "model/model.h"
 #include "runtime/generator.h"
+#include "runtime/speculative.h"
 #include "text/tokenizer.h"
 
 namespace ds4 {
@@ -28,6 +29,126 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
   size_t i = 0;
   while (i < n && a[i] == b[i]) ++i;
   return i;
+}
+
+// Records sampled tokens into the result, streams their text to the sink and
+// decides when the generation ends (setting the finish reason).
+class Emitter {
+ public:
+  Emitter(GenerateResult* result, const Tokenizer& tokenizer, const GenerateRequest& request,
+          const TokenSink& sink, int32_t max_tokens)
+      : result_(result),
+        output_(tokenizer, request.stop),
+        eos_(tokenizer.eos()),
+        cancel_(request.cancel),
+        sink_(sink),
+        max_tokens_(max_tokens) {}
+
+  // Tokens that may still be sampled.
+  int32_t remaining() const { return max_tokens_ - static_cast<int32_t>(result_->output_ids.size()); }
+
+  // Records one sampled token; false when the generation must end.
+  bool emit(int32_t token) {
+    last_time_ = Clock::now();
+    if (result_->output_ids.empty()) first_time_ = last_time_;
+    result_->output_ids.push_back(token);
+    if (token == eos_) return end(FinishReason::kStop);
+    ++result_->completion_tokens;
+    deliver(output_.push(token));
+    if (output_.stopped()) return end(FinishReason::kStop);
+    if (!sink_open_) return end(FinishReason::kCancelled);
+    if (remaining() <= 0) return end(FinishReason::kLength);
+    return true;
+  }
+
+  // True (and the finish reason set) when the request was cancelled.
+  bool cancelled() {
+    if (!is_cancelled(cancel_)) return false;
+    end(FinishReason::kCancelled);
+    return true;
+  }
+
+  // Flushes held text and fills in the timings.
+  void finish(Clock::time_point start) {
+    deliver(output_.finish());
+    if (!result_->output_ids.empty()) {
+      result_->ttft_seconds = seconds_between(start, first_time_);
+      result_->decode_seconds = seconds_between(first_time_, last_time_);
+    }
+  }
+
+ private:
+  bool end(FinishReason reason) {
+    result_->finish_reason = reason;
+    return false;
+  }
+  void deliver(OutputStream::Piece piece) {
+    if (piece.empty()) return;
+    result_->text += piece.text;
+    if (sink_open_ && sink_) {
+      if (!sink_(TokenDelta{piece.token_ids, piece.text})) sink_open_ = false;
+    }
+  }
+
+  GenerateResult* result_;
+  OutputStream output_;
+  int32_t eos_;
+  const std::atomic<bool>* cancel_;
+  const TokenSink& sink_;
+  int32_t max_tokens_;
+  bool sink_open_ = true;
+  Clock::time_point first_time_{}, last_time_{};
+};
+
+// One token per forward pass. `held` is the session's token list (what the backend
+// sequence holds); `logits` are those of its last token.
+Status decode_plain(Backend& backend, SeqId seq, std::vector<int32_t>* held, Sampler& sampler,
+                    std::vector<float> logits, Emitter& emitter) {
+  int32_t token = sampler.sample(logits);
+  while (emitter.emit(token) && !emitter.cancelled()) {
+    DS4_RETURN_IF_ERROR(decode_token(backend, seq, token, static_cast<int32_t>(held->size()), &logits));
+    held->push_back(token);
+    token = sampler.sample(logits);
+  }
+  return Status::Ok();
+}
+
+// Greedy decoding with MTP drafts (runtime/speculative.h): identical tokens, fewer
+// forward passes when drafts are accepted. `hidden` is the HC state of the last held
+// token.
+Status decode_speculative(Backend& backend, SeqId seq, std::vector<int32_t>* held,
+                          const std::vector<float>& logits, std::vector<float> hidden,
+                          int32_t max_drafts, Emitter& emitter, GenerateResult* result) {
+  int32_t token = Sampler::greedy(logits);
+  std::vector<int32_t> drafts;
+  Verification verified;
+  while (emitter.emit(token) && !emitter.cancelled()) {
+    const int32_t pos = static_cast<int32_t>(held->size());
+    // Drafts beyond the token budget could never be emitted.
+    const int32_t n_drafts = std::min({max_drafts, Backend::kMaxRollback, emitter.remaining() - 1});
+    drafts.clear();
+    if (n_drafts > 0) {
+      DS4_RETURN_IF_ERROR(draft_with_mtp(backend, seq, hidden, pos - 1, token, n_drafts, &drafts));
+    }
+    DS4_RETURN_IF_ERROR(verify_drafts(backend, seq, token, pos, drafts, &verified));
+    result->draft_tokens += static_cast<int32_t>(drafts.size());
+    result->accepted_draft_tokens += verified.accepted;
+    held->push_back(token);
+    held->insert(held->end(), drafts.begin(), drafts.begin() + verified.accepted);
+    // Emit the accepted drafts; the main model's own next token is emitted by the loop.
+    for (int32_t i = 0; i < verified.accepted; ++i) {
+      if (!emitter.emit(verified.tokens[i])) {
+        // verified.tokens[i] ends the generation: keep only what precedes it.
+        const int32_t keep = pos + 1 + i;
+        DS4_RETURN_IF_ERROR(backend.truncate(seq, keep).wrap("speculative stop"));
+        held->resize(keep);
+        return Status::Ok();
+      }
+    }
+    token = verified.tokens.back();
+    hidden = std::move(verified.hidden);
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -124,6 +245,10 @@ std::unique_ptr<Engine> Engine::FromParts(EngineOptions options, std::unique_ptr
       new Engine(std::move(options), std::move(model), std::move(tokenizer), std::move(backend)));
 }
 
+bool Engine::speculative_enabled() const {
+  return options_.mtp_draft > 0 && backend_->has_mtp();
+}
+
 Result<std::unique_ptr<Session>> Engine::new_session() {
   auto seq = backend_->new_sequence(options_.ctx);
   if (!seq.ok()) return seq.status();
@@ -175,71 +300,37 @@ Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest&
   result.reused_tokens = *reused;
 
   // Prefill the new suffix.
-  std::vector<float> logits;
+  const bool speculative = speculative_enabled() && request.sampling.temperature <= 0;
+  std::vector<float> logits, hidden;
   const std::span<const int32_t> suffix(request.prompt.data() + *reused, n_prompt - *reused);
   size_t fed = 0;
-  const Status prefill = prefill_tokens(*backend_, session.seq_, suffix, *reused,
-                                        options_.prefill_chunk, &logits, request.cancel, &fed);
+  const Status prefill =
+      prefill_tokens(*backend_, session.seq_, suffix, *reused, options_.prefill_chunk, &logits,
+                     request.cancel, &fed, speculative ? &hidden : nullptr);
   session.tokens_.insert(session.tokens_.end(), suffix.begin(), suffix.begin() + fed);
   if (!prefill.ok()) return prefill;
-  const auto prefill_end = Clock::now();
-  result.prefill_seconds = seconds_between(start, prefill_end);
+  result.prefill_seconds = seconds_between(start, Clock::now());
   if (fed < suffix.size()) {
     result.finish_reason = FinishReason::kCancelled;
     return result;
   }
 
   // Decode.
-  Sampler sampler(request.sampling);
-  OutputStream output(*tokenizer_, request.stop);
-  const int32_t eos = tokenizer_->eos();
-  Clock::time_point first_token_time{}, last_token_time{};
   result.finish_reason = FinishReason::kLength;
-  bool sink_open = true;
-  auto deliver = [&](OutputStream::Piece piece) {
-    if (piece.empty()) return;
-    result.text += piece.text;
-    if (sink_open && sink) {
-      TokenDelta delta{piece.token_ids, piece.text};
-      if (!sink(delta)) sink_open = false;
+  Emitter emitter(&result, *tokenizer_, request, sink, max_tokens);
+  if (max_tokens > 0) {
+    Status decoded;
+    if (speculative) {
+      decoded = decode_speculative(*backend_, session.seq_, &session.tokens_, logits,
+                                   std::move(hidden), options_.mtp_draft, emitter, &result);
+    } else {
+      Sampler sampler(request.sampling);
+      decoded = decode_plain(*backend_, session.seq_, &session.tokens_, sampler, std::move(logits),
+                             emitter);
     }
-  };
-
-  for (int32_t step = 0; step < max_tokens; ++step) {
-    if (is_cancelled(request.cancel) || !sink_open) {
-      result.finish_reason = FinishReason::kCancelled;
-      break;
-    }
-    if (step > 0) {
-      const int32_t last = result.output_ids.back();
-      DS4_RETURN_IF_ERROR(decode_token(*backend_, session.seq_, last, session.size(), &logits));
-      session.tokens_.push_back(last);
-    }
-    const int32_t token = sampler.sample(logits);
-    last_token_time = Clock::now();
-    if (step == 0) first_token_time = last_token_time;
-    result.output_ids.push_back(token);
-    if (token == eos) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    ++result.completion_tokens;
-    deliver(output.push(token));
-    if (output.stopped()) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    if (!sink_open) {
-      result.finish_reason = FinishReason::kCancelled;
-      break;
-    }
+    if (!decoded.ok()) return decoded;
   }
-  deliver(output.finish());
-
-  if (!result.output_ids.empty()) {
-    result.ttft_seconds = seconds_between(start, first_token_time);
-    result.decode_seconds = seconds_between(first_token_time, last_token_time);
-  }
+  emitter.finish(start);
   return result;
 }
 

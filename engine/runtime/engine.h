@@ -7,7 +7,8 @@
 // longest common prefix (when the backend can roll back that far) or resets it.
 //
 // generate() prefills the prompt in chunks, then samples one token per step until
-// EOS, a stop string, max_tokens, cancellation or the sink asking to stop. The sink
+// EOS, a stop string, max_tokens, cancellation or the sink asking to stop. Greedy
+// requests use MTP speculative decoding when enabled (runtime/speculative.h). The sink
 // receives text deltas that never end inside a UTF-8 character and never contain
 // text that could still turn out to be part of a stop string; the ids of tokens
 // whose text is held back ride with the next delta.
@@ -46,8 +47,7 @@ struct EngineOptions {
   BackendKind backend = default_backend_kind();
   int32_t ctx = 32768;               // tokens per session (prompt + generated)
   int threads = 0;                   // CPU threads; 0 = all cores
-  int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = off; needs mtp_path;
-                                     // speculative decoding is not implemented yet)
+  int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = off; needs mtp_path)
   bool qat = true;                   // FP8 KV / FP4 indexer round trips (the real model)
   int32_t prefill_chunk = 512;       // prompt tokens per forward() call
 };
@@ -84,6 +84,8 @@ struct GenerateResult {
   int32_t completion_tokens = 0;  // tokens delivered to the sink (EOS is not counted)
   FinishReason finish_reason = FinishReason::kStop;
   std::vector<int32_t> output_ids;  // every sampled id in order, a final EOS included
+  int32_t draft_tokens = 0;       // MTP drafts checked by the main model
+  int32_t accepted_draft_tokens = 0;  // of which accepted
   std::string text;               // everything delivered to the sink, concatenated
   double prefill_seconds = 0;     // prefill of the new prompt suffix
   double ttft_seconds = 0;        // generate() start to the first sampled token
@@ -137,6 +139,9 @@ class Engine {
   Backend& backend() { return *backend_; }
   const EngineOptions& options() const { return options_; }
   int32_t ctx_size() const { return options_.ctx; }
+  // True when greedy requests decode speculatively with MTP drafts (mtp_draft > 0
+  // and the backend runs the MTP block); the tokens are the same either way.
+  bool speculative_enabled() const;
 
   Result<std::unique_ptr<Session>> new_session();
 

@@ -10,7 +10,8 @@ namespace ds4 {
 
 Status prefill_tokens(Backend& backend, SeqId seq, std::span<const int32_t> tokens,
                       int32_t start_pos, int32_t chunk, std::vector<float>* last_logits,
-                      const std::atomic<bool>* cancel, size_t* done) {
+                      const std::atomic<bool>* cancel, size_t* done,
+                      std::vector<float>* last_hidden) {
   if (done != nullptr) *done = 0;
   if (chunk <= 0) return Status::Error("prefill: chunk size must be positive, got " + std::to_string(chunk));
   std::vector<BatchToken> batch;
@@ -25,7 +26,9 @@ Status prefill_tokens(Backend& backend, SeqId seq, std::span<const int32_t> toke
       t.token = tokens[fed + i];
       t.seq = seq;
       t.pos = start_pos + static_cast<int32_t>(fed + i);
-      t.want_logits = last_logits != nullptr && fed + i + 1 == tokens.size();
+      const bool last = fed + i + 1 == tokens.size();
+      t.want_logits = last_logits != nullptr && last;
+      t.want_hidden = last_hidden != nullptr && last;
       batch.push_back(t);
     }
     DS4_RETURN_IF_ERROR(backend.forward(batch, &out).wrap(
@@ -33,8 +36,9 @@ Status prefill_tokens(Backend& backend, SeqId seq, std::span<const int32_t> toke
     fed += n;
     if (done != nullptr) *done = fed;
   }
-  if (last_logits != nullptr && fed == tokens.size() && !tokens.empty()) {
-    *last_logits = std::move(out.logits);
+  if (fed == tokens.size() && !tokens.empty()) {
+    if (last_logits != nullptr) *last_logits = std::move(out.logits);
+    if (last_hidden != nullptr) *last_hidden = std::move(out.hidden);
   }
   return Status::Ok();
 }

@@ -25,10 +25,12 @@ class Tokenizer;
 // forward() calls of at most `chunk` tokens. When `last_logits` is not null it
 // receives the logits of the last token (only that token asks for logits). Stops
 // before the next chunk when `*cancel` becomes true (then *done < tokens.size()).
-// `done` (may be null) receives how many tokens were fed.
+// `done` (may be null) receives how many tokens were fed. `last_hidden` (may be
+// null) receives the HC state leaving the last block for the last token (MTP input).
 Status prefill_tokens(Backend& backend, SeqId seq, std::span<const int32_t> tokens,
                       int32_t start_pos, int32_t chunk, std::vector<float>* last_logits,
-                      const std::atomic<bool>* cancel = nullptr, size_t* done = nullptr);
+                      const std::atomic<bool>* cancel = nullptr, size_t* done = nullptr,
+                      std::vector<float>* last_hidden = nullptr);
 
 // Feeds one token at `pos` and returns its logits (the prediction of pos + 1).
 Status decode_token(Backend& backend, SeqId seq, int32_t token, int32_t pos,

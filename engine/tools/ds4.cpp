@@ -144,6 +144,10 @@ void print_stats(const ds4::GenerateResult& r) {
                r.prompt_tokens - r.reused_tokens, r.reused_tokens, r.prefill_seconds,
                r.prefill_tokens_per_second(), r.output_ids.size(), r.decode_seconds,
                r.decode_tokens_per_second(), std::string(ds4::finish_reason_name(r.finish_reason)).c_str());
+  if (r.draft_tokens > 0) {
+    std::fprintf(stderr, "mtp: %d of %d drafts accepted (%.1f%%)\n", r.accepted_draft_tokens,
+                 r.draft_tokens, 100.0 * r.accepted_draft_tokens / r.draft_tokens);
+  }
 }
 
 ds4::GenerateRequest make_request(const CliOptions& o, std::vector<int32_t> prompt,
@@ -309,10 +313,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ds4: %s\n", engine.status().message().c_str());
     return 1;
   }
-  if (o.mtp_draft > 0) {
-    std::fprintf(stderr,
-                 "ds4: note: the MTP file is loaded and checked, but speculative decoding is not "
-                 "implemented yet; decoding runs without drafts\n");
+  if (o.mtp_draft > 0 && !(*engine)->speculative_enabled()) {
+    std::fprintf(stderr, "ds4: note: the %s backend cannot run the MTP block; decoding without drafts\n",
+                 std::string((*engine)->backend().name()).c_str());
+  } else if (o.mtp_draft > 0 && o.temperature > 0) {
+    std::fprintf(stderr, "ds4: note: MTP speculative decoding is used for greedy decoding only (--temp 0)\n");
   }
   install_sigint_handler();
   return o.has_prompt ? run_one_shot(o, **engine) : run_interactive(o, **engine);

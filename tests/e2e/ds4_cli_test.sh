@@ -3,6 +3,7 @@
 #   - one-shot on the tiny trained chat model answers Paris on stdout (only the
 #     answer there; reasoning and speeds on stderr), in non-thinking and thinking mode;
 #   - interactive mode answers a question read from stdin and exits at EOF;
+#   - --mtp with drafts prints the same text as plain greedy decoding;
 #   - --golden on tests/data/tiny-fast prints a line ending in PASS and exits 0;
 #   - --golden on a copy whose golden logits were altered prints FAIL and exits != 0;
 #   - a missing model file is an error naming the file.
@@ -57,6 +58,19 @@ if printf 'What is the capital of France?\nWhat is the capital of Japan?\n' |
     || fail "second turn did not reuse state: $(cat "$tmp/err")"
 else
   fail "interactive mode exited with $? ($(cat "$tmp/err"))"
+fi
+
+# 3b. MTP speculative decoding prints the same text as plain greedy decoding.
+fastm=$data/tiny-fast
+"$bin" -m "$fastm/model.gguf" -p "hello there" --nothink --temp 0 -n 32 --backend cpu \
+  >"$tmp/plain" 2>/dev/null
+if "$bin" -m "$fastm/model.gguf" --mtp "$fastm/mtp.gguf" --mtp-draft 3 -p "hello there" --nothink \
+    --temp 0 -n 32 --backend cpu >"$tmp/spec" 2>"$tmp/err"; then
+  cmp -s "$tmp/plain" "$tmp/spec" && grep -q "^mtp: [0-9]* of [1-9][0-9]* drafts accepted" "$tmp/err" \
+    && pass "--mtp --mtp-draft 3 prints the plain greedy text" \
+    || fail "--mtp output differs or no draft stats: $(cat "$tmp/err")"
+else
+  fail "--mtp run exited with $? ($(cat "$tmp/err"))"
 fi
 
 # 4. --golden on the real fixture passes.

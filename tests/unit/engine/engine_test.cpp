@@ -75,14 +75,50 @@ class ScriptedBackend : public ds4::Backend {
       ++tokens_fed;
       if (t.want_logits) {
         ++logits_requested;
-        std::vector<float> row(vocab_, 0.0f);
-        row[script_(h)] = 10.0f;
-        out->logits.insert(out->logits.end(), row.begin(), row.end());
+        push_row(script_(h), out);
       }
+      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, static_cast<float>(t.pos));
     }
     if (after_forward) after_forward();
     return ds4::Status::Ok();
   }
+
+  // The MTP block: a call with token t at position q states that t sits at q + 1 and
+  // predicts q + 2 from the main history plus the earlier draft inputs. `mtp_wrong`
+  // decides which predictions are deliberately wrong.
+  bool has_mtp() const override { return mtp_enabled; }
+  ds4::Status forward_mtp(std::span<const ds4::MtpToken> batch, ForwardOutput* out) override {
+    out->logits.clear();
+    out->hidden.clear();
+    for (const ds4::MtpToken& t : batch) {
+      ++mtp_calls;
+      if (t.hidden == nullptr) return ds4::Status::Error("scripted: MTP token without HC state");
+      auto& h = seqs_.at(t.seq);
+      auto& next = mtp_next_[t.seq];
+      next[t.pos + 1] = t.token;
+      std::vector<int32_t> known;
+      for (int32_t j = 0; j <= t.pos + 1; ++j) {
+        if (j < static_cast<int32_t>(h.size())) {
+          known.push_back(h[j]);
+        } else if (next.count(j)) {
+          known.push_back(next[j]);
+        } else {
+          return ds4::Status::Error("scripted: MTP at position " + std::to_string(t.pos) +
+                                    " has no token for position " + std::to_string(j));
+        }
+      }
+      int32_t guess = script_(known);
+      if (mtp_wrong && mtp_wrong(t.pos)) guess = guess == 100 ? 101 : 100;
+      if (t.want_logits) push_row(guess, out);
+      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, -1.0f);
+    }
+    return ds4::Status::Ok();
+  }
+
+  static constexpr size_t kHidden = 4;
+  bool mtp_enabled = false;
+  std::function<bool(int32_t pos)> mtp_wrong;
+  int64_t mtp_calls = 0;
 
   int64_t forward_calls = 0, tokens_fed = 0, logits_requested = 0, truncations = 0;
   int32_t max_batch_seen = 0;
@@ -90,8 +126,15 @@ class ScriptedBackend : public ds4::Backend {
   std::function<void()> after_forward;
 
  private:
+  void push_row(int32_t argmax, ForwardOutput* out) const {
+    std::vector<float> row(vocab_, 0.0f);
+    row[argmax] = 10.0f;
+    out->logits.insert(out->logits.end(), row.begin(), row.end());
+  }
+
   int32_t vocab_;
   Script script_;
+  std::map<SeqId, std::map<int32_t, int32_t>> mtp_next_;
   SeqId next_id_ = 0;
   std::map<SeqId, std::vector<int32_t>> seqs_;
   std::map<SeqId, int32_t> max_ctx_;
@@ -115,7 +158,8 @@ int32_t hash_script(const std::vector<int32_t>& h) {
 }
 
 struct Fixture {
-  explicit Fixture(Script script = hash_script, int32_t ctx = 256, int32_t chunk = 512) {
+  explicit Fixture(Script script = hash_script, int32_t ctx = 256, int32_t chunk = 512,
+                   int32_t mtp_draft = 0) {
     auto tok = load_tokenizer();
     vocab = tok->vocab_size();
     eos = tok->eos();
@@ -124,6 +168,8 @@ struct Fixture {
     ds4::EngineOptions options;
     options.ctx = ctx;
     options.prefill_chunk = chunk;
+    options.mtp_draft = mtp_draft;
+    backend->mtp_enabled = mtp_draft > 0;
     engine = ds4::Engine::FromParts(options, nullptr, std::move(tok), std::move(b));
   }
   std::unique_ptr<ds4::Session> session() {
@@ -424,4 +470,121 @@ TEST_CASE("timings and speeds are filled in") {
   CHECK(ds4::finish_reason_name(ds4::FinishReason::kLength) == "length");
   CHECK(ds4::finish_reason_name(ds4::FinishReason::kStop) == "stop");
   CHECK(ds4::finish_reason_name(ds4::FinishReason::kCancelled) == "cancelled");
+}
+
+// --- MTP speculative decoding -------------------------------------------------------
+
+namespace {
+
+// Plain greedy decoding of the same request, for comparison.
+ds4::GenerateResult plain_greedy(Script script, const ds4::GenerateRequest& req, std::string* text = nullptr) {
+  Fixture f(std::move(script));
+  auto s = f.session();
+  return run(f, *s, req, nullptr, text);
+}
+
+}  // namespace
+
+TEST_CASE("speculative decoding with perfect drafts gives the greedy tokens in fewer passes") {
+  const auto req = greedy(iota_prompt(12), 40);
+  const auto want = plain_greedy(hash_script, req);
+  Fixture f(hash_script, 256, 512, 4);
+  REQUIRE(f.engine->speculative_enabled());
+  auto s = f.session();
+  const int64_t calls_before = f.backend->forward_calls;
+  const auto got = run(f, *s, req);
+  CHECK(got.output_ids == want.output_ids);
+  CHECK(got.text == want.text);
+  CHECK(got.draft_tokens > 0);
+  CHECK(got.accepted_draft_tokens == got.draft_tokens);
+  // 1 prefill + rounds of (1 + 4 drafts accepted) tokens: 40 tokens in 8 rounds.
+  CHECK(f.backend->forward_calls - calls_before == 1 + 8);
+  CHECK(s->size() == 12 + 40 - 1);
+  CHECK(f.backend->sequence_length(0) == s->size());
+}
+
+TEST_CASE("speculative decoding with wrong drafts rolls back and still matches greedy") {
+  const auto req = greedy(iota_prompt(12), 50);
+  const auto want = plain_greedy(hash_script, req);
+  for (int every : {2, 3, 5}) {
+    CAPTURE(every);
+    Fixture f(hash_script, 256, 512, 5);
+    f.backend->mtp_wrong = [every](int32_t pos) { return pos % every == 0; };
+    auto s = f.session();
+    const auto got = run(f, *s, req);
+    CHECK(got.output_ids == want.output_ids);
+    CHECK(got.accepted_draft_tokens < got.draft_tokens);
+    CHECK(got.accepted_draft_tokens > 0);
+    CHECK(f.backend->truncations > 0);
+    CHECK(s->size() == 12 + 50 - 1);
+    CHECK(f.backend->sequence_length(0) == s->size());
+    // The kept state is right: a follow-up turn decodes like a fresh session.
+    auto next = req.prompt;
+    next.insert(next.end(), got.output_ids.begin(), got.output_ids.end());
+    for (int32_t t : iota_prompt(5, 900)) next.push_back(t);
+    const auto cont = run(f, *s, greedy(next, 20));
+    CHECK(cont.reused_tokens == 12 + 50 - 1);
+    CHECK(cont.output_ids == plain_greedy(hash_script, greedy(next, 20)).output_ids);
+  }
+}
+
+TEST_CASE("speculative decoding stops exactly at EOS, max_tokens and stop strings") {
+  Fixture probe;
+  const int32_t eos = probe.eos;
+  SUBCASE("EOS inside an accepted run of drafts") {
+    Script script = [eos](const std::vector<int32_t>& h) {
+      return h.size() >= 20 ? eos : 300 + static_cast<int32_t>(h.size());
+    };
+    const auto req = greedy(iota_prompt(10), 50);
+    const auto want = plain_greedy(script, req);
+    Fixture f(script, 256, 512, 6);
+    auto s = f.session();
+    const auto got = run(f, *s, req);
+    CHECK(got.output_ids == want.output_ids);
+    CHECK(got.output_ids.back() == eos);
+    CHECK(got.finish_reason == ds4::FinishReason::kStop);
+    CHECK(s->size() == 10 + static_cast<int32_t>(got.output_ids.size()) - 1);
+    CHECK(f.backend->sequence_length(0) == s->size());
+  }
+  SUBCASE("max_tokens inside an accepted run of drafts") {
+    const auto req = greedy(iota_prompt(10), 7);
+    Fixture f(hash_script, 256, 512, 4);
+    auto s = f.session();
+    const auto got = run(f, *s, req);
+    CHECK(got.output_ids == plain_greedy(hash_script, req).output_ids);
+    CHECK(got.output_ids.size() == 7);
+    CHECK(got.finish_reason == ds4::FinishReason::kLength);
+    CHECK(f.backend->sequence_length(0) == 10 + 6);
+  }
+  SUBCASE("a stop string completed by an accepted draft") {
+    auto tok = load_tokenizer();
+    const std::vector<int32_t> text_ids = tok->encode(" one two three four five six seven eight");
+    Script script = [text_ids](const std::vector<int32_t>& h) {
+      const size_t i = h.size() - 10;
+      return i < text_ids.size() ? text_ids[i] : text_ids.back();
+    };
+    auto req = greedy(iota_prompt(10), 30);
+    req.stop = {"four"};
+    std::string want_text, got_text;
+    const auto want = plain_greedy(script, req, &want_text);
+    Fixture f(script, 256, 512, 8);
+    auto s = f.session();
+    const auto got = run(f, *s, req, nullptr, &got_text);
+    CHECK(got_text == " one two three ");
+    CHECK(got_text == want_text);
+    CHECK(got.output_ids == want.output_ids);
+    CHECK(f.backend->sequence_length(0) == 10 + static_cast<int32_t>(got.output_ids.size()) - 1);
+  }
+}
+
+TEST_CASE("sampling with temperature does not use MTP drafts") {
+  Fixture f(hash_script, 256, 512, 4);
+  auto s = f.session();
+  auto req = greedy(iota_prompt(10), 10);
+  req.sampling.temperature = 0.7f;
+  req.sampling.seed = 7;
+  const auto r = run(f, *s, req);
+  CHECK(r.draft_tokens == 0);
+  CHECK(f.backend->mtp_calls == 0);
+  CHECK(r.output_ids.size() == 10);
 }

@@ -159,3 +159,38 @@ TEST_CASE("seeded sampling is reproducible") {
   CHECK(a.output_ids == b.output_ids);
   CHECK_FALSE(a.output_ids.empty());
 }
+
+TEST_CASE("MTP speculative decoding on the CPU backend gives the plain greedy tokens") {
+  // tiny-fast has random weights: drafts are almost always rejected, which
+  // exercises the verification and rollback path on the real forward pass.
+  const std::vector<int32_t> prompt = {0, 17, 250, 33, 981, 4, 77, 512, 9, 300};
+  ds4::EngineOptions options;
+  options.model_path = data_path("tiny-fast/model.gguf");
+  options.backend = ds4::BackendKind::kCpu;
+  options.ctx = 512;
+  auto plain = ds4::Engine::Load(options);
+  REQUIRE_MESSAGE(plain.ok(), plain.status().message());
+  options.mtp_path = data_path("tiny-fast/mtp.gguf");
+  options.mtp_draft = 3;
+  auto spec = ds4::Engine::Load(options);
+  REQUIRE_MESSAGE(spec.ok(), spec.status().message());
+  REQUIRE((*spec)->speculative_enabled());
+  CHECK_FALSE((*plain)->speculative_enabled());
+
+  auto s1 = new_session(**plain);
+  auto s2 = new_session(**spec);
+  const auto a = run(**plain, *s1, greedy(prompt, 40));
+  const auto b = run(**spec, *s2, greedy(prompt, 40));
+  CHECK(a.output_ids == b.output_ids);
+  CHECK(a.output_ids.size() == 40);
+  CHECK(b.draft_tokens > 0);
+  CHECK(s2->size() == s1->size());
+  // The state kept after speculation serves a follow-up turn like the plain one.
+  std::vector<int32_t> next = prompt;
+  next.insert(next.end(), a.output_ids.begin(), a.output_ids.end());
+  next.push_back(5);
+  const auto c = run(**plain, *s1, greedy(next, 16));
+  const auto d = run(**spec, *s2, greedy(next, 16));
+  CHECK(c.reused_tokens == d.reused_tokens);
+  CHECK(c.output_ids == d.output_ids);
+}
