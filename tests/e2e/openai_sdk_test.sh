@@ -12,7 +12,7 @@ command -v npm >/dev/null || { echo "SKIP: npm is not installed"; exit 77; }
 
 # openai 6.x: the newest major that still supports Node 20 (Debian's nodejs).
 sdk_version=6
-sdk_dir="${DS4_NPM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ds4-spark}/openai-sdk-$sdk_version"
+sdk_dir="${DS4_NPM_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/ds4-spark}/openai-sdk-$sdk_version"
 if [ ! -f "$sdk_dir/node_modules/openai/package.json" ]; then
   mkdir -p "$sdk_dir"
   echo "installing openai@$sdk_version into $sdk_dir"
