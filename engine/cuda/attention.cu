@@ -17,54 +17,119 @@ __device__ __forceinline__ const float* visible_row(const AttentionLaunch& p, in
   return p.comp + static_cast<int64_t>(c) * p.head_dim;
 }
 
-__global__ void __launch_bounds__(kThreads) attention_decode_kernel(AttentionLaunch p) {
-  extern __shared__ float shared[];
-  float* q = shared;
-  float* probs = shared + p.head_dim;
-  __shared__ float scratch[32];
-  const int h = blockIdx.x;
-  const int pos = *p.pos;
-  const int nraw = min(pos + 1, p.window);
+struct Visible {
+  int nraw, n;
+  bool use_selection;
+};
+
+__device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int pos) {
+  Visible v;
+  v.nraw = min(pos + 1, p.window);
   int ncomp = 0;
-  bool use_selection = false;
+  v.use_selection = false;
   if (p.ratio == 4) {
     const int nc = (pos + 1) / 4;
-    use_selection = *p.active != 0;
-    ncomp = use_selection ? p.topk : nc;
+    v.use_selection = *p.active != 0;
+    ncomp = v.use_selection ? p.topk : nc;
   } else if (p.ratio > 0) {
     ncomp = (pos + 1) / p.ratio;
   }
   if (ncomp > p.max_comp_rows) ncomp = static_cast<int>(p.max_comp_rows);
-  int n = nraw + ncomp;
-  if (n > p.max_visible) n = p.max_visible;
+  v.n = min(v.nraw + ncomp, p.max_visible);
+  return v;
+}
+
+// Block (head h, split j): scores of rows [j*chunk, (j+1)*chunk), their local max m,
+// sum l of exp(s - m) and the unnormalised output sum; written to the workspace.
+__global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLaunch p) {
+  extern __shared__ float shared[];
+  float* q = shared;
+  float* probs = shared + p.head_dim;
+  __shared__ float scratch[32];
+  const int h = blockIdx.x, j = blockIdx.y;
+  const int pos = *p.pos;
+  const Visible vis = visible_rows(p, pos);
+  const int chunk = (vis.n + p.splits - 1) / p.splits;
+  const int r0 = j * chunk;
+  const int r1 = min(vis.n, r0 + chunk);
+  const int nr = max(0, r1 - r0);
+  float* ws = p.workspace + (static_cast<int64_t>(h) * p.splits + j) * (p.head_dim + 2);
 
   for (int i = threadIdx.x; i < p.head_dim; i += kThreads) q[i] = p.q[h * p.head_dim + i];
   __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim)));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int r = warp; r < n; r += kThreads / 32) {
-    const float* row = visible_row(p, pos, nraw, use_selection, r);
+  for (int r = warp; r < nr; r += kThreads / 32) {
+    const float* row = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
     float d = 0.0f;
     for (int i = lane; i < p.head_dim; i += 32) d += q[i] * row[i];
     d = warp_sum(d);
     if (lane == 0) probs[r] = d * scale;
   }
   __syncthreads();
-  const float sink = p.sinks[h];
-  float mx = sink;
-  for (int r = threadIdx.x; r < n; r += kThreads) mx = fmaxf(mx, probs[r]);
+  float mx = -INFINITY;
+  for (int r = threadIdx.x; r < nr; r += kThreads) mx = fmaxf(mx, probs[r]);
   mx = block_max(mx, scratch);
+  __syncthreads();
   float sum = 0.0f;
-  for (int r = threadIdx.x; r < n; r += kThreads) sum += expf(probs[r] - mx);
-  sum = block_sum(sum, scratch) + expf(sink - mx);
+  for (int r = threadIdx.x; r < nr; r += kThreads) {
+    const float e = expf(probs[r] - mx);
+    probs[r] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, scratch);
   __syncthreads();
-  for (int r = threadIdx.x; r < n; r += kThreads) probs[r] = expf(probs[r] - mx) / sum;
-  __syncthreads();
-  float* o = q;  // q is no longer needed: reuse it for the output
   for (int i = threadIdx.x; i < p.head_dim; i += kThreads) {
     float acc = 0.0f;
-    for (int r = 0; r < n; ++r) acc += probs[r] * visible_row(p, pos, nraw, use_selection, r)[i];
-    o[i] = acc;
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+      const float a0 = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r)[i];
+      const float a1 = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r + 1)[i];
+      const float a2 = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r + 2)[i];
+      const float a3 = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r + 3)[i];
+      acc += probs[r] * a0;
+      acc += probs[r + 1] * a1;
+      acc += probs[r + 2] * a2;
+      acc += probs[r + 3] * a3;
+    }
+    for (; r < nr; ++r) acc += probs[r] * visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r)[i];
+    ws[i] = acc;
+  }
+  if (threadIdx.x == 0) {
+    ws[p.head_dim] = mx;
+    ws[p.head_dim + 1] = sum;
+  }
+}
+
+// Block h: combines the splits with the sink, normalises, applies the inverse RoPE.
+__global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLaunch p) {
+  extern __shared__ float shared[];
+  float* o = shared;
+  float* factor = shared + p.head_dim;
+  __shared__ float total;
+  const int h = blockIdx.x;
+  const int pos = *p.pos;
+  const float* ws = p.workspace + static_cast<int64_t>(h) * p.splits * (p.head_dim + 2);
+  if (threadIdx.x == 0) {
+    const float sink = p.sinks[h];
+    float m = sink;
+    for (int j = 0; j < p.splits; ++j) m = fmaxf(m, ws[j * (p.head_dim + 2) + p.head_dim]);
+    float z = expf(sink - m);
+    for (int j = 0; j < p.splits; ++j) {
+      const float mj = ws[j * (p.head_dim + 2) + p.head_dim];
+      const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
+      factor[j] = f;
+      z += f * ws[j * (p.head_dim + 2) + p.head_dim + 1];
+    }
+    total = z;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.head_dim; i += kThreads) {
+    float acc = 0.0f;
+    for (int j = 0; j < p.splits; ++j) {
+      if (factor[j] != 0.0f) acc += factor[j] * ws[j * (p.head_dim + 2) + i];
+    }
+    o[i] = acc / total;
   }
   __syncthreads();
   float* tail = o + p.head_dim - p.rope_dim;
@@ -79,18 +144,22 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(AttentionLau
 
 Status attention_init() {
   static const Status status = cuda_status(
-      cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      cudaFuncSetAttribute(attention_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            96 * 1024),
       "raising the attention kernel's shared memory limit");
   return status;
 }
 
 Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
-  const size_t shared = sizeof(float) * (p.head_dim + p.max_visible);
+  if (p.splits < 1 || !p.workspace) return Status::Error("attention: no split workspace");
+  const int chunk = (p.max_visible + p.splits - 1) / p.splits;
+  const size_t shared = sizeof(float) * (p.head_dim + chunk);
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
-  attention_decode_kernel<<<p.heads, kThreads, shared, stream>>>(p);
-  return cuda_status(cudaGetLastError(), "attention launch");
+  attention_partial_kernel<<<dim3(p.heads, p.splits), kThreads, shared, stream>>>(p);
+  DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "attention launch"));
+  attention_combine_kernel<<<p.heads, kThreads, sizeof(float) * (p.head_dim + p.splits), stream>>>(p);
+  return cuda_status(cudaGetLastError(), "attention combine launch");
 }
 
 }  // namespace ds4

@@ -34,7 +34,16 @@ struct AttentionLaunch {
   const float* rope_freqs = nullptr;
   const int32_t* pos = nullptr;
   int max_visible = 0;               // bound on raw + compressed rows (shared memory)
+  // Rows are split over `splits` blocks per head (partial softmax sums combined
+  // afterwards); workspace holds heads * splits * (head_dim + 2) floats.
+  int splits = 1;
+  float* workspace = nullptr;
 };
+
+// Workspace floats needed by launch_attention_decode.
+inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {
+  return static_cast<int64_t>(heads) * splits * (head_dim + 2);
+}
 
 Status launch_attention_decode(const AttentionLaunch& launch, cudaStream_t stream);
 

@@ -37,6 +37,29 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return t;
 }
 
+__device__ __forceinline__ double warp_sum_double(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Double-precision block sum (RMSNorm sums, as the CPU reference). `scratch`: 32 doubles.
+__device__ __forceinline__ double block_sum_double(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum_double(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  double t = lane < nw ? scratch[lane] : 0.0;
+  return warp_sum_double(t);
+}
+
+// 1 / sqrt(sum_sq / n + eps) computed in double, rounded to float.
+__device__ __forceinline__ float rms_scale(double sum_sq, int64_t n, float eps) {
+  return static_cast<float>(1.0 / sqrt(sum_sq / static_cast<double>(n) + static_cast<double>(eps)));
+}
+
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_max(v);
@@ -56,8 +79,9 @@ __device__ __forceinline__ void rope_pair(float* a, float* b, float pos, float f
   const float c = static_cast<float>(cd);
   const float s = inverse ? -static_cast<float>(sd) : static_cast<float>(sd);
   const float x = *a, y = *b;
-  *a = x * c - y * s;
-  *b = x * s + y * c;
+  // Separately rounded products (no fused multiply-add), as the CPU reference.
+  *a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+  *b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
 }
 
 // Nearest FP8 E4M3FN value (ties to even mantissa) of x already clamped to [-448, 448].

@@ -51,12 +51,17 @@ struct CudaForward::Workspace {
   float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
   float *head = nullptr, *logits = nullptr;
   int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
+  float* split = nullptr;  // matvec split-row partial sums
+  float* attention = nullptr;  // attention split partials
   ~Workspace() {
     if (arena) cudaFree(arena);
   }
 };
 
 namespace {
+
+constexpr int64_t kSplitFloats = 32 * 8192;
+constexpr int kAttentionMaxSplits = 16;
 
 __global__ void advance_kernel(int32_t* step, const int32_t* next_token) {
   step[0] = *next_token;
@@ -138,6 +143,8 @@ Status CudaForward::init() {
   k.take(&w.selected, std::max(1, c.index_topk));
   k.take(&w.index_active, 1);
   k.take(&w.argmax, 1);
+  k.take(&w.split, kSplitFloats);
+  k.take(&w.attention, attention_workspace_floats(c.n_heads, kAttentionMaxSplits, c.head_dim));
   return k.allocate(&w.arena, "allocating the forward workspace");
 }
 
@@ -209,6 +216,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     ml.w = &m;
     ml.x = x;
     ml.y = y;
+    ml.split_workspace = w.split;
+    ml.split_workspace_floats = kSplitFloats;
     return launch_matvec(ml, st);
   };
 
@@ -275,7 +284,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
       DS4_RETURN_IF_ERROR(launch_compressor_update(il, st));
       DS4_RETURN_IF_ERROR(launch_indexer_gate(pos, 4, c.index_topk, w.index_active, st));
-      DS4_RETURN_IF_ERROR(mv(L.index_q_b, w.a, w.iq));
+      MatvecLaunch iqm;
+      iqm.w = &L.index_q_b;
+      iqm.x = w.a;
+      iqm.y = w.iq;
+      iqm.enable = w.index_active;
+      DS4_RETURN_IF_ERROR(launch_matvec(iqm, st));
       RowPostLaunch iq;
       iq.in = iq.out = w.iq;
       iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -286,7 +300,13 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       iq.pos = pos;
       iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
       DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
-      DS4_RETURN_IF_ERROR(mv(L.index_proj, w.n, w.iw));
+      MatvecLaunch iwm = iqm;
+      iwm.w = &L.index_proj;
+      iwm.x = w.n;
+      iwm.y = w.iw;
+      iwm.split_workspace = w.split;
+      iwm.split_workspace_floats = kSplitFloats;
+      DS4_RETURN_IF_ERROR(launch_matvec(iwm, st));
       IndexerLaunch ix;
       ix.q = w.iq;
       ix.weights = w.iw;
@@ -322,6 +342,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   at.rope_freqs = freqs;
   at.pos = pos;
   at.max_visible = S.max_visible;
+  at.splits = std::clamp(S.max_visible / 64, 1, kAttentionMaxSplits);
+  at.workspace = w.attention;
   DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
   MatvecLaunch oa;
   oa.w = &L.out_a;
@@ -402,6 +424,8 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   hm.w = &model_.output_hc_fn();
   hm.x = w.x;
   hm.y = w.mix;
+  hm.split_workspace = w.split;
+  hm.split_workspace_floats = kSplitFloats;
   DS4_RETURN_IF_ERROR(launch_matvec(hm, stream_));
   DS4_RETURN_IF_ERROR(launch_hc_head(w.x, w.mix, model_.output_hc_scale(), model_.output_hc_base(),
                                      model_.output_norm(), hc, w.head, stream_));

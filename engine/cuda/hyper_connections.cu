@@ -25,26 +25,28 @@ __global__ void embed_kernel(const void* embd, int is_f16, const int32_t* token,
 __device__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 // RMS factor 1/sqrt(mean(X^2) + eps) over all streams.
-__device__ float hc_rms_factor(const float* x, const HcShape& s, float* scratch) {
+__device__ float hc_rms_factor(const float* x, const HcShape& s, float*) {
+  __shared__ double dscratch[32];
   const int n = s.dim * s.mult;
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
-  ss = block_sum(ss, scratch);
-  return rsqrtf(ss / static_cast<float>(n) + s.norm_eps);
+  double ss = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(x[i]) * x[i];
+  ss = block_sum_double(ss, dscratch);
+  return rms_scale(ss, n, s.norm_eps);
 }
 
 // out = rmsw(sum_h wts[h] X_h, norm_weight), with y staged in `ys` (dim floats).
 __device__ void weighted_stream_norm(const float* x, const float* wts, const float* norm_weight,
                                      const HcShape& s, float* ys, float* scratch, float* out) {
-  float ss = 0.0f;
+  __shared__ double dscratch[32];
+  double ss = 0.0;
   for (int d = threadIdx.x; d < s.dim; d += blockDim.x) {
     float y = 0.0f;
-    for (int h = 0; h < s.mult; ++h) y += wts[h] * x[h * s.dim + d];
+    for (int h = 0; h < s.mult; ++h) y = __fadd_rn(y, __fmul_rn(wts[h], x[h * s.dim + d]));
     ys[d] = y;
-    ss += y * y;
+    ss += static_cast<double>(y) * y;
   }
-  ss = block_sum(ss, scratch);
-  const float f = rsqrtf(ss / static_cast<float>(s.dim) + s.norm_eps);
+  ss = block_sum_double(ss, dscratch);
+  const float f = rms_scale(ss, s.dim, s.norm_eps);
   for (int d = threadIdx.x; d < s.dim; d += blockDim.x) {
     out[d] = ys[d] * f * (norm_weight ? norm_weight[d] : 1.0f);
   }
@@ -58,7 +60,44 @@ __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float*
   __shared__ float pre[kMaxMult];
   const float factor = hc_rms_factor(x, s, scratch);
   const int m = s.mult;
-  if (threadIdx.x == 0) {
+  if (m == 4 && threadIdx.x < 32) {
+    // One lane per comb entry (src i = lane/4, dst k = lane%4); lanes 16..31 mirror.
+    const int lane = threadIdx.x;
+    const int e = lane & 15, i = e >> 2;
+    if (lane < 4) {
+      pre[lane] = sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[lane], factor), scale[0]), base[lane])) + s.hc_eps;
+      post[lane] = 2.0f * sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[4 + lane], factor), scale[1]), base[4 + lane]));
+    }
+    const int k = e & 3;
+    // Row (over k) and column (over i) reductions in the CPU reference's order.
+    auto row_sum = [&](float v) {
+      float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+      a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 1);
+      a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 2);
+      return a + __shfl_sync(0xffffffffu, v, (lane & ~3) + 3);
+    };
+    auto row_max = [&](float v) {
+      float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+      a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 1));
+      a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 2));
+      return fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 3));
+    };
+    auto col_sum = [&](float v) {
+      float a = __shfl_sync(0xffffffffu, v, (lane & 16) + k);
+      a += __shfl_sync(0xffffffffu, v, (lane & 16) + 4 + k);
+      a += __shfl_sync(0xffffffffu, v, (lane & 16) + 8 + k);
+      return a + __shfl_sync(0xffffffffu, v, (lane & 16) + 12 + k);
+    };
+    float c = __fadd_rn(__fmul_rn(__fmul_rn(mix_raw[8 + e], factor), scale[2]), base[8 + e]);
+    c = expf(c - row_max(c));
+    c = c / row_sum(c) + s.hc_eps;
+    for (int iter = 0; iter < s.sinkhorn_iters; ++iter) {
+      if (iter > 0) c = c / (row_sum(c) + s.hc_eps);
+      c = c / (col_sum(c) + s.hc_eps);
+    }
+    (void)i;
+    if (lane < 16) comb[e] = c;
+  } else if (threadIdx.x == 0) {
     float c[kMaxMult][kMaxMult];
     for (int h = 0; h < m; ++h) {
       pre[h] = sigmoidf_(mix_raw[h] * factor * scale[0] + base[h]) + s.hc_eps;

@@ -11,13 +11,15 @@
 namespace ds4 {
 namespace {
 
-using cuda_detail::deq_chunk;
+using cuda_detail::Chunk;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
+constexpr int kUnroll = 4;
 constexpr int kMaxSharedBytes = 96 * 1024;
+constexpr int kMaxSplit = 32;
 
-__device__ uint64_t g_iq2xxs_grid[256];
+__device__ float g_iq2xxs_grid_f[256 * 8];
 
 struct MatvecParams {
   const uint8_t* w_data;
@@ -44,9 +46,14 @@ struct MatvecParams {
   float swiglu_limit;
   int sum_slots;
   int accumulate;
-  int vectors;         // x vectors per token held in shared memory
-  int warps_per_row;   // 1 or kWarps
-  int rows_per_warp;   // rows each warp walks (warps_per_row == 1)
+  int vectors;          // x vectors per token held in shared memory
+  int warps_per_row;    // 1 or kWarps
+  int lanes_per_row;    // warps_per_row == 1: lanes sharing one row (power of two)
+  int rows_per_warp;    // rows each warp walks, in steps of 32 / lanes_per_row
+  int split;            // >1: chunk ranges over blocks, partial sums to `partial`
+  int split_chunks;     // chunks per split
+  float* partial;       // [split][n_rows]
+  const int32_t* enable;
 };
 
 // x for one (token, vector) is stored transposed by 4-float groups so that lanes
@@ -84,79 +91,110 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
 
 template <GgmlType T, int NT, bool PAIRED>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
+  using C = Chunk<T>;
+  if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
-  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 256 : 1];
+  __shared__ __align__(16) float grid[T == GgmlType::IQ2_XXS ? 256 * 8 : 4];
   __shared__ float partial[kWarps][2 * NT];
 
-  const int ns = static_cast<int>(p.cols >> 5);
+  const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
+  const int tile = p.split > 1 ? static_cast<int>(blockIdx.x / p.split) : static_cast<int>(blockIdx.x);
+  const int ns_all = static_cast<int>(p.cols >> 5);
+  const int chunk0 = split_index * p.split_chunks;
+  const int ns = min(ns_all - chunk0, p.split_chunks);   // chunks held in shared memory
+  const int64_t cols_here = static_cast<int64_t>(ns) * 32;
   const int tok0 = blockIdx.z * NT;
   const int slot = p.sum_slots ? 0 : blockIdx.y;
-  const int64_t per_token = static_cast<int64_t>(p.vectors) * p.cols;
+  const int64_t per_token = static_cast<int64_t>(p.vectors) * cols_here;
 
   for (int64_t idx = threadIdx.x; idx < NT * per_token; idx += kThreads) {
     const int t = static_cast<int>(idx / per_token);
     const int64_t rem = idx - t * per_token;
-    const int v = static_cast<int>(rem / p.cols);
-    const int64_t i = rem - v * p.cols;
+    const int v = static_cast<int>(rem / cols_here);
+    const int64_t i = rem - v * cols_here;
     const int tok = tok0 + t;
     const int x_slot = p.sum_slots ? v : slot;
     float val = 0.0f;
-    if (tok < p.n_tokens) val = p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + i];
-    xs[(t * p.vectors + v) * p.cols + transposed_index(i, ns)] = val;
+    if (tok < p.n_tokens) val = p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + chunk0 * 32 + i];
+    xs[(t * p.vectors + v) * cols_here + transposed_index(i, ns)] = val;
   }
   if constexpr (T == GgmlType::IQ2_XXS) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) grid[i] = g_iq2xxs_grid[i];
+    for (int i = threadIdx.x; i < 256 * 8; i += kThreads) grid[i] = g_iq2xxs_grid_f[i];
   }
   __syncthreads();
 
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int chunk_start = p.warps_per_row == 1 ? lane : lane + 32 * warp;
-  const int chunk_step = 32 * p.warps_per_row;
+  const int lpr = p.warps_per_row == 1 ? p.lanes_per_row : 32;
+  const int sub = lane & (lpr - 1);
+  const int chunk_start = p.warps_per_row == 1 ? sub : lane + 32 * warp;
+  const int chunk_step = p.warps_per_row == 1 ? lpr : 32 * p.warps_per_row;
+  const int rows_per_step = 32 / lpr;
   const int slots_here = p.sum_slots ? p.n_slots : 1;
-  const int rows_per_warp = p.warps_per_row == 1 ? p.rows_per_warp : 1;
+  const int steps = p.warps_per_row == 1 ? p.rows_per_warp : 1;
+  const int items = slots_here * ns;  // (slot, chunk) pairs of one row
 
-  for (int rw = 0; rw < rows_per_warp; ++rw) {
-    const int64_t r = p.warps_per_row == 1
-                          ? (static_cast<int64_t>(blockIdx.x) * rows_per_warp + rw) * kWarps + warp
-                          : static_cast<int64_t>(blockIdx.x);
-    if (p.warps_per_row == 1 && r >= p.n_rows) break;
+  for (int st = 0; st < steps; ++st) {
+    int64_t r;
+    if (p.warps_per_row == 1) {
+      r = ((static_cast<int64_t>(tile) * steps + st) * kWarps + warp) * rows_per_step + lane / lpr;
+    } else {
+      r = tile;
+    }
+    const bool row_ok = r < p.n_rows;
     float acc[NT];
     float acc_up[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = acc_up[t] = 0.0f;
 
-    for (int si = 0; si < slots_here; ++si) {
-      const int s = p.sum_slots ? si : slot;
-      const int matrix = p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
-      const int64_t grow = matrix * p.matrix_rows + s * p.slot_row_stride + r;
-      const uint8_t* wrow = p.w_data + grow * p.row_bytes;
-      const uint16_t* wsc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
-      const uint8_t* urow = PAIRED ? p.u_data + grow * p.row_bytes : nullptr;
-      const uint16_t* usc = PAIRED && p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
-      const float* xv = xs + (p.sum_slots && p.x_slot_stride ? si : 0) * p.cols;
-      const int64_t vec_stride = per_token;
-      if (r < p.n_rows) {
-        for (int c = chunk_start; c < ns; c += chunk_step) {
+    if (row_ok) {
+      for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
+        typename C::Raw raw[kUnroll];
+        typename C::Raw raw_up[PAIRED ? kUnroll : 1];
+        const float* xv[kUnroll];
+        int cc[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int it = it0 + u * chunk_step;
+          cc[u] = -1;
+          if (it < items) {
+            const int si = it / ns;
+            const int c = it - si * ns;
+            const int s = p.sum_slots ? si : slot;
+            const int matrix = p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
+            const int64_t grow = matrix * p.matrix_rows + s * p.slot_row_stride + r;
+            const uint16_t* wsc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
+            raw[u] = C::load(p.w_data + grow * p.row_bytes, wsc, chunk0 + c);
+            if constexpr (PAIRED) {
+              const uint16_t* usc = p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
+              raw_up[u] = C::load(p.u_data + grow * p.row_bytes, usc, chunk0 + c);
+            }
+            xv[u] = xs + (p.sum_slots && p.x_slot_stride ? si : 0) * cols_here;
+            cc[u] = c;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (cc[u] < 0) continue;
           float w[32];
-          const float f = deq_chunk<T>(wrow, wsc, c, grid, w);
-          dot_chunk<NT>(w, f, xv, ns, c, vec_stride, acc);
+          const float f = C::dequant(raw[u], grid, w);
+          dot_chunk<NT>(w, f, xv[u], ns, cc[u], per_token, acc);
           if constexpr (PAIRED) {
-            const float fu = deq_chunk<T>(urow, usc, c, grid, w);
-            dot_chunk<NT>(w, fu, xv, ns, c, vec_stride, acc_up);
+            const float fu = C::dequant(raw_up[u], grid, w);
+            dot_chunk<NT>(w, fu, xv[u], ns, cc[u], per_token, acc_up);
           }
         }
       }
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
+      for (int off = lpr >> 1; off > 0; off >>= 1) {
         acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
         if constexpr (PAIRED) acc_up[t] += __shfl_xor_sync(0xffffffffu, acc_up[t], off);
       }
     }
+    bool writer = sub == 0;
     if (p.warps_per_row != 1) {
       if (lane == 0) {
 #pragma unroll
@@ -166,7 +204,6 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
         }
       }
       __syncthreads();
-      if (warp != 0) return;
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         float a = 0.0f, b = 0.0f;
@@ -177,9 +214,13 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
         acc[t] = a;
         acc_up[t] = b;
       }
-      if (r >= p.n_rows) return;
+      writer = threadIdx.x == 0;
     }
-    if (lane == 0) {
+    if (writer && row_ok) {
+      if (p.split > 1) {
+        p.partial[split_index * p.n_rows + r] = acc[0];
+        continue;
+      }
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const int tok = tok0 + t;
@@ -193,6 +234,17 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
         *out = p.accumulate ? *out + v : v;
       }
     }
+  }
+}
+
+// y[r] (+)= sum over splits of partial[k][r], in split order.
+__global__ void split_reduce_kernel(const float* partial, int split, int64_t n_rows, float* y,
+                                    int accumulate) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < n_rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.0f;
+    for (int k = 0; k < split; ++k) v += partial[k * n_rows + r];
+    y[r] = accumulate ? y[r] + v : v;
   }
 }
 
@@ -221,7 +273,11 @@ KernelFn pick_kernel(GgmlType type, int nt, bool paired) {
 }
 
 Status init_once() {
-  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, kIq2xxsGrid, sizeof(kIq2xxsGrid)));
+  float grid[256 * 8];
+  for (int g = 0; g < 256; ++g) {
+    for (int m = 0; m < 8; ++m) grid[g * 8 + m] = static_cast<float>((kIq2xxsGrid[g] >> (8 * m)) & 255);
+  }
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid_f, grid, sizeof(grid)));
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
@@ -234,6 +290,12 @@ Status init_once() {
     }
   }
   return Status::Ok();
+}
+
+int pow2_at_least(int64_t v, int cap) {
+  int p = 1;
+  while (p < v && p < cap) p *= 2;
+  return p;
 }
 
 }  // namespace
@@ -261,14 +323,9 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   const int64_t n_rows = l.n_rows < 0 ? w.rows : l.n_rows;
   if (n_rows == 0 || l.n_tokens == 0) return Status::Ok();
   const int vectors = l.sum_slots && l.x_slot_stride ? l.n_slots : 1;
-  const int64_t bytes_per_token = static_cast<int64_t>(vectors) * w.cols * 4;
-  if (bytes_per_token > kMaxSharedBytes) {
-    return Status::Error("matvec: " + std::to_string(w.cols) + " columns x " +
-                         std::to_string(vectors) + " vectors do not fit in shared memory");
-  }
-  int nt = 8;
-  while (nt > 1 && (nt > l.n_tokens * 2 - 1 || nt * bytes_per_token > kMaxSharedBytes)) nt /= 2;
-  if (nt > l.n_tokens) nt = std::max(1, nt / 2);
+  const int64_t ns = w.cols / 32;
+  const int grid_y = l.sum_slots ? 1 : l.n_slots;
+  constexpr int64_t kTargetCtas = 2 * 132;
 
   MatvecParams p{};
   p.w_data = w.data;
@@ -296,26 +353,66 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   p.sum_slots = l.sum_slots ? 1 : 0;
   p.accumulate = l.accumulate ? 1 : 0;
   p.vectors = vectors;
+  p.enable = l.enable;
 
-  const int grid_y = l.sum_slots ? 1 : l.n_slots;
-  const int grid_z = (l.n_tokens + nt - 1) / nt;
-  const int64_t ns = w.cols / 32;
-  const int64_t want_ctas = 4 * 132;
-  if (n_rows * grid_y * grid_z < 2 * want_ctas && ns >= 64) {
+  // Row mapping: a whole block per row when rows are few and long; otherwise warps
+  // (or groups of lanes, for short rows) per row.
+  const int64_t items = (l.sum_slots ? l.n_slots : 1) * ns;
+  if (n_rows * grid_y < 132 && items >= 256) {
     p.warps_per_row = kWarps;
-    p.rows_per_warp = 1;
+    p.lanes_per_row = 32;
   } else {
     p.warps_per_row = 1;
-    const int64_t ctas_one = (n_rows + kWarps - 1) / kWarps * grid_y * grid_z;
-    p.rows_per_warp = static_cast<int>(std::clamp<int64_t>(ctas_one / want_ctas, 1, 8));
+    p.lanes_per_row = pow2_at_least((items + kUnroll - 1) / kUnroll, 32);
   }
-  const int64_t grid_x = p.warps_per_row == 1
-                             ? (n_rows + kWarps * p.rows_per_warp - 1) / (kWarps * p.rows_per_warp)
-                             : n_rows;
+  // Split long rows over blocks when there are too few blocks (one token, plain launch).
+  p.split = 1;
+  p.split_chunks = static_cast<int>(ns);
+  const int64_t rows_per_cta_min =
+      p.warps_per_row == 1 ? static_cast<int64_t>(kWarps) * (32 / p.lanes_per_row) : 1;
+  const int64_t tiles_min = (n_rows + rows_per_cta_min - 1) / rows_per_cta_min;
+  if (l.split_workspace && l.n_tokens == 1 && l.n_slots == 1 && !l.w_up && !l.sum_slots &&
+      tiles_min < kTargetCtas) {
+    const int64_t lanes = p.warps_per_row == 1 ? p.lanes_per_row : 32 * kWarps;
+    const int64_t max_split = std::max<int64_t>(1, ns / (lanes * kUnroll));
+    int64_t split = std::min<int64_t>({(kTargetCtas + tiles_min - 1) / tiles_min, max_split, kMaxSplit});
+    while (split > 1 && split * n_rows > l.split_workspace_floats) --split;
+    if (split > 1) {
+      p.split = static_cast<int>(split);
+      p.split_chunks = static_cast<int>((ns + split - 1) / split);
+      p.split = static_cast<int>((ns + p.split_chunks - 1) / p.split_chunks);
+      p.partial = l.split_workspace;
+    }
+  }
+  const int64_t bytes_per_token = static_cast<int64_t>(vectors) * p.split_chunks * 32 * 4;
+  if (bytes_per_token > kMaxSharedBytes) {
+    return Status::Error("matvec: " + std::to_string(w.cols) + " columns x " +
+                         std::to_string(vectors) + " vectors do not fit in shared memory");
+  }
+  int nt = 8;
+  while (nt > 1 && (nt > l.n_tokens * 2 - 1 || nt * bytes_per_token > kMaxSharedBytes)) nt /= 2;
+  if (nt > l.n_tokens) nt = std::max(1, nt / 2);
+  const int grid_z = (l.n_tokens + nt - 1) / nt;
+  int64_t tiles;
+  if (p.warps_per_row == 1) {
+    const int64_t rows_per_pass = rows_per_cta_min;
+    const int64_t tiles_one = (n_rows + rows_per_pass - 1) / rows_per_pass;
+    p.rows_per_warp = static_cast<int>(std::clamp<int64_t>(tiles_one * grid_y * grid_z / kTargetCtas, 1, 16));
+    tiles = (n_rows + rows_per_pass * p.rows_per_warp - 1) / (rows_per_pass * p.rows_per_warp);
+  } else {
+    p.rows_per_warp = 1;
+    tiles = n_rows;
+  }
   KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr);
   const size_t shared = static_cast<size_t>(nt * bytes_per_token);
-  fn<<<dim3(static_cast<unsigned>(grid_x), grid_y, grid_z), kThreads, shared, stream>>>(p);
-  return cuda_status(cudaGetLastError(), "matvec launch");
+  fn<<<dim3(static_cast<unsigned>(tiles * p.split), grid_y, grid_z), kThreads, shared, stream>>>(p);
+  DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec launch"));
+  if (p.split > 1) {
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_rows + 255) / 256, 1024));
+    split_reduce_kernel<<<blocks, 256, 0, stream>>>(p.partial, p.split, n_rows, l.y, l.accumulate ? 1 : 0);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec split reduce launch"));
+  }
+  return Status::Ok();
 }
 
 }  // namespace ds4

@@ -46,6 +46,14 @@ struct MatvecLaunch {
   float swiglu_limit = 10.0f;
   bool sum_slots = false;
   bool accumulate = false;
+  // Optional device workspace for splitting long rows over several blocks (single
+  // token, single slot, unpaired launches with few rows); partial sums are added in
+  // a fixed order, so results do not depend on scheduling.
+  float* split_workspace = nullptr;
+  int64_t split_workspace_floats = 0;
+  // Optional device flag: when it reads 0 the launch does nothing (the indexer's
+  // projections below its activation threshold).
+  const int32_t* enable = nullptr;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

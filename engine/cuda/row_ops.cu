@@ -26,11 +26,11 @@ __global__ void row_post_kernel(RowPostLaunch p) {
 }
 
 __global__ void rms_norm_kernel(const float* x, const float* w, int n, float eps, float* out) {
-  __shared__ float scratch[32];
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
-  ss = block_sum(ss, scratch);
-  const float f = rsqrtf(ss / static_cast<float>(n) + eps);
+  __shared__ double scratch[32];
+  double ss = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(x[i]) * x[i];
+  ss = block_sum_double(ss, scratch);
+  const float f = rms_scale(ss, n, eps);
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i] * f * (w ? w[i] : 1.0f);
 }
 

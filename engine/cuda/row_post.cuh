@@ -15,10 +15,11 @@ __device__ inline void post_process_row(float* v, int d, bool norm, const float*
   const int tid = threadIdx.x;
   const int nt = blockDim.x;
   if (norm) {
-    float ss = 0.0f;
-    for (int i = tid; i < d; i += nt) ss += v[i] * v[i];
-    ss = block_sum(ss, scratch);
-    const float f = rsqrtf(ss / static_cast<float>(d) + eps);
+    __shared__ double dscratch[32];
+    double ss = 0.0;
+    for (int i = tid; i < d; i += nt) ss += static_cast<double>(v[i]) * v[i];
+    ss = block_sum_double(ss, dscratch);
+    const float f = rms_scale(ss, d, eps);
     __syncthreads();
     for (int i = tid; i < d; i += nt) v[i] = v[i] * f * (weight ? weight[i] : 1.0f);
     __syncthreads();

@@ -55,7 +55,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   check(dm.ok(), name + ": upload: " + dm.status().message());
   if (!dm.ok()) return;
   std::vector<float> x = random_floats(static_cast<size_t>(cols) * n_tokens, rng);
-  DeviceVec<float> dx(x), dy(static_cast<size_t>(rows) * n_tokens);
+  DeviceVec<float> dx(x), dy(static_cast<size_t>(rows) * n_tokens), dsplit(32 * 4096);
   MatvecLaunch l;
   l.w = &(*dm)->m;
   l.x = dx.get();
@@ -63,6 +63,10 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.y = dy.get();
   l.y_tok_stride = rows;
   l.n_tokens = n_tokens;
+  if (n_tokens == 1) {  // long rows over several blocks (split sums) where rows are few
+    l.split_workspace = dsplit.get();
+    l.split_workspace_floats = 32 * 4096;
+  }
   Status s = launch_matvec(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
@@ -200,11 +204,13 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
     std::printf("bench %s: %s\n", std::string(ggml_type_name(type)).c_str(), dm.status().message().c_str());
     return;
   }
-  DeviceVec<float> dx(cols), dy(rows);
+  DeviceVec<float> dx(cols), dy(rows), dsplit(32 * 8192);
   MatvecLaunch l;
   l.w = &(*dm)->m;
   l.x = dx.get();
   l.y = dy.get();
+  l.split_workspace = dsplit.get();
+  l.split_workspace_floats = 32 * 8192;
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
@@ -235,6 +241,9 @@ int main() {
   for (GgmlType t : types) {
     for (int tokens : {1, 3, 8, 17}) test_plain(t, 512, 200, tokens, rng);
     test_plain(t, 4096, 24, 1, rng);     // few rows: several warps per row
+    test_plain(t, 16384, 24, 1, rng);    // few long rows: split over blocks
+    test_plain(t, 4096, 256, 1, rng);    // split with one warp per row
+    test_plain(t, 256, 70, 1, rng);      // short rows: several rows per warp
     test_plain(t, 2048, 1031, 1, rng);   // many rows, odd count
   }
   test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 512, 256, 8, rng);
@@ -249,7 +258,7 @@ int main() {
     bench(GgmlType::Q8_0, 1024, 32768, *bw);     // attn_q_b
     bench(GgmlType::Q8_0, 4096, 129280, *bw);    // output head
     bench(GgmlType::F16, 4096, 1024, *bw);       // compressor
-    bench(GgmlType::F16, 16384, 24, *bw);        // HC control
+    bench(GgmlType::F16, 16384, 24, *bw);        // HC control 
     bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw);  // 64 experts' gate rows
     bench(GgmlType::Q2_K, 2048, 4096 * 64, *bw);     // 64 experts' down rows
     bench(GgmlType::Q4_K, 4096, 2048 * 64, *bw);
