@@ -3,6 +3,7 @@
 #   - one-shot on the tiny trained chat model answers Paris on stdout (only the
 #     answer there; reasoning and speeds on stderr), in non-thinking and thinking mode;
 #   - interactive mode answers a question read from stdin and exits at EOF;
+#   - Ctrl-C stops a reply but not the program; Ctrl-C at the prompt exits;
 #   - --mtp with drafts prints the same text as plain greedy decoding;
 #   - --golden on tests/data/tiny-fast prints a line ending in PASS and exits 0;
 #   - --golden on a copy whose golden logits were altered prints FAIL and exits != 0;
@@ -59,6 +60,47 @@ if printf 'What is the capital of France?\nWhat is the capital of Japan?\n' |
 else
   fail "interactive mode exited with $? ($(cat "$tmp/err"))"
 fi
+
+# 3a. Ctrl-C during a reply stops that reply, not the program; Ctrl-C at the prompt exits.
+#     tiny-fast has random weights: it rambles without EOS, so the reply is long enough
+#     to be interrupted.
+mkfifo "$tmp/in"
+"$bin" -m "$data/tiny-fast/model.gguf" --nothink --temp 0 -n 30000 --ctx 32768 --backend cpu \
+  <"$tmp/in" >"$tmp/ctrlc.out" 2>"$tmp/ctrlc.err" &
+pid=$!
+exec 3>"$tmp/in"
+echo "abc" >&3  # greedy: 1634 tokens before EOS
+wait_for() {  # wait_for SECONDS COMMAND...: polls until COMMAND succeeds
+  local deadline=$((SECONDS + $1)); shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+if wait_for 60 test -s "$tmp/ctrlc.out"; then
+  kill -INT "$pid"
+  if wait_for 30 grep -q "finish: cancelled" "$tmp/ctrlc.err" && kill -0 "$pid" 2>/dev/null; then
+    pass "Ctrl-C stopped the reply and the program kept running"
+    kill -INT "$pid"
+    if wait_for 10 bash -c "! kill -0 $pid 2>/dev/null"; then
+      wait "$pid"
+      status=$?
+      [[ $status -eq 0 ]] && pass "Ctrl-C at the prompt exits with status 0" \
+        || fail "Ctrl-C at the prompt: exit status $status"
+    else
+      fail "Ctrl-C at the prompt did not exit"
+      kill "$pid"
+    fi
+  else
+    fail "Ctrl-C during a reply: $(tail -c 300 "$tmp/ctrlc.err")"
+    kill "$pid" 2>/dev/null
+  fi
+else
+  fail "interactive generation produced no output: $(cat "$tmp/ctrlc.err")"
+  kill "$pid" 2>/dev/null
+fi
+exec 3>&-
+wait "$pid" 2>/dev/null
 
 # 3b. MTP speculative decoding prints the same text as plain greedy decoding.
 fastm=$data/tiny-fast
