@@ -114,6 +114,16 @@ void PruneVersions(const fs::path& prefix) {
   }
 }
 
+// The source tree a CMake build tree was configured from ("" when not configured).
+std::string CachedSourceDir(const fs::path& build_dir) {
+  std::ifstream cache(build_dir / "CMakeCache.txt");
+  const std::string key = "CMAKE_HOME_DIRECTORY:INTERNAL=";
+  for (std::string line; std::getline(cache, line);) {
+    if (line.rfind(key, 0) == 0) return line.substr(key.size());
+  }
+  return "";
+}
+
 }  // namespace
 
 std::string CurrentBinDir(const std::string& prefix) {
@@ -183,6 +193,13 @@ Result<BuildOutcome> BuildEngine(const BuildRequest& request,
 
   const fs::path build_dir = prefix / "build" / ("engine-" + BuildFlavor(request));
   const fs::path staging = prefix / "versions" / (*version + ".partial");
+  // A build tree configured from another source tree cannot be reused: start it afresh.
+  const std::string configured_from = CachedSourceDir(build_dir);
+  if (!configured_from.empty() &&
+      fs::weakly_canonical(configured_from, ec) != fs::weakly_canonical(request.source_dir, ec)) {
+    if (log) log("build tree " + build_dir.string() + " was configured from " + configured_from + ": removing it\n");
+    fs::remove_all(build_dir, ec);
+  }
   fs::create_directories(build_dir, ec);
   if (ec) return Status::Error("cannot create " + build_dir.string() + ": " + ec.message());
   fs::remove_all(staging, ec);

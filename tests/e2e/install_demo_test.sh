@@ -34,6 +34,18 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }
 
+# A snapshot of the tree (tracked and untracked, not ignored files), as a clean checkout
+# would have it: the runs below must see the same sources, whatever changes meanwhile.
+CHECKOUT="$WORK/checkout"
+mkdir -p "$CHECKOUT"
+if git -C "$SOURCE_DIR" rev-parse --git-dir >/dev/null 2>&1; then
+  (cd "$SOURCE_DIR" && git ls-files -z -co --exclude-standard |
+    tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$CHECKOUT" -xf -
+else
+  (cd "$SOURCE_DIR" && tar --exclude='./build*' -cf - .) | tar -C "$CHECKOUT" -xf -
+fi
+[ -f "$CHECKOUT/install.sh" ] || fail "could not copy the source tree to $CHECKOUT"
+
 export DS4_NO_SYSTEMD=1 DS4_NO_TTY=1
 export HOME="$WORK/home"; mkdir -p "$HOME"
 unset HF_TOKEN HF_HOME || true
@@ -68,7 +80,7 @@ install_demo() {  # install_demo LOG ARGS...: the Must-show command line; sets R
   local start end
   start=$(date +%s.%N)
   set +e
-  (cd "$WORK" && DS4_SPARK_SRC="$SOURCE_DIR" bash "$SOURCE_DIR/install.sh" --demo --start \
+  (cd "$WORK" && DS4_SPARK_SRC="$CHECKOUT" bash "$CHECKOUT/install.sh" --demo --start \
     --prefix "$PREFIX" --port "$PORT" "$@") >"$log" 2>&1
   RC=$?
   set -e
@@ -101,7 +113,7 @@ pass "the server answers on port $PORT: \"$answer\""
 # A copy of the ds4-setup install.sh built: uninstall removes the original.
 cp "$PREFIX/setup-build/bin/ds4-setup" "$WORK/ds4-setup"
 SETUP="$WORK/ds4-setup"
-"$SETUP" status --prefix "$PREFIX" >"$WORK/status.txt" || fail "status exited non-zero: $(cat "$WORK/status.txt")"
+"$SETUP" status --prefix "$PREFIX" --source-dir "$CHECKOUT" >"$WORK/status.txt" || fail "status exited non-zero: $(cat "$WORK/status.txt")"
 sed 's/^/    | /' "$WORK/status.txt"
 grep -q "answers 200" "$WORK/status.txt" || fail "status does not show the endpoint answering"
 grep -q "running detached" "$WORK/status.txt" || fail "status does not show the detached server"
@@ -122,10 +134,11 @@ grep -E "smoke 'chat-api' answered: .*Paris" "$WORK/second.log" >/dev/null || fa
 pass "second run is a no-op: first run $FIRST s, second run $SECOND s"
 
 echo "== install with a smoke manifest expecting a word the model does not say"
-cp -r "$SOURCE_DIR/manifests" "$WORK/manifests-wrong"
+cp -r "$CHECKOUT/manifests" "$WORK/manifests-wrong"
 sed -i 's/expect: Paris/expect: Berlin/' "$WORK/manifests-wrong/smoke.yaml"
 set +e
-"$SETUP" install --demo --prefix "$PREFIX" --port "$PORT" --manifests "$WORK/manifests-wrong" \
+"$SETUP" install --demo --prefix "$PREFIX" --port "$PORT" --source-dir "$CHECKOUT" \
+  --manifests "$WORK/manifests-wrong" \
   >"$WORK/wrong.log" 2>&1
 RC=$?
 set -e
@@ -141,7 +154,7 @@ during=$(list_prefix)
 echo "files under the prefix after install: $(echo "$during" | wc -l) in all; outside the CMake build trees:"
 echo "$during" | grep -v -E '^\./(build|setup-build)/' | sed 's/^/    /'
 echo "    ... and $(echo "$during" | grep -c -E '^\./build/') files in build/, $(echo "$during" | grep -c -E '^\./setup-build/') in setup-build/"
-"$SETUP" uninstall --prefix "$PREFIX" >"$WORK/uninstall.log" 2>&1 || fail "uninstall failed: $(cat "$WORK/uninstall.log")"
+"$SETUP" uninstall --prefix "$PREFIX" --source-dir "$CHECKOUT" >"$WORK/uninstall.log" 2>&1 || fail "uninstall failed: $(cat "$WORK/uninstall.log")"
 sed 's/^/    | /' "$WORK/uninstall.log"
 after=$(list_prefix)
 echo "files under the prefix after uninstall:"
@@ -153,7 +166,7 @@ echo "$after" | grep -q '^\./models/ds4-tiny-chat.gguf$' || fail "uninstall remo
 pass "uninstall stopped the server and removed everything but the model file"
 
 echo "== uninstall --purge-models"
-"$SETUP" uninstall --prefix "$PREFIX" --purge-models >"$WORK/purge.log" 2>&1 || fail "purge failed: $(cat "$WORK/purge.log")"
+"$SETUP" uninstall --prefix "$PREFIX" --source-dir "$CHECKOUT" --purge-models >"$WORK/purge.log" 2>&1 || fail "purge failed: $(cat "$WORK/purge.log")"
 sed 's/^/    | /' "$WORK/purge.log"
 [ ! -e "$PREFIX" ] || fail "the prefix still exists: $(list_prefix)"
 pass "uninstall --purge-models removed the prefix entirely (nothing is left of the install)"

@@ -191,3 +191,24 @@ TEST_CASE("rolling back without a previous build says so") {
   REQUIRE_FALSE(status.ok());
   CHECK(status.message().find("no previous engine build") != std::string::npos);
 }
+
+TEST_CASE("a build tree configured from another source tree is started afresh") {
+  if (FindProgram("cmake").empty()) {
+    MESSAGE("cmake not on PATH: build steps not exercised");
+    return;
+  }
+  TempDir dir;
+  MakeFakeEngineTree(dir.path / "src");
+  BuildRequest request = RequestFor(dir);
+  REQUIRE(BuildEngine(request, NoLog).ok());
+
+  MakeFakeEngineTree(dir.path / "other");
+  Write(dir.path / "other" / "engine" / "model" / "model.cpp", "// another tree\n");
+  request.source_dir = (dir.path / "other").string();
+  std::string logged;
+  Result<BuildOutcome> moved = BuildEngine(request, [&](const std::string& chunk) { logged += chunk; });
+  REQUIRE_MESSAGE(moved.ok(), moved.status().message());
+  CHECK_FALSE(moved->skipped);
+  CHECK(logged.find("was configured from " + (dir.path / "src").string()) != std::string::npos);
+  CHECK(CurrentEngineVersion(request.prefix) == moved->version);
+}
