@@ -115,6 +115,7 @@ std::string StreamChunks::token_chunk(const Delta& delta, std::span<const int32_
     choice["delta"] = delta_json;
   } else {
     choice["text"] = delta.content;
+    if (!delta.reasoning.empty()) choice["reasoning_content"] = delta.reasoning;
   }
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = nullptr;

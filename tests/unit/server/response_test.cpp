@@ -107,6 +107,12 @@ TEST_CASE("completions endpoint chunks carry text") {
   CHECK(chunk["object"] == "text_completion");
   CHECK(chunk["choices"][0]["text"] == "Paris");
   CHECK_FALSE(chunk["choices"][0].contains("delta"));
+  CHECK_FALSE(chunk["choices"][0].contains("reasoning_content"));
+  Delta reasoning;
+  reasoning.reasoning = "The user asks";
+  json thinking = json::parse(chunks.token_chunk(reasoning, std::vector<int32_t>{10}));
+  CHECK(thinking["choices"][0]["text"] == "");
+  CHECK(thinking["choices"][0]["reasoning_content"] == "The user asks");
 }
 
 TEST_CASE("non-streamed responses") {
