@@ -5,6 +5,7 @@
 //  * chat completions, thinking disabled, temperature 0: the non-streamed answer
 //    contains "Paris" and the streamed text equals it; usage is reported;
 //  * thinking on (the default): reasoning_content and content, streamed == not;
+//  * stop strings (streamed and not), max_tokens, seed reproducibility;
 //  * /v1/completions streamed == not streamed;
 //  * errors surface as the SDK's typed errors (400 BadRequestError).
 //
@@ -76,6 +77,34 @@ async function main() {
     `streamed usage equals non-streamed: ${JSON.stringify(streamed.usage)}`);
   check(streamed.chunks === plain.usage.completion_tokens + 1,
     `one chunk per token plus the finish chunk (${streamed.chunks} chunks, ${plain.usage.completion_tokens} tokens)`);
+
+  // stop strings, max_tokens, seed.
+  const stopped = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, stop: [' Paris'],
+    thinking: { type: 'disabled' },
+  });
+  check(stopped.choices[0].message.content === 'The capital of France is' &&
+        stopped.choices[0].finish_reason === 'stop',
+    `stop [" Paris"] cuts the answer: ${JSON.stringify(stopped.choices[0].message.content)}`);
+  const stoppedStream = await collect(await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, stop: [' Paris'],
+    thinking: { type: 'disabled' }, stream: true,
+  }));
+  check(stoppedStream.content === 'The capital of France is', 'stop string applied while streaming');
+  const short = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: france, temperature: 0, max_tokens: 3,
+    thinking: { type: 'disabled' },
+  });
+  check(short.usage.completion_tokens === 3 && short.choices[0].finish_reason === 'length',
+    `max_tokens 3 gives 3 tokens and finish_reason length (${short.usage.completion_tokens}, ${short.choices[0].finish_reason})`);
+  // Near-uniform sampling (temperature 10, no min_p) so that the seed decides everything.
+  const seeded = async (seed) => (await client.chat.completions.create({
+    model: 'deepseek-v4-flash', messages: [{ role: 'user', content: 'Write a poem' }],
+    temperature: 10, min_p: 0, seed, max_tokens: 24, thinking: { type: 'disabled' },
+  })).choices[0].message.content;
+  const [seedA, seedB, seedC] = [await seeded(1234), await seeded(1234), await seeded(4321)];
+  check(seedA === seedB, `the same seed gives the same sampled text (${JSON.stringify(seedA)})`);
+  check(seedA !== seedC, `another seed gives other text (${JSON.stringify(seedC)})`);
 
   // The other two switches give the same non-thinking answer.
   for (const extra of [{ reasoning_effort: 'none' }, { chat_template_kwargs: { thinking: false } }]) {
