@@ -212,3 +212,55 @@ TEST_CASE("a build tree configured from another source tree is started afresh") 
   CHECK(logged.find("was configured from " + (dir.path / "src").string()) != std::string::npos);
   CHECK(CurrentEngineVersion(request.prefix) == moved->version);
 }
+
+// A CUDA "engine": ds4 and ds4-server built from one tiny kernel with CMake's CUDA
+// support. `forced_arch` (when set) overrides the architecture the build stage asks for,
+// as a broken build script would.
+static void MakeFakeCudaEngineTree(const fs::path& root, const std::string& forced_arch) {
+  Write(root / "CMakeLists.txt",
+        "cmake_minimum_required(VERSION 3.25)\n"
+        "project(fake_cuda_engine LANGUAGES CXX CUDA)\n" +
+            (forced_arch.empty() ? std::string()
+                                 : "set(CMAKE_CUDA_ARCHITECTURES " + forced_arch + ")\n") +
+            "foreach(p ds4 ds4-server)\n"
+            "  add_executable(${p} engine/kernel.cu)\n"
+            "  install(TARGETS ${p} RUNTIME DESTINATION bin)\n"
+            "endforeach()\n");
+  Write(root / "engine" / "kernel.cu",
+        "__global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }\n"
+        "int main() { float* d = nullptr; cudaMalloc(&d, 4); add_one<<<1, 1>>>(d);\n"
+        "  return cudaDeviceSynchronize(); }\n");
+}
+
+TEST_CASE("CUDA builds: sm_121 code is verified; a build for another architecture is refused") {
+  std::string nvcc = FindProgram("nvcc", {"/usr/local/cuda/bin"});
+  if (nvcc.empty() || FindProgram("cmake").empty()) {
+    MESSAGE("nvcc or cmake not found: the CUDA build check was not run");
+    return;
+  }
+  TempDir dir;
+  MakeFakeCudaEngineTree(dir.path / "src", "");
+  BuildRequest request = RequestFor(dir);
+  request.cuda_architectures = "121";
+  request.nvcc_path = nvcc;
+  request.jobs = 2;
+  std::string logged;
+  Result<BuildOutcome> built = BuildEngine(request, [&](const std::string& chunk) { logged += chunk; });
+  INFO(logged);
+  REQUIRE_MESSAGE(built.ok(), built.status().message());
+  CHECK(built->arch_check.find("sm_121 code present") != std::string::npos);
+  CHECK(Read(fs::path(request.prefix) / "current" / "BUILD_INFO.json").find("\"121\"") != std::string::npos);
+
+  TempDir other;
+  MakeFakeCudaEngineTree(other.path / "src", "90");
+  BuildRequest wrong = RequestFor(other);
+  wrong.cuda_architectures = "121";
+  wrong.nvcc_path = nvcc;
+  wrong.jobs = 2;
+  Result<BuildOutcome> refused = BuildEngine(wrong, NoLog);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().find("wrong GPU architecture") != std::string::npos);
+  CHECK(refused.status().message().find("carries no sm_121 machine code (found: ") != std::string::npos);
+  CHECK(refused.status().message().find("sm_90") != std::string::npos);
+  CHECK_FALSE(fs::exists(fs::path(wrong.prefix) / "current"));  // never made current
+}
