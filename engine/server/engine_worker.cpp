@@ -38,13 +38,13 @@ Usage usage_of(const GenerateResult& result) {
 }
 
 // One line per request on stderr (the service journal).
-void log_result(const GenerateResult& result) {
+void log_result(const GenerateResult& result, const std::string& finish_reason) {
   std::fprintf(stderr,
                "ds4-server: request: prompt %d tokens (%d reused), completion %d tokens, "
                "finish %s, prefill %.1f t/s, decode %.1f t/s\n",
                result.prompt_tokens, result.reused_tokens, result.completion_tokens,
-               std::string(finish_reason_name(result.finish_reason)).c_str(),
-               result.prefill_tokens_per_second(), result.decode_tokens_per_second());
+               finish_reason.c_str(), result.prefill_tokens_per_second(),
+               result.decode_tokens_per_second());
 }
 
 }  // namespace
@@ -133,16 +133,17 @@ void EngineWorker::run_job(GenerationJob& job) {
     return;
   }
   const GenerateResult& result = generated.value();
-  log_result(result);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ && result.finish_reason == FinishReason::kCancelled) {
+      log_result(result, "cancelled (shutdown)");
       job.publish(failure(not_ready("server is shutting down; generation cancelled")));
       return;
     }
   }
   Result<Delta> tail = output.finish();
   if (!tail.ok()) {
+    log_result(result, "error (" + tail.status().message() + ")");
     job.publish(failure(engine_failure("generated output is malformed: " + tail.status().message())));
     return;
   }
@@ -172,6 +173,7 @@ void EngineWorker::run_job(GenerationJob& job) {
   } else {
     completion.finish_reason = "stop";
   }
+  log_result(result, completion.finish_reason);
   job.publish(std::move(done));
 }
 
