@@ -3,7 +3,6 @@
 #include <cstdio>
 
 #include "server/output_assembler.h"
-#include "text/tokenizer.h"
 
 namespace ds4::server {
 namespace {
@@ -148,13 +147,6 @@ void EngineWorker::run_job(GenerationJob& job) {
     return;
   }
   if (job.streaming && has_text(tail.value())) job.publish(token_event(tail.value(), {}));
-  // EOS is sampled and counted but never released as text: it rides in a chunk of
-  // its own, so that streamed token ids add up to usage.completion_tokens.
-  if (result.finish_reason == FinishReason::kStop &&
-      result.completion_tokens == static_cast<int32_t>(all_ids.size()) + 1) {
-    all_ids.push_back(engine_->tokenizer().eos());
-    if (job.streaming) job.publish(token_event(Delta{}, {all_ids.back()}));
-  }
 
   JobEvent done;
   done.kind = JobEvent::Kind::kDone;
