@@ -5,7 +5,8 @@
 //  * chat completions, thinking disabled, temperature 0: the non-streamed answer
 //    contains "Paris" and the streamed text equals it; usage is reported;
 //  * thinking on (the default): reasoning_content and content, streamed == not;
-//  * stop strings (streamed and not), max_tokens, seed reproducibility;
+//  * stop strings (streamed and not), max_tokens, seed reproducibility, an empty user
+//    message, a second turn;
 //  * /v1/completions streamed == not streamed;
 //  * errors surface as the SDK's typed errors (400 BadRequestError).
 //
@@ -105,6 +106,22 @@ async function main() {
   const [seedA, seedB, seedC] = [await seeded(1234), await seeded(1234), await seeded(4321)];
   check(seedA === seedB, `the same seed gives the same sampled text (${JSON.stringify(seedA)})`);
   check(seedA !== seedC, `another seed gives other text (${JSON.stringify(seedC)})`);
+
+  // An empty user message is accepted (llama-benchy's context preload), and a second
+  // turn is answered from the history.
+  const empty = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', max_tokens: 4,
+    messages: [{ role: 'system', content: 'Warmup Warmup' }, { role: 'user', content: '' }],
+  });
+  check(empty.usage.prompt_tokens > 0 && empty.usage.completion_tokens > 0,
+    `an empty user message is answered (usage ${JSON.stringify(empty.usage)})`);
+  const followUp = await client.chat.completions.create({
+    model: 'deepseek-v4-flash', temperature: 0, thinking: { type: 'disabled' },
+    messages: [...france, { role: 'assistant', content: answer },
+               { role: 'user', content: 'What is the capital of Germany?' }],
+  });
+  check(followUp.choices[0].message.content.includes('Berlin'),
+    `a second turn is answered: ${JSON.stringify(followUp.choices[0].message.content)}`);
 
   // The other two switches give the same non-thinking answer.
   for (const extra of [{ reasoning_effort: 'none' }, { chat_template_kwargs: { thinking: false } }]) {
