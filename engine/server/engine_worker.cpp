@@ -1,6 +1,7 @@
 #include "server/engine_worker.h"
 
 #include <cstdio>
+#include <exception>
 
 #include "server/output_assembler.h"
 
@@ -102,7 +103,13 @@ void EngineWorker::run() {
     if (job->cancel) {
       job->publish(failure(bad_request("request cancelled before it started")));
     } else {
-      run_job(*job);
+      // Nothing may escape the worker thread: an exception would end the process.
+      try {
+        run_job(*job);
+      } catch (const std::exception& error) {
+        std::fprintf(stderr, "ds4-server: request failed: %s\n", error.what());
+        job->publish(failure(engine_failure(std::string("internal error: ") + error.what())));
+      }
     }
     std::lock_guard<std::mutex> lock(mutex_);
     running_.reset();
