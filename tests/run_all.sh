@@ -3,6 +3,10 @@
 # then run every test with ctest. GPU tests skip visibly on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# nvcc often lives outside PATH; the CUDA code is compiled (not run) wherever it exists.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
 build=${DS4_BUILD_DIR:-build}
 jobs=${DS4_JOBS:-$(nproc)}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release ${DS4_CMAKE_ARGS:-}
