@@ -147,10 +147,14 @@ int main(int argc, char** argv) {
   }
   loaded = true;
   server.set_ready(engine.value().get(), &worker);
-  std::printf("ds4-server: ready: model %s, backend %s, context %d tokens, http://%s:%d/v1\n",
+  const std::string speculative =
+      engine.value()->speculative_enabled()
+          ? "MTP drafts " + std::to_string(flags.mtp_draft) + " (greedy requests)"
+          : "MTP off";
+  std::printf("ds4-server: ready: model %s, backend %s, context %d tokens, %s, http://%s:%d/v1\n",
               ds4::server::kModelId,
               std::string(ds4::backend_kind_name(engine_options.backend)).c_str(), flags.ctx,
-              flags.host.c_str(), server.port());
+              speculative.c_str(), flags.host.c_str(), server.port());
   std::fflush(stdout);
 
   signal_waiter.join();  // returns on SIGTERM / SIGINT
