@@ -4,6 +4,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "text/utf8.h"
+
 namespace ds4::server {
 namespace {
 
@@ -287,24 +289,9 @@ FieldError read_body(const Json& body, CompletionRequest* request) {
 }  // namespace
 
 std::optional<size_t> find_invalid_utf8(std::string_view text) {
-  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
-  size_t i = 0, n = text.size();
-  while (i < n) {
-    unsigned char lead = bytes[i];
-    size_t length;
-    uint32_t min_code, code;
-    if (lead < 0x80) { ++i; continue; }
-    if (lead >= 0xC2 && lead <= 0xDF) { length = 2; min_code = 0x80; code = lead & 0x1F; }
-    else if (lead >= 0xE0 && lead <= 0xEF) { length = 3; min_code = 0x800; code = lead & 0x0F; }
-    else if (lead >= 0xF0 && lead <= 0xF4) { length = 4; min_code = 0x10000; code = lead & 0x07; }
-    else return i;
-    if (i + length > n) return i;
-    for (size_t k = 1; k < length; ++k) {
-      if ((bytes[i + k] & 0xC0) != 0x80) return i;
-      code = (code << 6) | (bytes[i + k] & 0x3F);
-    }
-    if (code < min_code || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
-    i += length;
+  size_t length = 0;
+  for (size_t i = 0; i < text.size(); i += length) {
+    if (utf8_decode(text, i, &length) == kInvalidCodePoint) return i;
   }
   return std::nullopt;
 }
