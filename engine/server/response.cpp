@@ -78,6 +78,20 @@ std::string chunk_with_choice(Endpoint endpoint, const std::string& id, const st
   return dump(envelope);
 }
 
+// A non-streamed response: the one choice, usage and (when known) timings.
+std::string response_with_choice(const char* object, const std::string& id,
+                                 const std::string& model, int64_t created, Json choice,
+                                 const Usage& usage) {
+  Json response = {{"id", id},
+                   {"object", object},
+                   {"created", created},
+                   {"model", model},
+                   {"choices", Json::array({std::move(choice)})},
+                   {"usage", usage_object(usage)}};
+  if (auto timings = timings_object(usage)) response["timings"] = *timings;
+  return dump(response);
+}
+
 std::string random_hex(size_t digits) {
   static std::atomic<uint64_t> counter{0};
   thread_local std::mt19937_64 rng(std::random_device{}() ^
@@ -162,14 +176,8 @@ std::string chat_completion_json(const std::string& id, const std::string& model
                  {"logprobs", nullptr},
                  {"finish_reason", completion.finish_reason}};
   if (return_token_ids) choice["token_ids"] = completion.token_ids;
-  Json response = {{"id", id},
-                   {"object", "chat.completion"},
-                   {"created", created},
-                   {"model", model},
-                   {"choices", Json::array({choice})},
-                   {"usage", usage_object(completion.usage)}};
-  if (auto timings = timings_object(completion.usage)) response["timings"] = *timings;
-  return dump(response);
+  return response_with_choice("chat.completion", id, model, created, std::move(choice),
+                              completion.usage);
 }
 
 std::string text_completion_json(const std::string& id, const std::string& model,
@@ -181,14 +189,8 @@ std::string text_completion_json(const std::string& id, const std::string& model
                  {"finish_reason", completion.finish_reason}};
   if (!completion.reasoning.empty()) choice["reasoning_content"] = completion.reasoning;
   if (return_token_ids) choice["token_ids"] = completion.token_ids;
-  Json response = {{"id", id},
-                   {"object", "text_completion"},
-                   {"created", created},
-                   {"model", model},
-                   {"choices", Json::array({choice})},
-                   {"usage", usage_object(completion.usage)}};
-  if (auto timings = timings_object(completion.usage)) response["timings"] = *timings;
-  return dump(response);
+  return response_with_choice("text_completion", id, model, created, std::move(choice),
+                              completion.usage);
 }
 
 std::string models_json(int64_t created, int ctx_size) {
