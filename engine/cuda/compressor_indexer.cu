@@ -40,13 +40,18 @@ __global__ void compressor_kernel(CompressorLaunch p) {
         mx = fmaxf(mx, p.state_z[((first + t) % p.state_slots) * w + ch]);
       }
     }
+    // Weights and sums in the CPU reference's order and rounding (exp in double,
+    // rounded once; no fused multiply-adds): the pooled values feed the QAT round
+    // trips, where a last-bit difference can move a value across a rounding step.
     float sum = 0.0f;
     for (int half = 0; half < halves; ++half) {
       const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
       if (first < 0) continue;
       const int ch = coff == 2 ? half * p.d + j : j;
       for (int t = 0; t < p.ratio; ++t) {
-        sum += expf(p.state_z[((first + t) % p.state_slots) * w + ch] - mx);
+        const float e = static_cast<float>(exp(static_cast<double>(
+            p.state_z[((first + t) % p.state_slots) * w + ch] - mx)));
+        sum = __fadd_rn(sum, e);
       }
     }
     float pooled = 0.0f;
@@ -56,7 +61,8 @@ __global__ void compressor_kernel(CompressorLaunch p) {
       const int ch = coff == 2 ? half * p.d + j : j;
       for (int t = 0; t < p.ratio; ++t) {
         const int s = ((first + t) % p.state_slots) * w + ch;
-        pooled += expf(p.state_z[s] - mx) / sum * p.state_k[s];
+        const float e = static_cast<float>(exp(static_cast<double>(p.state_z[s] - mx)));
+        pooled = __fadd_rn(pooled, __fmul_rn(p.state_k[s], __fdiv_rn(e, sum)));
       }
     }
     v[j] = pooled;

@@ -225,6 +225,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   DS4_RETURN_IF_ERROR(mv(L.hc_attn_fn, w.x, w.mix));
   DS4_RETURN_IF_ERROR(launch_hc_pre(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc,
                                     w.post, w.comb, w.n, st));
+  stage("hc_pre attn");
   DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a));
   DS4_RETURN_IF_ERROR(launch_rms_norm(w.a, L.q_a_norm, c.q_lora, c.norm_eps, w.a, st));
   DS4_RETURN_IF_ERROR(mv(L.q_b, w.a, w.qf));
@@ -239,6 +240,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   q.rope_freqs = freqs;
   q.pos = pos;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
+  stage("q path");
   DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv));
   RowPostLaunch kv = q;
   kv.in = w.kv;
@@ -248,6 +250,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
   kv.ring = seq.ring;
   DS4_RETURN_IF_ERROR(launch_row_post(kv, st));
+  stage("kv path");
 
   if (L.ratio != 0) {
     DS4_RETURN_IF_ERROR(mv(L.compressor.kv, w.n, w.ck));
@@ -270,6 +273,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
     cl.pos = pos;
     DS4_RETURN_IF_ERROR(launch_compressor_update(cl, st));
+    stage("compressor");
     if (L.ratio == 4) {
       DS4_RETURN_IF_ERROR(mv(L.index_compressor.kv, w.n, w.ck));
       DS4_RETURN_IF_ERROR(mv(L.index_compressor.gate, w.n, w.cz));
@@ -283,6 +287,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       il.d = c.index_head_dim;
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
       DS4_RETURN_IF_ERROR(launch_compressor_update(il, st));
+      stage("index compressor");
       DS4_RETURN_IF_ERROR(launch_indexer_gate(pos, 4, c.index_topk, w.index_active, st));
       MatvecLaunch iqm;
       iqm.w = &L.index_q_b;
@@ -321,6 +326,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       ix.scores = seq.scores;
       ix.selected = w.selected;
       DS4_RETURN_IF_ERROR(launch_indexer_select(ix, st));
+      stage("indexer");
     }
   }
   AttentionLaunch at;
@@ -345,6 +351,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   at.splits = std::clamp(S.max_visible / 64, 1, kAttentionMaxSplits);
   at.workspace = w.attention;
   DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
+  stage("attention");
   MatvecLaunch oa;
   oa.w = &L.out_a;
   oa.x = w.heads;
@@ -357,12 +364,14 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   DS4_RETURN_IF_ERROR(launch_matvec(oa, st));
   DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out));
   DS4_RETURN_IF_ERROR(launch_hc_post(w.x, w.out, w.post, w.comb, hc, w.xb, st));
+  stage("output proj + hc_post");
   (void)qdim;
 
   // MoE sublayer.
   DS4_RETURN_IF_ERROR(mv(L.hc_ffn_fn, w.xb, w.mix));
   DS4_RETURN_IF_ERROR(launch_hc_pre(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc,
                                     w.post, w.comb, w.n, st));
+  stage("hc_pre ffn");
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router));
   RouterLaunch rl;
   rl.logits = w.router;
@@ -376,6 +385,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   rl.ids = w.route_ids;
   rl.weights = w.route_w;
   DS4_RETURN_IF_ERROR(launch_router(rl, st));
+  stage("router");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
   MatvecLaunch gu;
   gu.w = &L.gate_exps;
@@ -388,6 +398,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   gu.slot_weight = w.route_w;
   gu.swiglu_limit = limit;
   DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
+  stage("experts gate/up");
   MatvecLaunch sgu;
   sgu.w = &L.gate_shexp;
   sgu.w_up = &L.up_shexp;
@@ -395,6 +406,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   sgu.y = w.hs;
   sgu.swiglu_limit = limit;
   DS4_RETURN_IF_ERROR(launch_matvec(sgu, st));
+  stage("shared gate/up");
   MatvecLaunch dn;
   dn.w = &L.down_exps;
   dn.x = w.h;
@@ -404,13 +416,25 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   dn.slot_matrix = w.route_ids;
   dn.sum_slots = true;
   DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
+  stage("experts down");
   MatvecLaunch sd;
   sd.w = &L.down_shexp;
   sd.x = w.hs;
   sd.y = w.moe;
   sd.accumulate = true;
   DS4_RETURN_IF_ERROR(launch_matvec(sd, st));
-  return launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st);
+  stage("shared down");
+  DS4_RETURN_IF_ERROR(launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st));
+  stage("hc_post ffn");
+  return Status::Ok();
+}
+
+void CudaForward::stage(const char* name) {
+  if (!profile_) return;
+  cudaEvent_t e;
+  cudaEventCreate(&e);
+  cudaEventRecord(e, stream_);
+  profile_->push_back({name, e});
 }
 
 Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
@@ -419,6 +443,7 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
   DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step,
                                       hc, w.x, stream_));
+  stage("embed");
   for (int l = 0; l < c.n_layers; ++l) DS4_RETURN_IF_ERROR(enqueue_layer(seq, l));
   MatvecLaunch hm;
   hm.w = &model_.output_hc_fn();
@@ -435,6 +460,7 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   lm.y = w.logits;
   DS4_RETURN_IF_ERROR(launch_matvec(lm, stream_));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, stream_));
+  stage("head + argmax");
   if (advance) {
     advance_kernel<<<1, 1, 0, stream_>>>(seq.step, w.argmax);
     DS4_CUDA_TRY(cudaGetLastError());
@@ -546,6 +572,31 @@ Status CudaForward::fill_context_random(int id, int32_t length, uint64_t seed) {
   DS4_CUDA_TRY(cudaGetLastError());
   DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
   return set_step(id, 0, length);
+}
+
+Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_step(int id) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;
+  cudaEvent_t start;
+  cudaEventCreate(&start);
+  cudaEventRecord(start, stream_);
+  profile_ = &marks;
+  Status s = enqueue_token(*seqs_[id], false);
+  profile_ = nullptr;
+  DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  std::vector<std::pair<std::string, double>> out;
+  cudaEvent_t prev = start;
+  for (auto& m : marks) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, prev, m.second);
+    auto it = std::find_if(out.begin(), out.end(), [&](const auto& o) { return o.first == m.first; });
+    if (it == out.end()) out.push_back({m.first, ms}); else it->second += ms;
+    prev = m.second;
+  }
+  cudaEventDestroy(start);
+  for (auto& m : marks) cudaEventDestroy(m.second);
+  DS4_RETURN_IF_ERROR(s);
+  return out;
 }
 
 Result<int32_t> CudaForward::last_argmax() {

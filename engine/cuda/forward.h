@@ -15,6 +15,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -50,6 +52,9 @@ class CudaForward {
   // processed, with random finite rows in every cache (decode cost depends only on
   // the row counts), without running them.
   Status fill_context_random(int id, int32_t length, uint64_t seed);
+  // Runs one token of sequence `id` without the graph, timing each stage with
+  // events; returns (stage name, total milliseconds over all layers) in order.
+  Result<std::vector<std::pair<std::string, double>>> profile_step(int id);
   // The argmax of the last step's logits.
   Result<int32_t> last_argmax();
   cudaStream_t stream() const { return stream_; }
@@ -60,6 +65,9 @@ class CudaForward {
   Status record(DeviceSequence& seq, bool advance);
   Status enqueue_token(DeviceSequence& seq, bool advance);
   Status enqueue_layer(DeviceSequence& seq, int l);
+  void stage(const char* name);  // profiling mark after the launches of `name`
+
+  std::vector<std::pair<const char*, cudaEvent_t>>* profile_ = nullptr;
 
   const DeviceModel& model_;
   bool qat_;

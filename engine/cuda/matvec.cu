@@ -19,7 +19,7 @@ constexpr int kUnroll = 4;
 constexpr int kMaxSharedBytes = 96 * 1024;
 constexpr int kMaxSplit = 32;
 
-__device__ float g_iq2xxs_grid_f[256 * 8];
+__device__ uint64_t g_iq2xxs_grid[256];
 
 struct MatvecParams {
   const uint8_t* w_data;
@@ -56,13 +56,6 @@ struct MatvecParams {
   const int32_t* enable;
 };
 
-// x for one (token, vector) is stored transposed by 4-float groups so that lanes
-// reading consecutive chunks hit consecutive shared-memory words.
-__device__ __forceinline__ int transposed_index(int64_t i, int ns) {
-  const int s = static_cast<int>(i >> 5);
-  const int k = static_cast<int>(i & 31);
-  return (((k >> 2) * ns + s) << 2) + (k & 3);
-}
 
 template <int NT>
 __device__ __forceinline__ void dot_chunk(const float* w, float factor, const float* xs, int ns,
@@ -95,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
-  __shared__ __align__(16) float grid[T == GgmlType::IQ2_XXS ? 256 * 8 : 4];
+  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 256 : 1];
   __shared__ float partial[kWarps][2 * NT];
 
   const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
@@ -106,21 +99,27 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   const int64_t cols_here = static_cast<int64_t>(ns) * 32;
   const int tok0 = blockIdx.z * NT;
   const int slot = p.sum_slots ? 0 : blockIdx.y;
-  const int64_t per_token = static_cast<int64_t>(p.vectors) * cols_here;
+  const int per_token = p.vectors * static_cast<int>(cols_here);
 
-  for (int64_t idx = threadIdx.x; idx < NT * per_token; idx += kThreads) {
-    const int t = static_cast<int>(idx / per_token);
-    const int64_t rem = idx - t * per_token;
-    const int v = static_cast<int>(rem / cols_here);
-    const int64_t i = rem - v * cols_here;
-    const int tok = tok0 + t;
-    const int x_slot = p.sum_slots ? v : slot;
-    float val = 0.0f;
-    if (tok < p.n_tokens) val = p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + chunk0 * 32 + i];
-    xs[(t * p.vectors + v) * cols_here + transposed_index(i, ns)] = val;
+  {
+    // 32-bit index math: this prologue runs in every block.
+    const int ch = static_cast<int>(cols_here);
+    for (int t = 0; t < NT; ++t) {
+      const int tok = tok0 + t;
+      for (int v = 0; v < p.vectors; ++v) {
+        const int x_slot = p.sum_slots ? v : slot;
+        float* dst = xs + (t * p.vectors + v) * ch;
+        const float* src = tok < p.n_tokens ? p.x + tok * p.x_tok_stride + x_slot * p.x_slot_stride + chunk0 * 32
+                                            : nullptr;
+        for (int i = threadIdx.x; i < ch; i += kThreads) {
+          const int s = i >> 5, k = i & 31;
+          dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = src ? src[i] : 0.0f;
+        }
+      }
+    }
   }
   if constexpr (T == GgmlType::IQ2_XXS) {
-    for (int i = threadIdx.x; i < 256 * 8; i += kThreads) grid[i] = g_iq2xxs_grid_f[i];
+    for (int i = threadIdx.x; i < 256; i += kThreads) grid[i] = g_iq2xxs_grid[i];
   }
   __syncthreads();
 
@@ -273,11 +272,7 @@ KernelFn pick_kernel(GgmlType type, int nt, bool paired) {
 }
 
 Status init_once() {
-  float grid[256 * 8];
-  for (int g = 0; g < 256; ++g) {
-    for (int m = 0; m < 8; ++m) grid[g * 8 + m] = static_cast<float>((kIq2xxsGrid[g] >> (8 * m)) & 255);
-  }
-  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid_f, grid, sizeof(grid)));
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, kIq2xxsGrid, sizeof(kIq2xxsGrid)));
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {

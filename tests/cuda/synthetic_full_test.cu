@@ -113,6 +113,16 @@ int main() {
     const double limit = bandwidth / bytes_per_token(ctx);
     std::printf("decode ctx %5d: %7.1f t/s (%.3f ms/token); limit %.1f t/s (%.2f GB/token) -> %.1f%% of the limit\n",
                 ctx, tps, 1e3 * secs / n, limit, bytes_per_token(ctx) / 1e9, 100.0 * tps / limit);
+    if (ctx == 4096) {  // where the time goes (no graph; events between stages)
+      auto prof = f.profile_step(*id);
+      check(prof.ok(), "profile step");
+      if (prof.ok()) {
+        double total = 0;
+        for (auto& st : *prof) total += st.second;
+        std::printf("profile at ctx %d (one token, no graph, %.3f ms in all):\n", ctx, total);
+        for (auto& st : *prof) std::printf("  %-24s %8.3f ms  %5.1f%%\n", st.first.c_str(), st.second, 100 * st.second / total);
+      }
+    }
     f.free_sequence(*id);
   }
 
