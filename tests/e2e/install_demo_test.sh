@@ -51,6 +51,11 @@ export HOME="$WORK/home"; mkdir -p "$HOME"
 unset HF_TOKEN HF_HOME || true
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
+alive() {  # alive PID: the process exists and is not a zombie waiting for its reaper
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  case "$state" in Z*) return 1 ;; esac
+}
 list_prefix() {  # every file and link under the prefix, relative, sorted
   if [ -d "$PREFIX" ]; then (cd "$PREFIX" && find . -mindepth 1 \( -type f -o -type l \) | sort); fi
 }
@@ -160,7 +165,7 @@ after=$(list_prefix)
 echo "files under the prefix after uninstall:"
 echo "${after:-    (none)}" | sed 's/^/    /'
 [ "$(http_get_status "http://127.0.0.1:$PORT/v1/models")" = 000 ] || fail "the server still answers after uninstall"
-if kill -0 "$pid_before" 2>/dev/null; then fail "the server process $pid_before still runs"; fi
+if alive "$pid_before"; then fail "the server process $pid_before still runs"; fi
 echo "$after" | grep -v -E '^\./models/' | grep . && fail "uninstall left files outside models/"
 echo "$after" | grep -q '^\./models/ds4-tiny-chat.gguf$' || fail "uninstall removed the model without --purge-models"
 pass "uninstall stopped the server and removed everything but the model file"
