@@ -72,6 +72,19 @@ TEST_CASE("the checker fails when the engine is wrong: a fixture's goldens again
   CHECK(summary.substr(summary.size() - 4) == "FAIL");
 }
 
+TEST_CASE("a variant the fixture lacks is skipped; with none left the check fails") {
+  ds4::GoldenOptions o;
+  o.fixture_dir = data_path("tiny-fast");
+  o.variants = {"fp64"};
+  o.modes = {0};
+  auto report = ds4::run_golden(o);
+  REQUIRE_MESSAGE(report.ok(), report.status().message());
+  CHECK(report->runs.empty());
+  CHECK_FALSE(report->passed());
+  REQUIRE_FALSE(report->details.empty());
+  CHECK(report->details[0].find("fp64") != std::string::npos);
+}
+
 TEST_CASE("a missing fixture folder is a clear error") {
   ds4::GoldenOptions o;
   o.fixture_dir = data_path("no-such-fixture");
