@@ -2,8 +2,10 @@
 // executable form of spec/MODEL.md §2. A forward() call runs a batch of tokens from
 // one or more sequences layer-major (every token through block 0, then block 1, ...),
 // which is equivalent to running them one by one: chunked prefill and token-by-token
-// decode give the same results. Matrix rows, tokens, heads and experts are spread
-// over a thread pool.
+// decode give the same results. Matrix rows (of every expert), tokens, (token, head)
+// pairs and indexer rows are spread over a thread pool. With an MTP file loaded
+// before creation, forward_mtp runs the MTP block (spec/MODEL.md §2.11) with its
+// own raw window per sequence.
 //
 // CpuTrace exposes intermediate decisions (HC state leaving each block, routing,
 // indexer selections) for debugging against the fixtures' decision arrays.
