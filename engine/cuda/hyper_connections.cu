@@ -28,9 +28,14 @@ __device__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 __device__ float hc_rms_factor(const float* x, const HcShape& s, float*) {
   __shared__ double dscratch[32];
   const int n = s.dim * s.mult;
-  double ss = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(x[i]) * x[i];
-  ss = block_sum_double(ss, dscratch);
+  double s0 = 0.0, s1 = 0.0;
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  for (int i = threadIdx.x; i < n / 4; i += blockDim.x) {
+    const float4 v = x4[i];
+    s0 += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y;
+    s1 += static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
+  }
+  const double ss = block_sum_double(s0 + s1, dscratch);
   return rms_scale(ss, n, s.norm_eps);
 }
 
@@ -184,6 +189,7 @@ Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, c
                      const float* norm_weight, const HcShape& s, float* post, float* comb,
                      float* out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
+  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
   hc_pre_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
                                                              s, post, comb, out);
   return cuda_status(cudaGetLastError(), "hc_pre launch");
@@ -200,6 +206,7 @@ Status launch_hc_post(const float* x_in, const float* f, const float* post, cons
 Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
                       const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
+  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
   hc_head_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
                                                               s, out);
   return cuda_status(cudaGetLastError(), "hc_head launch");

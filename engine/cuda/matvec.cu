@@ -15,7 +15,11 @@ using cuda_detail::Chunk;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kUnroll = 4;
+// Chunks whose loads are issued before any is used: more for formats with few
+// bytes per chunk (IQ2_XXS: 8 + 2 bytes), so each lane keeps enough bytes in flight.
+template <GgmlType T>
+constexpr int unroll_for() { return T == GgmlType::IQ2_XXS ? 8 : 4; }
+constexpr int kUnroll = 4;  // host-side planning (lanes per row)
 constexpr int kMaxSharedBytes = 96 * 1024;
 constexpr int kMaxSplit = 32;
 
@@ -85,6 +89,7 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
 template <GgmlType T, int NT, bool PAIRED>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   using C = Chunk<T>;
+  constexpr int kUnroll = unroll_for<T>();
   if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
