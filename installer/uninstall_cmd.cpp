@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "confirm.h"
+#include "options.h"
 #include "install_state.h"
 #include "proc.h"
 #include "service_stage.h"
@@ -60,19 +61,42 @@ Status RemoveUser(Ui& ui, const InstallState& state) {
   return Status::Ok();
 }
 
-Status RemoveModels(Ui& ui, const InstallState& state) {
-  std::error_code ec;
+// The model files --purge-models removes: those the install state records, and every
+// file of the manifest in the models directory (a previous uninstall that kept the
+// models also removed the state).
+std::vector<std::string> ModelFiles(const Context& context, const InstallState& state,
+                                    std::string* models_dir) {
+  *models_dir = state.models_dir.empty() ? ModelsDir(context.options) : state.models_dir;
+  std::vector<std::string> files;
   for (const std::string& path : {state.model_path, state.mtp_path}) {
-    if (path.empty()) continue;
+    if (!path.empty()) files.push_back(path);
+  }
+  for (const ModelArtifact& artifact : context.models.models) {
+    files.push_back((fs::path(*models_dir) / artifact.file).string());
+  }
+  return files;
+}
+
+bool AnyExists(const std::vector<std::string>& files) {
+  std::error_code ec;
+  for (const std::string& file : files) {
+    if (fs::exists(file, ec) || fs::exists(file + ".part", ec)) return true;
+  }
+  return false;
+}
+
+Status RemoveModels(Ui& ui, const std::vector<std::string>& files, const std::string& models_dir) {
+  std::error_code ec;
+  for (const std::string& path : files) {
     for (const std::string& file : {path, path + ".part", path + ".bad"}) {
       if (fs::remove(file, ec)) ui.Info("removed " + file);
       if (ec) return Status::Error("cannot remove " + file + ": " + ec.message());
     }
   }
-  if (!state.models_dir.empty() && fs::is_directory(state.models_dir, ec)) {
-    fs::remove(fs::path(state.models_dir) / ".ds4-setup.lock", ec);
-    if (fs::is_empty(state.models_dir, ec) && fs::remove(state.models_dir, ec)) {
-      ui.Info("removed the empty models directory " + state.models_dir);
+  if (fs::is_directory(models_dir, ec)) {
+    fs::remove(fs::path(models_dir) / ".ds4-setup.lock", ec);
+    if (fs::is_empty(models_dir, ec) && fs::remove(models_dir, ec)) {
+      ui.Info("removed the empty models directory " + models_dir);
     }
   }
   return Status::Ok();
@@ -104,7 +128,10 @@ int RunUninstall(Context& context) {
   if (fs::exists(fs::path(prefix) / "src" / ".ds4-spark-clone", ec)) present.push_back(fs::path(prefix) / "src");
   const bool has_service = state.service_mode == "systemd" || fs::exists(kSystemUnitPath, ec) ||
                            LivePidFromFile(ServerPidFile(prefix)) > 0;
-  if (!loaded.ok() && present.empty() && !has_service) {
+  std::string models_dir;
+  const std::vector<std::string> model_files = ModelFiles(context, state, &models_dir);
+  const bool purge = context.options.purge_models && AnyExists(model_files);
+  if (!loaded.ok() && present.empty() && !has_service && !purge) {
     ui.Info("nothing to uninstall in " + prefix);
     return kExitOk;
   }
@@ -132,7 +159,7 @@ int RunUninstall(Context& context) {
   }
   ui.Info("removed the engine builds, logs and state under " + prefix);
   if (context.options.purge_models) {
-    Status models = RemoveModels(ui, state);
+    Status models = RemoveModels(ui, model_files, models_dir);
     if (!models.ok()) {
       ui.Error(models.message());
       return kExitFailure;

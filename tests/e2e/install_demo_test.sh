@@ -52,9 +52,9 @@ unset HF_TOKEN HF_HOME || true
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 alive() {  # alive PID: the process exists and is not a zombie waiting for its reaper
-  local state
-  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  case "$state" in Z*) return 1 ;; esac
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  case "${stat##*) }" in Z*) return 1 ;; esac
 }
 list_prefix() {  # every file and link under the prefix, relative, sorted
   if [ -d "$PREFIX" ]; then (cd "$PREFIX" && find . -mindepth 1 \( -type f -o -type l \) | sort); fi

@@ -254,3 +254,21 @@ TEST_CASE("uninstall of an empty prefix changes nothing; --purge-models removes 
   CHECK_FALSE(fs::exists(f.context.model_path));
   CHECK_FALSE(fs::exists(f.context.options.prefix));  // nothing else was in it
 }
+
+TEST_CASE("uninstall that kept the models, then --purge-models, removes the manifest's files") {
+  ServiceFixture f;
+  f.context.options.start = false;
+  REQUIRE(ServiceStage(f.context).ok());
+  CHECK(RunUninstall(f.context) == kExitOk);
+  CHECK(fs::exists(f.context.model_path));
+  CHECK_FALSE(LoadInstallState(f.context.options.prefix).ok());
+
+  ModelArtifact artifact;
+  artifact.name = "demo";
+  artifact.file = "model.gguf";
+  f.context.models.models = {artifact};
+  f.context.options.purge_models = true;
+  CHECK(RunUninstall(f.context) == kExitOk);
+  CHECK(Contains(f.Output(), "removed " + f.context.model_path));
+  CHECK_FALSE(fs::exists(f.context.options.prefix));
+}
