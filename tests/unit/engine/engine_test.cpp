@@ -15,6 +15,7 @@
 
 #include "format/gguf.h"
 #include "model/model.h"
+#include "runtime/bench.h"
 #include "runtime/engine.h"
 #include "text/tokenizer.h"
 
@@ -119,6 +120,8 @@ class ScriptedBackend : public ds4::Backend {
   bool mtp_enabled = false;
   std::function<bool(int32_t pos)> mtp_wrong;
   int64_t mtp_calls = 0;
+
+  size_t live_sequences() const { return seqs_.size(); }
 
   int64_t forward_calls = 0, tokens_fed = 0, logits_requested = 0, truncations = 0;
   int32_t max_batch_seen = 0;
@@ -588,3 +591,78 @@ TEST_CASE("sampling with temperature does not use MTP drafts") {
   CHECK(f.backend->mtp_calls == 0);
   CHECK(r.output_ids.size() == 10);
 }
+
+// --- ds4-bench measurement -------------------------------------------------------------
+
+TEST_CASE("run_bench feeds depth, prompt and decode tokens as llama-benchy defines them") {
+  ScriptedBackend backend(1000, hash_script);
+  ds4::BenchParams p;
+  p.pp = 10;
+  p.tg = 5;
+  p.depths = {0, 7};
+  p.chunk = 4;
+  p.repetitions = 2;
+  p.warmup = false;
+  auto rows = ds4::run_bench(backend, 1000, p);
+  REQUIRE_MESSAGE(rows.ok(), rows.status().message());
+  REQUIRE(rows->size() == 2);
+  CHECK((*rows)[0].depth == 0);
+  CHECK((*rows)[1].depth == 7);
+  for (const ds4::BenchRow& r : *rows) {
+    CHECK(r.pp == 10);
+    CHECK(r.tg == 5);
+    CHECK(r.runs == 2);
+    CHECK(r.pp_tps > 0);
+    CHECK(r.tg_tps > 0);
+    CHECK(r.ttft_ms > 0);
+  }
+  // Per measurement: depth in chunks of 4, pp in chunks of 4, then tg - 1 decode steps
+  // (the first generated token comes from the prefill logits).
+  const int64_t per_d0 = 0 + 3 + 4, per_d7 = 2 + 3 + 4;
+  CHECK(backend.forward_calls == 2 * per_d0 + 2 * per_d7);
+  CHECK(backend.tokens_fed == 2 * (0 + 10 + 4) + 2 * (7 + 10 + 4));
+  CHECK(backend.logits_requested == 2 * 2 * (1 + 4));
+  CHECK(backend.live_sequences() == 0);
+
+  ds4::BenchTarget target;
+  target.model_name = "tiny, \"quoted\"";
+  target.backend_name = "scripted";
+  const std::string csv = ds4::bench_csv(target, 2, *rows);
+  CHECK(csv.rfind("model,backend,threads,pp,tg,depth,runs,pp_tps,", 0) == 0);
+  CHECK(csv.find("\"tiny, \"\"quoted\"\"\",scripted,2,10,5,0,2,") != std::string::npos);
+  CHECK(csv.find(",10,5,7,2,") != std::string::npos);
+  const std::string table = ds4::bench_table(target, *rows);
+  CHECK(table.find("pp10+tg5 @ d7") != std::string::npos);
+}
+
+TEST_CASE("run_bench rejects impossible parameters and reports backend failures") {
+  ScriptedBackend backend(1000, hash_script);
+  ds4::BenchParams p;
+  p.warmup = false;
+  p.pp = 0;
+  auto r = ds4::run_bench(backend, 1000, p);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("--pp") != std::string::npos);
+  p.pp = 8;
+  p.tg = 0;
+  CHECK_FALSE(ds4::run_bench(backend, 1000, p).ok());
+  p.tg = 2;
+  p.depths = {-1};
+  CHECK_FALSE(ds4::run_bench(backend, 1000, p).ok());
+  p.depths = {3};
+  backend.fail_next_forward = true;
+  auto failed = ds4::run_bench(backend, 1000, p);
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.status().message().find("depth 3") != std::string::npos);
+  CHECK(failed.status().message().find("injected failure") != std::string::npos);
+  CHECK(backend.live_sequences() == 0);
+}
+
+#if !defined(DS4_HAVE_CUDA)
+// (With CUDA the hook builds full-size weights: not something for a unit test.)
+TEST_CASE("--synthetic full names the CUDA backend when this build cannot provide it") {
+  auto target = ds4::make_synthetic_full_target(ds4::BackendOptions{});
+  REQUIRE_FALSE(target.ok());
+  CHECK(target.status().message().find("CUDA") != std::string::npos);
+}
+#endif
