@@ -122,10 +122,14 @@ Status decode_speculative(Backend& backend, SeqId seq, std::vector<int32_t>* hel
   int32_t token = Sampler::greedy(logits);
   std::vector<int32_t> drafts;
   Verification verified;
+  // Draft length adapts: it shrinks to one past the accepted run after a rejection
+  // (wrong drafts cost an MTP pass and a wider verification each) and grows back by
+  // one after a round whose drafts were all accepted.
+  int32_t draft_len = std::min(max_drafts, Backend::kMaxRollback);
   while (emitter.emit(token) && !emitter.cancelled()) {
     const int32_t pos = static_cast<int32_t>(held->size());
     // Drafts beyond the token budget could never be emitted.
-    const int32_t n_drafts = std::min({max_drafts, Backend::kMaxRollback, emitter.remaining() - 1});
+    const int32_t n_drafts = std::min(draft_len, emitter.remaining() - 1);
     drafts.clear();
     if (n_drafts > 0) {
       DS4_RETURN_IF_ERROR(draft_with_mtp(backend, seq, hidden, pos - 1, token, n_drafts, &drafts));
@@ -133,6 +137,9 @@ Status decode_speculative(Backend& backend, SeqId seq, std::vector<int32_t>* hel
     DS4_RETURN_IF_ERROR(verify_drafts(backend, seq, token, pos, drafts, &verified));
     result->draft_tokens += static_cast<int32_t>(drafts.size());
     result->accepted_draft_tokens += verified.accepted;
+    draft_len = verified.accepted == n_drafts
+                    ? std::min({draft_len + 1, max_drafts, Backend::kMaxRollback})
+                    : verified.accepted + 1;
     held->push_back(token);
     held->insert(held->end(), drafts.begin(), drafts.begin() + verified.accepted);
     // Emit the accepted drafts; the main model's own next token is emitted by the loop.

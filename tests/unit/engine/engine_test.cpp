@@ -531,6 +531,19 @@ TEST_CASE("speculative decoding with wrong drafts rolls back and still matches g
   }
 }
 
+TEST_CASE("after rejected drafts the draft length shrinks to one") {
+  const auto req = greedy(iota_prompt(12), 20);
+  Fixture f(hash_script, 256, 512, 5);
+  f.backend->mtp_wrong = [](int32_t) { return true; };
+  auto s = f.session();
+  const auto got = run(f, *s, req);
+  CHECK(got.output_ids == plain_greedy(hash_script, req).output_ids);
+  CHECK(got.accepted_draft_tokens == 0);
+  // Round 1 drafts 5; the next 17 rounds draft 1 each; the last round has no budget
+  // left for a draft (19 rounds after the first token).
+  CHECK(got.draft_tokens == 5 + 17);
+}
+
 TEST_CASE("speculative decoding stops exactly at EOS, max_tokens and stop strings") {
   Fixture probe;
   const int32_t eos = probe.eos;
