@@ -8,7 +8,8 @@
 // greedy choice at that position, and the main model's own next token follows the
 // accepted prefix, so every round yields at least one token and the output is
 // exactly that of plain greedy decoding. Rejected drafts are rolled back with
-// Backend::truncate (which also forgets their MTP rows).
+// Backend::truncate (which also forgets their MTP rows). The Engine's decode loop
+// chooses how many drafts to make per round (adaptive, see engine.cpp).
 //
 // Thread-safety: the functions drive the Backend they are given, one thread at a time.
 #pragma once
