@@ -5,8 +5,8 @@
 // Split in two steps so kernels can issue several chunks' loads before using any:
 //   Chunk<T>::Raw r = Chunk<T>::load(row, scales, s);      // global loads only
 //   float f = Chunk<T>::dequant(r, grid, w);                // w[k] * f = element 32*s + k
-// `grid` is the IQ2_XXS codebook in shared memory (256 x 8 bytes); unused by the
-// other types.
+// `grid` is the IQ2_XXS codebook (256 x 8 bytes) followed by its 128 sign masks
+// expanded to bytes, in shared memory; unused by the other types.
 //
 // Small integers become floats through the exponent trick (byte b placed under the
 // exponent of 2^23, then 2^23 subtracted: exact), which runs at full rate where the
@@ -107,18 +107,25 @@ struct Chunk<GgmlType::IQ2_XXS> {
     const int block = s >> 3, sub = s & 7;
     return {__ldg(reinterpret_cast<const uint2*>(row + block * 64 + sub * 8)), __ldg(scales + block)};
   }
+  // grid[0..256): codebook; grid[256..384): sign masks as bytes (0xFF = negate)
+  // for each 7-bit sign index. Signed magnitudes are formed four bytes at a time.
   static __device__ __forceinline__ float dequant(const Raw& r, const uint64_t* grid, float* w) {
     const uint32_t a = r.q.x, b = r.q.y;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const uint64_t g = grid[(a >> (8 * k)) & 255];
-      const uint32_t lo = static_cast<uint32_t>(g), hi = static_cast<uint32_t>(g >> 32);
-      const uint32_t si = (b >> (7 * k)) & 127;
-      const uint32_t mask = si | ((__popc(si) & 1u) << 7);
+      const uint64_t sg = grid[256 + ((b >> (7 * k)) & 127)];
 #pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        const float mag = byte_to_float(m < 4 ? lo : hi, m & 3);
-        w[8 * k + m] = __int_as_float(__float_as_int(mag) ^ ((mask << (31 - m)) & 0x80000000u));
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t mag = static_cast<uint32_t>(g >> (32 * half));
+        const uint32_t neg = static_cast<uint32_t>(sg >> (32 * half));
+        // (mag ^ neg) - neg per byte: mag or -mag as int8; then + 128 for the float trick.
+        const uint32_t biased = __vsub4(mag ^ neg, neg) ^ 0x80808080u;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          w[8 * k + 4 * half + j] =
+              __int_as_float(__byte_perm(biased, 0x4B000000u, j | (4 << 4) | (5 << 8) | (7 << 12))) - 8388736.0f;
+        }
       }
     }
     return half_bits_to_float(r.d) * (0.5f + static_cast<float>(b >> 28)) * 0.25f;

@@ -226,9 +226,15 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   DS4_RETURN_IF_ERROR(launch_hc_pre(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc,
                                     w.post, w.comb, w.n, st));
   stage("hc_pre attn");
+  // w.a holds the q LoRA latent before its norm; every reader normalises it on load.
   DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a));
-  DS4_RETURN_IF_ERROR(launch_rms_norm(w.a, L.q_a_norm, c.q_lora, c.norm_eps, w.a, st));
-  DS4_RETURN_IF_ERROR(mv(L.q_b, w.a, w.qf));
+  MatvecLaunch qb;
+  qb.w = &L.q_b;
+  qb.x = w.a;
+  qb.y = w.qf;
+  qb.x_norm_weight = L.q_a_norm;
+  qb.x_norm_eps = c.norm_eps;
+  DS4_RETURN_IF_ERROR(launch_matvec(qb, st));
   RowPostLaunch q;
   q.in = q.out = w.qf;
   q.in_stride = q.out_stride = c.head_dim;
@@ -294,6 +300,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       iqm.x = w.a;
       iqm.y = w.iq;
       iqm.enable = w.index_active;
+      iqm.x_norm_weight = L.q_a_norm;
+      iqm.x_norm_eps = c.norm_eps;
       DS4_RETURN_IF_ERROR(launch_matvec(iqm, st));
       RowPostLaunch iq;
       iq.in = iq.out = w.iq;
@@ -306,6 +314,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
       DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
       MatvecLaunch iwm = iqm;
+      iwm.x_norm_weight = nullptr;
       iwm.w = &L.index_proj;
       iwm.x = w.n;
       iwm.y = w.iw;

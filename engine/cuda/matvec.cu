@@ -6,6 +6,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/device_math.cuh"
 #include "format/iq2xxs_grid.h"
 
 namespace ds4 {
@@ -15,15 +16,15 @@ using cuda_detail::Chunk;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-// Chunks whose loads are issued before any is used: more for formats with few
-// bytes per chunk (IQ2_XXS: 8 + 2 bytes), so each lane keeps enough bytes in flight.
+// Chunks whose loads are issued before any is used, per format (a deeper queue for
+// IQ2_XXS measured slower on the H200: its dequantization, not the loads, limits it).
 template <GgmlType T>
-constexpr int unroll_for() { return T == GgmlType::IQ2_XXS ? 8 : 4; }
+constexpr int unroll_for() { return 4; }
 constexpr int kUnroll = 4;  // host-side planning (lanes per row)
 constexpr int kMaxSharedBytes = 96 * 1024;
 constexpr int kMaxSplit = 32;
 
-__device__ uint64_t g_iq2xxs_grid[256];
+__device__ uint64_t g_iq2xxs_grid[384];  // codebook, then sign masks as bytes
 
 struct MatvecParams {
   const uint8_t* w_data;
@@ -58,6 +59,8 @@ struct MatvecParams {
   int split_chunks;     // chunks per split
   float* partial;       // [split][n_rows]
   const int32_t* enable;
+  const float* x_norm_weight;
+  float x_norm_eps;
 };
 
 
@@ -93,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
-  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 256 : 1];
+  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
   __shared__ float partial[kWarps][2 * NT];
 
   const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
@@ -106,6 +109,14 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   const int slot = p.sum_slots ? 0 : blockIdx.y;
   const int per_token = p.vectors * static_cast<int>(cols_here);
 
+  float x_scale = 1.0f;
+  if (p.x_norm_weight) {  // one token, one vector, whole row (checked on the host)
+    __shared__ double red[32];
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < p.cols; i += kThreads) ss += static_cast<double>(p.x[i]) * p.x[i];
+    ss = cuda_detail::block_sum_double(ss, red);
+    x_scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
+  }
   {
     // 32-bit index math: this prologue runs in every block.
     const int ch = static_cast<int>(cols_here);
@@ -118,13 +129,15 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
                                             : nullptr;
         for (int i = threadIdx.x; i < ch; i += kThreads) {
           const int s = i >> 5, k = i & 31;
-          dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = src ? src[i] : 0.0f;
+          float v = src ? src[i] : 0.0f;
+          if (p.x_norm_weight) v = v * x_scale * p.x_norm_weight[i];
+          dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = v;
         }
       }
     }
   }
   if constexpr (T == GgmlType::IQ2_XXS) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) grid[i] = g_iq2xxs_grid[i];
+    for (int i = threadIdx.x; i < 384; i += kThreads) grid[i] = g_iq2xxs_grid[i];
   }
   __syncthreads();
 
@@ -277,7 +290,17 @@ KernelFn pick_kernel(GgmlType type, int nt, bool paired) {
 }
 
 Status init_once() {
-  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, kIq2xxsGrid, sizeof(kIq2xxsGrid)));
+  uint64_t table[384];
+  for (int g = 0; g < 256; ++g) table[g] = kIq2xxsGrid[g];
+  for (uint32_t si = 0; si < 128; ++si) {
+    const uint32_t mask = iq2xxs_sign_mask(si);
+    uint64_t bytes = 0;
+    for (int m = 0; m < 8; ++m) {
+      if ((mask >> m) & 1u) bytes |= uint64_t{0xFF} << (8 * m);
+    }
+    table[256 + si] = bytes;
+  }
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, table, sizeof(table)));
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
@@ -354,6 +377,11 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   p.accumulate = l.accumulate ? 1 : 0;
   p.vectors = vectors;
   p.enable = l.enable;
+  p.x_norm_weight = l.x_norm_weight;
+  p.x_norm_eps = l.x_norm_eps;
+  if (l.x_norm_weight && (l.n_tokens != 1 || l.n_slots != 1 || l.sum_slots)) {
+    return Status::Error("matvec: normalising x on load needs one token and one slot");
+  }
 
   // Row mapping: a whole block per row when rows are few and long; otherwise warps
   // (or groups of lanes, for short rows) per row.
@@ -371,7 +399,7 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   const int64_t rows_per_cta_min =
       p.warps_per_row == 1 ? static_cast<int64_t>(kWarps) * (32 / p.lanes_per_row) : 1;
   const int64_t tiles_min = (n_rows + rows_per_cta_min - 1) / rows_per_cta_min;
-  if (l.split_workspace && l.n_tokens == 1 && l.n_slots == 1 && !l.w_up && !l.sum_slots &&
+  if (l.split_workspace && !l.x_norm_weight && l.n_tokens == 1 && l.n_slots == 1 && !l.w_up && !l.sum_slots &&
       tiles_min < kTargetCtas) {
     const int64_t lanes = p.warps_per_row == 1 ? p.lanes_per_row : 32 * kWarps;
     const int64_t max_split = std::max<int64_t>(1, ns / (lanes * kUnroll));

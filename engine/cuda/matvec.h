@@ -54,6 +54,11 @@ struct MatvecLaunch {
   // Optional device flag: when it reads 0 the launch does nothing (the indexer's
   // projections below its activation threshold).
   const int32_t* enable = nullptr;
+  // When set, x is RMS-normalised with this learned weight as it is loaded
+  // (x * rsqrt(mean(x^2) + eps) * weight, the sums in double as the CPU reference):
+  // the q LoRA norm folded into the projections that read it. One token, one slot.
+  const float* x_norm_weight = nullptr;
+  float x_norm_eps = 1e-6f;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

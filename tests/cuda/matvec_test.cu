@@ -13,6 +13,7 @@
 #include <random>
 
 #include "cpu/moe.h"
+#include "cpu/vector_ops.h"
 #include "cuda/bandwidth.h"
 #include "cuda/device_model.h"
 #include "cuda/matvec.h"
@@ -197,6 +198,33 @@ void test_grouped(std::mt19937& rng) {
   check(bad == 0, "grouped: " + std::to_string(bad) + " outputs differ");
 }
 
+// x RMS-normalised with a learned weight as it is loaded (the q LoRA norm).
+void test_x_norm(GgmlType type, std::mt19937& rng) {
+  const int64_t cols = 1024, rows = 300;
+  const std::string name = std::string("x-norm ") + std::string(ggml_type_name(type));
+  HostMatrix h = make_host(type, cols, rows, 1, rng);
+  auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
+  check(dm.ok(), name + ": upload");
+  if (!dm.ok()) return;
+  std::vector<float> x = random_floats(cols, rng, -5.0f, 5.0f), g = random_floats(cols, rng, 0.5f, 1.5f);
+  DeviceVec<float> dx(x), dg(g), dy(rows);
+  MatvecLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.y = dy.get();
+  l.x_norm_weight = dg.get();
+  l.x_norm_eps = 1e-6f;
+  check(launch_matvec(l, nullptr).ok(), name + ": launch");
+  cudaDeviceSynchronize();
+  std::vector<float> xn(cols), y = dy.host();
+  cpu::rms_norm(x.data(), g.data(), cols, 1e-6f, xn.data());
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!close(y[r], dot_row(type, h.row(r), xn.data(), cols), abs_dot(type, h.row(r), xn.data(), cols))) ++bad;
+  }
+  check(bad == 0, name + ": " + std::to_string(bad) + " outputs differ");
+}
+
 // GB/s of one decode-shaped launch (weights read once per token).
 void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
   auto dm = random_matrix(type, cols, rows, 1, 99);
@@ -250,6 +278,8 @@ int main() {
   test_experts(GgmlType::Q4_K, GgmlType::Q4_K, 512, 256, 5, rng);
   test_experts(GgmlType::Q8_0, GgmlType::Q8_0, 256, 128, 4, rng);
   test_grouped(rng);
+  test_x_norm(GgmlType::Q8_0, rng);
+  test_x_norm(GgmlType::F16, rng);
   const int rc = finish("matvec_test");
 
   auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
