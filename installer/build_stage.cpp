@@ -296,7 +296,7 @@ Status BuildStage(Context& context) {
   const std::string what = request.cuda_architectures.empty()
                                ? std::string("CPU-only")
                                : "CUDA sm_" + request.cuda_architectures;
-  context.ui->Info("building the engine (" + what + ") from " + request.source_dir);
+  context.ui->Info("engine: " + what + " build from " + request.source_dir);
   Ui* ui = context.ui;
   Result<BuildOutcome> outcome = BuildEngine(request, [ui](const std::string& chunk) {
     std::string text = chunk;
