@@ -100,7 +100,7 @@ std::string FormatPlan(const Plan& plan, const Options& options) {
   if (options.command != Command::kInstall) return out;
   out += "  build        ds4 engine (" +
          (plan.cuda_architectures.empty() ? std::string("CPU only") : "CUDA sm_" + plan.cuda_architectures) +
-         ") into " + plan.prefix + "/bin\n";
+         ") into " + plan.prefix + "/current/bin\n";
   out += "  smoke test   \"What is the capital of France?\" must answer Paris\n";
   out += "  service      ds4.service serving http://" + options.host + ":" + std::to_string(options.port) +
          "/v1" + (options.start ? " (started)" : " (installed, not started; --start to start it)") + "\n";
