@@ -41,6 +41,9 @@ struct ModelConfig;
 // CUDA when this build has it and a GPU is present, else the CPU.
 BackendKind default_backend_kind();
 
+// Draft tokens per step when an MTP file is given without an explicit draft count.
+inline constexpr int32_t kDefaultMtpDraft = 2;
+
 struct EngineOptions {
   std::string model_path;            // main GGUF
   std::string mtp_path;              // optional MTP GGUF ("" = none)

@@ -279,7 +279,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--threads", o.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--mtp", o.mtp, "MTP draft GGUF file");
-  app.add_option("--mtp-draft", o.mtp_draft, "MTP draft tokens per step")->check(CLI::NonNegativeNumber);
+  app.add_option("--mtp-draft", o.mtp_draft, "MTP draft tokens per step (default 2 with --mtp)")->check(CLI::NonNegativeNumber);
   app.add_option("--system,-s", o.system, "system prompt (\"\" for none)");
   app.add_option("--golden", o.golden, "check the engine against a golden fixture folder");
   app.add_flag("--no-qat", o.no_qat, "do not simulate the FP8 KV / FP4 indexer round trips");
@@ -292,6 +292,7 @@ int main(int argc, char** argv) {
   }
   o.has_prompt = app.count("--prompt") > 0;
   o.max_tokens_given = app.count("--tokens") > 0;
+  if (!o.mtp.empty() && app.count("--mtp-draft") == 0) o.mtp_draft = ds4::kDefaultMtpDraft;
 
   ds4::BackendKind kind = ds4::default_backend_kind();
   if (o.backend == "cpu") kind = ds4::BackendKind::kCpu;

@@ -41,7 +41,7 @@ int parse_flags(int argc, char** argv, Flags* flags) {
   CLI::App app{"ds4-server: OpenAI v1-compatible API for DeepSeek V4 Flash"};
   app.add_option("-m,--model", flags->model, "model GGUF")->required();
   app.add_option("--mtp", flags->mtp, "MTP draft GGUF (optional)");
-  app.add_option("--mtp-draft", flags->mtp_draft, "MTP draft tokens per step (0 = off)")
+  app.add_option("--mtp-draft", flags->mtp_draft, "MTP draft tokens per step (0 = off; default 2 with --mtp)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--host", flags->host, "address to listen on")->capture_default_str();
   app.add_option("--port", flags->port, "port to listen on (0 = any free port)")
@@ -69,6 +69,8 @@ int parse_flags(int argc, char** argv, Flags* flags) {
     return app.exit(e) == 0 ? -1 : 2;
   }
   if (app.count("--cors") > 0 && flags->cors.empty()) flags->cors = "*";
+  // --mtp alone turns speculative decoding on.
+  if (!flags->mtp.empty() && app.count("--mtp-draft") == 0) flags->mtp_draft = ds4::kDefaultMtpDraft;
   return 0;
 }
 
