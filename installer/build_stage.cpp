@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cuda_arch.h"
+#include "install_state.h"
 #include "proc.h"
 #include "sha256.h"
 
@@ -47,15 +48,6 @@ std::string BuildFlavor(const BuildRequest& request) {
 std::string OptionsFingerprint(const BuildRequest& request) {
   return "ds4-engine-build v1; build_type=Release; cuda_architectures=" +
          request.cuda_architectures;
-}
-
-std::string NowUtc() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return text;
 }
 
 // Replaces `link` by a symlink to `target` atomically (rename over it).
@@ -248,7 +240,7 @@ Result<BuildOutcome> BuildEngine(const BuildRequest& request,
   }
 
   nlohmann::json info = {{"version", *version},
-                         {"built_at", NowUtc()},
+                         {"built_at", UtcTimestampNow()},
                          {"source_dir", request.source_dir},
                          {"cuda_architectures", request.cuda_architectures},
                          {"build_dir", build_dir.string()},

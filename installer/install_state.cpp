@@ -1,6 +1,7 @@
 #include "install_state.h"
 
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -8,6 +9,16 @@
 #include <nlohmann/json.hpp>
 
 namespace ds4setup {
+
+std::string UtcTimestampNow() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
 
 namespace {
 

@@ -49,6 +49,9 @@ struct InstallState {
 
 std::string InstallStatePath(const std::string& prefix);
 
+// The current time as the records write it: ISO 8601 UTC, e.g. 2026-11-29T10:24:04Z.
+std::string UtcTimestampNow();
+
 // An error saying nothing is installed there when the file does not exist.
 Result<InstallState> LoadInstallState(const std::string& prefix);
 

@@ -13,6 +13,7 @@
 #include "build_stage.h"
 #include "confirm.h"
 #include "http_check.h"
+#include "install_state.h"
 #include "proc.h"
 #include "smoke_stage.h"
 
@@ -42,15 +43,6 @@ Status WriteFile(const std::string& path, const std::string& text) {
   fs::rename(temp, path, ec);
   if (ec) return Status::Error("cannot replace " + path + ": " + ec.message());
   return Status::Ok();
-}
-
-std::string NowUtc() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return text;
 }
 
 Status Fail(Context& context, const std::string& message) {
@@ -272,7 +264,7 @@ Status ServiceStage(Context& context) {
   state.rendered_unit = prefix + "/etc/ds4.service";
   DS4_RETURN_IF_ERROR(WriteFile(state.rendered_unit, *unit));
 
-  state.installed_at = NowUtc();
+  state.installed_at = UtcTimestampNow();
 #ifdef DS4_VERSION
   state.setup_version = DS4_VERSION;
 #endif

@@ -14,6 +14,7 @@
 
 #include "build_stage.h"
 #include "http_check.h"
+#include "install_state.h"
 #include "proc.h"
 #include "sha256.h"
 
@@ -32,15 +33,6 @@ std::string Trim(const std::string& text) {
 std::string Seconds(double seconds) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.1f s", seconds);
-  return text;
-}
-
-std::string NowUtc() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return text;
 }
 
@@ -303,7 +295,7 @@ Status SmokeStage(Context& context) {
     }
   }
   state.smoke_key = key;
-  state.smoke_passed_at = NowUtc();
+  state.smoke_passed_at = UtcTimestampNow();
   return SaveInstallState(state);
 }
 
