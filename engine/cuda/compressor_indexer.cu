@@ -21,6 +21,7 @@ __global__ void compressor_kernel(CompressorLaunch p) {
   const int w = coff * p.d;
   const int phase = pos % p.ratio;
   const int slot = pos % p.state_slots;
+  if (p.gate_flag && threadIdx.x == 0) *p.gate_flag = ((pos + 1) / 4) > p.gate_topk ? 1 : 0;
   for (int j = threadIdx.x; j < w; j += blockDim.x) {
     p.state_k[slot * w + j] = p.k[j];
     p.state_z[slot * w + j] = p.z[j] + p.ape[phase * w + j];

@@ -35,6 +35,10 @@ struct CompressorLaunch {
   const float* rope_freqs = nullptr;
   RowQat qat = RowQat::kNone;
   const int32_t* pos = nullptr;    // device
+  // Optional: also writes *gate_flag = (floor((*pos + 1) / 4) > gate_topk), the
+  // indexer's gate (saves a launch in ratio-4 layers).
+  int32_t* gate_flag = nullptr;
+  int gate_topk = 0;
 };
 
 // Stores token *pos's (k, z) and emits a row when its window completes.

@@ -47,7 +47,7 @@ struct CudaForward::Workspace {
   void* arena = nullptr;
   float *x = nullptr, *xb = nullptr, *mix = nullptr, *post = nullptr, *comb = nullptr;
   float *n = nullptr, *a = nullptr, *qf = nullptr, *kv = nullptr, *heads = nullptr, *u = nullptr;
-  float *out = nullptr, *ck = nullptr, *cz = nullptr, *iq = nullptr, *iw = nullptr;
+  float *out = nullptr, *ck = nullptr, *iq = nullptr, *iw = nullptr;
   float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
   float *head = nullptr, *logits = nullptr;
   int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
@@ -128,8 +128,7 @@ Status CudaForward::init() {
   k.take(&w.heads, qdim);
   k.take(&w.u, static_cast<int64_t>(c.out_groups) * c.out_lora);
   k.take(&w.out, c.dim);
-  k.take(&w.ck, comp_w);
-  k.take(&w.cz, comp_w);
+  k.take(&w.ck, 2 * comp_w);  // k then z of one compressor (cz points into it per layer)
   k.take(&w.iq, static_cast<int64_t>(c.index_heads) * c.index_head_dim);
   k.take(&w.iw, c.index_heads);
   k.take(&w.router, c.n_experts);
@@ -200,6 +199,32 @@ bool CudaForward::valid(int id) const {
 
 int32_t CudaForward::max_ctx(int id) const { return valid(id) ? seqs_[id]->max_ctx : 0; }
 
+// k = kv . n and z = gate . n into out[0..w) and out[w..2w): one launch when the
+// planner placed the gate rows right after the kv rows (same type and width), else two.
+static Status project_compressor(const DeviceCompressor& c, const float* n, float* out, float* split,
+                                 int64_t split_floats, cudaStream_t st) {
+  const DeviceMatrix& kv = c.kv;
+  const DeviceMatrix& gate = c.gate;
+  MatvecLaunch ml;
+  ml.x = n;
+  ml.split_workspace = split;
+  ml.split_workspace_floats = split_floats;
+  if (gate.type == kv.type && gate.cols == kv.cols && gate.rows == kv.rows && kv.scales == nullptr &&
+      gate.data == kv.data + kv.data_bytes()) {
+    DeviceMatrix both = kv;
+    both.rows = 2 * kv.rows;
+    ml.w = &both;
+    ml.y = out;
+    return launch_matvec(ml, st);
+  }
+  ml.w = &kv;
+  ml.y = out;
+  DS4_RETURN_IF_ERROR(launch_matvec(ml, st));
+  ml.w = &gate;
+  ml.y = out + kv.rows;
+  return launch_matvec(ml, st);
+}
+
 Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   const ModelConfig& c = model_.config();
   const DeviceLayer& L = model_.layer(l);
@@ -259,11 +284,10 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   stage("kv path");
 
   if (L.ratio != 0) {
-    DS4_RETURN_IF_ERROR(mv(L.compressor.kv, w.n, w.ck));
-    DS4_RETURN_IF_ERROR(mv(L.compressor.gate, w.n, w.cz));
+    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split, kSplitFloats, st));
     CompressorLaunch cl;
     cl.k = w.ck;
-    cl.z = w.cz;
+    cl.z = w.ck + L.compressor.kv.rows;
     cl.ape = L.compressor.ape;
     cl.norm_weight = L.compressor.norm;
     cl.state_k = S.comp_k;
@@ -281,9 +305,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     DS4_RETURN_IF_ERROR(launch_compressor_update(cl, st));
     stage("compressor");
     if (L.ratio == 4) {
-      DS4_RETURN_IF_ERROR(mv(L.index_compressor.kv, w.n, w.ck));
-      DS4_RETURN_IF_ERROR(mv(L.index_compressor.gate, w.n, w.cz));
+      DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ck, w.split, kSplitFloats, st));
       CompressorLaunch il = cl;
+      il.k = w.ck;
+      il.z = w.ck + L.index_compressor.kv.rows;
+      il.gate_flag = w.index_active;  // the indexer's gate, written by this launch
+      il.gate_topk = c.index_topk;
       il.ape = L.index_compressor.ape;
       il.norm_weight = L.index_compressor.norm;
       il.state_k = S.index_k;
@@ -294,7 +321,6 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
       DS4_RETURN_IF_ERROR(launch_compressor_update(il, st));
       stage("index compressor");
-      DS4_RETURN_IF_ERROR(launch_indexer_gate(pos, 4, c.index_topk, w.index_active, st));
       MatvecLaunch iqm;
       iqm.w = &L.index_q_b;
       iqm.x = w.a;
