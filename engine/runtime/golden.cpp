@@ -14,9 +14,7 @@
 #include "model/model.h"
 #include "text/tokenizer.h"
 
-#ifdef DS4_HAVE_JSON
 #include <nlohmann/json.hpp>
-#endif
 
 namespace ds4 {
 
@@ -60,7 +58,8 @@ std::string GoldenReport::summary() const {
   std::string v;
   for (const std::string& s : variants) v += (v.empty() ? "" : "+") + s;
   std::ostringstream o;
-  o << "golden " << fixture << " [" << backend << ", " << v << ", " << runs.size() << " runs]";
+  o << "golden " << fixture << " [" << backend << ", " << v << ", " << runs.size() << " runs, bound "
+    << fmt(rel_tolerance) << "*std+2*noise]";
   if (tokenizer_checked) o << " tokenizer " << (tokenizer_ok ? "ok" : "MISMATCH") << ";";
   o << " prefill: max|dlogit|/std " << fmt(pre.max_rel_std) << ", within bound " << pre.within_bound << "/"
     << pre.positions << ", top-1 " << pre.top1_agree << "/" << pre.positions << ";";
@@ -74,14 +73,6 @@ std::string GoldenReport::summary() const {
   o << (passed() ? " PASS" : " FAIL");
   return o.str();
 }
-
-#ifndef DS4_HAVE_JSON
-
-Result<GoldenReport> run_golden(const GoldenOptions&) {
-  return Status::Error("golden checker: this build has no JSON support (nlohmann-json)");
-}
-
-#else
 
 namespace {
 
@@ -132,10 +123,10 @@ float top2_gap(const float* v, int64_t n) {
 
 // Applies the logit and top-1 rules to one position.
 void compare_row(const float* engine, const float* golden, int64_t vocab, double std_dev, float noise,
-                 int32_t position, GoldenPart* part) {
+                 double rel_tolerance, int32_t position, GoldenPart* part) {
   double max_abs = 0;
   for (int64_t i = 0; i < vocab; ++i) max_abs = std::max(max_abs, std::fabs(double(engine[i]) - golden[i]));
-  const double bound = 1e-3 * std_dev + 2.0 * noise;
+  const double bound = rel_tolerance * std_dev + 2.0 * noise;
   part->positions++;
   if (max_abs <= bound) part->within_bound++;
   part->max_abs = std::max(part->max_abs, max_abs);
@@ -196,6 +187,7 @@ struct VariantData {
   std::vector<int32_t> mtp_positions;
   std::vector<int32_t> decode_tokens;
   double logit_std = 1.0;
+  double rel_tolerance = GoldenOptions::kStrictTolerance;  // the rule being applied
 };
 
 Result<VariantData> load_variant(const Fixture& f, const std::string& v) {
@@ -379,7 +371,7 @@ Status run_mtp_check(Backend* backend, SeqId seq, const Fixture& f, const Varian
     if (row_of[p] < 0) continue;
     const int32_t r = row_of[p];
     compare_row(out.logits.data() + static_cast<size_t>(k++) * f.vocab, d.mtp.data() + static_cast<size_t>(r) * f.vocab,
-                f.vocab, d.logit_std, d.mtp_noise[r], p, part);
+                f.vocab, d.logit_std, d.mtp_noise[r], d.rel_tolerance, p, part);
   }
   return Status::Ok();
 }
@@ -407,7 +399,7 @@ Status run_mode(Backend* backend, const Fixture& f, const VariantData& d, Golden
       if (row_of[p] < 0) continue;
       const int32_t r = row_of[p];
       compare_row(out.logits.data() + static_cast<size_t>(k++) * f.vocab, d.prefill.data() + static_cast<size_t>(r) * f.vocab,
-                  f.vocab, d.logit_std, d.prefill_noise[r], p, &run->prefill);
+                  f.vocab, d.logit_std, d.prefill_noise[r], d.rel_tolerance, p, &run->prefill);
     }
   }
   if (mtp && status.ok()) {
@@ -419,8 +411,9 @@ Status run_mode(Backend* backend, const Fixture& f, const VariantData& d, Golden
     status = backend->forward(std::span<const BatchToken>(&t, 1), &out);
     if (!status.ok()) break;
     const float* golden = d.decode.data() + static_cast<size_t>(i) * f.vocab;
-    compare_row(out.logits.data(), golden, f.vocab, d.logit_std, d.decode_noise[i], n + i, &run->decode);
-    const double bound = 1e-3 * d.logit_std + 2.0 * d.decode_noise[i];
+    compare_row(out.logits.data(), golden, f.vocab, d.logit_std, d.decode_noise[i], d.rel_tolerance, n + i,
+                &run->decode);
+    const double bound = d.rel_tolerance * d.logit_std + 2.0 * d.decode_noise[i];
     if (i + 1 < static_cast<int32_t>(d.decode_tokens.size()) && top2_gap(golden, f.vocab) > 2 * bound) {
       run->decode_tokens_required++;
       if (argmax(out.logits.data(), f.vocab) == d.decode_tokens[i + 1]) run->decode_tokens_reproduced++;
@@ -448,6 +441,10 @@ std::string describe(const GoldenRun& r) {
 
 }  // namespace
 
+double default_golden_tolerance(BackendKind kind) {
+  return kind == BackendKind::kCuda ? GoldenOptions::kFastPathTolerance : GoldenOptions::kStrictTolerance;
+}
+
 Result<GoldenReport> run_golden(const GoldenOptions& options) {
   auto fixture = load_fixture(options.fixture_dir);
   if (!fixture.ok()) return fixture.status();
@@ -455,6 +452,7 @@ Result<GoldenReport> run_golden(const GoldenOptions& options) {
   GoldenReport report;
   report.fixture = f.golden.value("fixture", options.fixture_dir);
   report.backend = std::string(backend_kind_name(options.backend));
+  report.rel_tolerance = options.rel_tolerance;
 
   const std::string model_path = options.model_path.empty() ? f.path("model.gguf") : options.model_path;
   auto model = Model::Load(model_path);
@@ -486,6 +484,7 @@ Result<GoldenReport> run_golden(const GoldenOptions& options) {
     }
     auto data = load_variant(f, v);
     if (!data.ok()) return data.status();
+    data.value().rel_tolerance = options.rel_tolerance;
     BackendOptions bo;
     bo.threads = options.threads;
     bo.qat = (v == "qat");
@@ -512,7 +511,5 @@ Result<GoldenReport> run_golden(const GoldenOptions& options) {
   }
   return report;
 }
-
-#endif  // DS4_HAVE_JSON
 
 }  // namespace ds4

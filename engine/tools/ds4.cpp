@@ -70,6 +70,7 @@ struct CliOptions {
   int32_t mtp_draft = 0;
   std::string system = "You are a helpful assistant";
   std::string golden;
+  std::string golden_rule;  // "strict", "fast" or empty (the backend's default)
   bool no_qat = false;
   int32_t prefill_chunk = 512;
 };
@@ -188,6 +189,9 @@ int run_golden_mode(const CliOptions& o, ds4::BackendKind kind) {
   golden.model_path = o.model;
   golden.backend = kind;
   golden.threads = o.threads;
+  golden.rel_tolerance = o.golden_rule == "strict" ? ds4::GoldenOptions::kStrictTolerance
+                         : o.golden_rule == "fast" ? ds4::GoldenOptions::kFastPathTolerance
+                                                   : ds4::default_golden_tolerance(kind);
   if (o.no_qat) golden.variants = {"off"};
   auto report = ds4::run_golden(golden);
   if (!report.ok()) {
@@ -282,6 +286,10 @@ int main(int argc, char** argv) {
   app.add_option("--mtp-draft", o.mtp_draft, "MTP draft tokens per step (default 2 with --mtp)")->check(CLI::NonNegativeNumber);
   app.add_option("--system,-s", o.system, "system prompt (\"\" for none)");
   app.add_option("--golden", o.golden, "check the engine against a golden fixture folder");
+  app.add_option("--golden-rule", o.golden_rule,
+                 "logit bound for --golden: strict (1e-3*std, the CPU default) or fast "
+                 "(2e-2*std, the CUDA default; fixtures/README.md section 4)")
+      ->check(CLI::IsMember({"strict", "fast"}));
   app.add_flag("--no-qat", o.no_qat, "do not simulate the FP8 KV / FP4 indexer round trips");
   app.add_option("--prefill-chunk", o.prefill_chunk, "prompt tokens per forward pass")
       ->check(CLI::PositiveNumber);
