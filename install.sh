@@ -5,7 +5,8 @@
 #
 # What it does: checks that this is Debian or Ubuntu, installs the build dependencies with
 # apt (sudo when not root; it says which packages first), gets the ds4-spark source (a git
-# clone of a pinned ref, or the local tree in DS4_SPARK_SRC), builds ds4-setup with CMake
+# clone of a pinned ref; the local tree in DS4_SPARK_SRC; or, run as ./install.sh from a
+# checkout, that checkout), builds ds4-setup with CMake
 # and runs `ds4-setup install` with every argument given here (--with-mtp, --start,
 # --demo, --prefix DIR, --yes, ...; `ds4-setup --help` lists them). ds4-setup then checks
 # the host, downloads and verifies the model, builds the engine, smoke-tests it and
@@ -117,9 +118,24 @@ choose_prefix_sudo() {
   fi
 }
 
-# Sets SOURCE_DIR: DS4_SPARK_SRC, or a clone of the pinned ref in <prefix>/src.
+# The source tree this script sits in, when it is run as a file from a checkout
+# (`./install.sh`); empty when it is piped from curl.
+script_tree() {
+  local script="${BASH_SOURCE[0]:-}" dir
+  [ -n "$script" ] && [ -f "$script" ] || return 0
+  dir=$(cd "$(dirname "$script")" && pwd)
+  if [ -f "$dir/CMakeLists.txt" ] && [ -d "$dir/installer" ] && [ -d "$dir/engine" ]; then
+    printf '%s' "$dir"
+  fi
+}
+
+# Sets SOURCE_DIR: DS4_SPARK_SRC, else the checkout this script was run from, else a
+# clone of the pinned ref in <prefix>/src.
 get_source() {
   local prefix="$1"
+  if [ -z "${DS4_SPARK_SRC:-}" ]; then
+    DS4_SPARK_SRC=$(script_tree)
+  fi
   if [ -n "${DS4_SPARK_SRC:-}" ]; then
     if [ ! -f "$DS4_SPARK_SRC/CMakeLists.txt" ] || [ ! -d "$DS4_SPARK_SRC/installer" ]; then
       error "DS4_SPARK_SRC=$DS4_SPARK_SRC is not a ds4-spark source tree (no CMakeLists.txt and installer/)"
