@@ -13,35 +13,13 @@
 
 #include "build_stage.h"
 #include "proc.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
 using namespace ds4setup;
+using namespace ds4setup::testing;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char pattern[] = "/tmp/ds4-build-test-XXXXXX";
-    path = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-void Write(const fs::path& path, const std::string& text) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::trunc) << text;
-}
-
-std::string Read(const fs::path& path) {
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
 
 // A source tree shaped like ds4-spark's: CMakeLists.txt + engine/, installing programs.
 void MakeFakeEngineTree(const fs::path& root, const std::string& programs = "ds4 ds4-server") {
@@ -73,7 +51,7 @@ void NoLog(const std::string&) {}
 }  // namespace
 
 TEST_CASE("the engine version follows the sources and the build options") {
-  TempDir dir;
+  TempDir dir("build-test");
   MakeFakeEngineTree(dir.path / "src");
   BuildRequest request = RequestFor(dir);
   Result<std::string> v1 = EngineVersion(request);
@@ -96,7 +74,7 @@ TEST_CASE("the engine version follows the sources and the build options") {
 }
 
 TEST_CASE("a tree without engine sources is refused with the path") {
-  TempDir dir;
+  TempDir dir("build-test");
   fs::create_directories(dir.path / "src");
   Result<std::string> version = EngineVersion(RequestFor(dir));
   REQUIRE_FALSE(version.ok());
@@ -109,7 +87,7 @@ TEST_CASE("build, skip when unchanged, keep the previous build, roll back, prune
     MESSAGE("cmake not on PATH: build steps not exercised");
     return;
   }
-  TempDir dir;
+  TempDir dir("build-test");
   MakeFakeEngineTree(dir.path / "src");
   BuildRequest request = RequestFor(dir);
   const fs::path prefix(request.prefix);
@@ -168,7 +146,7 @@ TEST_CASE("a build that lacks ds4-server, or does not configure, fails with the 
     MESSAGE("cmake not on PATH: build steps not exercised");
     return;
   }
-  TempDir dir;
+  TempDir dir("build-test");
   MakeFakeEngineTree(dir.path / "src", "ds4");
   BuildRequest request = RequestFor(dir);
   Result<BuildOutcome> missing = BuildEngine(request, NoLog);
@@ -186,7 +164,7 @@ TEST_CASE("a build that lacks ds4-server, or does not configure, fails with the 
 }
 
 TEST_CASE("rolling back without a previous build says so") {
-  TempDir dir;
+  TempDir dir("build-test");
   Status status = RollbackEngine(dir.path.string());
   REQUIRE_FALSE(status.ok());
   CHECK(status.message().find("no previous engine build") != std::string::npos);
@@ -197,7 +175,7 @@ TEST_CASE("a build tree configured from another source tree is started afresh") 
     MESSAGE("cmake not on PATH: build steps not exercised");
     return;
   }
-  TempDir dir;
+  TempDir dir("build-test");
   MakeFakeEngineTree(dir.path / "src");
   BuildRequest request = RequestFor(dir);
   REQUIRE(BuildEngine(request, NoLog).ok());
@@ -238,7 +216,7 @@ TEST_CASE("CUDA builds: sm_121 code is verified; a build for another architectur
     MESSAGE("nvcc or cmake not found: the CUDA build check was not run");
     return;
   }
-  TempDir dir;
+  TempDir dir("build-test");
   MakeFakeCudaEngineTree(dir.path / "src", "");
   BuildRequest request = RequestFor(dir);
   request.cuda_architectures = "121";
@@ -251,7 +229,7 @@ TEST_CASE("CUDA builds: sm_121 code is verified; a build for another architectur
   CHECK(built->arch_check.find("sm_121 code present") != std::string::npos);
   CHECK(Read(fs::path(request.prefix) / "current" / "BUILD_INFO.json").find("\"121\"") != std::string::npos);
 
-  TempDir other;
+  TempDir other("build-test");
   MakeFakeCudaEngineTree(other.path / "src", "90");
   BuildRequest wrong = RequestFor(other);
   wrong.cuda_architectures = "121";

@@ -13,15 +13,13 @@
 
 #include "cuda_arch.h"
 #include "proc.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
 using namespace ds4setup;
+using namespace ds4setup::testing;
 
 namespace {
-
-bool Contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 template <typename T>
 void Put(std::string& bytes, T value) {
@@ -51,18 +49,6 @@ std::string Fatbin(const std::string& entries) {
   Put<uint64_t>(fatbin, entries.size());
   return fatbin + entries;
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char pattern[] = "/tmp/ds4-arch-test-XXXXXX";
-    path = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::string FindNvcc() {
   std::vector<std::string> dirs = {"/usr/local/cuda/bin"};
@@ -117,7 +103,7 @@ TEST_CASE("cuobjdump --list-elf output and architecture names are understood") {
 }
 
 TEST_CASE("files that are not ELF, or carry no GPU code, fail the check with a reason") {
-  TempDir dir;
+  TempDir dir("arch-test");
   fs::path text = dir.path / "notes.txt";
   std::ofstream(text) << "not a program\n";
   Result<std::vector<CudaCode>> not_elf = ReadEmbeddedCudaCode(text.string());
@@ -140,7 +126,7 @@ TEST_CASE("nvcc builds: sm_121 passes the check, an sm_90-only build fails loudl
     MESSAGE("nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin): compile check not run");
     return;
   }
-  TempDir dir;
+  TempDir dir("arch-test");
   fs::path source = dir.path / "add_one.cu";
   std::ofstream(source) << "__global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }\n"
                            "int main() { float* d = nullptr; cudaMalloc(&d, 4);\n"

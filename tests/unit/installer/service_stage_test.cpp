@@ -22,33 +22,13 @@
 #include "service_stage.h"
 #include "status_cmd.h"
 #include "uninstall_cmd.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
 using namespace ds4setup;
+using namespace ds4setup::testing;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char pattern[] = "/tmp/ds4-service-test-XXXXXX";
-    path = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-void Write(const fs::path& path, const std::string& text, bool executable = false) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::trunc) << text;
-  if (executable) fs::permissions(path, fs::perms::owner_all);
-}
-
-bool Contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 // Stand-in ds4-server: /v1/models 200, chat completions answer Paris; writes its argv
 // to <dir>/server.args.
@@ -99,7 +79,7 @@ struct Listener {
 // A prefix with current/bin/ds4-server, a model file and a smoke manifest with the
 // chat API check; the context has DS4_NO_SYSTEMD semantics and a free port.
 struct ServiceFixture {
-  TempDir dir;
+  TempDir dir{"service-test"};
   std::FILE* out = std::tmpfile();
   Ui ui{out, out};
   Context context;
@@ -240,7 +220,7 @@ TEST_CASE("without --start nothing runs, and the install says how to start it") 
 
 TEST_CASE("uninstall of an empty prefix changes nothing; --purge-models removes the models") {
   ServiceFixture f;
-  TempDir empty;
+  TempDir empty("service-test");
   Context other = f.context;
   other.options.prefix = (empty.path / "nothing").string();
   CHECK(RunUninstall(other) == kExitOk);

@@ -16,42 +16,15 @@
 #include "install_state.h"
 #include "proc.h"
 #include "smoke_stage.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
 using namespace ds4setup;
+using namespace ds4setup::testing;
 
 namespace {
 
 const std::string kSmokeManifest = std::string(DS4_SOURCE_DIR) + "/manifests/smoke.yaml";
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char pattern[] = "/tmp/ds4-smoke-test-XXXXXX";
-    path = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-void Write(const fs::path& path, const std::string& text, bool executable = false) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::trunc) << text;
-  if (executable) fs::permissions(path, fs::perms::owner_all);
-}
-
-std::string Read(const fs::path& path) {
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
-bool Contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 // A stand-in ds4: records its arguments (one per line) and prints $FAKE_ANSWER.
 void WriteFakeDs4(const fs::path& bin_dir, const std::string& answer, int exit_code = 0) {
@@ -104,7 +77,7 @@ const char* kTwoChecks =
 
 // A context for the smoke stage over a temp prefix, manifests dir and bin dir.
 struct SmokeFixture {
-  TempDir dir;
+  TempDir dir{"smoke-test"};
   std::FILE* out = std::tmpfile();
   Ui ui{out, out};
   Context context;
@@ -175,7 +148,7 @@ TEST_CASE("smoke manifest errors name the file, model and field") {
 }
 
 TEST_CASE("the CLI check runs ds4 non-thinking, greedy, and reads the answer from stdout") {
-  TempDir dir;
+  TempDir dir("smoke-test");
   WriteFakeDs4(dir.path, "The capital of France is Paris.");
   SmokeCheck check;
   check.name = "long";

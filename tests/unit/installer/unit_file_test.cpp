@@ -10,9 +10,11 @@
 
 #include "proc.h"
 #include "unit_file.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
 using namespace ds4setup;
+using namespace ds4setup::testing;
 
 namespace {
 
@@ -29,10 +31,6 @@ UnitConfig Gb10Config() {
   return config;
 }
 
-bool Contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 // The value of the first "Key=" line, or "<missing>".
 std::string Setting(const std::string& unit, const std::string& key) {
   std::istringstream lines(unit);
@@ -41,18 +39,6 @@ std::string Setting(const std::string& unit, const std::string& key) {
   }
   return "<missing>";
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char pattern[] = "/tmp/ds4-unit-test-XXXXXX";
-    path = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 }  // namespace
 
@@ -152,7 +138,7 @@ TEST_CASE("systemd-analyze verify accepts the rendered unit") {
     MESSAGE("systemd-analyze not installed: verification not run");
     return;
   }
-  TempDir dir;
+  TempDir dir("unit-test");
   // ExecStart must name an existing executable: a stand-in server script.
   fs::path server = dir.path / "bin" / "ds4-server";
   fs::create_directories(server.parent_path());
