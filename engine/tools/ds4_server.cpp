@@ -152,7 +152,9 @@ int main(int argc, char** argv) {
   const std::string speculative =
       engine.value()->speculative_enabled()
           ? "MTP drafts " + std::to_string(flags.mtp_draft) + " (greedy requests)"
-          : "MTP off";
+      : flags.mtp.empty() || flags.mtp_draft == 0
+          ? "MTP off"
+          : "MTP off (the " + std::string(engine.value()->backend().name()) + " backend has no MTP block)";
   std::printf("ds4-server: ready: model %s, backend %s, context %d tokens, %s, http://%s:%d/v1\n",
               ds4::server::kModelId,
               std::string(ds4::backend_kind_name(engine_options.backend)).c_str(), flags.ctx,
