@@ -96,15 +96,7 @@ struct SmokeFixture {
     Write(dir.path / "manifests" / "smoke.yaml", kTwoChecks);
   }
   ~SmokeFixture() { std::fclose(out); }
-  std::string Output() {
-    std::fflush(out);
-    std::rewind(out);
-    std::string text;
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof(buffer), out)) > 0) text.append(buffer, n);
-    return text;
-  }
+  std::string Output() { return ReadAll(out); }
 };
 
 }  // namespace

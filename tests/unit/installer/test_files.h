@@ -2,6 +2,7 @@
 // everything in it when the test ends, and small whole-file read/write helpers.
 #pragma once
 
+#include <cstdio>
 #include <stdlib.h>
 
 #include <filesystem>
@@ -38,6 +39,17 @@ inline std::string Read(const std::filesystem::path& path) {
   std::stringstream text;
   text << file.rdbuf();
   return text.str();
+}
+
+// Everything written so far to `file` (a tmpfile a Ui prints to).
+inline std::string ReadAll(FILE* file) {
+  std::fflush(file);
+  std::rewind(file);
+  std::string text;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), file)) > 0) text.append(buffer, n);
+  return text;
 }
 
 inline bool Contains(const std::string& text, const std::string& part) {
