@@ -6,6 +6,8 @@
 #include "cuda/attention.h"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_sequence.h"
+#include "cuda/prefill_workspace.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
@@ -13,35 +15,6 @@
 #include "cuda/sampling.h"
 
 namespace ds4 {
-
-// Device memory of one sequence: the step block, per-layer caches and its graphs.
-struct DeviceSequence {
-  int32_t max_ctx = 0;
-  int32_t* step = nullptr;  // [0] token, [1] position
-  void* arena = nullptr;
-  float* raw = nullptr;     // [layers][ring][head_dim]
-  int ring = 0;
-  struct Layer {
-    float* comp_rows = nullptr;
-    int64_t comp_max = 0;
-    float *comp_k = nullptr, *comp_z = nullptr;
-    int comp_slots = 0;
-    float* index_rows = nullptr;
-    float *index_k = nullptr, *index_z = nullptr;
-    int index_slots = 0;
-    int max_visible = 0;
-  };
-  std::vector<Layer> layers;
-  float* scores = nullptr;  // indexer workspace [max_ctx/4 + 1]
-  cudaGraphExec_t graph = nullptr;
-  cudaGraphExec_t graph_advance = nullptr;
-
-  ~DeviceSequence() {
-    if (graph) cudaGraphExecDestroy(graph);
-    if (graph_advance) cudaGraphExecDestroy(graph_advance);
-    if (arena) cudaFree(arena);
-  }
-};
 
 struct CudaForward::Workspace {
   void* arena = nullptr;
@@ -67,26 +40,6 @@ __global__ void advance_kernel(int32_t* step, const int32_t* next_token) {
   step[0] = *next_token;
   step[1] += 1;
 }
-
-// Bump allocator over sizes in floats (4-byte units), 256-byte aligned.
-class Carver {
- public:
-  template <typename T>
-  void take(T** out, int64_t n) {
-    slots_.push_back({reinterpret_cast<void**>(out), offset_});
-    offset_ += (std::max<int64_t>(n, 1) * 4 + 255) / 256 * 256;
-  }
-  Status allocate(void** arena, const char* what) {
-    DS4_RETURN_IF_ERROR(cuda_status(cudaMalloc(arena, offset_), what));
-    DS4_RETURN_IF_ERROR(cuda_status(cudaMemset(*arena, 0, offset_), what));
-    for (auto& s : slots_) *s.first = static_cast<uint8_t*>(*arena) + s.second;
-    return Status::Ok();
-  }
-
- private:
-  std::vector<std::pair<void**, int64_t>> slots_;
-  int64_t offset_ = 0;
-};
 
 }  // namespace
 

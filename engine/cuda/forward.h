@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,15 @@ class CudaForward {
   void free_sequence(int id);
   bool valid(int id) const;
   int32_t max_ctx(int id) const;
+
+  // Runs `n` tokens of sequence `id` at positions pos0 .. pos0+n-1 layer by layer
+  // (spec/MODEL.md §2.9): every projection is one tensor-core product over the n
+  // tokens. Token i's logits go to logits + k*vocab when logit_rows[k] == i, its final
+  // HC state to hidden + k*hc_dim when hidden_rows[k] == i (host memory).
+  Status prefill(int id, const int32_t* tokens, int n, int32_t pos0, std::span<const int> logit_rows,
+                 float* logits, std::span<const int> hidden_rows, float* hidden);
+  // The most tokens one prefill() call takes (larger prompts are split by the caller).
+  static constexpr int kMaxPrefill = 2048;
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
@@ -74,6 +84,8 @@ class CudaForward {
   cudaStream_t stream_ = nullptr;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
+  struct PrefillWorkspace;  // allocated by the first prefill()
+  std::unique_ptr<PrefillWorkspace> pws_;
   std::vector<std::unique_ptr<DeviceSequence>> seqs_;
 };
 
