@@ -1,0 +1,63 @@
+// Quantized matrix-matrix products on tensor cores (the prefill path): weights are
+// dequantized to f16 exactly as the CPU dequantization (then rounded to f16),
+// activations are converted f32 -> f16 when loaded, products run on mma.sync
+// m16n8k16 (f16 x f16 -> f32) and sums accumulate in f32 in a fixed order (no
+// split-K, no atomics: results do not depend on scheduling).
+//
+// Dense mode: for every token t < n_tokens and output row r < n_rows,
+//   v = W[matrix][row_begin + r] . x_t            (x_t = x + t * x_stride)
+// paired (w_up set): v = silu(min(g, limit)) * clamp(u, -limit, limit)
+// and y[t * y_stride + r] = v (or += v when `accumulate`).
+//
+// Grouped mode (group_offsets set, the MoE experts): assignment a (0 <= a <
+// group_offsets[n_groups], read on the device) uses matrix g with group_offsets[g] <= a
+// < group_offsets[g + 1], reads x row x_rows[a] (nullptr: a), writes y row a; paired,
+// the SwiGLU output is multiplied by row_scale[a] (nullptr: 1). One launch covers all
+// groups; its grid is sized on the host from n_tokens (an upper bound of the
+// assignments) and n_groups, and blocks without work exit. No host synchronisation.
+//
+// Thread-safety: launches on the caller's stream; no host state besides the one-time
+// setup of matmul_init().
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/device_matrix.h"
+
+namespace ds4 {
+
+struct MatmulLaunch {
+  const DeviceMatrix* w = nullptr;
+  const DeviceMatrix* w_up = nullptr;   // set: paired SwiGLU, as MatvecLaunch (gate = w, up = w_up):
+                                        // y = silu(min(g, limit)) * clamp(u, -limit, limit) [* row_scale[a]]
+  int matrix = 0;                       // dense mode: which stacked matrix of w
+  int64_t row_begin = 0;                // first output row of the matrix used
+  int64_t n_rows = -1;                  // output rows; -1: w->rows - row_begin
+  const float* x = nullptr;             // activation row t at x + t * x_stride (w->cols floats)
+  int64_t x_stride = 0;
+  float* y = nullptr;                   // output row t at y + t * y_stride (n_rows floats)
+  int64_t y_stride = 0;
+  int n_tokens = 0;                     // dense: rows of x/y; grouped: an upper bound of the assignments
+  float swiglu_limit = INFINITY;
+  bool accumulate = false;              // y += instead of y =
+  // Grouped mode (MoE experts), when group_offsets != nullptr: output row a (an
+  // "assignment", 0 <= a < group_offsets[n_groups], read on the device) uses matrix g
+  // of w (and w_up) where group_offsets[g] <= a < group_offsets[g+1]; it reads
+  // activation row x_rows[a] (x_rows == nullptr: row a) and, paired, multiplies the
+  // SwiGLU output by row_scale[a] (nullptr: 1). All three arrays live in device memory.
+  const int32_t* group_offsets = nullptr;  // [n_groups + 1], non-decreasing, [0] == 0
+  int n_groups = 0;
+  const int32_t* x_rows = nullptr;
+  const float* row_scale = nullptr;
+};
+
+Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);
+
+// One-time setup (IQ2_XXS codebook to the device, shared-memory limits); idempotent.
+Status matmul_init();
+
+}  // namespace ds4
