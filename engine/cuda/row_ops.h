@@ -34,6 +34,11 @@ struct RowPostLaunch {
   RowQat qat = RowQat::kNone;
   // When set, the output row goes to out + (*pos % ring) * out_stride (raw KV ring).
   int ring = 0;
+  // When > 0, row r belongs to position *pos + r / rows_per_pos: its RoPE angle and, with
+  // `ring`, its ring slot, out row ((*pos + r / rows_per_pos) % ring) * rows_per_pos +
+  // r % rows_per_pos. A chunk of n tokens: n*heads q rows with rows_per_pos = heads, n kv
+  // rows with rows_per_pos = 1. 0: every row at *pos (the single-token path).
+  int rows_per_pos = 0;
 };
 
 Status launch_row_post(const RowPostLaunch& launch, cudaStream_t stream);

@@ -1,0 +1,76 @@
+// Batched small ops for the GPU prefill: each launch runs one op over all n tokens
+// of a chunk (row t of every buffer belongs to token t), with exactly the arithmetic
+// of the single-token op applied token by token (hyper_connections.h, moe.h), plus
+// the MoE grouping that sorts a chunk's (token, slot) assignments by expert so the
+// expert products can run one expert at a time, and the combine that sums them back.
+//
+// Buffers: x holds n rows of mult*dim floats (row t at x + t*mult*dim), and so on as
+// each function says. All pointers are device memory; nothing reads back to the host.
+//
+// Thread-safety: launches on the caller's stream; no host state.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/hyper_connections.h"
+#include "cuda/moe.h"
+#include "format/ggml_type.h"
+
+namespace ds4 {
+
+// x row t (mult*dim floats) = embedding row tokens[t] repeated for every stream.
+// `embd` is F16 or F32.
+Status launch_hc_embed_tokens(const void* embd, GgmlType type, const int32_t* tokens, int n,
+                              const HcShape& s, float* x, cudaStream_t stream);
+
+// As launch_hc_pre for each token. mix: n rows of mix_n = (2 + mult) * mult floats
+// (fn . X for each token). post: n rows of mult, comb: n rows of mult*mult,
+// out: n rows of dim.
+Status launch_hc_pre_tokens(const float* x, const float* mix, const float* scale, const float* base,
+                            const float* norm_weight, const HcShape& s, int n, float* post,
+                            float* comb, float* out, cudaStream_t stream);
+
+// x_out row t = post_t * f_t + comb_t^T x_in_t (as launch_hc_post, per token).
+// f: n rows of dim.
+Status launch_hc_post_tokens(const float* x_in, const float* f, const float* post,
+                             const float* comb, const HcShape& s, int n, float* x_out,
+                             cudaStream_t stream);
+
+// As launch_router for n tokens: base.logits holds n rows of n_experts; base.token is a
+// device array of n token ids (read by hash layers only); base.ids / base.weights
+// receive n rows of n_used.
+struct RouterTokensLaunch {
+  RouterLaunch base;
+  int n = 0;
+};
+Status launch_router_tokens(const RouterTokensLaunch& launch, cudaStream_t stream);
+
+// MoE grouping: the n*k (token, slot) pairs of `ids` (n rows of k expert ids) sorted by
+// expert, stable in (token, slot) order. Writes offsets[n_experts + 1] (offsets[e] = the
+// first assignment of expert e, offsets[n_experts] = n*k), and for every assignment a:
+// x_rows[a] = its token, row_scale[a] = weights[token*k + slot], and
+// slot_of[token*k + slot] = a. An id outside [0, n_experts) counts as expert 0 (as the
+// router clamps hash-table entries). Deterministic; no host sync.
+struct MoeGroupLaunch {
+  const int32_t* ids = nullptr;
+  const float* weights = nullptr;  // optional: row_scale is written only when set
+  int n = 0;
+  int k = 0;
+  int n_experts = 0;
+  int32_t* offsets = nullptr;
+  int32_t* x_rows = nullptr;
+  float* row_scale = nullptr;
+  int32_t* slot_of = nullptr;
+};
+Status launch_moe_group(const MoeGroupLaunch& launch, cudaStream_t stream);
+
+// out row t (dim floats) = sum over j = 0..k-1, in that order, of y[slot_of[t*k + j]]
+// (y: assignment rows of dim floats); added to what out holds when `accumulate`
+// (out + (((y0 + y1) + ...) ), the sum formed first).
+Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, int dim,
+                          bool accumulate, float* out, cudaStream_t stream);
+
+}  // namespace ds4
