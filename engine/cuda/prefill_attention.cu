@@ -1,0 +1,492 @@
+#include "cuda/prefill_attention.h"
+
+#include <algorithm>
+
+#include "cuda/cuda_check.h"
+#include "cuda/row_post.cuh"
+
+namespace ds4 {
+namespace {
+
+using namespace cuda_detail;
+
+constexpr int kSelectThreads = 1024;
+constexpr int kScoreThreads = 256;
+constexpr int kScoreRowsPerBlock = 64;
+constexpr int kTileRows = 32;        // attention rows staged in shared memory at a time
+constexpr int kMaxPerLane = 16;      // head_dim / 32 <= 16
+constexpr int kMaxHeadsPerBlock = 16;
+
+int pow2_threads(int n) {
+  int t = 32;
+  while (t < n && t < 1024) t *= 2;
+  return t;
+}
+
+// ---------------------------------------------------------------------------
+// Compressor.
+
+// (k, z + ape) of position `pos`, channel `ch`: from the chunk's projections when the
+// position is inside the chunk, otherwise from the state written by earlier chunks.
+struct KZ {
+  float k, z;
+};
+
+__device__ __forceinline__ KZ compressor_value(const CompressorChunkLaunch& p, int w, int pos, int ch) {
+  if (pos >= p.pos0) {
+    const int64_t at = static_cast<int64_t>(pos - p.pos0) * p.kz_stride + ch;
+    return {p.k[at], p.z[at] + p.ape[(pos % p.ratio) * w + ch]};
+  }
+  const int64_t s = static_cast<int64_t>(pos % p.state_slots) * w + ch;
+  return {p.state_k[s], p.state_z[s]};
+}
+
+// Block b emits row c = c_begin + b with compressor_kernel's arithmetic (same order,
+// same rounding, same block size for the post-processing).
+__global__ void compressor_chunk_emit_kernel(CompressorChunkLaunch p, int c_begin) {
+  extern __shared__ float shared[];
+  float* v = shared;
+  float* scratch = shared + p.d;
+  const int coff = p.ratio == 4 ? 2 : 1;
+  const int w = coff * p.d;
+  const int c = c_begin + static_cast<int>(blockIdx.x);
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) {
+    float mx = -INFINITY;
+    for (int half = 0; half < coff; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) mx = fmaxf(mx, compressor_value(p, w, first + t, ch).z);
+    }
+    float sum = 0.0f;
+    for (int half = 0; half < coff; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) {
+        const float e = static_cast<float>(
+            exp(static_cast<double>(compressor_value(p, w, first + t, ch).z - mx)));
+        sum = __fadd_rn(sum, e);
+      }
+    }
+    float pooled = 0.0f;
+    for (int half = 0; half < coff; ++half) {
+      const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
+      if (first < 0) continue;
+      const int ch = coff == 2 ? half * p.d + j : j;
+      for (int t = 0; t < p.ratio; ++t) {
+        const KZ kz = compressor_value(p, w, first + t, ch);
+        const float e = static_cast<float>(exp(static_cast<double>(kz.z - mx)));
+        pooled = __fadd_rn(pooled, __fmul_rn(kz.k, __fdiv_rn(e, sum)));
+      }
+    }
+    v[j] = pooled;
+  }
+  __syncthreads();
+  post_process_row(v, p.d, true, p.norm_weight, p.eps, p.rope_dim, p.rope_freqs,
+                   static_cast<float>(c * p.ratio), false, static_cast<int>(p.qat), scratch);
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) p.rows[static_cast<int64_t>(c) * p.d + j] = v[j];
+}
+
+// Writes (k, z + ape) of the chunk's last min(n, state_slots) positions into their slots.
+__global__ void compressor_chunk_state_kernel(CompressorChunkLaunch p, int first_pos) {
+  const int coff = p.ratio == 4 ? 2 : 1;
+  const int w = coff * p.d;
+  const int pos = first_pos + static_cast<int>(blockIdx.x);
+  const int64_t at = static_cast<int64_t>(pos - p.pos0) * p.kz_stride;
+  const int64_t slot = static_cast<int64_t>(pos % p.state_slots) * w;
+  const int phase = pos % p.ratio;
+  for (int j = threadIdx.x; j < w; j += blockDim.x) {
+    p.state_k[slot + j] = p.k[at + j];
+    p.state_z[slot + j] = p.z[at + j] + p.ape[phase * w + j];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Indexer.
+
+// Block (row group, token t): one warp per row with indexer_score_kernel's arithmetic.
+__global__ void __launch_bounds__(kScoreThreads) indexer_chunk_score_kernel(IndexerChunkLaunch p,
+                                                                            int64_t stride) {
+  const int t = blockIdx.y;
+  const int pos = p.pos0 + t;
+  int64_t nc = (pos + 1) / p.ratio;
+  if (nc <= p.topk) return;  // gate closed: every row is visible, no selection
+  if (nc > p.max_rows) nc = p.max_rows;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kScoreRowsPerBlock;
+  if (c0 >= nc) return;
+  extern __shared__ float shared[];
+  float* q = shared;
+  float* w = shared + p.heads * p.head_dim;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
+                      static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
+  const float* qt = p.q + static_cast<int64_t>(t) * p.heads * p.head_dim;
+  for (int i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = qt[i];
+  for (int i = threadIdx.x; i < p.heads; i += blockDim.x) w[i] = p.weights[static_cast<int64_t>(t) * p.heads + i] * scale;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int warps = blockDim.x >> 5;
+  const int64_t c1 = min(nc, c0 + kScoreRowsPerBlock);
+  float* scores = p.scores + static_cast<int64_t>(t) * stride;
+  for (int64_t c = c0 + (threadIdx.x >> 5); c < c1; c += warps) {
+    const float* row = p.rows + c * p.head_dim;
+    float score = 0.0f;
+    for (int h = 0; h < p.heads; ++h) {
+      float d = 0.0f;
+      for (int i = lane; i < p.head_dim; i += 32) d += q[h * p.head_dim + i] * row[i];
+      d = warp_sum(d);
+      score += fmaxf(d, 0.0f) * w[h];
+    }
+    if (lane == 0) scores[c] = score;
+  }
+}
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ int block_exclusive_scan(int v, int* buf) {
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (int off = 1; off < kSelectThreads; off <<= 1) {
+    const int add = threadIdx.x >= off ? buf[threadIdx.x - off] : 0;
+    __syncthreads();
+    buf[threadIdx.x] += add;
+    __syncthreads();
+  }
+  const int inclusive = buf[threadIdx.x];
+  __syncthreads();
+  return inclusive - v;
+}
+
+// Block t: the gate flag of token t and, when open, its top-k (radix select on the
+// order-preserving keys; every larger key and the lowest-index equal ones, in row order).
+__global__ void __launch_bounds__(kSelectThreads) indexer_chunk_topk_kernel(IndexerChunkLaunch p,
+                                                                            int64_t stride) {
+  __shared__ int hist[256];
+  __shared__ int scan_buf[kSelectThreads];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining;
+  const int t = blockIdx.x;
+  const int pos = p.pos0 + t;
+  const bool open = ((pos + 1) / p.ratio) > p.topk;
+  if (threadIdx.x == 0) p.active[t] = open ? 1 : 0;
+  if (!open) return;
+  int nc = (pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+  const float* scores = p.scores + static_cast<int64_t>(t) * stride;
+  int32_t* selected = p.selected + static_cast<int64_t>(t) * p.topk;
+  uint32_t prefix = 0, mask = 0;
+  int remaining = p.topk;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+      const uint32_t key = order_key(scores[i]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0;
+      int b = 255;
+      for (; b > 0; --b) {
+        if (above + hist[b] >= remaining) break;
+        above += hist[b];
+      }
+      s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+      s_remaining = remaining - above;
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    remaining = s_remaining;
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  const int chunk = (nc + kSelectThreads - 1) / kSelectThreads;
+  const int begin = threadIdx.x * chunk;
+  const int end = min(nc, begin + chunk);
+  int gt = 0, eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = order_key(scores[i]);
+    gt += key > prefix;
+    eq += key == prefix;
+  }
+  const int eq_before = block_exclusive_scan(eq, scan_buf);
+  const int take_eq = max(0, min(eq, remaining - eq_before));
+  int offset = block_exclusive_scan(gt + take_eq, scan_buf);
+  int taken_eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = order_key(scores[i]);
+    if (key > prefix || (key == prefix && taken_eq < take_eq)) {
+      if (key == prefix) ++taken_eq;
+      if (offset < p.topk) selected[offset] = i;
+      ++offset;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Attention.
+
+// Visible rows of token t: `nraw` raw rows (positions pos-nraw+1 .. pos), then `ncomp`
+// compressed rows (all of the first ncomp, or the token's selection).
+struct ChunkVisible {
+  int pos, nraw, ncomp;
+  const int32_t* selection;  // nullptr: rows 0..ncomp-1
+};
+
+__device__ __forceinline__ ChunkVisible chunk_visible(const AttentionChunkLaunch& p, int t) {
+  ChunkVisible v;
+  v.pos = p.pos0 + t;
+  v.nraw = min(v.pos + 1, p.window);
+  v.ncomp = 0;
+  v.selection = nullptr;
+  if (p.ratio == 4) {
+    const bool sel = p.active && p.active[t] != 0;
+    v.ncomp = sel ? p.topk : (v.pos + 1) / 4;
+    if (sel) v.selection = p.selected + static_cast<int64_t>(t) * p.topk;
+  } else if (p.ratio > 0) {
+    v.ncomp = (v.pos + 1) / p.ratio;
+  }
+  if (v.ncomp > p.max_comp_rows) v.ncomp = static_cast<int>(p.max_comp_rows);
+  return v;
+}
+
+__device__ __forceinline__ const float* chunk_row(const AttentionChunkLaunch& p, const ChunkVisible& v,
+                                                  int r) {
+  if (r < v.nraw) {
+    const int pos = v.pos - v.nraw + 1 + r;
+    if (pos >= p.pos0) return p.chunk_kv + static_cast<int64_t>(pos - p.pos0) * p.head_dim;
+    return p.ring + static_cast<int64_t>(pos % p.ring_slots) * p.head_dim;
+  }
+  const int c = v.selection ? v.selection[r - v.nraw] : r - v.nraw;
+  return p.comp + static_cast<int64_t>(c) * p.head_dim;
+}
+
+// Sum over the warp of v[j] for every j < 32 with warp_sum's pairing (lanes l and
+// l^16, then ^8, ...); lane l returns the total of index l.
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) {
+    const bool upper = (lane & off) != 0;
+#pragma unroll
+    for (int j = 0; j < off; ++j) {
+      const float send = upper ? v[j] : v[j + off];
+      const float keep = upper ? v[j + off] : v[j];
+      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+  }
+  return v[0];
+}
+
+// Block (token t, head group): each warp owns kHeadsPerWarp heads; rows are staged in
+// shared memory kTileRows at a time and used by every head of the block, with an online
+// softmax (running max, sum and output per head). Lane l holds dims l + 32k.
+template <int kHeadsPerWarp>
+__global__ void attention_chunk_kernel(AttentionChunkLaunch p, int heads_per_block) {
+  extern __shared__ float tile[];  // [kTileRows][head_dim]
+  const int t = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int D = p.head_dim;
+  const int per = D / 32;
+  const int h0 = blockIdx.y * heads_per_block + warp * kHeadsPerWarp;
+  const ChunkVisible vis = chunk_visible(p, t);
+  const int total = vis.nraw + vis.ncomp;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+
+  float q[kHeadsPerWarp][kMaxPerLane];
+  float acc[kHeadsPerWarp][kMaxPerLane];
+  float m[kHeadsPerWarp], l[kHeadsPerWarp];
+#pragma unroll
+  for (int hh = 0; hh < kHeadsPerWarp; ++hh) {
+    const float* qh = p.q + (static_cast<int64_t>(t) * p.heads + h0 + hh) * D;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      q[hh][k] = k < per ? qh[lane + 32 * k] : 0.0f;
+      acc[hh][k] = 0.0f;
+    }
+    m[hh] = -INFINITY;
+    l[hh] = 0.0f;
+  }
+
+  for (int r0 = 0; r0 < total; r0 += kTileRows) {
+    const int nr = min(kTileRows, total - r0);
+    __syncthreads();  // the previous tile is no longer read
+    const int vec = D / 4;
+    for (int i = threadIdx.x; i < nr * vec; i += blockDim.x) {
+      const int r = i / vec, c4 = i - r * vec;
+      reinterpret_cast<float4*>(tile + r * D)[c4] =
+          reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + r))[c4];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int hh = 0; hh < kHeadsPerWarp; ++hh) {
+      float part[32];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        float d = 0.0f;
+        if (j < nr) {
+          const float* row = tile + j * D;
+#pragma unroll
+          for (int k = 0; k < kMaxPerLane; ++k) {
+            if (k < per) d = fmaf(q[hh][k], row[lane + 32 * k], d);
+          }
+        }
+        part[j] = d;
+      }
+      const float dot = warp_transpose_sum(part);  // every lane takes part in the shuffles
+      const float s = lane < nr ? dot * scale : -INFINITY;
+      const float m_new = fmaxf(m[hh], warp_max(s));
+      const float corr = expf(m[hh] - m_new);  // 0 on the first tile (m = -inf)
+      const float e = lane < nr ? expf(s - m_new) : 0.0f;
+      l[hh] = l[hh] * corr + warp_sum(e);
+      m[hh] = m_new;
+#pragma unroll
+      for (int k = 0; k < kMaxPerLane; ++k) acc[hh][k] *= corr;
+      for (int j = 0; j < nr; ++j) {
+        const float ej = __shfl_sync(0xffffffffu, e, j);
+        const float* row = tile + j * D;
+#pragma unroll
+        for (int k = 0; k < kMaxPerLane; ++k) {
+          if (k < per) acc[hh][k] = fmaf(ej, row[lane + 32 * k], acc[hh][k]);
+        }
+      }
+    }
+  }
+
+  // Sink, normalisation, inverse RoPE of the tail at the query position.
+  __syncthreads();
+#pragma unroll
+  for (int hh = 0; hh < kHeadsPerWarp; ++hh) {
+    const int h = h0 + hh;
+    const float sink = p.sinks[h];
+    const float mf = fmaxf(m[hh], sink);
+    const float f = m[hh] == -INFINITY ? 0.0f : expf(m[hh] - mf);
+    const float z = l[hh] * f + expf(sink - mf);
+    float* o = tile + (warp * kHeadsPerWarp + hh) * D;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      if (k < per) o[lane + 32 * k] = acc[hh][k] * f / z;
+    }
+    __syncwarp();
+    float* tail = o + D - p.rope_dim;
+    for (int j = lane; j < p.rope_dim / 2; j += 32) {
+      rope_pair(&tail[2 * j], &tail[2 * j + 1], static_cast<float>(vis.pos), p.rope_freqs[j], true);
+    }
+    __syncwarp();
+    float* out = p.out + (static_cast<int64_t>(t) * p.heads + h) * D;
+    for (int i = lane; i < D; i += 32) out[i] = o[i];
+  }
+}
+
+Status attention_chunk_init() {
+  static const Status status = [] {
+    Status s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<1>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                           "raising the chunk attention kernel's shared memory limit");
+    if (!s.ok()) return s;
+    s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<2>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                    "raising the chunk attention kernel's shared memory limit");
+    if (!s.ok()) return s;
+    return cuda_status(cudaFuncSetAttribute(indexer_chunk_score_kernel,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                       "raising the chunk indexer kernel's shared memory limit");
+  }();
+  return status;
+}
+
+}  // namespace
+
+Status launch_compressor_chunk(const CompressorChunkLaunch& p, cudaStream_t stream) {
+  if (p.ratio <= 0 || p.d <= 0 || p.state_slots < (p.ratio == 4 ? 8 : p.ratio)) {
+    return Status::Error("compressor chunk: invalid ratio, row length or state size");
+  }
+  if (p.n < 0 || p.pos0 < 0) return Status::Error("compressor chunk: negative chunk start or length");
+  if (p.n == 0) return Status::Ok();
+  const int coff = p.ratio == 4 ? 2 : 1;
+  const int w = coff * p.d;
+  if (p.kz_stride < w) return Status::Error("compressor chunk: k/z row stride shorter than the projection width");
+  if (!p.k || !p.z || !p.ape || !p.state_k || !p.state_z || !p.rows) {
+    return Status::Error("compressor chunk: missing input, state or row buffer");
+  }
+  const int threads = pow2_threads(w);
+  const int c_begin = p.pos0 / p.ratio;
+  const int c_end = static_cast<int>(std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows));
+  if (c_end > c_begin) {
+    const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
+    compressor_chunk_emit_kernel<<<c_end - c_begin, threads, shared, stream>>>(p, c_begin);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "compressor chunk emit launch"));
+  }
+  const int first = std::max(p.pos0, p.pos0 + p.n - p.state_slots);
+  compressor_chunk_state_kernel<<<p.pos0 + p.n - first, threads, 0, stream>>>(p, first);
+  return cuda_status(cudaGetLastError(), "compressor chunk state launch");
+}
+
+int64_t indexer_chunk_workspace_floats(int n, int64_t max_rows) {
+  return static_cast<int64_t>(std::max(n, 0)) * std::max<int64_t>(max_rows, 1);
+}
+
+Status launch_indexer_chunk(const IndexerChunkLaunch& p, cudaStream_t stream) {
+  if (p.ratio <= 0 || p.heads <= 0 || p.head_dim <= 0 || p.topk <= 0) {
+    return Status::Error("indexer chunk: invalid ratio, heads, head size or top-k");
+  }
+  if (p.n < 0 || p.pos0 < 0) return Status::Error("indexer chunk: negative chunk start or length");
+  if (p.n == 0) return Status::Ok();
+  if (!p.q || !p.weights || !p.rows || !p.scores || !p.selected || !p.active) {
+    return Status::Error("indexer chunk: missing query, weights, rows, score workspace or output buffer");
+  }
+  const int64_t stride = p.scores_stride > 0 ? p.scores_stride : std::max<int64_t>(p.max_rows, 1);
+  if (stride < p.max_rows) return Status::Error("indexer chunk: score stride shorter than max_rows");
+  const size_t shared = sizeof(float) * (p.heads * p.head_dim + p.heads);
+  if (shared > 96 * 1024) return Status::Error("indexer chunk: query does not fit in shared memory");
+  DS4_RETURN_IF_ERROR(attention_chunk_init());
+  const int64_t nc_max = std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows);
+  if (nc_max > p.topk) {
+    const int64_t groups = (nc_max + kScoreRowsPerBlock - 1) / kScoreRowsPerBlock;
+    indexer_chunk_score_kernel<<<dim3(static_cast<unsigned>(groups), p.n), kScoreThreads, shared, stream>>>(
+        p, stride);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "indexer chunk score launch"));
+  }
+  indexer_chunk_topk_kernel<<<p.n, kSelectThreads, 0, stream>>>(p, stride);
+  return cuda_status(cudaGetLastError(), "indexer chunk top-k launch");
+}
+
+int64_t attention_chunk_workspace_floats(int, int, int) { return 0; }
+
+Status launch_attention_chunk(const AttentionChunkLaunch& p, cudaStream_t stream) {
+  if (p.heads <= 0 || p.head_dim <= 0 || p.head_dim % 32 != 0 || p.head_dim / 32 > kMaxPerLane) {
+    return Status::Error("attention chunk: head size must be a multiple of 32 and at most 512");
+  }
+  if (p.rope_dim < 0 || p.rope_dim > p.head_dim || p.rope_dim % 2 != 0) {
+    return Status::Error("attention chunk: invalid rope size");
+  }
+  if (p.window <= 0 || p.ring_slots < p.window) {
+    return Status::Error("attention chunk: the raw ring is smaller than the window");
+  }
+  if (p.n < 0 || p.pos0 < 0) return Status::Error("attention chunk: negative chunk start or length");
+  if (p.n == 0) return Status::Ok();
+  if (!p.q || !p.out || !p.chunk_kv || !p.sinks || (p.pos0 > 0 && !p.ring)) {
+    return Status::Error("attention chunk: missing query, output, raw rows or sinks");
+  }
+  if (p.ratio != 0 && !p.comp) return Status::Error("attention chunk: compressed layer without compressed rows");
+  if (p.ratio == 4 && (!p.active || !p.selected) &&
+      (static_cast<int64_t>(p.pos0) + p.n) / 4 > p.topk) {
+    return Status::Error("attention chunk: ratio-4 layer past the indexer gate without a selection");
+  }
+  DS4_RETURN_IF_ERROR(attention_chunk_init());
+  const size_t shared = sizeof(float) * kTileRows * p.head_dim;
+  if (p.heads % kMaxHeadsPerBlock == 0) {
+    // 8 warps of 2 heads: each staged row serves 16 heads.
+    attention_chunk_kernel<2><<<dim3(p.n, p.heads / kMaxHeadsPerBlock), 256, shared, stream>>>(p, kMaxHeadsPerBlock);
+  } else {
+    int g = std::min(p.heads, kMaxHeadsPerBlock);
+    while (p.heads % g != 0) --g;
+    attention_chunk_kernel<1><<<dim3(p.n, p.heads / g), 32 * g, shared, stream>>>(p, g);
+  }
+  return cuda_status(cudaGetLastError(), "attention chunk launch");
+}
+
+}  // namespace ds4
