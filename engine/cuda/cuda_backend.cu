@@ -70,20 +70,48 @@ class CudaBackend : public Backend {
     out->hidden.assign(n_hidden * static_cast<size_t>(c.hc_dim()), 0.0f);
     std::vector<int32_t> saved = lengths_;
     size_t li = 0, hi = 0;
-    for (const BatchToken& t : batch) {
-      float* logits = t.want_logits ? out->logits.data() + (li++) * c.vocab : nullptr;
-      float* hidden = t.want_hidden ? out->hidden.data() + (hi++) * c.hc_dim() : nullptr;
-      Status s = forward_->step(t.seq, t.token, t.pos, logits, hidden);
+    // Consecutive tokens of one sequence run as one batched prefill (prompts, MTP
+    // verification); a lone token replays the sequence's decode graph.
+    for (size_t i = 0; i < batch.size();) {
+      size_t j = i + 1;
+      while (j < batch.size() && batch[j].seq == batch[i].seq && j - i < CudaForward::kMaxPrefill) ++j;
+      Status s = run(batch.subspan(i, j - i), out, &li, &hi);
       if (!s.ok()) {
         lengths_ = saved;
         return s;
       }
-      lengths_[t.seq] = t.pos + 1;
+      lengths_[batch[i].seq] = batch[j - 1].pos + 1;
+      i = j;
     }
     return Status::Ok();
   }
 
  private:
+  // Runs tokens of one sequence at consecutive positions; their wanted rows go to
+  // out->logits / out->hidden from rows *li / *hi on (advanced).
+  Status run(std::span<const BatchToken> run, ForwardOutput* out, size_t* li, size_t* hi) {
+    const ModelConfig& c = model_->config();
+    if (run.size() == 1) {
+      const BatchToken& t = run[0];
+      float* logits = t.want_logits ? out->logits.data() + (*li)++ * c.vocab : nullptr;
+      float* hidden = t.want_hidden ? out->hidden.data() + (*hi)++ * c.hc_dim() : nullptr;
+      return forward_->step(t.seq, t.token, t.pos, logits, hidden);
+    }
+    std::vector<int32_t> tokens(run.size());
+    std::vector<int> logit_rows, hidden_rows;
+    for (size_t k = 0; k < run.size(); ++k) {
+      tokens[k] = run[k].token;
+      if (run[k].want_logits) logit_rows.push_back(static_cast<int>(k));
+      if (run[k].want_hidden) hidden_rows.push_back(static_cast<int>(k));
+    }
+    float* logits = out->logits.data() + *li * c.vocab;
+    float* hidden = out->hidden.data() + *hi * c.hc_dim();
+    *li += logit_rows.size();
+    *hi += hidden_rows.size();
+    return forward_->prefill(run[0].seq, tokens.data(), static_cast<int>(run.size()), run[0].pos, logit_rows,
+                             logits, hidden_rows, hidden);
+  }
+
   Status validate(std::span<const BatchToken> batch) const {
     if (static_cast<int32_t>(batch.size()) > options_.max_batch) {
       return Status::Error("CUDA backend: batch of " + std::to_string(batch.size()) +

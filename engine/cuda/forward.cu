@@ -24,7 +24,8 @@ struct CudaForward::Workspace {
   float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
   float *head = nullptr, *logits = nullptr;
   int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
-  float* split = nullptr;  // matvec split-row partial sums
+  float* split = nullptr;  // matvec split-row partial sums (main stream)
+  float* split_side = nullptr;  // the same for launches on the side stream
   float* attention = nullptr;  // attention split partials
   ~Workspace() {
     if (arena) cudaFree(arena);
@@ -54,6 +55,10 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat) : model_(model), qa
 CudaForward::~CudaForward() {
   seqs_.clear();
   ws_.reset();
+  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_}) {
+    if (e) cudaEventDestroy(e);
+  }
+  if (side_) cudaStreamDestroy(side_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -62,6 +67,10 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(attention_init());
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  DS4_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_}) {
+    DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  }
   const ModelConfig& c = model_.config();
   ws_ = std::make_unique<Workspace>();
   Workspace& w = *ws_;
@@ -96,6 +105,7 @@ Status CudaForward::init() {
   k.take(&w.index_active, 1);
   k.take(&w.argmax, 1);
   k.take(&w.split, kSplitFloats);
+  k.take(&w.split_side, kSplitFloats);
   k.take(&w.attention, attention_workspace_floats(c.n_heads, kAttentionMaxSplits, c.head_dim));
   return k.allocate(&w.arena, "allocating the forward workspace");
 }
@@ -178,34 +188,148 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
   return launch_matvec(ml, st);
 }
 
+// One layer of one token. Two streams: the side stream `side_` runs what does not
+// depend on the main chain (the kv row, compressors and indexer beside the q path;
+// the shared expert beside the router and routed experts), joined by events, so the
+// graph holds parallel branches instead of one chain of small kernels. Results are
+// bit-identical to running everything in order: each buffer has one writer, and the
+// shared expert's output is added to the routed sum by a single f32 addition
+// (a + b == b + a).
 Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   const ModelConfig& c = model_.config();
   const DeviceLayer& L = model_.layer(l);
   const DeviceSequence::Layer& S = seq.layers[l];
   Workspace& w = *ws_;
   cudaStream_t st = stream_;
+  cudaStream_t side = side_;
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
   const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
-  const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
-  auto mv = [&](const DeviceMatrix& m, const float* x, float* y) {
+  auto mv = [&](const DeviceMatrix& m, const float* x, float* y, cudaStream_t s, float* split) {
     MatvecLaunch ml;
     ml.w = &m;
     ml.x = x;
     ml.y = y;
-    ml.split_workspace = w.split;
+    ml.split_workspace = split;
     ml.split_workspace_floats = kSplitFloats;
-    return launch_matvec(ml, st);
+    return launch_matvec(ml, s);
+  };
+  // `to` continues after everything enqueued so far on `from`.
+  auto join = [&](cudaStream_t from, cudaEvent_t e, cudaStream_t to) -> Status {
+    DS4_CUDA_TRY(cudaEventRecord(e, from));
+    DS4_CUDA_TRY(cudaStreamWaitEvent(to, e, 0));
+    return Status::Ok();
   };
 
   // Attention sublayer.
-  DS4_RETURN_IF_ERROR(mv(L.hc_attn_fn, w.x, w.mix));
+  DS4_RETURN_IF_ERROR(mv(L.hc_attn_fn, w.x, w.mix, st, w.split));
   DS4_RETURN_IF_ERROR(launch_hc_pre(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc,
                                     w.post, w.comb, w.n, st));
   stage("hc_pre attn");
-  // w.a holds the q LoRA latent before its norm; every reader normalises it on load.
-  DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a));
+  DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
+  // Side: the kv row, then the compressors (and the indexer's gate).
+  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side, w.split_side));
+  RowPostLaunch kv;
+  kv.in = w.kv;
+  kv.in_stride = kv.out_stride = c.head_dim;
+  kv.out = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
+  kv.n_rows = 1;
+  kv.d = c.head_dim;
+  kv.norm = true;
+  kv.eps = c.norm_eps;
+  kv.rope_dim = c.rope_dim;
+  kv.rope_freqs = freqs;
+  kv.pos = pos;
+  kv.norm_weight = L.kv_a_norm;
+  kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+  kv.ring = seq.ring;
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, side));
+  CompressorLaunch cl;
+  if (L.ratio != 0) {
+    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
+    cl.k = w.ck;
+    cl.z = w.ck + L.compressor.kv.rows;
+    cl.ape = L.compressor.ape;
+    cl.norm_weight = L.compressor.norm;
+    cl.state_k = S.comp_k;
+    cl.state_z = S.comp_z;
+    cl.state_slots = S.comp_slots;
+    cl.rows = S.comp_rows;
+    cl.max_rows = S.comp_max;
+    cl.ratio = L.ratio;
+    cl.d = c.head_dim;
+    cl.eps = c.norm_eps;
+    cl.rope_dim = c.rope_dim;
+    cl.rope_freqs = freqs;
+    cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+    cl.pos = pos;
+    DS4_RETURN_IF_ERROR(launch_compressor_update(cl, side));
+    if (L.ratio == 4) {
+      DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
+      CompressorLaunch il = cl;
+      il.k = w.ck;
+      il.z = w.ck + L.index_compressor.kv.rows;
+      il.gate_flag = w.index_active;  // the indexer's gate, written by this launch
+      il.gate_topk = c.index_topk;
+      il.ape = L.index_compressor.ape;
+      il.norm_weight = L.index_compressor.norm;
+      il.state_k = S.index_k;
+      il.state_z = S.index_z;
+      il.state_slots = S.index_slots;
+      il.rows = S.index_rows;
+      il.d = c.index_head_dim;
+      il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+      DS4_RETURN_IF_ERROR(launch_compressor_update(il, side));
+      MatvecLaunch iwm;
+      iwm.w = &L.index_proj;
+      iwm.x = w.n;
+      iwm.y = w.iw;
+      iwm.enable = w.index_active;
+      iwm.split_workspace = w.split_side;
+      iwm.split_workspace_floats = kSplitFloats;
+      DS4_RETURN_IF_ERROR(launch_matvec(iwm, side));
+    }
+  }
+  // Main: the q path. w.a holds the q LoRA latent before its norm; every reader
+  // normalises it on load.
+  DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a, st, w.split));
+  if (L.ratio == 4) {
+    // Side, once the latent exists: the indexer's queries and its selection.
+    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side));
+    MatvecLaunch iqm;
+    iqm.w = &L.index_q_b;
+    iqm.x = w.a;
+    iqm.y = w.iq;
+    iqm.enable = w.index_active;
+    iqm.x_norm_weight = L.q_a_norm;
+    iqm.x_norm_eps = c.norm_eps;
+    DS4_RETURN_IF_ERROR(launch_matvec(iqm, side));
+    RowPostLaunch iq;
+    iq.in = iq.out = w.iq;
+    iq.in_stride = iq.out_stride = c.index_head_dim;
+    iq.n_rows = c.index_heads;
+    iq.d = c.index_head_dim;
+    iq.rope_dim = c.rope_dim;
+    iq.rope_freqs = freqs;
+    iq.pos = pos;
+    iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+    DS4_RETURN_IF_ERROR(launch_row_post(iq, side));
+    IndexerLaunch ix;
+    ix.q = w.iq;
+    ix.weights = w.iw;
+    ix.rows = S.index_rows;
+    ix.max_rows = S.comp_max;
+    ix.heads = c.index_heads;
+    ix.head_dim = c.index_head_dim;
+    ix.ratio = 4;
+    ix.topk = c.index_topk;
+    ix.pos = pos;
+    ix.active = w.index_active;
+    ix.scores = seq.scores;
+    ix.selected = w.selected;
+    DS4_RETURN_IF_ERROR(launch_indexer_select(ix, side));
+  }
   MatvecLaunch qb;
   qb.w = &L.q_b;
   qb.x = w.a;
@@ -225,98 +349,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   q.pos = pos;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
   stage("q path");
-  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv));
-  RowPostLaunch kv = q;
-  kv.in = w.kv;
-  kv.out = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
-  kv.n_rows = 1;
-  kv.norm_weight = L.kv_a_norm;
-  kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
-  kv.ring = seq.ring;
-  DS4_RETURN_IF_ERROR(launch_row_post(kv, st));
-  stage("kv path");
+  DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  stage("kv, compressors, indexer (joined)");
 
-  if (L.ratio != 0) {
-    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split, kSplitFloats, st));
-    CompressorLaunch cl;
-    cl.k = w.ck;
-    cl.z = w.ck + L.compressor.kv.rows;
-    cl.ape = L.compressor.ape;
-    cl.norm_weight = L.compressor.norm;
-    cl.state_k = S.comp_k;
-    cl.state_z = S.comp_z;
-    cl.state_slots = S.comp_slots;
-    cl.rows = S.comp_rows;
-    cl.max_rows = S.comp_max;
-    cl.ratio = L.ratio;
-    cl.d = c.head_dim;
-    cl.eps = c.norm_eps;
-    cl.rope_dim = c.rope_dim;
-    cl.rope_freqs = freqs;
-    cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
-    cl.pos = pos;
-    DS4_RETURN_IF_ERROR(launch_compressor_update(cl, st));
-    stage("compressor");
-    if (L.ratio == 4) {
-      DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ck, w.split, kSplitFloats, st));
-      CompressorLaunch il = cl;
-      il.k = w.ck;
-      il.z = w.ck + L.index_compressor.kv.rows;
-      il.gate_flag = w.index_active;  // the indexer's gate, written by this launch
-      il.gate_topk = c.index_topk;
-      il.ape = L.index_compressor.ape;
-      il.norm_weight = L.index_compressor.norm;
-      il.state_k = S.index_k;
-      il.state_z = S.index_z;
-      il.state_slots = S.index_slots;
-      il.rows = S.index_rows;
-      il.d = c.index_head_dim;
-      il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-      DS4_RETURN_IF_ERROR(launch_compressor_update(il, st));
-      stage("index compressor");
-      MatvecLaunch iqm;
-      iqm.w = &L.index_q_b;
-      iqm.x = w.a;
-      iqm.y = w.iq;
-      iqm.enable = w.index_active;
-      iqm.x_norm_weight = L.q_a_norm;
-      iqm.x_norm_eps = c.norm_eps;
-      DS4_RETURN_IF_ERROR(launch_matvec(iqm, st));
-      RowPostLaunch iq;
-      iq.in = iq.out = w.iq;
-      iq.in_stride = iq.out_stride = c.index_head_dim;
-      iq.n_rows = c.index_heads;
-      iq.d = c.index_head_dim;
-      iq.rope_dim = c.rope_dim;
-      iq.rope_freqs = freqs;
-      iq.pos = pos;
-      iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-      DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
-      MatvecLaunch iwm = iqm;
-      iwm.x_norm_weight = nullptr;
-      iwm.w = &L.index_proj;
-      iwm.x = w.n;
-      iwm.y = w.iw;
-      iwm.split_workspace = w.split;
-      iwm.split_workspace_floats = kSplitFloats;
-      DS4_RETURN_IF_ERROR(launch_matvec(iwm, st));
-      IndexerLaunch ix;
-      ix.q = w.iq;
-      ix.weights = w.iw;
-      ix.rows = S.index_rows;
-      ix.max_rows = S.comp_max;
-      ix.heads = c.index_heads;
-      ix.head_dim = c.index_head_dim;
-      ix.ratio = 4;
-      ix.topk = c.index_topk;
-      ix.pos = pos;
-      ix.active = w.index_active;
-      ix.scores = seq.scores;
-      ix.selected = w.selected;
-      DS4_RETURN_IF_ERROR(launch_indexer_select(ix, st));
-      stage("indexer");
-    }
-  }
   AttentionLaunch at;
   at.q = w.qf;
   at.out = w.heads;
@@ -350,17 +385,32 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   oa.n_rows = c.out_lora;
   oa.slot_row_stride = c.out_lora;
   DS4_RETURN_IF_ERROR(launch_matvec(oa, st));
-  DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out));
+  DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out, st, w.split));
   DS4_RETURN_IF_ERROR(launch_hc_post(w.x, w.out, w.post, w.comb, hc, w.xb, st));
   stage("output proj + hc_post");
-  (void)qdim;
 
   // MoE sublayer.
-  DS4_RETURN_IF_ERROR(mv(L.hc_ffn_fn, w.xb, w.mix));
+  DS4_RETURN_IF_ERROR(mv(L.hc_ffn_fn, w.xb, w.mix, st, w.split));
   DS4_RETURN_IF_ERROR(launch_hc_pre(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc,
                                     w.post, w.comb, w.n, st));
   stage("hc_pre ffn");
-  DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router));
+  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
+  // Side: the shared expert, stored into w.moe; the routed sum is added to it below.
+  DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
+  MatvecLaunch sgu;
+  sgu.w = &L.gate_shexp;
+  sgu.w_up = &L.up_shexp;
+  sgu.x = w.n;
+  sgu.y = w.hs;
+  sgu.swiglu_limit = limit;
+  DS4_RETURN_IF_ERROR(launch_matvec(sgu, side));
+  MatvecLaunch sd;
+  sd.w = &L.down_shexp;
+  sd.x = w.hs;
+  sd.y = w.moe;
+  DS4_RETURN_IF_ERROR(launch_matvec(sd, side));
+  // Main: router and routed experts.
+  DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
   rl.logits = w.router;
   rl.n_experts = c.n_experts;
@@ -374,7 +424,6 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   rl.weights = w.route_w;
   DS4_RETURN_IF_ERROR(launch_router(rl, st));
   stage("router");
-  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
   MatvecLaunch gu;
   gu.w = &L.gate_exps;
   gu.w_up = &L.up_exps;
@@ -387,14 +436,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   gu.swiglu_limit = limit;
   DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
   stage("experts gate/up");
-  MatvecLaunch sgu;
-  sgu.w = &L.gate_shexp;
-  sgu.w_up = &L.up_shexp;
-  sgu.x = w.n;
-  sgu.y = w.hs;
-  sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(launch_matvec(sgu, st));
-  stage("shared gate/up");
+  DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
   MatvecLaunch dn;
   dn.w = &L.down_exps;
   dn.x = w.h;
@@ -403,15 +445,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   dn.n_slots = c.n_experts_used;
   dn.slot_matrix = w.route_ids;
   dn.sum_slots = true;
+  dn.accumulate = true;
   DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
-  stage("experts down");
-  MatvecLaunch sd;
-  sd.w = &L.down_shexp;
-  sd.x = w.hs;
-  sd.y = w.moe;
-  sd.accumulate = true;
-  DS4_RETURN_IF_ERROR(launch_matvec(sd, st));
-  stage("shared down");
+  stage("experts down (+ shared, joined)");
   DS4_RETURN_IF_ERROR(launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st));
   stage("hc_post ffn");
   return Status::Ok();

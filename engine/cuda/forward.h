@@ -75,6 +75,8 @@ class CudaForward {
   Status record(DeviceSequence& seq, bool advance);
   Status enqueue_token(DeviceSequence& seq, bool advance);
   Status enqueue_layer(DeviceSequence& seq, int l);
+  Status ensure_prefill_workspace(int64_t index_rows);
+  Status prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos0);
   void stage(const char* name);  // profiling mark after the launches of `name`
 
   std::vector<std::pair<const char*, cudaEvent_t>>* profile_ = nullptr;
@@ -82,6 +84,8 @@ class CudaForward {
   const DeviceModel& model_;
   bool qat_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t side_ = nullptr;  // the decode graph's second branch (see enqueue_layer)
+  cudaEvent_t ev_fork_ = nullptr, ev_latent_ = nullptr, ev_join_ = nullptr;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
   struct PrefillWorkspace;  // allocated by the first prefill()

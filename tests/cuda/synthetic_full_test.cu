@@ -4,7 +4,7 @@
 //   * decode tokens/s at context 0, 4k and 16k (one CUDA graph per token, each token
 //     fed the previous argmax, no host work in between), each as a fraction of its
 //     limit = bandwidth / bytes read per token (spec/MODEL.md §5.3, f32 KV);
-//   * prefill of 2048 tokens through the backend path;
+//   * batched prefill of 2048 tokens (one chunk) at depth 0 and 4096;
 //   * the upload rate of 4 GiB of Q8_0 blocks from host memory through the staging
 //     threads.
 // Checks only that the run works (finite logits, valid argmax): speed targets are
@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <vector>
 
 #include "cuda/bandwidth.h"
 #include "cuda/device_model.h"
@@ -126,17 +127,31 @@ int main() {
     f.free_sequence(*id);
   }
 
-  {  // Prefill through the backend path: 2048 tokens, one graph replay each.
-    auto id = f.new_sequence(4096);
+  {  // Batched prefill (CudaForward::prefill): 2048 tokens in one chunk, at depth 0 and
+     // after 4096 tokens, logits of the last token back on the host.
     const int pp = 2048;
-    Status s = f.step(*id, 1, 0, nullptr, nullptr);
-    const auto t = Clock::now();
-    for (int p = 1; p <= pp && s.ok(); ++p) s = f.step(*id, (p * 7919) % config.vocab, p, nullptr, nullptr);
-    cudaStreamSynchronize(f.stream());
-    const double secs = seconds_since(t);
-    check(s.ok(), "prefill: " + s.message());
-    std::printf("prefill pp%d: %.1f t/s (%.2f s); target 10000 t/s\n", pp, pp / secs, secs);
-    f.free_sequence(*id);
+    std::vector<int32_t> tokens(pp);
+    for (int i = 0; i < pp; ++i) tokens[i] = (i * 7919 + 13) % config.vocab;
+    std::vector<float> logits(config.vocab);
+    const int last[1] = {pp - 1};
+    for (int depth : {0, 4096}) {
+      auto id = f.new_sequence(depth + pp + 16);
+      check(id.ok(), "prefill sequence");
+      if (!id.ok()) break;
+      Status s = f.prefill(*id, tokens.data(), pp, 0, last, logits.data(), {}, nullptr);  // warm-up
+      check(s.ok(), "prefill warm-up: " + s.message());
+      if (depth) s = f.fill_context_random(*id, depth, 5);
+      const auto t = Clock::now();
+      s = f.prefill(*id, tokens.data(), pp, depth, last, logits.data(), {}, nullptr);
+      const double secs = seconds_since(t);
+      check(s.ok(), "prefill: " + s.message());
+      bool finite = true;
+      for (float v : logits) finite = finite && std::isfinite(v);
+      check(finite, "prefill logits finite");
+      std::printf("prefill pp%d @ depth %d: %.1f t/s (%.1f ms); target 10000 t/s\n", pp, depth, pp / secs,
+                  1e3 * secs);
+      f.free_sequence(*id);
+    }
   }
   return finish("synthetic_full_test");
 }

@@ -1,0 +1,436 @@
+// CudaForward::prefill: a chunk of one sequence's tokens through the model layer by
+// layer (spec/MODEL.md §2.9). Each projection is one tensor-core product over the
+// chunk (cuda/matmul.h), each small step one launch over all tokens
+// (cuda/prefill_ops.h), and the compressors, indexer and attention see the chunk
+// at once (cuda/prefill_attention.h). The sequence state ends exactly as if the
+// tokens had been decoded one by one: the raw ring, the compressor state, the
+// compressed and indexer rows.
+#include <algorithm>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device_sequence.h"
+#include "cuda/forward.h"
+#include "cuda/hyper_connections.h"
+#include "cuda/matmul.h"
+#include "cuda/matvec.h"
+#include "cuda/moe.h"
+#include "cuda/prefill_attention.h"
+#include "cuda/prefill_ops.h"
+#include "cuda/prefill_workspace.h"
+#include "cuda/row_ops.h"
+
+namespace ds4 {
+namespace {
+
+// ring[p % ring_slots] = rows[p - pos0] for the last min(n, ring_slots) positions.
+__global__ void write_ring_kernel(const float* rows, int n, int32_t pos0, int d, float* ring, int ring_slots) {
+  const int first = n > ring_slots ? n - ring_slots : 0;
+  const int t = first + blockIdx.x;
+  if (t >= n) return;
+  float* dst = ring + static_cast<int64_t>((pos0 + t) % ring_slots) * d;
+  const float* src = rows + static_cast<int64_t>(t) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) dst[j] = src[j];
+}
+
+Status write_ring(const float* rows, int n, int32_t pos0, int d, float* ring, int ring_slots, cudaStream_t st) {
+  const int count = std::min(n, ring_slots);
+  if (count <= 0) return Status::Ok();
+  write_ring_kernel<<<count, 128, 0, st>>>(rows, n, pos0, d, ring, ring_slots);
+  return cuda_status(cudaGetLastError(), "writing the chunk's raw rows to the ring");
+}
+
+// Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`.
+Status matmul(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
+              cudaStream_t st, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false) {
+  MatmulLaunch m;
+  m.w = &w;
+  m.x = x;
+  m.x_stride = x_stride;
+  m.y = y;
+  m.y_stride = y_stride;
+  m.n_tokens = n;
+  m.row_begin = row_begin;
+  m.n_rows = n_rows;
+  m.accumulate = accumulate;
+  return launch_matmul(m, st);
+}
+
+// f32 matrix-vector products over `n` tokens (small matrices whose inputs must stay
+// f32: the HC mixing projections and the router).
+Status matvec_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
+                     cudaStream_t st) {
+  MatvecLaunch m;
+  m.w = &w;
+  m.x = x;
+  m.x_tok_stride = x_stride;
+  m.y = y;
+  m.y_tok_stride = y_stride;
+  m.n_tokens = n;
+  return launch_matvec(m, st);
+}
+
+}  // namespace
+
+Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
+  const ModelConfig& c = model_.config();
+  if (!pws_) {
+    auto p = std::make_unique<PrefillWorkspace>();
+    PrefillWorkspace& w = *p;
+    const int64_t T = kMaxPrefill;
+    const int64_t A = T * c.n_experts_used;
+    const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+    const int64_t comp_w = 2 * static_cast<int64_t>(std::max(c.head_dim, c.index_head_dim));
+    const int H = PrefillWorkspace::kHeadRows;
+    Carver k;
+    k.take(&w.tokens, T);
+    k.take(&w.pos0, 1);
+    k.take(&w.x, T * c.hc_dim());
+    k.take(&w.xb, T * c.hc_dim());
+    k.take(&w.mix, T * c.hc_mix());
+    k.take(&w.post, T * c.hc_mult);
+    k.take(&w.comb, T * c.hc_mult * c.hc_mult);
+    k.take(&w.n, T * c.dim);
+    k.take(&w.a, T * c.q_lora);
+    k.take(&w.an, T * c.q_lora);
+    k.take(&w.qf, T * qdim);
+    k.take(&w.kv_raw, T * c.head_dim);
+    k.take(&w.kv, T * c.head_dim);
+    k.take(&w.ck, T * comp_w);
+    k.take(&w.cz, T * comp_w);
+    k.take(&w.iq, T * c.index_heads * c.index_head_dim);
+    k.take(&w.iw, T * c.index_heads);
+    k.take(&w.selected, T * std::max(1, c.index_topk));
+    k.take(&w.active, T);
+    k.take(&w.heads, T * qdim);
+    k.take(&w.u, T * c.out_groups * c.out_lora);
+    k.take(&w.out, T * c.dim);
+    k.take(&w.router, T * c.n_experts);
+    k.take(&w.route_ids, A);
+    k.take(&w.route_w, A);
+    k.take(&w.group_offsets, c.n_experts + 1);
+    k.take(&w.x_rows, A);
+    k.take(&w.row_scale, A);
+    k.take(&w.slot_of, A);
+    k.take(&w.h, A * c.expert_ffn);
+    k.take(&w.hs, T * c.expert_ffn);
+    k.take(&w.ya, A * c.dim);
+    k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
+    k.take(&w.head_mix, static_cast<int64_t>(H) * c.hc_mult);
+    k.take(&w.head, static_cast<int64_t>(H) * c.dim);
+    k.take(&w.logits, static_cast<int64_t>(H) * c.vocab);
+    DS4_RETURN_IF_ERROR(k.allocate(&w.arena, "allocating the prefill workspace"));
+    pws_ = std::move(p);
+  }
+  const int64_t need = indexer_chunk_workspace_floats(kMaxPrefill, index_rows);
+  if (need > pws_->scores_floats) {
+    if (pws_->scores) cudaFree(pws_->scores);
+    pws_->scores = nullptr;
+    pws_->scores_floats = 0;
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMalloc(&pws_->scores, sizeof(float) * need), "allocating indexer scores"));
+    pws_->scores_floats = need;
+  }
+  return Status::Ok();
+}
+
+Status CudaForward::prefill(int id, const int32_t* tokens, int n, int32_t pos0, std::span<const int> logit_rows,
+                            float* logits, std::span<const int> hidden_rows, float* hidden) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  DeviceSequence& seq = *seqs_[id];
+  const ModelConfig& c = model_.config();
+  if (n <= 0 || n > kMaxPrefill) {
+    return Status::Error("CUDA backend: a prefill chunk holds 1.." + std::to_string(kMaxPrefill) + " tokens, not " +
+                         std::to_string(n));
+  }
+  if (pos0 < 0 || pos0 + n > seq.max_ctx) {
+    return Status::Error("CUDA backend: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
+                         " are outside the sequence context of " + std::to_string(seq.max_ctx));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab) {
+      return Status::Error("CUDA backend: token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
+    }
+  }
+  DS4_RETURN_IF_ERROR(ensure_prefill_workspace(seq.max_ctx / 4 + 1));
+  PrefillWorkspace& w = *pws_;
+  cudaStream_t st = stream_;
+  DS4_CUDA_TRY(cudaMemcpyAsync(w.tokens, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, st));
+  DS4_CUDA_TRY(cudaMemcpyAsync(w.pos0, &pos0, sizeof(int32_t), cudaMemcpyHostToDevice, st));
+
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  DS4_RETURN_IF_ERROR(
+      launch_hc_embed_tokens(model_.token_embd().data, model_.token_embd().type, w.tokens, n, hc, w.x, st));
+  for (int l = 0; l < c.n_layers; ++l) DS4_RETURN_IF_ERROR(prefill_layer(seq, l, n, pos0));
+
+  // The head for the wanted rows, in groups of kHeadRows.
+  const int H = PrefillWorkspace::kHeadRows;
+  for (size_t g = 0; g < logit_rows.size(); g += H) {
+    const int rows = static_cast<int>(std::min<size_t>(H, logit_rows.size() - g));
+    for (int r = 0; r < rows; ++r) {
+      const int t = logit_rows[g + r];
+      if (t < 0 || t >= n) return Status::Error("CUDA backend: logit row outside the prefill chunk");
+      const float* xt = w.x + static_cast<int64_t>(t) * c.hc_dim();
+      MatvecLaunch hm;
+      hm.w = &model_.output_hc_fn();
+      hm.x = xt;
+      hm.y = w.head_mix + static_cast<int64_t>(r) * c.hc_mult;
+      DS4_RETURN_IF_ERROR(launch_matvec(hm, st));
+      DS4_RETURN_IF_ERROR(launch_hc_head(xt, hm.y, model_.output_hc_scale(), model_.output_hc_base(),
+                                         model_.output_norm(), hc, w.head + static_cast<int64_t>(r) * c.dim, st));
+    }
+    MatvecLaunch lm;
+    lm.w = &model_.output();
+    lm.x = w.head;
+    lm.x_tok_stride = c.dim;
+    lm.y = w.logits;
+    lm.y_tok_stride = c.vocab;
+    lm.n_tokens = rows;
+    DS4_RETURN_IF_ERROR(launch_matvec(lm, st));
+    DS4_CUDA_TRY(cudaMemcpyAsync(logits + g * c.vocab, w.logits, sizeof(float) * rows * c.vocab,
+                                 cudaMemcpyDeviceToHost, st));
+  }
+  for (size_t k = 0; k < hidden_rows.size(); ++k) {
+    const int t = hidden_rows[k];
+    if (t < 0 || t >= n) return Status::Error("CUDA backend: hidden row outside the prefill chunk");
+    DS4_CUDA_TRY(cudaMemcpyAsync(hidden + k * c.hc_dim(), w.x + static_cast<int64_t>(t) * c.hc_dim(),
+                                 sizeof(float) * c.hc_dim(), cudaMemcpyDeviceToHost, st));
+  }
+  DS4_CUDA_TRY(cudaStreamSynchronize(st));
+  return cuda_status(cudaGetLastError(), "prefill");
+}
+
+Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos0) {
+  const ModelConfig& c = model_.config();
+  const DeviceLayer& L = model_.layer(l);
+  const DeviceSequence::Layer& S = seq.layers[l];
+  PrefillWorkspace& w = *pws_;
+  cudaStream_t st = stream_;
+  const float* freqs = model_.rope_freqs(L.ratio != 0);
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const int64_t hcd = c.hc_dim();
+  const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  float* ring = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
+
+  // Attention sublayer (§2.5).
+  DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_attn_fn, w.x, hcd, w.mix, c.hc_mix(), n, st));
+  DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc, n, w.post,
+                                           w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(matmul(L.q_a, w.n, c.dim, w.a, c.q_lora, n, st));
+  RowPostLaunch an;
+  an.in = w.a;
+  an.in_stride = c.q_lora;
+  an.out = w.an;
+  an.out_stride = c.q_lora;
+  an.n_rows = n;
+  an.d = c.q_lora;
+  an.norm = true;
+  an.norm_weight = L.q_a_norm;
+  an.eps = c.norm_eps;
+  DS4_RETURN_IF_ERROR(launch_row_post(an, st));
+  DS4_RETURN_IF_ERROR(matmul(L.q_b, w.an, c.q_lora, w.qf, qdim, n, st));
+  RowPostLaunch q;
+  q.in = q.out = w.qf;
+  q.in_stride = q.out_stride = c.head_dim;
+  q.n_rows = n * c.n_heads;
+  q.d = c.head_dim;
+  q.norm = true;
+  q.eps = c.norm_eps;
+  q.rope_dim = c.rope_dim;
+  q.rope_freqs = freqs;
+  q.pos = w.pos0;
+  q.rows_per_pos = c.n_heads;
+  DS4_RETURN_IF_ERROR(launch_row_post(q, st));
+  DS4_RETURN_IF_ERROR(matmul(L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, st));
+  RowPostLaunch kv = q;
+  kv.in = w.kv_raw;
+  kv.out = w.kv;
+  kv.n_rows = n;
+  kv.norm_weight = L.kv_a_norm;
+  kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+  kv.rows_per_pos = 1;
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, st));
+
+  const int32_t last = pos0 + n - 1;
+  const bool index_active = L.ratio == 4 && (last + 1) / 4 > c.index_topk;
+  if (L.ratio != 0) {
+    const int64_t cw = L.compressor.kv.rows;
+    DS4_RETURN_IF_ERROR(matmul(L.compressor.kv, w.n, c.dim, w.ck, cw, n, st));
+    DS4_RETURN_IF_ERROR(matmul(L.compressor.gate, w.n, c.dim, w.cz, cw, n, st));
+    CompressorChunkLaunch cl;
+    cl.k = w.ck;
+    cl.z = w.cz;
+    cl.kz_stride = cw;
+    cl.ape = L.compressor.ape;
+    cl.norm_weight = L.compressor.norm;
+    cl.state_k = S.comp_k;
+    cl.state_z = S.comp_z;
+    cl.state_slots = S.comp_slots;
+    cl.rows = S.comp_rows;
+    cl.max_rows = S.comp_max;
+    cl.ratio = L.ratio;
+    cl.d = c.head_dim;
+    cl.eps = c.norm_eps;
+    cl.rope_dim = c.rope_dim;
+    cl.rope_freqs = freqs;
+    cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
+    cl.pos0 = pos0;
+    cl.n = n;
+    DS4_RETURN_IF_ERROR(launch_compressor_chunk(cl, st));
+    if (L.ratio == 4) {
+      const int64_t iw = L.index_compressor.kv.rows;
+      DS4_RETURN_IF_ERROR(matmul(L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, st));
+      DS4_RETURN_IF_ERROR(matmul(L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, st));
+      CompressorChunkLaunch il = cl;
+      il.kz_stride = iw;
+      il.ape = L.index_compressor.ape;
+      il.norm_weight = L.index_compressor.norm;
+      il.state_k = S.index_k;
+      il.state_z = S.index_z;
+      il.state_slots = S.index_slots;
+      il.rows = S.index_rows;
+      il.d = c.index_head_dim;
+      il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+      DS4_RETURN_IF_ERROR(launch_compressor_chunk(il, st));
+      if (index_active) {
+        const int64_t iqd = static_cast<int64_t>(c.index_heads) * c.index_head_dim;
+        DS4_RETURN_IF_ERROR(matmul(L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, st));
+        RowPostLaunch iq;
+        iq.in = iq.out = w.iq;
+        iq.in_stride = iq.out_stride = c.index_head_dim;
+        iq.n_rows = n * c.index_heads;
+        iq.d = c.index_head_dim;
+        iq.rope_dim = c.rope_dim;
+        iq.rope_freqs = freqs;
+        iq.pos = w.pos0;
+        iq.rows_per_pos = c.index_heads;
+        iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
+        DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
+        DS4_RETURN_IF_ERROR(matvec_tokens(L.index_proj, w.n, c.dim, w.iw, c.index_heads, n, st));
+      }
+      IndexerChunkLaunch ix;
+      ix.q = w.iq;
+      ix.weights = w.iw;
+      ix.rows = S.index_rows;
+      ix.max_rows = S.comp_max;
+      ix.heads = c.index_heads;
+      ix.head_dim = c.index_head_dim;
+      ix.ratio = 4;
+      ix.topk = c.index_topk;
+      ix.pos0 = pos0;
+      ix.n = n;
+      ix.scores = w.scores;
+      ix.scores_stride = S.comp_max;
+      ix.selected = w.selected;
+      ix.active = w.active;
+      if (index_active) {
+        DS4_RETURN_IF_ERROR(launch_indexer_chunk(ix, st));
+      } else {
+        DS4_CUDA_TRY(cudaMemsetAsync(w.active, 0, sizeof(int32_t) * n, st));
+      }
+    }
+  }
+  AttentionChunkLaunch at;
+  at.q = w.qf;
+  at.out = w.heads;
+  at.ring = ring;
+  at.ring_slots = seq.ring;
+  at.chunk_kv = w.kv;
+  at.window = c.window;
+  at.comp = S.comp_rows;
+  at.max_comp_rows = S.comp_max;
+  at.ratio = L.ratio;
+  at.topk = c.index_topk;
+  at.selected = w.selected;
+  at.active = w.active;
+  at.sinks = L.sinks;
+  at.heads = c.n_heads;
+  at.head_dim = c.head_dim;
+  at.rope_dim = c.rope_dim;
+  at.rope_freqs = freqs;
+  at.pos0 = pos0;
+  at.n = n;
+  at.workspace = w.attention;
+  DS4_RETURN_IF_ERROR(launch_attention_chunk(at, st));
+  // The chunk's raw rows join the ring only now: its queries read them from w.kv.
+  DS4_RETURN_IF_ERROR(write_ring(w.kv, n, pos0, c.head_dim, ring, seq.ring, st));
+
+  const int64_t ug = static_cast<int64_t>(c.out_groups) * c.out_lora;
+  const int64_t group_in = static_cast<int64_t>(c.heads_per_group()) * c.head_dim;
+  for (int g = 0; g < c.out_groups; ++g) {
+    DS4_RETURN_IF_ERROR(matmul(L.out_a, w.heads + g * group_in, qdim, w.u + static_cast<int64_t>(g) * c.out_lora, ug,
+                               n, st, static_cast<int64_t>(g) * c.out_lora, c.out_lora));
+  }
+  DS4_RETURN_IF_ERROR(matmul(L.out_b, w.u, ug, w.out, c.dim, n, st));
+  DS4_RETURN_IF_ERROR(launch_hc_post_tokens(w.x, w.out, w.post, w.comb, hc, n, w.xb, st));
+
+  // MoE sublayer (§2.6).
+  DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_ffn_fn, w.xb, hcd, w.mix, c.hc_mix(), n, st));
+  DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc, n, w.post,
+                                           w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(matvec_tokens(L.gate_inp, w.n, c.dim, w.router, c.n_experts, n, st));
+  RouterTokensLaunch rl;
+  rl.base.logits = w.router;
+  rl.base.n_experts = c.n_experts;
+  rl.base.n_used = c.n_experts_used;
+  rl.base.bias = L.hash ? nullptr : L.exp_probs_b;
+  rl.base.tid2eid = L.hash ? L.tid2eid : nullptr;
+  rl.base.token = w.tokens;
+  rl.base.route_scale = c.route_scale;
+  rl.base.route_norm = c.route_norm;
+  rl.base.ids = w.route_ids;
+  rl.base.weights = w.route_w;
+  rl.n = n;
+  DS4_RETURN_IF_ERROR(launch_router_tokens(rl, st));
+  MoeGroupLaunch gl;
+  gl.ids = w.route_ids;
+  gl.weights = w.route_w;
+  gl.n = n;
+  gl.k = c.n_experts_used;
+  gl.n_experts = c.n_experts;
+  gl.offsets = w.group_offsets;
+  gl.x_rows = w.x_rows;
+  gl.row_scale = w.row_scale;
+  gl.slot_of = w.slot_of;
+  DS4_RETURN_IF_ERROR(launch_moe_group(gl, st));
+  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
+  const int assignments = n * c.n_experts_used;
+  MatmulLaunch gu;
+  gu.w = &L.gate_exps;
+  gu.w_up = &L.up_exps;
+  gu.x = w.n;
+  gu.x_stride = c.dim;
+  gu.y = w.h;
+  gu.y_stride = c.expert_ffn;
+  gu.n_tokens = assignments;
+  gu.swiglu_limit = limit;
+  gu.group_offsets = w.group_offsets;
+  gu.n_groups = c.n_experts;
+  gu.x_rows = w.x_rows;
+  gu.row_scale = w.row_scale;
+  DS4_RETURN_IF_ERROR(launch_matmul(gu, st));
+  MatmulLaunch dn;
+  dn.w = &L.down_exps;
+  dn.x = w.h;
+  dn.x_stride = c.expert_ffn;
+  dn.y = w.ya;
+  dn.y_stride = c.dim;
+  dn.n_tokens = assignments;
+  dn.group_offsets = w.group_offsets;
+  dn.n_groups = c.n_experts;
+  DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
+  DS4_RETURN_IF_ERROR(launch_moe_combine(w.ya, w.slot_of, n, c.n_experts_used, c.dim, false, w.out, st));
+  MatmulLaunch sgu;
+  sgu.w = &L.gate_shexp;
+  sgu.w_up = &L.up_shexp;
+  sgu.x = w.n;
+  sgu.x_stride = c.dim;
+  sgu.y = w.hs;
+  sgu.y_stride = c.expert_ffn;
+  sgu.n_tokens = n;
+  sgu.swiglu_limit = limit;
+  DS4_RETURN_IF_ERROR(launch_matmul(sgu, st));
+  DS4_RETURN_IF_ERROR(matmul(L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st, 0, -1, true));
+  return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
+}
+
+}  // namespace ds4
