@@ -3,6 +3,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +16,7 @@
 
 #include "cpu/rope.h"
 #include "cuda/cuda_check.h"
+#include "cuda/repack.h"
 #include "format/quant.h"
 #include "format/quant_blocks.h"
 #include "model/model.h"
@@ -37,6 +42,7 @@ struct Slot {
   Fill fill = Fill::kRandom;
   int32_t fill_limit = 0;           // kExpertIds: ids in [0, fill_limit)
   size_t data_off = 0, scale_off = 0;
+  int64_t file_offset = -1;         // file offset of host[0]; -1: not a file mapping
 
   int64_t total_rows() const { return rows * count; }
   int64_t elements() const { return cols * rows * count; }
@@ -167,7 +173,9 @@ class DeviceModelBuilder {
     return Status::Ok();
   }
 
-  Status upload(int threads, UploadStats* stats);
+  // `file_path`: the file that the slots' file offsets refer to (empty: none).
+  Status upload(const UploadOptions& options, const std::string& file_path, UploadStats* stats);
+  void set_file_offset_of_last(int64_t offset) { slots_.back().file_offset = offset; }
   Status fill_synthetic(uint64_t seed);
 
  private:
@@ -180,159 +188,256 @@ DeviceModel::~DeviceModel() {
 }
 
 // ---------------------------------------------------------------------------
-// Upload: units of whole rows, transformed into pinned staging buffers on several
-// threads (the split layouts are produced there) and copied asynchronously.
+// Upload: each tensor is cut into pieces of at most `chunk` source bytes. A worker
+// thread (one CUDA stream, two pinned staging buffers, two device scratch buffers)
+// copies a piece's file bytes unchanged into staging and sends them on: plain types
+// straight to their place, Q8_0 / IQ2_XXS into its scratch buffer and from there
+// through the split repack kernel into their place. Device memory beyond the arena is
+// bounded by threads x 2 x chunk, whatever the model's size.
 
 namespace {
 
-constexpr size_t kStagingBytes = 32u << 20;
+constexpr size_t kDefaultChunkBytes = 32u << 20;
+constexpr int kDefaultThreads = 8;
 
+// A piece of one tensor: source bytes [src0, src1) of the slot.
 struct Unit {
   const Slot* slot;
-  int64_t row0, row1;  // matrices: global rows; vectors: whole tensor (0, 1)
+  size_t src0, src1;
 };
 
-// Transforms `u` into `staging`; returns the copies to issue (dst, offset in staging, bytes).
-struct Copy {
-  void* dst;
-  size_t src_off;
-  size_t bytes;
-};
+size_t source_bytes(const Slot& s) {
+  if (s.kind == SlotKind::kMatrix) return s.source_row_bytes() * static_cast<size_t>(s.total_rows());
+  return (s.type == GgmlType::F16 ? 2 : 4) * static_cast<size_t>(s.cols);
+}
 
-void stage_unit(const Unit& u, uint8_t* staging, std::vector<Copy>* copies) {
-  const Slot& s = *u.slot;
-  copies->clear();
-  if (s.kind != SlotKind::kMatrix) {
-    if (s.kind == SlotKind::kF32 && s.type == GgmlType::F16) {
-      const uint16_t* src = reinterpret_cast<const uint16_t*>(s.host);
-      float* dst = reinterpret_cast<float*>(staging);
-      for (int64_t i = 0; i < s.cols; ++i) dst[i] = fp16_to_f32(src[i]);
-    } else {
-      std::memcpy(staging, s.host, 4 * static_cast<size_t>(s.cols));
+// Piece boundaries fall on whole blocks (split types) or whole elements (vectors),
+// and a piece's staged form fits in `chunk` bytes (F16 vectors grow to f32).
+size_t piece_bytes(const Slot& s, size_t chunk) {
+  size_t quantum = 256, limit = chunk;
+  if (s.kind == SlotKind::kMatrix && has_split_layout(s.type)) {
+    quantum = split_block_bytes(s.type);
+  } else if (s.kind != SlotKind::kMatrix) {
+    quantum = s.type == GgmlType::F16 ? 2 : 4;
+    if (s.type == GgmlType::F16) limit = chunk / 2;
+  }
+  return std::max(quantum, limit / quantum * quantum);
+}
+
+// Best effort: starts reading the source range from the file (if it is a file
+// mapping) and maps it in one call instead of one page fault per few pages. Errors
+// (an old kernel without MADV_POPULATE_READ, anonymous memory) are harmless: the
+// memcpy that follows faults the pages in anyway.
+void prefetch_source(const uint8_t* p, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(p) / page * page;
+  const uintptr_t a1 = reinterpret_cast<uintptr_t>(p) + n;
+  void* addr = reinterpret_cast<void*>(a0);
+  madvise(addr, a1 - a0, MADV_WILLNEED);
+#ifdef MADV_POPULATE_READ
+  madvise(addr, a1 - a0, MADV_POPULATE_READ);
+#endif
+}
+
+// Drops the file pages behind host[0, n) (file offset `file_off`) once they are
+// staged. Two steps, because posix_fadvise(POSIX_FADV_DONTNEED) leaves alone every
+// page that some process still maps: first madvise(MADV_DONTNEED) removes our own
+// mapping's page-table entries for the whole pages inside the range (for a read-only
+// private file mapping this discards nothing: a later access faults the page back in
+// from the file), then the fadvise drops the now unmapped clean pages from the page
+// cache. What this does not guarantee: pages another process maps or is reading stay
+// cached; the partial pages at either end of the range stay (the next piece's drop,
+// or nothing, takes them); a filesystem without a separate page cache (tmpfs) keeps
+// its pages, being their only copy; and the kernel may read pages in again for any
+// later reader. It never changes what the mapping reads.
+void drop_page_cache(int fd, const uint8_t* host, uint64_t file_off, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a0 = (reinterpret_cast<uintptr_t>(host) + page - 1) / page * page;
+  const uintptr_t a1 = (reinterpret_cast<uintptr_t>(host) + n) / page * page;
+  // Only when the mapping is page-aligned against the file (host - file_off), as an
+  // mmap of the file is; then the unmapped pages are exactly the file's pages.
+  if (a1 > a0 && (reinterpret_cast<uintptr_t>(host) - file_off) % page == 0) {
+    madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
+  }
+  posix_fadvise(fd, static_cast<off_t>(file_off), static_cast<off_t>(n), POSIX_FADV_DONTNEED);
+}
+
+// True when the GPU shares its memory with the CPU.
+bool device_shares_host_memory(int device) {
+  int integrated = 0;
+  if (cudaDeviceGetAttribute(&integrated, cudaDevAttrIntegrated, device) != cudaSuccess) return false;
+  return integrated != 0;
+}
+
+// Everything one worker thread owns; freed by its destructor (after its stream drains).
+struct WorkerBuffers {
+  cudaStream_t stream = nullptr;
+  uint8_t* staging[2] = {nullptr, nullptr};
+  uint8_t* scratch[2] = {nullptr, nullptr};  // device; null when nothing is repacked
+  cudaEvent_t done[2] = {nullptr, nullptr};
+
+  Status create(size_t chunk, uint8_t* scratch_base) {
+    DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; ++i) {
+      DS4_RETURN_IF_ERROR(cuda_status(cudaMallocHost(&staging[i], chunk),
+                                      ("allocating " + std::to_string(chunk >> 20) +
+                                       " MiB of pinned staging memory").c_str()));
+      DS4_CUDA_TRY(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
+      DS4_CUDA_TRY(cudaEventRecord(done[i], stream));
+      if (scratch_base) scratch[i] = scratch_base + i * chunk;
     }
-    void* dst = s.kind == SlotKind::kF32 ? static_cast<void*>(*s.f32) : static_cast<void*>(*s.i32);
-    copies->push_back({dst, 0, 4 * static_cast<size_t>(s.cols)});
-    return;
+    return Status::Ok();
+  }
+  ~WorkerBuffers() {
+    if (stream) cudaStreamSynchronize(stream);
+    for (int i = 0; i < 2; ++i) {
+      if (staging[i]) cudaFreeHost(staging[i]);
+      if (done[i]) cudaEventDestroy(done[i]);
+    }
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+// Where the piece's bytes go, and how; returns the bytes written to the device.
+Result<uint64_t> send_unit(const Unit& u, const UploadOptions& options, WorkerBuffers& w, int which) {
+  const Slot& s = *u.slot;
+  const size_t n = u.src1 - u.src0;
+  const uint8_t* src = s.host + u.src0;
+  uint8_t* staging = w.staging[which];
+  cudaStream_t stream = w.stream;
+  const std::string what = "upload of tensor " + s.name;
+  prefetch_source(src, n);
+  if (s.kind != SlotKind::kMatrix) {
+    void* base = s.kind == SlotKind::kF32 ? static_cast<void*>(*s.f32) : static_cast<void*>(*s.i32);
+    size_t dst_off = u.src0, bytes = n;
+    if (s.kind == SlotKind::kF32 && s.type == GgmlType::F16) {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
+      float* f = reinterpret_cast<float*>(staging);
+      for (size_t i = 0; i < n / 2; ++i) f[i] = fp16_to_f32(h[i]);
+      dst_off = 2 * u.src0;
+      bytes = 2 * n;
+    } else {
+      std::memcpy(staging, src, n);
+    }
+    DS4_CUDA_TRY(cudaMemcpyAsync(static_cast<uint8_t*>(base) + dst_off, staging, bytes,
+                                 cudaMemcpyHostToDevice, stream));
+    return static_cast<uint64_t>(bytes);
   }
   const DeviceMatrix& m = *s.matrix;
-  const int64_t nrows = u.row1 - u.row0;
-  const size_t src_row = s.source_row_bytes();
-  const uint8_t* src = s.host + u.row0 * src_row;
-  const size_t dst_row = m.data_row_bytes();
-  if (s.type == GgmlType::Q8_0 || s.type == GgmlType::IQ2_XXS) {
-    const bool q8 = s.type == GgmlType::Q8_0;
-    const int64_t blocks = q8 ? s.cols / 32 : s.cols / 256;
-    const size_t block_src = q8 ? sizeof(BlockQ8_0) : sizeof(BlockIQ2_XXS);
-    const size_t block_payload = q8 ? 32 : 64;
-    uint8_t* data = staging;
-    uint16_t* scales = reinterpret_cast<uint16_t*>(staging + nrows * dst_row);
-    for (int64_t r = 0; r < nrows; ++r) {
-      for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* blk = src + r * src_row + b * block_src;
-        uint16_t d;
-        std::memcpy(&d, blk, 2);
-        scales[r * blocks + b] = d;
-        std::memcpy(data + r * dst_row + b * block_payload, blk + 2, block_payload);
-      }
-    }
-    copies->push_back({m.data + u.row0 * dst_row, 0, nrows * dst_row});
-    copies->push_back({m.scales + u.row0 * blocks, nrows * dst_row,
-                       static_cast<size_t>(nrows * blocks) * 2});
-    return;
+  if (!has_split_layout(s.type)) {  // the device layout is the file layout
+    std::memcpy(staging, src, n);
+    DS4_RETURN_IF_ERROR(cuda_status(
+        cudaMemcpyAsync(m.data + u.src0, staging, n, cudaMemcpyHostToDevice, stream), what.c_str()));
+    return static_cast<uint64_t>(n);
   }
-  std::memcpy(staging, src, nrows * src_row);
-  copies->push_back({m.data + u.row0 * dst_row, 0, nrows * dst_row});
+  const size_t block = split_block_bytes(s.type), payload = split_payload_bytes(s.type);
+  const int64_t g0 = static_cast<int64_t>(u.src0 / block), blocks = static_cast<int64_t>(n / block);
+  uint8_t* data = m.data + g0 * payload;
+  uint16_t* scales = m.scales + g0;
+  if (options.host_repack) {
+    split_repack_host(s.type, src, blocks, staging, reinterpret_cast<uint16_t*>(staging + blocks * payload));
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(data, staging, blocks * payload,
+                                                    cudaMemcpyHostToDevice, stream), what.c_str()));
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(scales, staging + blocks * payload, blocks * 2,
+                                                    cudaMemcpyHostToDevice, stream), what.c_str()));
+    return static_cast<uint64_t>(n);
+  }
+  std::memcpy(staging, src, n);
+  DS4_RETURN_IF_ERROR(cuda_status(
+      cudaMemcpyAsync(w.scratch[which], staging, n, cudaMemcpyHostToDevice, stream), what.c_str()));
+  Status st = launch_split_repack(s.type, w.scratch[which], blocks, data, scales, stream);
+  if (!st.ok()) return Status::Error(what + ": " + st.message());
+  return static_cast<uint64_t>(n);
 }
 
 }  // namespace
 
-Status DeviceModelBuilder::upload(int threads, UploadStats* stats) {
+Status DeviceModelBuilder::upload(const UploadOptions& options, const std::string& file_path,
+                                  UploadStats* stats) {
+  const size_t chunk = options.chunk_bytes ? std::max<size_t>(options.chunk_bytes, 4096)
+                                           : kDefaultChunkBytes;
+  const int threads = options.threads > 0 ? options.threads : kDefaultThreads;
   std::vector<Unit> units;
+  bool any_split = false;
   for (const Slot& s : slots_) {
-    if (s.kind != SlotKind::kMatrix) {
-      units.push_back({&s, 0, 1});
-      continue;
-    }
-    // Staging holds data plus split scales; both are at most the source bytes + row padding.
-    const size_t per_row = s.source_row_bytes() + s.matrix->data_row_bytes();
-    const int64_t rows_per_unit = std::max<int64_t>(1, kStagingBytes / per_row);
-    for (int64_t r = 0; r < s.total_rows(); r += rows_per_unit) {
-      units.push_back({&s, r, std::min(s.total_rows(), r + rows_per_unit)});
-    }
+    const size_t total = source_bytes(s), step = piece_bytes(s, chunk);
+    if (s.kind == SlotKind::kMatrix && has_split_layout(s.type)) any_split = true;
+    for (size_t off = 0; off < total; off += step) units.push_back({&s, off, std::min(total, off + step)});
   }
   // Biggest first, so threads finish together.
-  std::stable_sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) {
-    return (a.row1 - a.row0) * a.slot->source_row_bytes() > (b.row1 - b.row0) * b.slot->source_row_bytes();
-  });
-  if (threads <= 0) threads = 8;
+  std::stable_sort(units.begin(), units.end(),
+                   [](const Unit& a, const Unit& b) { return a.src1 - a.src0 > b.src1 - b.src0; });
   int device = 0;
   DS4_CUDA_TRY(cudaGetDevice(&device));
+
+  // Page-cache dropping needs the file itself (posix_fadvise works on a descriptor).
+  bool drop = options.drop_page_cache == PageCacheDrop::kAlways ||
+              (options.drop_page_cache == PageCacheDrop::kAuto && device_shares_host_memory(device));
+  int fd = -1;
+  if (drop && !file_path.empty()) fd = ::open(file_path.c_str(), O_RDONLY | O_CLOEXEC);
+  drop = fd >= 0;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  uint8_t* scratch = nullptr;
+  const size_t scratch_bytes = any_split && !options.host_repack ? 2 * chunk * threads : 0;
+  if (scratch_bytes) {
+    Status st = cuda_status(cudaMalloc(&scratch, scratch_bytes),
+                            ("allocating " + std::to_string(scratch_bytes >> 20) +
+                             " MiB of device scratch for repacking").c_str());
+    if (!st.ok()) {
+      if (fd >= 0) ::close(fd);
+      return st;
+    }
+  }
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> bytes{0};
   std::mutex error_mutex;
   Status first_error;
+  std::atomic<bool> failed{false};
   auto fail = [&](Status s) {
     std::lock_guard<std::mutex> lock(error_mutex);
     if (first_error.ok()) first_error = s;
+    failed = true;
   };
-  const auto t0 = std::chrono::steady_clock::now();
-  auto worker = [&]() {
-    if (cudaSetDevice(device) != cudaSuccess) return fail(Status::Error("CUDA: cudaSetDevice failed"));
-    cudaStream_t stream;
-    if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
-      return fail(Status::Error("CUDA: creating an upload stream failed"));
-    }
-    uint8_t* staging[2] = {nullptr, nullptr};
-    cudaEvent_t done[2];
-    bool ok = true;
-    for (int i = 0; i < 2 && ok; ++i) {
-      ok = cudaMallocHost(&staging[i], kStagingBytes * 2) == cudaSuccess &&
-           cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming) == cudaSuccess;
-      if (ok) cudaEventRecord(done[i], stream);
-    }
-    if (!ok) {
-      fail(Status::Error("CUDA: allocating pinned staging buffers failed"));
-    }
-    std::vector<Copy> copies;
+  auto worker = [&](int index) {
+    Status st = cuda_status(cudaSetDevice(device), "cudaSetDevice in an upload thread");
+    if (!st.ok()) return fail(st);
+    WorkerBuffers w;
+    st = w.create(chunk, scratch ? scratch + 2 * chunk * index : nullptr);
+    if (!st.ok()) return fail(st);
     int which = 0;
-    while (ok) {
+    while (!failed) {
       const size_t i = next.fetch_add(1);
       if (i >= units.size()) break;
-      {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!first_error.ok()) break;
+      const Unit& u = units[i];
+      st = cuda_status(cudaEventSynchronize(w.done[which]), ("upload of tensor " + u.slot->name).c_str());
+      if (!st.ok()) return fail(st);
+      Result<uint64_t> sent = send_unit(u, options, w, which);
+      if (!sent.ok()) return fail(sent.status());
+      bytes += *sent;
+      if (drop && u.slot->file_offset >= 0) {
+        drop_page_cache(fd, u.slot->host + u.src0, static_cast<uint64_t>(u.slot->file_offset) + u.src0,
+                        u.src1 - u.src0);
       }
-      if (cudaEventSynchronize(done[which]) != cudaSuccess) {
-        fail(Status::Error("CUDA: upload copy failed"));
-        break;
-      }
-      stage_unit(units[i], staging[which], &copies);
-      for (const Copy& c : copies) {
-        if (cudaMemcpyAsync(c.dst, staging[which] + c.src_off, c.bytes, cudaMemcpyHostToDevice,
-                            stream) != cudaSuccess) {
-          fail(Status::Error("CUDA: upload of tensor " + units[i].slot->name + " failed"));
-          ok = false;
-          break;
-        }
-        bytes += c.bytes;
-      }
-      cudaEventRecord(done[which], stream);
+      st = cuda_status(cudaEventRecord(w.done[which], w.stream), "recording an upload event");
+      if (!st.ok()) return fail(st);
       which ^= 1;
     }
-    if (cudaStreamSynchronize(stream) != cudaSuccess) fail(Status::Error("CUDA: upload stream failed"));
-    for (int i = 0; i < 2; ++i) {
-      if (staging[i]) cudaFreeHost(staging[i]);
-    }
-    cudaStreamDestroy(stream);
+    st = cuda_status(cudaStreamSynchronize(w.stream), "finishing the upload stream");
+    if (!st.ok()) fail(st);
   };
   std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
+  for (int i = 0; i < threads; ++i) pool.emplace_back(worker, i);
   for (auto& t : pool) t.join();
+  if (scratch) cudaFree(scratch);
+  if (fd >= 0) ::close(fd);
   DS4_RETURN_IF_ERROR(first_error);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (stats) {
     stats->bytes = bytes.load();
     stats->seconds = secs;
+    stats->scratch_bytes = scratch_bytes;
+    stats->page_cache_dropped = drop;
   }
   return Status::Ok();
 }
@@ -491,6 +596,7 @@ class Planner {
     if (model_) {
       if (!w || !w->present()) return;
       b_->add_matrix(name, w->type(), w->cols(), w->rows(), w->mats(), w->data(), out);
+      note_file_offset(w);
     } else {
       b_->add_matrix(name, type, ne[0], ne.size() > 1 ? ne[1] : 1, ne.size() > 2 ? ne[2] : 1,
                      nullptr, out);
@@ -502,6 +608,7 @@ class Planner {
       int64_t elems = 1;
       for (int64_t d : w->ne()) elems *= d;
       b_->add_f32(name, w->type(), elems, w->data(), fill, out);
+      note_file_offset(w);
     } else {
       b_->add_f32(name, GgmlType::F32, n, nullptr, fill, out);
     }
@@ -510,12 +617,18 @@ class Planner {
     if (model_) {
       if (!w || !w->present()) return;
       b_->add_i32(name, w->cols() * w->rows(), w->data(), limit, out);
+      note_file_offset(w);
     } else {
       b_->add_i32(name, n, nullptr, limit, out);
     }
   }
 
  private:
+  // The tensor's bytes lie at data_offset + offset in the model's file.
+  void note_file_offset(const Weight* w) {
+    b_->set_file_offset_of_last(static_cast<int64_t>(model_->gguf().data_offset() + w->tensor->offset));
+  }
+
   DeviceModelBuilder* b_;
   const Model* model_;
 };
@@ -610,13 +723,20 @@ void plan_model(DeviceModelBuilder& b, const Model* model) {
 
 }  // namespace
 
-Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int threads,
+Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, const UploadOptions& options,
                                                   UploadStats* stats) {
   DeviceModelBuilder b(model.config());
   plan_model(b, &model);
   DS4_RETURN_IF_ERROR(b.allocate());
-  DS4_RETURN_IF_ERROR(b.upload(threads, stats));
+  DS4_RETURN_IF_ERROR(b.upload(options, model.path(), stats));
   return b.release();
+}
+
+Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int threads,
+                                                  UploadStats* stats) {
+  UploadOptions options;
+  options.threads = threads;
+  return upload_model(model, options, stats);
 }
 
 Result<std::unique_ptr<DeviceModel>> make_synthetic_model(const ModelConfig& config, uint64_t seed) {
@@ -635,13 +755,15 @@ namespace {
 
 Result<std::unique_ptr<OwnedDeviceMatrix>> single_matrix(GgmlType type, int64_t cols, int64_t rows,
                                                          int64_t count, const uint8_t* host,
-                                                         uint64_t seed, int threads, UploadStats* stats) {
+                                                         uint64_t seed, const UploadOptions& options,
+                                                         UploadStats* stats) {
   ModelConfig none;
   DeviceModelBuilder b(none);
   auto owned = std::make_unique<OwnedDeviceMatrix>();
   b.add_matrix("matrix", type, cols, rows, count, host, &owned->m);
+  if (host && !options.file_path.empty()) b.set_file_offset_of_last(static_cast<int64_t>(options.file_offset));
   DS4_RETURN_IF_ERROR(b.allocate());
-  DS4_RETURN_IF_ERROR(host ? b.upload(threads, stats) : b.fill_synthetic(seed));
+  DS4_RETURN_IF_ERROR(host ? b.upload(options, options.file_path, stats) : b.fill_synthetic(seed));
   std::unique_ptr<DeviceModel> model = b.release();
   owned->memory = model->release_arena();
   return std::move(owned);
@@ -652,13 +774,22 @@ Result<std::unique_ptr<OwnedDeviceMatrix>> single_matrix(GgmlType type, int64_t 
 Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
                                                          int64_t count, const uint8_t* host,
                                                          int threads, UploadStats* stats) {
+  UploadOptions options;
+  options.threads = threads;
+  return upload_matrix(type, cols, rows, count, host, options, stats);
+}
+
+Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, const uint8_t* host,
+                                                         const UploadOptions& options,
+                                                         UploadStats* stats) {
   if (!host) return Status::Error("upload_matrix: no host data");
-  return single_matrix(type, cols, rows, count, host, 0, threads, stats);
+  return single_matrix(type, cols, rows, count, host, 0, options, stats);
 }
 
 Result<std::unique_ptr<OwnedDeviceMatrix>> random_matrix(GgmlType type, int64_t cols, int64_t rows,
                                                          int64_t count, uint64_t seed) {
-  return single_matrix(type, cols, rows, count, nullptr, seed, 1, nullptr);
+  return single_matrix(type, cols, rows, count, nullptr, seed, UploadOptions(), nullptr);
 }
 
 ModelConfig deepseek_v4_flash_config() {

@@ -1,8 +1,10 @@
 // DeviceModel: every weight of a DeepSeek V4 Flash model resident in GPU memory,
 // in the layouts of cuda/device_matrix.h, plus the RoPE frequency tables. Built by
-// upload_model() from a loaded Model (the file's bytes streamed through pinned
-// staging buffers by several threads) or by make_synthetic_model() (random valid
-// blocks of the real shapes and types generated on the GPU, no file).
+// upload_model() from a loaded Model (the file's bytes copied unchanged through
+// pinned staging buffers by several threads, one stream each; Q8_0 / IQ2_XXS blocks
+// are split into their device layout on the GPU through a bounded scratch buffer,
+// cuda/repack.h) or by make_synthetic_model() (random valid blocks of the real
+// shapes and types generated on the GPU, no file).
 //
 // All tensors live in one device allocation owned by the DeviceModel.
 // Thread-safety: immutable after creation.
@@ -48,9 +50,31 @@ struct DeviceLayer {
   DeviceMatrix gate_shexp, up_shexp, down_shexp;
 };
 
+// Whether the file pages of uploaded tensors are dropped from the page cache once
+// they are staged (see upload_model). kAuto: only when the GPU shares its memory with
+// the CPU (cudaDevAttrIntegrated, e.g. GB10), where the cache and the device copy
+// would otherwise hold the model twice in the same memory.
+enum class PageCacheDrop { kAuto, kNever, kAlways };
+
+// How upload_model / upload_matrix move bytes.
+struct UploadOptions {
+  int threads = 0;            // staging threads, one CUDA stream each (0: 8)
+  size_t chunk_bytes = 0;     // source bytes per staged piece (0: 32 MiB)
+  bool host_repack = false;   // split Q8_0 / IQ2_XXS on the host (the former path, kept
+                              // for comparison); default: on the GPU
+  PageCacheDrop drop_page_cache = PageCacheDrop::kAuto;
+  // upload_matrix only: the file that `host` maps (read-only, at a page-aligned
+  // mapping) and the file offset of host[0]; empty: the bytes are not a file mapping
+  // and nothing is dropped. upload_model takes both from the Model.
+  std::string file_path;
+  uint64_t file_offset = 0;
+};
+
 struct UploadStats {
   uint64_t bytes = 0;   // bytes written to the device
   double seconds = 0;   // wall time of the transfer
+  uint64_t scratch_bytes = 0;      // device scratch used for GPU repacking (freed after)
+  bool page_cache_dropped = false; // file pages were dropped as they were staged
   double gib_per_s() const { return seconds > 0 ? bytes / seconds / (1024.0 * 1024.0 * 1024.0) : 0; }
 };
 
@@ -95,6 +119,11 @@ class DeviceModel {
 // threads (0: 8). Errors name the tensor whose type or shape the kernels cannot read.
 Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int threads,
                                                   UploadStats* stats);
+// Same with every option. With page-cache dropping on, each staged file range is
+// unmapped from the Model's mapping and dropped from the page cache (the mapping stays
+// valid: a later read faults the bytes back in from the file).
+Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, const UploadOptions& options,
+                                                  UploadStats* stats);
 
 // A model of `config`'s shapes with the real file's tensor types (MODEL.md §1.4),
 // filled on the GPU with random valid blocks from `seed`.
@@ -116,6 +145,10 @@ struct OwnedDeviceMatrix {
 Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
                                                          int64_t count, const uint8_t* host,
                                                          int threads = 1, UploadStats* stats = nullptr);
+Result<std::unique_ptr<OwnedDeviceMatrix>> upload_matrix(GgmlType type, int64_t cols, int64_t rows,
+                                                         int64_t count, const uint8_t* host,
+                                                         const UploadOptions& options,
+                                                         UploadStats* stats);
 // Random valid blocks generated on the GPU (the synthetic model's fill rule).
 Result<std::unique_ptr<OwnedDeviceMatrix>> random_matrix(GgmlType type, int64_t cols, int64_t rows,
                                                          int64_t count, uint64_t seed);
