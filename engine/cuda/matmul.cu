@@ -1,0 +1,436 @@
+#include "cuda/matmul.h"
+
+#include <cuda_fp16.h>
+
+#include <mutex>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/dequant_chunk.cuh"
+#include "format/iq2xxs_grid.h"
+
+namespace ds4 {
+namespace {
+
+using cuda_detail::Chunk;
+
+// Block tile: kBlockRows weight rows x BN tokens (assignments), kBlockK columns per
+// step; 8 warps. Each thread dequantizes one 32-column chunk of one row per step.
+constexpr int kThreads = 256;
+constexpr int kBlockRows = 128;
+constexpr int kBlockK = 64;
+constexpr int kLds = kBlockK + 8;  // f16 per shared row (padding: conflict-free ldmatrix)
+
+__device__ uint64_t g_mm_iq2xxs_grid[384];  // codebook, then sign masks as bytes
+
+struct MatmulParams {
+  const uint8_t* w_data;
+  const uint16_t* w_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;
+  int64_t scales_per_row;
+  int64_t matrix_rows;
+  int64_t row_begin;
+  int cols;
+  int n_rows;
+  int matrix;
+  const float* x;
+  int64_t x_stride;
+  float* y;
+  int64_t y_stride;
+  int n_tokens;
+  float swiglu_limit;
+  int accumulate;
+  const int32_t* group_offsets;
+  int n_groups;
+  const int32_t* x_rows;
+  const float* row_scale;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// d += a (16x16, row) * b (16x8, col); f16 operands, f32 accumulators.
+__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ float swiglu(float g, float u, float limit) {
+  g = fminf(g, limit);
+  u = fminf(fmaxf(u, -limit), limit);
+  return g / (1.0f + expf(-g)) * u;
+}
+
+// Grouped mode: finds which group and which of its BN-assignment tiles block `tile`
+// is (tiles counted per group, in group order). Whole block; -1 when none.
+template <int BN>
+__device__ void find_group_tile(const MatmulParams& p, int tile, int* s_scan, int* s_group, int* s_tile) {
+  if (threadIdx.x == 0) *s_group = -1;
+  int carry = 0;
+  for (int base = 0; base < p.n_groups; base += kThreads) {
+    const int g = base + static_cast<int>(threadIdx.x);
+    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + BN - 1) / BN : 0;
+    s_scan[threadIdx.x] = count;
+    __syncthreads();
+    for (int off = 1; off < kThreads; off *= 2) {
+      const int v = threadIdx.x >= off ? s_scan[threadIdx.x - off] : 0;
+      __syncthreads();
+      s_scan[threadIdx.x] += v;
+      __syncthreads();
+    }
+    const int inclusive = s_scan[threadIdx.x] + carry;
+    const int exclusive = inclusive - count;
+    if (count > 0 && tile >= exclusive && tile < inclusive) {
+      *s_group = g;
+      *s_tile = tile - exclusive;
+    }
+    carry += s_scan[kThreads - 1];
+    __syncthreads();
+  }
+  __syncthreads();
+}
+
+template <GgmlType T>
+__device__ __forceinline__ void store_weights(half* dst, const typename Chunk<T>::Raw& raw, bool ok,
+                                              const uint64_t* grid) {
+  int4* d4 = reinterpret_cast<int4*>(dst);
+  if (!ok) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d4[i] = make_int4(0, 0, 0, 0);
+    return;
+  }
+  float w[32];
+  const float f = Chunk<T>::dequant(raw, grid, w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[8 * i + 2 * j] * f, w[8 * i + 2 * j + 1] * f);
+    d4[i] = *reinterpret_cast<int4*>(h);
+  }
+}
+
+template <GgmlType T, int BN, bool PAIRED>
+__global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
+  using C = Chunk<T>;
+  constexpr int kWarpsM = BN == 128 ? 2 : 4;
+  constexpr int kWarpsN = 8 / kWarpsM;
+  constexpr int kWarpRows = kBlockRows / kWarpsM;
+  constexpr int kWarpCols = BN / kWarpsN;
+  constexpr int MT = kWarpRows / 16;
+  constexpr int NT = kWarpCols / 8;
+  constexpr int kXVec = BN * (kBlockK / 4) / kThreads;  // float4 of x per thread per step
+  static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
+
+  extern __shared__ int4 smem4[];
+  half* s_w = reinterpret_cast<half*>(smem4);                  // [2][kBlockRows][kLds]
+  half* s_u = s_w + 2 * kBlockRows * kLds;                      // [2][kBlockRows][kLds] (paired)
+  half* s_x = s_u + (PAIRED ? 2 * kBlockRows * kLds : 0);       // [2][BN][kLds]
+  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
+  __shared__ const float* s_xrow[BN];
+  __shared__ int s_out[BN];
+  __shared__ int s_scan[kThreads];
+  __shared__ int s_group, s_tile;
+
+  const int tid = threadIdx.x;
+  int matrix = p.matrix;
+  int a_begin, a_end;
+  if (p.group_offsets) {
+    find_group_tile<BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
+    if (s_group < 0) return;
+    matrix = s_group;
+    a_begin = p.group_offsets[s_group] + s_tile * BN;
+    a_end = min(a_begin + BN, p.group_offsets[s_group + 1]);
+  } else {
+    a_begin = blockIdx.x * BN;
+    a_end = min(a_begin + BN, p.n_tokens);
+  }
+  if (a_begin >= a_end) return;
+  for (int i = tid; i < BN; i += kThreads) {
+    const int a = a_begin + i;
+    const bool ok = a < a_end;
+    s_out[i] = ok ? a : -1;
+    s_xrow[i] = ok ? p.x + static_cast<int64_t>(p.x_rows ? p.x_rows[a] : a) * p.x_stride : nullptr;
+  }
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    for (int i = tid; i < 384; i += kThreads) grid[i] = g_mm_iq2xxs_grid[i];
+  }
+  __syncthreads();
+
+  // This thread's weight chunk: row tid/2, chunk 2*step + tid%2.
+  const int row_tile0 = blockIdx.y * kBlockRows;
+  const int my_row = tid >> 1, my_half = tid & 1;
+  const bool row_ok = row_tile0 + my_row < p.n_rows;
+  const int64_t grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + row_tile0 + my_row;
+  const uint8_t* w_row = p.w_data + (row_ok ? grow * p.row_bytes : 0);
+  const uint16_t* w_sc = p.w_scales ? p.w_scales + (row_ok ? grow * p.scales_per_row : 0) : nullptr;
+  const uint8_t* u_row = PAIRED ? p.u_data + (row_ok ? grow * p.row_bytes : 0) : nullptr;
+  const uint16_t* u_sc = PAIRED && p.u_scales ? p.u_scales + (row_ok ? grow * p.scales_per_row : 0) : nullptr;
+  const int n_chunks = p.cols >> 5;
+  const int steps = (n_chunks + 1) >> 1;
+
+  typename C::Raw raw_w, raw_u;
+  bool w_ok = false;
+  float4 xr[kXVec];
+  auto load = [&](int step) {
+    const int c = 2 * step + my_half;
+    w_ok = row_ok && c < n_chunks;
+    if (w_ok) {
+      raw_w = C::load(w_row, w_sc, c);
+      if constexpr (PAIRED) raw_u = C::load(u_row, u_sc, c);
+    }
+#pragma unroll
+    for (int i = 0; i < kXVec; ++i) {
+      const int idx = tid + kThreads * i;
+      const int tok = idx >> 4, col = step * kBlockK + (idx & 15) * 4;
+      const float* src = s_xrow[tok];
+      xr[i] = src && col < p.cols ? __ldg(reinterpret_cast<const float4*>(src + col)) : make_float4(0, 0, 0, 0);
+    }
+  };
+  auto store = [&](int buf) {
+    const int off = (buf * kBlockRows + my_row) * kLds + my_half * 32;
+    store_weights<T>(s_w + off, raw_w, w_ok, grid);
+    if constexpr (PAIRED) store_weights<T>(s_u + off, raw_u, w_ok, grid);
+#pragma unroll
+    for (int i = 0; i < kXVec; ++i) {
+      const int idx = tid + kThreads * i;
+      const int tok = idx >> 4, k = (idx & 15) * 4;
+      __half2 h[2] = {__floats2half2_rn(xr[i].x, xr[i].y), __floats2half2_rn(xr[i].z, xr[i].w)};
+      *reinterpret_cast<uint2*>(s_x + (buf * BN + tok) * kLds + k) = *reinterpret_cast<uint2*>(h);
+    }
+  };
+
+  const int warp = tid >> 5, lane = tid & 31;
+  const int wm0 = (warp % kWarpsM) * kWarpRows;
+  const int wn0 = (warp / kWarpsM) * kWarpCols;
+  float acc[MT][NT][4];
+  float acc_u[PAIRED ? MT : 1][PAIRED ? NT : 1][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[m][n][i] = 0.0f;
+        if constexpr (PAIRED) acc_u[m][n][i] = 0.0f;
+      }
+
+  load(0);
+  store(0);
+  __syncthreads();
+  for (int step = 0; step < steps; ++step) {
+    const int buf = step & 1;
+    const bool more = step + 1 < steps;
+    if (more) load(step + 1);
+    const half* bw = s_w + buf * kBlockRows * kLds;
+    const half* bu = s_u + buf * kBlockRows * kLds;
+    const half* bx = s_x + buf * BN * kLds;
+#pragma unroll
+    for (int kk = 0; kk < kBlockK; kk += 16) {
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int n2 = 0; n2 < NT / 2; ++n2) {
+        uint32_t r[4];
+        const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+        ldmatrix_x4(r, bx + tok * kLds + kk + ((lane >> 3) & 1) * 8);
+        bf[2 * n2][0] = r[0];
+        bf[2 * n2][1] = r[1];
+        bf[2 * n2 + 1][0] = r[2];
+        bf[2 * n2 + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        uint32_t af[4];
+        const int row = wm0 + m * 16 + (lane & 15);
+        ldmatrix_x4(af, bw + row * kLds + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) mma_16816(acc[m][n], af, bf[n]);
+        if constexpr (PAIRED) {
+          ldmatrix_x4(af, bu + row * kLds + kk + (lane >> 4) * 8);
+#pragma unroll
+          for (int n = 0; n < NT; ++n) mma_16816(acc_u[m][n], af, bf[n]);
+        }
+      }
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+  }
+
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = row_tile0 + wm0 + m * 16 + g + (i >= 2 ? 8 : 0);
+        const int a = s_out[wn0 + n * 8 + 2 * q + (i & 1)];
+        if (r >= p.n_rows || a < 0) continue;
+        float v = acc[m][n][i];
+        if constexpr (PAIRED) {
+          v = swiglu(v, acc_u[m][n][i], p.swiglu_limit);
+          if (p.row_scale) v *= p.row_scale[a];
+        }
+        float* out = p.y + static_cast<int64_t>(a) * p.y_stride + r;
+        *out = p.accumulate ? *out + v : v;
+      }
+    }
+  }
+}
+
+using KernelFn = void (*)(MatmulParams);
+
+constexpr size_t shared_bytes(int bn, bool paired) {
+  return sizeof(half) * kLds * (2 * kBlockRows * (paired ? 2 : 1) + 2 * bn);
+}
+
+template <GgmlType T>
+KernelFn pick_kernel(int bn, bool paired) {
+  if (paired) return matmul_kernel<T, 64, true>;
+  return bn == 128 ? matmul_kernel<T, 128, false> : matmul_kernel<T, 64, false>;
+}
+
+KernelFn pick_kernel(GgmlType type, int bn, bool paired) {
+  switch (type) {
+    case GgmlType::F32: return pick_kernel<GgmlType::F32>(bn, paired);
+    case GgmlType::F16: return pick_kernel<GgmlType::F16>(bn, paired);
+    case GgmlType::Q8_0: return pick_kernel<GgmlType::Q8_0>(bn, paired);
+    case GgmlType::IQ2_XXS: return pick_kernel<GgmlType::IQ2_XXS>(bn, paired);
+    case GgmlType::Q2_K: return pick_kernel<GgmlType::Q2_K>(bn, paired);
+    case GgmlType::Q4_K: return pick_kernel<GgmlType::Q4_K>(bn, paired);
+    default: return nullptr;
+  }
+}
+
+Status init_once() {
+  uint64_t table[384];
+  for (int g = 0; g < 256; ++g) table[g] = kIq2xxsGrid[g];
+  for (uint32_t si = 0; si < 128; ++si) {
+    const uint32_t mask = iq2xxs_sign_mask(si);
+    uint64_t bytes = 0;
+    for (int m = 0; m < 8; ++m) {
+      if ((mask >> m) & 1u) bytes |= uint64_t{0xFF} << (8 * m);
+    }
+    table[256 + si] = bytes;
+  }
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_mm_iq2xxs_grid, table, sizeof(table)));
+  const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
+                            GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
+  for (GgmlType t : types) {
+    for (int bn : {64, 128}) {
+      for (bool paired : {false, true}) {
+        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_kernel(t, bn, paired), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes(paired ? 64 : bn, paired))));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
+  if (!l.w || l.w->empty()) return Status::Error("matmul: no weight matrix");
+  const DeviceMatrix& w = *l.w;
+  const std::string type(ggml_type_name(w.type));
+  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false) == nullptr) {
+    return Status::Error("matmul: unsupported weight type " + type + " with " + std::to_string(w.cols) +
+                         " columns");
+  }
+  if (w.cols % 32 != 0 || w.cols > (1 << 30)) {
+    return Status::Error("matmul: " + std::to_string(w.cols) + " columns (need a multiple of 32)");
+  }
+  if (l.w_up && (l.w_up->type != w.type || l.w_up->cols != w.cols || l.w_up->rows != w.rows ||
+                 l.w_up->count != w.count || l.w_up->empty())) {
+    return Status::Error("matmul: gate and up matrices differ in type or shape");
+  }
+  if (l.row_begin < 0 || n_rows < 0 || l.row_begin + n_rows > w.rows || n_rows > (1 << 30)) {
+    return Status::Error("matmul: rows [" + std::to_string(l.row_begin) + ", " +
+                         std::to_string(l.row_begin + n_rows) + ") outside the matrix's " +
+                         std::to_string(w.rows) + " rows");
+  }
+  if (l.n_tokens < 0) return Status::Error("matmul: negative n_tokens");
+  if (l.group_offsets) {
+    if (l.n_groups <= 0 || l.n_groups > w.count) {
+      return Status::Error("matmul: " + std::to_string(l.n_groups) + " groups for " + std::to_string(w.count) +
+                           " stacked matrices");
+    }
+  } else if (l.matrix < 0 || l.matrix >= w.count) {
+    return Status::Error("matmul: matrix " + std::to_string(l.matrix) + " of " + std::to_string(w.count));
+  }
+  if (!l.x || !l.y) return Status::Error("matmul: x or y is null");
+  if (reinterpret_cast<uintptr_t>(l.x) % 16 != 0 || l.x_stride % 4 != 0) {
+    return Status::Error("matmul: x must be 16-byte aligned with a stride that is a multiple of 4 floats (stride " +
+                         std::to_string(l.x_stride) + ")");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status matmul_init() {
+  static std::once_flag once;
+  static Status status;
+  std::call_once(once, [] { status = init_once(); });
+  return status;
+}
+
+Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(matmul_init());
+  const int64_t n_rows = l.n_rows < 0 && l.w ? l.w->rows - l.row_begin : l.n_rows;
+  DS4_RETURN_IF_ERROR(check_launch(l, n_rows));
+  if (n_rows == 0 || l.n_tokens == 0) return Status::Ok();
+  const DeviceMatrix& w = *l.w;
+  const bool paired = l.w_up != nullptr;
+  const bool grouped = l.group_offsets != nullptr;
+  const int bn = !paired && !grouped && l.n_tokens >= 128 ? 128 : 64;
+
+  MatmulParams p{};
+  p.w_data = w.data;
+  p.w_scales = w.scales;
+  p.u_data = paired ? l.w_up->data : nullptr;
+  p.u_scales = paired ? l.w_up->scales : nullptr;
+  p.row_bytes = static_cast<int64_t>(w.data_row_bytes());
+  p.scales_per_row = w.scales_per_row();
+  p.matrix_rows = w.rows;
+  p.row_begin = l.row_begin;
+  p.cols = static_cast<int>(w.cols);
+  p.n_rows = static_cast<int>(n_rows);
+  p.matrix = l.matrix;
+  p.x = l.x;
+  p.x_stride = l.x_stride;
+  p.y = l.y;
+  p.y_stride = l.y_stride;
+  p.n_tokens = l.n_tokens;
+  p.swiglu_limit = l.swiglu_limit;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.group_offsets = l.group_offsets;
+  p.n_groups = grouped ? l.n_groups : 0;
+  p.x_rows = l.x_rows;
+  p.row_scale = l.row_scale;
+
+  // Token (assignment) tiles vary fastest so that blocks sharing a weight tile run
+  // together (its bytes come from L2 after the first). Grouped: at most
+  // ceil(n_tokens / bn) + n_groups tiles in all; the blocks past the last exit.
+  const int64_t token_tiles = (l.n_tokens + bn - 1) / bn + (grouped ? l.n_groups : 0);
+  const int64_t row_tiles = (n_rows + kBlockRows - 1) / kBlockRows;
+  if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
+    return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
+  }
+  KernelFn fn = pick_kernel(w.type, bn, paired);
+  fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
+       shared_bytes(bn, paired), stream>>>(p);
+  return cuda_status(cudaGetLastError(), "matmul launch");
+}
+
+}  // namespace ds4
