@@ -1,0 +1,391 @@
+// Tensor-core matrix-matrix kernels (cuda/matmul.h) against the CPU reference: rows
+// dequantized with format/quant.h, dot products in double, every output element
+// compared with |got - ref| <= 2e-3 * sum_k |w_k x_k| + 1e-6 (f16 operand rounding).
+// Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
+// that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
+// x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
+// groups: empty ones, one with a single assignment, one with more than two tiles;
+// gathered x rows and per-row scales). Then a benchmark on the prefill shapes.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/device_model.h"
+#include "cuda/matmul.h"
+#include "cuda_test_util.h"
+
+using namespace ds4;
+using namespace ds4::test;
+
+namespace {
+
+std::string tname(GgmlType t) { return std::string(ggml_type_name(t)); }
+
+// A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
+struct TestMatrix {
+  GgmlType type;
+  int64_t cols, rows, count;
+  std::vector<float> f;
+  std::unique_ptr<OwnedDeviceMatrix> dev;
+  const float* row(int64_t matrix, int64_t r) const { return f.data() + (matrix * rows + r) * cols; }
+};
+
+std::unique_ptr<TestMatrix> make_matrix(GgmlType type, int64_t cols, int64_t rows, int64_t count,
+                                        std::mt19937& rng, const std::string& name) {
+  auto m = std::make_unique<TestMatrix>();
+  m->type = type;
+  m->cols = cols;
+  m->rows = rows;
+  m->count = count;
+  std::vector<uint8_t> bytes = random_blocks(type, rows * count, cols, rng);
+  m->f.resize(static_cast<size_t>(rows * count * cols));
+  const size_t rb = ggml_row_bytes(type, cols);
+  for (int64_t r = 0; r < rows * count; ++r) dequantize_row(type, bytes.data() + r * rb, m->f.data() + r * cols, cols);
+  auto dm = upload_matrix(type, cols, rows, count, bytes.data());
+  check(dm.ok(), name + ": upload: " + (dm.ok() ? std::string() : dm.status().message()));
+  if (!dm.ok()) return nullptr;
+  m->dev = std::move(*dm);
+  return m;
+}
+
+struct Dot {
+  double v, abs_sum;
+};
+
+Dot dot(const float* w, const float* x, int64_t n) {
+  double s = 0, a = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double p = static_cast<double>(w[i]) * x[i];
+    s += p;
+    a += std::fabs(p);
+  }
+  return {s, a};
+}
+
+double tol(double abs_sum) { return 2e-3 * abs_sum + 1e-6; }
+
+double silu(double g) { return g / (1.0 + std::exp(-g)); }
+
+// Expected value and tolerance of one output: plain, or paired SwiGLU times `scale`.
+struct Expect {
+  double v, tol;
+};
+
+Expect expect(const TestMatrix& w, const TestMatrix* u, int64_t matrix, int64_t r, const float* x,
+              float limit, double scale) {
+  const Dot g = dot(w.row(matrix, r), x, w.cols);
+  if (!u) return {g.v, tol(g.abs_sum)};
+  const Dot up = dot(u->row(matrix, r), x, w.cols);
+  const double gc = std::min(g.v, static_cast<double>(limit));
+  const double uc = std::clamp(up.v, -static_cast<double>(limit), static_cast<double>(limit));
+  const double tg = tol(g.abs_sum), tu = tol(up.abs_sum);
+  const double t = (1.1 * tg * std::fabs(uc) + std::fabs(silu(gc)) * tu + 1.1 * tg * tu) * std::fabs(scale);
+  return {silu(gc) * uc * scale, t + 1e-6};
+}
+
+void report(const std::string& name, int bad, int64_t total) {
+  check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(total) + " outputs out of tolerance");
+  if (bad == 0) std::printf("ok   %s (%lld outputs)\n", name.c_str(), static_cast<long long>(total));
+}
+
+void compare_one(const std::string& name, int64_t t, int64_t r, float got, const Expect& e, int* bad) {
+  if (std::fabs(got - e.v) <= e.tol && std::isfinite(got)) return;
+  if (++*bad <= 5) {
+    std::printf("  %s: token/assignment %lld row %lld: got %.7g expected %.7g (tolerance %.3g)\n", name.c_str(),
+                static_cast<long long>(t), static_cast<long long>(r), got, e.v, e.tol);
+  }
+}
+
+// Dense mode: matrix `matrix` of a stacked weight, rows [row_begin, row_begin + n_rows),
+// x and y with padded strides, optionally accumulating onto random y and paired.
+void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, int count = 1,
+                int matrix = 0, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false,
+                bool paired = false, float limit = INFINITY) {
+  const int64_t nr = n_rows < 0 ? rows - row_begin : n_rows;
+  const std::string name = std::string("dense ") + tname(type) + " " + std::to_string(rows) + "x" +
+                           std::to_string(cols) + " count=" + std::to_string(count) + " matrix=" +
+                           std::to_string(matrix) + " rows=[" + std::to_string(row_begin) + "+" +
+                           std::to_string(nr) + ") tokens=" + std::to_string(n_tokens) +
+                           (accumulate ? " accumulate" : "") + (paired ? " paired limit=" + std::to_string(limit) : "");
+  auto w = make_matrix(type, cols, rows, count, rng, name);
+  std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
+  if (!w || (paired && !u)) return;
+  const int64_t x_stride = cols + 4, y_stride = nr + 3;
+  std::vector<float> x = random_floats(static_cast<size_t>(x_stride * n_tokens), rng);
+  std::vector<float> y0 = random_floats(static_cast<size_t>(y_stride * n_tokens), rng);
+  DeviceVec<float> dx(x), dy(y0);
+  MatmulLaunch l;
+  l.w = &w->dev->m;
+  l.w_up = paired ? &u->dev->m : nullptr;
+  l.matrix = matrix;
+  l.row_begin = row_begin;
+  l.n_rows = n_rows;
+  l.x = dx.get();
+  l.x_stride = x_stride;
+  l.y = dy.get();
+  l.y_stride = y_stride;
+  l.n_tokens = n_tokens;
+  l.swiglu_limit = limit;
+  l.accumulate = accumulate;
+  Status s = launch_matmul(l, nullptr);
+  check(s.ok(), name + ": launch: " + s.message());
+  const cudaError_t e = cudaDeviceSynchronize();
+  check(e == cudaSuccess, name + ": kernel failed: " + cudaGetErrorString(e));
+  if (!s.ok() || e != cudaSuccess) return;
+  std::vector<float> y = dy.host();
+  int bad = 0;
+  for (int t = 0; t < n_tokens; ++t) {
+    for (int64_t r = 0; r < nr; ++r) {
+      Expect ex = expect(*w, u.get(), matrix, row_begin + r, x.data() + t * x_stride, limit, 1.0);
+      if (accumulate) ex.v += y0[t * y_stride + r];
+      compare_one(name, t, r, y[t * y_stride + r], ex, &bad);
+    }
+    // The padding between rows of y is never written.
+    for (int64_t r = nr; r < y_stride; ++r) {
+      if (y[t * y_stride + r] != y0[t * y_stride + r] && ++bad <= 5) {
+        std::printf("  %s: token %d wrote padding column %lld\n", name.c_str(), t, static_cast<long long>(r));
+      }
+    }
+  }
+  report(name, bad, static_cast<int64_t>(n_tokens) * nr);
+}
+
+// Grouped mode: group sizes `sizes` over matrices 0..sizes.size()-1 of a stack of
+// `count` (>= groups), x rows gathered from a pool of `pool` rows, per-row scales.
+void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<int>& sizes, int count,
+                  bool paired, float limit, bool gather, std::mt19937& rng) {
+  std::vector<int32_t> offsets{0};
+  for (int s : sizes) offsets.push_back(offsets.back() + s);
+  const int total = offsets.back();
+  std::string sz;
+  for (int s : sizes) sz += (sz.empty() ? "" : ",") + std::to_string(s);
+  const std::string name = std::string("grouped ") + tname(type) + " " + std::to_string(rows) + "x" +
+                           std::to_string(cols) + " groups={" + sz + "}" + (gather ? " gathered+scaled" : "") +
+                           (paired ? " paired limit=" + std::to_string(limit) : "");
+  auto w = make_matrix(type, cols, rows, count, rng, name);
+  std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
+  if (!w || (paired && !u)) return;
+  const int pool = gather ? 37 : total;
+  const int64_t x_stride = cols;
+  std::vector<float> x = random_floats(static_cast<size_t>(x_stride * std::max(pool, 1)), rng);
+  std::vector<int32_t> x_rows(std::max(total, 1));
+  std::uniform_int_distribution<int> pick(0, std::max(pool, 1) - 1);
+  for (int a = 0; a < total; ++a) x_rows[a] = gather ? pick(rng) : a;
+  std::vector<float> scale = random_floats(std::max(total, 1), rng, 0.1f, 1.0f);
+  const int64_t y_stride = rows;
+  std::vector<float> y0 = random_floats(static_cast<size_t>(y_stride * (total + 1)), rng);
+  DeviceVec<float> dx(x), dy(y0), dscale(scale);
+  DeviceVec<int32_t> doff(offsets), drows(x_rows);
+  MatmulLaunch l;
+  l.w = &w->dev->m;
+  l.w_up = paired ? &u->dev->m : nullptr;
+  l.x = dx.get();
+  l.x_stride = x_stride;
+  l.y = dy.get();
+  l.y_stride = y_stride;
+  l.n_tokens = total + 5;  // an upper bound, as the MoE caller passes
+  l.swiglu_limit = limit;
+  l.group_offsets = doff.get();
+  l.n_groups = static_cast<int>(sizes.size());
+  l.x_rows = gather ? drows.get() : nullptr;
+  l.row_scale = gather ? dscale.get() : nullptr;
+  Status s = launch_matmul(l, nullptr);
+  check(s.ok(), name + ": launch: " + s.message());
+  const cudaError_t e = cudaDeviceSynchronize();
+  check(e == cudaSuccess, name + ": kernel failed: " + cudaGetErrorString(e));
+  if (!s.ok() || e != cudaSuccess) return;
+  std::vector<float> y = dy.host();
+  int bad = 0;
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    for (int a = offsets[g]; a < offsets[g + 1]; ++a) {
+      const double sc = gather && paired ? scale[a] : 1.0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const Expect ex = expect(*w, u.get(), static_cast<int64_t>(g), r, x.data() + x_rows[a] * x_stride, limit, sc);
+        compare_one(name, a, r, y[a * y_stride + r], ex, &bad);
+      }
+    }
+  }
+  // The row past the last assignment is never written.
+  for (int64_t r = 0; r < rows; ++r) {
+    if (y[total * y_stride + r] != y0[total * y_stride + r] && ++bad <= 5) {
+      std::printf("  %s: wrote row %d past the assignments\n", name.c_str(), total);
+    }
+  }
+  report(name, bad, static_cast<int64_t>(total) * rows);
+}
+
+void test_errors(std::mt19937& rng) {
+  auto w = make_matrix(GgmlType::Q8_0, 64, 16, 1, rng, "errors");
+  if (!w) return;
+  DeviceVec<float> dx(64 * 4), dy(16 * 4);
+  MatmulLaunch l;
+  l.w = &w->dev->m;
+  l.x = dx.get();
+  l.x_stride = 64;
+  l.y = dy.get();
+  l.y_stride = 16;
+  l.n_tokens = 4;
+  l.row_begin = 10;
+  l.n_rows = 10;
+  Status s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("rows") != std::string::npos, "rows past the matrix are refused: " + s.message());
+  l.row_begin = 0;
+  l.matrix = 1;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("matrix 1") != std::string::npos, "matrix past the stack is refused: " + s.message());
+  l.matrix = 0;
+  l.x_stride = 63;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("stride") != std::string::npos, "misaligned x stride is refused: " + s.message());
+  std::printf("ok   launch errors name what is wrong\n");
+}
+
+template <typename F>
+double time_us(F&& launch, int reps) {
+  launch();  // warm-up
+  cudaDeviceSynchronize();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  for (int i = 0; i < reps; ++i) launch();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms * 1000.0 / reps;
+}
+
+void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens) {
+  auto dm = random_matrix(type, cols, rows, 1, 1234);
+  if (!dm.ok()) {
+    std::printf("bench %s: %s\n", tname(type).c_str(), dm.status().message().c_str());
+    return;
+  }
+  std::mt19937 rng(5);
+  DeviceVec<float> dx(random_floats(static_cast<size_t>(cols) * n_tokens, rng)), dy(static_cast<size_t>(rows) * n_tokens);
+  MatmulLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.x_stride = cols;
+  l.y = dy.get();
+  l.y_stride = rows;
+  l.n_tokens = n_tokens;
+  Status st;
+  const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
+  check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
+  const double flops = 2.0 * rows * cols * n_tokens;
+  const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
+  std::printf("matmul %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s)\n", tname(type).c_str(),
+              static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
+              bytes / us * 1e-3);
+}
+
+void bench_grouped(GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens, int per_token, bool paired) {
+  auto dw = random_matrix(type, cols, rows, experts, 77);
+  if (!dw.ok()) {
+    std::printf("bench grouped %s: %s\n", tname(type).c_str(), dw.status().message().c_str());
+    return;
+  }
+  std::unique_ptr<OwnedDeviceMatrix> du;
+  if (paired) {
+    auto r = random_matrix(type, cols, rows, experts, 78);
+    if (!r.ok()) {
+      std::printf("bench grouped %s up: %s\n", tname(type).c_str(), r.status().message().c_str());
+      return;
+    }
+    du = std::move(*r);
+  }
+  const int total = n_tokens * per_token;
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> pick(0, experts - 1);
+  std::vector<int> counts(experts, 0);
+  for (int a = 0; a < total; ++a) ++counts[pick(rng)];
+  std::vector<int32_t> offsets{0};
+  for (int c : counts) offsets.push_back(offsets.back() + c);
+  std::vector<int32_t> x_rows(total);
+  for (int a = 0; a < total; ++a) x_rows[a] = a % n_tokens;
+  std::vector<float> scale = random_floats(total, rng, 0.1f, 1.0f);
+  DeviceVec<float> dx(random_floats(static_cast<size_t>(cols) * n_tokens, rng)), dy(static_cast<size_t>(rows) * total),
+      dscale(scale);
+  DeviceVec<int32_t> doff(offsets), drows(x_rows);
+  MatmulLaunch l;
+  l.w = &(*dw)->m;
+  l.w_up = paired ? &du->m : nullptr;
+  l.x = dx.get();
+  l.x_stride = cols;
+  l.y = dy.get();
+  l.y_stride = rows;
+  l.n_tokens = total;
+  l.swiglu_limit = 10.0f;
+  l.group_offsets = doff.get();
+  l.n_groups = experts;
+  l.x_rows = drows.get();
+  l.row_scale = paired ? dscale.get() : nullptr;
+  Status st;
+  const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
+  check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
+  const double flops = 2.0 * rows * cols * total * (paired ? 2 : 1);
+  const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
+  std::printf("matmul %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
+              "weights %.1f GB/s)\n",
+              tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
+              static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3);
+}
+
+}  // namespace
+
+int main() {
+  if (!gpu_present()) return 77;
+  Status init = matmul_init();
+  check(init.ok(), "matmul_init: " + init.message());
+  std::mt19937 rng(20261129);
+
+  const GgmlType all[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
+                          GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS};
+  for (GgmlType t : all) {
+    for (int n : {1, 7, 64, 200}) test_dense(t, 512, 200, n, rng);
+  }
+  // Columns not a multiple of the 64-column step; 300 tokens (three 128-token tiles).
+  for (GgmlType t : {GgmlType::F16, GgmlType::Q8_0}) {
+    test_dense(t, 96, 130, 7, rng);
+    test_dense(t, 160, 257, 300, rng);
+  }
+  // Sub-ranges of a stacked matrix, accumulate, paired SwiGLU with a limit.
+  for (GgmlType t : all) {
+    test_dense(t, 256, 300, 200, rng, 2, 1, 37, 150, true);
+    test_dense(t, 256, 300, 7, rng, 3, 2, 129, -1, false);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+    test_dense(t, 256, 150, 200, rng, 1, 0, 20, 100, true, true, INFINITY);
+  }
+  // Grouped: empty groups, a single assignment, one group of three 64-assignment tiles.
+  const std::vector<int> sizes{0, 1, 150, 0, 37, 64, 0};
+  for (GgmlType t : all) {
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, false, rng);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+  }
+  test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
+  test_grouped(GgmlType::Q8_0, 64, 64, {0, 0, 0}, 3, false, INFINITY, true, rng);
+  test_errors(rng);
+
+  if (g_failures == 0) {
+    bench_dense(GgmlType::Q8_0, 32768, 1024, 2048);   // attn_q_b
+    bench_dense(GgmlType::Q8_0, 1024, 4096, 2048);
+    bench_dense(GgmlType::F16, 1024, 4096, 2048);
+    bench_dense(GgmlType::Q8_0, 4096, 8192, 2048);    // out_b-like
+    bench_grouped(GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
+    bench_grouped(GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
+  } else {
+    std::printf("benchmark skipped: correctness failures above\n");
+  }
+  return finish("matmul_test");
+}
