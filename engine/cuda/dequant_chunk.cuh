@@ -8,6 +8,10 @@
 // `grid` is the IQ2_XXS codebook (256 x 8 bytes) followed by its 128 sign masks
 // expanded to bytes, in shared memory; unused by the other types.
 //
+// The formats with small integer weights (IQ2_XXS, Q2_K, Q4_K) can also hand a chunk
+// over as packed int8 (PackedChunk, four weights per word) for dot products with int8
+// activations (dp4a): the opt-in 8-bit activation path of cuda/matvec.h.
+//
 // Small integers become floats through the exponent trick (byte b placed under the
 // exponent of 2^23, then 2^23 subtracted: exact), which runs at full rate where the
 // integer-to-float conversion instruction runs at a quarter of it.
@@ -35,6 +39,20 @@ __device__ __forceinline__ float byte_to_float(uint32_t word, int j) {
 
 template <GgmlType T>
 struct Chunk;
+
+// One chunk's weights as int8, four per word (word i = elements 4i..4i+3), and the
+// factors that turn int8 dot products into the chunk's contribution. With x quantized
+// per chunk as x_k = dx * q_k, s_lo = dx * sum(q_0..15), s_hi = dx * sum(q_16..31):
+//   sum_k w_k x_k = dx * (a0 * dot(w[0..4), q[0..16)) + a1 * dot(w[4..8), q[16..32)))
+//                   - (m0 * s_lo + m1 * s_hi)
+struct PackedChunk {
+  int w[8];
+  float a0, a1, m0, m1;
+};
+
+// True for the types whose Chunk<T> has pack().
+template <GgmlType T>
+constexpr bool kPacksInt8 = T == GgmlType::IQ2_XXS || T == GgmlType::Q2_K || T == GgmlType::Q4_K;
 
 template <>
 struct Chunk<GgmlType::F32> {
@@ -130,6 +148,25 @@ struct Chunk<GgmlType::IQ2_XXS> {
     }
     return half_bits_to_float(r.d) * (0.5f + static_cast<float>(b >> 28)) * 0.25f;
   }
+  // Magnitudes 8..43 from the codebook; a negated byte is (mag ^ 0xFF) + 1, which
+  // never carries into the next byte (mag > 0), so one 32-bit add serves four bytes.
+  static __device__ __forceinline__ void pack(const Raw& r, const uint64_t* grid, PackedChunk* out) {
+    const uint32_t a = r.q.x, b = r.q.y;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t g = grid[(a >> (8 * k)) & 255];
+      const uint64_t sg = grid[256 + ((b >> (7 * k)) & 127)];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t mag = static_cast<uint32_t>(g >> (32 * half));
+        const uint32_t neg = static_cast<uint32_t>(sg >> (32 * half));
+        out->w[2 * k + half] = static_cast<int>((mag ^ neg) + (neg & 0x01010101u));
+      }
+    }
+    const float f = half_bits_to_float(r.d) * (0.5f + static_cast<float>(b >> 28)) * 0.25f;
+    out->a0 = out->a1 = f;
+    out->m0 = out->m1 = 0.0f;
+  }
 };
 
 template <>
@@ -165,6 +202,18 @@ struct Chunk<GgmlType::Q2_K> {
       }
     }
     return 1.0f;
+  }
+  static __device__ __forceinline__ void pack(const Raw& r, const uint64_t*, PackedChunk* out) {
+    const float d = half_bits_to_float(static_cast<uint16_t>(r.dd & 0xFFFF));
+    const float dmin = half_bits_to_float(static_cast<uint16_t>(r.dd >> 16));
+    const uint32_t sc0 = r.sc & 0xFF, sc1 = r.sc >> 8;
+    const int shift = 2 * r.jj;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out->w[i] = static_cast<int>((r.q[i] >> shift) & 0x03030303u);
+    out->a0 = d * static_cast<float>(sc0 & 15);
+    out->a1 = d * static_cast<float>(sc1 & 15);
+    out->m0 = dmin * static_cast<float>(sc0 >> 4);
+    out->m1 = dmin * static_cast<float>(sc1 >> 4);
   }
 };
 
@@ -214,6 +263,24 @@ struct Chunk<GgmlType::Q4_K> {
       for (int k = 0; k < 4; ++k) w[4 * i + k] = scale * static_cast<float>((v[i] >> (8 * k + shift)) & 15) - min;
     }
     return 1.0f;
+  }
+  static __device__ __forceinline__ void pack(const Raw& r, const uint64_t*, PackedChunk* out) {
+    const float d = half_bits_to_float(static_cast<uint16_t>(r.dd & 0xFFFF));
+    const float dmin = half_bits_to_float(static_cast<uint16_t>(r.dd >> 16));
+    uint8_t scales[12];
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+      scales[4 * i] = r.sc[i] & 0xFF; scales[4 * i + 1] = (r.sc[i] >> 8) & 0xFF;
+      scales[4 * i + 2] = (r.sc[i] >> 16) & 0xFF; scales[4 * i + 3] = r.sc[i] >> 24;
+    }
+    uint32_t sc, m;
+    q4k_scale_min(r.j, scales, &sc, &m);
+    const int shift = 4 * (r.j & 1);
+    const int v[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out->w[i] = static_cast<int>((static_cast<uint32_t>(v[i]) >> shift) & 0x0F0F0F0Fu);
+    out->a0 = out->a1 = d * static_cast<float>(sc);
+    out->m0 = out->m1 = dmin * static_cast<float>(m);
   }
 };
 

@@ -1,6 +1,7 @@
 #include "cuda/matvec.h"
 
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <string>
 
@@ -9,10 +10,26 @@
 #include "cuda/device_math.cuh"
 #include "format/iq2xxs_grid.h"
 
+// 1: IQ2_XXS, Q2_K and Q4_K weights meet activations quantized to int8 per 32 values
+// (f32 scale, round to nearest) in dp4a dot products, about a third of the
+// instructions per weight of the f32 path. Off by default: fixtures/README.md §4 keeps
+// 8-bit activation paths opt-in until they are measured against the goldens.
+#ifndef DS4_MATVEC_INT8_ACTIVATIONS
+#define DS4_MATVEC_INT8_ACTIVATIONS 0
+#endif
+
 namespace ds4 {
 namespace {
 
 using cuda_detail::Chunk;
+using cuda_detail::PackedChunk;
+
+template <GgmlType T>
+constexpr bool kInt8Activations = DS4_MATVEC_INT8_ACTIVATIONS != 0 && cuda_detail::kPacksInt8<T>;
+// Shared bytes per x vector per 32-element chunk: f32 values, or int8 values and a
+// float4 (scale, scaled sums of the two halves, unused).
+constexpr int kF32ChunkBytes = 128;
+constexpr int kInt8ChunkBytes = 48;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -83,6 +100,53 @@ __device__ __forceinline__ void dot_chunk(const float* w, float factor, const fl
   }
 }
 
+// Int8 layout of one x vector of ns chunks (bytes): [half 0..1][ns][16] quants, then
+// [ns] float4 {dx, dx * sum(q_0..15), dx * sum(q_16..31), 0}; lane c reading chunk c
+// touches consecutive 16-byte words (no bank conflicts).
+template <int NT>
+__device__ __forceinline__ void dot_chunk_int8(const PackedChunk& w, const uint8_t* xb, int ns, int c,
+                                               int tok_stride_bytes, float* acc) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const uint8_t* b = xb + t * tok_stride_bytes;
+    const int4 lo = *reinterpret_cast<const int4*>(b + c * 16);
+    const int4 hi = *reinterpret_cast<const int4*>(b + (ns + c) * 16);
+    const float4 m = *reinterpret_cast<const float4*>(b + (2 * ns + c) * 16);
+    int s0 = __dp4a(w.w[0], lo.x, 0);
+    s0 = __dp4a(w.w[1], lo.y, s0);
+    s0 = __dp4a(w.w[2], lo.z, s0);
+    s0 = __dp4a(w.w[3], lo.w, s0);
+    int s1 = __dp4a(w.w[4], hi.x, 0);
+    s1 = __dp4a(w.w[5], hi.y, s1);
+    s1 = __dp4a(w.w[6], hi.z, s1);
+    s1 = __dp4a(w.w[7], hi.w, s1);
+    const float v = m.x * (w.a0 * static_cast<float>(s0) + w.a1 * static_cast<float>(s1)) -
+                    (w.m0 * m.y + w.m1 * m.z);
+    acc[t] += v;
+  }
+}
+
+// Quantizes x chunk c of one vector into the int8 layout above: one warp, one element
+// per lane. dx = amax / 127, q = round-to-nearest-even(x * (127 / amax)), in IEEE
+// single precision whatever the compiler flags (matvec_round_activations mirrors it).
+__device__ __forceinline__ void stage_chunk_int8(float v, int lane, int ns, int c, uint8_t* xb) {
+  float amax = fabsf(v);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  const float dx = __fdiv_rn(amax, 127.0f);
+  const float inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+  const int q = __float2int_rn(__fmul_rn(v, inv));
+  xb[((lane >> 4) * ns + c) * 16 + (lane & 15)] = static_cast<uint8_t>(static_cast<int8_t>(q));
+  int sum = q;
+#pragma unroll
+  for (int off = 8; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  const int sum_hi = __shfl_sync(0xffffffffu, sum, 16);
+  if (lane == 0) {
+    *reinterpret_cast<float4*>(xb + (2 * ns + c) * 16) =
+        make_float4(dx, dx * static_cast<float>(sum), dx * static_cast<float>(sum_hi), 0.0f);
+  }
+}
+
 __device__ __forceinline__ float swiglu(float g, float u, float limit) {
   g = fminf(g, limit);
   u = fminf(fmaxf(u, -limit), limit);
@@ -117,21 +181,39 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
     ss = cuda_detail::block_sum_double(ss, red);
     x_scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
   }
-  {
-    // 32-bit index math: this prologue runs in every block.
-    const int ch = static_cast<int>(cols_here);
-    for (int t = 0; t < NT; ++t) {
+  constexpr bool kInt8 = kInt8Activations<T>;
+  uint8_t* xq = reinterpret_cast<uint8_t*>(shared_x4);
+  const int vec_bytes = ns * kInt8ChunkBytes;
+  if constexpr (kInt8) {
+    const int w_id = threadIdx.x >> 5, ln = threadIdx.x & 31;
+    const int tasks = NT * p.vectors * ns;
+    for (int task = w_id; task < tasks; task += kWarps) {
+      const int tv = task / ns, c = task - tv * ns;
+      const int t = tv / p.vectors, v = tv - t * p.vectors;
       const int tok = tok0 + t;
-      for (int v = 0; v < p.vectors; ++v) {
-        const int x_slot = p.sum_slots ? v : slot;
-        float* dst = xs + (t * p.vectors + v) * ch;
-        const float* src = tok < p.n_tokens ? p.x + tok * p.x_tok_stride + x_slot * p.x_slot_stride + chunk0 * 32
-                                            : nullptr;
-        for (int i = threadIdx.x; i < ch; i += kThreads) {
-          const int s = i >> 5, k = i & 31;
-          float v = src ? src[i] : 0.0f;
-          if (p.x_norm_weight) v = v * x_scale * p.x_norm_weight[i];
-          dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = v;
+      const int x_slot = p.sum_slots ? v : slot;
+      const int col = (chunk0 + c) * 32 + ln;
+      float val = tok < p.n_tokens ? p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + col] : 0.0f;
+      if (p.x_norm_weight) val = val * x_scale * p.x_norm_weight[col];
+      stage_chunk_int8(val, ln, ns, c, xq + tv * vec_bytes);
+    }
+  } else {
+    {
+      // 32-bit index math: this prologue runs in every block.
+      const int ch = static_cast<int>(cols_here);
+      for (int t = 0; t < NT; ++t) {
+        const int tok = tok0 + t;
+        for (int v = 0; v < p.vectors; ++v) {
+          const int x_slot = p.sum_slots ? v : slot;
+          float* dst = xs + (t * p.vectors + v) * ch;
+          const float* src = tok < p.n_tokens ? p.x + tok * p.x_tok_stride + x_slot * p.x_slot_stride + chunk0 * 32
+                                              : nullptr;
+          for (int i = threadIdx.x; i < ch; i += kThreads) {
+            const int s = i >> 5, k = i & 31;
+            float v = src ? src[i] : 0.0f;
+            if (p.x_norm_weight) v = v * x_scale * p.x_norm_weight[i];
+            dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = v;
+          }
         }
       }
     }
@@ -169,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
       for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
         typename C::Raw raw[kUnroll];
         typename C::Raw raw_up[PAIRED ? kUnroll : 1];
-        const float* xv[kUnroll];
+        int vsel[kUnroll];  // x vector of each item
         int cc[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
@@ -187,19 +269,32 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
               const uint16_t* usc = p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
               raw_up[u] = C::load(p.u_data + grow * p.row_bytes, usc, chunk0 + c);
             }
-            xv[u] = xs + (p.sum_slots && p.x_slot_stride ? si : 0) * cols_here;
+            vsel[u] = p.sum_slots && p.x_slot_stride ? si : 0;
             cc[u] = c;
           }
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           if (cc[u] < 0) continue;
-          float w[32];
-          const float f = C::dequant(raw[u], grid, w);
-          dot_chunk<NT>(w, f, xv[u], ns, cc[u], per_token, acc);
-          if constexpr (PAIRED) {
-            const float fu = C::dequant(raw_up[u], grid, w);
-            dot_chunk<NT>(w, fu, xv[u], ns, cc[u], per_token, acc_up);
+          if constexpr (kInt8) {
+            const uint8_t* xb = xq + vsel[u] * vec_bytes;
+            const int tok_stride = p.vectors * vec_bytes;
+            PackedChunk pk;
+            C::pack(raw[u], grid, &pk);
+            dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
+            if constexpr (PAIRED) {
+              C::pack(raw_up[u], grid, &pk);
+              dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc_up);
+            }
+          } else {
+            const float* xv = xs + vsel[u] * cols_here;
+            float w[32];
+            const float f = C::dequant(raw[u], grid, w);
+            dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
+            if constexpr (PAIRED) {
+              const float fu = C::dequant(raw_up[u], grid, w);
+              dot_chunk<NT>(w, fu, xv, ns, cc[u], per_token, acc_up);
+            }
           }
         }
       }
@@ -330,6 +425,28 @@ Status matvec_init() {
   return status;
 }
 
+bool matvec_rounds_activations(GgmlType type) {
+  switch (type) {
+    case GgmlType::IQ2_XXS: return kInt8Activations<GgmlType::IQ2_XXS>;
+    case GgmlType::Q2_K: return kInt8Activations<GgmlType::Q2_K>;
+    case GgmlType::Q4_K: return kInt8Activations<GgmlType::Q4_K>;
+    default: return false;
+  }
+}
+
+void matvec_round_activations(const float* x, int64_t n, float* out) {
+  for (int64_t c = 0; c + 32 <= n; c += 32) {
+    float amax = 0.0f;
+    for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(x[c + k]));
+    const float dx = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int k = 0; k < 32; ++k) {
+      const volatile float scaled = x[c + k] * inv;  // one rounding, as on the GPU
+      out[c + k] = dx * std::nearbyint(scaled);
+    }
+  }
+}
+
 Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(matvec_init());
   const DeviceMatrix& w = *l.w;
@@ -412,7 +529,8 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
       p.partial = l.split_workspace;
     }
   }
-  const int64_t bytes_per_token = static_cast<int64_t>(vectors) * p.split_chunks * 32 * 4;
+  const int64_t chunk_bytes = matvec_rounds_activations(w.type) ? kInt8ChunkBytes : kF32ChunkBytes;
+  const int64_t bytes_per_token = static_cast<int64_t>(vectors) * p.split_chunks * chunk_bytes;
   if (bytes_per_token > kMaxSharedBytes) {
     return Status::Error("matvec: " + std::to_string(w.cols) + " columns x " +
                          std::to_string(vectors) + " vectors do not fit in shared memory");

@@ -63,6 +63,15 @@ struct MatvecLaunch {
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);
 
+// True when this build's kernels quantize the activations that meet `type` weights to
+// int8 per 32 values (DS4_MATVEC_INT8_ACTIVATIONS=1: IQ2_XXS, Q2_K, Q4_K); false when
+// they stay f32.
+bool matvec_rounds_activations(GgmlType type);
+
+// The values the int8 path computes with, on the host (tests): each 32-value chunk of
+// x becomes dx * round(x * 127 / amax), dx = amax / 127. n is a multiple of 32.
+void matvec_round_activations(const float* x, int64_t n, float* out);
+
 // Uploads the IQ2_XXS codebook to the device (once per process; idempotent).
 Status matvec_init();
 
