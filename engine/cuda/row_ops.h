@@ -37,7 +37,8 @@ struct RowPostLaunch {
   // When > 0, row r belongs to position *pos + r / rows_per_pos: its RoPE angle and, with
   // `ring`, its ring slot, out row ((*pos + r / rows_per_pos) % ring) * rows_per_pos +
   // r % rows_per_pos. A chunk of n tokens: n*heads q rows with rows_per_pos = heads, n kv
-  // rows with rows_per_pos = 1. 0: every row at *pos (the single-token path).
+  // rows with rows_per_pos = 1. 0: every row at *pos (the single-token path). With `ring`,
+  // the rows may span at most `ring` positions (more would collide in the ring).
   int rows_per_pos = 0;
 };
 

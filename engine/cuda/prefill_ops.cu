@@ -1,0 +1,476 @@
+#include "cuda/prefill_ops.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <climits>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device_math.cuh"
+
+// The per-token bodies below repeat the arithmetic of hyper_connections.cu and moe.cu
+// expression for expression (same operations, same order, same block size), so that a
+// batched launch gives the single-token launches' results bit for bit; the GPU test
+// (tests/cuda/prefill_ops_test.cu) checks exactly that.
+
+namespace ds4 {
+namespace {
+
+using namespace cuda_detail;
+
+constexpr int kMaxMult = 8;
+constexpr int kMaxExperts = 1024;
+constexpr int kMaxUsed = 16;
+constexpr int kMaxGridY = 65535;
+constexpr int kHcPreThreads = 1024;  // as launch_hc_pre: the block sums depend on it
+constexpr int kElementThreads = 256;
+
+// ---------------------------------------------------------------- hyper-connections
+
+// grid (ceil(dim / 256), n): token blockIdx.y.
+__global__ void embed_tokens_kernel(const void* embd, int is_f16, const int32_t* tokens, HcShape s,
+                                    float* x_all) {
+  const int tok = blockIdx.y;
+  const int64_t t = tokens[tok];
+  float* x = x_all + static_cast<int64_t>(tok) * s.mult * s.dim;
+  for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < s.dim; d += gridDim.x * blockDim.x) {
+    float v = is_f16 ? __half2float(reinterpret_cast<const __half*>(embd)[t * s.dim + d])
+                     : reinterpret_cast<const float*>(embd)[t * s.dim + d];
+    for (int h = 0; h < s.mult; ++h) x[h * s.dim + d] = v;
+  }
+}
+
+__device__ float sigmoid_value(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// RMS factor 1/sqrt(mean(X^2) + eps) over all streams of one token.
+__device__ float token_rms_factor(const float* x, const HcShape& s) {
+  __shared__ double dscratch[32];
+  const int n = s.dim * s.mult;
+  double s0 = 0.0, s1 = 0.0;
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  for (int i = threadIdx.x; i < n / 4; i += blockDim.x) {
+    const float4 v = x4[i];
+    s0 += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y;
+    s1 += static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
+  }
+  const double ss = block_sum_double(s0 + s1, dscratch);
+  return rms_scale(ss, n, s.norm_eps);
+}
+
+// out = rmsw(sum_h wts[h] X_h, norm_weight), with y staged in `ys` (dim floats).
+__device__ void token_weighted_stream_norm(const float* x, const float* wts, const float* norm_weight,
+                                           const HcShape& s, float* ys, float* out) {
+  __shared__ double dscratch[32];
+  double ss = 0.0;
+  for (int d = threadIdx.x; d < s.dim; d += blockDim.x) {
+    float y = 0.0f;
+    for (int h = 0; h < s.mult; ++h) y = __fadd_rn(y, __fmul_rn(wts[h], x[h * s.dim + d]));
+    ys[d] = y;
+    ss += static_cast<double>(y) * y;
+  }
+  ss = block_sum_double(ss, dscratch);
+  const float f = rms_scale(ss, s.dim, s.norm_eps);
+  for (int d = threadIdx.x; d < s.dim; d += blockDim.x) {
+    out[d] = ys[d] * f * (norm_weight ? norm_weight[d] : 1.0f);
+  }
+}
+
+// pre / post / Sinkhorn comb for mult == 4: one warp, one lane per comb entry
+// (src i = lane/4, dst k = lane%4); lanes 16..31 mirror 0..15.
+__device__ void split_sinkhorn_mult4(const float* mix_raw, const float* scale, const float* base,
+                                     float factor, const HcShape& s, float* pre, float* post,
+                                     float* comb) {
+  const int lane = threadIdx.x;
+  const int e = lane & 15;
+  if (lane < 4) {
+    pre[lane] = sigmoid_value(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[lane], factor), scale[0]), base[lane])) + s.hc_eps;
+    post[lane] = 2.0f * sigmoid_value(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[4 + lane], factor), scale[1]), base[4 + lane]));
+  }
+  const int k = e & 3;
+  auto row_sum = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+    a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 1);
+    a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 2);
+    return a + __shfl_sync(0xffffffffu, v, (lane & ~3) + 3);
+  };
+  auto row_max = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+    a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 1));
+    a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 2));
+    return fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 3));
+  };
+  auto col_sum = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & 16) + k);
+    a += __shfl_sync(0xffffffffu, v, (lane & 16) + 4 + k);
+    a += __shfl_sync(0xffffffffu, v, (lane & 16) + 8 + k);
+    return a + __shfl_sync(0xffffffffu, v, (lane & 16) + 12 + k);
+  };
+  float c = __fadd_rn(__fmul_rn(__fmul_rn(mix_raw[8 + e], factor), scale[2]), base[8 + e]);
+  c = expf(c - row_max(c));
+  c = c / row_sum(c) + s.hc_eps;
+  for (int iter = 0; iter < s.sinkhorn_iters; ++iter) {
+    if (iter > 0) c = c / (row_sum(c) + s.hc_eps);
+    c = c / (col_sum(c) + s.hc_eps);
+  }
+  if (lane < 16) comb[e] = c;
+}
+
+// The same for any mult <= kMaxMult, on one thread.
+__device__ void split_sinkhorn_serial(const float* mix_raw, const float* scale, const float* base,
+                                      float factor, const HcShape& s, float* pre, float* post,
+                                      float* comb) {
+  const int m = s.mult;
+  float c[kMaxMult][kMaxMult];
+  for (int h = 0; h < m; ++h) {
+    pre[h] = sigmoid_value(mix_raw[h] * factor * scale[0] + base[h]) + s.hc_eps;
+    post[h] = 2.0f * sigmoid_value(mix_raw[m + h] * factor * scale[1] + base[m + h]);
+  }
+  for (int i = 0; i < m; ++i) {
+    float mx = -INFINITY;
+    for (int k = 0; k < m; ++k) {
+      c[i][k] = mix_raw[2 * m + i * m + k] * factor * scale[2] + base[2 * m + i * m + k];
+      mx = fmaxf(mx, c[i][k]);
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < m; ++k) {
+      c[i][k] = expf(c[i][k] - mx);
+      sum += c[i][k];
+    }
+    for (int k = 0; k < m; ++k) c[i][k] = c[i][k] / sum + s.hc_eps;
+  }
+  for (int iter = 0; iter < s.sinkhorn_iters; ++iter) {
+    if (iter > 0) {
+      for (int i = 0; i < m; ++i) {
+        float sum = 0.0f;
+        for (int k = 0; k < m; ++k) sum += c[i][k];
+        for (int k = 0; k < m; ++k) c[i][k] /= (sum + s.hc_eps);
+      }
+    }
+    for (int k = 0; k < m; ++k) {
+      float sum = 0.0f;
+      for (int i = 0; i < m; ++i) sum += c[i][k];
+      for (int i = 0; i < m; ++i) c[i][k] /= (sum + s.hc_eps);
+    }
+  }
+  for (int i = 0; i < m; ++i)
+    for (int k = 0; k < m; ++k) comb[i * m + k] = c[i][k];
+}
+
+// grid n, kHcPreThreads threads: block t handles token t.
+__global__ void hc_pre_tokens_kernel(const float* x_all, const float* mix_all, const float* scale,
+                                     const float* base, const float* norm_weight, HcShape s,
+                                     float* post_all, float* comb_all, float* out_all) {
+  extern __shared__ float ys[];
+  __shared__ float pre[kMaxMult];
+  const int64_t t = blockIdx.x;
+  const int m = s.mult;
+  const float* x = x_all + t * m * s.dim;
+  const float* mix_raw = mix_all + t * (2 + m) * m;
+  float* post = post_all + t * m;
+  float* comb = comb_all + t * m * m;
+  float* out = out_all + t * s.dim;
+  const float factor = token_rms_factor(x, s);
+  if (m == 4 && threadIdx.x < 32) {
+    split_sinkhorn_mult4(mix_raw, scale, base, factor, s, pre, post, comb);
+  } else if (m != 4 && threadIdx.x == 0) {
+    split_sinkhorn_serial(mix_raw, scale, base, factor, s, pre, post, comb);
+  }
+  __syncthreads();
+  token_weighted_stream_norm(x, pre, norm_weight, s, ys, out);
+}
+
+// grid (ceil(mult*dim / 256), n): token blockIdx.y.
+__global__ void hc_post_tokens_kernel(const float* x_in_all, const float* f_all, const float* post_all,
+                                      const float* comb_all, HcShape s, float* x_out_all) {
+  const int64_t t = blockIdx.y;
+  const int n = s.dim * s.mult;
+  const float* x_in = x_in_all + t * n;
+  const float* f = f_all + t * s.dim;
+  const float* post = post_all + t * s.mult;
+  const float* comb = comb_all + t * s.mult * s.mult;
+  float* x_out = x_out_all + t * n;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
+    const int k = idx / s.dim;
+    const int d = idx - k * s.dim;
+    float v = post[k] * f[d];
+    for (int i = 0; i < s.mult; ++i) v += comb[i * s.mult + k] * x_in[i * s.dim + d];
+    x_out[idx] = v;
+  }
+}
+
+Status check_hc_shape(const HcShape& s, int n, const char* what) {
+  if (s.mult <= 0 || s.mult > kMaxMult) {
+    return Status::Error(std::string(what) + ": stream count " + std::to_string(s.mult) + " out of range 1.." +
+                         std::to_string(kMaxMult));
+  }
+  if (s.dim <= 0) return Status::Error(std::string(what) + ": dim must be positive");
+  if (n < 0 || n > kMaxGridY) {
+    return Status::Error(std::string(what) + ": token count " + std::to_string(n) + " out of range 0.." +
+                         std::to_string(kMaxGridY));
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------- router
+
+__device__ float softplus_value(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
+
+// grid n, one warp per block: block t routes token t (as router_kernel in moe.cu).
+__global__ void router_tokens_kernel(RouterLaunch p) {
+  __shared__ float score[kMaxExperts];
+  __shared__ float key[kMaxExperts];
+  __shared__ int chosen[kMaxUsed];
+  const int64_t t = blockIdx.x;
+  const float* logits = p.logits + t * p.n_experts;
+  int32_t* ids = p.ids + t * p.n_used;
+  float* weights = p.weights + t * p.n_used;
+  const int lane = threadIdx.x;
+  for (int e = lane; e < p.n_experts; e += 32) {
+    const float s = sqrtf(softplus_value(logits[e]));
+    score[e] = s;
+    float k = s + (p.bias ? p.bias[e] : 0.0f);
+    key[e] = isnan(k) ? -INFINITY : k;
+  }
+  __syncwarp();
+  if (p.tid2eid) {
+    if (lane < p.n_used) {
+      int e = p.tid2eid[static_cast<int64_t>(p.token[t]) * p.n_used + lane];
+      chosen[lane] = (e >= 0 && e < p.n_experts) ? e : 0;
+    }
+  } else {
+    for (int k = 0; k < p.n_used; ++k) {
+      float best = -INFINITY;
+      int best_e = INT_MAX;
+      for (int e = lane; e < p.n_experts; e += 32) {
+        const float v = key[e];
+        if (v > best || (v == best && e < best_e)) {
+          best = v;
+          best_e = e;
+        }
+      }
+      for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, off);
+        const int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
+        if (ov > best || (ov == best && oe < best_e)) {
+          best = ov;
+          best_e = oe;
+        }
+      }
+      if (lane == 0) {
+        chosen[k] = best_e;
+        key[best_e] = NAN;  // never chosen again (NaN compares false)
+      }
+      __syncwarp();
+    }
+  }
+  __syncwarp();
+  if (lane == 0) {
+    float sum = 0.0f;
+    for (int k = 0; k < p.n_used; ++k) sum += score[chosen[k]];
+    sum = fmaxf(sum, 6.103515625e-5f);
+    for (int k = 0; k < p.n_used; ++k) {
+      const float s = score[chosen[k]];
+      ids[k] = chosen[k];
+      weights[k] = p.route_norm ? p.route_scale * (s / sum) : p.route_scale * s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- MoE grouping
+
+// Exclusive prefix sum of `v` over the threads of the block, in thread order (integers:
+// exact). `warp_totals`: 32 ints of shared memory. Every thread must call this.
+__device__ int32_t block_exclusive_scan(int32_t v, int32_t* warp_totals) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int32_t inclusive = v;
+  for (int off = 1; off < 32; off <<= 1) {
+    const int32_t other = __shfl_up_sync(0xffffffffu, inclusive, off);
+    if (lane >= off) inclusive += other;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = blockDim.x >> 5;
+    int32_t t = lane < nw ? warp_totals[lane] : 0;
+    for (int off = 1; off < 32; off <<= 1) {
+      const int32_t other = __shfl_up_sync(0xffffffffu, t, off);
+      if (lane >= off) t += other;
+    }
+    warp_totals[lane] = t;  // inclusive over warps
+  }
+  __syncthreads();
+  return (warp > 0 ? warp_totals[warp - 1] : 0) + inclusive - v;
+}
+
+// One block of `segments` warps; the n*k assignments are cut into `segments` contiguous
+// pieces, warp w owning piece w. Shared memory: table[segments][n_experts] (the count,
+// then the write cursor, of each expert in each piece) and expert_total[n_experts].
+// No atomics: within a warp, the lanes holding one expert find each other with
+// __match_any_sync and the lowest of them updates the table.
+__global__ void moe_group_kernel(MoeGroupLaunch p, int segments) {
+  extern __shared__ int32_t shared_i32[];
+  const int ne = p.n_experts;
+  int32_t* table = shared_i32;                                   // [segments][ne]
+  int32_t* expert_total = shared_i32 + static_cast<int64_t>(segments) * ne;  // [ne]
+  __shared__ int32_t warp_totals[32];
+  const int total = p.n * p.k;
+  const int piece = (total + segments - 1) / segments;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  const int begin = min(total, warp * piece), end = min(total, begin + piece);
+  auto expert_of = [&](int a) {
+    const int e = p.ids[a];
+    return (e >= 0 && e < ne) ? e : 0;
+  };
+
+  for (int i = threadIdx.x; i < segments * ne; i += blockDim.x) table[i] = 0;
+  __syncthreads();
+  // 1. Per-piece counts.
+  int32_t* row = table + static_cast<int64_t>(warp) * ne;
+  for (int base = begin; base < end; base += 32) {
+    const int a = base + lane;
+    const int e = a < end ? expert_of(a) : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    if (e >= 0 && (same & lanes_below) == 0) row[e] += __popc(same);
+    __syncwarp();
+  }
+  __syncthreads();
+  // 2. Each expert's cursor per piece (exclusive over pieces), and its total.
+  for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+    int32_t running = 0;
+    for (int w = 0; w < segments; ++w) {
+      const int32_t c = table[w * ne + e];
+      table[w * ne + e] = running;
+      running += c;
+    }
+    expert_total[e] = running;
+  }
+  __syncthreads();
+  // 3. Exclusive scan of the totals over experts: thread i owns experts [i*per, (i+1)*per).
+  const int per = (ne + blockDim.x - 1) / blockDim.x;
+  const int e0 = min(ne, static_cast<int>(threadIdx.x) * per), e1 = min(ne, e0 + per);
+  int32_t mine = 0;
+  for (int e = e0; e < e1; ++e) mine += expert_total[e];
+  int32_t start = block_exclusive_scan(mine, warp_totals);
+  for (int e = e0; e < e1; ++e) {
+    const int32_t c = expert_total[e];
+    p.offsets[e] = start;
+    for (int w = 0; w < segments; ++w) table[w * ne + e] += start;
+    start += c;
+  }
+  if (threadIdx.x == 0) p.offsets[ne] = total;
+  __syncthreads();
+  // 4. Scatter, each piece in order.
+  for (int base = begin; base < end; base += 32) {
+    const int a = base + lane;
+    const int e = a < end ? expert_of(a) : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    if (e >= 0) {
+      const int32_t dst = row[e] + __popc(same & lanes_below);
+      p.x_rows[dst] = a / p.k;
+      if (p.row_scale) p.row_scale[dst] = p.weights[a];
+      p.slot_of[a] = dst;
+    }
+    __syncwarp();
+    if (e >= 0 && (same & lanes_below) == 0) row[e] += __popc(same);
+    __syncwarp();
+  }
+}
+
+// grid (ceil(dim / 256), n): token blockIdx.y.
+__global__ void moe_combine_kernel(const float* y, const int32_t* slot_of, int k, int dim, int accumulate,
+                                   float* out_all) {
+  const int64_t t = blockIdx.y;
+  const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  if (d >= dim) return;
+  const int32_t* slots = slot_of + t * k;
+  float sum = y[static_cast<int64_t>(slots[0]) * dim + d];
+  for (int j = 1; j < k; ++j) sum = __fadd_rn(sum, y[static_cast<int64_t>(slots[j]) * dim + d]);
+  float* out = out_all + t * dim + d;
+  *out = accumulate ? __fadd_rn(*out, sum) : sum;
+}
+
+}  // namespace
+
+Status launch_hc_embed_tokens(const void* embd, GgmlType type, const int32_t* tokens, int n,
+                              const HcShape& s, float* x, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(check_hc_shape(s, n, "hc_embed_tokens"));
+  if (type != GgmlType::F16 && type != GgmlType::F32) {
+    return Status::Error("hc_embed_tokens: token_embd must be F16 or F32");
+  }
+  if (n == 0) return Status::Ok();
+  const dim3 grid((s.dim + kElementThreads - 1) / kElementThreads, n);
+  embed_tokens_kernel<<<grid, kElementThreads, 0, stream>>>(embd, type == GgmlType::F16, tokens, s, x);
+  return cuda_status(cudaGetLastError(), "hc_embed_tokens launch");
+}
+
+Status launch_hc_pre_tokens(const float* x, const float* mix, const float* scale, const float* base,
+                            const float* norm_weight, const HcShape& s, int n, float* post,
+                            float* comb, float* out, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(check_hc_shape(s, n, "hc_pre_tokens"));
+  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre_tokens: state size must be a multiple of 4");
+  if (n == 0) return Status::Ok();
+  hc_pre_tokens_kernel<<<n, kHcPreThreads, s.dim * sizeof(float), stream>>>(x, mix, scale, base, norm_weight, s,
+                                                                            post, comb, out);
+  return cuda_status(cudaGetLastError(), "hc_pre_tokens launch");
+}
+
+Status launch_hc_post_tokens(const float* x_in, const float* f, const float* post,
+                             const float* comb, const HcShape& s, int n, float* x_out,
+                             cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(check_hc_shape(s, n, "hc_post_tokens"));
+  if (n == 0) return Status::Ok();
+  const dim3 grid((s.dim * s.mult + kElementThreads - 1) / kElementThreads, n);
+  hc_post_tokens_kernel<<<grid, kElementThreads, 0, stream>>>(x_in, f, post, comb, s, x_out);
+  return cuda_status(cudaGetLastError(), "hc_post_tokens launch");
+}
+
+Status launch_router_tokens(const RouterTokensLaunch& launch, cudaStream_t stream) {
+  const RouterLaunch& p = launch.base;
+  if (p.n_experts <= 0 || p.n_experts > kMaxExperts || p.n_used <= 0 || p.n_used > kMaxUsed ||
+      p.n_used > p.n_experts) {
+    return Status::Error("router_tokens: expert counts out of range (n_experts " + std::to_string(p.n_experts) +
+                         ", n_used " + std::to_string(p.n_used) + ")");
+  }
+  if (launch.n < 0) return Status::Error("router_tokens: negative token count");
+  if (p.tid2eid && !p.token) return Status::Error("router_tokens: hash routing needs the token ids");
+  if (launch.n == 0) return Status::Ok();
+  router_tokens_kernel<<<launch.n, 32, 0, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "router_tokens launch");
+}
+
+Status launch_moe_group(const MoeGroupLaunch& p, cudaStream_t stream) {
+  if (p.n_experts <= 0 || p.n_experts > kMaxExperts) {
+    return Status::Error("moe_group: expert count " + std::to_string(p.n_experts) + " out of range 1.." +
+                         std::to_string(kMaxExperts));
+  }
+  if (p.n < 0 || p.k <= 0 || static_cast<int64_t>(p.n) * p.k > INT_MAX / 2) {
+    return Status::Error("moe_group: bad assignment count (n " + std::to_string(p.n) + ", k " +
+                         std::to_string(p.k) + ")");
+  }
+  if (!p.ids || !p.offsets || !p.x_rows || !p.slot_of || (p.row_scale && !p.weights)) {
+    return Status::Error("moe_group: a required buffer is missing");
+  }
+  // As many pieces (one warp each) as the shared table allows, at most 32.
+  constexpr int kSharedBytes = 48 * 1024 - 32 * 4;  // less the static warp_totals
+  const int per_piece = p.n_experts * static_cast<int>(sizeof(int32_t));
+  const int segments = std::min(32, (kSharedBytes - per_piece) / per_piece);
+  if (segments < 1) return Status::Error("moe_group: too many experts for the shared table");
+  const size_t shared = static_cast<size_t>(segments + 1) * per_piece;
+  moe_group_kernel<<<1, segments * 32, shared, stream>>>(p, segments);
+  return cuda_status(cudaGetLastError(), "moe_group launch");
+}
+
+Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, int dim,
+                          bool accumulate, float* out, cudaStream_t stream) {
+  if (n < 0 || n > kMaxGridY) return Status::Error("moe_combine: token count out of range");
+  if (k <= 0 || dim <= 0) return Status::Error("moe_combine: k and dim must be positive");
+  if (n == 0) return Status::Ok();
+  const dim3 grid((dim + kElementThreads - 1) / kElementThreads, n);
+  moe_combine_kernel<<<grid, kElementThreads, 0, stream>>>(y, slot_of, k, dim, accumulate ? 1 : 0, out);
+  return cuda_status(cudaGetLastError(), "moe_combine launch");
+}
+
+}  // namespace ds4
