@@ -242,24 +242,29 @@ void prefetch_source(const uint8_t* p, size_t n) {
 // Drops the file pages behind host[0, n) (file offset `file_off`) once they are
 // staged. Two steps, because posix_fadvise(POSIX_FADV_DONTNEED) leaves alone every
 // page that some process still maps: first madvise(MADV_DONTNEED) removes our own
-// mapping's page-table entries for the whole pages inside the range (for a read-only
+// mapping's page-table entries for the pages the range touches (for a read-only
 // private file mapping this discards nothing: a later access faults the page back in
-// from the file), then the fadvise drops the now unmapped clean pages from the page
-// cache. What this does not guarantee: pages another process maps or is reading stay
-// cached; the partial pages at either end of the range stay (the next piece's drop,
-// or nothing, takes them); a filesystem without a separate page cache (tmpfs) keeps
-// its pages, being their only copy; and the kernel may read pages in again for any
-// later reader. It never changes what the mapping reads.
+// from the file), then the fadvise drops those now unmapped clean pages from the page
+// cache. The range is widened to whole pages, so a page shared with the next piece
+// goes too; whoever reads it later faults it back in (one page, read again).
+// What this does not guarantee: pages another process maps, dirty pages and pages
+// being read at that moment stay cached; a filesystem without a separate page cache
+// (tmpfs) keeps its pages, being their only copy; and the kernel's read-around for a
+// later fault nearby may bring a few dropped pages back. It never changes what the
+// mapping reads. The madvise step runs only when `host` is page-aligned against the
+// file offset (as an mmap of the file is); otherwise only unmapped pages can go.
 void drop_page_cache(int fd, const uint8_t* host, uint64_t file_off, size_t n) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t a0 = (reinterpret_cast<uintptr_t>(host) + page - 1) / page * page;
-  const uintptr_t a1 = (reinterpret_cast<uintptr_t>(host) + n) / page * page;
-  // Only when the mapping is page-aligned against the file (host - file_off), as an
-  // mmap of the file is; then the unmapped pages are exactly the file's pages.
-  if (a1 > a0 && (reinterpret_cast<uintptr_t>(host) - file_off) % page == 0) {
+  const uintptr_t h = reinterpret_cast<uintptr_t>(host);
+  const uintptr_t a0 = h / page * page;
+  const uintptr_t a1 = (h + n + page - 1) / page * page;
+  const uint64_t f0 = file_off - (h - a0);
+  if ((h - file_off) % page == 0 && file_off >= h - a0) {
     madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
+    posix_fadvise(fd, static_cast<off_t>(f0), static_cast<off_t>(a1 - a0), POSIX_FADV_DONTNEED);
+  } else {
+    posix_fadvise(fd, static_cast<off_t>(file_off), static_cast<off_t>(n), POSIX_FADV_DONTNEED);
   }
-  posix_fadvise(fd, static_cast<off_t>(file_off), static_cast<off_t>(n), POSIX_FADV_DONTNEED);
 }
 
 // True when the GPU shares its memory with the CPU.
