@@ -393,7 +393,10 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
   const bool grouped = l.group_offsets != nullptr;
-  const int bn = !paired && !grouped && l.n_tokens >= 128 ? 128 : 64;
+  if (l.token_tile != 0 && l.token_tile != 64 && l.token_tile != 128) {
+    return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 64 or 128)");
+  }
+  const int bn = paired ? 64 : l.token_tile ? l.token_tile : !grouped && l.n_tokens >= 128 ? 128 : 64;
 
   MatmulParams p{};
   p.w_data = w.data;

@@ -17,7 +17,8 @@
 // assignments) and n_groups, and blocks without work exit. No host synchronisation.
 //
 // Thread-safety: launches on the caller's stream; no host state besides the one-time
-// setup of matmul_init().
+// setup of matmul_init(), which copies to the device: call it once before capturing a
+// launch into a CUDA graph.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -53,6 +54,9 @@ struct MatmulLaunch {
   int n_groups = 0;
   const int32_t* x_rows = nullptr;
   const float* row_scale = nullptr;
+  // Tokens (assignments) per block tile: 0 lets the launcher choose; 64 or 128 forces
+  // it (benchmarks comparing tiles; paired launches always use 64).
+  int token_tile = 0;
 };
 
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);

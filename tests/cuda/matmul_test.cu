@@ -27,6 +27,8 @@ namespace {
 
 std::string tname(GgmlType t) { return std::string(ggml_type_name(t)); }
 
+int g_token_tile = 0;  // MatmulLaunch::token_tile of the correctness launches (0: launcher's choice)
+
 // A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
 struct TestMatrix {
   GgmlType type;
@@ -112,7 +114,8 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
                            std::to_string(cols) + " count=" + std::to_string(count) + " matrix=" +
                            std::to_string(matrix) + " rows=[" + std::to_string(row_begin) + "+" +
                            std::to_string(nr) + ") tokens=" + std::to_string(n_tokens) +
-                           (accumulate ? " accumulate" : "") + (paired ? " paired limit=" + std::to_string(limit) : "");
+                           (accumulate ? " accumulate" : "") +
+                           (g_token_tile ? " tile=" + std::to_string(g_token_tile) : "") + (paired ? " paired limit=" + std::to_string(limit) : "");
   auto w = make_matrix(type, cols, rows, count, rng, name);
   std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
   if (!w || (paired && !u)) return;
@@ -133,6 +136,7 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.n_tokens = n_tokens;
   l.swiglu_limit = limit;
   l.accumulate = accumulate;
+  l.token_tile = g_token_tile;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -167,6 +171,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   for (int s : sizes) sz += (sz.empty() ? "" : ",") + std::to_string(s);
   const std::string name = std::string("grouped ") + tname(type) + " " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " groups={" + sz + "}" + (gather ? " gathered+scaled" : "") +
+                           (g_token_tile ? " tile=" + std::to_string(g_token_tile) : "") +
                            (paired ? " paired limit=" + std::to_string(limit) : "");
   auto w = make_matrix(type, cols, rows, count, rng, name);
   std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
@@ -195,6 +200,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   l.n_groups = static_cast<int>(sizes.size());
   l.x_rows = gather ? drows.get() : nullptr;
   l.row_scale = gather ? dscale.get() : nullptr;
+  l.token_tile = g_token_tile;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -264,7 +270,7 @@ double time_us(F&& launch, int reps) {
   return ms * 1000.0 / reps;
 }
 
-void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens) {
+void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0) {
   auto dm = random_matrix(type, cols, rows, 1, 1234);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", tname(type).c_str(), dm.status().message().c_str());
@@ -279,14 +285,15 @@ void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens) {
   l.y = dy.get();
   l.y_stride = rows;
   l.n_tokens = n_tokens;
+  l.token_tile = token_tile;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
   const double flops = 2.0 * rows * cols * n_tokens;
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
-  std::printf("matmul %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s)\n", tname(type).c_str(),
+  std::printf("matmul %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n", tname(type).c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
-              bytes / us * 1e-3);
+              bytes / us * 1e-3, token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
 void bench_grouped(GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens, int per_token, bool paired) {
@@ -375,6 +382,13 @@ int main() {
   }
   test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
   test_grouped(GgmlType::Q8_0, 64, 64, {0, 0, 0}, 3, false, INFINITY, true, rng);
+  // Forced token tiles: 64 where the launcher would pick 128 and the reverse.
+  g_token_tile = 64;
+  test_dense(GgmlType::Q4_K, 256, 200, 200, rng, 2, 1, 37, 150, true);
+  g_token_tile = 128;
+  test_dense(GgmlType::Q8_0, 256, 200, 7, rng);
+  test_grouped(GgmlType::Q2_K, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  g_token_tile = 0;
   test_errors(rng);
 
   if (g_failures == 0) {
@@ -382,6 +396,9 @@ int main() {
     bench_dense(GgmlType::Q8_0, 1024, 4096, 2048);
     bench_dense(GgmlType::F16, 1024, 4096, 2048);
     bench_dense(GgmlType::Q8_0, 4096, 8192, 2048);    // out_b-like
+    // The same shapes with the other token tile, for tuning.
+    bench_dense(GgmlType::Q8_0, 32768, 1024, 2048, 64);
+    bench_dense(GgmlType::Q8_0, 4096, 8192, 2048, 64);
     bench_grouped(GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
     bench_grouped(GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
   } else {
