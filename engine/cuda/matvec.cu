@@ -10,22 +10,19 @@
 #include "cuda/device_math.cuh"
 #include "format/iq2xxs_grid.h"
 
-// 1: IQ2_XXS, Q2_K and Q4_K weights meet activations quantized to int8 per 32 values
-// (f32 scale, round to nearest) in dp4a dot products, about a third of the
-// instructions per weight of the f32 path. Off by default: fixtures/README.md §4 keeps
-// 8-bit activation paths opt-in until they are measured against the goldens.
-#ifndef DS4_MATVEC_INT8_ACTIVATIONS
-#define DS4_MATVEC_INT8_ACTIVATIONS 0
-#endif
-
 namespace ds4 {
 namespace {
 
 using cuda_detail::Chunk;
 using cuda_detail::PackedChunk;
 
-template <GgmlType T>
-constexpr bool kInt8Activations = DS4_MATVEC_INT8_ACTIVATIONS != 0 && cuda_detail::kPacksInt8<T>;
+// MatvecLaunch::int8_activations: IQ2_XXS, Q2_K and Q4_K weights meet activations
+// quantized to int8 per 32 values (f32 scale, round to nearest) in dp4a dot products,
+// about a third of the instructions per weight of the f32 path. Opt-in (the default
+// stays f32): fixtures/README.md §4 keeps 8-bit activation paths opt-in until they are
+// measured against the goldens.
+template <GgmlType T, bool INT8>
+constexpr bool kInt8Activations = INT8 && cuda_detail::kPacksInt8<T>;
 // Shared bytes per x vector per 32-element chunk: f32 values, or int8 values and a
 // float4 (scale, scaled sums of the two halves, unused).
 constexpr int kF32ChunkBytes = 128;
@@ -153,7 +150,7 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
   return g / (1.0f + expf(-g)) * u;
 }
 
-template <GgmlType T, int NT, bool PAIRED>
+template <GgmlType T, int NT, bool PAIRED, bool INT8>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   using C = Chunk<T>;
   constexpr int kUnroll = unroll_for<T>();
@@ -181,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
     ss = cuda_detail::block_sum_double(ss, red);
     x_scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
   }
-  constexpr bool kInt8 = kInt8Activations<T>;
+  constexpr bool kInt8 = kInt8Activations<T, INT8>;
   uint8_t* xq = reinterpret_cast<uint8_t*>(shared_x4);
   const int vec_bytes = ns * kInt8ChunkBytes;
   if constexpr (kInt8) {
@@ -362,24 +359,28 @@ __global__ void split_reduce_kernel(const float* partial, int split, int64_t n_r
 
 using KernelFn = void (*)(MatvecParams);
 
-template <GgmlType T>
+template <GgmlType T, bool INT8>
 KernelFn pick_kernel(int nt, bool paired) {
   switch (nt) {
-    case 1: return paired ? matvec_kernel<T, 1, true> : matvec_kernel<T, 1, false>;
-    case 2: return paired ? matvec_kernel<T, 2, true> : matvec_kernel<T, 2, false>;
-    case 4: return paired ? matvec_kernel<T, 4, true> : matvec_kernel<T, 4, false>;
-    default: return paired ? matvec_kernel<T, 8, true> : matvec_kernel<T, 8, false>;
+    case 1: return paired ? matvec_kernel<T, 1, true, INT8> : matvec_kernel<T, 1, false, INT8>;
+    case 2: return paired ? matvec_kernel<T, 2, true, INT8> : matvec_kernel<T, 2, false, INT8>;
+    case 4: return paired ? matvec_kernel<T, 4, true, INT8> : matvec_kernel<T, 4, false, INT8>;
+    default: return paired ? matvec_kernel<T, 8, true, INT8> : matvec_kernel<T, 8, false, INT8>;
   }
 }
 
-KernelFn pick_kernel(GgmlType type, int nt, bool paired) {
+// int8: only for the types that have it (matvec_int8_capable); ignored otherwise.
+KernelFn pick_kernel(GgmlType type, int nt, bool paired, bool int8) {
   switch (type) {
-    case GgmlType::F32: return pick_kernel<GgmlType::F32>(nt, paired);
-    case GgmlType::F16: return pick_kernel<GgmlType::F16>(nt, paired);
-    case GgmlType::Q8_0: return pick_kernel<GgmlType::Q8_0>(nt, paired);
-    case GgmlType::IQ2_XXS: return pick_kernel<GgmlType::IQ2_XXS>(nt, paired);
-    case GgmlType::Q2_K: return pick_kernel<GgmlType::Q2_K>(nt, paired);
-    case GgmlType::Q4_K: return pick_kernel<GgmlType::Q4_K>(nt, paired);
+    case GgmlType::F32: return pick_kernel<GgmlType::F32, false>(nt, paired);
+    case GgmlType::F16: return pick_kernel<GgmlType::F16, false>(nt, paired);
+    case GgmlType::Q8_0: return pick_kernel<GgmlType::Q8_0, false>(nt, paired);
+    case GgmlType::IQ2_XXS:
+      return int8 ? pick_kernel<GgmlType::IQ2_XXS, true>(nt, paired) : pick_kernel<GgmlType::IQ2_XXS, false>(nt, paired);
+    case GgmlType::Q2_K:
+      return int8 ? pick_kernel<GgmlType::Q2_K, true>(nt, paired) : pick_kernel<GgmlType::Q2_K, false>(nt, paired);
+    case GgmlType::Q4_K:
+      return int8 ? pick_kernel<GgmlType::Q4_K, true>(nt, paired) : pick_kernel<GgmlType::Q4_K, false>(nt, paired);
     default: return nullptr;
   }
 }
@@ -401,9 +402,11 @@ Status init_once() {
   for (GgmlType t : types) {
     for (int nt : {1, 2, 4, 8}) {
       for (bool paired : {false, true}) {
-        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_kernel(t, nt, paired),
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          kMaxSharedBytes));
+        for (bool int8 : {false, true}) {
+          DS4_CUDA_TRY(cudaFuncSetAttribute(pick_kernel(t, nt, paired, int8),
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kMaxSharedBytes));
+        }
       }
     }
   }
@@ -425,13 +428,8 @@ Status matvec_init() {
   return status;
 }
 
-bool matvec_rounds_activations(GgmlType type) {
-  switch (type) {
-    case GgmlType::IQ2_XXS: return kInt8Activations<GgmlType::IQ2_XXS>;
-    case GgmlType::Q2_K: return kInt8Activations<GgmlType::Q2_K>;
-    case GgmlType::Q4_K: return kInt8Activations<GgmlType::Q4_K>;
-    default: return false;
-  }
+bool matvec_int8_capable(GgmlType type) {
+  return type == GgmlType::IQ2_XXS || type == GgmlType::Q2_K || type == GgmlType::Q4_K;
 }
 
 void matvec_round_activations(const float* x, int64_t n, float* out) {
@@ -529,7 +527,8 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
       p.partial = l.split_workspace;
     }
   }
-  const int64_t chunk_bytes = matvec_rounds_activations(w.type) ? kInt8ChunkBytes : kF32ChunkBytes;
+  const bool int8 = l.int8_activations && matvec_int8_capable(w.type);
+  const int64_t chunk_bytes = int8 ? kInt8ChunkBytes : kF32ChunkBytes;
   const int64_t bytes_per_token = static_cast<int64_t>(vectors) * p.split_chunks * chunk_bytes;
   if (bytes_per_token > kMaxSharedBytes) {
     return Status::Error("matvec: " + std::to_string(w.cols) + " columns x " +
@@ -549,7 +548,7 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
     p.rows_per_warp = 1;
     tiles = n_rows;
   }
-  KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr);
+  KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr, int8);
   const size_t shared = static_cast<size_t>(nt * bytes_per_token);
   fn<<<dim3(static_cast<unsigned>(tiles * p.split), grid_y, grid_z), kThreads, shared, stream>>>(p);
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec launch"));

@@ -59,14 +59,18 @@ struct MatvecLaunch {
   // the q LoRA norm folded into the projections that read it. One token, one slot.
   const float* x_norm_weight = nullptr;
   float x_norm_eps = 1e-6f;
+  // Opt-in: for IQ2_XXS, Q2_K and Q4_K weights, x is quantized to int8 per 32 values
+  // (dx = amax / 127, round to nearest; matvec_round_activations) and the dot products
+  // run on packed int8 (dp4a). Faster, but x carries up to amax/254 of rounding per
+  // value; off, every type computes with f32 x. Other types ignore it.
+  bool int8_activations = false;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);
 
-// True when this build's kernels quantize the activations that meet `type` weights to
-// int8 per 32 values (DS4_MATVEC_INT8_ACTIVATIONS=1: IQ2_XXS, Q2_K, Q4_K); false when
-// they stay f32.
-bool matvec_rounds_activations(GgmlType type);
+// True for the weight types that MatvecLaunch::int8_activations applies to
+// (IQ2_XXS, Q2_K, Q4_K).
+bool matvec_int8_capable(GgmlType type);
 
 // The values the int8 path computes with, on the host (tests): each 32-value chunk of
 // x becomes dx * round(x * 127 / amax), dx = amax / 127. n is a multiple of 32.

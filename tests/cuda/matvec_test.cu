@@ -35,15 +35,15 @@ HostMatrix make_host(GgmlType type, int64_t cols, int64_t rows, int64_t count, s
   return {type, cols, rows, count, random_blocks(type, rows * count, cols, rng)};
 }
 
-// The x values the kernel computes with: x itself, or, where the build quantizes
-// activations to int8 (matvec_rounds_activations), the rounded values. The references
+// The x values the kernel computes with: x itself, or, for launches with
+// int8_activations on an int8-capable type, the rounded values. The references
 // below use these, so the tolerance stays the f32 one: the int8 products are exact and
 // only the per-chunk scaling and the summation order differ from the CPU (the rounding
 // of x itself, up to amax/254 per value, is the opt-in path's design error and is
 // measured against the goldens, not hidden in a loose tolerance here).
-std::vector<float> kernel_x(GgmlType type, const float* x, int64_t n) {
+std::vector<float> kernel_x(GgmlType type, const float* x, int64_t n, bool int8) {
   std::vector<float> out(x, x + n);
-  if (matvec_rounds_activations(type)) matvec_round_activations(x, n, out.data());
+  if (int8 && matvec_int8_capable(type)) matvec_round_activations(x, n, out.data());
   return out;
 }
 
@@ -60,9 +60,9 @@ double abs_dot(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
   return s;
 }
 
-void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng) {
+void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false) {
   const std::string name = std::string(ggml_type_name(type)) + " " + std::to_string(rows) + "x" +
-                           std::to_string(cols) + " tokens=" + std::to_string(n_tokens);
+                           std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "");
   HostMatrix h = make_host(type, cols, rows, 1, rng);
   auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + dm.status().message());
@@ -76,6 +76,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.y = dy.get();
   l.y_tok_stride = rows;
   l.n_tokens = n_tokens;
+  l.int8_activations = int8;
   if (n_tokens == 1) {  // long rows over several blocks (split sums) where rows are few
     l.split_workspace = dsplit.get();
     l.split_workspace_floats = 32 * 4096;
@@ -87,7 +88,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   int bad = 0;
   for (int t = 0; t < n_tokens; ++t) {
     for (int64_t r = 0; r < rows; ++r) {
-      const std::vector<float> xk = kernel_x(type, x.data() + t * cols, cols);
+      const std::vector<float> xk = kernel_x(type, x.data() + t * cols, cols, int8);
       const float* xt = xk.data();
       const double ref = dot_row(type, h.row(r), xt, cols);
       if (!close(y[t * rows + r], ref, abs_dot(type, h.row(r), xt, cols))) {
@@ -101,9 +102,9 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
 
 // Experts: gate/up paired with SwiGLU and per-slot weights, then down summed over slots.
 void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t ffn, int n_exp,
-                  std::mt19937& rng) {
+                  std::mt19937& rng, bool int8 = false) {
   const std::string name = "experts " + std::string(ggml_type_name(gate_type)) + "/" +
-                           std::string(ggml_type_name(down_type));
+                           std::string(ggml_type_name(down_type)) + (int8 ? " int8 x" : "");
   const int used = 3;
   HostMatrix g = make_host(gate_type, dim, ffn, n_exp, rng);
   HostMatrix u = make_host(gate_type, dim, ffn, n_exp, rng);
@@ -129,6 +130,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   gu.slot_matrix = dids.get();
   gu.slot_weight = dw.get();
   gu.swiglu_limit = limit;
+  gu.int8_activations = int8;
   check(launch_matvec(gu, nullptr).ok(), name + ": gate/up launch");
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
@@ -138,12 +140,13 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   dn.n_slots = used;
   dn.slot_matrix = dids.get();
   dn.sum_slots = true;
+  dn.int8_activations = int8;
   check(launch_matvec(dn, nullptr).ok(), name + ": down launch");
   check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
   std::vector<float> h = dh.host(), y = dy.host();
   // CPU: per slot gate/up dots -> clamped SwiGLU * weight.
   std::vector<float> href(used * ffn);
-  const std::vector<float> xk = kernel_x(gate_type, x.data(), dim);
+  const std::vector<float> xk = kernel_x(gate_type, x.data(), dim, int8);
   int bad_h = 0, clamped = 0;
   for (int s = 0; s < used; ++s) {
     std::vector<float> gv(ffn), uv(ffn), hv(ffn);
@@ -165,7 +168,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   check(clamped > 0, name + ": the clamp was exercised");
   check(bad_h == 0, name + ": " + std::to_string(bad_h) + " SwiGLU outputs differ");
   int bad_y = 0;
-  const std::vector<float> hk = kernel_x(down_type, h.data(), used * ffn);  // GPU SwiGLU as the input
+  const std::vector<float> hk = kernel_x(down_type, h.data(), used * ffn, int8);  // GPU SwiGLU as the input
   for (int64_t r = 0; r < dim; ++r) {
     double ref = 0, abs_sum = 0;
     for (int s = 0; s < used; ++s) {
@@ -241,7 +244,7 @@ void test_x_norm(GgmlType type, std::mt19937& rng) {
 }
 
 // GB/s of one decode-shaped launch (weights read once per token).
-void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
+void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false) {
   auto dm = random_matrix(type, cols, rows, 1, 99);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", std::string(ggml_type_name(type)).c_str(), dm.status().message().c_str());
@@ -254,6 +257,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
   l.y = dy.get();
   l.split_workspace = dsplit.get();
   l.split_workspace_floats = 32 * 8192;
+  l.int8_activations = int8;
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
@@ -270,7 +274,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
   std::printf("bench matvec %-8s %6lld x %-6lld %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s\n",
               std::string(ggml_type_name(type)).c_str(), static_cast<long long>(rows),
               static_cast<long long>(cols), bytes / 1e6, ms * 1e3 / reps, gbs, 100.0 * gbs * 1e9 / bandwidth,
-              matvec_rounds_activations(type) ? "  int8 x" : "");
+              int8 ? "  int8 x" : "");
   cudaEventDestroy(a);
   cudaEventDestroy(b);
 }
@@ -280,7 +284,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth) {
 // the down projection summed over the 6 slots. The pool holds `pool` experts and
 // every repetition picks 6 others, so the weights come from device memory, not L2.
 // GB/s counts the bytes of the 6 experts actually read.
-void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth) {
+void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8) {
   const int64_t dim = 4096, ffn = 2048;
   const int used = 6, pool = 96, reps = 16;
   auto dg = random_matrix(gate_type, dim, ffn, pool, 7);
@@ -304,6 +308,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth) {
   gu.y_slot_stride = ffn;
   gu.n_slots = used;
   gu.slot_weight = dw.get();
+  gu.int8_activations = int8;
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
   dn.x = dh.get();
@@ -311,6 +316,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth) {
   dn.y = dy.get();
   dn.n_slots = used;
   dn.sum_slots = true;
+  dn.int8_activations = int8;
   const auto matrix_bytes = [](const DeviceMatrix& m) {
     return static_cast<double>(m.data_bytes() + m.scale_bytes()) / static_cast<double>(m.count);
   };
@@ -345,7 +351,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth) {
     const double gbs = bytes / (us * 1e-6) / 1e9;
     std::printf("bench experts %-22s %-8s %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s\n", what,
                 std::string(ggml_type_name(type)).c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
-                matvec_rounds_activations(type) ? "  int8 x" : "");
+                int8 && matvec_int8_capable(type) ? "  int8 x" : "");
   };
   line("6x gate+up 2048x4096", gate_type, gu_bytes, gu_ms);
   line("6x down 4096x2048 sum", down_type, dn_bytes, dn_ms);
@@ -372,6 +378,17 @@ int main() {
   test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 512, 256, 8, rng);
   test_experts(GgmlType::Q4_K, GgmlType::Q4_K, 512, 256, 5, rng);
   test_experts(GgmlType::Q8_0, GgmlType::Q8_0, 256, 128, 4, rng);
+  // The opt-in int8-activation path, same shapes.
+  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K}) {
+    for (int tokens : {1, 3, 8, 17}) test_plain(t, 512, 200, tokens, rng, true);
+    test_plain(t, 4096, 24, 1, rng, true);
+    test_plain(t, 16384, 24, 1, rng, true);
+    test_plain(t, 4096, 256, 1, rng, true);
+    test_plain(t, 256, 70, 1, rng, true);
+    test_plain(t, 2048, 1031, 1, rng, true);
+  }
+  test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 512, 256, 8, rng, true);
+  test_experts(GgmlType::Q4_K, GgmlType::Q4_K, 512, 256, 5, rng, true);
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
@@ -387,7 +404,11 @@ int main() {
     bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw);  // 64 experts' gate rows
     bench(GgmlType::Q2_K, 2048, 4096 * 64, *bw);     // 64 experts' down rows
     bench(GgmlType::Q4_K, 4096, 2048 * 64, *bw);
-    bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw);
+    bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw, true);
+    bench(GgmlType::Q2_K, 2048, 4096 * 64, *bw, true);
+    bench(GgmlType::Q4_K, 4096, 2048 * 64, *bw, true);
+    bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false);
+    bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true);
   }
   return rc;
 }
