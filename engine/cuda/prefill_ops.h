@@ -56,14 +56,14 @@ Status launch_router_tokens(const RouterTokensLaunch& launch, cudaStream_t strea
 // router clamps hash-table entries). Deterministic; no host sync.
 struct MoeGroupLaunch {
   const int32_t* ids = nullptr;
-  const float* weights = nullptr;  // optional: row_scale is written only when set
+  const float* weights = nullptr;  // n rows of k routing weights (needed with row_scale)
   int n = 0;
   int k = 0;
-  int n_experts = 0;
-  int32_t* offsets = nullptr;
-  int32_t* x_rows = nullptr;
-  float* row_scale = nullptr;
-  int32_t* slot_of = nullptr;
+  int n_experts = 0;  // at most 1024
+  int32_t* offsets = nullptr;      // n_experts + 1
+  int32_t* x_rows = nullptr;       // n*k
+  float* row_scale = nullptr;      // n*k; optional (nullptr: not written)
+  int32_t* slot_of = nullptr;      // n*k
 };
 Status launch_moe_group(const MoeGroupLaunch& launch, cudaStream_t stream);
 
