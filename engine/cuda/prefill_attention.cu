@@ -1,6 +1,7 @@
 #include "cuda/prefill_attention.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "cuda/cuda_check.h"
 #include "cuda/row_post.cuh"
@@ -11,8 +12,6 @@ namespace {
 using namespace cuda_detail;
 
 constexpr int kSelectThreads = 1024;
-constexpr int kScoreThreads = 256;
-constexpr int kScoreRowsPerBlock = 64;
 constexpr int kTileRows = 32;        // attention rows staged in shared memory at a time
 constexpr int kMaxPerLane = 16;      // head_dim / 32 <= 16
 constexpr int kMaxHeadsPerBlock = 16;
@@ -105,39 +104,120 @@ __global__ void compressor_chunk_state_kernel(CompressorChunkLaunch p, int first
 // ---------------------------------------------------------------------------
 // Indexer.
 
-// Block (row group, token t): one warp per row with indexer_score_kernel's arithmetic.
-__global__ void __launch_bounds__(kScoreThreads) indexer_chunk_score_kernel(IndexerChunkLaunch p,
+// Block (64 tokens, 64 rows), thread (4 tokens, 4 rows): bit-identical to
+// indexer_score_kernel, where lane l of a warp sums q[i] * row[i] over i = l, l+32, ...
+// (one fused multiply-add each), warp_sum adds the lanes pairwise (l and l^16, then ^8,
+// ^4, ^2, ^1), and the heads are accumulated in order with fused multiply-adds. Here
+// one thread forms the 32 lane sums in the depth-first order of that tree (lane
+// bit_reverse(i) at step i) and adds them with a five-entry stack.
+constexpr int kIndexTokens = 64;
+constexpr int kIndexRows = 64;
+constexpr int kIndexThreads = 256;
+constexpr int kIndexMaxPerLane = 4;  // head_dim <= 128
+
+__host__ __device__ constexpr int bit_reverse5(int i) {
+  return ((i & 1) << 4) | ((i & 2) << 2) | (i & 4) | ((i & 8) >> 2) | ((i & 16) >> 4);
+}
+
+__global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(IndexerChunkLaunch p,
                                                                             int64_t stride) {
-  const int t = blockIdx.y;
-  const int pos = p.pos0 + t;
-  int64_t nc = (pos + 1) / p.ratio;
-  if (nc <= p.topk) return;  // gate closed: every row is visible, no selection
-  if (nc > p.max_rows) nc = p.max_rows;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kScoreRowsPerBlock;
-  if (c0 >= nc) return;
   extern __shared__ float shared[];
-  float* q = shared;
-  float* w = shared + p.heads * p.head_dim;
+  const int ld = p.head_dim + 1;  // padded: the 16 token lanes of a warp hit 16 banks
+  float* rows = shared;                    // [kIndexRows][ld]
+  float* qs = shared + kIndexRows * ld;    // [kIndexTokens][ld], one head at a time
+  const int t0 = blockIdx.y * kIndexTokens;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kIndexRows;
+  const int t_last = min(p.n, t0 + kIndexTokens) - 1;
+  const int64_t nc_last_all = (static_cast<int64_t>(p.pos0) + t_last + 1) / p.ratio;
+  const int64_t nc_last = (nc_last_all < p.max_rows ? nc_last_all : p.max_rows);
+  if (nc_last_all <= p.topk || c0 >= nc_last) return;  // no open gate or no visible row here
+  const int per = p.head_dim / 32;
+  for (int i = threadIdx.x; i < kIndexRows * p.head_dim; i += blockDim.x) {
+    const int r = i / p.head_dim, col = i - r * p.head_dim;
+    const int64_t c = c0 + r;
+    rows[r * ld + col] = c < nc_last ? p.rows[c * p.head_dim + col] : 0.0f;
+  }
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
                       static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
-  const float* qt = p.q + static_cast<int64_t>(t) * p.heads * p.head_dim;
-  for (int i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = qt[i];
-  for (int i = threadIdx.x; i < p.heads; i += blockDim.x) w[i] = p.weights[static_cast<int64_t>(t) * p.heads + i] * scale;
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int warps = blockDim.x >> 5;
-  const int64_t c1 = min(nc, c0 + kScoreRowsPerBlock);
-  float* scores = p.scores + static_cast<int64_t>(t) * stride;
-  for (int64_t c = c0 + (threadIdx.x >> 5); c < c1; c += warps) {
-    const float* row = p.rows + c * p.head_dim;
-    float score = 0.0f;
-    for (int h = 0; h < p.heads; ++h) {
-      float d = 0.0f;
-      for (int i = lane; i < p.head_dim; i += 32) d += q[h * p.head_dim + i] * row[i];
-      d = warp_sum(d);
-      score += fmaxf(d, 0.0f) * w[h];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  float score[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+#pragma unroll
+    for (int b = 0; b < 4; ++b) score[a][b] = 0.0f;
+  }
+  for (int h = 0; h < p.heads; ++h) {
+    __syncthreads();  // the previous head's queries are no longer read
+    for (int i = threadIdx.x; i < kIndexTokens * p.head_dim; i += blockDim.x) {
+      const int tt = i / p.head_dim, col = i - tt * p.head_dim;
+      const int t = t0 + tt;
+      qs[tt * ld + col] = t < p.n ? p.q[(static_cast<int64_t>(t) * p.heads + h) * p.head_dim + col] : 0.0f;
     }
-    if (lane == 0) scores[c] = score;
+    __syncthreads();
+    float v[4][4];
+    float stack[5][4][4];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int lane = bit_reverse5(i);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) v[a][b] = 0.0f;
+      }
+#pragma unroll
+      for (int k = 0; k < kIndexMaxPerLane; ++k) {
+        if (k < per) {
+          const int idx = lane + 32 * k;
+          float qv[4], rv[4];
+#pragma unroll
+          for (int a = 0; a < 4; ++a) qv[a] = qs[(tx + 16 * a) * ld + idx];
+#pragma unroll
+          for (int b = 0; b < 4; ++b) rv[b] = rows[(ty + 16 * b) * ld + idx];
+#pragma unroll
+          for (int a = 0; a < 4; ++a) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) v[a][b] = fmaf(qv[a], rv[b], v[a][b]);
+          }
+        }
+      }
+      // Leaf i closes one subtree per trailing one bit of i.
+#pragma unroll
+      for (int level = 0; level < 5; ++level) {
+        if (((i >> level) & 1) == 0) {
+#pragma unroll
+          for (int a = 0; a < 4; ++a) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) stack[level][a][b] = v[a][b];
+          }
+          break;
+        }
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+#pragma unroll
+          for (int b = 0; b < 4; ++b) v[a][b] = stack[level][a][b] + v[a][b];
+        }
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int t = t0 + tx + 16 * a;
+      const float w = t < p.n ? p.weights[static_cast<int64_t>(t) * p.heads + h] * scale : 0.0f;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) score[a][b] = fmaf(fmaxf(v[a][b], 0.0f), w, score[a][b]);
+    }
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int t = t0 + tx + 16 * a;
+    if (t >= p.n) continue;
+    int64_t nc = (static_cast<int64_t>(p.pos0) + t + 1) / p.ratio;
+    if (nc <= p.topk) continue;
+    if (nc > p.max_rows) nc = p.max_rows;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int64_t c = c0 + ty + 16 * b;
+      if (c < nc) p.scores[static_cast<int64_t>(t) * stride + c] = score[a][b];
+    }
   }
 }
 
@@ -266,18 +346,24 @@ __device__ __forceinline__ const float* chunk_row(const AttentionChunkLaunch& p,
 
 // Sum over the warp of v[j] for every j < 32 with warp_sum's pairing (lanes l and
 // l^16, then ^8, ...); lane l returns the total of index l.
+template <int kOff>
+__device__ __forceinline__ void transpose_sum_step(float (&v)[32], int lane) {
+  const bool upper = (lane & kOff) != 0;
+#pragma unroll
+  for (int j = 0; j < kOff; ++j) {
+    const float send = upper ? v[j] : v[j + kOff];
+    const float keep = upper ? v[j + kOff] : v[j];
+    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, kOff);
+  }
+}
+
 __device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
   const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int off = 16; off >= 1; off >>= 1) {
-    const bool upper = (lane & off) != 0;
-#pragma unroll
-    for (int j = 0; j < off; ++j) {
-      const float send = upper ? v[j] : v[j + off];
-      const float keep = upper ? v[j + off] : v[j];
-      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, off);
-    }
-  }
+  transpose_sum_step<16>(v, lane);
+  transpose_sum_step<8>(v, lane);
+  transpose_sum_step<4>(v, lane);
+  transpose_sum_step<2>(v, lane);
+  transpose_sum_step<1>(v, lane);
   return v[0];
 }
 
@@ -321,36 +407,52 @@ __global__ void attention_chunk_kernel(AttentionChunkLaunch p, int heads_per_blo
           reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + r))[c4];
     }
     __syncthreads();
+    // Scores: each staged value is loaded once for all the warp's heads.
+    float part[kHeadsPerWarp][32];
 #pragma unroll
-    for (int hh = 0; hh < kHeadsPerWarp; ++hh) {
-      float part[32];
+    for (int j = 0; j < 32; ++j) {
+      float d[kHeadsPerWarp];
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        float d = 0.0f;
-        if (j < nr) {
-          const float* row = tile + j * D;
-#pragma unroll
-          for (int k = 0; k < kMaxPerLane; ++k) {
-            if (k < per) d = fmaf(q[hh][k], row[lane + 32 * k], d);
-          }
-        }
-        part[j] = d;
-      }
-      const float dot = warp_transpose_sum(part);  // every lane takes part in the shuffles
-      const float s = lane < nr ? dot * scale : -INFINITY;
-      const float m_new = fmaxf(m[hh], warp_max(s));
-      const float corr = expf(m[hh] - m_new);  // 0 on the first tile (m = -inf)
-      const float e = lane < nr ? expf(s - m_new) : 0.0f;
-      l[hh] = l[hh] * corr + warp_sum(e);
-      m[hh] = m_new;
-#pragma unroll
-      for (int k = 0; k < kMaxPerLane; ++k) acc[hh][k] *= corr;
-      for (int j = 0; j < nr; ++j) {
-        const float ej = __shfl_sync(0xffffffffu, e, j);
+      for (int hh = 0; hh < kHeadsPerWarp; ++hh) d[hh] = 0.0f;
+      if (j < nr) {
         const float* row = tile + j * D;
 #pragma unroll
         for (int k = 0; k < kMaxPerLane; ++k) {
-          if (k < per) acc[hh][k] = fmaf(ej, row[lane + 32 * k], acc[hh][k]);
+          if (k < per) {
+            const float x = row[lane + 32 * k];
+#pragma unroll
+            for (int hh = 0; hh < kHeadsPerWarp; ++hh) d[hh] = fmaf(q[hh][k], x, d[hh]);
+          }
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < kHeadsPerWarp; ++hh) part[hh][j] = d[hh];
+    }
+    // Online softmax: lane j holds row r0 + j's weight.
+    float e[kHeadsPerWarp];
+#pragma unroll
+    for (int hh = 0; hh < kHeadsPerWarp; ++hh) {
+      const float dot = warp_transpose_sum(part[hh]);  // every lane takes part in the shuffles
+      const float s = lane < nr ? dot * scale : -INFINITY;
+      const float m_new = fmaxf(m[hh], warp_max(s));
+      const float corr = expf(m[hh] - m_new);  // 0 on the first tile (m = -inf)
+      e[hh] = lane < nr ? expf(s - m_new) : 0.0f;
+      l[hh] = l[hh] * corr + warp_sum(e[hh]);
+      m[hh] = m_new;
+#pragma unroll
+      for (int k = 0; k < kMaxPerLane; ++k) acc[hh][k] *= corr;
+    }
+    for (int j = 0; j < nr; ++j) {
+      float ej[kHeadsPerWarp];
+#pragma unroll
+      for (int hh = 0; hh < kHeadsPerWarp; ++hh) ej[hh] = __shfl_sync(0xffffffffu, e[hh], j);
+      const float* row = tile + j * D;
+#pragma unroll
+      for (int k = 0; k < kMaxPerLane; ++k) {
+        if (k < per) {
+          const float x = row[lane + 32 * k];
+#pragma unroll
+          for (int hh = 0; hh < kHeadsPerWarp; ++hh) acc[hh][k] = fmaf(ej[hh], x, acc[hh][k]);
         }
       }
     }
@@ -440,14 +542,17 @@ Status launch_indexer_chunk(const IndexerChunkLaunch& p, cudaStream_t stream) {
   }
   const int64_t stride = p.scores_stride > 0 ? p.scores_stride : std::max<int64_t>(p.max_rows, 1);
   if (stride < p.max_rows) return Status::Error("indexer chunk: score stride shorter than max_rows");
-  const size_t shared = sizeof(float) * (p.heads * p.head_dim + p.heads);
-  if (shared > 96 * 1024) return Status::Error("indexer chunk: query does not fit in shared memory");
+  if (p.head_dim % 32 != 0 || p.head_dim / 32 > kIndexMaxPerLane) {
+    return Status::Error("indexer chunk: head size must be a multiple of 32 and at most 128");
+  }
   DS4_RETURN_IF_ERROR(attention_chunk_init());
   const int64_t nc_max = std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows);
   if (nc_max > p.topk) {
-    const int64_t groups = (nc_max + kScoreRowsPerBlock - 1) / kScoreRowsPerBlock;
-    indexer_chunk_score_kernel<<<dim3(static_cast<unsigned>(groups), p.n), kScoreThreads, shared, stream>>>(
-        p, stride);
+    const size_t shared = sizeof(float) * (kIndexRows + kIndexTokens) * (p.head_dim + 1);
+    const int64_t row_groups = (nc_max + kIndexRows - 1) / kIndexRows;
+    const int token_groups = (p.n + kIndexTokens - 1) / kIndexTokens;
+    indexer_chunk_score_kernel<<<dim3(static_cast<unsigned>(row_groups), token_groups), kIndexThreads, shared,
+                                 stream>>>(p, stride);
     DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "indexer chunk score launch"));
   }
   indexer_chunk_topk_kernel<<<p.n, kSelectThreads, 0, stream>>>(p, stride);
@@ -472,6 +577,10 @@ Status launch_attention_chunk(const AttentionChunkLaunch& p, cudaStream_t stream
     return Status::Error("attention chunk: missing query, output, raw rows or sinks");
   }
   if (p.ratio != 0 && !p.comp) return Status::Error("attention chunk: compressed layer without compressed rows");
+  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
+  if (misaligned(p.chunk_kv) || misaligned(p.ring) || misaligned(p.comp)) {
+    return Status::Error("attention chunk: raw or compressed rows are not 16-byte aligned");
+  }
   if (p.ratio == 4 && (!p.active || !p.selected) &&
       (static_cast<int64_t>(p.pos0) + p.n) / 4 > p.topk) {
     return Status::Error("attention chunk: ratio-4 layer past the indexer gate without a selection");
