@@ -245,6 +245,22 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
     for (int t = 0; t < NT; ++t) acc[t] = acc_up[t] = 0.0f;
 
     if (row_ok) {
+      // One slot per block (every launch but sum_slots): the row's pointers once, so
+      // the chunk loop does no division or 64-bit index math.
+      const uint8_t* w_row = nullptr;
+      const uint16_t* w_sc = nullptr;
+      const uint8_t* u_row = nullptr;
+      const uint16_t* u_sc = nullptr;
+      if (!p.sum_slots) {
+        const int matrix = p.slot_matrix ? p.slot_matrix[slot] : p.fixed_matrix;
+        const int64_t grow = matrix * p.matrix_rows + slot * p.slot_row_stride + r;
+        w_row = p.w_data + grow * p.row_bytes;
+        w_sc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
+        if constexpr (PAIRED) {
+          u_row = p.u_data + grow * p.row_bytes;
+          u_sc = p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
+        }
+      }
       for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
         typename C::Raw raw[kUnroll];
         typename C::Raw raw_up[PAIRED ? kUnroll : 1];
@@ -254,7 +270,12 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
         for (int u = 0; u < kUnroll; ++u) {
           const int it = it0 + u * chunk_step;
           cc[u] = -1;
-          if (it < items) {
+          if (it < items && !p.sum_slots) {
+            raw[u] = C::load(w_row, w_sc, chunk0 + it);
+            if constexpr (PAIRED) raw_up[u] = C::load(u_row, u_sc, chunk0 + it);
+            vsel[u] = 0;
+            cc[u] = it;
+          } else if (it < items) {
             const int si = it / ns;
             const int c = it - si * ns;
             const int s = p.sum_slots ? si : slot;
