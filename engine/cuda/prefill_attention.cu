@@ -1,5 +1,7 @@
 #include "cuda/prefill_attention.h"
 
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cstdint>
 
@@ -483,6 +485,187 @@ __global__ void attention_chunk_kernel(AttentionChunkLaunch p, int heads_per_blo
   }
 }
 
+// Tensor-core variant for head_dim 512 and groups of 16 heads: block (token t, 16 heads),
+// 4 warps. Rows are staged as f16 (32 at a time); scores S = Q . K^T with Q split into
+// f16 high and low parts (two m16n8k16 products, f32 accumulation), an online softmax in
+// f32, then O += P . V with P split the same way. Warp w owns dims w*128 .. w*128+127 of
+// the output (16 tiles of 8 dims for 16 heads).
+constexpr int kMmaHeads = 16;
+constexpr int kMmaDim = 512;
+constexpr int kMmaThreads = 128;
+constexpr int kMmaLd = kMmaDim + 8;     // halves per staged row (padded against bank conflicts)
+constexpr int kMmaPld = kTileRows + 8;  // halves per row of P
+
+struct MmaShared {
+  __half q_hi[kMmaHeads][kMmaLd];
+  __half q_lo[kMmaHeads][kMmaLd];
+  __half rows[kTileRows][kMmaLd];  // reused as float o[16][512] at the end
+  float s[kMmaHeads][kTileRows + 1];
+  __half p_hi[kMmaHeads][kMmaPld];
+  __half p_lo[kMmaHeads][kMmaPld];
+  float corr[kMmaHeads];
+  float m[kMmaHeads];
+  float l[kMmaHeads];
+};
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t load_half2(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+__device__ __forceinline__ uint32_t pack_halves(__half lo, __half hi) {
+  return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+}
+
+__global__ void __launch_bounds__(kMmaThreads) attention_chunk_mma_kernel(AttentionChunkLaunch p) {
+  extern __shared__ __align__(16) unsigned char raw_shared[];
+  MmaShared& sh = *reinterpret_cast<MmaShared*>(raw_shared);
+  const int t = blockIdx.x;
+  const int h0 = blockIdx.y * kMmaHeads;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const ChunkVisible vis = chunk_visible(p, t);
+  const int total = vis.nraw + vis.ncomp;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(kMmaDim)));
+
+  const float* qt = p.q + (static_cast<int64_t>(t) * p.heads + h0) * kMmaDim;
+  for (int i = threadIdx.x; i < kMmaHeads * kMmaDim; i += kMmaThreads) {
+    const float x = qt[i];
+    const __half hi = __float2half_rn(x);
+    sh.q_hi[i / kMmaDim][i % kMmaDim] = hi;
+    sh.q_lo[i / kMmaDim][i % kMmaDim] = __float2half_rn(x - __half2float(hi));
+  }
+  float m_run[4], l_run[4];  // this warp's softmax heads 4*warp .. 4*warp+3
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    m_run[i] = -INFINITY;
+    l_run[i] = 0.0f;
+  }
+  float acc[16][4];
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+  }
+
+  for (int r0 = 0; r0 < total; r0 += kTileRows) {
+    const int nr = min(kTileRows, total - r0);
+    __syncthreads();  // the previous tile, P and corr are no longer read
+    for (int i = threadIdx.x; i < kTileRows * (kMmaDim / 4); i += kMmaThreads) {
+      const int r = i / (kMmaDim / 4), c4 = i % (kMmaDim / 4);
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // rows past the end stay zero (P . 0)
+      if (r < nr) v = reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + r))[c4];
+      __half2* dst = reinterpret_cast<__half2*>(&sh.rows[r][4 * c4]);
+      dst[0] = __floats2half2_rn(v.x, v.y);
+      dst[1] = __floats2half2_rn(v.z, v.w);
+    }
+    __syncthreads();
+    // Scores: warp w, rows 8w .. 8w+7, all 16 heads.
+    {
+      float s_acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const __half* brow = sh.rows[8 * warp + g];
+#pragma unroll 4
+      for (int k0 = 0; k0 < kMmaDim; k0 += 16) {
+        const uint32_t b0 = load_half2(brow + k0 + 2 * c);
+        const uint32_t b1 = load_half2(brow + k0 + 2 * c + 8);
+        mma_f16(s_acc, load_half2(&sh.q_hi[g][k0 + 2 * c]), load_half2(&sh.q_hi[g + 8][k0 + 2 * c]),
+                load_half2(&sh.q_hi[g][k0 + 2 * c + 8]), load_half2(&sh.q_hi[g + 8][k0 + 2 * c + 8]), b0, b1);
+        mma_f16(s_acc, load_half2(&sh.q_lo[g][k0 + 2 * c]), load_half2(&sh.q_lo[g + 8][k0 + 2 * c]),
+                load_half2(&sh.q_lo[g][k0 + 2 * c + 8]), load_half2(&sh.q_lo[g + 8][k0 + 2 * c + 8]), b0, b1);
+      }
+      sh.s[g][8 * warp + 2 * c] = s_acc[0] * scale;
+      sh.s[g][8 * warp + 2 * c + 1] = s_acc[1] * scale;
+      sh.s[g + 8][8 * warp + 2 * c] = s_acc[2] * scale;
+      sh.s[g + 8][8 * warp + 2 * c + 1] = s_acc[3] * scale;
+    }
+    __syncthreads();
+    // Online softmax: warp w, heads 4w .. 4w+3, lane = row.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = 4 * warp + i;
+      const float s = lane < nr ? sh.s[h][lane] : -INFINITY;
+      const float m_new = fmaxf(m_run[i], warp_max(s));
+      const float corr = expf(m_run[i] - m_new);  // 0 on the first tile
+      const float e = lane < nr ? expf(s - m_new) : 0.0f;
+      l_run[i] = l_run[i] * corr + warp_sum(e);
+      m_run[i] = m_new;
+      const __half hi = __float2half_rn(e);
+      sh.p_hi[h][lane] = hi;
+      sh.p_lo[h][lane] = __float2half_rn(e - __half2float(hi));
+      if (lane == 0) sh.corr[h] = corr;
+    }
+    __syncthreads();
+    // O = O * corr + P . V over this warp's 128 dims.
+    const float corr_g = sh.corr[g], corr_g8 = sh.corr[g + 8];
+#pragma unroll
+    for (int nt = 0; nt < 16; ++nt) {
+      acc[nt][0] *= corr_g;
+      acc[nt][1] *= corr_g;
+      acc[nt][2] *= corr_g8;
+      acc[nt][3] *= corr_g8;
+    }
+#pragma unroll
+    for (int ks = 0; ks < kTileRows; ks += 16) {
+      const uint32_t ah0 = load_half2(&sh.p_hi[g][ks + 2 * c]), ah1 = load_half2(&sh.p_hi[g + 8][ks + 2 * c]);
+      const uint32_t ah2 = load_half2(&sh.p_hi[g][ks + 2 * c + 8]), ah3 = load_half2(&sh.p_hi[g + 8][ks + 2 * c + 8]);
+      const uint32_t al0 = load_half2(&sh.p_lo[g][ks + 2 * c]), al1 = load_half2(&sh.p_lo[g + 8][ks + 2 * c]);
+      const uint32_t al2 = load_half2(&sh.p_lo[g][ks + 2 * c + 8]), al3 = load_half2(&sh.p_lo[g + 8][ks + 2 * c + 8]);
+#pragma unroll
+      for (int nt = 0; nt < 16; ++nt) {
+        const int d = warp * 128 + nt * 8 + g;
+        const uint32_t b0 = pack_halves(sh.rows[ks + 2 * c][d], sh.rows[ks + 2 * c + 1][d]);
+        const uint32_t b1 = pack_halves(sh.rows[ks + 2 * c + 8][d], sh.rows[ks + 2 * c + 9][d]);
+        mma_f16(acc[nt], ah0, ah1, ah2, ah3, b0, b1);
+        mma_f16(acc[nt], al0, al1, al2, al3, b0, b1);
+      }
+    }
+  }
+
+  // Sink and normalisation, then the inverse RoPE of each head's tail.
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      sh.m[4 * warp + i] = m_run[i];
+      sh.l[4 * warp + i] = l_run[i];
+    }
+  }
+  __syncthreads();  // m and l are visible; the rows tile is free
+  float* o = reinterpret_cast<float*>(&sh.rows[0][0]);  // [16][512]
+  float f[2], inv_z[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int h = g + 8 * half;
+    const float sink = p.sinks[h0 + h];
+    const float mf = fmaxf(sh.m[h], sink);
+    f[half] = expf(sh.m[h] - mf);
+    inv_z[half] = 1.0f / (sh.l[h] * f[half] + expf(sink - mf));
+  }
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) {
+    const int d = warp * 128 + nt * 8 + 2 * c;
+    o[g * kMmaDim + d] = acc[nt][0] * f[0] * inv_z[0];
+    o[g * kMmaDim + d + 1] = acc[nt][1] * f[0] * inv_z[0];
+    o[(g + 8) * kMmaDim + d] = acc[nt][2] * f[1] * inv_z[1];
+    o[(g + 8) * kMmaDim + d + 1] = acc[nt][3] * f[1] * inv_z[1];
+  }
+  __syncthreads();
+  const int pairs = p.rope_dim / 2;
+  for (int i = threadIdx.x; i < kMmaHeads * pairs; i += kMmaThreads) {
+    float* tail = o + (i / pairs) * kMmaDim + kMmaDim - p.rope_dim;
+    const int j = i % pairs;
+    rope_pair(&tail[2 * j], &tail[2 * j + 1], static_cast<float>(vis.pos), p.rope_freqs[j], true);
+  }
+  __syncthreads();
+  float* out = p.out + (static_cast<int64_t>(t) * p.heads + h0) * kMmaDim;
+  for (int i = threadIdx.x; i < kMmaHeads * kMmaDim; i += kMmaThreads) out[i] = o[i];
+}
+
 Status attention_chunk_init() {
   static const Status status = [] {
     Status s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<1>,
@@ -492,6 +675,10 @@ Status attention_chunk_init() {
     s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<2>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
                     "raising the chunk attention kernel's shared memory limit");
+    if (!s.ok()) return s;
+    s = cuda_status(cudaFuncSetAttribute(attention_chunk_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(sizeof(MmaShared))),
+                    "raising the tensor-core chunk attention kernel's shared memory limit");
     if (!s.ok()) return s;
     return cuda_status(cudaFuncSetAttribute(indexer_chunk_score_kernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
@@ -586,6 +773,10 @@ Status launch_attention_chunk(const AttentionChunkLaunch& p, cudaStream_t stream
     return Status::Error("attention chunk: ratio-4 layer past the indexer gate without a selection");
   }
   DS4_RETURN_IF_ERROR(attention_chunk_init());
+  if (p.head_dim == kMmaDim && p.heads % kMmaHeads == 0) {
+    attention_chunk_mma_kernel<<<dim3(p.n, p.heads / kMmaHeads), kMmaThreads, sizeof(MmaShared), stream>>>(p);
+    return cuda_status(cudaGetLastError(), "tensor-core attention chunk launch");
+  }
   const size_t shared = sizeof(float) * kTileRows * p.head_dim;
   if (p.heads % kMaxHeadsPerBlock == 0) {
     // 8 warps of 2 heads: each staged row serves 16 heads.

@@ -4,9 +4,10 @@
 // position), on a small-but-real shape with random inputs, for ratio-4 and ratio-128
 // layers and several chunk plans (first chunk at 0, continuations, boundaries that are
 // not multiples of the ratio, n = 1, n larger than the window). Compressor rows and
-// state must be bit-identical, selections identical, attention outputs within 1e-4 of
-// the head's largest reference value. Then times each launch at the real sizes for a
-// chunk of 2048 tokens.
+// state must be bit-identical, selections and indexer scores identical, attention
+// outputs within 1e-4 of the head's largest reference value (f32 path, 8 heads) or 1e-3
+// (tensor-core path, 16 heads). Then times each launch at the real sizes for a chunk of
+// 2048 tokens.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -317,7 +318,7 @@ std::vector<Snapshot> run_chunks(const Inputs& in, State& st, const std::vector<
   return snaps;
 }
 
-void compare_outputs(const State& got, const State& want, const std::string& what) {
+void compare_outputs(const State& got, const State& want, double tolerance, const std::string& what) {
   const Shape& s = want.s;
   const std::vector<float> g = got.out.host(), r = want.out.host();
   int bad = 0;
@@ -330,7 +331,7 @@ void compare_outputs(const State& got, const State& want, const std::string& wha
       for (int i = 0; i < s.head_dim; ++i) {
         const double err = std::fabs(static_cast<double>(g[base + i]) - r[base + i]) / std::max(scale, 1e-30f);
         worst = std::max(worst, std::isfinite(err) ? err : 1e30);
-        if (!(err <= 1e-4)) {
+        if (!(err <= tolerance)) {
           if (++bad <= 20) {
             std::printf("  %s: position %d head %d dim %d: chunk %.9g decode %.9g (head max |x| %.6g)\n",
                         what.c_str(), p, h, i, g[base + i], r[base + i], scale);
@@ -340,7 +341,8 @@ void compare_outputs(const State& got, const State& want, const std::string& wha
     }
   }
   std::printf("  %s: attention outputs, largest error / head max |x| = %.3g\n", what.c_str(), worst);
-  check(bad == 0, what + ": " + std::to_string(bad) + " attention outputs off by more than 1e-4 relative");
+  check(bad == 0, what + ": " + std::to_string(bad) + " attention outputs off by more than " +
+                      std::to_string(tolerance) + " relative");
 }
 
 void compare_selection(const State& got, const State& want, const std::string& what) {
@@ -378,7 +380,7 @@ void compare_selection(const State& got, const State& want, const std::string& w
 }
 
 void test_plan(const Shape& s, const std::vector<std::pair<int, int>>& chunks, std::mt19937& rng) {
-  std::string name = "ratio " + std::to_string(s.ratio) + " chunks";
+  std::string name = "ratio " + std::to_string(s.ratio) + " heads " + std::to_string(s.heads) + " chunks";
   std::vector<int> ends;
   for (const auto& [pos0, n] : chunks) {
     name += " " + std::to_string(pos0) + "+" + std::to_string(n);
@@ -404,7 +406,10 @@ void test_plan(const Shape& s, const std::vector<std::pair<int, int>>& chunks, s
     compare_bits(chunk.idx_rows.host(), ref.idx_rows.host(), s.index_dim, name + ": index rows");
     compare_selection(chunk, ref, name);
   }
-  compare_outputs(chunk, ref, name);
+  // Groups of 16 heads of 512 take the tensor-core path (f16 operands split into high and
+  // low parts, f32 accumulation): 1e-3 as the brief allows; f32 SIMT otherwise: 1e-4.
+  const bool tensor_cores = s.head_dim == 512 && s.heads % 16 == 0;
+  compare_outputs(chunk, ref, tensor_cores ? 1e-3 : 1e-4, name);
 }
 
 // ---------------------------------------------------------------------------
@@ -604,6 +609,12 @@ int main() {
   test_plan(r4, whole, rng);
   test_plan(r128, split, rng);
   test_plan(r128, aligned, rng);
+  Shape r4_wide = r4;  // 16 heads: the tensor-core attention path
+  r4_wide.heads = 16;
+  Shape r128_wide = r128;
+  r128_wide.heads = 16;
+  test_plan(r4_wide, split, rng);
+  test_plan(r128_wide, whole, rng);
   time_real_sizes();
   return finish("prefill_attention_test");
 }
