@@ -150,10 +150,30 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
   }
   for (int h = 0; h < p.heads; ++h) {
     __syncthreads();  // the previous head's queries are no longer read
-    for (int i = threadIdx.x; i < kIndexTokens * p.head_dim; i += blockDim.x) {
-      const int tt = i / p.head_dim, col = i - tt * p.head_dim;
-      const int t = t0 + tt;
-      qs[tt * ld + col] = t < p.n ? p.q[(static_cast<int64_t>(t) * p.heads + h) * p.head_dim + col] : 0.0f;
+    {
+      // 64 tokens x head_dim/4 float4 values, at most 8 per thread: all loads first.
+      const int vec = p.head_dim / 4;
+      float4 v[kIndexTokens * kIndexMaxPerLane * 8 / kIndexThreads];
+#pragma unroll
+      for (int u = 0; u < kIndexTokens * kIndexMaxPerLane * 8 / kIndexThreads; ++u) {
+        const int i = threadIdx.x + u * kIndexThreads;
+        const int tt = i / vec, t = t0 + tt;
+        v[u] = i < kIndexTokens * vec && t < p.n
+                   ? __ldg(reinterpret_cast<const float4*>(p.q + (static_cast<int64_t>(t) * p.heads + h) * p.head_dim) +
+                           (i - tt * vec))
+                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kIndexTokens * kIndexMaxPerLane * 8 / kIndexThreads; ++u) {
+        const int i = threadIdx.x + u * kIndexThreads;
+        if (i >= kIndexTokens * vec) continue;
+        const int tt = i / vec, col = 4 * (i - tt * vec);
+        float* dst = qs + tt * ld + col;
+        dst[0] = v[u].x;
+        dst[1] = v[u].y;
+        dst[2] = v[u].z;
+        dst[3] = v[u].w;
+      }
     }
     __syncthreads();
     float v[4][4];
@@ -557,13 +577,24 @@ __global__ void __launch_bounds__(kMmaThreads) attention_chunk_mma_kernel(Attent
   for (int r0 = 0; r0 < total; r0 += kTileRows) {
     const int nr = min(kTileRows, total - r0);
     __syncthreads();  // the previous tile, P and corr are no longer read
-    for (int i = threadIdx.x; i < kTileRows * (kMmaDim / 4); i += kMmaThreads) {
-      const int r = i / (kMmaDim / 4), c4 = i % (kMmaDim / 4);
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // rows past the end stay zero (P . 0)
-      if (r < nr) v = reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + r))[c4];
-      __half2* dst = reinterpret_cast<__half2*>(&sh.rows[r][4 * c4]);
-      dst[0] = __floats2half2_rn(v.x, v.y);
-      dst[1] = __floats2half2_rn(v.z, v.w);
+    // Thread i converts float4 column i of every row (kMmaThreads == kMmaDim / 4); the
+    // loads of a batch are all issued before the first store. Rows past the end stay zero.
+    static_assert(kMmaThreads == kMmaDim / 4, "one float4 column per thread");
+    constexpr int kBatch = 16;
+#pragma unroll
+    for (int j0 = 0; j0 < kTileRows; j0 += kBatch) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        v[u] = j0 + u < nr ? __ldg(reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + j0 + u)) + threadIdx.x)
+                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        __half2* dst = reinterpret_cast<__half2*>(&sh.rows[j0 + u][4 * threadIdx.x]);
+        dst[0] = __floats2half2_rn(v[u].x, v[u].y);
+        dst[1] = __floats2half2_rn(v[u].z, v[u].w);
+      }
     }
     __syncthreads();
     // Scores: warp w, rows 8w .. 8w+7, all 16 heads.
@@ -731,6 +762,9 @@ Status launch_indexer_chunk(const IndexerChunkLaunch& p, cudaStream_t stream) {
   if (stride < p.max_rows) return Status::Error("indexer chunk: score stride shorter than max_rows");
   if (p.head_dim % 32 != 0 || p.head_dim / 32 > kIndexMaxPerLane) {
     return Status::Error("indexer chunk: head size must be a multiple of 32 and at most 128");
+  }
+  if ((reinterpret_cast<uintptr_t>(p.q) & 15) != 0) {
+    return Status::Error("indexer chunk: queries are not 16-byte aligned");
   }
   DS4_RETURN_IF_ERROR(attention_chunk_init());
   const int64_t nc_max = std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows);
