@@ -230,6 +230,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   const int slots_here = p.sum_slots ? p.n_slots : 1;
   const int steps = p.warps_per_row == 1 ? p.rows_per_warp : 1;
   const int items = slots_here * ns;  // (slot, chunk) pairs of one row
+  const int ns_shift = (ns & (ns - 1)) == 0 ? __ffs(ns) - 1 : -1;  // item -> slot without a division
 
   for (int st = 0; st < steps; ++st) {
     int64_t r;
@@ -276,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
             vsel[u] = 0;
             cc[u] = it;
           } else if (it < items) {
-            const int si = it / ns;
+            const int si = ns_shift >= 0 ? it >> ns_shift : it / ns;
             const int c = it - si * ns;
             const int s = p.sum_slots ? si : slot;
             const int matrix = p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
