@@ -383,7 +383,10 @@ void test_plan(const Shape& s, const std::vector<std::pair<int, int>>& chunks, s
   std::string name = "ratio " + std::to_string(s.ratio) + " heads " + std::to_string(s.heads) + " chunks";
   std::vector<int> ends;
   for (const auto& [pos0, n] : chunks) {
-    name += " " + std::to_string(pos0) + "+" + std::to_string(n);
+    name += ' ';
+    name += std::to_string(pos0);
+    name += '+';
+    name += std::to_string(n);
     ends.push_back(pos0 + n);
   }
   std::printf("%s\n", name.c_str());
