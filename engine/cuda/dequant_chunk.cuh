@@ -259,8 +259,9 @@ struct Chunk<GgmlType::Q4_K> {
     const int v[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
+      const uint32_t q = (static_cast<uint32_t>(v[i]) >> shift) & 0x0F0F0F0Fu;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) w[4 * i + k] = scale * static_cast<float>((v[i] >> (8 * k + shift)) & 15) - min;
+      for (int k = 0; k < 4; ++k) w[4 * i + k] = scale * byte_to_float(q, k) - min;
     }
     return 1.0f;
   }
