@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "cpu/rope.h"
 #include "cuda/cuda_check.h"
@@ -130,20 +131,34 @@ class DeviceModelBuilder {
 
   Status allocate() {
     DS4_RETURN_IF_ERROR(check_types());
+    // Alignment padding (and the RoPE tables, written below) are zeroed, so the
+    // arena's bytes are a function of the weights alone.
+    std::vector<std::pair<size_t, size_t>> zero;  // [begin, end)
     size_t off = 0;
+    auto place = [&](size_t bytes) {
+      const size_t at = off;
+      off = align_up(off + bytes);
+      if (off > at + bytes) {
+        if (!zero.empty() && zero.back().second == at + bytes) {
+          zero.back().second = off;
+        } else {
+          zero.push_back({at + bytes, off});
+        }
+      }
+      return at;
+    };
     for (Slot& s : slots_) {
-      s.data_off = off;
       if (s.kind == SlotKind::kMatrix) {
-        off = align_up(off + s.matrix->data_bytes());
-        s.scale_off = off;
-        off = align_up(off + s.matrix->scale_bytes());
+        s.data_off = place(s.matrix->data_bytes());
+        s.scale_off = place(s.matrix->scale_bytes());
       } else {
-        off = align_up(off + 4 * static_cast<size_t>(s.cols));
+        s.data_off = place(4 * static_cast<size_t>(s.cols));
       }
     }
     const int rope_pairs = std::max(1, model_->config_.rope_dim / 2);
     const size_t rope_off = off;
     off = align_up(off + 2 * sizeof(float) * rope_pairs);
+    zero.push_back({rope_off, off});
     void* base = nullptr;
     DS4_RETURN_IF_ERROR(cuda_status(cudaMalloc(&base, off),
                                     ("allocating " + std::to_string(off >> 20) + " MiB of weights").c_str()));
@@ -160,6 +175,10 @@ class DeviceModelBuilder {
         *s.i32 = reinterpret_cast<int32_t*>(b + s.data_off);
       }
     }
+    for (const auto& [begin, end] : zero) {
+      DS4_CUDA_TRY(cudaMemset(b + begin, 0, end - begin));
+    }
+    DS4_CUDA_TRY(cudaDeviceSynchronize());
     model_->rope_plain_ = reinterpret_cast<float*>(b + rope_off);
     model_->rope_yarn_ = model_->rope_plain_ + rope_pairs;
     const ModelConfig& c = model_->config_;
@@ -359,7 +378,8 @@ Result<uint64_t> send_unit(const Unit& u, const UploadOptions& options, WorkerBu
 
 Status DeviceModelBuilder::upload(const UploadOptions& options, const std::string& file_path,
                                   UploadStats* stats) {
-  const size_t chunk = options.chunk_bytes ? std::max<size_t>(options.chunk_bytes, 4096)
+  // Whole multiples of 256 bytes keep every scratch buffer aligned for the repack.
+  const size_t chunk = options.chunk_bytes ? std::max<size_t>((options.chunk_bytes + 255) / 256 * 256, 4096)
                                            : kDefaultChunkBytes;
   const int threads = options.threads > 0 ? options.threads : kDefaultThreads;
   std::vector<Unit> units;
