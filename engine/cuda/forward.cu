@@ -9,6 +9,7 @@
 #include "cuda/device_sequence.h"
 #include "cuda/prefill_workspace.h"
 #include "cuda/hyper_connections.h"
+#include "cuda/matmul.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
 #include "cuda/row_ops.h"
@@ -66,6 +67,7 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(matvec_init());
   DS4_RETURN_IF_ERROR(attention_init());
   DS4_RETURN_IF_ERROR(indexer_init());
+  DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
   for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_}) {
