@@ -343,8 +343,9 @@ Result<uint64_t> send_unit(const Unit& u, const UploadOptions& options, WorkerBu
     } else {
       std::memcpy(staging, src, n);
     }
-    DS4_CUDA_TRY(cudaMemcpyAsync(static_cast<uint8_t*>(base) + dst_off, staging, bytes,
-                                 cudaMemcpyHostToDevice, stream));
+    DS4_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(static_cast<uint8_t*>(base) + dst_off, staging, bytes,
+                                                    cudaMemcpyHostToDevice, stream),
+                                    what.c_str()));
     return static_cast<uint64_t>(bytes);
   }
   const DeviceMatrix& m = *s.matrix;
