@@ -137,8 +137,10 @@ struct Chunk<GgmlType::IQ2_XXS> {
       for (int half = 0; half < 2; ++half) {
         const uint32_t mag = static_cast<uint32_t>(g >> (32 * half));
         const uint32_t neg = static_cast<uint32_t>(sg >> (32 * half));
-        // (mag ^ neg) - neg per byte: mag or -mag as int8; then + 128 for the float trick.
-        const uint32_t biased = __vsub4(mag ^ neg, neg) ^ 0x80808080u;
+        // mag or -mag as int8, + 128 for the float trick: a negated byte is
+        // (mag ^ 0xFF) + 1, which never carries into the next byte (mag > 0), and the
+        // + 128 (^ 0x80) commutes with that + 1 here, so one 32-bit add serves four bytes.
+        const uint32_t biased = (mag ^ neg ^ 0x80808080u) + (neg & 0x01010101u);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           w[8 * k + 4 * half + j] =
