@@ -49,6 +49,12 @@ class CudaForward {
                  float* logits, std::span<const int> hidden_rows, float* hidden);
   // The most tokens one prefill() call takes (larger prompts are split by the caller).
   static constexpr int kMaxPrefill = 2048;
+  // Chunks of at most this many tokens use f32 matrix-vector products (one weight read
+  // serves them all); longer ones tensor-core products.
+  static constexpr int kF32PrefillTokens = 4;
+  // With `on`, every chunk uses the f32 products (a reference mode for tests: it
+  // matches the token-by-token decode path to f32 rounding).
+  void set_f32_prefill(bool on) { f32_prefill_ = on; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
@@ -83,6 +89,7 @@ class CudaForward {
 
   const DeviceModel& model_;
   bool qat_;
+  bool f32_prefill_ = false;
   cudaStream_t stream_ = nullptr;
   cudaStream_t side_ = nullptr;  // the decode graph's second branch (see enqueue_layer)
   cudaEvent_t ev_fork_ = nullptr, ev_latent_ = nullptr, ev_join_ = nullptr;

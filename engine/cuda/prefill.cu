@@ -40,9 +40,23 @@ Status write_ring(const float* rows, int n, int32_t pos0, int d, float* ring, in
   return cuda_status(cudaGetLastError(), "writing the chunk's raw rows to the ring");
 }
 
-// Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`.
-Status matmul(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
+// Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
+// on tensor cores, or (f32) through the decode path's matrix-vector kernel over n tokens.
+Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
               cudaStream_t st, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false) {
+  if (f32) {
+    if (row_begin != 0) return Status::Error("prefill: f32 products take whole matrices");
+    MatvecLaunch m;
+    m.w = &w;
+    m.x = x;
+    m.x_tok_stride = x_stride;
+    m.y = y;
+    m.y_tok_stride = y_stride;
+    m.n_tokens = n;
+    m.n_rows = n_rows;
+    m.accumulate = accumulate;
+    return launch_matvec(m, st);
+  }
   MatmulLaunch m;
   m.w = &w;
   m.x = x;
@@ -210,12 +224,15 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   const int64_t hcd = c.hc_dim();
   const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
   float* ring = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
+  // Few tokens (MTP verification) read the weights once through the decode kernels;
+  // f32_prefill_ selects that path for any chunk (the exact reference mode).
+  const bool f32 = f32_prefill_ || n <= kF32PrefillTokens;
 
   // Attention sublayer (§2.5).
   DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_attn_fn, w.x, hcd, w.mix, c.hc_mix(), n, st));
   DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc, n, w.post,
                                            w.comb, w.n, st));
-  DS4_RETURN_IF_ERROR(matmul(L.q_a, w.n, c.dim, w.a, c.q_lora, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.q_a, w.n, c.dim, w.a, c.q_lora, n, st));
   RowPostLaunch an;
   an.in = w.a;
   an.in_stride = c.q_lora;
@@ -227,7 +244,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   an.norm_weight = L.q_a_norm;
   an.eps = c.norm_eps;
   DS4_RETURN_IF_ERROR(launch_row_post(an, st));
-  DS4_RETURN_IF_ERROR(matmul(L.q_b, w.an, c.q_lora, w.qf, qdim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.q_b, w.an, c.q_lora, w.qf, qdim, n, st));
   RowPostLaunch q;
   q.in = q.out = w.qf;
   q.in_stride = q.out_stride = c.head_dim;
@@ -240,7 +257,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   q.pos = w.pos0;
   q.rows_per_pos = c.n_heads;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
-  DS4_RETURN_IF_ERROR(matmul(L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, st));
   RowPostLaunch kv = q;
   kv.in = w.kv_raw;
   kv.out = w.kv;
@@ -254,8 +271,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   const bool index_active = L.ratio == 4 && (last + 1) / 4 > c.index_topk;
   if (L.ratio != 0) {
     const int64_t cw = L.compressor.kv.rows;
-    DS4_RETURN_IF_ERROR(matmul(L.compressor.kv, w.n, c.dim, w.ck, cw, n, st));
-    DS4_RETURN_IF_ERROR(matmul(L.compressor.gate, w.n, c.dim, w.cz, cw, n, st));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.kv, w.n, c.dim, w.ck, cw, n, st));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.gate, w.n, c.dim, w.cz, cw, n, st));
     CompressorChunkLaunch cl;
     cl.k = w.ck;
     cl.z = w.cz;
@@ -278,8 +295,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     DS4_RETURN_IF_ERROR(launch_compressor_chunk(cl, st));
     if (L.ratio == 4) {
       const int64_t iw = L.index_compressor.kv.rows;
-      DS4_RETURN_IF_ERROR(matmul(L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, st));
-      DS4_RETURN_IF_ERROR(matmul(L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, st));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, st));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, st));
       CompressorChunkLaunch il = cl;
       il.kz_stride = iw;
       il.ape = L.index_compressor.ape;
@@ -293,7 +310,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
       DS4_RETURN_IF_ERROR(launch_compressor_chunk(il, st));
       if (index_active) {
         const int64_t iqd = static_cast<int64_t>(c.index_heads) * c.index_head_dim;
-        DS4_RETURN_IF_ERROR(matmul(L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, st));
+        DS4_RETURN_IF_ERROR(matmul(f32, L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, st));
         RowPostLaunch iq;
         iq.in = iq.out = w.iq;
         iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -356,11 +373,27 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
 
   const int64_t ug = static_cast<int64_t>(c.out_groups) * c.out_lora;
   const int64_t group_in = static_cast<int64_t>(c.heads_per_group()) * c.head_dim;
-  for (int g = 0; g < c.out_groups; ++g) {
-    DS4_RETURN_IF_ERROR(matmul(L.out_a, w.heads + g * group_in, qdim, w.u + static_cast<int64_t>(g) * c.out_lora, ug,
-                               n, st, static_cast<int64_t>(g) * c.out_lora, c.out_lora));
+  if (f32) {
+    MatvecLaunch oa;  // the decode path's grouped launch, over n tokens
+    oa.w = &L.out_a;
+    oa.x = w.heads;
+    oa.x_tok_stride = qdim;
+    oa.x_slot_stride = group_in;
+    oa.y = w.u;
+    oa.y_tok_stride = ug;
+    oa.y_slot_stride = c.out_lora;
+    oa.n_tokens = n;
+    oa.n_slots = c.out_groups;
+    oa.n_rows = c.out_lora;
+    oa.slot_row_stride = c.out_lora;
+    DS4_RETURN_IF_ERROR(launch_matvec(oa, st));
+  } else {
+    for (int g = 0; g < c.out_groups; ++g) {
+      DS4_RETURN_IF_ERROR(matmul(f32, L.out_a, w.heads + g * group_in, qdim, w.u + static_cast<int64_t>(g) * c.out_lora,
+                                 ug, n, st, static_cast<int64_t>(g) * c.out_lora, c.out_lora));
+    }
   }
-  DS4_RETURN_IF_ERROR(matmul(L.out_b, w.u, ug, w.out, c.dim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.out_b, w.u, ug, w.out, c.dim, n, st));
   DS4_RETURN_IF_ERROR(launch_hc_post_tokens(w.x, w.out, w.post, w.comb, hc, n, w.xb, st));
 
   // MoE sublayer (§2.6).
@@ -381,6 +414,46 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   rl.base.weights = w.route_w;
   rl.n = n;
   DS4_RETURN_IF_ERROR(launch_router_tokens(rl, st));
+  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
+  if (f32) {
+    // As the decode path: shared expert first, then each token's routed experts added.
+    MatvecLaunch sgu;
+    sgu.w = &L.gate_shexp;
+    sgu.w_up = &L.up_shexp;
+    sgu.x = w.n;
+    sgu.x_tok_stride = c.dim;
+    sgu.y = w.hs;
+    sgu.y_tok_stride = c.expert_ffn;
+    sgu.n_tokens = n;
+    sgu.swiglu_limit = limit;
+    DS4_RETURN_IF_ERROR(launch_matvec(sgu, st));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st));
+    const int k = c.n_experts_used;
+    for (int t = 0; t < n; ++t) {
+      MatvecLaunch gu;
+      gu.w = &L.gate_exps;
+      gu.w_up = &L.up_exps;
+      gu.x = w.n + static_cast<int64_t>(t) * c.dim;
+      gu.y = w.h + static_cast<int64_t>(t) * k * c.expert_ffn;
+      gu.y_slot_stride = c.expert_ffn;
+      gu.n_slots = k;
+      gu.slot_matrix = w.route_ids + t * k;
+      gu.slot_weight = w.route_w + t * k;
+      gu.swiglu_limit = limit;
+      DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
+      MatvecLaunch dn;
+      dn.w = &L.down_exps;
+      dn.x = gu.y;
+      dn.x_slot_stride = c.expert_ffn;
+      dn.y = w.out + static_cast<int64_t>(t) * c.dim;
+      dn.n_slots = k;
+      dn.slot_matrix = gu.slot_matrix;
+      dn.sum_slots = true;
+      dn.accumulate = true;
+      DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
+    }
+    return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
+  }
   MoeGroupLaunch gl;
   gl.ids = w.route_ids;
   gl.weights = w.route_w;
@@ -392,7 +465,6 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gl.row_scale = w.row_scale;
   gl.slot_of = w.slot_of;
   DS4_RETURN_IF_ERROR(launch_moe_group(gl, st));
-  const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
   const int assignments = n * c.n_experts_used;
   MatmulLaunch gu;
   gu.w = &L.gate_exps;
@@ -429,7 +501,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   sgu.n_tokens = n;
   sgu.swiglu_limit = limit;
   DS4_RETURN_IF_ERROR(launch_matmul(sgu, st));
-  DS4_RETURN_IF_ERROR(matmul(L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st, 0, -1, true));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st, 0, -1, true));
   return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
 }
 
