@@ -392,6 +392,119 @@ __global__ void moe_combine_kernel(const float* y, const int32_t* slot_of, int k
   *out = accumulate ? __fadd_rn(*out, sum) : sum;
 }
 
+
+// ---------------------------------------------------------------- small matmul
+
+constexpr int kSmallWarps = 4;          // warps per block; all share the block's rows of w
+constexpr int kSmallChunkIters = 8;     // float4 steps summed before joining the running sum
+
+template <bool kF16>
+__device__ __forceinline__ float4 load_weight4(const uint8_t* data, int64_t index) {
+  if constexpr (kF16) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(data) + index);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  } else {
+    return __ldg(reinterpret_cast<const float4*>(data) + index);
+  }
+}
+
+// grid (ceil(rows / kRows), ceil(n / (kSmallWarps * kTokens))). Warp w of a block takes
+// kTokens tokens and the block's kRows rows; lane l reads the float4s l, l + 32, ... of
+// every row and token, so each product w[r][c] * x[t][c] is formed in f32 by one lane.
+template <bool kF16, int kTokens, int kRows>
+__global__ void small_matmul_tokens_kernel(const uint8_t* w, int rows, int cols, const float* x, int64_t x_stride,
+                                           float* y, int64_t y_stride, int n) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int r0 = blockIdx.x * kRows;
+  const int t0 = (blockIdx.y * kSmallWarps + warp) * kTokens;
+  if (t0 >= n) return;
+  const int nvec = cols / 4;
+  const float4* xr[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    xr[t] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(min(t0 + t, n - 1)) * x_stride);
+  }
+  float total[kTokens][kRows];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) total[t][r] = 0.0f;
+  for (int chunk = 0; chunk < nvec; chunk += 32 * kSmallChunkIters) {
+    float part[kTokens][kRows];
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) part[t][r] = 0.0f;
+    for (int it = 0; it < kSmallChunkIters; ++it) {
+      const int v = chunk + it * 32 + lane;
+      if (v >= nvec) break;
+      float4 xv[kTokens];
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) xv[t] = __ldg(xr[t] + v);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (r0 + r < rows) {
+          const float4 wv = load_weight4<kF16>(w, static_cast<int64_t>(r0 + r) * nvec + v);
+#pragma unroll
+          for (int t = 0; t < kTokens; ++t) {
+            float s = __fmul_rn(wv.x, xv[t].x);
+            s = __fmaf_rn(wv.y, xv[t].y, s);
+            s = __fmaf_rn(wv.z, xv[t].z, s);
+            s = __fmaf_rn(wv.w, xv[t].w, s);
+            part[t][r] = __fadd_rn(part[t][r], s);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) total[t][r] = __fadd_rn(total[t][r], part[t][r]);
+  }
+  // Butterfly over the lanes: both partners add the same two values, so every lane ends
+  // with the same sum; lane (t*kRows + r) % 32 stores output (t, r).
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float v = total[t][r];
+      for (int off = 16; off > 0; off >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, off));
+      if (lane == (t * kRows + r) % 32 && t0 + t < n && r0 + r < rows) {
+        y[static_cast<int64_t>(t0 + t) * y_stride + r0 + r] = v;
+      }
+    }
+  }
+}
+
+template <bool kF16, int kTokens, int kRows>
+void launch_small_matmul_variant(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                 int64_t y_stride, int n, cudaStream_t stream) {
+  const int rows = static_cast<int>(w.rows);
+  const int tokens_per_block = kSmallWarps * kTokens;
+  const dim3 grid((rows + kRows - 1) / kRows, (n + tokens_per_block - 1) / tokens_per_block);
+  small_matmul_tokens_kernel<kF16, kTokens, kRows><<<grid, 32 * kSmallWarps, 0, stream>>>(
+      w.data, rows, static_cast<int>(w.cols), x, x_stride, y, y_stride, n);
+}
+
+// Tiles by row count: few rows take many tokens per warp (the x stream dominates), many
+// rows take 16 rows x 4 tokens (64 sums per lane).
+template <bool kF16>
+void launch_small_matmul_for_rows(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                  int64_t y_stride, int n, cudaStream_t stream) {
+  if (w.rows <= 4) {
+    launch_small_matmul_variant<kF16, 8, 4>(w, x, x_stride, y, y_stride, n, stream);
+  } else if (w.rows <= 8) {
+    launch_small_matmul_variant<kF16, 4, 8>(w, x, x_stride, y, y_stride, n, stream);
+  } else if (w.rows <= 24) {
+    launch_small_matmul_variant<kF16, 2, 24>(w, x, x_stride, y, y_stride, n, stream);
+  } else {
+    launch_small_matmul_variant<kF16, 4, 16>(w, x, x_stride, y, y_stride, n, stream);
+  }
+}
+
 }  // namespace
 
 Status launch_hc_embed_tokens(const void* embd, GgmlType type, const int32_t* tokens, int n,
@@ -471,6 +584,34 @@ Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, 
   const dim3 grid((dim + kElementThreads - 1) / kElementThreads, n);
   moe_combine_kernel<<<grid, kElementThreads, 0, stream>>>(y, slot_of, k, dim, accumulate ? 1 : 0, out);
   return cuda_status(cudaGetLastError(), "moe_combine launch");
+}
+
+Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                  int64_t y_stride, int n, cudaStream_t stream) {
+  if (w.type != GgmlType::F16 && w.type != GgmlType::F32) {
+    return Status::Error("small_matmul_tokens: weight type " + std::to_string(static_cast<int>(w.type)) +
+                         " is not F16 or F32");
+  }
+  if (w.empty() || w.rows <= 0 || w.cols <= 0 || w.cols % 4 != 0 || w.rows > INT_MAX || w.cols > INT_MAX) {
+    return Status::Error("small_matmul_tokens: matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                         " (columns must be a positive multiple of 4)");
+  }
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  if (x_stride < w.cols || x_stride % 4 != 0 || y_stride < w.rows || !aligned(x) || !aligned(w.data) || !y) {
+    return Status::Error("small_matmul_tokens: x stride " + std::to_string(x_stride) + " / y stride " +
+                         std::to_string(y_stride) + " / alignment do not fit a " + std::to_string(w.rows) + " x " +
+                         std::to_string(w.cols) + " matrix (x rows need 16-byte alignment)");
+  }
+  if (n < 0 || n > 4 * kMaxGridY) {
+    return Status::Error("small_matmul_tokens: token count " + std::to_string(n) + " out of range");
+  }
+  if (n == 0) return Status::Ok();
+  if (w.type == GgmlType::F16) {
+    launch_small_matmul_for_rows<true>(w, x, x_stride, y, y_stride, n, stream);
+  } else {
+    launch_small_matmul_for_rows<false>(w, x, x_stride, y, y_stride, n, stream);
+  }
+  return cuda_status(cudaGetLastError(), "small_matmul_tokens launch");
 }
 
 }  // namespace ds4

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "common/status.h"
+#include "cuda/device_matrix.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/moe.h"
 #include "format/ggml_type.h"
@@ -72,5 +73,16 @@ Status launch_moe_group(const MoeGroupLaunch& launch, cudaStream_t stream);
 // (out + (((y0 + y1) + ...) ), the sum formed first).
 Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, int dim,
                           bool accumulate, float* out, cudaStream_t stream);
+
+// y[t*y_stride + r] = sum over c of w[r][c] * x[t*x_stride + c], for every token t < n and
+// row r < w.rows (the first matrix of w): the small projections that feed decisions
+// (hyper-connection mixing, router logits, indexer weights) over a chunk of tokens.
+// w is F16 or F32 with cols a multiple of 4; x, x_stride and y_stride as for float4
+// loads (16-byte aligned rows). f32 products and f32 sums: each lane sums its columns in
+// chunks of 32 products, then the 32 lanes in a fixed butterfly, so results do not
+// depend on scheduling and stay within a few f32 roundings of the exact sum. Each block
+// reads its slice of w once through L1 for many tokens.
+Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                  int64_t y_stride, int n, cudaStream_t stream);
 
 }  // namespace ds4
