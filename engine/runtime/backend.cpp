@@ -2,6 +2,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "model/model.h"
+#include "runtime/sampler.h"
 
 #ifdef DS4_HAVE_CUDA
 #include "cuda/cuda_backend.h"
@@ -15,6 +16,16 @@ std::string_view backend_kind_name(BackendKind kind) {
     case BackendKind::kCuda: return "cuda";
   }
   return "unknown";
+}
+
+Result<int32_t> Backend::forward_greedy(const BatchToken& t) {
+  BatchToken one = t;
+  one.want_logits = true;
+  one.want_hidden = false;
+  ForwardOutput out;
+  DS4_RETURN_IF_ERROR(forward(std::span<const BatchToken>(&one, 1), &out));
+  if (out.logits.empty()) return Status::Error(std::string(name()) + " backend: no logits for a greedy step");
+  return Sampler::greedy(out.logits);
 }
 
 bool cuda_available() {

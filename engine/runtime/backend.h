@@ -86,6 +86,12 @@ class Backend {
   // Runs the batch; on error no sequence has advanced.
   virtual Status forward(std::span<const BatchToken> batch, ForwardOutput* out) = 0;
 
+  // One decode step whose only use is its greedy token: runs `t` (want_logits and
+  // want_hidden are ignored) and returns the argmax of its logits, ties to the lower
+  // token id. Backends that keep the logits on a device override it so that no
+  // vocabulary-sized copy leaves the device; the default runs forward() and scans.
+  virtual Result<int32_t> forward_greedy(const BatchToken& t);
+
   // The MTP draft block, when the backend supports it and the model has one loaded
   // (Model::load_mtp before the backend was created). truncate() also forgets the
   // MTP rows of the dropped positions.

@@ -105,6 +105,20 @@ class Emitter {
 Status decode_plain(Backend& backend, SeqId seq, std::vector<int32_t>* held, Sampler& sampler,
                     std::vector<float> logits, Emitter& emitter) {
   int32_t token = sampler.sample(logits);
+  if (sampler.params().temperature <= 0) {
+    // Greedy: the backend returns the token alone (no logits copied per token).
+    while (emitter.emit(token) && !emitter.cancelled()) {
+      BatchToken t;
+      t.token = token;
+      t.seq = seq;
+      t.pos = static_cast<int32_t>(held->size());
+      Result<int32_t> next = backend.forward_greedy(t);
+      if (!next.ok()) return next.status().wrap("decode at position " + std::to_string(t.pos));
+      held->push_back(token);
+      token = *next;
+    }
+    return Status::Ok();
+  }
   while (emitter.emit(token) && !emitter.cancelled()) {
     DS4_RETURN_IF_ERROR(decode_token(backend, seq, token, static_cast<int32_t>(held->size()), &logits));
     held->push_back(token);

@@ -345,3 +345,32 @@ TEST_CASE("thread pool: every index runs exactly once, on more than one thread w
   });
   CHECK(ids.size() > 1);
 }
+
+TEST_CASE("forward_greedy returns the argmax of the step's logits and advances the sequence") {
+  auto model = load("tiny-fast");
+  auto a = cpu_backend(*model);
+  auto b = cpu_backend(*model);
+  auto sa = a->new_sequence(64);
+  auto sb = b->new_sequence(64);
+  REQUIRE(sa.ok());
+  REQUIRE(sb.ok());
+  int32_t token = 5;
+  for (int32_t pos = 0; pos < 12; ++pos) {
+    ds4::BatchToken t{token, *sa, pos, true, false};
+    ds4::ForwardOutput out;
+    REQUIRE(a->forward(std::span<const ds4::BatchToken>(&t, 1), &out).ok());
+    int32_t want = 0;
+    for (int32_t i = 1; i < model->config().vocab; ++i) {
+      if (out.logits[i] > out.logits[want]) want = i;
+    }
+    ds4::BatchToken g{token, *sb, pos, false, false};
+    auto got = b->forward_greedy(g);
+    REQUIRE_MESSAGE(got.ok(), got.status().message());
+    CHECK(*got == want);
+    CHECK(b->sequence_length(*sb) == pos + 1);
+    token = want;
+  }
+  // A step that does not continue the sequence is refused, as forward() refuses it.
+  ds4::BatchToken bad{token, *sb, 3, false, false};
+  CHECK_FALSE(b->forward_greedy(bad).ok());
+}
