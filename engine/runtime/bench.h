@@ -29,7 +29,7 @@ struct BenchParams {
   int32_t tg = 32;                     // generated tokens per measurement (>= 1)
   std::vector<int32_t> depths = {0};   // tokens already in the context
   int32_t repetitions = 1;             // measurements per depth (averaged)
-  int32_t chunk = 512;                 // prefill tokens per forward() call
+  int32_t chunk = 2048;                // prefill tokens per forward() call
   uint64_t seed = 1234;                // random token ids
   bool warmup = true;                  // one untimed short run before measuring
 };

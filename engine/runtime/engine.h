@@ -52,7 +52,7 @@ struct EngineOptions {
   int threads = 0;                   // CPU threads; 0 = all cores
   int32_t mtp_draft = 0;             // MTP draft tokens per step (0 = off; needs mtp_path)
   bool qat = true;                   // FP8 KV / FP4 indexer round trips (the real model)
-  int32_t prefill_chunk = 512;       // prompt tokens per forward() call
+  int32_t prefill_chunk = 2048;      // prompt tokens per forward() call (the CUDA prefill's largest chunk)
 };
 
 // Why a generation ended.

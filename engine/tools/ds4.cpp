@@ -72,7 +72,7 @@ struct CliOptions {
   std::string golden;
   std::string golden_rule;  // "strict", "fast" or empty (the backend's default)
   bool no_qat = false;
-  int32_t prefill_chunk = 512;
+  int32_t prefill_chunk = 2048;
 };
 
 // Splits the generated text at the first "</think>": reasoning before it goes to
