@@ -17,6 +17,13 @@ __device__ __forceinline__ const float* visible_row(const AttentionLaunch& p, in
   return p.comp + static_cast<int64_t>(c) * p.head_dim;
 }
 
+// True when raw row r of the window is absent (tagged ring only).
+__device__ __forceinline__ bool raw_row_absent(const AttentionLaunch& p, int pos, int nraw, int r) {
+  if (!p.raw_tags || r >= nraw) return false;
+  const int t = pos - nraw + 1 + r;
+  return p.raw_tags[t % p.ring] != t;
+}
+
 struct Visible {
   int nraw, n;
   bool use_selection;
@@ -64,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLa
     float d = 0.0f;
     for (int i = lane; i < p.head_dim; i += 32) d += q[i] * row[i];
     d = warp_sum(d);
-    if (lane == 0) probs[r] = d * scale;
+    if (lane == 0) probs[r] = raw_row_absent(p, pos, vis.nraw, r0 + r) ? -INFINITY : d * scale;
   }
   __syncthreads();
   float mx = -INFINITY;
@@ -73,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLa
   __syncthreads();
   float sum = 0.0f;
   for (int r = threadIdx.x; r < nr; r += kThreads) {
-    const float e = expf(probs[r] - mx);
+    const float e = probs[r] == -INFINITY ? 0.0f : expf(probs[r] - mx);
     probs[r] = e;
     sum += e;
   }

@@ -20,6 +20,9 @@ struct AttentionLaunch {
   float* out = nullptr;              // heads x head_dim
   const float* raw = nullptr;        // ring [ring][head_dim]; position t in slot t % ring
   int ring = 0;
+  // Optional [ring] position tags (the MTP block's window, cuda/mtp.h): a raw row is
+  // attended only when its slot's tag equals its position. nullptr: every row is.
+  const int32_t* raw_tags = nullptr;
   int window = 0;
   const float* comp = nullptr;       // compressed rows [max_comp_rows][head_dim]
   int64_t max_comp_rows = 0;

@@ -54,7 +54,44 @@ class CudaBackend : public Backend {
                            std::to_string(len - n) + " tokens exceeds the rollback limit of " +
                            std::to_string(kMaxRollback));
     }
+    // The MTP block's rows of the dropped positions go too (as on the CPU backend).
+    DS4_RETURN_IF_ERROR(forward_->forget_mtp_from(seq, n));
     lengths_[seq] = n;
+    return Status::Ok();
+  }
+
+  bool has_mtp() const override { return forward_->has_mtp(); }
+
+  // Each token is one replay of its sequence's MTP graph, in batch order (tokens of a
+  // sequence see the rows of the ones before them, as in the CPU's batched run).
+  Status forward_mtp(std::span<const MtpToken> batch, ForwardOutput* out) override {
+    out->logits.clear();
+    out->hidden.clear();
+    if (!has_mtp()) {
+      return Status::Error(
+          "CUDA backend: no MTP block (load the MTP file with Model::load_mtp before creating the backend)");
+    }
+    DS4_RETURN_IF_ERROR(validate_mtp(batch));
+    const ModelConfig& c = model_->config();
+    size_t n_logits = 0, n_hidden = 0;
+    for (const MtpToken& t : batch) {
+      n_logits += t.want_logits;
+      n_hidden += t.want_hidden;
+    }
+    out->logits.assign(n_logits * c.vocab, 0.0f);
+    out->hidden.assign(n_hidden * static_cast<size_t>(c.hc_dim()), 0.0f);
+    size_t li = 0, hi = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const MtpToken& t = batch[i];
+      float* logits = t.want_logits ? out->logits.data() + li++ * c.vocab : nullptr;
+      float* hidden = t.want_hidden ? out->hidden.data() + hi++ * c.hc_dim() : nullptr;
+      Status s = forward_->mtp_step(t.seq, t.token, t.pos, t.hidden, logits, hidden);
+      if (!s.ok()) {
+        out->logits.clear();
+        out->hidden.clear();
+        return s.wrap("CUDA backend: MTP token " + std::to_string(i));
+      }
+    }
     return Status::Ok();
   }
 
@@ -132,6 +169,37 @@ class CudaBackend : public Backend {
       }
       if (t.token < 0 || t.token >= model_->config().vocab) {
         return Status::Error(where + "token id " + std::to_string(t.token) + " is outside the vocabulary");
+      }
+      next[t.seq] = t.pos + 1;
+    }
+    return Status::Ok();
+  }
+
+  // Like the CPU backend: known sequences, token ids in the vocabulary, an input
+  // state for every token, positions inside the context and consecutive per sequence
+  // within the batch (they need not continue the main sequence).
+  Status validate_mtp(std::span<const MtpToken> batch) const {
+    if (static_cast<int32_t>(batch.size()) > options_.max_batch) {
+      return Status::Error("CUDA backend: MTP batch of " + std::to_string(batch.size()) +
+                           " tokens exceeds max_batch " + std::to_string(options_.max_batch));
+    }
+    std::vector<int32_t> next(lengths_.size(), -1);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const MtpToken& t = batch[i];
+      const std::string where = "CUDA backend: MTP token " + std::to_string(i) + ": ";
+      if (!forward_->valid(t.seq)) return Status::Error(where + "unknown sequence " + std::to_string(t.seq));
+      if (t.hidden == nullptr) return Status::Error(where + "no input HC state");
+      if (t.token < 0 || t.token >= model_->config().vocab) {
+        return Status::Error(where + "token id " + std::to_string(t.token) + " is outside the vocabulary");
+      }
+      if (t.pos < 0) return Status::Error(where + "negative position " + std::to_string(t.pos));
+      if (next[t.seq] >= 0 && t.pos != next[t.seq]) {
+        return Status::Error(where + "position " + std::to_string(t.pos) + " of sequence " + std::to_string(t.seq) +
+                             " does not continue it (expected " + std::to_string(next[t.seq]) + ")");
+      }
+      if (t.pos >= forward_->max_ctx(t.seq)) {
+        return Status::Error(where + "position " + std::to_string(t.pos) + " exceeds the sequence context " +
+                             std::to_string(forward_->max_ctx(t.seq)));
       }
       next[t.seq] = t.pos + 1;
     }

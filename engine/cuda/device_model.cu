@@ -70,6 +70,12 @@ class DeviceModelBuilder {
   float** output_hc_scale() { return &model_->output_hc_scale_; }
   float** output_hc_base() { return &model_->output_hc_base_; }
   DeviceLayer* layer(int l) { return &model_->layers_[l]; }
+  // Adds the MTP block as layer n_layers (its tensors are planned by the caller).
+  void enable_mtp() {
+    model_->has_mtp_ = true;
+    model_->layers_.resize(model_->config_.n_layers + 1);
+  }
+  DeviceMtp* mtp() { return &model_->mtp_; }
   std::unique_ptr<DeviceModel> release() { return std::move(model_); }
 
   void add_matrix(const std::string& name, GgmlType type, int64_t cols, int64_t rows,
@@ -616,6 +622,9 @@ struct Source {
 class Planner {
  public:
   Planner(DeviceModelBuilder* b, const Model* model) : b_(b), model_(model) {}
+  // Whether the tensors planned from now on come from the main file (false: the MTP
+  // file, whose tensors get no file offset and are not dropped from the page cache).
+  void set_main_file(bool main_file) { main_file_ = main_file; }
 
   void matrix(const std::string& name, const Weight* w, GgmlType type, std::vector<int64_t> ne,
               DeviceMatrix* out) {
@@ -652,11 +661,13 @@ class Planner {
  private:
   // The tensor's bytes lie at data_offset + offset in the model's file.
   void note_file_offset(const Weight* w) {
+    if (!main_file_) return;
     b_->set_file_offset_of_last(static_cast<int64_t>(model_->gguf().data_offset() + w->tensor->offset));
   }
 
   DeviceModelBuilder* b_;
   const Model* model_;
+  bool main_file_ = true;
 };
 
 void plan_compressor(Planner& p, const std::string& prefix, const CompressorWeights* w,
@@ -685,13 +696,35 @@ void plan_model(DeviceModelBuilder& b, const Model* model) {
         b.output_hc_scale());
   p.vec("output_hc_base", M ? &M->output_hc_base() : nullptr, c.hc_mult, Fill::kSmall,
         b.output_hc_base());
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights* w = M ? &M->layer(l) : nullptr;
+  // The MTP block (when loaded) is one more layer after the main ones.
+  const bool mtp = M && M->has_mtp();
+  if (mtp) {
+    b.enable_mtp();
+    p.set_main_file(false);
+    const MtpWeights& mw = M->mtp();
+    DeviceMtp& dm = *b.mtp();
+    const std::string pre = "mtp.0.";
+    p.matrix(pre + "e_proj", &mw.e_proj, GgmlType::Q8_0, {c.dim, c.dim}, &dm.e_proj);
+    p.matrix(pre + "h_proj", &mw.h_proj, GgmlType::Q8_0, {c.dim, c.dim}, &dm.h_proj);
+    p.matrix(pre + "hc_head_fn", &mw.hc_head_fn, GgmlType::F16, {static_cast<int64_t>(c.hc_dim()), c.hc_mult},
+             &dm.hc_head_fn);
+    p.vec(pre + "enorm", &mw.enorm, c.dim, Fill::kOnes, &dm.enorm);
+    p.vec(pre + "hnorm", &mw.hnorm, c.dim, Fill::kOnes, &dm.hnorm);
+    p.vec(pre + "norm", &mw.norm, c.dim, Fill::kOnes, &dm.norm);
+    p.vec(pre + "hc_head_scale", &mw.hc_head_scale, 1, Fill::kSmall, &dm.hc_head_scale);
+    p.vec(pre + "hc_head_base", &mw.hc_head_base, c.hc_mult, Fill::kSmall, &dm.hc_head_base);
+  }
+  const int n_blocks = c.n_layers + (mtp ? 1 : 0);
+  for (int l = 0; l < n_blocks; ++l) {
+    const bool is_mtp = l == c.n_layers;
+    p.set_main_file(!is_mtp);
+    const LayerWeights* w = M ? (is_mtp ? &M->mtp().block : &M->layer(l)) : nullptr;
     DeviceLayer& d = *b.layer(l);
-    const std::string pre = "blk." + std::to_string(l) + ".";
-    d.ratio = c.ratio(l);
-    d.hash = c.is_hash_layer(l);
-    d.swiglu_limit = l < static_cast<int>(c.swiglu_limit.size()) ? c.swiglu_limit[l] : 0.0f;
+    const std::string pre = is_mtp ? std::string("mtp.0.") : "blk." + std::to_string(l) + ".";
+    d.ratio = is_mtp ? c.mtp_compress_ratio : c.ratio(l);
+    d.hash = !is_mtp && c.is_hash_layer(l);
+    d.swiglu_limit = is_mtp ? w->swiglu_limit
+                            : l < static_cast<int>(c.swiglu_limit.size()) ? c.swiglu_limit[l] : 0.0f;
     const int64_t mix = c.hc_mix();
     p.matrix(pre + "hc_attn_fn", w ? &w->hc_attn_fn : nullptr, GgmlType::F16, {c.hc_dim(), mix}, &d.hc_attn_fn);
     p.matrix(pre + "hc_ffn_fn", w ? &w->hc_ffn_fn : nullptr, GgmlType::F16, {c.hc_dim(), mix}, &d.hc_ffn_fn);
@@ -751,6 +784,11 @@ void plan_model(DeviceModelBuilder& b, const Model* model) {
 
 Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, const UploadOptions& options,
                                                   UploadStats* stats) {
+  if (model.has_mtp() && model.config().mtp_compress_ratio != 0) {
+    return Status::Error("CUDA backend: the MTP block has compression ratio " +
+                         std::to_string(model.config().mtp_compress_ratio) +
+                         "; the GPU path runs an MTP block of ratio 0 (raw window only)");
+  }
   DeviceModelBuilder b(model.config());
   plan_model(b, &model);
   DS4_RETURN_IF_ERROR(b.allocate());

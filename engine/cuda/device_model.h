@@ -50,6 +50,15 @@ struct DeviceLayer {
   DeviceMatrix gate_shexp, up_shexp, down_shexp;
 };
 
+// The MTP draft block's own tensors beside its block (spec/MODEL.md §2.11); the
+// block itself is DeviceModel::layer(n_layers), its embedding and output head are the
+// main model's.
+struct DeviceMtp {
+  DeviceMatrix e_proj, h_proj, hc_head_fn;
+  float *enorm = nullptr, *hnorm = nullptr, *norm = nullptr;
+  float *hc_head_scale = nullptr, *hc_head_base = nullptr;
+};
+
 // Whether the file pages of uploaded tensors are dropped from the page cache once
 // they are staged (see upload_model). kAuto: only when the GPU shares its memory with
 // the CPU (cudaDevAttrIntegrated, e.g. GB10), where the cache and the device copy
@@ -86,6 +95,10 @@ class DeviceModel {
 
   const ModelConfig& config() const { return config_; }
   const DeviceLayer& layer(int i) const { return layers_[i]; }
+  // True when the Model had its MTP block loaded: then layer(config().n_layers) is
+  // that block (ratio 0, not hash-routed) and mtp() holds its input and head tensors.
+  bool has_mtp() const { return has_mtp_; }
+  const DeviceMtp& mtp() const { return mtp_; }
   const DeviceMatrix& token_embd() const { return token_embd_; }
   const DeviceMatrix& output() const { return output_; }
   const DeviceMatrix& output_hc_fn() const { return output_hc_fn_; }
@@ -111,12 +124,16 @@ class DeviceModel {
   DeviceMatrix token_embd_, output_, output_hc_fn_;
   float *output_norm_ = nullptr, *output_hc_scale_ = nullptr, *output_hc_base_ = nullptr;
   float *rope_plain_ = nullptr, *rope_yarn_ = nullptr;
+  bool has_mtp_ = false;
+  DeviceMtp mtp_;
   void* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
 };
 
-// Uploads every main-model tensor of `model` (MTP excluded) with `threads` staging
-// threads (0: 8). Errors name the tensor whose type or shape the kernels cannot read.
+// Uploads every main-model tensor of `model` with `threads` staging threads (0: 8),
+// and the MTP block's tensors when the model has one loaded (Model::load_mtp; only a
+// block of compression ratio 0 is accepted). Errors name the tensor whose type or
+// shape the kernels cannot read.
 Result<std::unique_ptr<DeviceModel>> upload_model(const Model& model, int threads,
                                                   UploadStats* stats);
 // Same with every option. With page-cache dropping on, each staged file range is

@@ -1,7 +1,8 @@
 // DeviceSequence: the GPU memory of one sequence of CudaForward (spec/MODEL.md
 // §2.10): the step block (token, position) that graph-replayed kernels read, the raw
 // KV ring of every layer (slot = position mod ring), the compressor and indexer
-// per-position state, the emitted compressed and indexer rows, and its decode graphs.
+// per-position state, the emitted compressed and indexer rows, its decode graphs, and
+// the MTP block's tagged raw ring (when the model has one).
 // Carver: a bump allocator that lays out many device buffers in one allocation.
 //
 // Thread-safety: owned by one CudaForward; used by one thread at a time.
@@ -35,13 +36,19 @@ struct DeviceSequence {
     float *index_k = nullptr, *index_z = nullptr;
     int index_slots = 0;
     int max_visible = 0;
+    const int32_t* raw_tags = nullptr;  // the MTP block: position tag per ring slot (cuda/mtp.h)
   };
   std::vector<Layer> layers;
   float* scores = nullptr;  // indexer workspace [max_ctx/4 + 1]
   cudaGraphExec_t graph = nullptr;
   cudaGraphExec_t graph_advance = nullptr;
+  // With an MTP block: layers[n_layers] and the raw ring's layer n_layers are its
+  // window, mtp_tags [ring] the position each slot holds (-1: none).
+  int32_t* mtp_tags = nullptr;
+  cudaGraphExec_t graph_mtp = nullptr;
 
   ~DeviceSequence() {
+    if (graph_mtp) cudaGraphExecDestroy(graph_mtp);
     if (graph) cudaGraphExecDestroy(graph);
     if (graph_advance) cudaGraphExecDestroy(graph_advance);
     if (arena) cudaFree(arena);

@@ -12,6 +12,7 @@
 #include "cuda/matmul.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
+#include "cuda/mtp.h"
 #include "cuda/row_ops.h"
 #include "cuda/sampling.h"
 
@@ -28,6 +29,9 @@ struct CudaForward::Workspace {
   float* split = nullptr;  // matvec split-row partial sums (main stream)
   float* split_side = nullptr;  // the same for launches on the side stream
   float* attention = nullptr;  // attention split partials
+  // MTP input step: the drafted-from HC state, the embedding row, its norm, e_proj of
+  // it, and the per-stream norms of the state.
+  float *mtp_in = nullptr, *mtp_emb = nullptr, *mtp_en = nullptr, *mtp_ep = nullptr, *mtp_hn = nullptr;
   ~Workspace() {
     if (arena) cudaFree(arena);
   }
@@ -109,6 +113,13 @@ Status CudaForward::init() {
   k.take(&w.split, kSplitFloats);
   k.take(&w.split_side, kSplitFloats);
   k.take(&w.attention, attention_workspace_floats(c.n_heads, kAttentionMaxSplits, c.head_dim));
+  if (model_.has_mtp()) {
+    k.take(&w.mtp_in, hd);
+    k.take(&w.mtp_emb, c.dim);
+    k.take(&w.mtp_en, c.dim);
+    k.take(&w.mtp_ep, c.dim);
+    k.take(&w.mtp_hn, hd);
+  }
   return k.allocate(&w.arena, "allocating the forward workspace");
 }
 
@@ -118,10 +129,16 @@ Result<int> CudaForward::new_sequence(int32_t max_ctx) {
   auto seq = std::make_unique<DeviceSequence>();
   seq->max_ctx = max_ctx;
   seq->ring = c.window + kRollback;
-  seq->layers.resize(c.n_layers);
+  // With an MTP block, one more layer (ratio 0: its raw window only) and its tags.
+  const int n_blocks = c.n_layers + (model_.has_mtp() ? 1 : 0);
+  seq->layers.resize(n_blocks);
   Carver k;
   k.take(&seq->step, 2);
-  k.take(&seq->raw, static_cast<int64_t>(c.n_layers) * seq->ring * c.head_dim);
+  k.take(&seq->raw, static_cast<int64_t>(n_blocks) * seq->ring * c.head_dim);
+  if (model_.has_mtp()) {
+    k.take(&seq->mtp_tags, seq->ring);
+    seq->layers[c.n_layers].max_visible = c.window;
+  }
   k.take(&seq->scores, max_ctx / 4 + 1);
   for (int l = 0; l < c.n_layers; ++l) {
     const int r = c.ratio(l);
@@ -144,6 +161,12 @@ Result<int> CudaForward::new_sequence(int32_t max_ctx) {
     }
   }
   DS4_RETURN_IF_ERROR(k.allocate(&seq->arena, "allocating sequence state"));
+  if (seq->mtp_tags) {
+    seq->layers[c.n_layers].raw_tags = seq->mtp_tags;
+    // After the arena's zero fill (issued on the legacy stream), all tags -1.
+    DS4_CUDA_TRY(cudaDeviceSynchronize());
+    DS4_CUDA_TRY(cudaMemsetAsync(seq->mtp_tags, 0xff, sizeof(int32_t) * seq->ring, stream_));
+  }
   for (size_t i = 0; i < seqs_.size(); ++i) {
     if (!seqs_[i]) {
       seqs_[i] = std::move(seq);
@@ -359,6 +382,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   at.out = w.heads;
   at.raw = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
   at.ring = seq.ring;
+  at.raw_tags = S.raw_tags;
   at.window = c.window;
   at.comp = S.comp_rows;
   at.max_comp_rows = S.comp_max;
@@ -623,6 +647,106 @@ Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_step(in
   for (auto& m : marks) cudaEventDestroy(m.second);
   DS4_RETURN_IF_ERROR(s);
   return out;
+}
+
+// The MTP step (spec/MODEL.md §2.11): X_h = e_proj . rmsw(embd[tok], enorm)
+// + h_proj . rmsw(H_h, hnorm), the block as layer n_layers, then hc_head with the MTP
+// weights and the main output head, and the greedy argmax.
+Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
+  const ModelConfig& c = model_.config();
+  const DeviceMtp& m = model_.mtp();
+  Workspace& w = *ws_;
+  cudaStream_t st = stream_;
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape one_stream{c.dim, 1, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  DS4_RETURN_IF_ERROR(launch_mtp_mark_position(seq.mtp_tags, seq.ring, seq.step + 1, st));
+  DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step, one_stream,
+                                      w.mtp_emb, st));
+  DS4_RETURN_IF_ERROR(launch_rms_norm(w.mtp_emb, m.enorm, c.dim, c.norm_eps, w.mtp_en, st));
+  MatvecLaunch ep;
+  ep.w = &m.e_proj;
+  ep.x = w.mtp_en;
+  ep.y = w.mtp_ep;
+  ep.split_workspace = w.split;
+  ep.split_workspace_floats = kSplitFloats;
+  DS4_RETURN_IF_ERROR(launch_matvec(ep, st));
+  for (int h = 0; h < c.hc_mult; ++h) {
+    const int64_t off = static_cast<int64_t>(h) * c.dim;
+    DS4_RETURN_IF_ERROR(launch_rms_norm(w.mtp_in + off, m.hnorm, c.dim, c.norm_eps, w.mtp_hn + off, st));
+  }
+  MatvecLaunch hp;  // one token per stream, straight into the block's input state
+  hp.w = &m.h_proj;
+  hp.x = w.mtp_hn;
+  hp.x_tok_stride = c.dim;
+  hp.y = w.x;
+  hp.y_tok_stride = c.dim;
+  hp.n_tokens = c.hc_mult;
+  DS4_RETURN_IF_ERROR(launch_matvec(hp, st));
+  DS4_RETURN_IF_ERROR(launch_mtp_add_broadcast(w.x, w.mtp_ep, c.dim, c.hc_mult, st));
+  stage("mtp input");
+  DS4_RETURN_IF_ERROR(enqueue_layer(seq, c.n_layers));
+  MatvecLaunch hm;
+  hm.w = &m.hc_head_fn;
+  hm.x = w.x;
+  hm.y = w.mix;
+  hm.split_workspace = w.split;
+  hm.split_workspace_floats = kSplitFloats;
+  DS4_RETURN_IF_ERROR(launch_matvec(hm, st));
+  DS4_RETURN_IF_ERROR(launch_hc_head(w.x, w.mix, m.hc_head_scale, m.hc_head_base, m.norm, hc, w.head, st));
+  MatvecLaunch lm;
+  lm.w = &model_.output();
+  lm.x = w.head;
+  lm.y = w.logits;
+  DS4_RETURN_IF_ERROR(launch_matvec(lm, st));
+  DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, st));
+  stage("mtp head + argmax");
+  return Status::Ok();
+}
+
+Status CudaForward::record_mtp(DeviceSequence& seq) {
+  cudaGraph_t graph = nullptr;
+  DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  Status s = enqueue_mtp(seq);
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  DS4_RETURN_IF_ERROR(s);
+  DS4_RETURN_IF_ERROR(cuda_status(end, "recording the MTP graph"));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the MTP graph"));
+  seq.graph_mtp = exec;
+  return Status::Ok();
+}
+
+Status CudaForward::mtp_step(int id, int32_t token, int32_t pos, const float* hidden, float* logits,
+                             float* hidden_out) {
+  if (!model_.has_mtp()) return Status::Error("CUDA backend: the model has no MTP block loaded");
+  if (!hidden) return Status::Error("CUDA backend: MTP step without an input HC state");
+  DS4_RETURN_IF_ERROR(set_step(id, token, pos));
+  DeviceSequence& seq = *seqs_[id];
+  const ModelConfig& c = model_.config();
+  DS4_CUDA_TRY(cudaMemcpyAsync(ws_->mtp_in, hidden, sizeof(float) * c.hc_dim(), cudaMemcpyHostToDevice, stream_));
+  if (!seq.graph_mtp) DS4_RETURN_IF_ERROR(record_mtp(seq));
+  DS4_CUDA_TRY(cudaGraphLaunch(seq.graph_mtp, stream_));
+  if (logits) {
+    DS4_CUDA_TRY(cudaMemcpyAsync(logits, ws_->logits, sizeof(float) * c.vocab, cudaMemcpyDeviceToHost,
+                                 stream_));
+  }
+  if (hidden_out) {
+    DS4_CUDA_TRY(cudaMemcpyAsync(hidden_out, ws_->x, sizeof(float) * c.hc_dim(), cudaMemcpyDeviceToHost,
+                                 stream_));
+  }
+  // The input copy above reads pageable host memory: it is staged before the call
+  // returns, so the caller may reuse `hidden` at once; without outputs the host runs on.
+  if (logits || hidden_out) DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return cuda_status(cudaGetLastError(), "MTP step");
+}
+
+Status CudaForward::forget_mtp_from(int id, int32_t n) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  DeviceSequence& seq = *seqs_[id];
+  if (!seq.mtp_tags) return Status::Ok();
+  return launch_mtp_forget_from(seq.mtp_tags, seq.ring, n, stream_);
 }
 
 Result<int32_t> CudaForward::last_argmax() {

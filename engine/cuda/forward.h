@@ -73,6 +73,18 @@ class CudaForward {
   Result<std::vector<std::pair<std::string, double>>> profile_step(int id);
   // The argmax of the last step's logits.
   Result<int32_t> last_argmax();
+
+  // The MTP draft block (spec/MODEL.md §2.11), when the DeviceModel has one. Runs the
+  // token `token` at `pos` of sequence `id` with `hidden` (host, hc_mult*dim floats,
+  // the HC state it drafts from) through the block, with its own tagged raw window
+  // (cuda/mtp.h), and the MTP head; recorded once per sequence as a CUDA graph. When
+  // non-null, `logits` / `hidden_out` (host) receive the draft logits (vocab floats) /
+  // the block's output HC state. The main model's state is untouched; last_argmax()
+  // then reads the draft's greedy token. Uses (and overwrites) the step block.
+  bool has_mtp() const { return model_.has_mtp(); }
+  Status mtp_step(int id, int32_t token, int32_t pos, const float* hidden, float* logits, float* hidden_out);
+  // Forgets the MTP block's rows of positions >= n (sequence truncation).
+  Status forget_mtp_from(int id, int32_t n);
   cudaStream_t stream() const { return stream_; }
 
  private:
@@ -81,6 +93,8 @@ class CudaForward {
   Status record(DeviceSequence& seq, bool advance);
   Status enqueue_token(DeviceSequence& seq, bool advance);
   Status enqueue_layer(DeviceSequence& seq, int l);
+  Status enqueue_mtp(DeviceSequence& seq);
+  Status record_mtp(DeviceSequence& seq);
   Status ensure_prefill_workspace(int64_t index_rows);
   Status prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos0);
   void stage(const char* name);  // profiling mark after the launches of `name`
