@@ -114,18 +114,26 @@ double top2_gap(const std::vector<float>& v, size_t off, size_t n) {
   return a - b;
 }
 
-// Tracks the worst CPU-vs-GPU difference over all compared rows.
+// Bounds of one comparison and the worst CPU-vs-GPU differences seen. Both backends
+// compute in f32 and read the same inputs, so MTP rows differ by summation order
+// alone (~1e-5 relative), except where a last-bit difference crosses an FP8 step of
+// the QAT round trip (qat: up to the fixtures' noise floor, ~1.5e-3 of the logit
+// std). Main-model rows also pass the indexer's FP4 step functions: they are held to
+// the fast-path rule (2e-2), as golden_cuda_test holds tiny-real qat.
 struct Agreement {
-  double worst_logit_rel = 0;   // max |d| / std(cpu logits)
+  double logit_bound = 2e-3;    // |d| <= logit_bound * std(cpu logits)  (MTP rows)
+  double hidden_bound = 2e-3;   // |d| <= hidden_bound * rms(cpu state)  (MTP output states)
+  double worst_logit_rel = 0;   // max |d| / std(cpu logits) over MTP rows
   double worst_hidden_rel = 0;  // max |d| / rms(cpu state)
+  double worst_main_rel = 0;    // max |d| / std(cpu logits) over main-model rows
   int rows = 0;
 };
 
-constexpr double kLogitBound = 5e-3;   // |d| <= kLogitBound * std(cpu logits)
-constexpr double kHiddenBound = 2e-3;  // |d| <= kHiddenBound * rms(cpu state)
+constexpr double kMainBound = 2e-2;
 
 void compare_logits(const std::string& what, const std::vector<float>& cpu, const std::vector<float>& gpu,
-                    size_t rows, size_t vocab, Agreement* agg) {
+                    size_t rows, size_t vocab, bool main_model, Agreement* agg) {
+  const double bound = main_model ? kMainBound : agg->logit_bound;
   check(cpu.size() == rows * vocab && gpu.size() == rows * vocab,
         what + ": logits sizes cpu " + std::to_string(cpu.size()) + " gpu " + std::to_string(gpu.size()) +
             ", expected " + std::to_string(rows * vocab));
@@ -145,14 +153,15 @@ void compare_logits(const std::string& what, const std::vector<float>& cpu, cons
       }
     }
     const double rel = sd > 0 ? worst / sd : worst;
-    agg->worst_logit_rel = std::max(agg->worst_logit_rel, rel);
-    agg->rows++;
+    double& worst_seen = main_model ? agg->worst_main_rel : agg->worst_logit_rel;
+    worst_seen = std::max(worst_seen, rel);
+    agg->rows += !main_model;
     check(finite, what + " row " + std::to_string(r) + ": non-finite GPU logits");
-    check(rel <= kLogitBound, what + " row " + std::to_string(r) + ": max|d|/std " + fmt(rel) + " at token " +
-                                  std::to_string(at) + " (cpu " + fmt(cpu[off + at]) + ", gpu " + fmt(gpu[off + at]) +
-                                  ", std " + fmt(sd) + ") > " + fmt(kLogitBound));
+    check(rel <= bound, what + " row " + std::to_string(r) + ": max|d|/std " + fmt(rel) + " at token " +
+                            std::to_string(at) + " (cpu " + fmt(cpu[off + at]) + ", gpu " + fmt(gpu[off + at]) +
+                            ", std " + fmt(sd) + ") > " + fmt(bound));
     const size_t ac = argmax_of(cpu, off, vocab), ag = argmax_of(gpu, off, vocab);
-    if (top2_gap(cpu, off, vocab) > 2 * kLogitBound * sd) {
+    if (top2_gap(cpu, off, vocab) > 2 * bound * sd) {
       check(ac == ag, what + " row " + std::to_string(r) + ": argmax cpu " + std::to_string(ac) + " gpu " +
                           std::to_string(ag) + " (clear gap " + fmt(top2_gap(cpu, off, vocab)) + ")");
     }
@@ -177,9 +186,9 @@ void compare_hidden(const std::string& what, const std::vector<float>& cpu, cons
   const double rms = std::sqrt(ss / cpu.size());
   const double rel = rms > 0 ? worst / rms : worst;
   agg->worst_hidden_rel = std::max(agg->worst_hidden_rel, rel);
-  check(rel <= kHiddenBound, what + ": HC state max|d|/rms " + fmt(rel) + " at " + std::to_string(at) + " (cpu " +
+  check(rel <= agg->hidden_bound, what + ": HC state max|d|/rms " + fmt(rel) + " at " + std::to_string(at) + " (cpu " +
                                  fmt(cpu[at]) + ", gpu " + fmt(gpu[at]) + ", rms " + fmt(rms) + ") > " +
-                                 fmt(kHiddenBound));
+                                 fmt(agg->hidden_bound));
 }
 
 // Runs the same MTP batch on both backends; returns the CPU's outputs in *cpu_out.
@@ -196,7 +205,7 @@ bool mtp_both(Pair& p, const std::string& what, std::vector<MtpToken> batch, siz
   if (!sc.ok() || !sg.ok()) return false;
   size_t rows = 0;
   for (const MtpToken& t : batch) rows += t.want_logits;
-  compare_logits(what, c.logits, g.logits, rows, vocab, agg);
+  compare_logits(what, c.logits, g.logits, rows, vocab, false, agg);
   if (!c.hidden.empty() || !g.hidden.empty()) compare_hidden(what, c.hidden, g.hidden, agg);
   *cpu_out = std::move(c);
   return true;
@@ -215,7 +224,7 @@ bool forward_both(Pair& p, const std::string& what, std::vector<BatchToken> batc
   if (!sc.ok() || !sg.ok()) return false;
   size_t rows = 0;
   for (const BatchToken& t : batch) rows += t.want_logits;
-  compare_logits(what, c.logits, g.logits, rows, vocab, agg);
+  compare_logits(what, c.logits, g.logits, rows, vocab, true, agg);
   *cpu_out = std::move(c);
   return true;
 }
@@ -284,6 +293,7 @@ void cpu_vs_cuda(const std::string& fixture) {
     p.cs = *cs;
     p.gs = *gs;
     Agreement agg;
+    if (qat) agg.logit_bound = agg.hidden_bound = 1e-2;
 
     // A prompt of 2*window + 8 tokens (deterministic ids), every HC state kept.
     const int32_t n = 2 * window + 8;
@@ -338,9 +348,11 @@ void cpu_vs_cuda(const std::string& fixture) {
     truncate_both(p, 0);
     drafts_both(p, tag + " round f (after reset)", prompt[3], 3, h_at(3), 2, vocab, &agg);
 
-    std::printf("%s CPU vs CUDA: %d logit rows, max|d|/std %s (bound %s), HC state max|d|/rms %s (bound %s)\n",
-                tag.c_str(), agg.rows, fmt(agg.worst_logit_rel).c_str(), fmt(kLogitBound).c_str(),
-                fmt(agg.worst_hidden_rel).c_str(), fmt(kHiddenBound).c_str());
+    std::printf("%s CPU vs CUDA: %d MTP logit rows, max|d|/std %s (bound %s), MTP HC state max|d|/rms %s "
+                "(bound %s); main-model rows max|d|/std %s (bound %s)\n",
+                tag.c_str(), agg.rows, fmt(agg.worst_logit_rel).c_str(), fmt(agg.logit_bound).c_str(),
+                fmt(agg.worst_hidden_rel).c_str(), fmt(agg.hidden_bound).c_str(), fmt(agg.worst_main_rel).c_str(),
+                fmt(kMainBound).c_str());
 
     // Timing of one draft on the GPU (informational).
     {
