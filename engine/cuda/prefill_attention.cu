@@ -697,6 +697,224 @@ __global__ void __launch_bounds__(kMmaThreads) attention_chunk_mma_kernel(Attent
   for (int i = threadIdx.x; i < kMmaHeads * kMmaDim; i += kMmaThreads) out[i] = o[i];
 }
 
+// Tensor-core variant for head_dim 512 and groups of 64 heads: block (token t, 64 heads),
+// 8 warps, so each staged row serves 64 heads (four times the reuse of the 16-head
+// kernel). Same arithmetic per head as attention_chunk_mma_kernel: f16 rows, Q and P
+// split into f16 high and low parts, f32 accumulation, online softmax in f32.
+//   scores: warp w computes heads 16*(w/2) .. +15 against rows 16*(w%2) .. +15;
+//   softmax: warp w owns heads 8w .. 8w+7, lane = row;
+//   P . V: warp w owns dims 64w .. 64w+63 of all 64 heads (4 x 8 tiles of 16 x 8).
+constexpr int kWideHeads = 64;
+constexpr int kWideThreads = 256;
+
+struct WideShared {
+  __half q_hi[kWideHeads][kMmaLd];  // q_hi and q_lo are reused as float o[64][512] at the end
+  __half q_lo[kWideHeads][kMmaLd];
+  __half rows[kTileRows][kMmaLd];
+  float s[kWideHeads][kTileRows + 1];
+  __half p_hi[kWideHeads][kMmaPld];
+  __half p_lo[kWideHeads][kMmaPld];
+  float corr[kWideHeads];
+  float m[kWideHeads];
+  float l[kWideHeads];
+};
+static_assert(sizeof(__half) * 2 * kWideHeads * kMmaLd >= sizeof(float) * kWideHeads * kMmaDim,
+              "the query tiles hold the output");
+
+__global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(AttentionChunkLaunch p) {
+  extern __shared__ __align__(16) unsigned char raw_shared[];
+  WideShared& sh = *reinterpret_cast<WideShared*>(raw_shared);
+  const int t = blockIdx.x;
+  const int h0 = blockIdx.y * kWideHeads;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const ChunkVisible vis = chunk_visible(p, t);
+  const int total = vis.nraw + vis.ncomp;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(kMmaDim)));
+
+  const float* qt = p.q + (static_cast<int64_t>(t) * p.heads + h0) * kMmaDim;
+  for (int i = threadIdx.x; i < kWideHeads * kMmaDim / 4; i += kWideThreads) {
+    const float4 x = __ldg(reinterpret_cast<const float4*>(qt) + i);
+    const int h = (4 * i) / kMmaDim, d = (4 * i) % kMmaDim;
+    const float xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const __half hi = __float2half_rn(xs[u]);
+      sh.q_hi[h][d + u] = hi;
+      sh.q_lo[h][d + u] = __float2half_rn(xs[u] - __half2float(hi));
+    }
+  }
+  float m_run[8], l_run[8];  // softmax heads 8*warp .. 8*warp+7
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    m_run[i] = -INFINITY;
+    l_run[i] = 0.0f;
+  }
+  float acc[4][8][4];  // [head tile][dim tile][fragment]
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+    }
+  }
+
+  const int col = threadIdx.x & (kMmaDim / 4 - 1);  // float4 column this thread stages
+  const int row_parity = threadIdx.x / (kMmaDim / 4);
+  static_assert(kWideThreads == 2 * (kMmaDim / 4), "two threads per float4 column");
+  for (int r0 = 0; r0 < total; r0 += kTileRows) {
+    const int nr = min(kTileRows, total - r0);
+    __syncthreads();  // the previous tile, P and corr are no longer read
+    {
+      constexpr int kPerThread = kTileRows / 2;
+      float4 v[kPerThread];
+#pragma unroll
+      for (int u = 0; u < kPerThread; ++u) {
+        const int j = 2 * u + row_parity;
+        v[u] = j < nr ? __ldg(reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + j)) + col)
+                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kPerThread; ++u) {
+        __half2* dst = reinterpret_cast<__half2*>(&sh.rows[2 * u + row_parity][4 * col]);
+        dst[0] = __floats2half2_rn(v[u].x, v[u].y);
+        dst[1] = __floats2half2_rn(v[u].z, v[u].w);
+      }
+    }
+    __syncthreads();
+    {
+      const int hm = 16 * (warp >> 1);   // first head of this warp's tile
+      const int rn = 16 * (warp & 1);    // first row of its two 8-row tiles
+      float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const __half* brow0 = sh.rows[rn + g];
+      const __half* brow1 = sh.rows[rn + 8 + g];
+#pragma unroll 4
+      for (int k0 = 0; k0 < kMmaDim; k0 += 16) {
+        const uint32_t b00 = load_half2(brow0 + k0 + 2 * c), b01 = load_half2(brow0 + k0 + 2 * c + 8);
+        const uint32_t b10 = load_half2(brow1 + k0 + 2 * c), b11 = load_half2(brow1 + k0 + 2 * c + 8);
+        const uint32_t h0a = load_half2(&sh.q_hi[hm + g][k0 + 2 * c]);
+        const uint32_t h1a = load_half2(&sh.q_hi[hm + g + 8][k0 + 2 * c]);
+        const uint32_t h2a = load_half2(&sh.q_hi[hm + g][k0 + 2 * c + 8]);
+        const uint32_t h3a = load_half2(&sh.q_hi[hm + g + 8][k0 + 2 * c + 8]);
+        const uint32_t l0a = load_half2(&sh.q_lo[hm + g][k0 + 2 * c]);
+        const uint32_t l1a = load_half2(&sh.q_lo[hm + g + 8][k0 + 2 * c]);
+        const uint32_t l2a = load_half2(&sh.q_lo[hm + g][k0 + 2 * c + 8]);
+        const uint32_t l3a = load_half2(&sh.q_lo[hm + g + 8][k0 + 2 * c + 8]);
+        mma_f16(s0, h0a, h1a, h2a, h3a, b00, b01);
+        mma_f16(s0, l0a, l1a, l2a, l3a, b00, b01);
+        mma_f16(s1, h0a, h1a, h2a, h3a, b10, b11);
+        mma_f16(s1, l0a, l1a, l2a, l3a, b10, b11);
+      }
+      sh.s[hm + g][rn + 2 * c] = s0[0] * scale;
+      sh.s[hm + g][rn + 2 * c + 1] = s0[1] * scale;
+      sh.s[hm + g + 8][rn + 2 * c] = s0[2] * scale;
+      sh.s[hm + g + 8][rn + 2 * c + 1] = s0[3] * scale;
+      sh.s[hm + g][rn + 8 + 2 * c] = s1[0] * scale;
+      sh.s[hm + g][rn + 8 + 2 * c + 1] = s1[1] * scale;
+      sh.s[hm + g + 8][rn + 8 + 2 * c] = s1[2] * scale;
+      sh.s[hm + g + 8][rn + 8 + 2 * c + 1] = s1[3] * scale;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int h = 8 * warp + i;
+      const float s = lane < nr ? sh.s[h][lane] : -INFINITY;
+      const float m_new = fmaxf(m_run[i], warp_max(s));
+      const float corr = expf(m_run[i] - m_new);  // 0 on the first tile
+      const float e = lane < nr ? expf(s - m_new) : 0.0f;
+      l_run[i] = l_run[i] * corr + warp_sum(e);
+      m_run[i] = m_new;
+      const __half hi = __float2half_rn(e);
+      sh.p_hi[h][lane] = hi;
+      sh.p_lo[h][lane] = __float2half_rn(e - __half2float(hi));
+      if (lane == 0) sh.corr[h] = corr;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+      const float cg = sh.corr[16 * mt + g], cg8 = sh.corr[16 * mt + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        acc[mt][nt][0] *= cg;
+        acc[mt][nt][1] *= cg;
+        acc[mt][nt][2] *= cg8;
+        acc[mt][nt][3] *= cg8;
+      }
+    }
+#pragma unroll
+    for (int ks = 0; ks < kTileRows; ks += 16) {
+      uint32_t ah[4][4], al[4][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        const int h = 16 * mt + g;
+        ah[mt][0] = load_half2(&sh.p_hi[h][ks + 2 * c]);
+        ah[mt][1] = load_half2(&sh.p_hi[h + 8][ks + 2 * c]);
+        ah[mt][2] = load_half2(&sh.p_hi[h][ks + 2 * c + 8]);
+        ah[mt][3] = load_half2(&sh.p_hi[h + 8][ks + 2 * c + 8]);
+        al[mt][0] = load_half2(&sh.p_lo[h][ks + 2 * c]);
+        al[mt][1] = load_half2(&sh.p_lo[h + 8][ks + 2 * c]);
+        al[mt][2] = load_half2(&sh.p_lo[h][ks + 2 * c + 8]);
+        al[mt][3] = load_half2(&sh.p_lo[h + 8][ks + 2 * c + 8]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int d = warp * 64 + nt * 8 + g;
+        const uint32_t b0 = pack_halves(sh.rows[ks + 2 * c][d], sh.rows[ks + 2 * c + 1][d]);
+        const uint32_t b1 = pack_halves(sh.rows[ks + 2 * c + 8][d], sh.rows[ks + 2 * c + 9][d]);
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          mma_f16(acc[mt][nt], ah[mt][0], ah[mt][1], ah[mt][2], ah[mt][3], b0, b1);
+          mma_f16(acc[mt][nt], al[mt][0], al[mt][1], al[mt][2], al[mt][3], b0, b1);
+        }
+      }
+    }
+  }
+
+  // Sink and normalisation, then the inverse RoPE of each head's tail.
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      sh.m[8 * warp + i] = m_run[i];
+      sh.l[8 * warp + i] = l_run[i];
+    }
+  }
+  __syncthreads();  // m and l are visible; the query tiles are free
+  float* o = reinterpret_cast<float*>(&sh.q_hi[0][0]);  // [64][512]
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+    float f[2], inv_z[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int h = 16 * mt + g + 8 * half;
+      const float sink = p.sinks[h0 + h];
+      const float mf = fmaxf(sh.m[h], sink);
+      f[half] = expf(sh.m[h] - mf);
+      inv_z[half] = 1.0f / (sh.l[h] * f[half] + expf(sink - mf));
+    }
+    const int h = 16 * mt + g;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int d = warp * 64 + nt * 8 + 2 * c;
+      o[h * kMmaDim + d] = acc[mt][nt][0] * f[0] * inv_z[0];
+      o[h * kMmaDim + d + 1] = acc[mt][nt][1] * f[0] * inv_z[0];
+      o[(h + 8) * kMmaDim + d] = acc[mt][nt][2] * f[1] * inv_z[1];
+      o[(h + 8) * kMmaDim + d + 1] = acc[mt][nt][3] * f[1] * inv_z[1];
+    }
+  }
+  __syncthreads();
+  const int pairs = p.rope_dim / 2;
+  for (int i = threadIdx.x; i < kWideHeads * pairs; i += kWideThreads) {
+    float* tail = o + (i / pairs) * kMmaDim + kMmaDim - p.rope_dim;
+    const int j = i % pairs;
+    rope_pair(&tail[2 * j], &tail[2 * j + 1], static_cast<float>(vis.pos), p.rope_freqs[j], true);
+  }
+  __syncthreads();
+  float4* out = reinterpret_cast<float4*>(p.out + (static_cast<int64_t>(t) * p.heads + h0) * kMmaDim);
+  const float4* o4 = reinterpret_cast<const float4*>(o);
+  for (int i = threadIdx.x; i < kWideHeads * kMmaDim / 4; i += kWideThreads) out[i] = o4[i];
+}
+
 Status attention_chunk_init() {
   static const Status status = [] {
     Status s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<1>,
@@ -710,6 +928,10 @@ Status attention_chunk_init() {
     s = cuda_status(cudaFuncSetAttribute(attention_chunk_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(sizeof(MmaShared))),
                     "raising the tensor-core chunk attention kernel's shared memory limit");
+    if (!s.ok()) return s;
+    s = cuda_status(cudaFuncSetAttribute(attention_chunk_mma64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(sizeof(WideShared))),
+                    "raising the 64-head tensor-core chunk attention kernel's shared memory limit");
     if (!s.ok()) return s;
     return cuda_status(cudaFuncSetAttribute(indexer_chunk_score_kernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
@@ -807,6 +1029,20 @@ Status launch_attention_chunk(const AttentionChunkLaunch& p, cudaStream_t stream
     return Status::Error("attention chunk: ratio-4 layer past the indexer gate without a selection");
   }
   DS4_RETURN_IF_ERROR(attention_chunk_init());
+  if (p.heads_per_block != 0 && p.heads_per_block != kMmaHeads && p.heads_per_block != kWideHeads) {
+    return Status::Error("attention chunk: heads_per_block must be 0, 16 or 64");
+  }
+  const bool wide = p.heads_per_block == 0 || p.heads_per_block == kWideHeads;
+  if (p.head_dim == kMmaDim && p.heads % kWideHeads == 0 && wide) {
+    if ((reinterpret_cast<uintptr_t>(p.q) & 15) != 0 || (reinterpret_cast<uintptr_t>(p.out) & 15) != 0) {
+      return Status::Error("attention chunk: queries or outputs are not 16-byte aligned");
+    }
+    attention_chunk_mma64_kernel<<<dim3(p.n, p.heads / kWideHeads), kWideThreads, sizeof(WideShared), stream>>>(p);
+    return cuda_status(cudaGetLastError(), "64-head tensor-core attention chunk launch");
+  }
+  if (p.heads_per_block == kWideHeads) {
+    return Status::Error("attention chunk: 64-head blocks need head_dim 512 and heads a multiple of 64");
+  }
   if (p.head_dim == kMmaDim && p.heads % kMmaHeads == 0) {
     attention_chunk_mma_kernel<<<dim3(p.n, p.heads / kMmaHeads), kMmaThreads, sizeof(MmaShared), stream>>>(p);
     return cuda_status(cudaGetLastError(), "tensor-core attention chunk launch");

@@ -88,6 +88,8 @@ struct AttentionChunkLaunch {
   int32_t pos0 = 0;
   int n = 0;
   float* workspace = nullptr;      // optional, see attention_chunk_workspace_floats
+  int heads_per_block = 0;         // tensor-core path: 0 picks (64 when heads % 64 == 0,
+                                   // else 16); 16 forces the 16-head kernel (comparison)
 };
 
 // Floats of workspace launch_attention_chunk may use (0 when it needs none).
@@ -97,7 +99,9 @@ int64_t attention_chunk_workspace_floats(int n, int heads, int head_dim);
 // visible (or selected) compressed rows, K = V = the row, scale 1/sqrt(head_dim), then
 // the inverse RoPE of the output tail at pos0+t. head_dim 512 with heads a multiple of 16
 // runs on tensor cores (rows rounded to f16, queries and weights split into f16 high and
-// low parts, f32 accumulation; within 1e-3 of the f32 result); other shapes in f32.
+// low parts, f32 accumulation; within 1e-3 of the f32 result), one block per token and
+// 64 heads when heads % 64 == 0 (each staged row serves all 64), else 16; other shapes
+// in f32.
 Status launch_attention_chunk(const AttentionChunkLaunch& launch, cudaStream_t stream);
 
 }  // namespace ds4

@@ -6,8 +6,9 @@
 // not multiples of the ratio, n = 1, n larger than the window). Compressor rows and
 // state must be bit-identical, selections and indexer scores identical, attention
 // outputs within 1e-4 of the head's largest reference value (f32 path, 8 heads) or 1e-3
-// (tensor-core path, 16 heads). Then times each launch at the real sizes for a chunk of
-// 2048 tokens.
+// (tensor-core paths, 16 and 64 heads). Then times each launch at the real sizes for a
+// chunk of 2048 tokens, the attention with both tensor-core kernels, whose outputs must
+// agree bit for bit (same arithmetic per head).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -585,10 +586,32 @@ void time_real_sizes() {
     a.pos0 = k.pos0;
     a.n = n;
     if (k.ratio == 4 && k.pos0 == 0) a.active = nullptr;  // gate closed for every token
-    Status st = Status::Ok();
-    const double us = time_us([&] { st = launch_attention_chunk(a, nullptr); });
-    check(st.ok(), "timed attention launch: " + st.message());
-    std::printf("  launch_attention_chunk ratio %d pos0 %d: %.1f us\n", k.ratio, k.pos0, us);
+    std::vector<float> outputs[2];
+    for (const int per_block : {64, 16}) {
+      a.heads_per_block = per_block;
+      Status st = Status::Ok();
+      const double us = time_us([&] { st = launch_attention_chunk(a, nullptr); });
+      check(st.ok(), "timed attention launch: " + st.message());
+      std::printf("  launch_attention_chunk ratio %d pos0 %d, %d heads per block: %.1f us\n", k.ratio, k.pos0,
+                  per_block, us);
+      std::vector<float>& host = outputs[per_block == 64 ? 0 : 1];
+      host.resize(static_cast<size_t>(n) * heads * D);
+      cudaMemcpy(host.data(), out.get(), sizeof(float) * host.size(), cudaMemcpyDeviceToHost);
+    }
+    // Both tensor-core kernels do the same arithmetic per head in the same order.
+    int64_t differ = 0;
+    for (size_t i = 0; i < outputs[0].size(); ++i) {
+      if (std::memcmp(&outputs[0][i], &outputs[1][i], sizeof(float)) == 0) continue;
+      if (differ < 5) {
+        const int64_t tok = static_cast<int64_t>(i) / (heads * D);
+        std::printf("    token %lld head %lld dim %lld: 64-head kernel %.9g, 16-head kernel %.9g\n",
+                    static_cast<long long>(tok), static_cast<long long>((i / D) % heads),
+                    static_cast<long long>(i % D), outputs[0][i], outputs[1][i]);
+      }
+      ++differ;
+    }
+    check(differ == 0, "timed attention ratio " + std::to_string(k.ratio) + " pos0 " + std::to_string(k.pos0) +
+                           ": " + std::to_string(differ) + " outputs of the 64-head kernel differ from the 16-head kernel");
   }
   const cudaError_t err = cudaDeviceSynchronize();
   check(err == cudaSuccess, std::string("timing runs without a CUDA error: ") + cudaGetErrorString(err));
@@ -618,6 +641,12 @@ int main() {
   r128_wide.heads = 16;
   test_plan(r4_wide, split, rng);
   test_plan(r128_wide, whole, rng);
+  Shape r4_64 = r4;  // 64 heads: the 64-head tensor-core kernel (the model's head count)
+  r4_64.heads = 64;
+  Shape r128_64 = r128;
+  r128_64.heads = 64;
+  test_plan(r4_64, split, rng);
+  test_plan(r128_64, aligned, rng);
   time_real_sizes();
   return finish("prefill_attention_test");
 }
