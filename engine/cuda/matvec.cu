@@ -4,6 +4,7 @@
 #include <cmath>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
@@ -37,6 +38,7 @@ constexpr int unroll_for() { return 4; }
 constexpr int kUnroll = 4;  // host-side planning (lanes per row)
 constexpr int kMaxSharedBytes = 96 * 1024;
 constexpr int kMaxSplit = 32;
+constexpr int kMaxSharedSlots = 32;  // summed slots whose matrices are staged in shared memory
 
 __device__ uint64_t g_iq2xxs_grid[384];  // codebook, then sign masks as bytes
 
@@ -75,6 +77,7 @@ struct MatvecParams {
   const int32_t* enable;
   const float* x_norm_weight;
   float x_norm_eps;
+  int x_vec4;           // x (and x_norm_weight) 16-byte aligned with strides of 4 floats
 };
 
 
@@ -94,6 +97,32 @@ __device__ __forceinline__ void dot_chunk(const float* w, float factor, const fl
       d = fmaf(w[4 * k4 + 3], xx.w, d);
     }
     acc[t] = fmaf(d, factor, acc[t]);
+  }
+}
+
+// Gate and up chunks against the same x: each x value is read from shared memory once.
+template <int NT>
+__device__ __forceinline__ void dot_chunk_paired(const float* w, float factor, const float* wu, float factor_up,
+                                                 const float* xs, int ns, int c, int64_t vec_stride, float* acc,
+                                                 float* acc_up) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float4* xv = reinterpret_cast<const float4*>(xs + t * vec_stride) + c;
+    float d = 0.0f, du = 0.0f;
+#pragma unroll
+    for (int k4 = 0; k4 < 8; ++k4) {
+      const float4 xx = xv[k4 * ns];
+      d = fmaf(w[4 * k4], xx.x, d);
+      d = fmaf(w[4 * k4 + 1], xx.y, d);
+      d = fmaf(w[4 * k4 + 2], xx.z, d);
+      d = fmaf(w[4 * k4 + 3], xx.w, d);
+      du = fmaf(wu[4 * k4], xx.x, du);
+      du = fmaf(wu[4 * k4 + 1], xx.y, du);
+      du = fmaf(wu[4 * k4 + 2], xx.z, du);
+      du = fmaf(wu[4 * k4 + 3], xx.w, du);
+    }
+    acc[t] = fmaf(d, factor, acc[t]);
+    acc_up[t] = fmaf(du, factor_up, acc_up[t]);
   }
 }
 
@@ -120,6 +149,40 @@ __device__ __forceinline__ void dot_chunk_int8(const PackedChunk& w, const uint8
     const float v = m.x * (w.a0 * static_cast<float>(s0) + w.a1 * static_cast<float>(s1)) -
                     (w.m0 * m.y + w.m1 * m.z);
     acc[t] += v;
+  }
+}
+
+// Gate and up packed chunks against the same int8 x (read from shared memory once);
+// each sum is formed exactly as dot_chunk_int8 forms it.
+template <int NT>
+__device__ __forceinline__ void dot_chunk_int8_paired(const PackedChunk& w, const PackedChunk& wu,
+                                                      const uint8_t* xb, int ns, int c, int tok_stride_bytes,
+                                                      float* acc, float* acc_up) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const uint8_t* b = xb + t * tok_stride_bytes;
+    const int4 lo = *reinterpret_cast<const int4*>(b + c * 16);
+    const int4 hi = *reinterpret_cast<const int4*>(b + (ns + c) * 16);
+    const float4 m = *reinterpret_cast<const float4*>(b + (2 * ns + c) * 16);
+    int s0 = __dp4a(w.w[0], lo.x, 0);
+    s0 = __dp4a(w.w[1], lo.y, s0);
+    s0 = __dp4a(w.w[2], lo.z, s0);
+    s0 = __dp4a(w.w[3], lo.w, s0);
+    int s1 = __dp4a(w.w[4], hi.x, 0);
+    s1 = __dp4a(w.w[5], hi.y, s1);
+    s1 = __dp4a(w.w[6], hi.z, s1);
+    s1 = __dp4a(w.w[7], hi.w, s1);
+    int u0 = __dp4a(wu.w[0], lo.x, 0);
+    u0 = __dp4a(wu.w[1], lo.y, u0);
+    u0 = __dp4a(wu.w[2], lo.z, u0);
+    u0 = __dp4a(wu.w[3], lo.w, u0);
+    int u1 = __dp4a(wu.w[4], hi.x, 0);
+    u1 = __dp4a(wu.w[5], hi.y, u1);
+    u1 = __dp4a(wu.w[6], hi.z, u1);
+    u1 = __dp4a(wu.w[7], hi.w, u1);
+    acc[t] += m.x * (w.a0 * static_cast<float>(s0) + w.a1 * static_cast<float>(s1)) - (w.m0 * m.y + w.m1 * m.z);
+    acc_up[t] +=
+        m.x * (wu.a0 * static_cast<float>(u0) + wu.a1 * static_cast<float>(u1)) - (wu.m0 * m.y + wu.m1 * m.z);
   }
 }
 
@@ -150,8 +213,15 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
   return g / (1.0f + expf(-g)) * u;
 }
 
+// Blocks per multiprocessor the compiler must leave registers for (85 registers a
+// thread for 3): the single-token decode kernels whose loads need more warps in
+// flight and that fit without spilling (checked with ptxas -v).
+template <GgmlType T, int NT, bool PAIRED>
+constexpr int kMinBlocks =
+    NT == 1 && (T == GgmlType::IQ2_XXS || (!PAIRED && (T == GgmlType::Q2_K || T == GgmlType::Q8_0))) ? 3 : 1;
+
 template <GgmlType T, int NT, bool PAIRED, bool INT8>
-__global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
+__global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_kernel(MatvecParams p) {
   using C = Chunk<T>;
   constexpr int kUnroll = unroll_for<T>();
   if (p.enable && *p.enable == 0) return;
@@ -182,20 +252,80 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   uint8_t* xq = reinterpret_cast<uint8_t*>(shared_x4);
   const int vec_bytes = ns * kInt8ChunkBytes;
   if constexpr (kInt8) {
+    // Each warp quantizes chunks; the loads of kStageBatch chunks are issued before
+    // any is used (one round trip per batch instead of one per chunk).
+    constexpr int kStageBatch = 8;
     const int w_id = threadIdx.x >> 5, ln = threadIdx.x & 31;
     const int tasks = NT * p.vectors * ns;
-    for (int task = w_id; task < tasks; task += kWarps) {
-      const int tv = task / ns, c = task - tv * ns;
-      const int t = tv / p.vectors, v = tv - t * p.vectors;
-      const int tok = tok0 + t;
-      const int x_slot = p.sum_slots ? v : slot;
-      const int col = (chunk0 + c) * 32 + ln;
-      float val = tok < p.n_tokens ? p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + col] : 0.0f;
-      if (p.x_norm_weight) val = val * x_scale * p.x_norm_weight[col];
-      stage_chunk_int8(val, ln, ns, c, xq + tv * vec_bytes);
+    for (int base = w_id; base < tasks; base += kStageBatch * kWarps) {
+      float val[kStageBatch];
+#pragma unroll
+      for (int j = 0; j < kStageBatch; ++j) {
+        const int task = base + j * kWarps;
+        val[j] = 0.0f;
+        if (task < tasks) {
+          const int tv = task / ns, c = task - tv * ns;
+          const int t = tv / p.vectors, v = tv - t * p.vectors;
+          const int tok = tok0 + t;
+          const int x_slot = p.sum_slots ? v : slot;
+          const int col = (chunk0 + c) * 32 + ln;
+          if (tok < p.n_tokens) val[j] = p.x[tok * p.x_tok_stride + x_slot * p.x_slot_stride + col];
+          if (p.x_norm_weight) val[j] = val[j] * x_scale * p.x_norm_weight[col];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kStageBatch; ++j) {
+        const int task = base + j * kWarps;  // warp-uniform: the shuffles see the whole warp
+        if (task < tasks) {
+          const int tv = task / ns, c = task - tv * ns;
+          stage_chunk_int8(val[j], ln, ns, c, xq + tv * vec_bytes);
+        }
+      }
     }
   } else {
-    {
+    if (p.x_vec4) {
+      // 16-byte loads, kStageBatch of them issued per thread before any store.
+      // Element i = 32 s + k of a vector goes to float4 slot (k / 4) * ns + s, so the
+      // four elements of one load land in one slot.
+      constexpr int kStageBatch = 4;
+      const int ch = static_cast<int>(cols_here);
+      const int n4 = ch >> 2;
+      const int total4 = NT * p.vectors * n4;
+      for (int base = threadIdx.x; base < total4; base += kStageBatch * kThreads) {
+        float4 val[kStageBatch];
+#pragma unroll
+        for (int j = 0; j < kStageBatch; ++j) {
+          const int q = base + j * kThreads;
+          val[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          if (q < total4) {
+            const int tv = q / n4, i = 4 * (q - tv * n4);
+            const int t = tv / p.vectors, v = tv - t * p.vectors;
+            const int tok = tok0 + t;
+            const int x_slot = p.sum_slots ? v : slot;
+            if (tok < p.n_tokens) {
+              val[j] = *reinterpret_cast<const float4*>(p.x + tok * p.x_tok_stride + x_slot * p.x_slot_stride +
+                                                        chunk0 * 32 + i);
+            }
+            if (p.x_norm_weight) {
+              const float4 g = *reinterpret_cast<const float4*>(p.x_norm_weight + i);
+              val[j].x = val[j].x * x_scale * g.x;
+              val[j].y = val[j].y * x_scale * g.y;
+              val[j].z = val[j].z * x_scale * g.z;
+              val[j].w = val[j].w * x_scale * g.w;
+            }
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kStageBatch; ++j) {
+          const int q = base + j * kThreads;
+          if (q < total4) {
+            const int tv = q / n4, i = 4 * (q - tv * n4);
+            const int s = i >> 5, k = i & 31;
+            shared_x4[tv * (ch >> 2) + (k >> 2) * ns + s] = val[j];
+          }
+        }
+      }
+    } else {
       // 32-bit index math: this prologue runs in every block.
       const int ch = static_cast<int>(cols_here);
       for (int t = 0; t < NT; ++t) {
@@ -217,6 +347,13 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
   }
   if constexpr (T == GgmlType::IQ2_XXS) {
     for (int i = threadIdx.x; i < 384; i += kThreads) grid[i] = g_iq2xxs_grid[i];
+  }
+  // Summed slots: the slots' matrices in shared memory, so the chunk loop's weight
+  // addresses do not wait on a global load.
+  __shared__ int32_t slot_matrices[kMaxSharedSlots];
+  const bool slots_shared = p.sum_slots && p.slot_matrix && p.n_slots <= kMaxSharedSlots;
+  if (slots_shared) {
+    for (int i = threadIdx.x; i < p.n_slots; i += kThreads) slot_matrices[i] = p.slot_matrix[i];
   }
   __syncthreads();
 
@@ -280,7 +417,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
             const int si = ns_shift >= 0 ? it >> ns_shift : it / ns;
             const int c = it - si * ns;
             const int s = p.sum_slots ? si : slot;
-            const int matrix = p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
+            const int matrix = slots_shared ? slot_matrices[s] : p.slot_matrix ? p.slot_matrix[s] : p.fixed_matrix;
             const int64_t grow = matrix * p.matrix_rows + s * p.slot_row_stride + r;
             const uint16_t* wsc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
             raw[u] = C::load(p.w_data + grow * p.row_bytes, wsc, chunk0 + c);
@@ -300,19 +437,23 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(MatvecParams p) {
             const int tok_stride = p.vectors * vec_bytes;
             PackedChunk pk;
             C::pack(raw[u], grid, &pk);
-            dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
             if constexpr (PAIRED) {
-              C::pack(raw_up[u], grid, &pk);
-              dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc_up);
+              PackedChunk pu;
+              C::pack(raw_up[u], grid, &pu);
+              dot_chunk_int8_paired<NT>(pk, pu, xb, ns, cc[u], tok_stride, acc, acc_up);
+            } else {
+              dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
             }
           } else {
             const float* xv = xs + vsel[u] * cols_here;
             float w[32];
             const float f = C::dequant(raw[u], grid, w);
-            dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
             if constexpr (PAIRED) {
-              const float fu = C::dequant(raw_up[u], grid, w);
-              dot_chunk<NT>(w, fu, xv, ns, cc[u], per_token, acc_up);
+              float wu[32];
+              const float fu = C::dequant(raw_up[u], grid, wu);
+              dot_chunk_paired<NT>(w, f, wu, fu, xv, ns, cc[u], per_token, acc, acc_up);
+            } else {
+              dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
             }
           }
         }
@@ -435,6 +576,41 @@ Status init_once() {
   return Status::Ok();
 }
 
+// Blocks of `fn` with `shared` dynamic bytes resident per multiprocessor, and the
+// multiprocessor count, cached (the occupancy query is a host computation worth
+// skipping on every launch). Thread-safe.
+struct Residency {
+  int blocks_per_sm = 2;
+  int multiprocessors = 132;
+};
+
+Result<Residency> residency(KernelFn fn, size_t shared) {
+  struct Entry {
+    int device;
+    KernelFn fn;
+    size_t shared;
+    Residency value;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> cache;
+  int device = 0;
+  DS4_CUDA_TRY(cudaGetDevice(&device));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const Entry& e : cache) {
+      if (e.device == device && e.fn == fn && e.shared == shared) return e.value;
+    }
+  }
+  Residency r;
+  DS4_CUDA_TRY(cudaDeviceGetAttribute(&r.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  DS4_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.blocks_per_sm, fn, kThreads, shared));
+  r.blocks_per_sm = std::max(1, r.blocks_per_sm);
+  r.multiprocessors = std::max(1, r.multiprocessors);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.push_back({device, fn, shared, r});
+  return r;
+}
+
 int pow2_at_least(int64_t v, int cap) {
   int p = 1;
   while (p < v && p < cap) p *= 2;
@@ -516,6 +692,9 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   p.enable = l.enable;
   p.x_norm_weight = l.x_norm_weight;
   p.x_norm_eps = l.x_norm_eps;
+  const auto aligned16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  p.x_vec4 = aligned16(l.x) && l.x_tok_stride % 4 == 0 && l.x_slot_stride % 4 == 0 &&
+             (!l.x_norm_weight || aligned16(l.x_norm_weight));
   if (l.x_norm_weight && (l.n_tokens != 1 || l.n_slots != 1 || l.sum_slots)) {
     return Status::Error("matvec: normalising x on load needs one token and one slot");
   }
@@ -560,18 +739,24 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   while (nt > 1 && (nt > l.n_tokens * 2 - 1 || nt * bytes_per_token > kMaxSharedBytes)) nt /= 2;
   if (nt > l.n_tokens) nt = std::max(1, nt / 2);
   const int grid_z = (l.n_tokens + nt - 1) / nt;
+  KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr, int8);
+  const size_t shared = static_cast<size_t>(nt * bytes_per_token);
   int64_t tiles;
   if (p.warps_per_row == 1) {
+    // As many blocks as fit on the GPU at once (one wave: no second, mostly idle wave),
+    // each walking an equal number of row steps; every block stages x once.
+    auto res = residency(fn, shared);
+    DS4_RETURN_IF_ERROR(res.status());
+    const int64_t capacity = static_cast<int64_t>(res->blocks_per_sm) * res->multiprocessors;
     const int64_t rows_per_pass = rows_per_cta_min;
     const int64_t tiles_one = (n_rows + rows_per_pass - 1) / rows_per_pass;
-    p.rows_per_warp = static_cast<int>(std::clamp<int64_t>(tiles_one * grid_y * grid_z / kTargetCtas, 1, 16));
+    const int64_t blocks_x = std::max<int64_t>(1, capacity / (static_cast<int64_t>(grid_y) * grid_z));
+    p.rows_per_warp = static_cast<int>(std::clamp<int64_t>((tiles_one + blocks_x - 1) / blocks_x, 1, 64));
     tiles = (n_rows + rows_per_pass * p.rows_per_warp - 1) / (rows_per_pass * p.rows_per_warp);
   } else {
     p.rows_per_warp = 1;
     tiles = n_rows;
   }
-  KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr, int8);
-  const size_t shared = static_cast<size_t>(nt * bytes_per_token);
   fn<<<dim3(static_cast<unsigned>(tiles * p.split), grid_y, grid_z), kThreads, shared, stream>>>(p);
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec launch"));
   if (p.split > 1) {

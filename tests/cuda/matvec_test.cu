@@ -60,19 +60,27 @@ double abs_dot(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
   return s;
 }
 
-void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false) {
+// x_pad: floats before the first token and between tokens, so that x is not 16-byte
+// aligned (the kernel then stages x with 4-byte loads instead of 16-byte ones).
+void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false,
+                int x_pad = 0) {
   const std::string name = std::string(ggml_type_name(type)) + " " + std::to_string(rows) + "x" +
-                           std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "");
+                           std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "") +
+                           (x_pad ? " unaligned x" : "");
   HostMatrix h = make_host(type, cols, rows, 1, rng);
   auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + dm.status().message());
   if (!dm.ok()) return;
   std::vector<float> x = random_floats(static_cast<size_t>(cols) * n_tokens, rng);
-  DeviceVec<float> dx(x), dy(static_cast<size_t>(rows) * n_tokens), dsplit(32 * 4096);
+  std::vector<float> x_padded(static_cast<size_t>(cols + x_pad) * n_tokens + x_pad, 7.0f);
+  for (int t = 0; t < n_tokens; ++t) {
+    std::copy(x.begin() + t * cols, x.begin() + (t + 1) * cols, x_padded.begin() + x_pad + t * (cols + x_pad));
+  }
+  DeviceVec<float> dx(x_padded), dy(static_cast<size_t>(rows) * n_tokens), dsplit(32 * 4096);
   MatvecLaunch l;
   l.w = &(*dm)->m;
-  l.x = dx.get();
-  l.x_tok_stride = cols;
+  l.x = dx.get() + x_pad;
+  l.x_tok_stride = cols + x_pad;
   l.y = dy.get();
   l.y_tok_stride = rows;
   l.n_tokens = n_tokens;
@@ -87,9 +95,9 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   std::vector<float> y = dy.host();
   int bad = 0;
   for (int t = 0; t < n_tokens; ++t) {
+    const std::vector<float> xk = kernel_x(type, x.data() + t * cols, cols, int8);
+    const float* xt = xk.data();
     for (int64_t r = 0; r < rows; ++r) {
-      const std::vector<float> xk = kernel_x(type, x.data() + t * cols, cols, int8);
-      const float* xt = xk.data();
       const double ref = dot_row(type, h.row(r), xt, cols);
       if (!close(y[t * rows + r], ref, abs_dot(type, h.row(r), xt, cols))) {
         if (bad++ < 3) std::printf("  %s: token %d row %lld gpu %.7g cpu %.7g\n", name.c_str(), t,
@@ -389,6 +397,17 @@ int main() {
   }
   test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 512, 256, 8, rng, true);
   test_experts(GgmlType::Q4_K, GgmlType::Q4_K, 512, 256, 5, rng, true);
+  // x not 16-byte aligned, with a token stride that is not a multiple of 4.
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::F16, GgmlType::IQ2_XXS}) test_plain(t, 512, 200, 3, rng, false, 1);
+  test_plain(GgmlType::Q2_K, 512, 200, 1, rng, true, 3);
+  // Decode shapes: many rows, so every warp walks several row steps.
+  test_plain(GgmlType::Q8_0, 1024, 32768, 1, rng);      // attn_q_b
+  test_plain(GgmlType::F16, 4096, 1024, 1, rng);        // compressor
+  test_plain(GgmlType::IQ2_XXS, 4096, 16384, 1, rng);
+  test_plain(GgmlType::Q2_K, 2048, 16384, 1, rng);
+  test_plain(GgmlType::Q2_K, 2048, 16384, 1, rng, true);
+  test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng);        // the real expert shapes
+  test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, true);
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
