@@ -11,9 +11,10 @@
 #include "cuda/device_math.cuh"
 
 // The per-token bodies below repeat the arithmetic of hyper_connections.cu and moe.cu
-// expression for expression (same operations, same order, same block size), so that a
-// batched launch gives the single-token launches' results bit for bit; the GPU test
-// (tests/cuda/prefill_ops_test.cu) checks exactly that.
+// expression for expression (same float operations in the same order; element-wise
+// kernels also come in float4 forms, and hc_pre uses smaller blocks, see kHcPreThreads),
+// so that a batched launch gives the single-token launches' results bit for bit; the GPU
+// test (tests/cuda/prefill_ops_test.cu) checks exactly that.
 
 namespace ds4 {
 namespace {
@@ -24,7 +25,11 @@ constexpr int kMaxMult = 8;
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxUsed = 16;
 constexpr int kMaxGridY = 65535;
-constexpr int kHcPreThreads = 1024;  // as launch_hc_pre: the block sums depend on it
+// launch_hc_pre uses 1024 threads; 256 here lets several tokens share an SM, so one
+// token's Sinkhorn (one warp) overlaps other tokens' loads. Only the order of the exact
+// double sums of squares changes: the float RMS factors are the same unless a double sum
+// rounds across a float rounding boundary (about 1e-9 per token); the test checks bits.
+constexpr int kHcPreThreads = 256;
 constexpr int kElementThreads = 256;
 
 // ---------------------------------------------------------------- hyper-connections
@@ -197,6 +202,70 @@ __global__ void hc_post_tokens_kernel(const float* x_in_all, const float* f_all,
     float v = post[k] * f[d];
     for (int i = 0; i < s.mult; ++i) v += comb[i * s.mult + k] * x_in[i * s.dim + d];
     x_out[idx] = v;
+  }
+}
+
+// The same four kernels' float4 forms (dim a multiple of 4, 16-byte aligned rows): one
+// thread per 4 consecutive values of a row, the same arithmetic per value.
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// grid (ceil(dim / 4 / 256), n).
+__global__ void embed_tokens_vec_kernel(const void* embd, int is_f16, const int32_t* tokens, HcShape s,
+                                        float* x_all) {
+  const int tok = blockIdx.y;
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  const int nq = s.dim / 4;
+  if (q >= nq) return;
+  const int64_t t = tokens[tok];
+  float4 v;
+  if (is_f16) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(embd) + t * nq + q);
+    const __half2 a = *reinterpret_cast<const __half2*>(&raw.x);
+    const __half2 b = *reinterpret_cast<const __half2*>(&raw.y);
+    v = make_float4(__low2float(a), __high2float(a), __low2float(b), __high2float(b));
+  } else {
+    v = __ldg(reinterpret_cast<const float4*>(embd) + t * nq + q);
+  }
+  float4* x = reinterpret_cast<float4*>(x_all + static_cast<int64_t>(tok) * s.mult * s.dim);
+  for (int h = 0; h < s.mult; ++h) x[h * nq + q] = v;
+}
+
+// grid (ceil(dim / 4 / 256), n); mult == kMult.
+template <int kMult>
+__global__ void hc_post_tokens_vec_kernel(const float* x_in_all, const float* f_all, const float* post_all,
+                                          const float* comb_all, HcShape s, float* x_out_all) {
+  const int64_t t = blockIdx.y;
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  const int nq = s.dim / 4;
+  if (q >= nq) return;
+  const float4* x_in = reinterpret_cast<const float4*>(x_in_all + t * kMult * s.dim);
+  const float4 f = __ldg(reinterpret_cast<const float4*>(f_all + t * s.dim) + q);
+  const float* post = post_all + t * kMult;
+  const float* comb = comb_all + t * kMult * kMult;
+  float4 xi[kMult];
+#pragma unroll
+  for (int i = 0; i < kMult; ++i) xi[i] = __ldg(x_in + i * nq + q);
+  float4* x_out = reinterpret_cast<float4*>(x_out_all + t * kMult * s.dim);
+#pragma unroll
+  for (int k = 0; k < kMult; ++k) {
+    const float pk = __ldg(post + k);
+    float4 v;
+    // As hc_post_kernel compiles: the product post*f rounded, then one fused
+    // multiply-add per stream (spelled out so the contraction cannot differ).
+    v.x = __fmul_rn(pk, f.x);
+    v.y = __fmul_rn(pk, f.y);
+    v.z = __fmul_rn(pk, f.z);
+    v.w = __fmul_rn(pk, f.w);
+#pragma unroll
+    for (int i = 0; i < kMult; ++i) {
+      const float c = __ldg(comb + i * kMult + k);
+      v.x = __fmaf_rn(c, xi[i].x, v.x);
+      v.y = __fmaf_rn(c, xi[i].y, v.y);
+      v.z = __fmaf_rn(c, xi[i].z, v.z);
+      v.w = __fmaf_rn(c, xi[i].w, v.w);
+    }
+    x_out[k * nq + q] = v;
   }
 }
 
@@ -393,6 +462,34 @@ __global__ void moe_combine_kernel(const float* y, const int32_t* slot_of, int k
 }
 
 
+// grid (ceil(dim / 4 / 256), n): float4 form of moe_combine_kernel.
+__global__ void moe_combine_vec_kernel(const float* y, const int32_t* slot_of, int k, int dim, int accumulate,
+                                       float* out_all) {
+  const int64_t t = blockIdx.y;
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  const int nq = dim / 4;
+  if (q >= nq) return;
+  const int32_t* slots = slot_of + t * k;
+  const float4* y4 = reinterpret_cast<const float4*>(y);
+  float4 sum = __ldg(y4 + static_cast<int64_t>(__ldg(slots)) * nq + q);
+  for (int j = 1; j < k; ++j) {
+    const float4 v = __ldg(y4 + static_cast<int64_t>(__ldg(slots + j)) * nq + q);
+    sum.x = __fadd_rn(sum.x, v.x);
+    sum.y = __fadd_rn(sum.y, v.y);
+    sum.z = __fadd_rn(sum.z, v.z);
+    sum.w = __fadd_rn(sum.w, v.w);
+  }
+  float4* out = reinterpret_cast<float4*>(out_all + t * dim) + q;
+  if (accumulate) {
+    const float4 o = *out;
+    sum.x = __fadd_rn(o.x, sum.x);
+    sum.y = __fadd_rn(o.y, sum.y);
+    sum.z = __fadd_rn(o.z, sum.z);
+    sum.w = __fadd_rn(o.w, sum.w);
+  }
+  *out = sum;
+}
+
 // ---------------------------------------------------------------- small matmul
 
 constexpr int kSmallWarps = 4;          // warps per block; all share the block's rows of w
@@ -413,7 +510,7 @@ __device__ __forceinline__ float4 load_weight4(const uint8_t* data, int64_t inde
 // grid (ceil(rows / kRows), ceil(n / (kSmallWarps * kTokens))). Warp w of a block takes
 // kTokens tokens and the block's kRows rows; lane l reads the float4s l, l + 32, ... of
 // every row and token, so each product w[r][c] * x[t][c] is formed in f32 by one lane.
-template <bool kF16, int kTokens, int kRows>
+template <bool kF16, int kTokens, int kRows, int kAhead>
 __global__ void small_matmul_tokens_kernel(const uint8_t* w, int rows, int cols, const float* x, int64_t x_stride,
                                            float* y, int64_t y_stride, int n) {
   const int lane = threadIdx.x & 31;
@@ -438,23 +535,33 @@ __global__ void small_matmul_tokens_kernel(const uint8_t* w, int rows, int cols,
     for (int t = 0; t < kTokens; ++t)
 #pragma unroll
       for (int r = 0; r < kRows; ++r) part[t][r] = 0.0f;
-    for (int it = 0; it < kSmallChunkIters; ++it) {
-      const int v = chunk + it * 32 + lane;
-      if (v >= nvec) break;
-      float4 xv[kTokens];
+    // x for kAhead steps is loaded before any of it is used, so that many loads are in
+    // flight per warp (the x stream is most of the bytes).
 #pragma unroll
-      for (int t = 0; t < kTokens; ++t) xv[t] = __ldg(xr[t] + v);
+    for (int g = 0; g < kSmallChunkIters; g += kAhead) {
+      float4 xv[kAhead][kTokens];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r0 + r < rows) {
-          const float4 wv = load_weight4<kF16>(w, static_cast<int64_t>(r0 + r) * nvec + v);
+      for (int a = 0; a < kAhead; ++a) {
+        const int v = chunk + (g + a) * 32 + lane;
 #pragma unroll
-          for (int t = 0; t < kTokens; ++t) {
-            float s = __fmul_rn(wv.x, xv[t].x);
-            s = __fmaf_rn(wv.y, xv[t].y, s);
-            s = __fmaf_rn(wv.z, xv[t].z, s);
-            s = __fmaf_rn(wv.w, xv[t].w, s);
-            part[t][r] = __fadd_rn(part[t][r], s);
+        for (int t = 0; t < kTokens; ++t) xv[a][t] = v < nvec ? __ldg(xr[t] + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int a = 0; a < kAhead; ++a) {
+        const int v = chunk + (g + a) * 32 + lane;
+        if (v >= nvec) continue;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          if (r0 + r < rows) {
+            const float4 wv = load_weight4<kF16>(w, static_cast<int64_t>(r0 + r) * nvec + v);
+#pragma unroll
+            for (int t = 0; t < kTokens; ++t) {
+              float s = __fmul_rn(wv.x, xv[a][t].x);
+              s = __fmaf_rn(wv.y, xv[a][t].y, s);
+              s = __fmaf_rn(wv.z, xv[a][t].z, s);
+              s = __fmaf_rn(wv.w, xv[a][t].w, s);
+              part[t][r] = __fadd_rn(part[t][r], s);
+            }
           }
         }
       }
@@ -479,13 +586,13 @@ __global__ void small_matmul_tokens_kernel(const uint8_t* w, int rows, int cols,
   }
 }
 
-template <bool kF16, int kTokens, int kRows>
+template <bool kF16, int kTokens, int kRows, int kAhead>
 void launch_small_matmul_variant(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
                                  int64_t y_stride, int n, cudaStream_t stream) {
   const int rows = static_cast<int>(w.rows);
   const int tokens_per_block = kSmallWarps * kTokens;
   const dim3 grid((rows + kRows - 1) / kRows, (n + tokens_per_block - 1) / tokens_per_block);
-  small_matmul_tokens_kernel<kF16, kTokens, kRows><<<grid, 32 * kSmallWarps, 0, stream>>>(
+  small_matmul_tokens_kernel<kF16, kTokens, kRows, kAhead><<<grid, 32 * kSmallWarps, 0, stream>>>(
       w.data, rows, static_cast<int>(w.cols), x, x_stride, y, y_stride, n);
 }
 
@@ -495,13 +602,13 @@ template <bool kF16>
 void launch_small_matmul_for_rows(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
                                   int64_t y_stride, int n, cudaStream_t stream) {
   if (w.rows <= 4) {
-    launch_small_matmul_variant<kF16, 8, 4>(w, x, x_stride, y, y_stride, n, stream);
+    launch_small_matmul_variant<kF16, 8, 4, 2>(w, x, x_stride, y, y_stride, n, stream);
   } else if (w.rows <= 8) {
-    launch_small_matmul_variant<kF16, 4, 8>(w, x, x_stride, y, y_stride, n, stream);
+    launch_small_matmul_variant<kF16, 4, 8, 4>(w, x, x_stride, y, y_stride, n, stream);
   } else if (w.rows <= 24) {
-    launch_small_matmul_variant<kF16, 2, 24>(w, x, x_stride, y, y_stride, n, stream);
+    launch_small_matmul_variant<kF16, 2, 24, 8>(w, x, x_stride, y, y_stride, n, stream);
   } else {
-    launch_small_matmul_variant<kF16, 4, 16>(w, x, x_stride, y, y_stride, n, stream);
+    launch_small_matmul_variant<kF16, 4, 16, 2>(w, x, x_stride, y, y_stride, n, stream);
   }
 }
 
@@ -514,6 +621,12 @@ Status launch_hc_embed_tokens(const void* embd, GgmlType type, const int32_t* to
     return Status::Error("hc_embed_tokens: token_embd must be F16 or F32");
   }
   if (n == 0) return Status::Ok();
+  if (s.dim % 4 == 0 && aligned16(x) && (reinterpret_cast<uintptr_t>(embd) & 7u) == 0 &&
+      (type == GgmlType::F16 || aligned16(embd))) {
+    const dim3 vgrid((s.dim / 4 + kElementThreads - 1) / kElementThreads, n);
+    embed_tokens_vec_kernel<<<vgrid, kElementThreads, 0, stream>>>(embd, type == GgmlType::F16, tokens, s, x);
+    return cuda_status(cudaGetLastError(), "hc_embed_tokens launch");
+  }
   const dim3 grid((s.dim + kElementThreads - 1) / kElementThreads, n);
   embed_tokens_kernel<<<grid, kElementThreads, 0, stream>>>(embd, type == GgmlType::F16, tokens, s, x);
   return cuda_status(cudaGetLastError(), "hc_embed_tokens launch");
@@ -535,6 +648,11 @@ Status launch_hc_post_tokens(const float* x_in, const float* f, const float* pos
                              cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_hc_shape(s, n, "hc_post_tokens"));
   if (n == 0) return Status::Ok();
+  if (s.mult == 4 && s.dim % 4 == 0 && aligned16(x_in) && aligned16(f) && aligned16(x_out)) {
+    const dim3 vgrid((s.dim / 4 + kElementThreads - 1) / kElementThreads, n);
+    hc_post_tokens_vec_kernel<4><<<vgrid, kElementThreads, 0, stream>>>(x_in, f, post, comb, s, x_out);
+    return cuda_status(cudaGetLastError(), "hc_post_tokens launch");
+  }
   const dim3 grid((s.dim * s.mult + kElementThreads - 1) / kElementThreads, n);
   hc_post_tokens_kernel<<<grid, kElementThreads, 0, stream>>>(x_in, f, post, comb, s, x_out);
   return cuda_status(cudaGetLastError(), "hc_post_tokens launch");
@@ -581,6 +699,11 @@ Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, 
   if (n < 0 || n > kMaxGridY) return Status::Error("moe_combine: token count out of range");
   if (k <= 0 || dim <= 0) return Status::Error("moe_combine: k and dim must be positive");
   if (n == 0) return Status::Ok();
+  if (dim % 4 == 0 && aligned16(y) && aligned16(out)) {
+    const dim3 vgrid((dim / 4 + kElementThreads - 1) / kElementThreads, n);
+    moe_combine_vec_kernel<<<vgrid, kElementThreads, 0, stream>>>(y, slot_of, k, dim, accumulate ? 1 : 0, out);
+    return cuda_status(cudaGetLastError(), "moe_combine launch");
+  }
   const dim3 grid((dim + kElementThreads - 1) / kElementThreads, n);
   moe_combine_kernel<<<grid, kElementThreads, 0, stream>>>(y, slot_of, k, dim, accumulate ? 1 : 0, out);
   return cuda_status(cudaGetLastError(), "moe_combine launch");
