@@ -122,9 +122,84 @@ __device__ __forceinline__ void store_weights(half* dst, const typename Chunk<T>
   }
 }
 
-template <GgmlType T, int BN, bool PAIRED>
+// Formats whose affine form w = A * q + B has B != 0 (the k-quants' minimums).
+template <GgmlType T>
+constexpr bool kHasOffset = T == GgmlType::Q2_K || T == GgmlType::Q4_K;
+
+// Exact mode: the chunk's 32 small integers q (exact in f16) to dst, and A (and B for
+// kHasOffset) of its two 16-column halves to a[0..1] (b[0..1]).
+template <GgmlType T>
+__device__ __forceinline__ void store_exact_weights(half* dst, float* a, float* b, const typename Chunk<T>::Raw& raw,
+                                                    bool ok, const uint64_t* grid) {
+  int4* d4 = reinterpret_cast<int4*>(dst);
+  if (!ok) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d4[i] = make_int4(0, 0, 0, 0);
+    a[0] = a[1] = 0.0f;
+    if constexpr (kHasOffset<T>) b[0] = b[1] = 0.0f;
+    return;
+  }
+  float q[32];
+  if constexpr (kHasOffset<T>) {
+    cuda_detail::PackedChunk pc;
+    Chunk<T>::pack(raw, grid, &pc);  // unsigned levels, four per word
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[4 * i + j] = cuda_detail::byte_to_float(static_cast<uint32_t>(pc.w[i]), j);
+    a[0] = pc.a0;
+    a[1] = pc.a1;
+    b[0] = -pc.m0;
+    b[1] = -pc.m1;
+  } else {
+    // F16: the weights (f = 1); Q8_0: int8 values, f = d; IQ2_XXS: signed grid values,
+    // f = d * (0.5 + s) / 4. All exact in f16.
+    const float f = Chunk<T>::dequant(raw, grid, q);
+    a[0] = a[1] = f;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(q[8 * i + 2 * j], q[8 * i + 2 * j + 1]);
+    d4[i] = *reinterpret_cast<int4*>(h);
+  }
+}
+
+// 2^11: the low part of a split activation is stored scaled by it (far from the f16
+// subnormals; |x - hi| * 2^11 <= |x|, so it overflows no sooner than hi), and its
+// products are scaled back by kLoUnscale (exact powers of two).
+constexpr float kLoScale = 2048.0f;
+constexpr float kLoUnscale = 1.0f / 2048.0f;
+
+// Shared-memory layout of one block (dynamic part), in bytes; the kernel and the
+// launcher both use it.
+struct SmemLayout {
+  int w, u, x, xl, aw, bw, au, bu, sx, total;
+};
+
+__host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool exact, bool offset) {
+  SmemLayout l{};
+  const int wbytes = 2 * kBlockRows * kLds * 2;  // [2][kBlockRows][kLds] f16
+  const int xbytes = 2 * bn * kLds * 2;          // [2][bn][kLds] f16
+  const int abytes = 2 * kBlockRows * 4 * 4;     // [2][kBlockRows][4] f32 (per 16 columns)
+  l.w = 0;
+  l.u = l.w + wbytes;
+  l.x = l.u + (paired ? wbytes : 0);
+  l.xl = l.x + xbytes;
+  l.aw = l.xl + (exact ? xbytes : 0);
+  l.bw = l.aw + (exact ? abytes : 0);
+  l.au = l.bw + (exact && offset ? abytes : 0);
+  l.bu = l.au + (exact && paired ? abytes : 0);
+  l.sx = l.bu + (exact && paired && offset ? abytes : 0);
+  l.total = l.sx + (exact && offset ? 2 * bn * 4 * 4 : 0);  // [2][bn][4] f32
+  return l;
+}
+
+template <GgmlType T, int BN, bool PAIRED, bool EXACT>
 __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
+  constexpr bool kOffset = EXACT && kHasOffset<T>;
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
   constexpr int kWarpsN = 8 / kWarpsM;
   constexpr int kWarpRows = kBlockRows / kWarpsM;
@@ -132,12 +207,20 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
   constexpr int MT = kWarpRows / 16;
   constexpr int NT = kWarpCols / 8;
   constexpr int kXVec = BN * (kBlockK / 4) / kThreads;  // float4 of x per thread per step
+  constexpr SmemLayout kL = smem_layout(BN, PAIRED, EXACT, kHasOffset<T>);
   static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
 
   extern __shared__ int4 smem4[];
-  half* s_w = reinterpret_cast<half*>(smem4);                  // [2][kBlockRows][kLds]
-  half* s_u = s_w + 2 * kBlockRows * kLds;                      // [2][kBlockRows][kLds] (paired)
-  half* s_x = s_u + (PAIRED ? 2 * kBlockRows * kLds : 0);       // [2][BN][kLds]
+  char* smem = reinterpret_cast<char*>(smem4);
+  half* s_w = reinterpret_cast<half*>(smem + kL.w);    // [2][kBlockRows][kLds]
+  half* s_u = reinterpret_cast<half*>(smem + kL.u);    // [2][kBlockRows][kLds] (paired)
+  half* s_x = reinterpret_cast<half*>(smem + kL.x);    // [2][BN][kLds] (exact: hi)
+  half* s_xl = reinterpret_cast<half*>(smem + kL.xl);  // [2][BN][kLds] (exact: lo * 2^11)
+  float* s_aw = reinterpret_cast<float*>(smem + kL.aw);  // [2][kBlockRows][4] (exact)
+  float* s_bw = reinterpret_cast<float*>(smem + kL.bw);
+  float* s_au = reinterpret_cast<float*>(smem + kL.au);
+  float* s_bu = reinterpret_cast<float*>(smem + kL.bu);
+  float* s_sx = reinterpret_cast<float*>(smem + kL.sx);  // [2][BN][4]: sum of x per 16 columns
   __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
   __shared__ const float* s_xrow[BN];
   __shared__ int s_out[BN];
@@ -201,20 +284,41 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
   };
   auto store = [&](int buf) {
     const int off = (buf * kBlockRows + my_row) * kLds + my_half * 32;
-    store_weights<T>(s_w + off, raw_w, w_ok, grid);
-    if constexpr (PAIRED) store_weights<T>(s_u + off, raw_u, w_ok, grid);
+    if constexpr (EXACT) {
+      const int aoff = (buf * kBlockRows + my_row) * 4 + my_half * 2;
+      store_exact_weights<T>(s_w + off, s_aw + aoff, s_bw + aoff, raw_w, w_ok, grid);
+      if constexpr (PAIRED) store_exact_weights<T>(s_u + off, s_au + aoff, s_bu + aoff, raw_u, w_ok, grid);
+    } else {
+      store_weights<T>(s_w + off, raw_w, w_ok, grid);
+      if constexpr (PAIRED) store_weights<T>(s_u + off, raw_u, w_ok, grid);
+    }
 #pragma unroll
     for (int i = 0; i < kXVec; ++i) {
       const int idx = tid + kThreads * i;
       const int tok = idx >> 4, k = (idx & 15) * 4;
-      __half2 h[2] = {__floats2half2_rn(xr[i].x, xr[i].y), __floats2half2_rn(xr[i].z, xr[i].w)};
+      const float4 v = xr[i];
+      __half2 h[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
       *reinterpret_cast<uint2*>(s_x + (buf * BN + tok) * kLds + k) = *reinterpret_cast<uint2*>(h);
+      if constexpr (EXACT) {
+        const float2 h0 = __half22float2(h[0]), h1 = __half22float2(h[1]);
+        __half2 l[2] = {__floats2half2_rn((v.x - h0.x) * kLoScale, (v.y - h0.y) * kLoScale),
+                        __floats2half2_rn((v.z - h1.x) * kLoScale, (v.w - h1.y) * kLoScale)};
+        *reinterpret_cast<uint2*>(s_xl + (buf * BN + tok) * kLds + k) = *reinterpret_cast<uint2*>(l);
+      }
+      if constexpr (kOffset) {
+        // Sum of the 16 columns of a sub-block: four consecutive lanes hold its float4s.
+        float s4 = (v.x + v.y) + (v.z + v.w);
+        s4 += __shfl_xor_sync(0xFFFFFFFFu, s4, 1);
+        s4 += __shfl_xor_sync(0xFFFFFFFFu, s4, 2);
+        if ((idx & 3) == 0) s_sx[(buf * BN + tok) * 4 + ((idx & 15) >> 2)] = s4;
+      }
     }
   };
 
   const int warp = tid >> 5, lane = tid & 31;
   const int wm0 = (warp % kWarpsM) * kWarpRows;
   const int wn0 = (warp / kWarpsM) * kWarpCols;
+  const int g = lane >> 2, q = lane & 3;
   float acc[MT][NT][4];
   float acc_u[PAIRED ? MT : 1][PAIRED ? NT : 1][4];
 #pragma unroll
@@ -227,6 +331,22 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
         if constexpr (PAIRED) acc_u[m][n][i] = 0.0f;
       }
 
+  // Exact mode, one 16x8 fragment: t = q . lo * 2^-11 + q . hi over 16 columns, then
+  // acc += A_row * t (+ B_row * sum x_tok).
+  auto exact_update = [&](float* a, const uint32_t* af, const uint32_t* lo, const uint32_t* hi, const float* am,
+                          const float* bm, const float* sxn) {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_16816(t, af, lo);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+    mma_16816(t, af, hi);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      a[i] = fmaf(am[i >> 1], t[i], a[i]);
+      if constexpr (kOffset) a[i] = fmaf(bm[i >> 1], sxn[i & 1], a[i]);
+    }
+  };
+
   load(0);
   store(0);
   __syncthreads();
@@ -237,30 +357,72 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
     const half* bw = s_w + buf * kBlockRows * kLds;
     const half* bu = s_u + buf * kBlockRows * kLds;
     const half* bx = s_x + buf * BN * kLds;
+    const half* bxl = s_xl + buf * BN * kLds;
 #pragma unroll
     for (int kk = 0; kk < kBlockK; kk += 16) {
+      const int ks = kk >> 4;
       uint32_t bf[NT][2];
+      uint32_t bl[EXACT ? NT : 1][2];
 #pragma unroll
       for (int n2 = 0; n2 < NT / 2; ++n2) {
         uint32_t r[4];
         const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
-        ldmatrix_x4(r, bx + tok * kLds + kk + ((lane >> 3) & 1) * 8);
+        const int xo = tok * kLds + kk + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r, bx + xo);
         bf[2 * n2][0] = r[0];
         bf[2 * n2][1] = r[1];
         bf[2 * n2 + 1][0] = r[2];
         bf[2 * n2 + 1][1] = r[3];
+        if constexpr (EXACT) {
+          ldmatrix_x4(r, bxl + xo);
+          bl[2 * n2][0] = r[0];
+          bl[2 * n2][1] = r[1];
+          bl[2 * n2 + 1][0] = r[2];
+          bl[2 * n2 + 1][1] = r[3];
+        }
+      }
+      float sx[kOffset ? NT : 1][2];
+      if constexpr (kOffset) {
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) sx[n][j] = s_sx[(buf * BN + wn0 + n * 8 + 2 * q + j) * 4 + ks];
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         uint32_t af[4];
         const int row = wm0 + m * 16 + (lane & 15);
         ldmatrix_x4(af, bw + row * kLds + kk + (lane >> 4) * 8);
+        if constexpr (EXACT) {
+          const int r0 = buf * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
+          const float am[2] = {s_aw[r0 * 4 + ks], s_aw[(r0 + 8) * 4 + ks]};
+          float bm[2] = {0.0f, 0.0f};
+          if constexpr (kOffset) {
+            bm[0] = s_bw[r0 * 4 + ks];
+            bm[1] = s_bw[(r0 + 8) * 4 + ks];
+          }
 #pragma unroll
-        for (int n = 0; n < NT; ++n) mma_16816(acc[m][n], af, bf[n]);
+          for (int n = 0; n < NT; ++n) exact_update(acc[m][n], af, bl[n], bf[n], am, bm, sx[kOffset ? n : 0]);
+        } else {
+#pragma unroll
+          for (int n = 0; n < NT; ++n) mma_16816(acc[m][n], af, bf[n]);
+        }
         if constexpr (PAIRED) {
           ldmatrix_x4(af, bu + row * kLds + kk + (lane >> 4) * 8);
+          if constexpr (EXACT) {
+            const int r0 = buf * kBlockRows + wm0 + m * 16 + g;
+            const float am[2] = {s_au[r0 * 4 + ks], s_au[(r0 + 8) * 4 + ks]};
+            float bm[2] = {0.0f, 0.0f};
+            if constexpr (kOffset) {
+              bm[0] = s_bu[r0 * 4 + ks];
+              bm[1] = s_bu[(r0 + 8) * 4 + ks];
+            }
 #pragma unroll
-          for (int n = 0; n < NT; ++n) mma_16816(acc_u[m][n], af, bf[n]);
+            for (int n = 0; n < NT; ++n) exact_update(acc_u[m][n], af, bl[n], bf[n], am, bm, sx[kOffset ? n : 0]);
+          } else {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) mma_16816(acc_u[m][n], af, bf[n]);
+          }
         }
       }
     }
@@ -268,7 +430,6 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
     __syncthreads();
   }
 
-  const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
 #pragma unroll
@@ -292,26 +453,33 @@ __global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
 
 using KernelFn = void (*)(MatmulParams);
 
-constexpr size_t shared_bytes(int bn, bool paired) {
-  return sizeof(half) * kLds * (2 * kBlockRows * (paired ? 2 : 1) + 2 * bn);
+constexpr bool has_offset(GgmlType t) { return t == GgmlType::Q2_K || t == GgmlType::Q4_K; }
+
+size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
+  return static_cast<size_t>(smem_layout(bn, paired, exact, has_offset(type)).total);
 }
 
-template <GgmlType T>
-KernelFn pick_kernel(int bn, bool paired) {
-  if (paired) return matmul_kernel<T, 64, true>;
-  return bn == 128 ? matmul_kernel<T, 128, false> : matmul_kernel<T, 64, false>;
+template <GgmlType T, bool EXACT>
+KernelFn pick_typed_kernel(int bn, bool paired) {
+  if (paired) return matmul_kernel<T, 64, true, EXACT>;
+  return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
 }
 
-KernelFn pick_kernel(GgmlType type, int bn, bool paired) {
+template <bool EXACT>
+KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired) {
   switch (type) {
-    case GgmlType::F32: return pick_kernel<GgmlType::F32>(bn, paired);
-    case GgmlType::F16: return pick_kernel<GgmlType::F16>(bn, paired);
-    case GgmlType::Q8_0: return pick_kernel<GgmlType::Q8_0>(bn, paired);
-    case GgmlType::IQ2_XXS: return pick_kernel<GgmlType::IQ2_XXS>(bn, paired);
-    case GgmlType::Q2_K: return pick_kernel<GgmlType::Q2_K>(bn, paired);
-    case GgmlType::Q4_K: return pick_kernel<GgmlType::Q4_K>(bn, paired);
+    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired);
+    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired);
+    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired);
+    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired);
+    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired);
+    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired);
     default: return nullptr;
   }
+}
+
+KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact) {
+  return exact ? pick_precision_kernel<true>(type, bn, paired) : pick_precision_kernel<false>(type, bn, paired);
 }
 
 Status init_once() {
@@ -329,10 +497,14 @@ Status init_once() {
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
-    for (int bn : {64, 128}) {
-      for (bool paired : {false, true}) {
-        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_kernel(t, bn, paired), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shared_bytes(paired ? 64 : bn, paired))));
+    for (bool exact : {false, true}) {
+      for (int bn : {64, 128}) {
+        for (bool paired : {false, true}) {
+          KernelFn fn = pick_kernel(t, bn, paired, exact);
+          if (fn == nullptr) continue;
+          DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));
+        }
       }
     }
   }
@@ -343,12 +515,19 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
   if (!l.w || l.w->empty()) return Status::Error("matmul: no weight matrix");
   const DeviceMatrix& w = *l.w;
   const std::string type(ggml_type_name(w.type));
-  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false) == nullptr) {
+  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false, false) == nullptr) {
     return Status::Error("matmul: unsupported weight type " + type + " with " + std::to_string(w.cols) +
                          " columns");
   }
   if (w.cols % 32 != 0 || w.cols > (1 << 30)) {
     return Status::Error("matmul: " + std::to_string(w.cols) + " columns (need a multiple of 32)");
+  }
+  if (l.precision == MatmulPrecision::kExact && pick_kernel(w.type, 64, false, true) == nullptr) {
+    return Status::Error("matmul: no exact (integer-weight) form for " + type +
+                         " weights; use MatmulPrecision::kF16 or the f32 matvec");
+  }
+  if (l.precision != MatmulPrecision::kExact && l.precision != MatmulPrecision::kF16) {
+    return Status::Error("matmul: unknown precision " + std::to_string(static_cast<int>(l.precision)));
   }
   if (l.w_up && (l.w_up->type != w.type || l.w_up->cols != w.cols || l.w_up->rows != w.rows ||
                  l.w_up->count != w.count || l.w_up->empty())) {
@@ -396,7 +575,8 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (l.token_tile != 0 && l.token_tile != 64 && l.token_tile != 128) {
     return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 64 or 128)");
   }
-  const int bn = paired ? 64 : l.token_tile ? l.token_tile : !grouped && l.n_tokens >= 128 ? 128 : 64;
+  const bool exact = l.precision == MatmulPrecision::kExact;
+  const int bn = paired ? 64 : l.token_tile ? l.token_tile : !exact && !grouped && l.n_tokens >= 128 ? 128 : 64;
 
   MatmulParams p{};
   p.w_data = w.data;
@@ -430,9 +610,9 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired);
+  KernelFn fn = pick_kernel(w.type, bn, paired, exact);
   fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
-       shared_bytes(bn, paired), stream>>>(p);
+       shared_bytes(w.type, bn, paired, exact), stream>>>(p);
   return cuda_status(cudaGetLastError(), "matmul launch");
 }
 

@@ -1,8 +1,19 @@
-// Quantized matrix-matrix products on tensor cores (the prefill path): weights are
-// dequantized to f16 exactly as the CPU dequantization (then rounded to f16),
-// activations are converted f32 -> f16 when loaded, products run on mma.sync
-// m16n8k16 (f16 x f16 -> f32) and sums accumulate in f32 in a fixed order (no
-// split-K, no atomics: results do not depend on scheduling).
+// Quantized matrix-matrix products on tensor cores (the prefill path): products run
+// on mma.sync m16n8k16 (f16 x f16 -> f32) and sums accumulate in f32 in a fixed order
+// (no split-K, no atomics: results do not depend on scheduling). Two precisions:
+//
+// MatmulPrecision::kExact (default): every weight format is affine per sub-block,
+// w = A * q + B with q a small integer (exact in f16) and A, B f32 (Q8_0: d, 0 per
+// 32; IQ2_XXS: q the signed grid value, A = d * (0.5 + s) / 4 per 32; Q2_K: d * sc,
+// -dmin * m per 16; Q4_K: d * sc, -dmin * m per 32; F16: the weight itself, 1, 0).
+// Activations are split x = hi + lo (hi = f16(x), lo = f16(x - hi), scaled by 2^12
+// to stay clear of f16 subnormals), two mma per 16 columns give q . x exactly up to
+// the f32 sums, and acc += A * (q . x) + B * sum(x) (the sum in f32). The error is
+// close to an f32 dot product (~1e-6 of sum |w x|). F32 weights have no exact form
+// here: a kExact launch with F32 weights is refused (use kF16 or the f32 matvec).
+//
+// MatmulPrecision::kF16: weights dequantized as the CPU dequantization then rounded to
+// f16, activations rounded to f16 (error ~1e-3 of sum |w x|); faster.
 //
 // Dense mode: for every token t < n_tokens and output row r < n_rows,
 //   v = W[matrix][row_begin + r] . x_t            (x_t = x + t * x_stride)
@@ -31,6 +42,11 @@
 
 namespace ds4 {
 
+enum class MatmulPrecision {
+  kExact,  // integer weights, split activations, f32 scales (see above)
+  kF16,    // f16 weights and activations
+};
+
 struct MatmulLaunch {
   const DeviceMatrix* w = nullptr;
   const DeviceMatrix* w_up = nullptr;   // set: paired SwiGLU, as MatvecLaunch (gate = w, up = w_up):
@@ -55,8 +71,10 @@ struct MatmulLaunch {
   const int32_t* x_rows = nullptr;
   const float* row_scale = nullptr;
   // Tokens (assignments) per block tile: 0 lets the launcher choose; 64 or 128 forces
-  // it (benchmarks comparing tiles; paired launches always use 64).
+  // it (benchmarks comparing tiles; paired launches always use 64). kExact chooses 64
+  // (its 128-token tile needs too much shared memory for two blocks per SM).
   int token_tile = 0;
+  MatmulPrecision precision = MatmulPrecision::kExact;
 };
 
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);

@@ -1,16 +1,22 @@
 // Tensor-core matrix-matrix kernels (cuda/matmul.h) against the CPU reference: rows
 // dequantized with format/quant.h, dot products in double, every output element
-// compared with |got - ref| <= 2e-3 * sum_k |w_k x_k| + 1e-6 (f16 operand rounding).
+// compared with |got - ref| <= 2e-6 * sum_k |w_k x_k| + 1e-7 for MatmulPrecision::kExact
+// and <= 2e-3 * sum_k |w_k x_k| + 1e-6 for kF16 (f16 operand rounding); each case prints
+// its largest error as a fraction of the tolerance and of sum |w x|. Every case runs
+// in both precisions (F32 weights: kF16 only; kExact refuses them), and again with
+// activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed).
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
 // groups: empty ones, one with a single assignment, one with more than two tiles;
-// gathered x rows and per-row scales). Then a benchmark on the prefill shapes.
+// gathered x rows and per-row scales), launches repeated bit for bit. Then a benchmark
+// of both precisions on the prefill shapes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -28,6 +34,25 @@ namespace {
 std::string tname(GgmlType t) { return std::string(ggml_type_name(t)); }
 
 int g_token_tile = 0;  // MatmulLaunch::token_tile of the correctness launches (0: launcher's choice)
+MatmulPrecision g_precision = MatmulPrecision::kExact;  // of the correctness launches
+bool g_wide_x = false;  // activations with magnitudes 1e3, 1 and 1e-3 mixed
+
+const char* precision_name(MatmulPrecision p) { return p == MatmulPrecision::kExact ? "exact" : "f16"; }
+
+// Random activations; with g_wide_x each value is scaled by 1e3, 1 or 1e-3 at random.
+std::vector<float> random_x(size_t n, std::mt19937& rng) {
+  std::vector<float> x = random_floats(n, rng);
+  if (g_wide_x) {
+    std::uniform_int_distribution<int> pick(0, 2);
+    const float mags[3] = {1e3f, 1.0f, 1e-3f};
+    for (auto& v : x) v *= mags[pick(rng)];
+  }
+  return x;
+}
+
+std::string case_suffix() {
+  return std::string(" [") + precision_name(g_precision) + (g_wide_x ? ", wide x" : "") + "]";
+}
 
 // A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
 struct TestMatrix {
@@ -70,34 +95,52 @@ Dot dot(const float* w, const float* x, int64_t n) {
   return {s, a};
 }
 
-double tol(double abs_sum) { return 2e-3 * abs_sum + 1e-6; }
+double tol(double abs_sum) {
+  return g_precision == MatmulPrecision::kExact ? 2e-6 * abs_sum + 1e-7 : 2e-3 * abs_sum + 1e-6;
+}
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
 
 // Expected value and tolerance of one output: plain, or paired SwiGLU times `scale`.
+// abs_sum: sum |w x| of a plain output (0 when paired).
 struct Expect {
-  double v, tol;
+  double v, tol, abs_sum;
+};
+
+// Largest errors of a case: as a fraction of the tolerance, and of sum |w x| (plain
+// outputs only).
+struct ErrorStats {
+  double max_tol_ratio = 0, max_sum_ratio = 0;
+  int bad = 0;
 };
 
 Expect expect(const TestMatrix& w, const TestMatrix* u, int64_t matrix, int64_t r, const float* x,
               float limit, double scale) {
   const Dot g = dot(w.row(matrix, r), x, w.cols);
-  if (!u) return {g.v, tol(g.abs_sum)};
+  if (!u) return {g.v, tol(g.abs_sum), g.abs_sum};
   const Dot up = dot(u->row(matrix, r), x, w.cols);
   const double gc = std::min(g.v, static_cast<double>(limit));
   const double uc = std::clamp(up.v, -static_cast<double>(limit), static_cast<double>(limit));
   const double tg = tol(g.abs_sum), tu = tol(up.abs_sum);
   const double t = (1.1 * tg * std::fabs(uc) + std::fabs(silu(gc)) * tu + 1.1 * tg * tu) * std::fabs(scale);
-  return {silu(gc) * uc * scale, t + 1e-6};
+  return {silu(gc) * uc * scale, t + tol(0), 0.0};
 }
 
-void report(const std::string& name, int bad, int64_t total) {
+void report(const std::string& name, const ErrorStats& st, int64_t total) {
+  const int bad = st.bad;
   check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(total) + " outputs out of tolerance");
-  if (bad == 0) std::printf("ok   %s (%lld outputs)\n", name.c_str(), static_cast<long long>(total));
+  std::printf("%s %s (%lld outputs; max error %.3g of tolerance, %.3g of sum|wx|)\n", bad == 0 ? "ok  " : "FAIL",
+              name.c_str(), static_cast<long long>(total), st.max_tol_ratio, st.max_sum_ratio);
 }
 
-void compare_one(const std::string& name, int64_t t, int64_t r, float got, const Expect& e, int* bad) {
-  if (std::fabs(got - e.v) <= e.tol && std::isfinite(got)) return;
+void compare_one(const std::string& name, int64_t t, int64_t r, float got, const Expect& e, ErrorStats* st) {
+  const double err = std::fabs(got - e.v);
+  if (std::isfinite(err)) {
+    st->max_tol_ratio = std::max(st->max_tol_ratio, err / e.tol);
+    if (e.abs_sum > 0) st->max_sum_ratio = std::max(st->max_sum_ratio, err / e.abs_sum);
+  }
+  if (err <= e.tol && std::isfinite(got)) return;
+  int* bad = &st->bad;
   if (++*bad <= 5) {
     std::printf("  %s: token/assignment %lld row %lld: got %.7g expected %.7g (tolerance %.3g)\n", name.c_str(),
                 static_cast<long long>(t), static_cast<long long>(r), got, e.v, e.tol);
@@ -115,12 +158,12 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
                            std::to_string(matrix) + " rows=[" + std::to_string(row_begin) + "+" +
                            std::to_string(nr) + ") tokens=" + std::to_string(n_tokens) +
                            (accumulate ? " accumulate" : "") +
-                           (g_token_tile ? " tile=" + std::to_string(g_token_tile) : "") + (paired ? " paired limit=" + std::to_string(limit) : "");
+                           (g_token_tile ? " tile=" + std::to_string(g_token_tile) : "") + (paired ? " paired limit=" + std::to_string(limit) : "") + case_suffix();
   auto w = make_matrix(type, cols, rows, count, rng, name);
   std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
   if (!w || (paired && !u)) return;
   const int64_t x_stride = cols + 4, y_stride = nr + 3;
-  std::vector<float> x = random_floats(static_cast<size_t>(x_stride * n_tokens), rng);
+  std::vector<float> x = random_x(static_cast<size_t>(x_stride * n_tokens), rng);
   std::vector<float> y0 = random_floats(static_cast<size_t>(y_stride * n_tokens), rng);
   DeviceVec<float> dx(x), dy(y0);
   MatmulLaunch l;
@@ -137,18 +180,20 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.swiglu_limit = limit;
   l.accumulate = accumulate;
   l.token_tile = g_token_tile;
+  l.precision = g_precision;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
   check(e == cudaSuccess, name + ": kernel failed: " + cudaGetErrorString(e));
   if (!s.ok() || e != cudaSuccess) return;
   std::vector<float> y = dy.host();
-  int bad = 0;
+  ErrorStats st;
+  int& bad = st.bad;
   for (int t = 0; t < n_tokens; ++t) {
     for (int64_t r = 0; r < nr; ++r) {
       Expect ex = expect(*w, u.get(), matrix, row_begin + r, x.data() + t * x_stride, limit, 1.0);
       if (accumulate) ex.v += y0[t * y_stride + r];
-      compare_one(name, t, r, y[t * y_stride + r], ex, &bad);
+      compare_one(name, t, r, y[t * y_stride + r], ex, &st);
     }
     // The padding between rows of y is never written.
     for (int64_t r = nr; r < y_stride; ++r) {
@@ -157,7 +202,7 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
       }
     }
   }
-  report(name, bad, static_cast<int64_t>(n_tokens) * nr);
+  report(name, st, static_cast<int64_t>(n_tokens) * nr);
 }
 
 // Grouped mode: group sizes `sizes` over matrices 0..sizes.size()-1 of a stack of
@@ -172,13 +217,13 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   const std::string name = std::string("grouped ") + tname(type) + " " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " groups={" + sz + "}" + (gather ? " gathered+scaled" : "") +
                            (g_token_tile ? " tile=" + std::to_string(g_token_tile) : "") +
-                           (paired ? " paired limit=" + std::to_string(limit) : "");
+                           (paired ? " paired limit=" + std::to_string(limit) : "") + case_suffix();
   auto w = make_matrix(type, cols, rows, count, rng, name);
   std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
   if (!w || (paired && !u)) return;
   const int pool = gather ? 37 : total;
   const int64_t x_stride = cols;
-  std::vector<float> x = random_floats(static_cast<size_t>(x_stride * std::max(pool, 1)), rng);
+  std::vector<float> x = random_x(static_cast<size_t>(x_stride * std::max(pool, 1)), rng);
   std::vector<int32_t> x_rows(std::max(total, 1));
   std::uniform_int_distribution<int> pick(0, std::max(pool, 1) - 1);
   for (int a = 0; a < total; ++a) x_rows[a] = gather ? pick(rng) : a;
@@ -201,19 +246,39 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   l.x_rows = gather ? drows.get() : nullptr;
   l.row_scale = gather ? dscale.get() : nullptr;
   l.token_tile = g_token_tile;
+  l.precision = g_precision;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
   check(e == cudaSuccess, name + ": kernel failed: " + cudaGetErrorString(e));
   if (!s.ok() || e != cudaSuccess) return;
   std::vector<float> y = dy.host();
-  int bad = 0;
+  ErrorStats st;
+  int& bad = st.bad;
+  // The same launch again gives the same bits (fixed summation order).
+  {
+    DeviceVec<float> dy2(y0);
+    l.y = dy2.get();
+    Status s2 = launch_matmul(l, nullptr);
+    const cudaError_t e2 = cudaDeviceSynchronize();
+    check(s2.ok() && e2 == cudaSuccess, name + ": repeated launch failed: " + s2.message());
+    if (s2.ok() && e2 == cudaSuccess) {
+      std::vector<float> y2 = dy2.host();
+      int differ = 0;
+      for (size_t i = 0; i < y.size(); ++i) {
+        if (std::memcmp(&y[i], &y2[i], sizeof(float)) != 0 && ++differ <= 3) {
+          std::printf("  %s: repeated launch differs at element %zu: %.9g then %.9g\n", name.c_str(), i, y[i], y2[i]);
+        }
+      }
+      check(differ == 0, name + ": repeated launch differs in " + std::to_string(differ) + " elements");
+    }
+  }
   for (size_t g = 0; g < sizes.size(); ++g) {
     for (int a = offsets[g]; a < offsets[g + 1]; ++a) {
       const double sc = gather && paired ? scale[a] : 1.0;
       for (int64_t r = 0; r < rows; ++r) {
         const Expect ex = expect(*w, u.get(), static_cast<int64_t>(g), r, x.data() + x_rows[a] * x_stride, limit, sc);
-        compare_one(name, a, r, y[a * y_stride + r], ex, &bad);
+        compare_one(name, a, r, y[a * y_stride + r], ex, &st);
       }
     }
   }
@@ -223,7 +288,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
       std::printf("  %s: wrote row %d past the assignments\n", name.c_str(), total);
     }
   }
-  report(name, bad, static_cast<int64_t>(total) * rows);
+  report(name, st, static_cast<int64_t>(total) * rows);
 }
 
 void test_errors(std::mt19937& rng) {
@@ -249,6 +314,16 @@ void test_errors(std::mt19937& rng) {
   l.x_stride = 63;
   s = launch_matmul(l, nullptr);
   check(!s.ok() && s.message().find("stride") != std::string::npos, "misaligned x stride is refused: " + s.message());
+  l.x_stride = 64;
+  auto f = make_matrix(GgmlType::F32, 64, 16, 1, rng, "errors f32");
+  if (!f) return;
+  l.w = &f->dev->m;
+  l.precision = MatmulPrecision::kExact;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("F32") != std::string::npos, "exact F32 weights are refused: " + s.message());
+  l.precision = MatmulPrecision::kF16;
+  s = launch_matmul(l, nullptr);
+  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "f16 F32 weights launch: " + s.message());
   std::printf("ok   launch errors name what is wrong\n");
 }
 
@@ -270,7 +345,7 @@ double time_us(F&& launch, int reps) {
   return ms * 1000.0 / reps;
 }
 
-void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0) {
+void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0) {
   auto dm = random_matrix(type, cols, rows, 1, 1234);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", tname(type).c_str(), dm.status().message().c_str());
@@ -286,17 +361,19 @@ void bench_dense(GgmlType type, int64_t rows, int64_t cols, int n_tokens, int to
   l.y_stride = rows;
   l.n_tokens = n_tokens;
   l.token_tile = token_tile;
+  l.precision = prec;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
   const double flops = 2.0 * rows * cols * n_tokens;
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
-  std::printf("matmul %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n", tname(type).c_str(),
+  std::printf("matmul %s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
+              precision_name(prec), tname(type).c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
               bytes / us * 1e-3, token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
-void bench_grouped(GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens, int per_token, bool paired) {
+void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens, int per_token, bool paired) {
   auto dw = random_matrix(type, cols, rows, experts, 77);
   if (!dw.ok()) {
     std::printf("bench grouped %s: %s\n", tname(type).c_str(), dw.status().message().c_str());
@@ -337,14 +414,15 @@ void bench_grouped(GgmlType type, int64_t rows, int64_t cols, int experts, int n
   l.n_groups = experts;
   l.x_rows = drows.get();
   l.row_scale = paired ? dscale.get() : nullptr;
+  l.precision = prec;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
   const double flops = 2.0 * rows * cols * total * (paired ? 2 : 1);
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
-  std::printf("matmul %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
+  std::printf("matmul %s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
               "weights %.1f GB/s)\n",
-              tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
+              precision_name(prec), tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
               static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3);
 }
 
@@ -358,49 +436,70 @@ int main() {
 
   const GgmlType all[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                           GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS};
-  for (GgmlType t : all) {
-    for (int n : {1, 7, 64, 200}) test_dense(t, 512, 200, n, rng);
-  }
-  // Columns not a multiple of the 64-column step; 300 tokens (three 128-token tiles).
-  for (GgmlType t : {GgmlType::F16, GgmlType::Q8_0}) {
-    test_dense(t, 96, 130, 7, rng);
-    test_dense(t, 160, 257, 300, rng);
-  }
-  // Sub-ranges of a stacked matrix, accumulate, paired SwiGLU with a limit.
-  for (GgmlType t : all) {
-    test_dense(t, 256, 300, 200, rng, 2, 1, 37, 150, true);
-    test_dense(t, 256, 300, 7, rng, 3, 2, 129, -1, false);
-    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
-    test_dense(t, 256, 150, 200, rng, 1, 0, 20, 100, true, true, INFINITY);
-  }
-  // Grouped: empty groups, a single assignment, one group of three 64-assignment tiles.
+  const GgmlType quantized[] = {GgmlType::F16, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS};
   const std::vector<int> sizes{0, 1, 150, 0, 37, 64, 0};
-  for (GgmlType t : all) {
-    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, false, rng);
-    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
-    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+  for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16}) {
+    g_precision = prec;
+    const bool exact = prec == MatmulPrecision::kExact;
+    for (GgmlType t : all) {
+      if (exact && t == GgmlType::F32) continue;  // refused (test_errors)
+      for (int n : {1, 7, 64, 200}) test_dense(t, 512, 200, n, rng);
+    }
+    // Columns not a multiple of the 64-column step; 300 tokens (three 128-token tiles).
+    for (GgmlType t : {GgmlType::F16, GgmlType::Q8_0}) {
+      test_dense(t, 96, 130, 7, rng);
+      test_dense(t, 160, 257, 300, rng);
+    }
+    // Sub-ranges of a stacked matrix, accumulate, paired SwiGLU with a limit.
+    for (GgmlType t : all) {
+      if (exact && t == GgmlType::F32) continue;
+      test_dense(t, 256, 300, 200, rng, 2, 1, 37, 150, true);
+      test_dense(t, 256, 300, 7, rng, 3, 2, 129, -1, false);
+      test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+      test_dense(t, 256, 150, 200, rng, 1, 0, 20, 100, true, true, INFINITY);
+    }
+    // Grouped: empty groups, a single assignment, one group of three 64-assignment tiles.
+    for (GgmlType t : all) {
+      if (exact && t == GgmlType::F32) continue;
+      test_grouped(t, 256, 130, sizes, 8, false, INFINITY, false, rng);
+      test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+      test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+    }
+    test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
+    test_grouped(GgmlType::Q8_0, 64, 64, {0, 0, 0}, 3, false, INFINITY, true, rng);
+    // Forced token tiles: 64 where the launcher would pick 128 and the reverse.
+    g_token_tile = 64;
+    test_dense(GgmlType::Q4_K, 256, 200, 200, rng, 2, 1, 37, 150, true);
+    g_token_tile = 128;
+    test_dense(GgmlType::Q8_0, 256, 200, 7, rng);
+    test_dense(GgmlType::Q2_K, 512, 200, 200, rng);
+    test_grouped(GgmlType::Q2_K, 256, 130, sizes, 8, false, INFINITY, true, rng);
+    g_token_tile = 0;
+    // Activations of a large dynamic range, plain and through the paired SwiGLU (the
+    // limit keeps the large products finite), dense and grouped.
+    g_wide_x = true;
+    for (GgmlType t : quantized) {
+      test_dense(t, 1024, 130, 70, rng);
+      test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 10.0f);
+      test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
+    }
+    g_wide_x = false;
   }
-  test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
-  test_grouped(GgmlType::Q8_0, 64, 64, {0, 0, 0}, 3, false, INFINITY, true, rng);
-  // Forced token tiles: 64 where the launcher would pick 128 and the reverse.
-  g_token_tile = 64;
-  test_dense(GgmlType::Q4_K, 256, 200, 200, rng, 2, 1, 37, 150, true);
-  g_token_tile = 128;
-  test_dense(GgmlType::Q8_0, 256, 200, 7, rng);
-  test_grouped(GgmlType::Q2_K, 256, 130, sizes, 8, false, INFINITY, true, rng);
-  g_token_tile = 0;
+  g_precision = MatmulPrecision::kExact;
   test_errors(rng);
 
   if (g_failures == 0) {
-    bench_dense(GgmlType::Q8_0, 32768, 1024, 2048);   // attn_q_b
-    bench_dense(GgmlType::Q8_0, 1024, 4096, 2048);
-    bench_dense(GgmlType::F16, 1024, 4096, 2048);
-    bench_dense(GgmlType::Q8_0, 4096, 8192, 2048);    // out_b-like
-    // The same shapes with the other token tile, for tuning.
-    bench_dense(GgmlType::Q8_0, 32768, 1024, 2048, 64);
-    bench_dense(GgmlType::Q8_0, 4096, 8192, 2048, 64);
-    bench_grouped(GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
-    bench_grouped(GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
+    for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16}) {
+      bench_dense(prec, GgmlType::Q8_0, 32768, 1024, 2048);   // attn_q_b
+      bench_dense(prec, GgmlType::Q8_0, 1024, 4096, 2048);
+      bench_dense(prec, GgmlType::F16, 1024, 4096, 2048);
+      bench_dense(prec, GgmlType::Q8_0, 4096, 8192, 2048);    // out_b-like
+      // The same shapes with the other token tile, for tuning.
+      bench_dense(prec, GgmlType::Q8_0, 32768, 1024, 2048, prec == MatmulPrecision::kExact ? 128 : 64);
+      bench_dense(prec, GgmlType::Q8_0, 4096, 8192, 2048, prec == MatmulPrecision::kExact ? 128 : 64);
+      bench_grouped(prec, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
+      bench_grouped(prec, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
+    }
   } else {
     std::printf("benchmark skipped: correctness failures above\n");
   }
