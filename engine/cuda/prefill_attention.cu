@@ -42,16 +42,15 @@ __device__ __forceinline__ KZ compressor_value(const CompressorChunkLaunch& p, i
   return {p.state_k[s], p.state_z[s]};
 }
 
-// Block b emits row c = c_begin + b with compressor_kernel's arithmetic (same order,
-// same rounding, same block size for the post-processing).
-__global__ void compressor_chunk_emit_kernel(CompressorChunkLaunch p, int c_begin) {
-  extern __shared__ float shared[];
-  float* v = shared;
-  float* scratch = shared + p.d;
+// Block (b, g) pools channels g*blockDim.x .. of row c = c_begin + b with
+// compressor_kernel's arithmetic (same order, same rounding) and leaves the pooled values
+// in the row; compressor_chunk_post_kernel then post-processes the row in place.
+__global__ void compressor_chunk_pool_kernel(CompressorChunkLaunch p, int c_begin) {
   const int coff = p.ratio == 4 ? 2 : 1;
   const int w = coff * p.d;
   const int c = c_begin + static_cast<int>(blockIdx.x);
-  for (int j = threadIdx.x; j < p.d; j += blockDim.x) {
+  const int j = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
+  if (j < p.d) {
     float mx = -INFINITY;
     for (int half = 0; half < coff; ++half) {
       const int first = coff == 2 ? (c - 1 + half) * p.ratio : c * p.ratio;
@@ -81,12 +80,23 @@ __global__ void compressor_chunk_emit_kernel(CompressorChunkLaunch p, int c_begi
         pooled = __fadd_rn(pooled, __fmul_rn(kz.k, __fdiv_rn(e, sum)));
       }
     }
-    v[j] = pooled;
+    p.rows[static_cast<int64_t>(c) * p.d + j] = pooled;
   }
+}
+
+// Block b post-processes row c = c_begin + b in place (norm, RoPE, QAT) with the block
+// size of compressor_kernel, so its reductions add in the same order.
+__global__ void compressor_chunk_post_kernel(CompressorChunkLaunch p, int c_begin) {
+  extern __shared__ float shared[];
+  float* v = shared;
+  float* scratch = shared + p.d;
+  const int c = c_begin + static_cast<int>(blockIdx.x);
+  float* row = p.rows + static_cast<int64_t>(c) * p.d;
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) v[j] = row[j];
   __syncthreads();
   post_process_row(v, p.d, true, p.norm_weight, p.eps, p.rope_dim, p.rope_freqs,
                    static_cast<float>(c * p.ratio), false, static_cast<int>(p.qat), scratch);
-  for (int j = threadIdx.x; j < p.d; j += blockDim.x) p.rows[static_cast<int64_t>(c) * p.d + j] = v[j];
+  for (int j = threadIdx.x; j < p.d; j += blockDim.x) row[j] = v[j];
 }
 
 // Writes (k, z + ape) of the chunk's last min(n, state_slots) positions into their slots.
@@ -958,9 +968,15 @@ Status launch_compressor_chunk(const CompressorChunkLaunch& p, cudaStream_t stre
   const int c_begin = p.pos0 / p.ratio;
   const int c_end = static_cast<int>(std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows));
   if (c_end > c_begin) {
+    // Pooling: one thread per channel, 64 channels per block, so that every row's
+    // channels spread over many multiprocessors.
+    constexpr int kPoolThreads = 64;
+    const dim3 pool_grid(c_end - c_begin, (p.d + kPoolThreads - 1) / kPoolThreads);
+    compressor_chunk_pool_kernel<<<pool_grid, kPoolThreads, 0, stream>>>(p, c_begin);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "compressor chunk pooling launch"));
     const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
-    compressor_chunk_emit_kernel<<<c_end - c_begin, threads, shared, stream>>>(p, c_begin);
-    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "compressor chunk emit launch"));
+    compressor_chunk_post_kernel<<<c_end - c_begin, threads, shared, stream>>>(p, c_begin);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "compressor chunk post-processing launch"));
   }
   const int first = std::max(p.pos0, p.pos0 + p.n - p.state_slots);
   compressor_chunk_state_kernel<<<p.pos0 + p.n - first, threads, 0, stream>>>(p, first);
