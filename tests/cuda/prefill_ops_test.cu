@@ -22,8 +22,10 @@
 #include "cpu/qat.h"
 #include "cpu/rope.h"
 #include "cpu/vector_ops.h"
+#include "format/quant.h"
 #include "cuda/device_model.h"
 #include "cuda/hyper_connections.h"
+#include "cuda/matvec.h"
 #include "cuda/moe.h"
 #include "cuda/prefill_ops.h"
 #include "cuda/row_ops.h"
@@ -482,7 +484,9 @@ void test_moe_group(std::mt19937& rng) {
 
 void test_moe_combine(std::mt19937& rng) {
   const ModelConfig c = deepseek_v4_flash_config();
-  const int k = c.n_experts_used, dim = c.dim;
+  const int k = c.n_experts_used;
+  // dim 4096 takes the float4 kernel, dim 130 the scalar one.
+  for (int dim : {c.dim, 130})
   for (int n : kTokenCounts) {
     const int total = n * k;
     std::vector<int32_t> slot_of(total);
@@ -494,7 +498,8 @@ void test_moe_combine(std::mt19937& rng) {
     DeviceVec<float> dy(y);
     DeviceVec<int32_t> ds(slot_of);
     for (int accumulate = 0; accumulate < 2; ++accumulate) {
-      const std::string name = std::string("moe_combine") + (accumulate ? " accumulate" : "") + " n=" + std::to_string(n);
+      const std::string name = std::string("moe_combine") + (accumulate ? " accumulate" : "") + " dim " +
+                               std::to_string(dim) + " n=" + std::to_string(n);
       DeviceVec<float> out(prior);
       expect_ok(launch_moe_combine(dy.get(), ds.get(), n, k, dim, accumulate, out.get(), nullptr), name);
       expect_sync(name);
@@ -648,6 +653,205 @@ void test_row_post_positions(std::mt19937& rng) {
   }
 }
 
+// ---------------------------------------------------------------- row_post paths
+
+// Rows without QAT whose strides allow float4 loads take the warp-per-row kernel; a
+// stride that is not a multiple of 4 takes the block-per-row kernel. Both must give the
+// same bits (q-like rows without weight, kv-like rows with weight, inverse rotation,
+// a row length that is not a multiple of 128, RoPE tail starting mid-float4).
+void test_row_post_warp_path(std::mt19937& rng) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const cpu::Rope rope(c, true);
+  DeviceVec<float> dfreq(rope.freqs());
+  struct Case {
+    int d, rope_dim, rows, rows_per_pos;
+    bool weight, inverse;
+  };
+  const Case cases[] = {{c.head_dim, c.rope_dim, 640, c.n_heads, false, false},
+                        {c.head_dim, c.rope_dim, 37, 1, true, false},
+                        {c.head_dim, c.rope_dim, 64, 8, false, true},
+                        {1024, 64, 9, 3, true, false},
+                        {132, 6, 50, 5, false, false},
+                        {128, 0, 33, 0, true, false}};
+  for (const Case& k : cases) {
+    const std::string name = "row_post warp path d=" + std::to_string(k.d) + " rope " + std::to_string(k.rope_dim) +
+                             " rows " + std::to_string(k.rows) + (k.weight ? " weight" : "") +
+                             (k.inverse ? " inverse" : "");
+    const int64_t odd = k.d + 2;  // not a multiple of 4: block path
+    std::vector<float> x = random_floats(static_cast<size_t>(k.rows) * odd, rng, -3.0f, 3.0f);
+    std::vector<float> x4(static_cast<size_t>(k.rows) * k.d);
+    for (int r = 0; r < k.rows; ++r) std::memcpy(&x4[static_cast<size_t>(r) * k.d], &x[r * odd], sizeof(float) * k.d);
+    std::vector<int32_t> pos{77};
+    DeviceVec<int32_t> dpos(pos);
+    DeviceVec<float> dx(x), dx4(x4), dw(random_floats(k.d, rng, 0.5f, 1.5f));
+    DeviceVec<float> slow(static_cast<size_t>(k.rows) * odd), fast(static_cast<size_t>(k.rows) * k.d);
+    RowPostLaunch l;
+    l.n_rows = k.rows;
+    l.d = k.d;
+    l.norm = true;
+    l.norm_weight = k.weight ? dw.get() : nullptr;
+    l.eps = c.norm_eps;
+    l.rope_dim = k.rope_dim;
+    l.rope_freqs = dfreq.get();
+    l.pos = dpos.get();
+    l.inverse = k.inverse;
+    l.rows_per_pos = k.rows_per_pos;
+    RowPostLaunch a = l;
+    a.in = dx.get();
+    a.out = slow.get();
+    a.in_stride = a.out_stride = odd;
+    RowPostLaunch b = l;
+    b.in = dx4.get();
+    b.out = fast.get();
+    b.in_stride = b.out_stride = k.d;
+    expect_ok(launch_row_post(a, nullptr), name + " (block path)");
+    expect_ok(launch_row_post(b, nullptr), name + " (warp path)");
+    expect_sync(name);
+    const std::vector<float> s = slow.host();
+    std::vector<float> want(x4.size());
+    for (int r = 0; r < k.rows; ++r) std::memcpy(&want[static_cast<size_t>(r) * k.d], &s[r * odd], sizeof(float) * k.d);
+    expect_identical(fast.host(), want, k.d, name + " against the block path");
+  }
+}
+
+// ---------------------------------------------------------------- small matmul
+
+struct SmallShape {
+  int rows;
+  int cols;
+  GgmlType type;
+  const char* what;
+};
+
+std::vector<float> weights_as_floats(const std::vector<uint8_t>& bytes, GgmlType type, size_t count) {
+  std::vector<float> w(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (type == GgmlType::F16) {
+      uint16_t h;
+      std::memcpy(&h, &bytes[2 * i], 2);
+      w[i] = fp16_to_f32(h);
+    } else {
+      std::memcpy(&w[i], &bytes[4 * i], 4);
+    }
+  }
+  return w;
+}
+
+// Every output against a double-precision sum over the same f32 inputs: the error must
+// stay within 1e-6 of sum |w_c x_c| (the scale of the f32 roundings). Also against
+// launch_matvec with the same inputs (f32 too), within 2e-6 of that scale.
+void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng) {
+  const std::string name = std::string("small_matmul ") + sh.what + " " + std::to_string(sh.rows) + " x " +
+                           std::to_string(sh.cols) + " n=" + std::to_string(n);
+  const int64_t x_stride = sh.cols + 8, y_stride = sh.rows + 3;
+  const std::vector<uint8_t> wb = random_blocks(sh.type, sh.rows, sh.cols, rng);
+  const std::vector<float> w = weights_as_floats(wb, sh.type, static_cast<size_t>(sh.rows) * sh.cols);
+  const std::vector<float> x = random_floats(static_cast<size_t>(n) * x_stride, rng, -2.0f, 2.0f);
+  DeviceVec<uint8_t> dw(wb);
+  DeviceVec<float> dx(x), dy(static_cast<size_t>(n) * y_stride), dm(static_cast<size_t>(n) * y_stride);
+  DeviceMatrix m;
+  m.type = sh.type;
+  m.rows = sh.rows;
+  m.cols = sh.cols;
+  m.data = dw.get();
+  // Sentinel in the padding columns of y: they must stay untouched.
+  std::vector<float> sentinel(static_cast<size_t>(n) * y_stride, 12345.0f);
+  cudaMemcpy(dy.get(), sentinel.data(), sizeof(float) * sentinel.size(), cudaMemcpyHostToDevice);
+  expect_ok(launch_small_matmul_tokens(m, dx.get(), x_stride, dy.get(), y_stride, n, nullptr), name);
+  MatvecLaunch ml;
+  ml.w = &m;
+  ml.x = dx.get();
+  ml.x_tok_stride = x_stride;
+  ml.y = dm.get();
+  ml.y_tok_stride = y_stride;
+  ml.n_tokens = n;
+  expect_ok(launch_matvec(ml, nullptr), name + " matvec reference");
+  expect_sync(name);
+  const std::vector<float> got = dy.host(), mv = dm.host();
+  int64_t bad = 0, bad_mv = 0, pad_bad = 0;
+  double worst = 0.0, worst_mv = 0.0;
+  for (int t = 0; t < n; ++t) {
+    for (int r = 0; r < y_stride; ++r) {
+      const float g = got[static_cast<size_t>(t) * y_stride + r];
+      if (r >= sh.rows) {
+        if (g != 12345.0f && pad_bad++ < 5) std::printf("  %s: padding (t %d, col %d) overwritten: %.9g\n", name.c_str(), t, r, g);
+        continue;
+      }
+      double sum = 0.0, mag = 0.0;
+      const float* wr = &w[static_cast<size_t>(r) * sh.cols];
+      const float* xt = &x[static_cast<size_t>(t) * x_stride];
+      for (int c = 0; c < sh.cols; ++c) {
+        const double p = static_cast<double>(wr[c]) * xt[c];
+        sum += p;
+        mag += std::fabs(p);
+      }
+      const double err = std::fabs(g - sum) / mag, err_mv = std::fabs(g - mv[static_cast<size_t>(t) * y_stride + r]) / mag;
+      worst = std::max(worst, err);
+      worst_mv = std::max(worst_mv, err_mv);
+      if (!(err <= 1e-6) && bad++ < 10) {
+        std::printf("  %s: token %d row %d: double %.12g gpu %.9g (error %.3g of sum|wx| %.6g)\n", name.c_str(), t, r,
+                    sum, g, err, mag);
+      }
+      if (!(err_mv <= 2e-6) && bad_mv++ < 10) {
+        std::printf("  %s: token %d row %d: matvec %.9g small_matmul %.9g (difference %.3g of sum|wx| %.6g)\n",
+                    name.c_str(), t, r, mv[static_cast<size_t>(t) * y_stride + r], g, err_mv, mag);
+      }
+    }
+  }
+  std::printf("  %s: worst error %.3g of sum|wx| (double reference), %.3g (matvec)\n", name.c_str(), worst, worst_mv);
+  check(bad == 0, name + ": every output within 1e-6 * sum|wx| of the double reference (" + std::to_string(bad) +
+                      " outside)");
+  check(bad_mv == 0, name + ": every output within 2e-6 * sum|wx| of launch_matvec (" + std::to_string(bad_mv) +
+                         " outside)");
+  check(pad_bad == 0, name + ": y columns past the rows untouched (" + std::to_string(pad_bad) + " overwritten)");
+}
+
+void test_small_matmul(std::mt19937& rng) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const int hc_cols = c.hc_mult * c.dim, mix_n = (2 + c.hc_mult) * c.hc_mult;
+  const SmallShape shapes[] = {{mix_n, hc_cols, GgmlType::F16, "hc_pre fn"},
+                               {c.hc_mult, hc_cols, GgmlType::F16, "head fn"},
+                               {c.n_experts, c.dim, GgmlType::F16, "gate_inp"},
+                               {c.n_experts, c.dim, GgmlType::F32, "gate_inp"},
+                               {64, c.dim, GgmlType::F16, "index_proj"},
+                               {64, c.dim, GgmlType::F32, "index_proj"},
+                               {3, 132, GgmlType::F32, "odd"},
+                               {7, 1028, GgmlType::F16, "odd"},
+                               {19, 260, GgmlType::F16, "odd"},
+                               {45, 4100, GgmlType::F32, "odd"}};
+  for (const SmallShape& sh : shapes) {
+    for (int n : kTokenCounts) test_small_matmul_case(sh, n, rng);
+  }
+  // Refusals: a type it does not read, a column count that is not a multiple of 4, an x
+  // stride shorter than a row.
+  DeviceVec<uint8_t> bytes(4096);
+  DeviceVec<float> x(4096), y(4096);
+  DeviceMatrix q8;
+  q8.type = GgmlType::Q8_0;
+  q8.rows = 2;
+  q8.cols = 64;
+  q8.data = bytes.get();
+  Status st = launch_small_matmul_tokens(q8, x.get(), 64, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("F16 or F32") != std::string::npos,
+        "small_matmul refuses a Q8_0 matrix (got: " + st.message() + ")");
+  DeviceMatrix odd;
+  odd.type = GgmlType::F16;
+  odd.rows = 2;
+  odd.cols = 6;
+  odd.data = bytes.get();
+  st = launch_small_matmul_tokens(odd, x.get(), 8, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("multiple of 4") != std::string::npos,
+        "small_matmul refuses 6 columns (got: " + st.message() + ")");
+  DeviceMatrix f32;
+  f32.type = GgmlType::F32;
+  f32.rows = 2;
+  f32.cols = 64;
+  f32.data = bytes.get();
+  st = launch_small_matmul_tokens(f32, x.get(), 60, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("stride") != std::string::npos,
+        "small_matmul refuses an x stride shorter than a row (got: " + st.message() + ")");
+}
+
 // ---------------------------------------------------------------- timings
 
 double time_us(const std::function<Status()>& launch) {
@@ -762,6 +966,38 @@ void time_launches(std::mt19937& rng) {
   kl.rows_per_pos = 1;
   report("row_post kv (2048 rows, FP8)", [&] { return launch_row_post(kl, nullptr); });
   expect_sync("timed launches");
+  // The small projections over 2048 tokens, against launch_matvec with n_tokens = n.
+  const int mix_rows = mix_n;
+  const SmallShape small[] = {{mix_rows, static_cast<int>(state), GgmlType::F16, "hc_pre fn"},
+                              {m, static_cast<int>(state), GgmlType::F16, "head fn"},
+                              {ne, s.dim, GgmlType::F16, "gate_inp F16"},
+                              {ne, s.dim, GgmlType::F32, "gate_inp F32"},
+                              {64, s.dim, GgmlType::F16, "index_proj"}};
+  for (const SmallShape& sh : small) {
+    DeviceVec<uint8_t> wb(random_blocks(sh.type, sh.rows, sh.cols, rng));
+    DeviceMatrix mat;
+    mat.type = sh.type;
+    mat.rows = sh.rows;
+    mat.cols = sh.cols;
+    mat.data = wb.get();
+    DeviceVec<float> xs(random_floats(static_cast<size_t>(n) * sh.cols, rng)), ys(static_cast<size_t>(n) * sh.rows);
+    const std::string label = std::string(sh.what) + " " + std::to_string(sh.rows) + "x" + std::to_string(sh.cols);
+    report(("small_matmul " + label).c_str(), [&] {
+      return launch_small_matmul_tokens(mat, xs.get(), sh.cols, ys.get(), sh.rows, n, nullptr);
+    });
+    MatvecLaunch ml;
+    ml.w = &mat;
+    ml.x = xs.get();
+    ml.x_tok_stride = sh.cols;
+    ml.y = ys.get();
+    ml.y_tok_stride = sh.rows;
+    ml.n_tokens = n;
+    report(("matvec n_tokens " + label).c_str(), [&] { return launch_matvec(ml, nullptr); });
+    const double bytes = static_cast<double>(n) * sh.cols * 4 + static_cast<double>(sh.rows) * sh.cols * (sh.type == GgmlType::F16 ? 2 : 4) +
+                         static_cast<double>(n) * sh.rows * 4;
+    std::printf("     (%s: %.1f MB of x, w and y: %.1f us at 4.5 TB/s)\n", label.c_str(), bytes / 1e6, bytes / 4.5e6);
+  }
+  expect_sync("timed small matmuls");
 }
 
 }  // namespace
@@ -775,6 +1011,8 @@ int main() {
   test_moe_group(rng);
   test_moe_combine(rng);
   test_row_post_positions(rng);
+  test_row_post_warp_path(rng);
+  test_small_matmul(rng);
   time_launches(rng);
   return finish("prefill_ops_test");
 }
