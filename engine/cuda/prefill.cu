@@ -70,10 +70,14 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
   return launch_matmul(m, st);
 }
 
-// f32 matrix-vector products over `n` tokens (small matrices whose inputs must stay
-// f32: the HC mixing projections and the router).
+// f32 products of a small matrix over `n` tokens (inputs that must stay f32: the HC
+// mixing projections, the router, the indexer weights).
 Status matvec_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
                      cudaStream_t st) {
+  const bool aligned = x_stride % 4 == 0 && y_stride % 4 == 0 && w.cols % 4 == 0;
+  if (aligned && w.count == 1 && (w.type == GgmlType::F16 || w.type == GgmlType::F32)) {
+    return launch_small_matmul_tokens(w, x, x_stride, y, y_stride, n, st);
+  }
   MatvecLaunch m;
   m.w = &w;
   m.x = x;
