@@ -718,7 +718,9 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   if (l.split_workspace && !l.x_norm_weight && l.n_tokens == 1 && l.n_slots == 1 && !l.w_up && !l.sum_slots &&
       tiles_min < kTargetCtas) {
     const int64_t lanes = p.warps_per_row == 1 ? p.lanes_per_row : 32 * kWarps;
-    const int64_t max_split = std::max<int64_t>(1, ns / (lanes * kUnroll));
+    // At least one chunk per lane in every split (a block's fixed costs, staging x and
+    // one round trip, shrink with its share of the row).
+    const int64_t max_split = std::max<int64_t>(1, ns / lanes);
     int64_t split = std::min<int64_t>({(kTargetCtas + tiles_min - 1) / tiles_min, max_split, kMaxSplit});
     while (split > 1 && split * n_rows > l.split_workspace_floats) --split;
     if (split > 1) {
