@@ -15,6 +15,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/page_cache.h"
 #include "cpu/rope.h"
 #include "cuda/cuda_check.h"
 #include "cuda/repack.h"
@@ -252,7 +253,10 @@ size_t piece_bytes(const Slot& s, size_t chunk) {
 // Best effort: starts reading the source range from the file (if it is a file
 // mapping) and maps it in one call instead of one page fault per few pages. Errors
 // (an old kernel without MADV_POPULATE_READ, anonymous memory) are harmless: the
-// memcpy that follows faults the pages in anyway.
+// memcpy that follows faults the pages in anyway. With page-cache dropping on, the
+// first page may be one an earlier piece shared and dropped (read again: one page),
+// and the fault read-around may bring back a few dropped pages nearby; the dropper
+// drops those again as this piece is released and once more at the end.
 void prefetch_source(const uint8_t* p, size_t n) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(p) / page * page;
@@ -264,32 +268,27 @@ void prefetch_source(const uint8_t* p, size_t n) {
 #endif
 }
 
-// Drops the file pages behind host[0, n) (file offset `file_off`) once they are
-// staged. Two steps, because posix_fadvise(POSIX_FADV_DONTNEED) leaves alone every
-// page that some process still maps: first madvise(MADV_DONTNEED) removes our own
-// mapping's page-table entries for the pages the range touches (for a read-only
-// private file mapping this discards nothing: a later access faults the page back in
-// from the file), then the fadvise drops those now unmapped clean pages from the page
-// cache. The range is widened to whole pages, so a page shared with the next piece
-// goes too; whoever reads it later faults it back in (one page, read again).
-// What this does not guarantee: pages another process maps, dirty pages and pages
-// being read at that moment stay cached; a filesystem without a separate page cache
-// (tmpfs) keeps its pages, being their only copy; and the kernel's read-around for a
-// later fault nearby may bring a few dropped pages back. It never changes what the
-// mapping reads. The madvise step runs only when `host` is page-aligned against the
-// file offset (as an mmap of the file is); otherwise only unmapped pages can go.
-void drop_page_cache(int fd, const uint8_t* host, uint64_t file_off, size_t n) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t h = reinterpret_cast<uintptr_t>(host);
-  const uintptr_t a0 = h / page * page;
-  const uintptr_t a1 = (h + n + page - 1) / page * page;
-  const uint64_t f0 = file_off - (h - a0);
-  if ((h - file_off) % page == 0 && file_off >= h - a0) {
-    madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
-    posix_fadvise(fd, static_cast<off_t>(f0), static_cast<off_t>(a1 - a0), POSIX_FADV_DONTNEED);
-  } else {
-    posix_fadvise(fd, static_cast<off_t>(file_off), static_cast<off_t>(n), POSIX_FADV_DONTNEED);
+// The dropper for the upload's file (common/page_cache.h says what it does and does
+// not guarantee). The slots' mapping (host - file offset: where offset 0 of the file
+// lies) has its page-table entries removed as pieces are staged, when every file
+// slot shares one page-aligned mapping (as the Model's mmap of its file); otherwise
+// only pages that nobody maps can go. Null when the file cannot be opened (nothing
+// is dropped then; the upload itself does not need the descriptor).
+std::unique_ptr<PageCacheDropper> open_dropper(const std::string& path, const std::vector<Slot>& slots) {
+  uintptr_t mapping = 0;
+  bool shared = true;
+  for (const Slot& s : slots) {
+    if (s.file_offset < 0 || !s.host) continue;
+    const uintptr_t base = reinterpret_cast<uintptr_t>(s.host) - static_cast<uintptr_t>(s.file_offset);
+    if (!mapping) mapping = base;
+    shared = shared && base == mapping;
   }
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  if (!shared || mapping % page != 0) mapping = 0;
+  Result<std::unique_ptr<PageCacheDropper>> dropper =
+      PageCacheDropper::Open(path, reinterpret_cast<const uint8_t*>(mapping));
+  if (!dropper.ok()) return nullptr;
+  return std::move(*dropper);
 }
 
 // True when the GPU shares its memory with the CPU.
@@ -403,11 +402,10 @@ Status DeviceModelBuilder::upload(const UploadOptions& options, const std::strin
   DS4_CUDA_TRY(cudaGetDevice(&device));
 
   // Page-cache dropping needs the file itself (posix_fadvise works on a descriptor).
-  bool drop = options.drop_page_cache == PageCacheDrop::kAlways ||
-              (options.drop_page_cache == PageCacheDrop::kAuto && device_shares_host_memory(device));
-  int fd = -1;
-  if (drop && !file_path.empty()) fd = ::open(file_path.c_str(), O_RDONLY | O_CLOEXEC);
-  drop = fd >= 0;
+  const bool want_drop = options.drop_page_cache == PageCacheDrop::kAlways ||
+                         (options.drop_page_cache == PageCacheDrop::kAuto && device_shares_host_memory(device));
+  std::unique_ptr<PageCacheDropper> dropper;
+  if (want_drop && !file_path.empty()) dropper = open_dropper(file_path, slots_);
 
   const auto t0 = std::chrono::steady_clock::now();
   uint8_t* scratch = nullptr;
@@ -416,10 +414,7 @@ Status DeviceModelBuilder::upload(const UploadOptions& options, const std::strin
     Status st = cuda_status(cudaMalloc(&scratch, scratch_bytes),
                             ("allocating " + std::to_string(scratch_bytes >> 20) +
                              " MiB of device scratch for repacking").c_str());
-    if (!st.ok()) {
-      if (fd >= 0) ::close(fd);
-      return st;
-    }
+    if (!st.ok()) return st;
   }
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> bytes{0};
@@ -447,9 +442,8 @@ Status DeviceModelBuilder::upload(const UploadOptions& options, const std::strin
       Result<uint64_t> sent = send_unit(u, options, w, which);
       if (!sent.ok()) return fail(sent.status());
       bytes += *sent;
-      if (drop && u.slot->file_offset >= 0) {
-        drop_page_cache(fd, u.slot->host + u.src0, static_cast<uint64_t>(u.slot->file_offset) + u.src0,
-                        u.src1 - u.src0);
+      if (dropper && u.slot->file_offset >= 0) {  // the piece's bytes are in staging now
+        dropper->release(static_cast<uint64_t>(u.slot->file_offset) + u.src0, u.src1 - u.src0);
       }
       st = cuda_status(cudaEventRecord(w.done[which], w.stream), "recording an upload event");
       if (!st.ok()) return fail(st);
@@ -462,14 +456,16 @@ Status DeviceModelBuilder::upload(const UploadOptions& options, const std::strin
   for (int i = 0; i < threads; ++i) pool.emplace_back(worker, i);
   for (auto& t : pool) t.join();
   if (scratch) cudaFree(scratch);
-  if (fd >= 0) ::close(fd);
+  // Faults and read-around in later pieces may have brought back pages of earlier
+  // ones: every released run is dropped once more.
+  if (dropper) dropper->finish();
   DS4_RETURN_IF_ERROR(first_error);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (stats) {
     stats->bytes = bytes.load();
     stats->seconds = secs;
     stats->scratch_bytes = scratch_bytes;
-    stats->page_cache_dropped = drop;
+    stats->page_cache_dropped = dropper != nullptr;
   }
   return Status::Ok();
 }
