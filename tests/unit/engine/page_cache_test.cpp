@@ -185,8 +185,13 @@ TEST_CASE("pages of regions not released stay cached") {
   const ResidentPages kept = f.resident(keep0, keep1 - keep0);
   CHECK_MESSAGE(kept.resident == kept.total, "pages of the region never released were dropped: "
                                                  << kept.resident << " of " << kept.total << " stay");
-  // A folio (up to 2 MiB here) that reaches from a released region into the kept
-  // pages stays; beyond the 2 MiB next to the kept pages everything released goes.
+  // A folio (up to 2 MiB with 4 KiB pages) that reaches from a released region into
+  // the kept pages stays; beyond the 2 MiB next to the kept pages everything released
+  // goes. With larger pages a folio may cover most of this file: not checked.
+  if (page != 4096) {
+    MESSAGE("SKIP released-region residency: page size " << page << " (folios may span the whole file)");
+    return;
+  }
   const size_t near = 2u << 20;
   const ResidentPages head = f.resident(0, keep0 / near * near);
   const ResidentPages rest = f.resident(keep1 + near, n - keep1 - near);
