@@ -196,8 +196,9 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
   return l;
 }
 
-template <GgmlType T, int BN, bool PAIRED, bool EXACT>
-__global__ void __launch_bounds__(kThreads) matmul_kernel(MatmulParams p) {
+// MIN_BLOCKS: resident blocks per SM the compiler must allow (2 caps registers at 128).
+template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
   constexpr bool kOffset = EXACT && kHasOffset<T>;
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
@@ -460,26 +461,31 @@ size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
 }
 
 template <GgmlType T, bool EXACT>
-KernelFn pick_typed_kernel(int bn, bool paired) {
+KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks) {
   if (paired) return matmul_kernel<T, 64, true, EXACT>;
+  if constexpr (EXACT) {
+    if (two_blocks && bn == 64) return matmul_kernel<T, 64, false, true, 2>;
+  }
   return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
 }
 
 template <bool EXACT>
-KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired) {
+KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks) {
   switch (type) {
-    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired);
-    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired);
-    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired);
-    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired);
-    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired);
-    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired);
+    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks);
+    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks);
+    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks);
+    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks);
+    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks);
+    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks);
     default: return nullptr;
   }
 }
 
-KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact) {
-  return exact ? pick_precision_kernel<true>(type, bn, paired) : pick_precision_kernel<false>(type, bn, paired);
+// two_blocks: kExact unpaired 64-token tiles only (see MatmulLaunch::exact_two_blocks).
+KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false) {
+  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks)
+               : pick_precision_kernel<false>(type, bn, paired, two_blocks);
 }
 
 Status init_once() {
@@ -500,10 +506,12 @@ Status init_once() {
     for (bool exact : {false, true}) {
       for (int bn : {64, 128}) {
         for (bool paired : {false, true}) {
-          KernelFn fn = pick_kernel(t, bn, paired, exact);
-          if (fn == nullptr) continue;
-          DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));
+          for (bool two : {false, true}) {
+            KernelFn fn = pick_kernel(t, bn, paired, exact, two);
+            if (fn == nullptr) continue;
+            DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));
+          }
         }
       }
     }
@@ -610,7 +618,7 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired, exact);
+  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks);
   fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
        shared_bytes(w.type, bn, paired, exact), stream>>>(p);
   return cuda_status(cudaGetLastError(), "matmul launch");

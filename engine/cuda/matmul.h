@@ -75,6 +75,10 @@ struct MatmulLaunch {
   // (its 128-token tile needs too much shared memory for two blocks per SM).
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
+  // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel
+  // compiled for two resident blocks per SM (registers capped at 128) instead of one.
+  // Same arithmetic in the same order.
+  bool exact_two_blocks = false;
 };
 
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);
