@@ -126,6 +126,7 @@ constexpr int kIndexTokens = 64;
 constexpr int kIndexRows = 64;
 constexpr int kIndexThreads = 256;
 constexpr int kIndexMaxPerLane = 4;  // head_dim <= 128
+constexpr int kIndexLd = 32 * kIndexMaxPerLane + 2;  // floats per staged row or query
 
 __host__ __device__ constexpr int bit_reverse5(int i) {
   return ((i & 1) << 4) | ((i & 2) << 2) | (i & 4) | ((i & 8) >> 2) | ((i & 16) >> 4);
@@ -134,7 +135,10 @@ __host__ __device__ constexpr int bit_reverse5(int i) {
 __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(IndexerChunkLaunch p,
                                                                             int64_t stride) {
   extern __shared__ float shared[];
-  const int ld = p.head_dim + 1;  // padded: the 16 token lanes of a warp hit 16 banks
+  // Dims are stored lane-major (dim lane + 32k at 4*lane + k), so that the values one
+  // summation lane needs come in float2 pairs; rows padded by 2 floats so that the 16
+  // tokens of a warp read 16 different bank pairs (one wavefront).
+  constexpr int ld = kIndexLd;
   float* rows = shared;                    // [kIndexRows][ld]
   float* qs = shared + kIndexRows * ld;    // [kIndexTokens][ld], one head at a time
   const int t0 = blockIdx.y * kIndexTokens;
@@ -147,17 +151,16 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
   for (int i = threadIdx.x; i < kIndexRows * p.head_dim; i += blockDim.x) {
     const int r = i / p.head_dim, col = i - r * p.head_dim;
     const int64_t c = c0 + r;
-    rows[r * ld + col] = c < nc_last ? p.rows[c * p.head_dim + col] : 0.0f;
+    rows[r * ld + 4 * (col & 31) + (col >> 5)] = c < nc_last ? p.rows[c * p.head_dim + col] : 0.0f;
   }
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
                       static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-  float score[4][4];
+  // The running scores live in shared memory (entry (a, b) of thread i at
+  // (4a + b) * kIndexThreads + i), which leaves the registers to the summation tree.
+  float* score = qs + kIndexTokens * ld;
 #pragma unroll
-  for (int a = 0; a < 4; ++a) {
-#pragma unroll
-    for (int b = 0; b < 4; ++b) score[a][b] = 0.0f;
-  }
+  for (int ab = 0; ab < 16; ++ab) score[ab * kIndexThreads + threadIdx.x] = 0.0f;
   for (int h = 0; h < p.heads; ++h) {
     __syncthreads();  // the previous head's queries are no longer read
     {
@@ -178,11 +181,11 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
         const int i = threadIdx.x + u * kIndexThreads;
         if (i >= kIndexTokens * vec) continue;
         const int tt = i / vec, col = 4 * (i - tt * vec);
-        float* dst = qs + tt * ld + col;
-        dst[0] = v[u].x;
-        dst[1] = v[u].y;
-        dst[2] = v[u].z;
-        dst[3] = v[u].w;
+        float* dst = qs + tt * ld;
+        dst[4 * (col & 31) + (col >> 5)] = v[u].x;
+        dst[4 * ((col + 1) & 31) + ((col + 1) >> 5)] = v[u].y;
+        dst[4 * ((col + 2) & 31) + ((col + 2) >> 5)] = v[u].z;
+        dst[4 * ((col + 3) & 31) + ((col + 3) >> 5)] = v[u].w;
       }
     }
     __syncthreads();
@@ -196,19 +199,31 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
 #pragma unroll
         for (int b = 0; b < 4; ++b) v[a][b] = 0.0f;
       }
+      // Lane `lane`'s values of dims lane + 32k in pairs (k = 0, 1 then 2, 3): each
+      // v[a][b] still adds k = 0, 1, ... in order.
 #pragma unroll
-      for (int k = 0; k < kIndexMaxPerLane; ++k) {
-        if (k < per) {
-          const int idx = lane + 32 * k;
-          float qv[4], rv[4];
+      for (int k2 = 0; k2 < kIndexMaxPerLane; k2 += 2) {
+        if (k2 < per) {
+          float2 r2[4], q2[4];
 #pragma unroll
-          for (int a = 0; a < 4; ++a) qv[a] = qs[(tx + 16 * a) * ld + idx];
+          for (int b = 0; b < 4; ++b) {
+            r2[b] = *reinterpret_cast<const float2*>(rows + (ty + 16 * b) * ld + 4 * lane + k2);
+          }
 #pragma unroll
-          for (int b = 0; b < 4; ++b) rv[b] = rows[(ty + 16 * b) * ld + idx];
+          for (int a = 0; a < 4; ++a) {
+            q2[a] = *reinterpret_cast<const float2*>(qs + (tx + 16 * a) * ld + 4 * lane + k2);
+          }
 #pragma unroll
           for (int a = 0; a < 4; ++a) {
 #pragma unroll
-            for (int b = 0; b < 4; ++b) v[a][b] = fmaf(qv[a], rv[b], v[a][b]);
+            for (int b = 0; b < 4; ++b) v[a][b] = fmaf(q2[a].x, r2[b].x, v[a][b]);
+          }
+          if (k2 + 1 < per) {
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+#pragma unroll
+              for (int b = 0; b < 4; ++b) v[a][b] = fmaf(q2[a].y, r2[b].y, v[a][b]);
+            }
           }
         }
       }
@@ -235,7 +250,10 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
       const int t = t0 + tx + 16 * a;
       const float w = t < p.n ? p.weights[static_cast<int64_t>(t) * p.heads + h] * scale : 0.0f;
 #pragma unroll
-      for (int b = 0; b < 4; ++b) score[a][b] = fmaf(fmaxf(v[a][b], 0.0f), w, score[a][b]);
+      for (int b = 0; b < 4; ++b) {
+        float& sc = score[(4 * a + b) * kIndexThreads + threadIdx.x];
+        sc = fmaf(fmaxf(v[a][b], 0.0f), w, sc);
+      }
     }
   }
 #pragma unroll
@@ -248,7 +266,7 @@ __global__ void __launch_bounds__(kIndexThreads, 2) indexer_chunk_score_kernel(I
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
       const int64_t c = c0 + ty + 16 * b;
-      if (c < nc) p.scores[static_cast<int64_t>(t) * stride + c] = score[a][b];
+      if (c < nc) p.scores[static_cast<int64_t>(t) * stride + c] = score[(4 * a + b) * kIndexThreads + threadIdx.x];
     }
   }
 }
@@ -1007,7 +1025,7 @@ Status launch_indexer_chunk(const IndexerChunkLaunch& p, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(attention_chunk_init());
   const int64_t nc_max = std::min<int64_t>((static_cast<int64_t>(p.pos0) + p.n) / p.ratio, p.max_rows);
   if (nc_max > p.topk) {
-    const size_t shared = sizeof(float) * (kIndexRows + kIndexTokens) * (p.head_dim + 1);
+    const size_t shared = sizeof(float) * ((kIndexRows + kIndexTokens) * kIndexLd + 16 * kIndexThreads);
     const int64_t row_groups = (nc_max + kIndexRows - 1) / kIndexRows;
     const int token_groups = (p.n + kIndexTokens - 1) / kIndexTokens;
     indexer_chunk_score_kernel<<<dim3(static_cast<unsigned>(row_groups), token_groups), kIndexThreads, shared,
