@@ -736,6 +736,7 @@ constexpr int kWideHeads = 64;
 constexpr int kWideThreads = 256;
 
 struct WideShared {
+  const float* row_ptr[2][kTileRows];  // rows of the current and the next tile
   __half q_hi[kWideHeads][kMmaLd];  // q_hi and q_lo are reused as float o[64][512] at the end
   __half q_lo[kWideHeads][kMmaLd];
   __half rows[kTileRows][kMmaLd];
@@ -791,16 +792,24 @@ __global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(
   const int col = threadIdx.x & (kMmaDim / 4 - 1);  // float4 column this thread stages
   const int row_parity = threadIdx.x / (kMmaDim / 4);
   static_assert(kWideThreads == 2 * (kMmaDim / 4), "two threads per float4 column");
+  // Row addresses are found one tile ahead (a selected row's index is a load of its own).
+  if (threadIdx.x < kTileRows && static_cast<int>(threadIdx.x) < total) {
+    sh.row_ptr[0][threadIdx.x] = chunk_row(p, vis, threadIdx.x);
+  }
   for (int r0 = 0; r0 < total; r0 += kTileRows) {
     const int nr = min(kTileRows, total - r0);
-    __syncthreads();  // the previous tile, P and corr are no longer read
+    const int cur = (r0 / kTileRows) & 1;
+    __syncthreads();  // the previous tile, P and corr are no longer read; row_ptr[cur] is written
+    if (threadIdx.x < kTileRows && r0 + kTileRows + static_cast<int>(threadIdx.x) < total) {
+      sh.row_ptr[cur ^ 1][threadIdx.x] = chunk_row(p, vis, r0 + kTileRows + threadIdx.x);
+    }
     {
       constexpr int kPerThread = kTileRows / 2;
       float4 v[kPerThread];
 #pragma unroll
       for (int u = 0; u < kPerThread; ++u) {
         const int j = 2 * u + row_parity;
-        v[u] = j < nr ? __ldg(reinterpret_cast<const float4*>(chunk_row(p, vis, r0 + j)) + col)
+        v[u] = j < nr ? __ldg(reinterpret_cast<const float4*>(sh.row_ptr[cur][j]) + col)
                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
