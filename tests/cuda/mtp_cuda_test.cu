@@ -1,4 +1,6 @@
 // The MTP draft block on the GPU (spec/MODEL.md §2.11, CudaBackend::forward_mtp):
+//   0. its small kernels (cuda/mtp.h) and the tagged-ring attention against plain host
+//      references on random inputs;
 //   1. the golden MTP draft logits of tiny-fast and tiny-real through runtime/golden
 //      (`ds4 --golden DIR --backend cuda`; full prefill, both variants), held to the
 //      CUDA rule default_golden_tolerance(kCuda); the strict f32 rule is reported too;
@@ -17,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda/attention.h"
+#include "cuda/mtp.h"
 #include "cuda_test_util.h"
 #include "model/model.h"
 #include "runtime/backend.h"
@@ -36,6 +40,165 @@ std::string fmt(double v) {
   char b[32];
   std::snprintf(b, sizeof(b), "%.3g", v);
   return b;
+}
+
+// ---------------------------------------------------------------------------
+// 0. Kernels against host references.
+
+template <typename T>
+T* to_device(const std::vector<T>& v) {
+  T* d = nullptr;
+  cudaMalloc(&d, sizeof(T) * std::max<size_t>(v.size(), 1));
+  cudaMemcpy(d, v.data(), sizeof(T) * v.size(), cudaMemcpyHostToDevice);
+  return d;
+}
+
+template <typename T>
+std::vector<T> to_host(const T* d, size_t n) {
+  std::vector<T> v(n);
+  cudaMemcpy(v.data(), d, sizeof(T) * n, cudaMemcpyDeviceToHost);
+  return v;
+}
+
+void kernel_add_broadcast() {
+  std::mt19937 rng(7);
+  const int dim = 1000, mult = 4;
+  std::vector<float> x = random_floats(static_cast<size_t>(dim) * mult, rng), e = random_floats(dim, rng);
+  float* dx = to_device(x);
+  float* de = to_device(e);
+  Status st = launch_mtp_add_broadcast(dx, de, dim, mult, nullptr);
+  check(st.ok(), "add_broadcast launch: " + st.message());
+  cudaDeviceSynchronize();
+  std::vector<float> got = to_host(dx, x.size());
+  int bad = 0;
+  for (int h = 0; h < mult; ++h) {
+    for (int i = 0; i < dim; ++i) {
+      const float want = x[h * dim + i] + e[i];
+      if (got[h * dim + i] != want && bad++ < 3) {
+        check(false, "add_broadcast stream " + std::to_string(h) + " index " + std::to_string(i) + ": got " +
+                         fmt(got[h * dim + i]) + " want " + fmt(want));
+      }
+    }
+  }
+  check(bad == 0, "add_broadcast: " + std::to_string(bad) + " values differ from x + e");
+  cudaFree(dx);
+  cudaFree(de);
+}
+
+void kernel_tags() {
+  const int ring = 40;
+  std::vector<int32_t> tags(ring, -1), pos_host = {0};
+  int32_t* dt = to_device(tags);
+  int32_t* dp = to_device(pos_host);
+  // Mark positions 0..99 one by one (the ring wraps twice), forget from 83, mark 90.
+  for (int32_t p = 0; p < 100; ++p) {
+    cudaMemcpy(dp, &p, sizeof(p), cudaMemcpyHostToDevice);
+    check(launch_mtp_mark_position(dt, ring, dp, nullptr).ok(), "mark_position launch");
+    tags[p % ring] = p;
+  }
+  check(launch_mtp_forget_from(dt, ring, 83, nullptr).ok(), "forget_from launch");
+  for (int32_t& t : tags) {
+    if (t >= 83) t = -1;
+  }
+  const int32_t p90 = 90;
+  cudaMemcpy(dp, &p90, sizeof(p90), cudaMemcpyHostToDevice);
+  check(launch_mtp_mark_position(dt, ring, dp, nullptr).ok(), "mark_position launch");
+  tags[p90 % ring] = p90;
+  cudaDeviceSynchronize();
+  std::vector<int32_t> got = to_host(dt, ring);
+  for (int i = 0; i < ring; ++i) {
+    check(got[i] == tags[i], "tag of slot " + std::to_string(i) + ": got " + std::to_string(got[i]) + " want " +
+                                 std::to_string(tags[i]));
+  }
+  cudaFree(dt);
+  cudaFree(dp);
+}
+
+// Decode attention over a tagged ring (no RoPE, ratio 0) against the host softmax
+// over the present rows only, with the sink; several split counts, so some splits see
+// no present row at all.
+void kernel_tagged_attention() {
+  std::mt19937 rng(11);
+  const int heads = 4, hd = 128, window = 16, ring = 32;
+  const int32_t pos = 45;
+  std::vector<float> q = random_floats(static_cast<size_t>(heads) * hd, rng);
+  std::vector<float> raw = random_floats(static_cast<size_t>(ring) * hd, rng);
+  std::vector<float> sinks = random_floats(heads, rng);
+  std::vector<int32_t> tags(ring, -1);
+  // Present: positions 30, 31, 33, 40 .. 45; stale tags (p - ring) at 34 and 36.
+  for (int32_t p : {30, 31, 33, 40, 41, 42, 43, 44, 45}) tags[p % ring] = p;
+  tags[34 % ring] = 34 - ring;
+  tags[36 % ring] = 36 - ring;
+  std::vector<float> want(static_cast<size_t>(heads) * hd);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int h = 0; h < heads; ++h) {
+    std::vector<double> sc;
+    std::vector<int> rows;
+    for (int32_t t = pos - window + 1; t <= pos; ++t) {
+      if (tags[t % ring] != t) continue;
+      double d = 0;
+      for (int i = 0; i < hd; ++i) d += static_cast<double>(q[h * hd + i]) * raw[(t % ring) * hd + i];
+      sc.push_back(d * scale);
+      rows.push_back(t % ring);
+    }
+    double m = sinks[h];
+    for (double v : sc) m = std::max(m, v);
+    double z = std::exp(sinks[h] - m);
+    for (double v : sc) z += std::exp(v - m);
+    for (int i = 0; i < hd; ++i) {
+      double acc = 0;
+      for (size_t r = 0; r < rows.size(); ++r) acc += std::exp(sc[r] - m) * raw[rows[r] * hd + i];
+      want[h * hd + i] = static_cast<float>(acc / z);
+    }
+  }
+  float* dq = to_device(q);
+  float* draw = to_device(raw);
+  float* dsinks = to_device(sinks);
+  int32_t* dtags = to_device(tags);
+  int32_t* dpos = to_device(std::vector<int32_t>{pos});
+  float* dout = nullptr;
+  float* dws = nullptr;
+  cudaMalloc(&dout, sizeof(float) * heads * hd);
+  cudaMalloc(&dws, sizeof(float) * attention_workspace_floats(heads, 8, hd));
+  for (int splits : {1, 2, 4, 8}) {
+    AttentionLaunch at;
+    at.q = dq;
+    at.out = dout;
+    at.raw = draw;
+    at.ring = ring;
+    at.raw_tags = dtags;
+    at.window = window;
+    at.sinks = dsinks;
+    at.heads = heads;
+    at.head_dim = hd;
+    at.pos = dpos;
+    at.max_visible = window;
+    at.splits = splits;
+    at.workspace = dws;
+    Status st = launch_attention_decode(at, nullptr);
+    check(st.ok(), "tagged attention launch: " + st.message());
+    cudaDeviceSynchronize();
+    std::vector<float> got = to_host(dout, want.size());
+    double worst = 0;
+    size_t at_i = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double d = std::fabs(static_cast<double>(got[i]) - want[i]);
+      if (!(d <= worst)) {
+        worst = d;
+        at_i = i;
+      }
+    }
+    std::printf("tagged attention, %d splits: max|d| %s vs the host softmax over present rows\n", splits,
+                fmt(worst).c_str());
+    check(worst <= 1e-5, "tagged attention, " + std::to_string(splits) + " splits: max|d| " + fmt(worst) +
+                             " at head " + std::to_string(at_i / hd) + " dim " + std::to_string(at_i % hd) +
+                             " (got " + fmt(got[at_i]) + ", want " + fmt(want[at_i]) + ")");
+  }
+  for (void* p : {static_cast<void*>(dq), static_cast<void*>(draw), static_cast<void*>(dsinks),
+                  static_cast<void*>(dtags), static_cast<void*>(dpos), static_cast<void*>(dout),
+                  static_cast<void*>(dws)}) {
+    cudaFree(p);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -439,6 +602,9 @@ void bad_input() {
 
 int main() {
   if (!gpu_present()) return 77;
+  kernel_add_broadcast();
+  kernel_tags();
+  kernel_tagged_attention();
   for (const std::string fixture : {"tiny-fast", "tiny-real"}) golden_mtp(fixture);
   for (const std::string fixture : {"tiny-fast", "tiny-real"}) cpu_vs_cuda(fixture);
   bad_input();
