@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
   if constexpr (kInt8) {
     // Each warp quantizes chunks; the loads of kStageBatch chunks are issued before
     // any is used (one round trip per batch instead of one per chunk).
-    constexpr int kStageBatch = 8;
+    constexpr int kStageBatch = 16;
     const int w_id = threadIdx.x >> 5, ln = threadIdx.x & 31;
     const int tasks = NT * p.vectors * ns;
     for (int base = w_id; base < tasks; base += kStageBatch * kWarps) {
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
       // 16-byte loads, kStageBatch of them issued per thread before any store.
       // Element i = 32 s + k of a vector goes to float4 slot (k / 4) * ns + s, so the
       // four elements of one load land in one slot.
-      constexpr int kStageBatch = 4;
+      constexpr int kStageBatch = 8;
       const int ch = static_cast<int>(cols_here);
       const int n4 = ch >> 2;
       const int total4 = NT * p.vectors * n4;
