@@ -95,6 +95,18 @@ class CudaBackend : public Backend {
     return Status::Ok();
   }
 
+  // The argmax is computed inside the decode graph; only its 4 bytes come back.
+  Result<int32_t> forward_greedy(const BatchToken& t) override {
+    BatchToken one = t;
+    one.want_logits = one.want_hidden = false;
+    DS4_RETURN_IF_ERROR(validate(std::span<const BatchToken>(&one, 1)));
+    DS4_RETURN_IF_ERROR(forward_->step(t.seq, t.token, t.pos, nullptr, nullptr));
+    Result<int32_t> token = forward_->last_argmax();
+    if (!token.ok()) return token.status();
+    lengths_[t.seq] = t.pos + 1;
+    return token;
+  }
+
   Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override {
     DS4_RETURN_IF_ERROR(validate(batch));
     const ModelConfig& c = model_->config();
