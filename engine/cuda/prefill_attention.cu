@@ -750,6 +750,24 @@ struct WideShared {
 static_assert(sizeof(__half) * 2 * kWideHeads * kMmaLd >= sizeof(float) * kWideHeads * kMmaDim,
               "the query tiles hold the output");
 
+// ldmatrix: lanes 8i .. 8i+7 give the row addresses of 8x8 f16 matrix i; register i
+// receives matrix i (transposed with .trans), as the mma fragments expect.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
 __global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(AttentionChunkLaunch p) {
   extern __shared__ __align__(16) unsigned char raw_shared[];
   WideShared& sh = *reinterpret_cast<WideShared*>(raw_shared);
@@ -826,22 +844,20 @@ __global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(
       float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       const __half* brow0 = sh.rows[rn + g];
       const __half* brow1 = sh.rows[rn + 8 + g];
+      // ldmatrix addresses of the 16 x 16 query block: matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15).
+      const int a_row = hm + (lane & 7) + 8 * ((lane >> 3) & 1);
+      const int a_col = 8 * (lane >> 4);
 #pragma unroll 4
       for (int k0 = 0; k0 < kMmaDim; k0 += 16) {
         const uint32_t b00 = load_half2(brow0 + k0 + 2 * c), b01 = load_half2(brow0 + k0 + 2 * c + 8);
         const uint32_t b10 = load_half2(brow1 + k0 + 2 * c), b11 = load_half2(brow1 + k0 + 2 * c + 8);
-        const uint32_t h0a = load_half2(&sh.q_hi[hm + g][k0 + 2 * c]);
-        const uint32_t h1a = load_half2(&sh.q_hi[hm + g + 8][k0 + 2 * c]);
-        const uint32_t h2a = load_half2(&sh.q_hi[hm + g][k0 + 2 * c + 8]);
-        const uint32_t h3a = load_half2(&sh.q_hi[hm + g + 8][k0 + 2 * c + 8]);
-        const uint32_t l0a = load_half2(&sh.q_lo[hm + g][k0 + 2 * c]);
-        const uint32_t l1a = load_half2(&sh.q_lo[hm + g + 8][k0 + 2 * c]);
-        const uint32_t l2a = load_half2(&sh.q_lo[hm + g][k0 + 2 * c + 8]);
-        const uint32_t l3a = load_half2(&sh.q_lo[hm + g + 8][k0 + 2 * c + 8]);
-        mma_f16(s0, h0a, h1a, h2a, h3a, b00, b01);
-        mma_f16(s0, l0a, l1a, l2a, l3a, b00, b01);
-        mma_f16(s1, h0a, h1a, h2a, h3a, b10, b11);
-        mma_f16(s1, l0a, l1a, l2a, l3a, b10, b11);
+        uint32_t ha[4], la[4];
+        ldmatrix_x4(ha, &sh.q_hi[a_row][k0 + a_col]);
+        ldmatrix_x4(la, &sh.q_lo[a_row][k0 + a_col]);
+        mma_f16(s0, ha[0], ha[1], ha[2], ha[3], b00, b01);
+        mma_f16(s0, la[0], la[1], la[2], la[3], b00, b01);
+        mma_f16(s1, ha[0], ha[1], ha[2], ha[3], b10, b11);
+        mma_f16(s1, la[0], la[1], la[2], la[3], b10, b11);
       }
       sh.s[hm + g][rn + 2 * c] = s0[0] * scale;
       sh.s[hm + g][rn + 2 * c + 1] = s0[1] * scale;
@@ -882,27 +898,25 @@ __global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(
 #pragma unroll
     for (int ks = 0; ks < kTileRows; ks += 16) {
       uint32_t ah[4][4], al[4][4];
+      const int p_row = (lane & 7) + 8 * ((lane >> 3) & 1), p_col = ks + 8 * (lane >> 4);
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt) {
-        const int h = 16 * mt + g;
-        ah[mt][0] = load_half2(&sh.p_hi[h][ks + 2 * c]);
-        ah[mt][1] = load_half2(&sh.p_hi[h + 8][ks + 2 * c]);
-        ah[mt][2] = load_half2(&sh.p_hi[h][ks + 2 * c + 8]);
-        ah[mt][3] = load_half2(&sh.p_hi[h + 8][ks + 2 * c + 8]);
-        al[mt][0] = load_half2(&sh.p_lo[h][ks + 2 * c]);
-        al[mt][1] = load_half2(&sh.p_lo[h + 8][ks + 2 * c]);
-        al[mt][2] = load_half2(&sh.p_lo[h][ks + 2 * c + 8]);
-        al[mt][3] = load_half2(&sh.p_lo[h + 8][ks + 2 * c + 8]);
+        ldmatrix_x4(ah[mt], &sh.p_hi[16 * mt + p_row][p_col]);
+        ldmatrix_x4(al[mt], &sh.p_lo[16 * mt + p_row][p_col]);
       }
+      // V fragments of two dim tiles at once: matrices (rows ks..+7 | ks+8..+15) x
+      // (dims d0..+7 | d0+8..+15), transposed: b[0], b[1] for tile nt, b[2], b[3] for nt+1.
+      const int v_row = ks + (lane & 7) + 8 * ((lane >> 3) & 1), v_col = warp * 64 + 8 * (lane >> 4);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int d = warp * 64 + nt * 8 + g;
-        const uint32_t b0 = pack_halves(sh.rows[ks + 2 * c][d], sh.rows[ks + 2 * c + 1][d]);
-        const uint32_t b1 = pack_halves(sh.rows[ks + 2 * c + 8][d], sh.rows[ks + 2 * c + 9][d]);
+      for (int nt = 0; nt < 8; nt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, &sh.rows[v_row][v_col + nt * 8]);
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt) {
-          mma_f16(acc[mt][nt], ah[mt][0], ah[mt][1], ah[mt][2], ah[mt][3], b0, b1);
-          mma_f16(acc[mt][nt], al[mt][0], al[mt][1], al[mt][2], al[mt][3], b0, b1);
+          mma_f16(acc[mt][nt], ah[mt][0], ah[mt][1], ah[mt][2], ah[mt][3], b[0], b[1]);
+          mma_f16(acc[mt][nt], al[mt][0], al[mt][1], al[mt][2], al[mt][3], b[0], b[1]);
+          mma_f16(acc[mt][nt + 1], ah[mt][0], ah[mt][1], ah[mt][2], ah[mt][3], b[2], b[3]);
+          mma_f16(acc[mt][nt + 1], al[mt][0], al[mt][1], al[mt][2], al[mt][3], b[2], b[3]);
         }
       }
     }
