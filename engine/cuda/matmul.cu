@@ -197,9 +197,12 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
 }
 
 // MIN_BLOCKS: resident blocks per SM the compiler must allow (2 caps registers at 128).
-template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1>
+// K32 (exact, formats with one scale and offset per 32 columns): scale applied per
+// 32 columns instead of per 16.
+template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
+  static_assert(!K32 || (EXACT && T != GgmlType::Q2_K), "K32 needs one scale per 32 columns");
   constexpr bool kOffset = EXACT && kHasOffset<T>;
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
   constexpr int kWarpsN = 8 / kWarpsM;
@@ -359,6 +362,88 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
     const half* bu = s_u + buf * kBlockRows * kLds;
     const half* bx = s_x + buf * BN * kLds;
     const half* bxl = s_xl + buf * BN * kLds;
+    if constexpr (K32) {
+      // Formats with one scale per 32 columns: the temporary spans both k16 steps of
+      // a chunk, so the scale is applied once per 32 columns.
+#pragma unroll
+      for (int kh = 0; kh < kBlockK; kh += 32) {
+        uint32_t bf[2][NT][2], bl[2][NT][2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int n2 = 0; n2 < NT / 2; ++n2) {
+            uint32_t r[4];
+            const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+            const int xo = tok * kLds + kh + 16 * h + ((lane >> 3) & 1) * 8;
+            ldmatrix_x4(r, bx + xo);
+            bf[h][2 * n2][0] = r[0];
+            bf[h][2 * n2][1] = r[1];
+            bf[h][2 * n2 + 1][0] = r[2];
+            bf[h][2 * n2 + 1][1] = r[3];
+            ldmatrix_x4(r, bxl + xo);
+            bl[h][2 * n2][0] = r[0];
+            bl[h][2 * n2][1] = r[1];
+            bl[h][2 * n2 + 1][0] = r[2];
+            bl[h][2 * n2 + 1][1] = r[3];
+          }
+        }
+        const int ks = kh >> 4;  // first of the chunk's two k16 steps (same A, B)
+        float sx[kOffset ? NT : 1][2];
+        if constexpr (kOffset) {
+#pragma unroll
+          for (int n = 0; n < NT; ++n)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const float* sp = s_sx + (buf * BN + wn0 + n * 8 + 2 * q + j) * 4 + ks;
+              sx[n][j] = sp[0] + sp[1];
+            }
+        }
+        auto chunk_update = [&](float* a, const uint32_t (*af)[4], int n, const float* am, const float* bm) {
+          float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_16816(t, af[0], bl[0][n]);
+          mma_16816(t, af[1], bl[1][n]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+          mma_16816(t, af[0], bf[0][n]);
+          mma_16816(t, af[1], bf[1][n]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            a[i] = fmaf(am[i >> 1], t[i], a[i]);
+            if constexpr (kOffset) a[i] = fmaf(bm[i >> 1], sx[n][i & 1], a[i]);
+          }
+        };
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const int row = wm0 + m * 16 + (lane & 15);
+          const int r0 = buf * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
+          uint32_t af[2][4];
+          ldmatrix_x4(af[0], bw + row * kLds + kh + (lane >> 4) * 8);
+          ldmatrix_x4(af[1], bw + row * kLds + kh + 16 + (lane >> 4) * 8);
+          {
+            const float am[2] = {s_aw[r0 * 4 + ks], s_aw[(r0 + 8) * 4 + ks]};
+            float bm[2] = {0.0f, 0.0f};
+            if constexpr (kOffset) {
+              bm[0] = s_bw[r0 * 4 + ks];
+              bm[1] = s_bw[(r0 + 8) * 4 + ks];
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) chunk_update(acc[m][n], af, n, am, bm);
+          }
+          if constexpr (PAIRED) {
+            ldmatrix_x4(af[0], bu + row * kLds + kh + (lane >> 4) * 8);
+            ldmatrix_x4(af[1], bu + row * kLds + kh + 16 + (lane >> 4) * 8);
+            const float am[2] = {s_au[r0 * 4 + ks], s_au[(r0 + 8) * 4 + ks]};
+            float bm[2] = {0.0f, 0.0f};
+            if constexpr (kOffset) {
+              bm[0] = s_bu[r0 * 4 + ks];
+              bm[1] = s_bu[(r0 + 8) * 4 + ks];
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) chunk_update(acc_u[m][n], af, n, am, bm);
+          }
+        }
+      }
+    } else {
 #pragma unroll
     for (int kk = 0; kk < kBlockK; kk += 16) {
       const int ks = kk >> 4;
@@ -427,6 +512,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
         }
       }
     }
+    }  // K32
     if (more) store(buf ^ 1);
     __syncthreads();
   }
@@ -461,7 +547,11 @@ size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
 }
 
 template <GgmlType T, bool EXACT>
-KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks) {
+KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k32) {
+  if constexpr (EXACT && T != GgmlType::Q2_K) {
+    if (k32 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
+    if (k32 && !two_blocks && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
+  }
   if (paired) return matmul_kernel<T, 64, true, EXACT>;
   if constexpr (EXACT) {
     if (two_blocks && bn == 64) return matmul_kernel<T, 64, false, true, 2>;
@@ -470,22 +560,22 @@ KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks) {
 }
 
 template <bool EXACT>
-KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks) {
+KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k32) {
   switch (type) {
-    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks);
-    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks);
-    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks);
-    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks);
-    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks);
-    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks);
+    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks, k32);
+    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks, k32);
+    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks, k32);
+    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks, k32);
+    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks, k32);
+    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks, k32);
     default: return nullptr;
   }
 }
 
-// two_blocks: kExact unpaired 64-token tiles only (see MatmulLaunch::exact_two_blocks).
-KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false) {
-  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks)
-               : pick_precision_kernel<false>(type, bn, paired, two_blocks);
+// two_blocks, k32: kExact tuning variants (see MatmulLaunch); ignored where they do not apply.
+KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false, bool k32 = false) {
+  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks, k32)
+               : pick_precision_kernel<false>(type, bn, paired, two_blocks, k32);
 }
 
 Status init_once() {
@@ -506,8 +596,8 @@ Status init_once() {
     for (bool exact : {false, true}) {
       for (int bn : {64, 128}) {
         for (bool paired : {false, true}) {
-          for (bool two : {false, true}) {
-            KernelFn fn = pick_kernel(t, bn, paired, exact, two);
+          for (int variant = 0; variant < 3; ++variant) {  // plain, two blocks, k32
+            KernelFn fn = pick_kernel(t, bn, paired, exact, variant == 1, variant == 2);
             if (fn == nullptr) continue;
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));
@@ -618,7 +708,7 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks);
+  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks, l.exact_k32);
   fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
        shared_bytes(w.type, bn, paired, exact), stream>>>(p);
   return cuda_status(cudaGetLastError(), "matmul launch");

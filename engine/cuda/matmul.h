@@ -79,6 +79,11 @@ struct MatmulLaunch {
   // compiled for two resident blocks per SM (registers capped at 128) instead of one.
   // Same arithmetic in the same order.
   bool exact_two_blocks = false;
+  // Tuning (benchmarks): kExact launches with 64-token tiles of the formats with one
+  // scale per 32 columns (all but Q2_K) apply it once per 32 columns instead of per
+  // 16 (fewer f32 operations; slightly different rounding). Takes precedence over
+  // exact_two_blocks.
+  bool exact_k32 = false;
 };
 
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);

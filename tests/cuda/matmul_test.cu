@@ -37,6 +37,7 @@ int g_token_tile = 0;  // MatmulLaunch::token_tile of the correctness launches (
 MatmulPrecision g_precision = MatmulPrecision::kExact;  // of the correctness launches
 bool g_wide_x = false;  // activations with magnitudes 1e3, 1 and 1e-3 mixed
 bool g_two_blocks = false;  // MatmulLaunch::exact_two_blocks of the correctness launches
+bool g_k32 = false;         // MatmulLaunch::exact_k32 of the correctness launches
 
 const char* precision_name(MatmulPrecision p) { return p == MatmulPrecision::kExact ? "exact" : "f16"; }
 
@@ -53,7 +54,7 @@ std::vector<float> random_x(size_t n, std::mt19937& rng) {
 
 std::string case_suffix() {
   return std::string(" [") + precision_name(g_precision) + (g_wide_x ? ", wide x" : "") +
-         (g_two_blocks ? ", two blocks" : "") + "]";
+         (g_two_blocks ? ", two blocks" : "") + (g_k32 ? ", k32" : "") + "]";
 }
 
 // A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
@@ -184,6 +185,7 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.token_tile = g_token_tile;
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
+  l.exact_k32 = g_k32;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -251,6 +253,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   l.token_tile = g_token_tile;
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
+  l.exact_k32 = g_k32;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -350,7 +353,7 @@ double time_us(F&& launch, int reps) {
 }
 
 void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0,
-                 bool two_blocks = false) {
+                 bool two_blocks = false, bool k32 = false) {
   auto dm = random_matrix(type, cols, rows, 1, 1234);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", tname(type).c_str(), dm.status().message().c_str());
@@ -368,19 +371,20 @@ void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols
   l.token_tile = token_tile;
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
+  l.exact_k32 = k32;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
   const double flops = 2.0 * rows * cols * n_tokens;
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
-  std::printf("matmul %s%s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", tname(type).c_str(),
+  std::printf("matmul %s%s%s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
+              precision_name(prec), two_blocks ? " two-blocks" : "", k32 ? " k32" : "", tname(type).c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
               bytes / us * 1e-3, token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
 void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens,
-                   int per_token, bool paired, bool two_blocks = false) {
+                   int per_token, bool paired, bool two_blocks = false, bool k32 = false) {
   auto dw = random_matrix(type, cols, rows, experts, 77);
   if (!dw.ok()) {
     std::printf("bench grouped %s: %s\n", tname(type).c_str(), dw.status().message().c_str());
@@ -423,14 +427,15 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
   l.row_scale = paired ? dscale.get() : nullptr;
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
+  l.exact_k32 = k32;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
   const double flops = 2.0 * rows * cols * total * (paired ? 2 : 1);
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
-  std::printf("matmul %s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
+  std::printf("matmul %s%s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
               "weights %.1f GB/s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
+              precision_name(prec), two_blocks ? " two-blocks" : "", k32 ? " k32" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
               static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3);
 }
 
@@ -504,6 +509,21 @@ int main() {
   test_dense(GgmlType::Q2_K, 1024, 130, 70, rng);
   g_wide_x = false;
   g_two_blocks = false;
+  // The kernels applying the scale per 32 columns (kExact tuning; Q2_K ignores it).
+  g_k32 = true;
+  for (GgmlType t : quantized) {
+    test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  g_wide_x = true;
+  for (GgmlType t : quantized) {
+    test_dense(t, 1024, 130, 70, rng);
+    test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
+  }
+  g_wide_x = false;
+  g_k32 = false;
   test_errors(rng);
 
   if (g_failures == 0) {
@@ -522,6 +542,11 @@ int main() {
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, true);
     bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, true);
+    // kExact with the scale applied per 32 columns (tuning).
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, false, true);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, false, true);
+    bench_dense(MatmulPrecision::kExact, GgmlType::F16, 1024, 4096, 2048, 0, false, true);
+    bench_grouped(MatmulPrecision::kExact, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true, false, true);
   } else {
     std::printf("benchmark skipped: correctness failures above\n");
   }
