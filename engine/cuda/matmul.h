@@ -6,11 +6,12 @@
 // w = A * q + B with q a small integer (exact in f16) and A, B f32 (Q8_0: d, 0 per
 // 32; IQ2_XXS: q the signed grid value, A = d * (0.5 + s) / 4 per 32; Q2_K: d * sc,
 // -dmin * m per 16; Q4_K: d * sc, -dmin * m per 32; F16: the weight itself, 1, 0).
-// Activations are split x = hi + lo (hi = f16(x), lo = f16(x - hi), scaled by 2^12
-// to stay clear of f16 subnormals), two mma per 16 columns give q . x exactly up to
-// the f32 sums, and acc += A * (q . x) + B * sum(x) (the sum in f32). The error is
+// Activations are split x = hi + lo (hi = f16(x), lo = f16((x - hi) * 2^11), the
+// scale keeping it clear of f16 subnormals), two mma per 16 columns give q . x up to
+// the f32 sums (relative error ~2^-22 per activation), and acc += A * (q . x) + B * sum(x) (the sum in f32). The error is
 // close to an f32 dot product (~1e-6 of sum |w x|). F32 weights have no exact form
 // here: a kExact launch with F32 weights is refused (use kF16 or the f32 matvec).
+// Both precisions need |x| < 65504 (the f16 range of hi).
 //
 // MatmulPrecision::kF16: weights dequantized as the CPU dequantization then rounded to
 // f16, activations rounded to f16 (error ~1e-3 of sum |w x|); faster.
@@ -72,7 +73,7 @@ struct MatmulLaunch {
   const float* row_scale = nullptr;
   // Tokens (assignments) per block tile: 0 lets the launcher choose; 64 or 128 forces
   // it (benchmarks comparing tiles; paired launches always use 64). kExact chooses 64
-  // (its 128-token tile needs too much shared memory for two blocks per SM).
+  // (its 128-token tile uses more shared memory and registers per block).
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
   // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel
