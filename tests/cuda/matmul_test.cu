@@ -4,7 +4,8 @@
 // and <= 2e-3 * sum_k |w_k x_k| + 1e-6 for kF16 (f16 operand rounding); each case prints
 // its largest error as a fraction of the tolerance and of sum |w x|. Every case runs
 // in both precisions (F32 weights: kF16 only; kExact refuses them), and again with
-// activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed).
+// activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed); the kExact
+// tuning variants (exact_two_blocks, exact_k32) are checked on a subset.
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
