@@ -765,7 +765,10 @@ void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng) {
   ml.y = dm.get();
   ml.y_tok_stride = y_stride;
   ml.n_tokens = n;
-  expect_ok(launch_matvec(ml, nullptr), name + " matvec reference");
+  // The matrix-vector kernel reads only the column counts of the model's formats
+  // (device_matrix_supported); for the odd shapes the double sum is the only reference.
+  const bool with_matvec = device_matrix_supported(sh.type, sh.cols);
+  if (with_matvec) expect_ok(launch_matvec(ml, nullptr), name + " matvec reference");
   expect_sync(name);
   const std::vector<float> got = dy.host(), mv = dm.host();
   int64_t bad = 0, bad_mv = 0, pad_bad = 0;
@@ -785,7 +788,8 @@ void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng) {
         sum += p;
         mag += std::fabs(p);
       }
-      const double err = std::fabs(g - sum) / mag, err_mv = std::fabs(g - mv[static_cast<size_t>(t) * y_stride + r]) / mag;
+      const double err = std::fabs(g - sum) / mag;
+      const double err_mv = with_matvec ? std::fabs(g - mv[static_cast<size_t>(t) * y_stride + r]) / mag : 0.0;
       worst = std::max(worst, err);
       worst_mv = std::max(worst_mv, err_mv);
       if (!(err <= 1e-6) && bad++ < 10) {
