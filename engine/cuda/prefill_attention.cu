@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_limits.h"
 #include "cuda/row_post.cuh"
 
 namespace ds4 {
@@ -966,6 +967,10 @@ __global__ void __launch_bounds__(kWideThreads, 1) attention_chunk_mma64_kernel(
   for (int i = threadIdx.x; i < kWideHeads * kMmaDim / 4; i += kWideThreads) out[i] = o4[i];
 }
 
+// The 64-head kernel stages 64 queries (about 186 KiB of shared memory): Hopper-class
+// GPUs only. Smaller ones (the GB10: ~99 KiB per block) run the 16-head kernel.
+bool wide_kernel_fits() { return static_cast<int>(sizeof(WideShared)) <= max_shared_per_block(); }
+
 Status attention_chunk_init() {
   static const Status status = [] {
     Status s = cuda_status(cudaFuncSetAttribute(attention_chunk_kernel<1>,
@@ -980,10 +985,12 @@ Status attention_chunk_init() {
                                          static_cast<int>(sizeof(MmaShared))),
                     "raising the tensor-core chunk attention kernel's shared memory limit");
     if (!s.ok()) return s;
-    s = cuda_status(cudaFuncSetAttribute(attention_chunk_mma64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(sizeof(WideShared))),
-                    "raising the 64-head tensor-core chunk attention kernel's shared memory limit");
-    if (!s.ok()) return s;
+    if (wide_kernel_fits()) {
+      s = cuda_status(cudaFuncSetAttribute(attention_chunk_mma64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(sizeof(WideShared))),
+                      "raising the 64-head tensor-core chunk attention kernel's shared memory limit");
+      if (!s.ok()) return s;
+    }
     return cuda_status(cudaFuncSetAttribute(indexer_chunk_score_kernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
                        "raising the chunk indexer kernel's shared memory limit");
@@ -1089,7 +1096,12 @@ Status launch_attention_chunk(const AttentionChunkLaunch& p, cudaStream_t stream
   if (p.heads_per_block != 0 && p.heads_per_block != kMmaHeads && p.heads_per_block != kWideHeads) {
     return Status::Error("attention chunk: heads_per_block must be 0, 16 or 64");
   }
-  const bool wide = p.heads_per_block == 0 || p.heads_per_block == kWideHeads;
+  if (p.heads_per_block == kWideHeads && !wide_kernel_fits()) {
+    return Status::Error("attention chunk: the 64-head kernel needs " + std::to_string(sizeof(WideShared)) +
+                         " bytes of shared memory per block; this GPU allows " +
+                         std::to_string(max_shared_per_block()));
+  }
+  const bool wide = (p.heads_per_block == 0 && wide_kernel_fits()) || p.heads_per_block == kWideHeads;
   if (p.head_dim == kMmaDim && p.heads % kWideHeads == 0 && wide) {
     if ((reinterpret_cast<uintptr_t>(p.q) & 15) != 0 || (reinterpret_cast<uintptr_t>(p.out) & 15) != 0) {
       return Status::Error("attention chunk: queries or outputs are not 16-byte aligned");
