@@ -108,6 +108,120 @@ __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLa
   }
 }
 
+constexpr int kGroupHeads = kAttentionGroupHeads;
+static_assert(kThreads / 32 == kGroupHeads, "one warp per head of the group in the softmax step");
+
+// Rows per split in the worst case (the stride of the head-group kernel's score rows).
+__host__ __device__ __forceinline__ int split_capacity(const AttentionLaunch& p) {
+  return (p.max_visible + p.splits - 1) / p.splits;
+}
+
+size_t head_group_shared_bytes(const AttentionLaunch& p) {
+  const size_t cap = static_cast<size_t>(split_capacity(p));
+  return sizeof(const float*) * cap + sizeof(float) * kGroupHeads * (p.head_dim + cap);
+}
+
+// Block (split j, head group g): the rows of split j, read once for the group's heads.
+// Per head the arithmetic is the per-head kernel's: lane-strided dot products reduced
+// over the warp, the split's max and sum of exp(s - max), and the output sum over rows
+// in row order. Results go to the same workspace slots (head, split).
+__global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
+  extern __shared__ __align__(16) unsigned char group_shared[];
+  const int cap = split_capacity(p);
+  const int D = p.head_dim;
+  const float** rows = reinterpret_cast<const float**>(group_shared);
+  float* q = reinterpret_cast<float*>(group_shared + sizeof(const float*) * cap);  // [G][D]
+  float* probs = q + kGroupHeads * D;                                               // [G][cap]
+  __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads];
+  const int j = blockIdx.x, h0 = blockIdx.y * kGroupHeads;
+  const int nh = min(kGroupHeads, p.heads - h0);
+  const int pos = *p.pos;
+  const Visible vis = visible_rows(p, pos);
+  const int chunk = (vis.n + p.splits - 1) / p.splits;
+  const int r0 = j * chunk;
+  const int nr = max(0, min(vis.n, r0 + chunk) - r0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
+    q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
+  }
+  for (int r = threadIdx.x; r < nr; r += kThreads) {
+    rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
+  }
+  __syncthreads();
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+  // Scores: a warp per row, every head of the group from one read of the row.
+  for (int r = warp; r < nr; r += kThreads / 32) {
+    const float* row = rows[r];
+    float d[kGroupHeads];
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) d[g] = 0.0f;
+    for (int i = lane; i < D; i += 32) {
+      const float v = row[i];
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) d[g] += q[g * D + i] * v;
+    }
+    const bool absent = raw_row_absent(p, pos, vis.nraw, r0 + r);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      const float s = warp_sum(d[g]);
+      if (lane == 0) probs[g * cap + r] = absent ? -INFINITY : s * scale;
+    }
+  }
+  __syncthreads();
+  // Softmax pieces: warp g owns head g of the group.
+  {
+    float* pr = probs + warp * cap;
+    float mx = -INFINITY;
+    for (int r = lane; r < nr; r += 32) mx = fmaxf(mx, pr[r]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int r = lane; r < nr; r += 32) {
+      const float e = pr[r] == -INFINITY ? 0.0f : expf(pr[r] - mx);
+      pr[r] = e;
+      sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      s_max[warp] = mx;
+      s_sum[warp] = sum;
+    }
+  }
+  __syncthreads();
+  // Output sums: a thread per dimension; each row value is loaded once for all heads.
+  for (int i = threadIdx.x; i < D; i += kThreads) {
+    float acc[kGroupHeads];
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) acc[g] = 0.0f;
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+      const float a0 = rows[r][i], a1 = rows[r + 1][i], a2 = rows[r + 2][i], a3 = rows[r + 3][i];
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) {
+        const float* pr = probs + g * cap + r;
+        acc[g] += pr[0] * a0;
+        acc[g] += pr[1] * a1;
+        acc[g] += pr[2] * a2;
+        acc[g] += pr[3] * a3;
+      }
+    }
+    for (; r < nr; ++r) {
+      const float a = rows[r][i];
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) acc[g] += probs[g * cap + r] * a;
+    }
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      if (g < nh) p.workspace[(static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2) + i] = acc[g];
+    }
+  }
+  if (threadIdx.x < nh) {
+    float* ws = p.workspace + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
+    ws[D] = s_max[threadIdx.x];
+    ws[D + 1] = s_sum[threadIdx.x];
+  }
+}
+
 // Block h: combines the splits with the sink, normalises, applies the inverse RoPE.
 __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLaunch p) {
   extern __shared__ float shared[];
@@ -150,11 +264,20 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLa
 }  // namespace
 
 Status attention_init() {
-  static const Status status = cuda_status(
-      cudaFuncSetAttribute(attention_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           96 * 1024),
-      "raising the attention kernel's shared memory limit");
+  static const Status status = [] {
+    DS4_RETURN_IF_ERROR(cuda_status(
+        cudaFuncSetAttribute(attention_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             96 * 1024),
+        "raising the attention kernel's shared memory limit"));
+    return cuda_status(cudaFuncSetAttribute(attention_group_partial_kernel,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                       "raising the head-group attention kernel's shared memory limit");
+  }();
   return status;
+}
+
+bool attention_uses_head_groups(const AttentionLaunch& p) {
+  return !p.per_head_blocks && p.splits >= 1 && head_group_shared_bytes(p) <= 96 * 1024;
 }
 
 Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
@@ -163,7 +286,12 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   const size_t shared = sizeof(float) * (p.head_dim + chunk);
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
-  attention_partial_kernel<<<dim3(p.heads, p.splits), kThreads, shared, stream>>>(p);
+  if (attention_uses_head_groups(p)) {
+    const dim3 grid(p.splits, (p.heads + kGroupHeads - 1) / kGroupHeads);
+    attention_group_partial_kernel<<<grid, kThreads, head_group_shared_bytes(p), stream>>>(p);
+  } else {
+    attention_partial_kernel<<<dim3(p.heads, p.splits), kThreads, shared, stream>>>(p);
+  }
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "attention launch"));
   attention_combine_kernel<<<p.heads, kThreads, sizeof(float) * (p.head_dim + p.splits), stream>>>(p);
   return cuda_status(cudaGetLastError(), "attention combine launch");

@@ -4,6 +4,10 @@
 // RoPE of the output tail at the query position. Counts come from the position in
 // device memory, so the launch is graph-safe.
 //
+// Rows are split over `splits` blocks; each block reads its rows once for a group of
+// heads (kAttentionGroupHeads), so a row is read heads / kAttentionGroupHeads times in
+// all. The partial softmax sums are combined per head in split order (deterministic).
+//
 // Thread-safety: launches on the caller's stream; no host state.
 #pragma once
 
@@ -41,7 +45,18 @@ struct AttentionLaunch {
   // afterwards); workspace holds heads * splits * (head_dim + 2) floats.
   int splits = 1;
   float* workspace = nullptr;
+  // Tests and benchmarks: the earlier kernel (one block per head and split, every row
+  // read once per head) instead of the head-group kernel.
+  bool per_head_blocks = false;
 };
+
+// Heads one block of the head-group kernel computes over its rows.
+inline constexpr int kAttentionGroupHeads = 8;
+
+// True when launch_attention_decode runs the head-group kernel for `launch` (false:
+// per_head_blocks was asked for, or its shared memory would exceed the limit, in which
+// case the per-head kernel runs).
+bool attention_uses_head_groups(const AttentionLaunch& launch);
 
 // Workspace floats needed by launch_attention_decode.
 inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {

@@ -184,6 +184,151 @@ __global__ void __launch_bounds__(kSelectThreads) indexer_topk_kernel(IndexerLau
   }
 }
 
+// The current scoring kernel: blocks past the visible rows return before loading the
+// query (the grid is sized for the largest context), and with 128-dim rows each lane
+// holds its four row values in registers across the heads. Same products and sums, in
+// the same order, as indexer_score_kernel.
+__global__ void indexer_score_rows_kernel(IndexerLaunch p) {
+  if (!*p.active) return;
+  int64_t nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = p.max_rows;
+  const int warps = blockDim.x >> 5;
+  if (static_cast<int64_t>(blockIdx.x) * warps >= nc) return;
+  extern __shared__ float shared[];
+  float* q = shared;
+  float* w = shared + p.heads * p.head_dim;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
+                      static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
+  for (int i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = p.q[i];
+  for (int i = threadIdx.x; i < p.heads; i += blockDim.x) w[i] = p.weights[i] * scale;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int64_t c = blockIdx.x * warps + (threadIdx.x >> 5); c < nc;
+       c += static_cast<int64_t>(gridDim.x) * warps) {
+    const float* row = p.rows + c * p.head_dim;
+    float score = 0.0f;
+    if (p.head_dim == 128) {
+      const float r0 = row[lane], r1 = row[lane + 32], r2 = row[lane + 64], r3 = row[lane + 96];
+#pragma unroll 4
+      for (int h = 0; h < p.heads; ++h) {
+        const float* qh = q + h * 128;
+        float d = 0.0f;
+        d += qh[lane] * r0;
+        d += qh[lane + 32] * r1;
+        d += qh[lane + 64] * r2;
+        d += qh[lane + 96] * r3;
+        d = warp_sum(d);
+        score += fmaxf(d, 0.0f) * w[h];
+      }
+    } else {
+      for (int h = 0; h < p.heads; ++h) {
+        float d = 0.0f;
+        for (int i = lane; i < p.head_dim; i += 32) d += q[h * p.head_dim + i] * row[i];
+        d = warp_sum(d);
+        score += fmaxf(d, 0.0f) * w[h];
+      }
+    }
+    if (lane == 0) p.scores[c] = score;
+  }
+}
+
+// Sum of the first `n` entries of a small shared array (n <= 32), read by every thread.
+__device__ __forceinline__ int shared_prefix(const int* counts, int n) {
+  int s = 0;
+  for (int k = 0; k < n; ++k) s += counts[k];
+  return s;
+}
+
+// Radix select of the topk largest scores in one block. Each pass histograms 8 bits
+// of the keys that match the prefix chosen so far (warp-aggregated shared-memory
+// counts: integer sums, so the order of the adds does not matter), then 256 threads
+// find the boundary bin with a scan. When the boundary bin is taken whole, the prefix
+// already splits the keys exactly and the passes stop. The output pass walks the
+// scores in index order, 1024 at a time, and takes every key above the prefix plus
+// the first `remaining` keys equal to it: the same set, in the same order, as
+// indexer_topk_kernel.
+__global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(IndexerLaunch p) {
+  if (!*p.active || p.topk <= 0) return;
+  constexpr int kWarps = kSelectThreads / 32;
+  __shared__ int hist[256];
+  __shared__ int warp_counts[kWarps];
+  __shared__ int warp_counts2[kWarps];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining, s_whole;
+  int nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  uint32_t prefix = 0, mask = 0;
+  int remaining = p.topk;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    if (threadIdx.x < 256) hist[threadIdx.x] = 0;
+    __syncthreads();
+    for (int base = 0; base < nc; base += kSelectThreads) {
+      const int i = base + threadIdx.x;
+      const uint32_t key = i < nc ? order_key(p.scores[i]) : 0u;
+      const bool in = i < nc && (key & mask) == prefix;
+      const uint32_t bin = (key >> shift) & 255u;
+      const unsigned peers = __match_any_sync(0xffffffffu, in ? bin : 0xffffffffu);
+      if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+    }
+    __syncthreads();
+    // Thread t < 256 looks at bin 255 - t: counts of the bins from the top down.
+    int count = 0, inclusive = 0;
+    const int b = 255 - static_cast<int>(threadIdx.x);
+    if (threadIdx.x < 256) {
+      count = hist[b];
+      inclusive = count;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int n = __shfl_up_sync(0xffffffffu, inclusive, off);
+        if (lane >= off) inclusive += n;
+      }
+      if (lane == 31) warp_counts[warp] = inclusive;
+    }
+    __syncthreads();
+    if (threadIdx.x < 256) {
+      inclusive += shared_prefix(warp_counts, warp);
+      const int above = inclusive - count;  // keys in higher bins
+      // The boundary bin: the first from the top that reaches `remaining` (bin 0 when
+      // none does, as the serial search).
+      if (above < remaining && (inclusive >= remaining || b == 0)) {
+        s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+        s_remaining = remaining - above;
+        s_whole = count == remaining - above;
+      }
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    remaining = s_remaining;
+    mask |= 255u << shift;
+    const bool whole = s_whole != 0;
+    __syncthreads();
+    if (whole) break;
+  }
+  // Output: keys above the prefix, and the first `remaining` equal to it, in index order.
+  int taken = 0, equal_seen = 0;
+  for (int base = 0; base < nc && taken < p.topk; base += kSelectThreads) {
+    const int i = base + threadIdx.x;
+    const uint32_t key = i < nc ? (order_key(p.scores[i]) & mask) : 0u;
+    const bool gt = i < nc && key > prefix;
+    const bool eq = i < nc && key == prefix;
+    const unsigned eq_bits = __ballot_sync(0xffffffffu, eq);
+    if (lane == 0) warp_counts[warp] = __popc(eq_bits);
+    __syncthreads();
+    const int eq_rank = equal_seen + shared_prefix(warp_counts, warp) + __popc(eq_bits & lanes_below);
+    const bool take = gt || (eq && eq_rank < remaining);
+    const unsigned take_bits = __ballot_sync(0xffffffffu, take);
+    if (lane == 0) warp_counts2[warp] = __popc(take_bits);
+    __syncthreads();
+    const int offset = taken + shared_prefix(warp_counts2, warp) + __popc(take_bits & lanes_below);
+    if (take && offset < p.topk) p.selected[offset] = i;
+    equal_seen += shared_prefix(warp_counts, kWarps);
+    taken += shared_prefix(warp_counts2, kWarps);
+    __syncthreads();
+  }
+}
+
 int pow2_threads(int n) {
   int t = 32;
   while (t < n && t < 1024) t *= 2;
@@ -193,10 +338,15 @@ int pow2_threads(int n) {
 }  // namespace
 
 Status indexer_init() {
-  static const Status status = cuda_status(
-      cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           96 * 1024),
-      "raising the indexer kernel's shared memory limit");
+  static const Status status = [] {
+    DS4_RETURN_IF_ERROR(cuda_status(
+        cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             96 * 1024),
+        "raising the indexer kernel's shared memory limit"));
+    return cuda_status(cudaFuncSetAttribute(indexer_score_rows_kernel,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                       "raising the indexer row-scoring kernel's shared memory limit");
+  }();
   return status;
 }
 
@@ -221,9 +371,16 @@ Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
   if (shared > 96 * 1024) return Status::Error("indexer: query does not fit in shared memory");
   DS4_RETURN_IF_ERROR(indexer_init());
   const int64_t blocks = std::min<int64_t>((p.max_rows + 7) / 8, 1056);
-  indexer_score_kernel<<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), 256, shared, stream>>>(p);
-  DS4_CUDA_TRY(cudaGetLastError());
-  indexer_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(blocks, 1));
+  if (p.baseline_kernels) {
+    indexer_score_kernel<<<grid, 256, shared, stream>>>(p);
+    DS4_CUDA_TRY(cudaGetLastError());
+    indexer_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+  } else {
+    indexer_score_rows_kernel<<<grid, 256, shared, stream>>>(p);
+    DS4_CUDA_TRY(cudaGetLastError());
+    indexer_radix_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+  }
   return cuda_status(cudaGetLastError(), "indexer top-k launch");
 }
 

@@ -61,10 +61,17 @@ struct IndexerLaunch {
   const int32_t* active = nullptr; // device flag from launch_indexer_gate
   float* scores = nullptr;         // workspace [max_rows]
   int32_t* selected = nullptr;     // out: topk row indices in increasing order
+  // Tests and benchmarks: the earlier kernels (every scoring block loads the query even
+  // past the visible rows; top-k by a serial bin search and a chunked two-scan output)
+  // instead of the current ones. Same scores and selections.
+  bool baseline_kernels = false;
 };
 
 // score_c = sum_h w_h / sqrt(head_dim * heads) * relu(q_h . row_c) for every visible
 // row, then the topk largest (ties to the lower index). Does nothing when !*active.
+// The selection is a radix select on the scores' order-preserving bit patterns (8 bits
+// a pass, stopping once the boundary bin is taken whole), then one ordered pass that
+// writes the selected indices in increasing order.
 Status launch_indexer_select(const IndexerLaunch& launch, cudaStream_t stream);
 
 // Raises the scoring kernel's shared-memory limit (call once before recording graphs).

@@ -2,13 +2,15 @@
 // random inputs, every output element compared: row post-processing (RMSNorm, RoPE,
 // FP8 round trip, Hadamard + FP4 round trip), hyper-connections (hc_pre with Sinkhorn,
 // hc_post, hc_head), the MoE router (biased top-k and hash routing), decode attention
-// with sinks over raw and compressed rows, the indexer's scores and top-k selection,
-// and the greedy argmax.
+// with sinks over raw and compressed rows (head-group and per-head kernels), the
+// indexer's scores and top-k selection (current and earlier kernels), and the greedy
+// argmax. Prints "timing:" lines for decode attention and the indexer at real sizes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <set>
 
@@ -259,110 +261,315 @@ void test_router(std::mt19937& rng) {
   }
 }
 
+// Microseconds per call of `launch` (after warm-up calls), timed with events.
+template <typename Launch>
+double time_us(Launch launch, int reps = 50) {
+  for (int i = 0; i < 3; ++i) launch();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  for (int i = 0; i < reps; ++i) launch();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0.0f;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return 1000.0 * ms / reps;
+}
+
+// Host reference of decode attention: every head over the rows the launch sees.
+std::vector<float> attention_reference(const ModelConfig& c, const cpu::Rope& rope, int H, int D, int pos,
+                                       const std::vector<float>& q, const std::vector<const float*>& rows,
+                                       const std::vector<float>& sinks) {
+  std::vector<float> ref(static_cast<size_t>(H) * D), scores(rows.size());
+  for (int h = 0; h < H; ++h) {
+    cpu::attend_head(q.data() + static_cast<size_t>(h) * D, rows.data(), static_cast<int64_t>(rows.size()), D,
+                     sinks[h], 1.0f / std::sqrt(static_cast<float>(D)), ref.data() + static_cast<size_t>(h) * D,
+                     scores.data());
+    rope.rotate(ref.data() + static_cast<size_t>(h) * D + D - c.rope_dim, pos, true);
+  }
+  return ref;
+}
+
+// Both decode attention kernels (head groups, and the per-head blocks) against the CPU
+// reference: raw only, ratio 4 with and without the indexer's selection, ratio 128;
+// head counts that fill the groups and one that leaves a partial group; one split and
+// several.
 void test_attention(std::mt19937& rng) {
   ModelConfig c = small_config();
-  const int H = c.n_heads, D = c.head_dim, window = 128, ring = window + 16;
-  for (int ratio : {0, 4, 128}) {
-    for (int pos : {0, 57, 1000, 2300}) {
-      const int64_t max_comp = 3000 / (ratio ? ratio : 1) + 1;
-      const int topk = 512;
-      std::vector<float> q = random_floats(H * D, rng, -0.2f, 0.2f);
-      std::vector<float> raw = random_floats(static_cast<size_t>(ring) * D, rng);
-      std::vector<float> comp = random_floats(static_cast<size_t>(max_comp) * D, rng);
-      std::vector<float> sinks = random_floats(H, rng, -1.0f, 2.0f);
-      const int nc = ratio ? (pos + 1) / ratio : 0;
-      const bool active = ratio == 4 && nc > topk;
-      std::vector<int32_t> sel;
-      if (active) {
-        for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; i += 1) if (rng() % 3) sel.push_back(i);
-        for (int i = 0; static_cast<int>(sel.size()) < topk; ++i) sel.push_back(i);
+  const int D = c.head_dim, window = 128, ring = window + 16;
+  for (int H : {8, 20}) {
+    for (int ratio : {0, 4, 128}) {
+      for (int pos : {0, 57, 1000, 2300}) {
+        const int64_t max_comp = 3000 / (ratio ? ratio : 1) + 1;
+        const int topk = 512;
+        std::vector<float> q = random_floats(H * D, rng, -0.2f, 0.2f);
+        std::vector<float> raw = random_floats(static_cast<size_t>(ring) * D, rng);
+        std::vector<float> comp = random_floats(static_cast<size_t>(max_comp) * D, rng);
+        std::vector<float> sinks = random_floats(H, rng, -1.0f, 2.0f);
+        const int nc = ratio ? (pos + 1) / ratio : 0;
+        const bool active = ratio == 4 && nc > topk;
+        std::vector<int32_t> sel;
+        if (active) {
+          for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; i += 1) if (rng() % 3) sel.push_back(i);
+          for (int i = 0; static_cast<int>(sel.size()) < topk; ++i) sel.push_back(i);
+        }
+        if (sel.empty()) sel.push_back(0);
+        DeviceVec<float> dq(q), draw(raw), dcomp(comp), dsink(sinks), dout(H * D);
+        const cpu::Rope rope(c, ratio != 0);
+        DeviceVec<float> dfreq(rope.freqs());
+        DeviceVec<int32_t> dsel(sel), dact(std::vector<int32_t>{active ? 1 : 0}), dpos(std::vector<int32_t>{pos});
+        AttentionLaunch a;
+        a.q = dq.get();
+        a.out = dout.get();
+        a.raw = draw.get();
+        a.ring = ring;
+        a.window = window;
+        a.comp = dcomp.get();
+        a.max_comp_rows = max_comp;
+        a.ratio = ratio;
+        a.topk = topk;
+        a.selected = dsel.get();
+        a.active = dact.get();
+        a.sinks = dsink.get();
+        a.heads = H;
+        a.head_dim = D;
+        a.rope_dim = c.rope_dim;
+        a.rope_freqs = dfreq.get();
+        a.pos = dpos.get();
+        a.max_visible = window + (ratio == 4 ? topk : ratio ? static_cast<int>(max_comp) : 0);
+        a.splits = pos % 2 ? 1 : 7;  // single block and split rows
+        DeviceVec<float> dws(attention_workspace_floats(H, a.splits, D));
+        a.workspace = dws.get();
+        std::vector<const float*> rows;
+        const int nraw = std::min(pos + 1, window);
+        for (int r = 0; r < nraw; ++r) rows.push_back(raw.data() + static_cast<size_t>((pos - nraw + 1 + r) % ring) * D);
+        if (ratio == 4 && active) for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
+        else for (int i = 0; i < nc; ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
+        const std::vector<float> ref = attention_reference(c, rope, H, D, pos, q, rows, sinks);
+        for (bool per_head : {false, true}) {
+          a.per_head_blocks = per_head;
+          const std::string name = std::string(per_head ? "per-head" : "head-group") + " attention heads " +
+                                   std::to_string(H) + " ratio " + std::to_string(ratio) + " pos " +
+                                   std::to_string(pos) + " splits " + std::to_string(a.splits);
+          check(attention_uses_head_groups(a) == !per_head, name + ": runs the kernel asked for");
+          cudaMemset(dout.get(), 0, sizeof(float) * H * D);
+          check(launch_attention_decode(a, nullptr).ok(), name + ": launch");
+          check(cudaDeviceSynchronize() == cudaSuccess, name + ": runs");
+          check(count_bad(dout.host(), ref, 1e-4, 2e-6, name) == 0, name + ": matches the CPU reference");
+        }
       }
-      if (sel.empty()) sel.push_back(0);
-      DeviceVec<float> dq(q), draw(raw), dcomp(comp), dsink(sinks), dout(H * D);
-      const cpu::Rope rope(c, ratio != 0);
-      DeviceVec<float> dfreq(rope.freqs());
-      DeviceVec<int32_t> dsel(sel), dact(std::vector<int32_t>{active ? 1 : 0}), dpos(std::vector<int32_t>{pos});
-      AttentionLaunch a;
-      a.q = dq.get();
-      a.out = dout.get();
-      a.raw = draw.get();
-      a.ring = ring;
-      a.window = window;
-      a.comp = dcomp.get();
-      a.max_comp_rows = max_comp;
-      a.ratio = ratio;
-      a.topk = topk;
-      a.selected = dsel.get();
-      a.active = dact.get();
-      a.sinks = dsink.get();
-      a.heads = H;
-      a.head_dim = D;
-      a.rope_dim = c.rope_dim;
-      a.rope_freqs = dfreq.get();
-      a.pos = dpos.get();
-      a.max_visible = window + (ratio == 4 ? topk : static_cast<int>(max_comp));
-      a.splits = pos % 2 ? 1 : 7;  // single block and split rows
-      DeviceVec<float> dws(attention_workspace_floats(H, a.splits, D));
-      a.workspace = dws.get();
-      check(launch_attention_decode(a, nullptr).ok(), "attention launch");
-      std::vector<const float*> rows;
-      const int nraw = std::min(pos + 1, window);
-      for (int r = 0; r < nraw; ++r) rows.push_back(raw.data() + static_cast<size_t>((pos - nraw + 1 + r) % ring) * D);
-      if (ratio == 4 && active) for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
-      else for (int i = 0; i < nc; ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
-      std::vector<float> ref(H * D), scores(rows.size());
-      for (int h = 0; h < H; ++h) {
-        cpu::attend_head(q.data() + h * D, rows.data(), static_cast<int64_t>(rows.size()), D, sinks[h],
-                         1.0f / std::sqrt(static_cast<float>(D)), ref.data() + h * D, scores.data());
-        rope.rotate(ref.data() + h * D + D - c.rope_dim, pos, true);
-      }
-      check(count_bad(dout.host(), ref, 1e-4, 2e-6, "attention") == 0,
-            "attention ratio " + std::to_string(ratio) + " pos " + std::to_string(pos) + " matches");
     }
   }
 }
 
-void test_indexer(std::mt19937& rng) {
-  const int heads = 16, hd = 128, topk = 64;
-  for (int pos : {100, 255, 1999}) {
-    const int64_t max_rows = 600;
-    std::vector<float> q = random_floats(heads * hd, rng), w = random_floats(heads, rng);
-    std::vector<float> rows = random_floats(max_rows * hd, rng);
-    for (int r = 10; r < max_rows; r += 37) std::copy(rows.begin(), rows.begin() + hd, rows.begin() + r * hd);  // ties
-    DeviceVec<float> dq(q), dw(w), drows(rows), dscores(max_rows);
-    DeviceVec<int32_t> dpos(std::vector<int32_t>{pos}), dact(1), dsel(topk);
-    check(launch_indexer_gate(dpos.get(), 4, topk, dact.get(), nullptr).ok(), "indexer gate launch");
-    IndexerLaunch ix;
-    ix.q = dq.get();
-    ix.weights = dw.get();
-    ix.rows = drows.get();
-    ix.max_rows = max_rows;
-    ix.heads = heads;
-    ix.head_dim = hd;
-    ix.ratio = 4;
-    ix.topk = topk;
-    ix.pos = dpos.get();
-    ix.active = dact.get();
-    ix.scores = dscores.get();
-    ix.selected = dsel.get();
-    check(launch_indexer_select(ix, nullptr).ok(), "indexer launch");
-    const int nc = std::min<int>((pos + 1) / 4, max_rows);
-    const bool active = nc > topk;
-    check(dact.host()[0] == (active ? 1 : 0), "indexer gate flag at pos " + std::to_string(pos));
-    if (!active) continue;
-    std::vector<float> ws(heads), scores(nc);
-    const float scale = static_cast<float>(1.0 / std::sqrt(128.0)) * static_cast<float>(1.0 / std::sqrt(16.0));
-    for (int h = 0; h < heads; ++h) ws[h] = w[h] * scale;
-    cpu::indexer_scores(q.data(), ws.data(), heads, hd, rows.data(), nc, scores.data());
-    std::vector<float> gscores = dscores.host();
-    gscores.resize(nc);
-    check(count_bad(gscores, scores, 1e-4, 1e-5, "index scores") == 0, "indexer scores at pos " + std::to_string(pos));
-    // Select from the GPU's own scores so the comparison tests the selection only.
-    std::vector<int32_t> ref;
-    cpu::select_top_k(gscores.data(), nc, topk, &ref);
-    std::vector<int32_t> got = dsel.host();
-    check(got == ref, "indexer top-k (ascending, ties to lower index) at pos " + std::to_string(pos));
+// The real decode sizes (64 heads x 512 dims, window 128): ratio 4 with 512 selected
+// compressed rows and ratio 128 with 128 visible compressed rows. Each kernel is checked
+// against the CPU reference, then timed; splits as the forward pass picks them
+// (max_visible / 64, at most 16) and 16.
+void bench_attention(std::mt19937& rng) {
+  ModelConfig c = deepseek_v4_flash_config();
+  const int H = 64, D = 512, window = 128, ring = window + 16, topk = 512;
+  struct Case {
+    int ratio, pos;
+    int64_t max_comp;
+    const char* what;
+  };
+  const Case cases[] = {{4, 4095, 16384, "ratio 4, 128 raw + 512 selected rows (ctx 4096)"},
+                        {128, 128 * 128 - 1, 512, "ratio 128, 128 raw + 128 compressed rows (ctx 16384)"}};
+  for (const Case& k : cases) {
+    std::vector<float> q = random_floats(H * D, rng, -0.2f, 0.2f);
+    std::vector<float> raw = random_floats(static_cast<size_t>(ring) * D, rng);
+    std::vector<float> comp = random_floats(static_cast<size_t>(k.max_comp) * D, rng);
+    std::vector<float> sinks = random_floats(H, rng, -1.0f, 2.0f);
+    const int nc = (k.pos + 1) / k.ratio;
+    const bool active = k.ratio == 4 && nc > topk;
+    std::vector<int32_t> sel;
+    for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; ++i) if (rng() % 2) sel.push_back(i);
+    for (int i = nc - 1; static_cast<int>(sel.size()) < topk; --i) {
+      if (std::find(sel.begin(), sel.end(), i) == sel.end()) sel.push_back(i);
+    }
+    std::sort(sel.begin(), sel.end());
+    const cpu::Rope rope(c, true);
+    DeviceVec<float> dq(q), draw(raw), dcomp(comp), dsink(sinks), dout(H * D), dfreq(rope.freqs());
+    DeviceVec<int32_t> dsel(sel), dact(std::vector<int32_t>{active ? 1 : 0}), dpos(std::vector<int32_t>{k.pos});
+    DeviceVec<float> dws(attention_workspace_floats(H, 16, D));
+    AttentionLaunch a;
+    a.q = dq.get();
+    a.out = dout.get();
+    a.raw = draw.get();
+    a.ring = ring;
+    a.window = window;
+    a.comp = dcomp.get();
+    a.max_comp_rows = k.max_comp;
+    a.ratio = k.ratio;
+    a.topk = topk;
+    a.selected = dsel.get();
+    a.active = dact.get();
+    a.sinks = dsink.get();
+    a.heads = H;
+    a.head_dim = D;
+    a.rope_dim = c.rope_dim;
+    a.rope_freqs = dfreq.get();
+    a.pos = dpos.get();
+    a.max_visible = window + (k.ratio == 4 ? topk : static_cast<int>(k.max_comp));
+    a.workspace = dws.get();
+    std::vector<const float*> rows;
+    for (int r = 0; r < window; ++r) rows.push_back(raw.data() + static_cast<size_t>((k.pos - window + 1 + r) % ring) * D);
+    if (active) for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
+    else for (int i = 0; i < nc; ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
+    const std::vector<float> ref = attention_reference(c, rope, H, D, k.pos, q, rows, sinks);
+    const int forward_splits = std::clamp(a.max_visible / 64, 1, 16);
+    for (int splits : {forward_splits, 16}) {
+      a.splits = splits;
+      double us[2] = {0.0, 0.0};
+      for (bool per_head : {true, false}) {
+        a.per_head_blocks = per_head;
+        const std::string name = std::string(per_head ? "per-head" : "head-group") + " attention, " + k.what +
+                                 ", splits " + std::to_string(splits);
+        check(attention_uses_head_groups(a) == !per_head, name + ": runs the kernel asked for");
+        check(launch_attention_decode(a, nullptr).ok(), name + ": launch");
+        check(cudaDeviceSynchronize() == cudaSuccess, name + ": runs");
+        check(count_bad(dout.host(), ref, 1e-4, 2e-6, name) == 0, name + ": matches the CPU reference");
+        us[per_head ? 0 : 1] = time_us([&] { (void)launch_attention_decode(a, nullptr); });
+      }
+      std::printf("timing: decode attention 64 heads x 512, %s, splits %d: per-head %.1f us, head-group %.1f us\n",
+                  k.what, splits, us[0], us[1]);
+    }
   }
+}
+
+// The indexer's scores and selection, with the current kernels and the earlier ones:
+// scores bit for bit equal between them and within tolerance of the CPU's, selections
+// equal to each other and to the CPU's selection from the same scores.
+void check_indexer_case(std::mt19937& rng, int heads, int hd, int topk, int pos, int64_t max_rows, bool tie_rows,
+                        bool time_it) {
+  const std::string at = " (heads " + std::to_string(heads) + ", top " + std::to_string(topk) + ", pos " +
+                         std::to_string(pos) + ")";
+  std::vector<float> q = random_floats(heads * hd, rng), w = random_floats(heads, rng);
+  std::vector<float> rows = random_floats(max_rows * hd, rng);
+  if (tie_rows) {
+    for (int r = 10; r < max_rows; r += 37) std::copy(rows.begin(), rows.begin() + hd, rows.begin() + r * hd);
+  }
+  DeviceVec<float> dq(q), dw(w), drows(rows), dscores(max_rows);
+  DeviceVec<int32_t> dpos(std::vector<int32_t>{pos}), dact(1), dsel(topk);
+  check(launch_indexer_gate(dpos.get(), 4, topk, dact.get(), nullptr).ok(), "indexer gate launch" + at);
+  IndexerLaunch ix;
+  ix.q = dq.get();
+  ix.weights = dw.get();
+  ix.rows = drows.get();
+  ix.max_rows = max_rows;
+  ix.heads = heads;
+  ix.head_dim = hd;
+  ix.ratio = 4;
+  ix.topk = topk;
+  ix.pos = dpos.get();
+  ix.active = dact.get();
+  ix.scores = dscores.get();
+  ix.selected = dsel.get();
+  const int nc = std::min<int>((pos + 1) / 4, static_cast<int>(max_rows));
+  const bool active = nc > topk;
+  std::vector<float> scores_of[2];
+  std::vector<int32_t> selected_of[2];
+  double us[2] = {0.0, 0.0};
+  for (int baseline = 0; baseline < 2; ++baseline) {
+    const std::string name = std::string(baseline ? "baseline" : "current") + " indexer" + at;
+    ix.baseline_kernels = baseline != 0;
+    cudaMemset(dscores.get(), 0, sizeof(float) * max_rows);
+    cudaMemset(dsel.get(), 0xff, sizeof(int32_t) * topk);
+    check(launch_indexer_select(ix, nullptr).ok(), name + ": launch");
+    check(cudaDeviceSynchronize() == cudaSuccess, name + ": runs");
+    check(dact.host()[0] == (active ? 1 : 0), name + ": gate flag");
+    scores_of[baseline] = dscores.host();
+    scores_of[baseline].resize(nc);
+    selected_of[baseline] = dsel.host();
+    if (time_it) us[baseline] = time_us([&] { (void)launch_indexer_select(ix, nullptr); });
+  }
+  if (time_it) {
+    std::printf("timing: indexer select %d heads x %d, %d index rows (ctx %d), top %d: baseline %.1f us, current %.1f us\n",
+                heads, hd, nc, pos + 1, topk, us[1], us[0]);
+  }
+  if (!active) return;
+  std::vector<float> ws(heads), scores(nc);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))) *
+                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)));
+  for (int h = 0; h < heads; ++h) ws[h] = w[h] * scale;
+  cpu::indexer_scores(q.data(), ws.data(), heads, hd, rows.data(), nc, scores.data());
+  check(count_bad(scores_of[0], scores, 1e-4, 1e-5, "index scores") == 0, "indexer scores" + at);
+  int differ = 0;
+  for (int i = 0; i < nc; ++i) {
+    if (std::memcmp(&scores_of[0][i], &scores_of[1][i], sizeof(float)) != 0 && differ++ < 3) {
+      std::printf("  score[%d]: current %.9g baseline %.9g\n", i, scores_of[0][i], scores_of[1][i]);
+    }
+  }
+  check(differ == 0, "indexer scores bit for bit equal to the baseline kernel's" + at);
+  // Select from the GPU's own scores so the comparison tests the selection only.
+  std::vector<int32_t> ref;
+  cpu::select_top_k(scores_of[0].data(), nc, topk, &ref);
+  for (int v = 0; v < 2; ++v) {
+    const std::vector<int32_t>& got = selected_of[v];
+    int first_bad = -1;
+    for (int i = 0; i < topk && first_bad < 0; ++i) if (got[i] != ref[i]) first_bad = i;
+    if (first_bad >= 0) {
+      std::printf("  %s selection[%d]: got %d expected %d\n", v ? "baseline" : "current", first_bad,
+                  got[first_bad], ref[first_bad]);
+    }
+    check(first_bad < 0, std::string(v ? "baseline" : "current") +
+                             " indexer top-k (ascending, ties to lower index)" + at);
+  }
+}
+
+// A selection where many scores tie exactly at the boundary (and the boundary bin is
+// reached only at the last radix pass), checked against the CPU's selection.
+void check_topk_ties(std::mt19937& rng) {
+  const int topk = 64, pos = 4 * 700 - 1, nc = 700;
+  // Rows from a few distinct patterns so scores repeat exactly.
+  const int heads = 4, hd = 128;
+  std::vector<float> q = random_floats(heads * hd, rng), w = random_floats(heads, rng, 0.1f, 1.0f);
+  std::vector<float> patterns = random_floats(5 * hd, rng);
+  std::vector<float> rows(static_cast<size_t>(nc) * hd);
+  for (int r = 0; r < nc; ++r) {
+    const int k = (r * 7 + r / 3) % 5;
+    std::copy(patterns.begin() + k * hd, patterns.begin() + (k + 1) * hd, rows.begin() + static_cast<size_t>(r) * hd);
+  }
+  DeviceVec<float> dq(q), dw(w), drows(rows), dscores(nc);
+  DeviceVec<int32_t> dpos(std::vector<int32_t>{pos}), dact(std::vector<int32_t>{1}), dsel(topk);
+  IndexerLaunch ix;
+  ix.q = dq.get();
+  ix.weights = dw.get();
+  ix.rows = drows.get();
+  ix.max_rows = nc;
+  ix.heads = heads;
+  ix.head_dim = hd;
+  ix.ratio = 4;
+  ix.topk = topk;
+  ix.pos = dpos.get();
+  ix.active = dact.get();
+  ix.scores = dscores.get();
+  ix.selected = dsel.get();
+  for (int baseline = 0; baseline < 2; ++baseline) {
+    ix.baseline_kernels = baseline != 0;
+    const std::string name = std::string(baseline ? "baseline" : "current") + " indexer top-k with repeated scores";
+    check(launch_indexer_select(ix, nullptr).ok(), name + ": launch");
+    std::vector<float> s = dscores.host();
+    std::vector<int32_t> ref;
+    cpu::select_top_k(s.data(), nc, topk, &ref);
+    std::vector<int32_t> got = dsel.host();
+    int first_bad = -1;
+    for (int i = 0; i < topk && first_bad < 0; ++i) if (got[i] != ref[i]) first_bad = i;
+    if (first_bad >= 0) std::printf("  %s[%d]: got %d expected %d\n", name.c_str(), first_bad, got[first_bad], ref[first_bad]);
+    check(first_bad < 0, name);
+  }
+}
+
+void test_indexer(std::mt19937& rng) {
+  for (int pos : {100, 255, 1999}) check_indexer_case(rng, 16, 128, 64, pos, 600, true, false);
+  check_topk_ties(rng);
+  // Real sizes: 64 heads x 128, top 512; the score buffer sized for a 64k context.
+  check_indexer_case(rng, 64, 128, 512, 4095, 16384, true, true);
+  check_indexer_case(rng, 64, 128, 512, 16383, 16384, true, true);
 }
 
 void test_argmax(std::mt19937& rng) {
@@ -385,6 +592,7 @@ int main() {
   test_hyper_connections(rng);
   test_router(rng);
   test_attention(rng);
+  bench_attention(rng);
   test_indexer(rng);
   test_argmax(rng);
   return finish("ops_test");
