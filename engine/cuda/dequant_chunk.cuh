@@ -171,6 +171,60 @@ struct Chunk<GgmlType::IQ2_XXS> {
   }
 };
 
+// The IQ2_XXS tables in a compact form of 32-bit words (1.5 KiB, half the shared-memory
+// traffic of the 64-bit form above, and no per-byte sign arithmetic): sel[0..256) holds,
+// per codebook entry, one 4-bit byte selector per element (0, 1, 2 for the magnitudes
+// 8, 25, 43); sel[256..384) holds, per 7-bit sign index, 4 in the nibble of every
+// negated element. (code | sign) is then a __byte_perm selector (low 16 bits: elements
+// 0..3, high 16 bits: 4..7) over two words holding the three magnitudes and their
+// negations, so one byte permutation yields four signed weights.
+constexpr int kIq2xxsCompactWords = 384;
+// Signed magnitudes as int8 (pack) and biased by 128 (the float trick of dequant).
+constexpr uint32_t kIq2xxsPositive = 0x002B1908u, kIq2xxsNegative = 0x00D5E7F8u;
+constexpr uint32_t kIq2xxsPositiveBiased = 0x00AB9988u, kIq2xxsNegativeBiased = 0x00556778u;
+
+struct Iq2xxsCompact {
+  // Selector word for the 8 elements of group k (0..3) of a chunk.
+  static __device__ __forceinline__ uint32_t selectors(uint2 q, int k, const uint32_t* sel) {
+    return sel[(q.x >> (8 * k)) & 255] | sel[256 + ((q.y >> (7 * k)) & 127)];
+  }
+  static __device__ __forceinline__ float dequant(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
+                                                  float* w);
+  static __device__ __forceinline__ void pack(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
+                                              PackedChunk* out);
+};
+
+__device__ __forceinline__ float Iq2xxsCompact::dequant(const Chunk<GgmlType::IQ2_XXS>::Raw& r,
+                                                        const uint32_t* sel, float* w) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t s = selectors(r.q, k, sel);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const uint32_t biased = __byte_perm(kIq2xxsPositiveBiased, kIq2xxsNegativeBiased, s >> (16 * half));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        w[8 * k + 4 * half + j] =
+            __int_as_float(__byte_perm(biased, 0x4B000000u, j | (4 << 4) | (5 << 8) | (7 << 12))) - 8388736.0f;
+      }
+    }
+  }
+  return half_bits_to_float(r.d) * (0.5f + static_cast<float>(r.q.y >> 28)) * 0.25f;
+}
+
+__device__ __forceinline__ void Iq2xxsCompact::pack(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
+                                                    PackedChunk* out) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t s = selectors(r.q, k, sel);
+    out->w[2 * k] = static_cast<int>(__byte_perm(kIq2xxsPositive, kIq2xxsNegative, s));
+    out->w[2 * k + 1] = static_cast<int>(__byte_perm(kIq2xxsPositive, kIq2xxsNegative, s >> 16));
+  }
+  const float f = half_bits_to_float(r.d) * (0.5f + static_cast<float>(r.q.y >> 28)) * 0.25f;
+  out->a0 = out->a1 = f;
+  out->m0 = out->m1 = 0.0f;
+}
+
 template <>
 struct Chunk<GgmlType::Q2_K> {
   struct Raw { uint32_t q[8]; uint32_t dd; uint32_t sc; int jj; };

@@ -40,7 +40,28 @@ constexpr int kMaxSharedBytes = 96 * 1024;
 constexpr int kMaxSplit = 32;
 constexpr int kMaxSharedSlots = 32;  // summed slots whose matrices are staged in shared memory
 
-__device__ uint64_t g_iq2xxs_grid[384];  // codebook, then sign masks as bytes
+// IQ2_XXS codebook and sign selectors in the compact form of cuda/dequant_chunk.cuh.
+__device__ uint32_t g_iq2xxs_sel[cuda_detail::kIq2xxsCompactWords];
+
+// One chunk's weights as floats (the return value is the chunk's factor) or packed int8;
+// `sel` is the compact IQ2_XXS table in shared memory (unused by the other types).
+template <GgmlType T>
+__device__ __forceinline__ float dequant_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, float* w) {
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    return cuda_detail::Iq2xxsCompact::dequant(r, sel, w);
+  } else {
+    return Chunk<T>::dequant(r, nullptr, w);
+  }
+}
+
+template <GgmlType T>
+__device__ __forceinline__ void pack_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, PackedChunk* out) {
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    cuda_detail::Iq2xxsCompact::pack(r, sel, out);
+  } else {
+    Chunk<T>::pack(r, nullptr, out);
+  }
+}
 
 struct MatvecParams {
   const uint8_t* w_data;
@@ -227,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
   if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
-  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
+  __shared__ uint32_t grid[T == GgmlType::IQ2_XXS ? cuda_detail::kIq2xxsCompactWords : 1];
   __shared__ float partial[kWarps][2 * NT];
 
   const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
@@ -346,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
     }
   }
   if constexpr (T == GgmlType::IQ2_XXS) {
-    for (int i = threadIdx.x; i < 384; i += kThreads) grid[i] = g_iq2xxs_grid[i];
+    for (int i = threadIdx.x; i < cuda_detail::kIq2xxsCompactWords; i += kThreads) grid[i] = g_iq2xxs_sel[i];
   }
   // Summed slots: the slots' matrices in shared memory, so the chunk loop's weight
   // addresses do not wait on a global load.
@@ -436,10 +457,10 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             const uint8_t* xb = xq + vsel[u] * vec_bytes;
             const int tok_stride = p.vectors * vec_bytes;
             PackedChunk pk;
-            C::pack(raw[u], grid, &pk);
+            pack_chunk<T>(raw[u], grid, &pk);
             if constexpr (PAIRED) {
               PackedChunk pu;
-              C::pack(raw_up[u], grid, &pu);
+              pack_chunk<T>(raw_up[u], grid, &pu);
               dot_chunk_int8_paired<NT>(pk, pu, xb, ns, cc[u], tok_stride, acc, acc_up);
             } else {
               dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
@@ -447,10 +468,10 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
           } else {
             const float* xv = xs + vsel[u] * cols_here;
             float w[32];
-            const float f = C::dequant(raw[u], grid, w);
+            const float f = dequant_chunk<T>(raw[u], grid, w);
             if constexpr (PAIRED) {
               float wu[32];
-              const float fu = C::dequant(raw_up[u], grid, wu);
+              const float fu = dequant_chunk<T>(raw_up[u], grid, wu);
               dot_chunk_paired<NT>(w, f, wu, fu, xv, ns, cc[u], per_token, acc, acc_up);
             } else {
               dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
@@ -548,18 +569,39 @@ KernelFn pick_kernel(GgmlType type, int nt, bool paired, bool int8) {
   }
 }
 
-Status init_once() {
-  uint64_t table[384];
-  for (int g = 0; g < 256; ++g) table[g] = kIq2xxsGrid[g];
+// The compact IQ2_XXS table of cuda/dequant_chunk.cuh: per codebook entry the magnitude
+// index (0, 1, 2 for 8, 25, 43) of each element in its nibble; per sign index 4 in the
+// nibble of each negated element.
+Status make_iq2xxs_selectors(uint32_t* table) {
+  for (int g = 0; g < 256; ++g) {
+    uint32_t word = 0;
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t mag = static_cast<uint32_t>(kIq2xxsGrid[g] >> (8 * i)) & 0xFF;
+      const uint32_t level = mag == 8 ? 0 : mag == 25 ? 1 : mag == 43 ? 2 : 3;
+      if (level == 3) {
+        return Status::Error("matvec: IQ2_XXS codebook entry " + std::to_string(g) + " element " +
+                             std::to_string(i) + " has magnitude " + std::to_string(mag) +
+                             " (expected 8, 25 or 43)");
+      }
+      word |= level << (4 * i);
+    }
+    table[g] = word;
+  }
   for (uint32_t si = 0; si < 128; ++si) {
     const uint32_t mask = iq2xxs_sign_mask(si);
-    uint64_t bytes = 0;
-    for (int m = 0; m < 8; ++m) {
-      if ((mask >> m) & 1u) bytes |= uint64_t{0xFF} << (8 * m);
+    uint32_t word = 0;
+    for (int i = 0; i < 8; ++i) {
+      if ((mask >> i) & 1u) word |= 4u << (4 * i);
     }
-    table[256 + si] = bytes;
+    table[256 + si] = word;
   }
-  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_grid, table, sizeof(table)));
+  return Status::Ok();
+}
+
+Status init_once() {
+  uint32_t table[cuda_detail::kIq2xxsCompactWords];
+  DS4_RETURN_IF_ERROR(make_iq2xxs_selectors(table));
+  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_sel, table, sizeof(table)));
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
@@ -702,7 +744,14 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   // Row mapping: a whole block per row when rows are few and long; otherwise warps
   // (or groups of lanes, for short rows) per row.
   const int64_t items = (l.sum_slots ? l.n_slots : 1) * ns;
-  if (n_rows * grid_y < 132 && items >= 256) {
+  if (l.lanes_per_row != 0) {
+    if (l.lanes_per_row < 1 || l.lanes_per_row > 32 || (l.lanes_per_row & (l.lanes_per_row - 1)) != 0) {
+      return Status::Error("matvec: lanes_per_row " + std::to_string(l.lanes_per_row) +
+                           " is not a power of two from 1 to 32");
+    }
+    p.warps_per_row = 1;
+    p.lanes_per_row = l.lanes_per_row;
+  } else if (n_rows * grid_y < 132 && items >= 256) {
     p.warps_per_row = kWarps;
     p.lanes_per_row = 32;
   } else {
@@ -715,8 +764,12 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   const int64_t rows_per_cta_min =
       p.warps_per_row == 1 ? static_cast<int64_t>(kWarps) * (32 / p.lanes_per_row) : 1;
   const int64_t tiles_min = (n_rows + rows_per_cta_min - 1) / rows_per_cta_min;
+  // Only launches that would leave at least half of the multiprocessors idle split: the
+  // reduction launch costs more than it gains above that (F16 1024x4096, 128 blocks:
+  // 16 % of read bandwidth split three ways against 29 % unsplit on the H200).
+  constexpr int64_t kSplitBelowCtas = 132 / 2;
   if (l.split_workspace && !l.x_norm_weight && l.n_tokens == 1 && l.n_slots == 1 && !l.w_up && !l.sum_slots &&
-      tiles_min < kTargetCtas) {
+      tiles_min <= kSplitBelowCtas) {
     const int64_t lanes = p.warps_per_row == 1 ? p.lanes_per_row : 32 * kWarps;
     // At least one chunk per lane in every split (a block's fixed costs, staging x and
     // one round trip, shrink with its share of the row).

@@ -64,6 +64,11 @@ struct MatvecLaunch {
   // run on packed int8 (dp4a). Faster, but x carries up to amax/254 of rounding per
   // value; off, every type computes with f32 x. Other types ignore it.
   bool int8_activations = false;
+  // Tuning (the benchmarks compare): when set, each warp owns whole rows and this many
+  // lanes share one row (a power of two, 1..32); 0 lets the launch choose. Fewer lanes
+  // per row give each warp more rows at once, and lanes of a warp then read the same x
+  // chunks from shared memory (broadcast) instead of 32 different ones.
+  int lanes_per_row = 0;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

@@ -62,11 +62,13 @@ double abs_dot(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
 
 // x_pad: floats before the first token and between tokens, so that x is not 16-byte
 // aligned (the kernel then stages x with 4-byte loads instead of 16-byte ones).
+// lanes_per_row: MatvecLaunch::lanes_per_row (0: the launch chooses).
 void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false,
-                int x_pad = 0) {
+                int x_pad = 0, int lanes_per_row = 0) {
   const std::string name = std::string(ggml_type_name(type)) + " " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "") +
-                           (x_pad ? " unaligned x" : "");
+                           (x_pad ? " unaligned x" : "") +
+                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "");
   HostMatrix h = make_host(type, cols, rows, 1, rng);
   auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + dm.status().message());
@@ -85,6 +87,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.y_tok_stride = rows;
   l.n_tokens = n_tokens;
   l.int8_activations = int8;
+  l.lanes_per_row = lanes_per_row;
   if (n_tokens == 1) {  // long rows over several blocks (split sums) where rows are few
     l.split_workspace = dsplit.get();
     l.split_workspace_floats = 32 * 4096;
@@ -110,9 +113,10 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
 
 // Experts: gate/up paired with SwiGLU and per-slot weights, then down summed over slots.
 void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t ffn, int n_exp,
-                  std::mt19937& rng, bool int8 = false) {
+                  std::mt19937& rng, bool int8 = false, int lanes_per_row = 0) {
   const std::string name = "experts " + std::string(ggml_type_name(gate_type)) + "/" +
-                           std::string(ggml_type_name(down_type)) + (int8 ? " int8 x" : "");
+                           std::string(ggml_type_name(down_type)) + (int8 ? " int8 x" : "") +
+                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "");
   const int used = 3;
   HostMatrix g = make_host(gate_type, dim, ffn, n_exp, rng);
   HostMatrix u = make_host(gate_type, dim, ffn, n_exp, rng);
@@ -139,6 +143,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   gu.slot_weight = dw.get();
   gu.swiglu_limit = limit;
   gu.int8_activations = int8;
+  gu.lanes_per_row = lanes_per_row;
   check(launch_matvec(gu, nullptr).ok(), name + ": gate/up launch");
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
@@ -149,6 +154,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   dn.slot_matrix = dids.get();
   dn.sum_slots = true;
   dn.int8_activations = int8;
+  dn.lanes_per_row = lanes_per_row;
   check(launch_matvec(dn, nullptr).ok(), name + ": down launch");
   check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
   std::vector<float> h = dh.host(), y = dy.host();
@@ -252,7 +258,7 @@ void test_x_norm(GgmlType type, std::mt19937& rng) {
 }
 
 // GB/s of one decode-shaped launch (weights read once per token).
-void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false) {
+void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false, int lanes_per_row = 0) {
   auto dm = random_matrix(type, cols, rows, 1, 99);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", std::string(ggml_type_name(type)).c_str(), dm.status().message().c_str());
@@ -266,6 +272,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
   l.split_workspace = dsplit.get();
   l.split_workspace_floats = 32 * 8192;
   l.int8_activations = int8;
+  l.lanes_per_row = lanes_per_row;
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
@@ -279,10 +286,11 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
   cudaEventElapsedTime(&ms, a, b);
   const double bytes = static_cast<double>((*dm)->m.data_bytes() + (*dm)->m.scale_bytes());
   const double gbs = bytes * reps / (ms * 1e-3) / 1e9;
-  std::printf("bench matvec %-8s %6lld x %-6lld %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s\n",
+  const std::string lanes = lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "";
+  std::printf("bench matvec %-8s %6lld x %-6lld %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s%s\n",
               std::string(ggml_type_name(type)).c_str(), static_cast<long long>(rows),
               static_cast<long long>(cols), bytes / 1e6, ms * 1e3 / reps, gbs, 100.0 * gbs * 1e9 / bandwidth,
-              int8 ? "  int8 x" : "");
+              int8 ? "  int8 x" : "", lanes.c_str());
   cudaEventDestroy(a);
   cudaEventDestroy(b);
 }
@@ -292,7 +300,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
 // the down projection summed over the 6 slots. The pool holds `pool` experts and
 // every repetition picks 6 others, so the weights come from device memory, not L2.
 // GB/s counts the bytes of the 6 experts actually read.
-void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8) {
+void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8, int lanes_per_row = 0) {
   const int64_t dim = 4096, ffn = 2048;
   const int used = 6, pool = 96, reps = 16;
   auto dg = random_matrix(gate_type, dim, ffn, pool, 7);
@@ -317,6 +325,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   gu.n_slots = used;
   gu.slot_weight = dw.get();
   gu.int8_activations = int8;
+  gu.lanes_per_row = lanes_per_row;
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
   dn.x = dh.get();
@@ -325,6 +334,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   dn.n_slots = used;
   dn.sum_slots = true;
   dn.int8_activations = int8;
+  dn.lanes_per_row = lanes_per_row;
   const auto matrix_bytes = [](const DeviceMatrix& m) {
     return static_cast<double>(m.data_bytes() + m.scale_bytes()) / static_cast<double>(m.count);
   };
@@ -357,9 +367,10 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   const auto line = [&](const char* what, GgmlType type, double bytes, float ms) {
     const double us = ms * 1e3 / reps;
     const double gbs = bytes / (us * 1e-6) / 1e9;
-    std::printf("bench experts %-22s %-8s %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s\n", what,
+    const std::string lanes = lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "";
+    std::printf("bench experts %-22s %-8s %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s%s\n", what,
                 std::string(ggml_type_name(type)).c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
-                int8 && matvec_int8_capable(type) ? "  int8 x" : "");
+                int8 && matvec_int8_capable(type) ? "  int8 x" : "", lanes.c_str());
   };
   line("6x gate+up 2048x4096", gate_type, gu_bytes, gu_ms);
   line("6x down 4096x2048 sum", down_type, dn_bytes, dn_ms);
@@ -408,6 +419,31 @@ int main() {
   test_plain(GgmlType::Q2_K, 2048, 16384, 1, rng, true);
   test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng);        // the real expert shapes
   test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, true);
+  // Lanes per row chosen by the caller (the tuning option): every type, whole and
+  // partial rows per lane group, and the expert launches.
+  for (GgmlType t : types) {
+    for (int lanes : {4, 8, 16}) test_plain(t, 2048, 1031, 1, rng, false, 0, lanes);
+  }
+  test_plain(GgmlType::IQ2_XXS, 4096, 300, 3, rng, false, 0, 8);
+  test_plain(GgmlType::Q2_K, 2048, 300, 1, rng, true, 0, 8);
+  for (int lanes : {8, 16}) {
+    test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, false, lanes);
+    test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, true, lanes);
+  }
+  {
+    MatvecLaunch bad;
+    auto dm = random_matrix(GgmlType::Q8_0, 256, 8, 1, 3);
+    check(dm.ok(), "lanes_per_row refusal: upload");
+    if (!dm.ok()) return finish("matvec_test");
+    DeviceVec<float> dx(256), dy(8);
+    bad.w = &(*dm)->m;
+    bad.x = dx.get();
+    bad.y = dy.get();
+    bad.lanes_per_row = 12;
+    const Status s = launch_matvec(bad, nullptr);
+    check(!s.ok() && s.message().find("lanes_per_row 12") != std::string::npos,
+          "lanes_per_row 12 is refused with a message naming it (got: " + s.message() + ")");
+  }
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
@@ -428,6 +464,17 @@ int main() {
     bench(GgmlType::Q4_K, 4096, 2048 * 64, *bw, true);
     bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false);
     bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true);
+    // Tuning: lanes per row chosen by the caller (default above: the launch chooses).
+    for (int lanes : {4, 8, 16}) {
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes);
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true, lanes);
+    }
+    for (int lanes : {8, 16}) {
+      bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw, false, lanes);
+      bench(GgmlType::Q2_K, 2048, 4096 * 64, *bw, false, lanes);
+      bench(GgmlType::Q4_K, 4096, 2048 * 64, *bw, false, lanes);
+      bench(GgmlType::Q8_0, 1024, 32768, *bw, false, lanes);
+    }
   }
   return rc;
 }
