@@ -103,14 +103,8 @@ __device__ void find_group_tile(const MatmulParams& p, int tile, int* s_scan, in
 }
 
 template <GgmlType T>
-__device__ __forceinline__ void store_weights(half* dst, const typename Chunk<T>::Raw& raw, bool ok,
-                                              const uint64_t* grid) {
+__device__ __forceinline__ void store_weights(half* dst, const typename Chunk<T>::Raw& raw, const uint64_t* grid) {
   int4* d4 = reinterpret_cast<int4*>(dst);
-  if (!ok) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) d4[i] = make_int4(0, 0, 0, 0);
-    return;
-  }
   float w[32];
   const float f = Chunk<T>::dequant(raw, grid, w);
 #pragma unroll
@@ -126,43 +120,88 @@ __device__ __forceinline__ void store_weights(half* dst, const typename Chunk<T>
 template <GgmlType T>
 constexpr bool kHasOffset = T == GgmlType::Q2_K || T == GgmlType::Q4_K;
 
-// Exact mode: the chunk's 32 small integers q (exact in f16) to dst, and A (and B for
-// kHasOffset) of its two 16-column halves to a[0..1] (b[0..1]).
-template <GgmlType T>
-__device__ __forceinline__ void store_exact_weights(half* dst, float* a, float* b, const typename Chunk<T>::Raw& raw,
-                                                    bool ok, const uint64_t* grid) {
+// Exact mode: four integer bytes of `word` (unsigned, or int8 + 128 when kBiased) as
+// two half2 (bytes 0-1, bytes 2-3), exactly: each byte is placed under the f16
+// exponent of 1024 (0x6400 | b = 1024 + b, exact for b < 1024), then 1024 (1152 for
+// the biased form) is subtracted in f16, exact because the result is a small integer.
+template <bool kBiased>
+__device__ __forceinline__ int2 bytes_to_half2x2(uint32_t word) {
+  const __half2 bias = __half2half2(__ushort_as_half(kBiased ? 0x6480 : 0x6400));  // 1152 : 1024
+  const uint32_t lo = __byte_perm(word, 0x64u, 0x4140), hi = __byte_perm(word, 0x64u, 0x4342);
+  const __half2 l = __hsub2(*reinterpret_cast<const __half2*>(&lo), bias);
+  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&hi), bias);
+  return make_int2(*reinterpret_cast<const int*>(&l), *reinterpret_cast<const int*>(&h));
+}
+
+// Eight words of four integer bytes each (word i = elements 4i..4i+3) to 32 f16 at dst.
+template <bool kBiased>
+__device__ __forceinline__ void store_integer_bytes(half* dst, const uint32_t* words) {
   int4* d4 = reinterpret_cast<int4*>(dst);
-  if (!ok) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) d4[i] = make_int4(0, 0, 0, 0);
-    a[0] = a[1] = 0.0f;
-    if constexpr (kHasOffset<T>) b[0] = b[1] = 0.0f;
-    return;
-  }
-  float q[32];
-  if constexpr (kHasOffset<T>) {
-    cuda_detail::PackedChunk pc;
-    Chunk<T>::pack(raw, grid, &pc);  // unsigned levels, four per word
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) q[4 * i + j] = cuda_detail::byte_to_float(static_cast<uint32_t>(pc.w[i]), j);
-    a[0] = pc.a0;
-    a[1] = pc.a1;
-    b[0] = -pc.m0;
-    b[1] = -pc.m1;
-  } else {
-    // F16: the weights (f = 1); Q8_0: int8 values, f = d; IQ2_XXS: signed grid values,
-    // f = d * (0.5 + s) / 4. All exact in f16.
-    const float f = Chunk<T>::dequant(raw, grid, q);
-    a[0] = a[1] = f;
-  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    __half2 h[4];
+    const int2 a = bytes_to_half2x2<kBiased>(words[2 * i]);
+    const int2 b = bytes_to_half2x2<kBiased>(words[2 * i + 1]);
+    d4[i] = make_int4(a.x, a.y, b.x, b.y);
+  }
+}
+
+// Exact mode: the chunk's 32 small integers q (exact in f16) to dst, and A (and B for
+// kHasOffset) of its two 16-column halves to a[0..1] (b[0..1]). The integers reach f16
+// without passing through f32 (same values as the CPU dequantization's integers).
+// All-zero raw bytes (a chunk outside the matrix) give A = B = 0 (every format's
+// scales are then zero), so such a chunk adds nothing; no branch, so the compiler can
+// interleave this work with the tensor-core products of the previous step.
+//
+// SCALED_Q2K (Q2_K only, for the kernels applying A per 32 columns): the levels are
+// stored multiplied by their 16-column scale sc (0..3 x 0..15 <= 45, exact in f16)
+// and A = d for both halves, so one A serves the chunk; B stays per 16 (-dmin * m).
+template <GgmlType T, bool SCALED_Q2K = false>
+__device__ __forceinline__ void store_exact_weights(half* dst, float* a, float* b, const typename Chunk<T>::Raw& raw,
+                                                    const uint64_t* grid) {
+  int4* d4 = reinterpret_cast<int4*>(dst);
+  if constexpr (T == GgmlType::Q2_K && SCALED_Q2K) {
+    // Q2_K chunk (see Chunk<Q2_K>): levels are 2-bit fields of q at shift 2 * jj; the
+    // scale byte's low nibble is sc, its high nibble m, one byte per 16 columns.
+    const uint32_t sc0 = raw.sc & 0xF, sc1 = (raw.sc >> 8) & 0xF;
+    const int shift = 2 * raw.jj;
+    uint32_t words[8];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(q[8 * i + 2 * j], q[8 * i + 2 * j + 1]);
-    d4[i] = *reinterpret_cast<int4*>(h);
+    for (int i = 0; i < 8; ++i) words[i] = ((raw.q[i] >> shift) & 0x03030303u) * (i < 4 ? sc0 : sc1);  // bytes <= 45: no carry
+    store_integer_bytes<false>(dst, words);
+    const float d = cuda_detail::half_bits_to_float(static_cast<uint16_t>(raw.dd & 0xFFFF));
+    const float dmin = cuda_detail::half_bits_to_float(static_cast<uint16_t>(raw.dd >> 16));
+    a[0] = a[1] = d;
+    b[0] = -(dmin * static_cast<float>((raw.sc >> 4) & 0xF));
+    b[1] = -(dmin * static_cast<float>((raw.sc >> 12) & 0xF));
+  } else if constexpr (T == GgmlType::F16) {
+    // The weights themselves (A = 1, B = 0).
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d4[i] = raw.v[i];
+    a[0] = a[1] = 1.0f;
+  } else if constexpr (T == GgmlType::Q8_0) {
+    // int8 values, A = d.
+    const uint32_t words[8] = {static_cast<uint32_t>(raw.a.x) ^ 0x80808080u, static_cast<uint32_t>(raw.a.y) ^ 0x80808080u,
+                               static_cast<uint32_t>(raw.a.z) ^ 0x80808080u, static_cast<uint32_t>(raw.a.w) ^ 0x80808080u,
+                               static_cast<uint32_t>(raw.b.x) ^ 0x80808080u, static_cast<uint32_t>(raw.b.y) ^ 0x80808080u,
+                               static_cast<uint32_t>(raw.b.z) ^ 0x80808080u, static_cast<uint32_t>(raw.b.w) ^ 0x80808080u};
+    store_integer_bytes<true>(dst, words);
+    a[0] = a[1] = cuda_detail::half_bits_to_float(raw.d);
+  } else {
+    // IQ2_XXS: signed grid values as int8, A = d * (0.5 + s) / 4. Q2_K, Q4_K: unsigned
+    // levels, A = d * sc, B = -dmin * m.
+    cuda_detail::PackedChunk pc;
+    Chunk<T>::pack(raw, grid, &pc);
+    constexpr bool kSigned = T == GgmlType::IQ2_XXS;
+    uint32_t words[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) words[i] = static_cast<uint32_t>(pc.w[i]) ^ (kSigned ? 0x80808080u : 0u);
+    store_integer_bytes<kSigned>(dst, words);
+    a[0] = pc.a0;
+    a[1] = pc.a1;
+    if constexpr (kHasOffset<T>) {
+      b[0] = -pc.m0;
+      b[1] = -pc.m1;
+    }
   }
 }
 
@@ -197,13 +236,14 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
 }
 
 // MIN_BLOCKS: resident blocks per SM the compiler must allow (2 caps registers at 128).
-// K32 (exact, formats with one scale and offset per 32 columns): scale applied per
-// 32 columns instead of per 16.
+// K32 (exact): scale applied once per 32 columns (Q2_K: its 16-column scales folded
+// into the integer levels, its offsets kept per 16) instead of per 16.
 template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
-  static_assert(!K32 || (EXACT && T != GgmlType::Q2_K), "K32 needs one scale per 32 columns");
+  static_assert(!K32 || EXACT, "K32 is a kExact form");
   constexpr bool kOffset = EXACT && kHasOffset<T>;
+  constexpr bool kOffset16 = kOffset && K32 && T == GgmlType::Q2_K;  // K32 with B per 16 columns
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
   constexpr int kWarpsN = 8 / kWarpsM;
   constexpr int kWarpRows = kBlockRows / kWarpsM;
@@ -268,15 +308,20 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   const int n_chunks = p.cols >> 5;
   const int steps = (n_chunks + 1) >> 1;
 
+  // Chunks outside the matrix (rows past n_rows, chunks past the last) are loaded
+  // from a valid address and replaced by all-zero raw bytes (zero weights and scales).
   typename C::Raw raw_w, raw_u;
-  bool w_ok = false;
   float4 xr[kXVec];
   auto load = [&](int step) {
     const int c = 2 * step + my_half;
-    w_ok = row_ok && c < n_chunks;
-    if (w_ok) {
-      raw_w = C::load(w_row, w_sc, c);
-      if constexpr (PAIRED) raw_u = C::load(u_row, u_sc, c);
+    const bool ok = row_ok && c < n_chunks;
+    const int cc = min(c, n_chunks - 1);
+    const typename C::Raw zero{};
+    const typename C::Raw lw = C::load(w_row, w_sc, cc);
+    raw_w = ok ? lw : zero;
+    if constexpr (PAIRED) {
+      const typename C::Raw lu = C::load(u_row, u_sc, cc);
+      raw_u = ok ? lu : zero;
     }
 #pragma unroll
     for (int i = 0; i < kXVec; ++i) {
@@ -290,11 +335,11 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
     const int off = (buf * kBlockRows + my_row) * kLds + my_half * 32;
     if constexpr (EXACT) {
       const int aoff = (buf * kBlockRows + my_row) * 4 + my_half * 2;
-      store_exact_weights<T>(s_w + off, s_aw + aoff, s_bw + aoff, raw_w, w_ok, grid);
-      if constexpr (PAIRED) store_exact_weights<T>(s_u + off, s_au + aoff, s_bu + aoff, raw_u, w_ok, grid);
+      store_exact_weights<T, K32>(s_w + off, s_aw + aoff, s_bw + aoff, raw_w, grid);
+      if constexpr (PAIRED) store_exact_weights<T, K32>(s_u + off, s_au + aoff, s_bu + aoff, raw_u, grid);
     } else {
-      store_weights<T>(s_w + off, raw_w, w_ok, grid);
-      if constexpr (PAIRED) store_weights<T>(s_u + off, raw_u, w_ok, grid);
+      store_weights<T>(s_w + off, raw_w, grid);
+      if constexpr (PAIRED) store_weights<T>(s_u + off, raw_u, grid);
     }
 #pragma unroll
     for (int i = 0; i < kXVec; ++i) {
@@ -351,13 +396,19 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
     }
   };
 
+  // Pipeline: the registers hold the raw chunk and x of step + 1 while step runs; each
+  // step first dequantizes them into the other buffer (free since the barrier ending
+  // the previous step), then issues the loads of step + 2, then multiplies. The three
+  // are independent and in one basic block, so the dequantization overlaps the
+  // products. The store in the last step writes a buffer nobody reads.
   load(0);
   store(0);
+  load(1);
   __syncthreads();
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    const bool more = step + 1 < steps;
-    if (more) load(step + 1);
+    store(buf ^ 1);
+    load(step + 2);
     const half* bw = s_w + buf * kBlockRows * kLds;
     const half* bu = s_u + buf * kBlockRows * kLds;
     const half* bx = s_x + buf * BN * kLds;
@@ -388,17 +439,25 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
           }
         }
         const int ks = kh >> 4;  // first of the chunk's two k16 steps (same A, B)
-        float sx[kOffset ? NT : 1][2];
+        // Sums of x: per 32 columns, or per 16 where B is per 16 (Q2_K).
+        float sx[kOffset ? NT : 1][2][kOffset16 ? 2 : 1];
         if constexpr (kOffset) {
 #pragma unroll
           for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const float* sp = s_sx + (buf * BN + wn0 + n * 8 + 2 * q + j) * 4 + ks;
-              sx[n][j] = sp[0] + sp[1];
+              if constexpr (kOffset16) {
+                sx[n][j][0] = sp[0];
+                sx[n][j][kOffset16 ? 1 : 0] = sp[1];
+              } else {
+                sx[n][j][0] = sp[0] + sp[1];
+              }
             }
         }
-        auto chunk_update = [&](float* a, const uint32_t (*af)[4], int n, const float* am, const float* bm) {
+        // bm[r][h]: B of C row g (r = 0) or g + 8 (r = 1), of the chunk (h = 0) or of
+        // its 16-column halves (h = 0, 1) where B is per 16.
+        auto chunk_update = [&](float* a, const uint32_t (*af)[4], int n, const float* am, const float (*bm)[2]) {
           float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816(t, af[0], bl[0][n]);
           mma_16816(t, af[1], bl[1][n]);
@@ -409,7 +468,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             a[i] = fmaf(am[i >> 1], t[i], a[i]);
-            if constexpr (kOffset) a[i] = fmaf(bm[i >> 1], sx[n][i & 1], a[i]);
+            if constexpr (kOffset) {
+              a[i] = fmaf(bm[i >> 1][0], sx[n][i & 1][0], a[i]);
+              if constexpr (kOffset16) a[i] = fmaf(bm[i >> 1][1], sx[n][i & 1][kOffset16 ? 1 : 0], a[i]);
+            }
           }
         };
 #pragma unroll
@@ -421,10 +483,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
           ldmatrix_x4(af[1], bw + row * kLds + kh + 16 + (lane >> 4) * 8);
           {
             const float am[2] = {s_aw[r0 * 4 + ks], s_aw[(r0 + 8) * 4 + ks]};
-            float bm[2] = {0.0f, 0.0f};
+            float bm[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
             if constexpr (kOffset) {
-              bm[0] = s_bw[r0 * 4 + ks];
-              bm[1] = s_bw[(r0 + 8) * 4 + ks];
+#pragma unroll
+              for (int h = 0; h < (kOffset16 ? 2 : 1); ++h) {
+                bm[0][h] = s_bw[r0 * 4 + ks + h];
+                bm[1][h] = s_bw[(r0 + 8) * 4 + ks + h];
+              }
             }
 #pragma unroll
             for (int n = 0; n < NT; ++n) chunk_update(acc[m][n], af, n, am, bm);
@@ -433,10 +498,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
             ldmatrix_x4(af[0], bu + row * kLds + kh + (lane >> 4) * 8);
             ldmatrix_x4(af[1], bu + row * kLds + kh + 16 + (lane >> 4) * 8);
             const float am[2] = {s_au[r0 * 4 + ks], s_au[(r0 + 8) * 4 + ks]};
-            float bm[2] = {0.0f, 0.0f};
+            float bm[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
             if constexpr (kOffset) {
-              bm[0] = s_bu[r0 * 4 + ks];
-              bm[1] = s_bu[(r0 + 8) * 4 + ks];
+#pragma unroll
+              for (int h = 0; h < (kOffset16 ? 2 : 1); ++h) {
+                bm[0][h] = s_bu[r0 * 4 + ks + h];
+                bm[1][h] = s_bu[(r0 + 8) * 4 + ks + h];
+              }
             }
 #pragma unroll
             for (int n = 0; n < NT; ++n) chunk_update(acc_u[m][n], af, n, am, bm);
@@ -513,7 +581,6 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       }
     }
     }  // K32
-    if (more) store(buf ^ 1);
     __syncthreads();
   }
 
@@ -546,36 +613,37 @@ size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
   return static_cast<size_t>(smem_layout(bn, paired, exact, has_offset(type)).total);
 }
 
+// k16: kExact per-16 scale kernels even where the format has one scale per 32.
 template <GgmlType T, bool EXACT>
-KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k32) {
-  if constexpr (EXACT && T != GgmlType::Q2_K) {
-    if (k32 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
-    if (k32 && !two_blocks && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
+KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
+  if constexpr (EXACT) {
+    if (two_blocks && !paired && bn == 64) return matmul_kernel<T, 64, false, true, 2>;
+  }
+  if constexpr (EXACT) {
+    if (!k16 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
+    if (!k16 && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
   }
   if (paired) return matmul_kernel<T, 64, true, EXACT>;
-  if constexpr (EXACT) {
-    if (two_blocks && bn == 64) return matmul_kernel<T, 64, false, true, 2>;
-  }
   return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
 }
 
 template <bool EXACT>
-KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k32) {
+KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k16) {
   switch (type) {
-    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks, k32);
-    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks, k32);
-    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks, k32);
-    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks, k32);
-    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks, k32);
-    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks, k32);
+    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks, k16);
+    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks, k16);
+    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks, k16);
+    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks, k16);
+    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks, k16);
+    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks, k16);
     default: return nullptr;
   }
 }
 
-// two_blocks, k32: kExact tuning variants (see MatmulLaunch); ignored where they do not apply.
-KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false, bool k32 = false) {
-  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks, k32)
-               : pick_precision_kernel<false>(type, bn, paired, two_blocks, k32);
+// two_blocks, k16: kExact tuning variants (see MatmulLaunch); ignored where they do not apply.
+KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false, bool k16 = false) {
+  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks, k16)
+               : pick_precision_kernel<false>(type, bn, paired, two_blocks, k16);
 }
 
 Status init_once() {
@@ -596,7 +664,7 @@ Status init_once() {
     for (bool exact : {false, true}) {
       for (int bn : {64, 128}) {
         for (bool paired : {false, true}) {
-          for (int variant = 0; variant < 3; ++variant) {  // plain, two blocks, k32
+          for (int variant = 0; variant < 3; ++variant) {  // default, two blocks, k16
             KernelFn fn = pick_kernel(t, bn, paired, exact, variant == 1, variant == 2);
             if (fn == nullptr) continue;
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -708,7 +776,7 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks, l.exact_k32);
+  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks, l.exact_k16);
   fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
        shared_bytes(w.type, bn, paired, exact), stream>>>(p);
   return cuda_status(cudaGetLastError(), "matmul launch");

@@ -4,8 +4,9 @@
 //
 // MatmulPrecision::kExact (default): every weight format is affine per sub-block,
 // w = A * q + B with q a small integer (exact in f16) and A, B f32 (Q8_0: d, 0 per
-// 32; IQ2_XXS: q the signed grid value, A = d * (0.5 + s) / 4 per 32; Q2_K: d * sc,
-// -dmin * m per 16; Q4_K: d * sc, -dmin * m per 32; F16: the weight itself, 1, 0).
+// 32; IQ2_XXS: q the signed grid value, A = d * (0.5 + s) / 4 per 32; Q2_K: q = sc *
+// level (<= 45), A = d per 32, B = -dmin * m per 16; Q4_K: d * sc, -dmin * m per 32;
+// F16: the weight itself, 1, 0).
 // Activations are split x = hi + lo (hi = f16(x), lo = f16((x - hi) * 2^11), the
 // scale keeping it clear of f16 subnormals), two mma per 16 columns give q . x up to
 // the f32 sums (relative error ~2^-22 per activation), and acc += A * (q . x) + B * sum(x) (the sum in f32). The error is
@@ -77,14 +78,16 @@ struct MatmulLaunch {
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
   // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel
-  // compiled for two resident blocks per SM (registers capped at 128) instead of one.
-  // Same arithmetic in the same order.
+  // compiled for two resident blocks per SM (registers capped at 128) instead of one,
+  // with the scale applied per 16 columns (as exact_k16).
   bool exact_two_blocks = false;
-  // Tuning (benchmarks): kExact launches with 64-token tiles of the formats with one
-  // scale per 32 columns (all but Q2_K) apply it once per 32 columns instead of per
-  // 16 (fewer f32 operations; slightly different rounding). Takes precedence over
-  // exact_two_blocks.
+  // kExact launches with 64-token tiles apply A once per 32 columns (fewer f32
+  // operations; Q2_K through its scaled levels, see above). This is the default now;
+  // the field is kept for callers that set it and changes nothing.
   bool exact_k32 = false;
+  // Tuning (benchmarks): apply A per 16 columns for every format, Q2_K with A = d * sc
+  // (the former default; slightly different rounding). exact_two_blocks implies it.
+  bool exact_k16 = false;
 };
 
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);

@@ -5,7 +5,7 @@
 // its largest error as a fraction of the tolerance and of sum |w x|. Every case runs
 // in both precisions (F32 weights: kF16 only; kExact refuses them), and again with
 // activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed); the kExact
-// tuning variants (exact_two_blocks, exact_k32) are checked on a subset.
+// tuning variants (exact_two_blocks, exact_k16) are checked on a subset.
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
@@ -38,7 +38,7 @@ int g_token_tile = 0;  // MatmulLaunch::token_tile of the correctness launches (
 MatmulPrecision g_precision = MatmulPrecision::kExact;  // of the correctness launches
 bool g_wide_x = false;  // activations with magnitudes 1e3, 1 and 1e-3 mixed
 bool g_two_blocks = false;  // MatmulLaunch::exact_two_blocks of the correctness launches
-bool g_k32 = false;         // MatmulLaunch::exact_k32 of the correctness launches
+bool g_k16 = false;         // MatmulLaunch::exact_k16 of the correctness launches
 
 const char* precision_name(MatmulPrecision p) { return p == MatmulPrecision::kExact ? "exact" : "f16"; }
 
@@ -55,7 +55,7 @@ std::vector<float> random_x(size_t n, std::mt19937& rng) {
 
 std::string case_suffix() {
   return std::string(" [") + precision_name(g_precision) + (g_wide_x ? ", wide x" : "") +
-         (g_two_blocks ? ", two blocks" : "") + (g_k32 ? ", k32" : "") + "]";
+         (g_two_blocks ? ", two blocks" : "") + (g_k16 ? ", k16" : "") + "]";
 }
 
 // A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
@@ -186,7 +186,7 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.token_tile = g_token_tile;
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
-  l.exact_k32 = g_k32;
+  l.exact_k16 = g_k16;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -254,7 +254,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   l.token_tile = g_token_tile;
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
-  l.exact_k32 = g_k32;
+  l.exact_k16 = g_k16;
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -354,7 +354,7 @@ double time_us(F&& launch, int reps) {
 }
 
 void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0,
-                 bool two_blocks = false, bool k32 = false) {
+                 bool two_blocks = false, bool k16 = false) {
   auto dm = random_matrix(type, cols, rows, 1, 1234);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", tname(type).c_str(), dm.status().message().c_str());
@@ -372,20 +372,20 @@ void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols
   l.token_tile = token_tile;
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
-  l.exact_k32 = k32;
+  l.exact_k16 = k16;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
   const double flops = 2.0 * rows * cols * n_tokens;
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
   std::printf("matmul %s%s%s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", k32 ? " k32" : "", tname(type).c_str(),
+              precision_name(prec), two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
               bytes / us * 1e-3, token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
 void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens,
-                   int per_token, bool paired, bool two_blocks = false, bool k32 = false) {
+                   int per_token, bool paired, bool two_blocks = false, bool k16 = false) {
   auto dw = random_matrix(type, cols, rows, experts, 77);
   if (!dw.ok()) {
     std::printf("bench grouped %s: %s\n", tname(type).c_str(), dw.status().message().c_str());
@@ -428,7 +428,7 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
   l.row_scale = paired ? dscale.get() : nullptr;
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
-  l.exact_k32 = k32;
+  l.exact_k16 = k16;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
@@ -436,7 +436,7 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
   std::printf("matmul %s%s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
               "weights %.1f GB/s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", k32 ? " k32" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
+              precision_name(prec), two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
               static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3);
 }
 
@@ -510,8 +510,9 @@ int main() {
   test_dense(GgmlType::Q2_K, 1024, 130, 70, rng);
   g_wide_x = false;
   g_two_blocks = false;
-  // The kernels applying the scale per 32 columns (kExact tuning; Q2_K ignores it).
-  g_k32 = true;
+  // The kernels applying the scale per 16 columns for every format (kExact tuning;
+  // the former default).
+  g_k16 = true;
   for (GgmlType t : quantized) {
     test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
     test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
@@ -524,7 +525,7 @@ int main() {
     test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
   }
   g_wide_x = false;
-  g_k32 = false;
+  g_k16 = false;
   test_errors(rng);
 
   if (g_failures == 0) {
@@ -543,7 +544,7 @@ int main() {
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, true);
     bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, true);
-    // kExact with the scale applied per 32 columns (tuning).
+    // kExact with the scale applied per 16 columns (tuning; the former default).
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, false, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, false, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::F16, 1024, 4096, 2048, 0, false, true);
