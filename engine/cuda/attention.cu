@@ -108,23 +108,33 @@ __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLa
   }
 }
 
-constexpr int kGroupHeads = kAttentionGroupHeads;
-static_assert(kThreads / 32 == kGroupHeads, "one warp per head of the group in the softmax step");
+static_assert(kThreads / 32 >= kAttentionGroupHeads, "one warp per head of the group in the softmax step");
+
+// Heads per block of the head-group kernel for this launch: the caller's choice, or the
+// most (fewest row reads) that still gives 64 blocks.
+int group_heads(const AttentionLaunch& p) {
+  if (p.head_group == 2 || p.head_group == 4 || p.head_group == 8) return p.head_group;
+  for (int g : {8, 4}) {
+    if (static_cast<int64_t>(p.splits) * ((p.heads + g - 1) / g) >= 64) return g;
+  }
+  return 2;
+}
 
 // Rows per split in the worst case (the stride of the head-group kernel's score rows).
 __host__ __device__ __forceinline__ int split_capacity(const AttentionLaunch& p) {
   return (p.max_visible + p.splits - 1) / p.splits;
 }
 
-size_t head_group_shared_bytes(const AttentionLaunch& p) {
+size_t head_group_shared_bytes(const AttentionLaunch& p, int group) {
   const size_t cap = static_cast<size_t>(split_capacity(p));
-  return sizeof(const float*) * cap + sizeof(float) * kGroupHeads * (p.head_dim + cap);
+  return sizeof(const float*) * cap + sizeof(float) * group * (p.head_dim + cap);
 }
 
 // Block (split j, head group g): the rows of split j, read once for the group's heads.
 // Per head the arithmetic is the per-head kernel's: lane-strided dot products reduced
 // over the warp, the split's max and sum of exp(s - max), and the output sum over rows
 // in row order. Results go to the same workspace slots (head, split).
+template <int kGroupHeads>
 __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
   extern __shared__ __align__(16) unsigned char group_shared[];
   const int cap = split_capacity(p);
@@ -170,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
   }
   __syncthreads();
   // Softmax pieces: warp g owns head g of the group.
-  {
+  if (warp < kGroupHeads) {
     float* pr = probs + warp * cap;
     float mx = -INFINITY;
     for (int r = lane; r < nr; r += 32) mx = fmaxf(mx, pr[r]);
@@ -188,31 +198,46 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
     }
   }
   __syncthreads();
-  // Output sums: a thread per dimension; each row value is loaded once for all heads.
-  for (int i = threadIdx.x; i < D; i += kThreads) {
-    float acc[kGroupHeads];
+  // Output sums: a thread per pair of dimensions; each row pair is loaded once for all
+  // heads of the group (head_dim is even: attention_uses_head_groups).
+  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+    float2 acc[kGroupHeads];
 #pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) acc[g] = 0.0f;
+    for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
     int r = 0;
     for (; r + 4 <= nr; r += 4) {
-      const float a0 = rows[r][i], a1 = rows[r + 1][i], a2 = rows[r + 2][i], a3 = rows[r + 3][i];
+      const float2 a0 = *reinterpret_cast<const float2*>(rows[r] + i);
+      const float2 a1 = *reinterpret_cast<const float2*>(rows[r + 1] + i);
+      const float2 a2 = *reinterpret_cast<const float2*>(rows[r + 2] + i);
+      const float2 a3 = *reinterpret_cast<const float2*>(rows[r + 3] + i);
 #pragma unroll
       for (int g = 0; g < kGroupHeads; ++g) {
         const float* pr = probs + g * cap + r;
-        acc[g] += pr[0] * a0;
-        acc[g] += pr[1] * a1;
-        acc[g] += pr[2] * a2;
-        acc[g] += pr[3] * a3;
+        acc[g].x += pr[0] * a0.x;
+        acc[g].y += pr[0] * a0.y;
+        acc[g].x += pr[1] * a1.x;
+        acc[g].y += pr[1] * a1.y;
+        acc[g].x += pr[2] * a2.x;
+        acc[g].y += pr[2] * a2.y;
+        acc[g].x += pr[3] * a3.x;
+        acc[g].y += pr[3] * a3.y;
       }
     }
     for (; r < nr; ++r) {
-      const float a = rows[r][i];
+      const float2 a = *reinterpret_cast<const float2*>(rows[r] + i);
 #pragma unroll
-      for (int g = 0; g < kGroupHeads; ++g) acc[g] += probs[g * cap + r] * a;
+      for (int g = 0; g < kGroupHeads; ++g) {
+        acc[g].x += probs[g * cap + r] * a.x;
+        acc[g].y += probs[g * cap + r] * a.y;
+      }
     }
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
-      if (g < nh) p.workspace[(static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2) + i] = acc[g];
+      if (g < nh) {
+        float* ws = p.workspace + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
+        ws[i] = acc[g].x;
+        ws[i + 1] = acc[g].y;
+      }
     }
   }
   if (threadIdx.x < nh) {
@@ -269,15 +294,25 @@ Status attention_init() {
         cudaFuncSetAttribute(attention_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              96 * 1024),
         "raising the attention kernel's shared memory limit"));
-    return cuda_status(cudaFuncSetAttribute(attention_group_partial_kernel,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
-                       "raising the head-group attention kernel's shared memory limit");
+    for (const void* kernel : {reinterpret_cast<const void*>(attention_group_partial_kernel<2>),
+                               reinterpret_cast<const void*>(attention_group_partial_kernel<4>),
+                               reinterpret_cast<const void*>(attention_group_partial_kernel<8>)}) {
+      DS4_RETURN_IF_ERROR(cuda_status(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+          "raising the head-group attention kernel's shared memory limit"));
+    }
+    return Status::Ok();
   }();
   return status;
 }
 
 bool attention_uses_head_groups(const AttentionLaunch& p) {
-  return !p.per_head_blocks && p.splits >= 1 && head_group_shared_bytes(p) <= 96 * 1024;
+  return !p.per_head_blocks && p.splits >= 1 && p.head_dim % 2 == 0 &&
+         head_group_shared_bytes(p, group_heads(p)) <= 96 * 1024;
+}
+
+int attention_head_group(const AttentionLaunch& p) {
+  return attention_uses_head_groups(p) ? group_heads(p) : 1;
 }
 
 Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
@@ -287,8 +322,16 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
   if (attention_uses_head_groups(p)) {
-    const dim3 grid(p.splits, (p.heads + kGroupHeads - 1) / kGroupHeads);
-    attention_group_partial_kernel<<<grid, kThreads, head_group_shared_bytes(p), stream>>>(p);
+    const int g = group_heads(p);
+    const dim3 grid(p.splits, (p.heads + g - 1) / g);
+    const size_t bytes = head_group_shared_bytes(p, g);
+    if (g == 8) {
+      attention_group_partial_kernel<8><<<grid, kThreads, bytes, stream>>>(p);
+    } else if (g == 4) {
+      attention_group_partial_kernel<4><<<grid, kThreads, bytes, stream>>>(p);
+    } else {
+      attention_group_partial_kernel<2><<<grid, kThreads, bytes, stream>>>(p);
+    }
   } else {
     attention_partial_kernel<<<dim3(p.heads, p.splits), kThreads, shared, stream>>>(p);
   }

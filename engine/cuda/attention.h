@@ -5,8 +5,7 @@
 // device memory, so the launch is graph-safe.
 //
 // Rows are split over `splits` blocks; each block reads its rows once for a group of
-// heads (kAttentionGroupHeads), so a row is read heads / kAttentionGroupHeads times in
-// all. The partial softmax sums are combined per head in split order (deterministic).
+// heads (up to kAttentionGroupHeads), so a row is read heads / group times in all. The partial softmax sums are combined per head in split order (deterministic).
 //
 // Thread-safety: launches on the caller's stream; no host state.
 #pragma once
@@ -48,15 +47,21 @@ struct AttentionLaunch {
   // Tests and benchmarks: the earlier kernel (one block per head and split, every row
   // read once per head) instead of the head-group kernel.
   bool per_head_blocks = false;
+  // Heads per block of the head-group kernel: 2, 4 or 8; 0 picks the most that still
+  // gives the grid 64 blocks (splits x heads / group).
+  int head_group = 0;
 };
 
-// Heads one block of the head-group kernel computes over its rows.
+// The most heads one block of the head-group kernel computes over its rows.
 inline constexpr int kAttentionGroupHeads = 8;
 
 // True when launch_attention_decode runs the head-group kernel for `launch` (false:
 // per_head_blocks was asked for, or its shared memory would exceed the limit, in which
 // case the per-head kernel runs).
 bool attention_uses_head_groups(const AttentionLaunch& launch);
+
+// Heads per block launch_attention_decode uses for `launch` (1: the per-head kernel).
+int attention_head_group(const AttentionLaunch& launch);
 
 // Workspace floats needed by launch_attention_decode.
 inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {

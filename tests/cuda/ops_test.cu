@@ -349,12 +349,15 @@ void test_attention(std::mt19937& rng) {
         if (ratio == 4 && active) for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
         else for (int i = 0; i < nc; ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
         const std::vector<float> ref = attention_reference(c, rope, H, D, pos, q, rows, sinks);
-        for (bool per_head : {false, true}) {
+        for (int group : {2, 4, 8, 0, 1}) {  // 1: the per-head kernel; 0: the launcher's choice
+          const bool per_head = group == 1;
           a.per_head_blocks = per_head;
-          const std::string name = std::string(per_head ? "per-head" : "head-group") + " attention heads " +
-                                   std::to_string(H) + " ratio " + std::to_string(ratio) + " pos " +
-                                   std::to_string(pos) + " splits " + std::to_string(a.splits);
+          a.head_group = per_head ? 0 : group;
+          const std::string name = (per_head ? std::string("per-head") : "head-group " + std::to_string(group)) +
+                                   " attention heads " + std::to_string(H) + " ratio " + std::to_string(ratio) +
+                                   " pos " + std::to_string(pos) + " splits " + std::to_string(a.splits);
           check(attention_uses_head_groups(a) == !per_head, name + ": runs the kernel asked for");
+          if (group > 1) check(attention_head_group(a) == group, name + ": with the group size asked for");
           cudaMemset(dout.get(), 0, sizeof(float) * H * D);
           check(launch_attention_decode(a, nullptr).ok(), name + ": launch");
           check(cudaDeviceSynchronize() == cudaSuccess, name + ": runs");
@@ -424,19 +427,26 @@ void bench_attention(std::mt19937& rng) {
     const int forward_splits = std::clamp(a.max_visible / 64, 1, 16);
     for (int splits : {forward_splits, 16}) {
       a.splits = splits;
-      double us[2] = {0.0, 0.0};
-      for (bool per_head : {true, false}) {
+      const int groups[] = {1, 0, 8, 4, 2};  // 1: per-head kernel; 0: the launcher's choice
+      double us[5] = {};
+      for (int v = 0; v < 5; ++v) {
+        const bool per_head = groups[v] == 1;
         a.per_head_blocks = per_head;
-        const std::string name = std::string(per_head ? "per-head" : "head-group") + " attention, " + k.what +
-                                 ", splits " + std::to_string(splits);
+        a.head_group = per_head ? 0 : groups[v];
+        const std::string name = (per_head ? std::string("per-head") : "head-group " + std::to_string(groups[v])) +
+                                 " attention, " + k.what + ", splits " + std::to_string(splits);
         check(attention_uses_head_groups(a) == !per_head, name + ": runs the kernel asked for");
+        cudaMemset(dout.get(), 0, sizeof(float) * H * D);
         check(launch_attention_decode(a, nullptr).ok(), name + ": launch");
         check(cudaDeviceSynchronize() == cudaSuccess, name + ": runs");
         check(count_bad(dout.host(), ref, 1e-4, 2e-6, name) == 0, name + ": matches the CPU reference");
-        us[per_head ? 0 : 1] = time_us([&] { (void)launch_attention_decode(a, nullptr); });
+        us[v] = time_us([&] { (void)launch_attention_decode(a, nullptr); });
       }
-      std::printf("timing: decode attention 64 heads x 512, %s, splits %d: per-head %.1f us, head-group %.1f us\n",
-                  k.what, splits, us[0], us[1]);
+      a.head_group = 0;
+      a.per_head_blocks = false;
+      std::printf("timing: decode attention 64 heads x 512, %s, splits %d: per-head %.1f us; head groups: "
+                  "auto (%d) %.1f us, 8 %.1f us, 4 %.1f us, 2 %.1f us\n",
+                  k.what, splits, us[0], attention_head_group(a), us[1], us[2], us[3], us[4]);
     }
   }
 }
