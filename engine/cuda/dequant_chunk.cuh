@@ -178,6 +178,9 @@ struct Chunk<GgmlType::IQ2_XXS> {
 // negated element. (code | sign) is then a __byte_perm selector (low 16 bits: elements
 // 0..3, high 16 bits: 4..7) over two words holding the three magnitudes and their
 // negations, so one byte permutation yields four signed weights.
+// The table is read as sel[e * stride]: stride 1 for the table itself; stride 32 for a
+// copy per shared-memory bank (entry e of lane L at word 32 e + L, sel pointing at the
+// lane's copy), whose lookups never conflict.
 constexpr int kIq2xxsCompactWords = 384;
 // Signed magnitudes as int8 (pack) and biased by 128 (the float trick of dequant).
 constexpr uint32_t kIq2xxsPositive = 0x002B1908u, kIq2xxsNegative = 0x00D5E7F8u;
@@ -185,20 +188,20 @@ constexpr uint32_t kIq2xxsPositiveBiased = 0x00AB9988u, kIq2xxsNegativeBiased = 
 
 struct Iq2xxsCompact {
   // Selector word for the 8 elements of group k (0..3) of a chunk.
-  static __device__ __forceinline__ uint32_t selectors(uint2 q, int k, const uint32_t* sel) {
-    return sel[(q.x >> (8 * k)) & 255] | sel[256 + ((q.y >> (7 * k)) & 127)];
+  static __device__ __forceinline__ uint32_t selectors(uint2 q, int k, const uint32_t* sel, int stride) {
+    return sel[((q.x >> (8 * k)) & 255) * stride] | sel[(256 + ((q.y >> (7 * k)) & 127)) * stride];
   }
   static __device__ __forceinline__ float dequant(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
-                                                  float* w);
+                                                  int stride, float* w);
   static __device__ __forceinline__ void pack(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
-                                              PackedChunk* out);
+                                              int stride, PackedChunk* out);
 };
 
 __device__ __forceinline__ float Iq2xxsCompact::dequant(const Chunk<GgmlType::IQ2_XXS>::Raw& r,
-                                                        const uint32_t* sel, float* w) {
+                                                        const uint32_t* sel, int stride, float* w) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const uint32_t s = selectors(r.q, k, sel);
+    const uint32_t s = selectors(r.q, k, sel, stride);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const uint32_t biased = __byte_perm(kIq2xxsPositiveBiased, kIq2xxsNegativeBiased, s >> (16 * half));
@@ -213,10 +216,10 @@ __device__ __forceinline__ float Iq2xxsCompact::dequant(const Chunk<GgmlType::IQ
 }
 
 __device__ __forceinline__ void Iq2xxsCompact::pack(const Chunk<GgmlType::IQ2_XXS>::Raw& r, const uint32_t* sel,
-                                                    PackedChunk* out) {
+                                                    int stride, PackedChunk* out) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const uint32_t s = selectors(r.q, k, sel);
+    const uint32_t s = selectors(r.q, k, sel, stride);
     out->w[2 * k] = static_cast<int>(__byte_perm(kIq2xxsPositive, kIq2xxsNegative, s));
     out->w[2 * k + 1] = static_cast<int>(__byte_perm(kIq2xxsPositive, kIq2xxsNegative, s >> 16));
   }

@@ -45,19 +45,22 @@ __device__ uint32_t g_iq2xxs_sel[cuda_detail::kIq2xxsCompactWords];
 
 // One chunk's weights as floats (the return value is the chunk's factor) or packed int8;
 // `sel` is the compact IQ2_XXS table in shared memory (unused by the other types).
+// `stride`: see cuda_detail::Iq2xxsCompact (1, or 32 for the per-lane copies).
 template <GgmlType T>
-__device__ __forceinline__ float dequant_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, float* w) {
+__device__ __forceinline__ float dequant_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, int stride,
+                                               float* w) {
   if constexpr (T == GgmlType::IQ2_XXS) {
-    return cuda_detail::Iq2xxsCompact::dequant(r, sel, w);
+    return cuda_detail::Iq2xxsCompact::dequant(r, sel, stride, w);
   } else {
     return Chunk<T>::dequant(r, nullptr, w);
   }
 }
 
 template <GgmlType T>
-__device__ __forceinline__ void pack_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, PackedChunk* out) {
+__device__ __forceinline__ void pack_chunk(const typename Chunk<T>::Raw& r, const uint32_t* sel, int stride,
+                                           PackedChunk* out) {
   if constexpr (T == GgmlType::IQ2_XXS) {
-    cuda_detail::Iq2xxsCompact::pack(r, sel, out);
+    cuda_detail::Iq2xxsCompact::pack(r, sel, stride, out);
   } else {
     Chunk<T>::pack(r, nullptr, out);
   }
@@ -99,6 +102,7 @@ struct MatvecParams {
   const float* x_norm_weight;
   float x_norm_eps;
   int x_vec4;           // x (and x_norm_weight) 16-byte aligned with strides of 4 floats
+  int sel_lane_offset;  // >= 0: IQ2_XXS selectors copied per bank at this dynamic shared byte offset
 };
 
 
@@ -366,8 +370,23 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
       }
     }
   }
+  // IQ2_XXS selectors: the compact table, or one copy per bank (each warp copies
+  // entries, lane L writing word 32 e + L; the entry loads are uniform).
+  const uint32_t* sel = grid;
+  int sel_stride = 1;
   if constexpr (T == GgmlType::IQ2_XXS) {
-    for (int i = threadIdx.x; i < cuda_detail::kIq2xxsCompactWords; i += kThreads) grid[i] = g_iq2xxs_sel[i];
+    if (p.sel_lane_offset >= 0) {
+      uint32_t* copies = reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(shared_x4) + p.sel_lane_offset);
+      const int ln = threadIdx.x & 31;
+#pragma unroll 8
+      for (int e = threadIdx.x >> 5; e < cuda_detail::kIq2xxsCompactWords; e += kWarps) {
+        copies[e * 32 + ln] = g_iq2xxs_sel[e];
+      }
+      sel = copies + ln;
+      sel_stride = 32;
+    } else {
+      for (int i = threadIdx.x; i < cuda_detail::kIq2xxsCompactWords; i += kThreads) grid[i] = g_iq2xxs_sel[i];
+    }
   }
   // Summed slots: the slots' matrices in shared memory, so the chunk loop's weight
   // addresses do not wait on a global load.
@@ -457,10 +476,10 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             const uint8_t* xb = xq + vsel[u] * vec_bytes;
             const int tok_stride = p.vectors * vec_bytes;
             PackedChunk pk;
-            pack_chunk<T>(raw[u], grid, &pk);
+            pack_chunk<T>(raw[u], sel, sel_stride, &pk);
             if constexpr (PAIRED) {
               PackedChunk pu;
-              pack_chunk<T>(raw_up[u], grid, &pu);
+              pack_chunk<T>(raw_up[u], sel, sel_stride, &pu);
               dot_chunk_int8_paired<NT>(pk, pu, xb, ns, cc[u], tok_stride, acc, acc_up);
             } else {
               dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
@@ -468,10 +487,10 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
           } else {
             const float* xv = xs + vsel[u] * cols_here;
             float w[32];
-            const float f = dequant_chunk<T>(raw[u], grid, w);
+            const float f = dequant_chunk<T>(raw[u], sel, sel_stride, w);
             if constexpr (PAIRED) {
               float wu[32];
-              const float fu = dequant_chunk<T>(raw_up[u], grid, wu);
+              const float fu = dequant_chunk<T>(raw_up[u], sel, sel_stride, wu);
               dot_chunk_paired<NT>(w, f, wu, fu, xv, ns, cc[u], per_token, acc, acc_up);
             } else {
               dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
@@ -795,7 +814,16 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   if (nt > l.n_tokens) nt = std::max(1, nt / 2);
   const int grid_z = (l.n_tokens + nt - 1) / nt;
   KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr, int8);
-  const size_t shared = static_cast<size_t>(nt * bytes_per_token);
+  size_t shared = static_cast<size_t>(nt * bytes_per_token);
+  p.sel_lane_offset = -1;
+  if (l.iq2xxs_lane_tables && w.type == GgmlType::IQ2_XXS) {
+    constexpr size_t kLaneTableBytes = size_t{cuda_detail::kIq2xxsCompactWords} * 32 * sizeof(uint32_t);
+    const size_t offset = (shared + 15) / 16 * 16;
+    if (offset + kLaneTableBytes <= static_cast<size_t>(kMaxSharedBytes)) {
+      p.sel_lane_offset = static_cast<int>(offset);
+      shared = offset + kLaneTableBytes;
+    }
+  }
   int64_t tiles;
   if (p.warps_per_row == 1) {
     // As many blocks as fit on the GPU at once (one wave: no second, mostly idle wave),

@@ -69,6 +69,11 @@ struct MatvecLaunch {
   // per row give each warp more rows at once, and lanes of a warp then read the same x
   // chunks from shared memory (broadcast) instead of 32 different ones.
   int lanes_per_row = 0;
+  // Tuning (the benchmarks compare): IQ2_XXS weights look their codebook and sign
+  // selectors up in one copy of the table per shared-memory bank (48 KiB more shared
+  // memory per block; lookups without bank conflicts) instead of one compact copy.
+  // Applied when it fits in the block's shared memory; other types ignore it.
+  bool iq2xxs_lane_tables = false;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

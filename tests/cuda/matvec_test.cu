@@ -64,11 +64,12 @@ double abs_dot(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
 // aligned (the kernel then stages x with 4-byte loads instead of 16-byte ones).
 // lanes_per_row: MatvecLaunch::lanes_per_row (0: the launch chooses).
 void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false,
-                int x_pad = 0, int lanes_per_row = 0) {
+                int x_pad = 0, int lanes_per_row = 0, bool lane_tables = false) {
   const std::string name = std::string(ggml_type_name(type)) + " " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "") +
                            (x_pad ? " unaligned x" : "") +
-                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "");
+                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "") +
+                           (lane_tables ? " lane tables" : "");
   HostMatrix h = make_host(type, cols, rows, 1, rng);
   auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + dm.status().message());
@@ -88,6 +89,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.n_tokens = n_tokens;
   l.int8_activations = int8;
   l.lanes_per_row = lanes_per_row;
+  l.iq2xxs_lane_tables = lane_tables;
   if (n_tokens == 1) {  // long rows over several blocks (split sums) where rows are few
     l.split_workspace = dsplit.get();
     l.split_workspace_floats = 32 * 4096;
@@ -113,10 +115,11 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
 
 // Experts: gate/up paired with SwiGLU and per-slot weights, then down summed over slots.
 void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t ffn, int n_exp,
-                  std::mt19937& rng, bool int8 = false, int lanes_per_row = 0) {
+                  std::mt19937& rng, bool int8 = false, int lanes_per_row = 0, bool lane_tables = false) {
   const std::string name = "experts " + std::string(ggml_type_name(gate_type)) + "/" +
                            std::string(ggml_type_name(down_type)) + (int8 ? " int8 x" : "") +
-                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "");
+                           (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "") +
+                           (lane_tables ? " lane tables" : "");
   const int used = 3;
   HostMatrix g = make_host(gate_type, dim, ffn, n_exp, rng);
   HostMatrix u = make_host(gate_type, dim, ffn, n_exp, rng);
@@ -144,6 +147,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   gu.swiglu_limit = limit;
   gu.int8_activations = int8;
   gu.lanes_per_row = lanes_per_row;
+  gu.iq2xxs_lane_tables = lane_tables;
   check(launch_matvec(gu, nullptr).ok(), name + ": gate/up launch");
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
@@ -155,6 +159,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   dn.sum_slots = true;
   dn.int8_activations = int8;
   dn.lanes_per_row = lanes_per_row;
+  dn.iq2xxs_lane_tables = lane_tables;
   check(launch_matvec(dn, nullptr).ok(), name + ": down launch");
   check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
   std::vector<float> h = dh.host(), y = dy.host();
@@ -258,7 +263,8 @@ void test_x_norm(GgmlType type, std::mt19937& rng) {
 }
 
 // GB/s of one decode-shaped launch (weights read once per token).
-void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false, int lanes_per_row = 0) {
+void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false, int lanes_per_row = 0,
+           bool lane_tables = false) {
   auto dm = random_matrix(type, cols, rows, 1, 99);
   if (!dm.ok()) {
     std::printf("bench %s: %s\n", std::string(ggml_type_name(type)).c_str(), dm.status().message().c_str());
@@ -273,6 +279,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
   l.split_workspace_floats = 32 * 8192;
   l.int8_activations = int8;
   l.lanes_per_row = lanes_per_row;
+  l.iq2xxs_lane_tables = lane_tables;
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
@@ -286,7 +293,8 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
   cudaEventElapsedTime(&ms, a, b);
   const double bytes = static_cast<double>((*dm)->m.data_bytes() + (*dm)->m.scale_bytes());
   const double gbs = bytes * reps / (ms * 1e-3) / 1e9;
-  const std::string lanes = lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "";
+  const std::string lanes = (lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "") +
+                            (lane_tables ? "  lane tables" : "");
   std::printf("bench matvec %-8s %6lld x %-6lld %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s%s\n",
               std::string(ggml_type_name(type)).c_str(), static_cast<long long>(rows),
               static_cast<long long>(cols), bytes / 1e6, ms * 1e3 / reps, gbs, 100.0 * gbs * 1e9 / bandwidth,
@@ -300,7 +308,8 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
 // the down projection summed over the 6 slots. The pool holds `pool` experts and
 // every repetition picks 6 others, so the weights come from device memory, not L2.
 // GB/s counts the bytes of the 6 experts actually read.
-void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8, int lanes_per_row = 0) {
+void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8, int lanes_per_row = 0,
+                   bool lane_tables = false) {
   const int64_t dim = 4096, ffn = 2048;
   const int used = 6, pool = 96, reps = 16;
   auto dg = random_matrix(gate_type, dim, ffn, pool, 7);
@@ -326,6 +335,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   gu.slot_weight = dw.get();
   gu.int8_activations = int8;
   gu.lanes_per_row = lanes_per_row;
+  gu.iq2xxs_lane_tables = lane_tables;
   MatvecLaunch dn;
   dn.w = &(*dd)->m;
   dn.x = dh.get();
@@ -367,7 +377,8 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   const auto line = [&](const char* what, GgmlType type, double bytes, float ms) {
     const double us = ms * 1e3 / reps;
     const double gbs = bytes / (us * 1e-6) / 1e9;
-    const std::string lanes = lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "";
+    const std::string lanes = (lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "") +
+                              (lane_tables && gate_type == type ? "  lane tables" : "");
     std::printf("bench experts %-22s %-8s %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s%s\n", what,
                 std::string(ggml_type_name(type)).c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
                 int8 && matvec_int8_capable(type) ? "  int8 x" : "", lanes.c_str());
@@ -426,6 +437,15 @@ int main() {
   }
   test_plain(GgmlType::IQ2_XXS, 4096, 300, 3, rng, false, 0, 8);
   test_plain(GgmlType::Q2_K, 2048, 300, 1, rng, true, 0, 8);
+  // IQ2_XXS selectors from per-bank table copies (the tuning option), f32 and int8 x.
+  for (bool int8 : {false, true}) {
+    for (int tokens : {1, 3, 8}) test_plain(GgmlType::IQ2_XXS, 512, 200, tokens, rng, int8, 0, 0, true);
+    test_plain(GgmlType::IQ2_XXS, 4096, 24, 1, rng, int8, 0, 0, true);
+    test_plain(GgmlType::IQ2_XXS, 4096, 2051, 1, rng, int8, 0, 0, true);
+    test_plain(GgmlType::IQ2_XXS, 4096, 2051, 1, rng, int8, 0, 8, true);
+    test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, int8, 0, true);
+    test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, int8, 8, true);
+  }
   for (int lanes : {8, 16}) {
     test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, false, lanes);
     test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, true, lanes);
@@ -468,6 +488,12 @@ int main() {
     for (int lanes : {4, 8, 16}) {
       bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes);
       bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true, lanes);
+    }
+    for (int lanes : {0, 8}) {
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes, true);
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true, lanes, true);
+      bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw, false, lanes, true);
+      bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw, true, lanes, true);
     }
     for (int lanes : {8, 16}) {
       bench(GgmlType::IQ2_XXS, 4096, 2048 * 64, *bw, false, lanes);
