@@ -617,7 +617,7 @@ size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
 template <GgmlType T, bool EXACT>
 KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
   if constexpr (EXACT) {
-    if (two_blocks && !paired && bn == 64) return matmul_kernel<T, 64, false, true, 2>;
+    if (two_blocks && !paired && bn == 64) return k16 ? matmul_kernel<T, 64, false, true, 2> : matmul_kernel<T, 64, false, true, 2, true>;
   }
   if constexpr (EXACT) {
     if (!k16 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
@@ -664,8 +664,8 @@ Status init_once() {
     for (bool exact : {false, true}) {
       for (int bn : {64, 128}) {
         for (bool paired : {false, true}) {
-          for (int variant = 0; variant < 3; ++variant) {  // default, two blocks, k16
-            KernelFn fn = pick_kernel(t, bn, paired, exact, variant == 1, variant == 2);
+          for (int variant = 0; variant < 4; ++variant) {  // two blocks (bit 0), k16 (bit 1)
+            KernelFn fn = pick_kernel(t, bn, paired, exact, (variant & 1) != 0, (variant & 2) != 0);
             if (fn == nullptr) continue;
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));

@@ -78,15 +78,15 @@ struct MatmulLaunch {
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
   // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel
-  // compiled for two resident blocks per SM (registers capped at 128) instead of one,
-  // with the scale applied per 16 columns (as exact_k16).
+  // compiled for two resident blocks per SM (registers capped at 128) instead of one.
+  // Same arithmetic in the same order as without it.
   bool exact_two_blocks = false;
   // kExact launches with 64-token tiles apply A once per 32 columns (fewer f32
   // operations; Q2_K through its scaled levels, see above). This is the default now;
   // the field is kept for callers that set it and changes nothing.
   bool exact_k32 = false;
   // Tuning (benchmarks): apply A per 16 columns for every format, Q2_K with A = d * sc
-  // (the former default; slightly different rounding). exact_two_blocks implies it.
+  // (the former default; slightly different rounding).
   bool exact_k16 = false;
 };
 

@@ -509,6 +509,13 @@ int main() {
   g_wide_x = true;
   test_dense(GgmlType::Q2_K, 1024, 130, 70, rng);
   g_wide_x = false;
+  // Two blocks per SM with the scale per 16 columns (both tuning options).
+  g_k16 = true;
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K}) {
+    test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  g_k16 = false;
   g_two_blocks = false;
   // The kernels applying the scale per 16 columns for every format (kExact tuning;
   // the former default).
@@ -540,15 +547,20 @@ int main() {
       bench_grouped(prec, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
       bench_grouped(prec, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
     }
-    // kExact unpaired 64-token tiles compiled for two blocks per SM (tuning).
-    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, true);
-    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, true);
-    bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, true);
+    // kExact unpaired 64-token tiles compiled for two blocks per SM (tuning), with the
+    // scale per 32 columns (the default form) and per 16.
+    for (bool k16 : {false, true}) {
+      bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, true, k16);
+      bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, true, k16);
+      bench_dense(MatmulPrecision::kExact, GgmlType::F16, 1024, 4096, 2048, 0, true, k16);
+      bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, true, k16);
+    }
     // kExact with the scale applied per 16 columns (tuning; the former default).
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 0, false, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 0, false, true);
     bench_dense(MatmulPrecision::kExact, GgmlType::F16, 1024, 4096, 2048, 0, false, true);
     bench_grouped(MatmulPrecision::kExact, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true, false, true);
+    bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, false, true);
   } else {
     std::printf("benchmark skipped: correctness failures above\n");
   }
