@@ -125,9 +125,36 @@ __host__ __device__ __forceinline__ int split_capacity(const AttentionLaunch& p)
   return (p.max_visible + p.splits - 1) / p.splits;
 }
 
+// Bytes of the row-pointer table, rounded up so the query after it is 16-byte aligned.
+__host__ __device__ __forceinline__ size_t row_table_bytes(int cap) {
+  return (sizeof(const float*) * static_cast<size_t>(cap) + 15) / 16 * 16;
+}
+
 size_t head_group_shared_bytes(const AttentionLaunch& p, int group) {
-  const size_t cap = static_cast<size_t>(split_capacity(p));
-  return sizeof(const float*) * cap + sizeof(float) * group * (p.head_dim + cap);
+  const int cap = split_capacity(p);
+  return row_table_bytes(cap) + sizeof(float) * group * (p.head_dim + static_cast<size_t>(cap));
+}
+
+// Dot products of one row (four float4 per lane at most: head_dim <= 512, a multiple of
+// 128) with every head of the group, summed over the warp.
+template <int kGroupHeads>
+__device__ __forceinline__ void group_dots_vec4(const float4 (&v)[4], const float* q, int D, int lane,
+                                                float (&d)[kGroupHeads]) {
+#pragma unroll
+  for (int g = 0; g < kGroupHeads; ++g) {
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (k * 128 < D) {
+        const float4 qv = *reinterpret_cast<const float4*>(q + g * D + k * 128 + 4 * lane);
+        s += qv.x * v[k].x;
+        s += qv.y * v[k].y;
+        s += qv.z * v[k].z;
+        s += qv.w * v[k].w;
+      }
+    }
+    d[g] = warp_sum(s);
+  }
 }
 
 // Block (split j, head group g): the rows of split j, read once for the group's heads.
@@ -140,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
   const int cap = split_capacity(p);
   const int D = p.head_dim;
   const float** rows = reinterpret_cast<const float**>(group_shared);
-  float* q = reinterpret_cast<float*>(group_shared + sizeof(const float*) * cap);  // [G][D]
+  float* q = reinterpret_cast<float*>(group_shared + row_table_bytes(cap));  // [G][D]
   float* probs = q + kGroupHeads * D;                                               // [G][cap]
   __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads];
   const int j = blockIdx.x, h0 = blockIdx.y * kGroupHeads;
@@ -161,21 +188,50 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
   __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
   // Scores: a warp per row, every head of the group from one read of the row.
-  for (int r = warp; r < nr; r += kThreads / 32) {
-    const float* row = rows[r];
-    float d[kGroupHeads];
+  const bool vec4 = D % 128 == 0 && D <= 512 && reinterpret_cast<uintptr_t>(p.raw) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.comp) % 16 == 0;
+  if (vec4) {
+    // Two rows per warp at a time, every load of both issued before any product.
+    for (int r = 2 * warp; r < nr; r += 2 * (kThreads / 32)) {
+      const bool second = r + 1 < nr;
+      float4 v0[4], v1[4];
 #pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) d[g] = 0.0f;
-    for (int i = lane; i < D; i += 32) {
-      const float v = row[i];
+      for (int k = 0; k < 4; ++k) {
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v0[k] = k * 128 < D ? *reinterpret_cast<const float4*>(rows[r] + k * 128 + 4 * lane) : zero;
+        v1[k] = second && k * 128 < D ? *reinterpret_cast<const float4*>(rows[r + 1] + k * 128 + 4 * lane)
+                                       : zero;
+      }
+      float d0[kGroupHeads], d1[kGroupHeads];
+      group_dots_vec4<kGroupHeads>(v0, q, D, lane, d0);
+      group_dots_vec4<kGroupHeads>(v1, q, D, lane, d1);
+      const bool absent0 = raw_row_absent(p, pos, vis.nraw, r0 + r);
+      const bool absent1 = second && raw_row_absent(p, pos, vis.nraw, r0 + r + 1);
+      if (lane == 0) {
 #pragma unroll
-      for (int g = 0; g < kGroupHeads; ++g) d[g] += q[g * D + i] * v;
+        for (int g = 0; g < kGroupHeads; ++g) {
+          probs[g * cap + r] = absent0 ? -INFINITY : d0[g] * scale;
+          if (second) probs[g * cap + r + 1] = absent1 ? -INFINITY : d1[g] * scale;
+        }
+      }
     }
-    const bool absent = raw_row_absent(p, pos, vis.nraw, r0 + r);
+  } else {
+    for (int r = warp; r < nr; r += kThreads / 32) {
+      const float* row = rows[r];
+      float d[kGroupHeads];
 #pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) {
-      const float s = warp_sum(d[g]);
-      if (lane == 0) probs[g * cap + r] = absent ? -INFINITY : s * scale;
+      for (int g = 0; g < kGroupHeads; ++g) d[g] = 0.0f;
+      for (int i = lane; i < D; i += 32) {
+        const float v = row[i];
+#pragma unroll
+        for (int g = 0; g < kGroupHeads; ++g) d[g] += q[g * D + i] * v;
+      }
+      const bool absent = raw_row_absent(p, pos, vis.nraw, r0 + r);
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) {
+        const float s = warp_sum(d[g]);
+        if (lane == 0) probs[g * cap + r] = absent ? -INFINITY : s * scale;
+      }
     }
   }
   __syncthreads();
@@ -205,22 +261,18 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
     int r = 0;
-    for (; r + 4 <= nr; r += 4) {
-      const float2 a0 = *reinterpret_cast<const float2*>(rows[r] + i);
-      const float2 a1 = *reinterpret_cast<const float2*>(rows[r + 1] + i);
-      const float2 a2 = *reinterpret_cast<const float2*>(rows[r + 2] + i);
-      const float2 a3 = *reinterpret_cast<const float2*>(rows[r + 3] + i);
+    for (; r + 8 <= nr; r += 8) {
+      float2 a[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) a[k] = *reinterpret_cast<const float2*>(rows[r + k] + i);
 #pragma unroll
       for (int g = 0; g < kGroupHeads; ++g) {
         const float* pr = probs + g * cap + r;
-        acc[g].x += pr[0] * a0.x;
-        acc[g].y += pr[0] * a0.y;
-        acc[g].x += pr[1] * a1.x;
-        acc[g].y += pr[1] * a1.y;
-        acc[g].x += pr[2] * a2.x;
-        acc[g].y += pr[2] * a2.y;
-        acc[g].x += pr[3] * a3.x;
-        acc[g].y += pr[3] * a3.y;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          acc[g].x += pr[k] * a[k].x;
+          acc[g].y += pr[k] * a[k].y;
+        }
       }
     }
     for (; r < nr; ++r) {
@@ -307,7 +359,10 @@ Status attention_init() {
 }
 
 bool attention_uses_head_groups(const AttentionLaunch& p) {
-  return !p.per_head_blocks && p.splits >= 1 && p.head_dim % 2 == 0 &&
+  // Row pairs are read as float2: even rows, 8-byte aligned bases.
+  const bool pairs = p.head_dim % 2 == 0 && reinterpret_cast<uintptr_t>(p.raw) % 8 == 0 &&
+                     reinterpret_cast<uintptr_t>(p.comp) % 8 == 0;
+  return !p.per_head_blocks && p.splits >= 1 && pairs &&
          head_group_shared_bytes(p, group_heads(p)) <= 96 * 1024;
 }
 

@@ -56,8 +56,8 @@ struct AttentionLaunch {
 inline constexpr int kAttentionGroupHeads = 8;
 
 // True when launch_attention_decode runs the head-group kernel for `launch` (false:
-// per_head_blocks was asked for, or its shared memory would exceed the limit, in which
-// case the per-head kernel runs).
+// per_head_blocks was asked for, head_dim is odd, the row bases are not 8-byte aligned,
+// or its shared memory would exceed the limit; the per-head kernel runs then).
 bool attention_uses_head_groups(const AttentionLaunch& launch);
 
 // Heads per block launch_attention_decode uses for `launch` (1: the per-head kernel).

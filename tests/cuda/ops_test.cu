@@ -295,12 +295,14 @@ std::vector<float> attention_reference(const ModelConfig& c, const cpu::Rope& ro
 
 // Both decode attention kernels (head groups, and the per-head blocks) against the CPU
 // reference: raw only, ratio 4 with and without the indexer's selection, ratio 128;
-// head counts that fill the groups and one that leaves a partial group; one split and
-// several.
+// head counts that fill the groups and one that leaves a partial group; 512 dims (the
+// vector score path) and 192 (the scalar one); one split and several.
 void test_attention(std::mt19937& rng) {
   ModelConfig c = small_config();
-  const int D = c.head_dim, window = 128, ring = window + 16;
-  for (int H : {8, 20}) {
+  const int window = 128, ring = window + 16;
+  // (heads, head_dim): full and partial head groups; 192 dims take the scalar score path.
+  const std::pair<int, int> shapes[] = {{8, 512}, {20, 512}, {8, 192}};
+  for (const auto& [H, D] : shapes) {
     for (int ratio : {0, 4, 128}) {
       for (int pos : {0, 57, 1000, 2300}) {
         const int64_t max_comp = 3000 / (ratio ? ratio : 1) + 1;
@@ -354,7 +356,8 @@ void test_attention(std::mt19937& rng) {
           a.per_head_blocks = per_head;
           a.head_group = per_head ? 0 : group;
           const std::string name = (per_head ? std::string("per-head") : "head-group " + std::to_string(group)) +
-                                   " attention heads " + std::to_string(H) + " ratio " + std::to_string(ratio) +
+                                   " attention heads " + std::to_string(H) + " x " + std::to_string(D) +
+                                   " ratio " + std::to_string(ratio) +
                                    " pos " + std::to_string(pos) + " splits " + std::to_string(a.splits);
           check(attention_uses_head_groups(a) == !per_head, name + ": runs the kernel asked for");
           if (group > 1) check(attention_head_group(a) == group, name + ": with the group size asked for");
