@@ -243,6 +243,27 @@ struct Chunk<GgmlType::Q2_K> {
     r.jj = jj;
     return r;
   }
+  // The four chunks s..s+3 (s a multiple of 4): one half of a block, whose 32 quant
+  // bytes all four read at different shifts. 11 loads instead of 4 x 10.
+  static __device__ __forceinline__ void load_group(const uint8_t* row, int s, Raw* r) {
+    const uint8_t* blk = row + (s >> 3) * 84;
+    const int hh = (s >> 2) & 1;
+    const uint32_t* qs = reinterpret_cast<const uint32_t*>(blk + 16 + 32 * hh);
+    const uint32_t* sc = reinterpret_cast<const uint32_t*>(blk + 8 * hh);
+    uint32_t q[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = __ldg(qs + i);
+    const uint32_t sc01 = __ldg(sc), sc23 = __ldg(sc + 1);
+    const uint32_t dd = __ldg(reinterpret_cast<const uint32_t*>(blk + 80));
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) r[u].q[i] = q[i];
+      r[u].dd = dd;
+      r[u].sc = ((u < 2 ? sc01 : sc23) >> (16 * (u & 1))) & 0xFFFF;
+      r[u].jj = u;
+    }
+  }
   static __device__ __forceinline__ float dequant(const Raw& r, const uint64_t*, float* w) {
     const float d = half_bits_to_float(static_cast<uint16_t>(r.dd & 0xFFFF));
     const float dmin = half_bits_to_float(static_cast<uint16_t>(r.dd >> 16));

@@ -260,6 +260,11 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
   const int ns_all = static_cast<int>(p.cols >> 5);
   const int chunk0 = split_index * p.split_chunks;
   const int ns = min(ns_all - chunk0, p.split_chunks);   // chunks held in shared memory
+  // Q2_K: each lane takes four consecutive chunks (one load of their shared quant bytes,
+  // Chunk::load_group), so chunk c of x is stored at position (c % 4) * ns / 4 + c / 4:
+  // the lanes of a warp then read consecutive positions. Other types: position c.
+  constexpr bool kGroup4 = T == GgmlType::Q2_K;
+  const auto x_position = [ns](int c) { return kGroup4 ? (c & 3) * (ns >> 2) + (c >> 2) : c; };
   const int64_t cols_here = static_cast<int64_t>(ns) * 32;
   const int tok0 = blockIdx.z * NT;
   const int slot = p.sum_slots ? 0 : blockIdx.y;
@@ -303,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
         const int task = base + j * kWarps;  // warp-uniform: the shuffles see the whole warp
         if (task < tasks) {
           const int tv = task / ns, c = task - tv * ns;
-          stage_chunk_int8(val[j], ln, ns, c, xq + tv * vec_bytes);
+          stage_chunk_int8(val[j], ln, ns, x_position(c), xq + tv * vec_bytes);
         }
       }
     }
@@ -346,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
           if (q < total4) {
             const int tv = q / n4, i = 4 * (q - tv * n4);
             const int s = i >> 5, k = i & 31;
-            shared_x4[tv * (ch >> 2) + (k >> 2) * ns + s] = val[j];
+            shared_x4[tv * (ch >> 2) + (k >> 2) * ns + x_position(s)] = val[j];
           }
         }
       }
@@ -364,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             const int s = i >> 5, k = i & 31;
             float v = src ? src[i] : 0.0f;
             if (p.x_norm_weight) v = v * x_scale * p.x_norm_weight[i];
-            dst[(((k >> 2) * ns + s) << 2) + (k & 3)] = v;
+            dst[(((k >> 2) * ns + x_position(s)) << 2) + (k & 3)] = v;
           }
         }
       }
@@ -401,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
   const int lane = threadIdx.x & 31;
   const int lpr = p.warps_per_row == 1 ? p.lanes_per_row : 32;
   const int sub = lane & (lpr - 1);
-  const int chunk_start = p.warps_per_row == 1 ? sub : lane + 32 * warp;
+  const int chunk_start = (p.warps_per_row == 1 ? sub : lane + 32 * warp) * (kGroup4 ? 4 : 1);
   const int chunk_step = p.warps_per_row == 1 ? lpr : 32 * p.warps_per_row;
   const int rows_per_step = 32 / lpr;
   const int slots_here = p.sum_slots ? p.n_slots : 1;
@@ -448,6 +453,9 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
         for (int u = 0; u < kUnroll; ++u) {
           const int it = it0 + u * chunk_step;
           cc[u] = -1;
+          if constexpr (kGroup4) {
+            continue;  // loaded below, four consecutive chunks at once
+          }
           if (it < items && !p.sum_slots) {
             raw[u] = C::load(w_row, w_sc, chunk0 + it);
             if constexpr (PAIRED) raw_up[u] = C::load(u_row, u_sc, chunk0 + it);
@@ -469,6 +477,31 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             cc[u] = c;
           }
         }
+        if constexpr (kGroup4) {
+          // Items it0..it0+3 (it0 a multiple of 4; a row's chunks per slot are a
+          // multiple of 8, so the four share a slot and a block half).
+          if (it0 < items) {
+            int c = it0, vs = 0;
+            const uint8_t* wr = w_row;
+            const uint8_t* ur = u_row;
+            if (p.sum_slots) {
+              const int si = ns_shift >= 0 ? it0 >> ns_shift : it0 / ns;
+              c = it0 - si * ns;
+              const int matrix = slots_shared ? slot_matrices[si] : p.slot_matrix ? p.slot_matrix[si] : p.fixed_matrix;
+              const int64_t grow = matrix * p.matrix_rows + si * p.slot_row_stride + r;
+              wr = p.w_data + grow * p.row_bytes;
+              if constexpr (PAIRED) ur = p.u_data + grow * p.row_bytes;
+              vs = p.x_slot_stride ? si : 0;
+            }
+            C::load_group(wr, chunk0 + c, raw);
+            if constexpr (PAIRED) C::load_group(ur, chunk0 + c, raw_up);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              vsel[u] = vs;
+              cc[u] = c + u;
+            }
+          }
+        }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           if (cc[u] < 0) continue;
@@ -480,9 +513,9 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             if constexpr (PAIRED) {
               PackedChunk pu;
               pack_chunk<T>(raw_up[u], sel, sel_stride, &pu);
-              dot_chunk_int8_paired<NT>(pk, pu, xb, ns, cc[u], tok_stride, acc, acc_up);
+              dot_chunk_int8_paired<NT>(pk, pu, xb, ns, x_position(cc[u]), tok_stride, acc, acc_up);
             } else {
-              dot_chunk_int8<NT>(pk, xb, ns, cc[u], tok_stride, acc);
+              dot_chunk_int8<NT>(pk, xb, ns, x_position(cc[u]), tok_stride, acc);
             }
           } else {
             const float* xv = xs + vsel[u] * cols_here;
@@ -491,9 +524,9 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             if constexpr (PAIRED) {
               float wu[32];
               const float fu = dequant_chunk<T>(raw_up[u], sel, sel_stride, wu);
-              dot_chunk_paired<NT>(w, f, wu, fu, xv, ns, cc[u], per_token, acc, acc_up);
+              dot_chunk_paired<NT>(w, f, wu, fu, xv, ns, x_position(cc[u]), per_token, acc, acc_up);
             } else {
-              dot_chunk<NT>(w, f, xv, ns, cc[u], per_token, acc);
+              dot_chunk<NT>(w, f, xv, ns, x_position(cc[u]), per_token, acc);
             }
           }
         }
@@ -797,7 +830,8 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
     while (split > 1 && split * n_rows > l.split_workspace_floats) --split;
     if (split > 1) {
       p.split = static_cast<int>(split);
-      p.split_chunks = static_cast<int>((ns + split - 1) / split);
+      // A multiple of 4 chunks per split (Q2_K lanes take chunks in fours).
+      p.split_chunks = static_cast<int>((ns + split - 1) / split + 3) / 4 * 4;
       p.split = static_cast<int>((ns + p.split_chunks - 1) / p.split_chunks);
       p.partial = l.split_workspace;
     }
