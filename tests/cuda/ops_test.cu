@@ -392,12 +392,20 @@ void bench_attention(std::mt19937& rng) {
     std::vector<float> sinks = random_floats(H, rng, -1.0f, 2.0f);
     const int nc = (k.pos + 1) / k.ratio;
     const bool active = k.ratio == 4 && nc > topk;
-    std::vector<int32_t> sel;
-    for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; ++i) if (rng() % 2) sel.push_back(i);
-    for (int i = nc - 1; static_cast<int>(sel.size()) < topk; --i) {
-      if (std::find(sel.begin(), sel.end(), i) == sel.end()) sel.push_back(i);
+    std::vector<int32_t> sel = {0};  // ratio 128: unused
+    if (active) {
+      // About half the rows, spread over the context, then the last rows to fill up.
+      std::vector<char> picked(nc, 0);
+      sel.clear();
+      for (int i = 0; i < nc && static_cast<int>(sel.size()) < topk; ++i) {
+        if (rng() % 2) {
+          sel.push_back(i);
+          picked[i] = 1;
+        }
+      }
+      for (int i = nc - 1; static_cast<int>(sel.size()) < topk; --i) if (!picked[i]) sel.push_back(i);
+      std::sort(sel.begin(), sel.end());
     }
-    std::sort(sel.begin(), sel.end());
     const cpu::Rope rope(c, true);
     DeviceVec<float> dq(q), draw(raw), dcomp(comp), dsink(sinks), dout(H * D), dfreq(rope.freqs());
     DeviceVec<int32_t> dsel(sel), dact(std::vector<int32_t>{active ? 1 : 0}), dpos(std::vector<int32_t>{k.pos});
