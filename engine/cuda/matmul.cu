@@ -614,8 +614,15 @@ size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
 }
 
 // k16: kExact per-16 scale kernels even where the format has one scale per 32.
+// bn 32 (kExact only): 32-token tiles, per-32 scale, two blocks per SM.
 template <GgmlType T, bool EXACT>
 KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
+  if constexpr (EXACT) {
+    if (bn == 32) return paired ? matmul_kernel<T, 32, true, true, 2, true> : matmul_kernel<T, 32, false, true, 2, true>;
+  }
+  if constexpr (!EXACT) {
+    if (bn == 32) return nullptr;
+  }
   if constexpr (EXACT) {
     if (two_blocks && !paired && bn == 64) return k16 ? matmul_kernel<T, 64, false, true, 2> : matmul_kernel<T, 64, false, true, 2, true>;
   }
@@ -662,13 +669,13 @@ Status init_once() {
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
     for (bool exact : {false, true}) {
-      for (int bn : {64, 128}) {
+      for (int bn : {32, 64, 128}) {
         for (bool paired : {false, true}) {
           for (int variant = 0; variant < 4; ++variant) {  // two blocks (bit 0), k16 (bit 1)
             KernelFn fn = pick_kernel(t, bn, paired, exact, (variant & 1) != 0, (variant & 2) != 0);
             if (fn == nullptr) continue;
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(shared_bytes(t, paired ? 64 : bn, paired, exact))));
+                                              static_cast<int>(shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, exact))));
           }
         }
       }
@@ -738,11 +745,16 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
   const bool grouped = l.group_offsets != nullptr;
-  if (l.token_tile != 0 && l.token_tile != 64 && l.token_tile != 128) {
-    return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 64 or 128)");
-  }
   const bool exact = l.precision == MatmulPrecision::kExact;
-  const int bn = paired ? 64 : l.token_tile ? l.token_tile : !exact && !grouped && l.n_tokens >= 128 ? 128 : 64;
+  if (l.token_tile != 0 && l.token_tile != 32 && l.token_tile != 64 && l.token_tile != 128) {
+    return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 32, 64 or 128)");
+  }
+  if (l.token_tile == 32 && !exact) return Status::Error("matmul: token tile 32 is a kExact form");
+  const int bn = l.token_tile == 32 ? 32
+                 : paired          ? 64
+                 : l.token_tile    ? l.token_tile
+                 : !exact && !grouped && l.n_tokens >= 128 ? 128
+                                                            : 64;
 
   MatmulParams p{};
   p.w_data = w.data;

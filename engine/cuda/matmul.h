@@ -73,8 +73,11 @@ struct MatmulLaunch {
   const int32_t* x_rows = nullptr;
   const float* row_scale = nullptr;
   // Tokens (assignments) per block tile: 0 lets the launcher choose; 64 or 128 forces
-  // it (benchmarks comparing tiles; paired launches always use 64). kExact chooses 64
-  // (its 128-token tile uses more shared memory and registers per block).
+  // it (benchmarks comparing tiles; paired launches use 64). kExact chooses 64 (its
+  // 128-token tile uses more shared memory and registers per block). 32 (kExact only,
+  // paired or not): kernels compiled for two resident blocks per SM, for grouped
+  // launches whose groups are small (less padding, more blocks in flight); same
+  // arithmetic as the default 64 (exact_two_blocks and exact_k16 do not apply).
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
   // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel

@@ -332,6 +332,14 @@ void test_errors(std::mt19937& rng) {
   l.precision = MatmulPrecision::kF16;
   s = launch_matmul(l, nullptr);
   check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "f16 F32 weights launch: " + s.message());
+  l.token_tile = 32;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("tile 32") != std::string::npos, "kF16 with 32-token tiles is refused: " + s.message());
+  l.token_tile = 48;
+  l.precision = MatmulPrecision::kExact;
+  l.w = &w->dev->m;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("tile 48") != std::string::npos, "a 48-token tile is refused: " + s.message());
   std::printf("ok   launch errors name what is wrong\n");
 }
 
@@ -385,7 +393,7 @@ void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols
 }
 
 void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens,
-                   int per_token, bool paired, bool two_blocks = false, bool k16 = false) {
+                   int per_token, bool paired, bool two_blocks = false, bool k16 = false, int token_tile = 0) {
   auto dw = random_matrix(type, cols, rows, experts, 77);
   if (!dw.ok()) {
     std::printf("bench grouped %s: %s\n", tname(type).c_str(), dw.status().message().c_str());
@@ -429,15 +437,17 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
   l.exact_k16 = k16;
+  l.token_tile = token_tile;
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
   const double flops = 2.0 * rows * cols * total * (paired ? 2 : 1);
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
   std::printf("matmul %s%s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
-              "weights %.1f GB/s)\n",
+              "weights %.1f GB/s%s)\n",
               precision_name(prec), two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
-              static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3);
+              static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3,
+              token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
 }  // namespace
@@ -533,6 +543,24 @@ int main() {
   }
   g_wide_x = false;
   g_k16 = false;
+  // 32-token tiles (kExact, two blocks per SM): dense, paired, grouped (a group of
+  // 150 spans five tiles), wide activations.
+  g_token_tile = 32;
+  for (GgmlType t : quantized) {
+    test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
+    test_dense(t, 256, 150, 7, rng);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
+  g_wide_x = true;
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::IQ2_XXS}) {
+    test_dense(t, 1024, 130, 70, rng);
+    test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
+  }
+  g_wide_x = false;
+  g_token_tile = 0;
   test_errors(rng);
 
   if (g_failures == 0) {
@@ -561,6 +589,11 @@ int main() {
     bench_dense(MatmulPrecision::kExact, GgmlType::F16, 1024, 4096, 2048, 0, false, true);
     bench_grouped(MatmulPrecision::kExact, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true, false, true);
     bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, false, true);
+    // kExact 32-token tiles, two blocks per SM (tuning for the experts' small groups).
+    bench_grouped(MatmulPrecision::kExact, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true, false, false, 32);
+    bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, false, false, 32);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 32);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 32);
   } else {
     std::printf("benchmark skipped: correctness failures above\n");
   }
