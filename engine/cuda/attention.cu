@@ -158,9 +158,10 @@ __device__ __forceinline__ void group_dots_vec4(const float4 (&v)[4], const floa
 }
 
 // Block (split j, head group g): the rows of split j, read once for the group's heads.
-// Per head the arithmetic is the per-head kernel's: lane-strided dot products reduced
-// over the warp, the split's max and sum of exp(s - max), and the output sum over rows
-// in row order. Results go to the same workspace slots (head, split).
+// Per head: dot products reduced over the warp (each lane's share in float4 pieces for
+// 128-multiple head dims up to 512, lane-strided otherwise), the split's max and sum of
+// exp(s - max), and the output sum over rows in row order. f32 throughout, no atomics.
+// Results go to the per-head kernel's workspace slots (head, split).
 template <int kGroupHeads>
 __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
   extern __shared__ __align__(16) unsigned char group_shared[];
