@@ -676,6 +676,12 @@ Status init_once() {
             if (fn == nullptr) continue;
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, exact))));
+            if (exact && (bn == 32 || ((variant & 1) != 0 && !paired && bn == 64))) {
+              // Kernels compiled for two blocks per SM: ask for the largest shared-memory
+              // carveout so that two blocks' tiles fit.
+              DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+            }
           }
         }
       }
