@@ -5,7 +5,8 @@
 // its largest error as a fraction of the tolerance and of sum |w x|. Every case runs
 // in both precisions (F32 weights: kF16 only; kExact refuses them), and again with
 // activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed); the kExact
-// tuning variants (exact_two_blocks, exact_k16) are checked on a subset.
+// tuning variants (exact_two_blocks, exact_k16, the 32-token tile) are checked on a
+// subset.
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
@@ -299,6 +300,58 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   report(name, st, static_cast<int64_t>(total) * rows);
 }
 
+// The 32-token tile kernels against the default 64-token tile (kExact): the same
+// arithmetic in the same order, so every output must match bit for bit; dense and
+// paired grouped (groups of 0, 1, 45 and 70 assignments).
+void test_tile32_bitwise(GgmlType type, std::mt19937& rng) {
+  const int64_t cols = 512, rows = 200;
+  const int n_tokens = 116;
+  auto w = make_matrix(type, cols, rows, 4, rng, "tile32");
+  auto u = make_matrix(type, cols, rows, 4, rng, "tile32 up");
+  if (!w || !u) return;
+  DeviceVec<float> dx(random_floats(static_cast<size_t>(cols) * n_tokens, rng));
+  const std::vector<int32_t> offsets{0, 0, 1, 46, 116};
+  DeviceVec<int32_t> doff(offsets);
+  for (bool grouped : {false, true}) {
+    std::vector<float> out[2];
+    for (int v = 0; v < 2; ++v) {
+      DeviceVec<float> dy(static_cast<size_t>(rows) * n_tokens);
+      MatmulLaunch l;
+      l.w = &w->dev->m;
+      l.w_up = grouped ? &u->dev->m : nullptr;
+      l.x = dx.get();
+      l.x_stride = cols;
+      l.y = dy.get();
+      l.y_stride = rows;
+      l.n_tokens = n_tokens;
+      l.swiglu_limit = 10.0f;
+      if (grouped) {
+        l.group_offsets = doff.get();
+        l.n_groups = 4;
+      }
+      l.token_tile = v == 0 ? 0 : 32;
+      const Status st = launch_matmul(l, nullptr);
+      check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, "tile32 launch: " + st.message());
+      out[v] = dy.host();
+    }
+    int64_t bad = 0, first = -1;
+    for (size_t i = 0; i < out[0].size(); ++i) {
+      if (std::memcmp(&out[0][i], &out[1][i], sizeof(float)) != 0) {
+        if (first < 0) first = static_cast<int64_t>(i);
+        ++bad;
+      }
+    }
+    const std::string what = "tile 32 vs 64 " + tname(type) + (grouped ? " grouped paired" : " dense");
+    if (bad == 0) {
+      std::printf("ok   %s: %zu outputs bit for bit\n", what.c_str(), out[0].size());
+    } else {
+      check(false, what + ": " + std::to_string(bad) + " outputs differ, first at token " +
+                       std::to_string(first / rows) + " row " + std::to_string(first % rows) + ": " +
+                       std::to_string(out[0][first]) + " (tile 64) vs " + std::to_string(out[1][first]) + " (tile 32)");
+    }
+  }
+}
+
 void test_errors(std::mt19937& rng) {
   auto w = make_matrix(GgmlType::Q8_0, 64, 16, 1, rng, "errors");
   if (!w) return;
@@ -561,6 +614,7 @@ int main() {
   }
   g_wide_x = false;
   g_token_tile = 0;
+  for (GgmlType t : quantized) test_tile32_bitwise(t, rng);
   test_errors(rng);
 
   if (g_failures == 0) {
