@@ -2,8 +2,10 @@
 // product (format/quant.h dot_row) on fresh random valid blocks, for every weight
 // type, several token counts, expert slots with the fused SwiGLU, the down
 // projection summed over experts, and grouped row slots; every output element is
-// compared. Then micro-benchmarks: GB/s of each type against the measured read
-// bandwidth, and the routed-expert launches of one decode token.
+// compared. The tuning options (MatvecLaunch::lanes_per_row, iq2xxs_lane_tables) are
+// checked the same way. Then micro-benchmarks: GB/s of each type against the measured
+// read bandwidth, and the routed-expert launches of one decode token, by default and
+// with each tuning option (the lines name the option).
 #include <cuda_runtime.h>
 
 #include <algorithm>
