@@ -7,6 +7,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/device_limits.h"
 #include "format/iq2xxs_grid.h"
 
 namespace ds4 {
@@ -653,6 +654,18 @@ KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_bl
                : pick_precision_kernel<false>(type, bn, paired, two_blocks, k16);
 }
 
+// Whether kernel fn with `dynamic` bytes of dynamic shared memory fits the device's
+// per-block limit (the GB10 allows about 99 KiB; see cuda/device_limits.h). Queries
+// the kernel's static shared memory only when the answer is not obvious.
+bool fits_shared_memory(KernelFn fn, size_t dynamic) {
+  const size_t limit = static_cast<size_t>(max_shared_per_block());
+  constexpr size_t kStaticBound = 8 * 1024;  // above any matmul kernel's static shared memory
+  if (dynamic + kStaticBound <= limit) return true;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, fn) != cudaSuccess) return false;
+  return dynamic + attr.sharedSizeBytes <= limit;
+}
+
 Status init_once() {
   uint64_t table[384];
   for (int g = 0; g < 256; ++g) table[g] = kIq2xxsGrid[g];
@@ -674,8 +687,9 @@ Status init_once() {
           for (int variant = 0; variant < 4; ++variant) {  // two blocks (bit 0), k16 (bit 1)
             KernelFn fn = pick_kernel(t, bn, paired, exact, (variant & 1) != 0, (variant & 2) != 0);
             if (fn == nullptr) continue;
-            DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, exact))));
+            const size_t bytes = shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, exact);
+            if (!fits_shared_memory(fn, bytes)) continue;  // refused at launch on this device
+            DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
             if (exact && (bn == 32 || ((variant & 1) != 0 && !paired && bn == 64))) {
               // Kernels compiled for two blocks per SM: ask for the largest shared-memory
               // carveout so that two blocks' tiles fit.
@@ -795,8 +809,14 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
   KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks, l.exact_k16);
-  fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads,
-       shared_bytes(w.type, bn, paired, exact), stream>>>(p);
+  const size_t smem = shared_bytes(w.type, bn, paired, exact);
+  if (!fits_shared_memory(fn, smem)) {
+    return Status::Error("matmul: the " + std::string(exact ? "kExact" : "kF16") + (paired ? " paired " : " ") +
+                         std::string(ggml_type_name(w.type)) + " kernel with " + std::to_string(bn) + "-token tiles needs " +
+                         std::to_string(smem) + " bytes of dynamic shared memory per block; this GPU allows " +
+                         std::to_string(max_shared_per_block()) + " in all");
+  }
+  fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads, smem, stream>>>(p);
   return cuda_status(cudaGetLastError(), "matmul launch");
 }
 
