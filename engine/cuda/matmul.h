@@ -93,6 +93,10 @@ struct MatmulLaunch {
   bool exact_k16 = false;
 };
 
+// A launch whose kernel needs more shared memory per block than the device allows
+// (cuda/device_limits.h; the kExact paired kernels need about 120 KB with 64-token
+// tiles and 104 KB with 32, over the GB10's 99 KiB) is refused with an error naming
+// both sizes.
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);
 
 // One-time setup (IQ2_XXS codebook to the device, shared-memory limits); idempotent.
