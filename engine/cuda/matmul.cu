@@ -748,6 +748,18 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
   return Status::Ok();
 }
 
+// The token tile a launch uses.
+int token_tile_of(const MatmulLaunch& l) {
+  const bool paired = l.w_up != nullptr;
+  const bool grouped = l.group_offsets != nullptr;
+  const bool exact = l.precision == MatmulPrecision::kExact;
+  return l.token_tile == 32 ? 32
+         : paired          ? 64
+         : l.token_tile    ? l.token_tile
+         : !exact && !grouped && l.n_tokens >= 128 ? 128
+                                                    : 64;
+}
+
 }  // namespace
 
 Status matmul_init() {
@@ -755,6 +767,15 @@ Status matmul_init() {
   static Status status;
   std::call_once(once, [] { status = init_once(); });
   return status;
+}
+
+bool matmul_fits(const MatmulLaunch& l) {
+  if (l.w == nullptr || !matmul_init().ok()) return false;
+  const bool paired = l.w_up != nullptr;
+  const bool exact = l.precision == MatmulPrecision::kExact;
+  const int bn = token_tile_of(l);
+  KernelFn fn = pick_kernel(l.w->type, bn, paired, exact, l.exact_two_blocks, l.exact_k16);
+  return fn != nullptr && fits_shared_memory(fn, shared_bytes(l.w->type, bn, paired, exact));
 }
 
 Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
@@ -770,11 +791,7 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
     return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 32, 64 or 128)");
   }
   if (l.token_tile == 32 && !exact) return Status::Error("matmul: token tile 32 is a kExact form");
-  const int bn = l.token_tile == 32 ? 32
-                 : paired          ? 64
-                 : l.token_tile    ? l.token_tile
-                 : !exact && !grouped && l.n_tokens >= 128 ? 128
-                                                            : 64;
+  const int bn = token_tile_of(l);
 
   MatmulParams p{};
   p.w_data = w.data;

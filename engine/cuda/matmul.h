@@ -99,6 +99,12 @@ struct MatmulLaunch {
 // both sizes.
 Status launch_matmul(const MatmulLaunch& launch, cudaStream_t stream);
 
+// Whether this device can run the kernel `launch` would use (its shared memory fits
+// the per-block limit: the GB10 allows about 99 KiB, less than some kExact paired
+// kernels need). Callers with an alternative (e.g. gate and up as two unpaired
+// products) use it to choose.
+bool matmul_fits(const MatmulLaunch& launch);
+
 // One-time setup (IQ2_XXS codebook to the device, shared-memory limits); idempotent.
 Status matmul_init();
 

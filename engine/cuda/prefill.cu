@@ -67,6 +67,7 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
   m.row_begin = row_begin;
   m.n_rows = n_rows;
   m.accumulate = accumulate;
+  if (!matmul_fits(m)) m.token_tile = 32;  // smaller tiles where shared memory is short (GB10)
   return launch_matmul(m, st);
 }
 
@@ -89,6 +90,47 @@ Status matvec_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, fl
   m.y_tok_stride = y_stride;
   m.n_tokens = n;
   return launch_matvec(m, st);
+}
+
+// h[a][j] = silu(min(g, limit)) * clamp(u, -limit, limit) * scale[a] for the rows a
+// below *count (or n_rows when count is null): the paired product's epilogue.
+__global__ void swiglu_rows_kernel(float* h, const float* u, int64_t stride, int cols, int n_rows,
+                                   const int32_t* count, const float* scale, float limit) {
+  const int rows = count ? *count : n_rows;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < static_cast<int64_t>(rows) * cols;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t a = i / cols;
+    const int64_t j = i % cols;
+    const float g = fminf(h[a * stride + j], limit);
+    const float v = fminf(fmaxf(u[a * stride + j], -limit), limit);
+    float y = g / (1.0f + expf(-g)) * v;
+    if (scale) y *= scale[a];
+    h[a * stride + j] = y;
+  }
+}
+
+// A paired (gate/up SwiGLU) product. Where the device cannot hold the paired kernel's
+// tiles (the GB10's ~99 KiB of shared memory per block against the kExact paired
+// kernels' ~105-123 KiB), gate and up run as two unpaired products (the second into
+// `up_rows`, same layout as the output) and a pass applies the SwiGLU.
+Status paired_matmul(const MatmulLaunch& l, float* up_rows, cudaStream_t st) {
+  if (matmul_fits(l)) return launch_matmul(l, st);
+  MatmulLaunch g = l;
+  g.w_up = nullptr;
+  g.row_scale = nullptr;
+  g.accumulate = false;
+  if (!matmul_fits(g)) g.token_tile = 32;
+  MatmulLaunch u = g;
+  u.w = l.w_up;
+  u.y = up_rows;
+  DS4_RETURN_IF_ERROR(launch_matmul(g, st));
+  DS4_RETURN_IF_ERROR(launch_matmul(u, st));
+  const int64_t rows = l.n_rows < 0 ? l.w->rows - l.row_begin : l.n_rows;
+  const int blocks = static_cast<int>(std::min<int64_t>((static_cast<int64_t>(l.n_tokens) * rows + 255) / 256, 8192));
+  swiglu_rows_kernel<<<std::max(blocks, 1), 256, 0, st>>>(l.y, up_rows, l.y_stride, static_cast<int>(rows), l.n_tokens,
+                                                          l.group_offsets ? l.group_offsets + l.n_groups : nullptr,
+                                                          l.row_scale, l.swiglu_limit);
+  return cuda_status(cudaGetLastError(), "SwiGLU of the split gate/up products");
 }
 
 }  // namespace
@@ -134,6 +176,7 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
     k.take(&w.row_scale, A);
     k.take(&w.slot_of, A);
     k.take(&w.h, A * c.expert_ffn);
+    k.take(&w.h_up, A * c.expert_ffn);
     k.take(&w.hs, T * c.expert_ffn);
     k.take(&w.ya, A * c.dim);
     k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
@@ -486,7 +529,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gu.n_groups = c.n_experts;
   gu.x_rows = w.x_rows;
   gu.row_scale = w.row_scale;
-  DS4_RETURN_IF_ERROR(launch_matmul(gu, st));
+  DS4_RETURN_IF_ERROR(paired_matmul(gu, w.h_up, st));
   MatmulLaunch dn;
   dn.w = &L.down_exps;
   dn.x = w.h;
@@ -496,6 +539,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_tokens = assignments;
   dn.group_offsets = w.group_offsets;
   dn.n_groups = c.n_experts;
+  if (!matmul_fits(dn)) dn.token_tile = 32;
   DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
   DS4_RETURN_IF_ERROR(launch_moe_combine(w.ya, w.slot_of, n, c.n_experts_used, c.dim, false, w.out, st));
   MatmulLaunch sgu;
@@ -507,7 +551,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   sgu.y_stride = c.expert_ffn;
   sgu.n_tokens = n;
   sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(launch_matmul(sgu, st));
+  DS4_RETURN_IF_ERROR(paired_matmul(sgu, w.h_up, st));
   DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st, 0, -1, true));
   return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
 }

@@ -40,6 +40,7 @@ struct CudaForward::PrefillWorkspace {
   float* row_scale = nullptr;  // [T*n_used]
   int32_t* slot_of = nullptr;  // [T*n_used]
   float* h = nullptr;          // [T*n_used][expert_ffn]
+  float* h_up = nullptr;       // [T*n_used][expert_ffn] up rows where gate/up run unpaired
   float* hs = nullptr;         // [T][expert_ffn] shared expert
   float* ya = nullptr;         // [T*n_used][dim] routed expert outputs per assignment
   float* attention = nullptr;  // attention_chunk_workspace_floats
