@@ -103,6 +103,7 @@ struct MatvecParams {
   float x_norm_eps;
   int x_vec4;           // x (and x_norm_weight) 16-byte aligned with strides of 4 floats
   int sel_lane_offset;  // >= 0: IQ2_XXS selectors copied per bank at this dynamic shared byte offset
+  int prefetch;         // Q2_K unpaired: each iteration issues the next one's loads first
 };
 
 
@@ -444,11 +445,9 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
           u_sc = p.u_scales ? p.u_scales + grow * p.scales_per_row : nullptr;
         }
       }
-      for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
-        typename C::Raw raw[kUnroll];
-        typename C::Raw raw_up[PAIRED ? kUnroll : 1];
-        int vsel[kUnroll];  // x vector of each item
-        int cc[kUnroll];
+      // Loads of the items it0, it0 + chunk_step, ... (or it0..it0+3 for Q2_K) into
+      // registers, then their products; cc[u] < 0: no item.
+      const auto load_items = [&](int it0, typename C::Raw* raw, typename C::Raw* raw_up, int* vsel, int* cc) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int it = it0 + u * chunk_step;
@@ -502,6 +501,9 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
             }
           }
         }
+      };
+      const auto use_items = [&](const typename C::Raw* raw, const typename C::Raw* raw_up, const int* vsel,
+                                 const int* cc) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           if (cc[u] < 0) continue;
@@ -529,6 +531,62 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
               dot_chunk<NT>(w, f, xv, ns, x_position(cc[u]), per_token, acc);
             }
           }
+        }
+      };
+      bool done = false;
+      if constexpr (kGroup4 && !PAIRED) {
+        if (p.prefetch) {
+          // The next items' loads are issued before this iteration's products. Carried
+          // from one iteration to the next: one half block (quants, d/dmin, the four
+          // chunks' scales), not four copies of it.
+          struct Group {
+            uint32_t q[8];
+            uint32_t dd;
+            uint32_t sc[kUnroll];
+            int vsel, c;  // c < 0: no items
+          };
+          const auto load_group = [&](int it0, Group* g) {
+            typename C::Raw raw[kUnroll];
+            int vsel[kUnroll], cc[kUnroll];
+            load_items(it0, raw, nullptr, vsel, cc);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) g->q[i] = raw[0].q[i];
+            g->dd = raw[0].dd;
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) g->sc[u] = raw[u].sc;
+            g->vsel = vsel[0];
+            g->c = cc[0];
+          };
+          Group cur, next;
+          load_group(chunk_start, &cur);
+          for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
+            load_group(it0 + kUnroll * chunk_step, &next);
+            typename C::Raw raw[kUnroll];
+            int vsel[kUnroll], cc[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+              for (int i = 0; i < 8; ++i) raw[u].q[i] = cur.q[i];
+              raw[u].dd = cur.dd;
+              raw[u].sc = cur.sc[u];
+              raw[u].jj = u;
+              vsel[u] = cur.vsel;
+              cc[u] = cur.c < 0 ? -1 : cur.c + u;
+            }
+            use_items(raw, nullptr, vsel, cc);
+            cur = next;
+          }
+          done = true;
+        }
+      }
+      if (!done) {
+        for (int it0 = chunk_start; it0 < items; it0 += kUnroll * chunk_step) {
+          typename C::Raw raw[kUnroll];
+          typename C::Raw raw_up[PAIRED ? kUnroll : 1];
+          int vsel[kUnroll];  // x vector of each item
+          int cc[kUnroll];
+          load_items(it0, raw, raw_up, vsel, cc);
+          use_items(raw, raw_up, vsel, cc);
         }
       }
     }
@@ -850,6 +908,7 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   KernelFn fn = pick_kernel(w.type, nt, l.w_up != nullptr, int8);
   size_t shared = static_cast<size_t>(nt * bytes_per_token);
   p.sel_lane_offset = -1;
+  p.prefetch = l.prefetch_next && !l.w_up ? 1 : 0;
   if (l.iq2xxs_lane_tables && w.type == GgmlType::IQ2_XXS) {
     constexpr size_t kLaneTableBytes = size_t{cuda_detail::kIq2xxsCompactWords} * 32 * sizeof(uint32_t);
     const size_t offset = (shared + 15) / 16 * 16;

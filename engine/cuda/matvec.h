@@ -74,6 +74,10 @@ struct MatvecLaunch {
   // memory per block; lookups without bank conflicts) instead of one compact copy.
   // Applied when it fits in the block's shared memory; other types ignore it.
   bool iq2xxs_lane_tables = false;
+  // Tuning (the benchmarks compare): Q2_K unpaired launches issue each lane's next
+  // items' loads before the current items' products (one memory round trip per lane
+  // instead of one per item group). Other launches ignore it.
+  bool prefetch_next = false;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

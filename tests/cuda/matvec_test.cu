@@ -66,12 +66,12 @@ double abs_dot(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
 // aligned (the kernel then stages x with 4-byte loads instead of 16-byte ones).
 // lanes_per_row: MatvecLaunch::lanes_per_row (0: the launch chooses).
 void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt19937& rng, bool int8 = false,
-                int x_pad = 0, int lanes_per_row = 0, bool lane_tables = false) {
+                int x_pad = 0, int lanes_per_row = 0, bool lane_tables = false, bool prefetch = false) {
   const std::string name = std::string(ggml_type_name(type)) + " " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " tokens=" + std::to_string(n_tokens) + (int8 ? " int8 x" : "") +
                            (x_pad ? " unaligned x" : "") +
                            (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "") +
-                           (lane_tables ? " lane tables" : "");
+                           (lane_tables ? " lane tables" : "") + (prefetch ? " prefetch" : "");
   HostMatrix h = make_host(type, cols, rows, 1, rng);
   auto dm = upload_matrix(type, cols, rows, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + dm.status().message());
@@ -92,6 +92,7 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.int8_activations = int8;
   l.lanes_per_row = lanes_per_row;
   l.iq2xxs_lane_tables = lane_tables;
+  l.prefetch_next = prefetch;
   if (n_tokens == 1) {  // long rows over several blocks (split sums) where rows are few
     l.split_workspace = dsplit.get();
     l.split_workspace_floats = 32 * 4096;
@@ -117,11 +118,12 @@ void test_plain(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
 
 // Experts: gate/up paired with SwiGLU and per-slot weights, then down summed over slots.
 void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t ffn, int n_exp,
-                  std::mt19937& rng, bool int8 = false, int lanes_per_row = 0, bool lane_tables = false) {
+                  std::mt19937& rng, bool int8 = false, int lanes_per_row = 0, bool lane_tables = false,
+                  bool prefetch = false) {
   const std::string name = "experts " + std::string(ggml_type_name(gate_type)) + "/" +
                            std::string(ggml_type_name(down_type)) + (int8 ? " int8 x" : "") +
                            (lanes_per_row ? " lanes/row=" + std::to_string(lanes_per_row) : "") +
-                           (lane_tables ? " lane tables" : "");
+                           (lane_tables ? " lane tables" : "") + (prefetch ? " prefetch" : "");
   const int used = 3;
   HostMatrix g = make_host(gate_type, dim, ffn, n_exp, rng);
   HostMatrix u = make_host(gate_type, dim, ffn, n_exp, rng);
@@ -162,6 +164,7 @@ void test_experts(GgmlType gate_type, GgmlType down_type, int64_t dim, int64_t f
   dn.int8_activations = int8;
   dn.lanes_per_row = lanes_per_row;
   dn.iq2xxs_lane_tables = lane_tables;
+  dn.prefetch_next = prefetch;
   check(launch_matvec(dn, nullptr).ok(), name + ": down launch");
   check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
   std::vector<float> h = dh.host(), y = dy.host();
@@ -311,7 +314,7 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
 // every repetition picks 6 others, so the weights come from device memory, not L2.
 // GB/s counts the bytes of the 6 experts actually read.
 void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, bool int8, int lanes_per_row = 0,
-                   bool lane_tables = false) {
+                   bool lane_tables = false, bool prefetch = false) {
   const int64_t dim = 4096, ffn = 2048;
   const int used = 6, pool = 96, reps = 16;
   auto dg = random_matrix(gate_type, dim, ffn, pool, 7);
@@ -347,6 +350,7 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
   dn.sum_slots = true;
   dn.int8_activations = int8;
   dn.lanes_per_row = lanes_per_row;
+  dn.prefetch_next = prefetch;
   const auto matrix_bytes = [](const DeviceMatrix& m) {
     return static_cast<double>(m.data_bytes() + m.scale_bytes()) / static_cast<double>(m.count);
   };
@@ -380,7 +384,8 @@ void bench_experts(GgmlType gate_type, GgmlType down_type, double bandwidth, boo
     const double us = ms * 1e3 / reps;
     const double gbs = bytes / (us * 1e-6) / 1e9;
     const std::string lanes = (lanes_per_row ? "  lanes/row=" + std::to_string(lanes_per_row) : "") +
-                              (lane_tables && gate_type == type ? "  lane tables" : "");
+                              (lane_tables && gate_type == type ? "  lane tables" : "") +
+                              (prefetch && down_type == type ? "  prefetch" : "");
     std::printf("bench experts %-22s %-8s %8.1f MB  %7.1f us  %7.1f GB/s  (%.0f%% of read bandwidth)%s%s\n", what,
                 std::string(ggml_type_name(type)).c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
                 int8 && matvec_int8_capable(type) ? "  int8 x" : "", lanes.c_str());
@@ -466,6 +471,15 @@ int main() {
     check(!s.ok() && s.message().find("lanes_per_row 12") != std::string::npos,
           "lanes_per_row 12 is refused with a message naming it (got: " + s.message() + ")");
   }
+  // Q2_K loads one iteration ahead (the tuning option), plain and summed over experts.
+  for (bool int8 : {false, true}) {
+    for (int lanes : {0, 8}) {
+      test_plain(GgmlType::Q2_K, 2048, 1031, 1, rng, int8, 0, lanes, false, true);
+      test_plain(GgmlType::Q2_K, 4096, 24, 1, rng, int8, 0, lanes, false, true);
+      test_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, 4096, 2048, 8, rng, int8, lanes, false, true);
+    }
+    test_plain(GgmlType::Q2_K, 512, 200, 3, rng, int8, 0, 0, false, true);
+  }
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
@@ -490,6 +504,10 @@ int main() {
     for (int lanes : {4, 8, 16}) {
       bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes);
       bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true, lanes);
+    }
+    for (int lanes : {0, 8, 16}) {
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes, true, true);
+      bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, true, lanes, true, true);
     }
     for (int lanes : {0, 8}) {
       bench_experts(GgmlType::IQ2_XXS, GgmlType::Q2_K, *bw, false, lanes, true);
