@@ -67,6 +67,10 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
   m.row_begin = row_begin;
   m.n_rows = n_rows;
   m.accumulate = accumulate;
+  // Two blocks per multiprocessor: faster for the dense products on the H200
+  // (Q8_0 32768 x 1024: 1.28 ms against 1.46 ms for 2048 tokens).
+  m.exact_two_blocks = true;
+  if (!matmul_fits(m)) m.exact_two_blocks = false;
   if (!matmul_fits(m)) m.token_tile = 32;  // smaller tiles where shared memory is short (GB10)
   return launch_matmul(m, st);
 }
