@@ -182,6 +182,7 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
     k.take(&w.h, A * c.expert_ffn);
     k.take(&w.h_up, A * c.expert_ffn);
     k.take(&w.hs, T * c.expert_ffn);
+    k.take(&w.hs_up, T * c.expert_ffn);
     k.take(&w.ya, A * c.dim);
     k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
     k.take(&w.head_mix, static_cast<int64_t>(H) * c.hc_mult);
@@ -286,6 +287,16 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_attn_fn, w.x, hcd, w.mix, c.hc_mix(), n, st));
   DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc, n, w.post,
                                            w.comb, w.n, st));
+  // Two streams, as in decode: the side stream `sd` computes the kv rows, the
+  // compressors and the indexer while the main one runs the q path; each buffer has
+  // one writer, and the main stream waits for the side before attention.
+  cudaStream_t sd = side_;
+  auto join = [](cudaStream_t from, cudaEvent_t e, cudaStream_t to) -> Status {
+    DS4_CUDA_TRY(cudaEventRecord(e, from));
+    DS4_CUDA_TRY(cudaStreamWaitEvent(to, e, 0));
+    return Status::Ok();
+  };
+  DS4_RETURN_IF_ERROR(join(st, ev_fork_, sd));
   DS4_RETURN_IF_ERROR(matmul(f32, L.q_a, w.n, c.dim, w.a, c.q_lora, n, st));
   RowPostLaunch an;
   an.in = w.a;
@@ -298,6 +309,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   an.norm_weight = L.q_a_norm;
   an.eps = c.norm_eps;
   DS4_RETURN_IF_ERROR(launch_row_post(an, st));
+  DS4_CUDA_TRY(cudaEventRecord(ev_latent_, st));  // the indexer (side) reads w.an
   DS4_RETURN_IF_ERROR(matmul(f32, L.q_b, w.an, c.q_lora, w.qf, qdim, n, st));
   RowPostLaunch q;
   q.in = q.out = w.qf;
@@ -311,7 +323,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   q.pos = w.pos0;
   q.rows_per_pos = c.n_heads;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
-  DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, sd));
   RowPostLaunch kv = q;
   kv.in = w.kv_raw;
   kv.out = w.kv;
@@ -319,14 +331,14 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   kv.norm_weight = L.kv_a_norm;
   kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
   kv.rows_per_pos = 1;
-  DS4_RETURN_IF_ERROR(launch_row_post(kv, st));
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, sd));
 
   const int32_t last = pos0 + n - 1;
   const bool index_active = L.ratio == 4 && (last + 1) / 4 > c.index_topk;
   if (L.ratio != 0) {
     const int64_t cw = L.compressor.kv.rows;
-    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.kv, w.n, c.dim, w.ck, cw, n, st));
-    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.gate, w.n, c.dim, w.cz, cw, n, st));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.kv, w.n, c.dim, w.ck, cw, n, sd));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.gate, w.n, c.dim, w.cz, cw, n, sd));
     CompressorChunkLaunch cl;
     cl.k = w.ck;
     cl.z = w.cz;
@@ -346,11 +358,11 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     cl.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
     cl.pos0 = pos0;
     cl.n = n;
-    DS4_RETURN_IF_ERROR(launch_compressor_chunk(cl, st));
+    DS4_RETURN_IF_ERROR(launch_compressor_chunk(cl, sd));
     if (L.ratio == 4) {
       const int64_t iw = L.index_compressor.kv.rows;
-      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, st));
-      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, st));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, sd));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, sd));
       CompressorChunkLaunch il = cl;
       il.kz_stride = iw;
       il.ape = L.index_compressor.ape;
@@ -361,10 +373,11 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
       il.rows = S.index_rows;
       il.d = c.index_head_dim;
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-      DS4_RETURN_IF_ERROR(launch_compressor_chunk(il, st));
+      DS4_RETURN_IF_ERROR(launch_compressor_chunk(il, sd));
       if (index_active) {
+        DS4_CUDA_TRY(cudaStreamWaitEvent(sd, ev_latent_, 0));
         const int64_t iqd = static_cast<int64_t>(c.index_heads) * c.index_head_dim;
-        DS4_RETURN_IF_ERROR(matmul(f32, L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, st));
+        DS4_RETURN_IF_ERROR(matmul(f32, L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, sd));
         RowPostLaunch iq;
         iq.in = iq.out = w.iq;
         iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -375,8 +388,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
         iq.pos = w.pos0;
         iq.rows_per_pos = c.index_heads;
         iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-        DS4_RETURN_IF_ERROR(launch_row_post(iq, st));
-        DS4_RETURN_IF_ERROR(matvec_tokens(L.index_proj, w.n, c.dim, w.iw, c.index_heads, n, st));
+        DS4_RETURN_IF_ERROR(launch_row_post(iq, sd));
+        DS4_RETURN_IF_ERROR(matvec_tokens(L.index_proj, w.n, c.dim, w.iw, c.index_heads, n, sd));
       }
       IndexerChunkLaunch ix;
       ix.q = w.iq;
@@ -394,12 +407,13 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
       ix.selected = w.selected;
       ix.active = w.active;
       if (index_active) {
-        DS4_RETURN_IF_ERROR(launch_indexer_chunk(ix, st));
+        DS4_RETURN_IF_ERROR(launch_indexer_chunk(ix, sd));
       } else {
-        DS4_CUDA_TRY(cudaMemsetAsync(w.active, 0, sizeof(int32_t) * n, st));
+        DS4_CUDA_TRY(cudaMemsetAsync(w.active, 0, sizeof(int32_t) * n, sd));
       }
     }
   }
+  DS4_RETURN_IF_ERROR(join(sd, ev_join_, st));
   AttentionChunkLaunch at;
   at.q = w.qf;
   at.out = w.heads;
@@ -508,6 +522,20 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     }
     return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
   }
+  // Side: the shared expert, stored into w.out; the routed sum is added to it below
+  // (one f32 addition per value, a + b == b + a).
+  DS4_RETURN_IF_ERROR(join(st, ev_fork_, sd));
+  MatmulLaunch sgu;
+  sgu.w = &L.gate_shexp;
+  sgu.w_up = &L.up_shexp;
+  sgu.x = w.n;
+  sgu.x_stride = c.dim;
+  sgu.y = w.hs;
+  sgu.y_stride = c.expert_ffn;
+  sgu.n_tokens = n;
+  sgu.swiglu_limit = limit;
+  DS4_RETURN_IF_ERROR(paired_matmul(sgu, w.hs_up, sd));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, sd));
   MoeGroupLaunch gl;
   gl.ids = w.route_ids;
   gl.weights = w.route_w;
@@ -545,18 +573,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_groups = c.n_experts;
   if (!matmul_fits(dn)) dn.token_tile = 32;
   DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
-  DS4_RETURN_IF_ERROR(launch_moe_combine(w.ya, w.slot_of, n, c.n_experts_used, c.dim, false, w.out, st));
-  MatmulLaunch sgu;
-  sgu.w = &L.gate_shexp;
-  sgu.w_up = &L.up_shexp;
-  sgu.x = w.n;
-  sgu.x_stride = c.dim;
-  sgu.y = w.hs;
-  sgu.y_stride = c.expert_ffn;
-  sgu.n_tokens = n;
-  sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(paired_matmul(sgu, w.h_up, st));
-  DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st, 0, -1, true));
+  DS4_RETURN_IF_ERROR(join(sd, ev_join_, st));
+  DS4_RETURN_IF_ERROR(launch_moe_combine(w.ya, w.slot_of, n, c.n_experts_used, c.dim, true, w.out, st));
   return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
 }
 

@@ -42,6 +42,7 @@ struct CudaForward::PrefillWorkspace {
   float* h = nullptr;          // [T*n_used][expert_ffn]
   float* h_up = nullptr;       // [T*n_used][expert_ffn] up rows where gate/up run unpaired
   float* hs = nullptr;         // [T][expert_ffn] shared expert
+  float* hs_up = nullptr;      // [T][expert_ffn] its up rows where gate/up run unpaired
   float* ya = nullptr;         // [T*n_used][dim] routed expert outputs per assignment
   float* attention = nullptr;  // attention_chunk_workspace_floats
   float* head_mix = nullptr;   // [kHeadRows][hc_mult]
