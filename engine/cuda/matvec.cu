@@ -651,6 +651,217 @@ __global__ void split_reduce_kernel(const float* partial, int split, int64_t n_r
   }
 }
 
+
+// MatvecLaunch::tile_kernel: block (x = column tile, y = row tile, z = slot) computes
+// rows [y * rows_per_block, +rows_per_block) over chunks [x * tile_chunks, +tile_chunks).
+// Lane group g (p.lanes consecutive lanes) owns one row; lane i of it takes chunks
+// i, i + lanes, ... (K of them, all loaded before any is used). x element k of local
+// chunk c sits in float4 slot (k / 4) * tile_chunks + c: the lanes of a group read
+// consecutive slots. Sums: per chunk as dot_chunk forms them, chunks in lane order,
+// then a fixed shuffle tree over the group.
+struct TileParams {
+  const uint8_t* w_data;
+  const uint16_t* w_scales;
+  int64_t row_bytes;
+  int64_t scales_per_row;
+  int64_t matrix_rows;
+  int64_t n_rows;
+  int64_t slot_row_stride;
+  const int32_t* slot_matrix;
+  int fixed_matrix;
+  const float* x;
+  int64_t x_slot_stride;
+  float* y;
+  int64_t y_slot_stride;
+  int accumulate;
+  int ns;              // chunks per row
+  int lanes;           // lanes per row group (power of two, 1..32)
+  int tile_chunks;     // lanes * K
+  int rows_per_block;  // kThreads / lanes
+  int col_tiles;
+  float* partial;      // col_tiles > 1: [slot][row][col_tile]
+  const int32_t* enable;
+  const float* x_norm_weight;
+  float x_norm_eps;
+  int64_t cols;
+};
+
+template <GgmlType T, int K>
+__global__ void __launch_bounds__(kThreads) matvec_tile_kernel(TileParams p) {
+  using C = Chunk<T>;
+  if (p.enable && *p.enable == 0) return;
+  extern __shared__ float4 shared_x4[];
+  const int slot = blockIdx.z;
+  const int col_tile = blockIdx.x;
+  const int chunk0 = col_tile * p.tile_chunks;
+  const int nc = min(p.ns - chunk0, p.tile_chunks);
+  const float* x = p.x + slot * p.x_slot_stride;
+  float x_scale = 1.0f;
+  if (p.x_norm_weight) {  // one slot (checked on the host)
+    __shared__ double red[32];
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < p.cols; i += kThreads) ss += static_cast<double>(x[i]) * x[i];
+    ss = cuda_detail::block_sum_double(ss, red);
+    x_scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
+  }
+  for (int i = threadIdx.x; i < nc * 8; i += kThreads) {
+    const int c = i >> 3, j = i & 7;
+    const int col = (chunk0 + c) * 32 + 4 * j;
+    float4 v = make_float4(x[col], x[col + 1], x[col + 2], x[col + 3]);
+    if (p.x_norm_weight) {
+      const float* g = p.x_norm_weight + col;
+      v.x = v.x * x_scale * g[0];
+      v.y = v.y * x_scale * g[1];
+      v.z = v.z * x_scale * g[2];
+      v.w = v.w * x_scale * g[3];
+    }
+    shared_x4[j * p.tile_chunks + c] = v;
+  }
+  __syncthreads();
+
+  const int group = threadIdx.x / p.lanes;
+  const int li = threadIdx.x & (p.lanes - 1);
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * p.rows_per_block + group;
+  float acc = 0.0f;
+  if (r < p.n_rows) {
+    const int matrix = p.slot_matrix ? p.slot_matrix[slot] : p.fixed_matrix;
+    const int64_t grow = matrix * p.matrix_rows + slot * p.slot_row_stride + r;
+    const uint8_t* w_row = p.w_data + grow * p.row_bytes;
+    const uint16_t* w_sc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
+    typename C::Raw raw[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = li + k * p.lanes;
+      if (c < nc) raw[k] = C::load(w_row, w_sc, chunk0 + c);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = li + k * p.lanes;
+      if (c < nc) {
+        float w[32];
+        const float factor = C::dequant(raw[k], nullptr, w);
+        const float4* xv = shared_x4 + c;
+        float d = 0.0f;
+#pragma unroll
+        for (int k4 = 0; k4 < 8; ++k4) {
+          const float4 xx = xv[k4 * p.tile_chunks];
+          d = fmaf(w[4 * k4], xx.x, d);
+          d = fmaf(w[4 * k4 + 1], xx.y, d);
+          d = fmaf(w[4 * k4 + 2], xx.z, d);
+          d = fmaf(w[4 * k4 + 3], xx.w, d);
+        }
+        acc = fmaf(d, factor, acc);
+      }
+    }
+  }
+  for (int off = p.lanes >> 1; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (li == 0 && r < p.n_rows) {
+    if (p.col_tiles > 1) {
+      p.partial[(slot * p.n_rows + r) * p.col_tiles + col_tile] = acc;
+    } else {
+      float* out = p.y + slot * p.y_slot_stride + r;
+      *out = p.accumulate ? *out + acc : acc;
+    }
+  }
+}
+
+// y[slot][r] (+)= sum over tiles of partial[slot][r][tile]: one warp per output, lane l
+// adding tiles l, l + 32, ... in order, then a fixed shuffle tree (deterministic).
+__global__ void tile_reduce_kernel(const float* partial, int col_tiles, int64_t n_rows, int n_slots, float* y,
+                                   int64_t y_slot_stride, int accumulate, const int32_t* enable) {
+  if (enable && *enable == 0) return;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (idx >= n_rows * n_slots) return;  // warp-uniform
+  const float* src = partial + idx * col_tiles;
+  float v = 0.0f;
+  for (int k = lane; k < col_tiles; k += 32) v += src[k];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (lane == 0) {
+    const int64_t slot = idx / n_rows, r = idx - slot * n_rows;
+    float* out = y + slot * y_slot_stride + r;
+    *out = accumulate ? *out + v : v;
+  }
+}
+
+using TileFn = void (*)(TileParams);
+
+// Largest K (chunks per lane) each type's raw chunks fit in registers for.
+int tile_max_k(GgmlType type) {
+  return type == GgmlType::F32 ? 2 : type == GgmlType::F16 ? 4 : type == GgmlType::Q8_0 ? 8 : 0;
+}
+
+template <GgmlType T>
+TileFn pick_tile(int k) {
+  switch (k) {
+    case 1: return matvec_tile_kernel<T, 1>;
+    case 2: return matvec_tile_kernel<T, 2>;
+    case 4: return matvec_tile_kernel<T, 4>;
+    default: return matvec_tile_kernel<T, 8>;
+  }
+}
+
+TileFn pick_tile(GgmlType type, int k) {
+  switch (type) {
+    case GgmlType::F32: return k <= 1 ? matvec_tile_kernel<GgmlType::F32, 1> : matvec_tile_kernel<GgmlType::F32, 2>;
+    case GgmlType::F16:
+      return k <= 1 ? matvec_tile_kernel<GgmlType::F16, 1>
+             : k == 2 ? matvec_tile_kernel<GgmlType::F16, 2>
+                      : matvec_tile_kernel<GgmlType::F16, 4>;
+    case GgmlType::Q8_0: return pick_tile<GgmlType::Q8_0>(k);
+    default: return nullptr;
+  }
+}
+
+// The column-tile plan of a launch (MatvecLaunch::tile_kernel).
+struct TilePlan {
+  int k = 1;
+  int lanes = 32;
+  int col_tiles = 1;
+  int64_t row_tiles = 1;
+};
+
+// Chunks per lane (K) from the work per thread of one full wave (2 blocks on each of 132
+// multiprocessors), at most a quarter of the row; lanes per row group: of the powers of
+// two from the largest whose K chunks fit in the row down to 4, the one keeping the
+// most multiprocessors busy (up to all 132), the larger on ties. K doubles while the
+// partial sums need more workspace than the caller gave. False when the
+// partial sums need more workspace than the caller gave even at the largest K.
+bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t workspace_floats, TilePlan* plan) {
+  constexpr int64_t kWaveThreads = 2 * 132 * kThreads;
+  constexpr int64_t kSms = 132;
+  const int k_max = tile_max_k(type);
+  const int64_t items = ns * n_rows * n_slots;
+  int k = 1;
+  while (k < k_max && items >= 2 * k * kWaveThreads) k *= 2;
+  while (k > 1 && 4 * k > ns) k /= 2;
+  for (; k <= k_max; k *= 2) {
+    TilePlan best;
+    int64_t best_busy = -1;
+    int top = 1;
+    while (top < 32 && 2 * top * k <= ns) top *= 2;
+    for (int lanes = top; lanes >= std::min(top, 4); lanes /= 2) {
+      const int64_t tile_chunks = static_cast<int64_t>(lanes) * k;
+      const int64_t col_tiles = (ns + tile_chunks - 1) / tile_chunks;
+      const int64_t row_tiles = (n_rows + kThreads / lanes - 1) / (kThreads / lanes);
+      const int64_t busy = std::min(kSms, col_tiles * row_tiles * n_slots);
+      if (busy > best_busy) {  // ties keep the larger group (fewer partial sums)
+        best_busy = busy;
+        best.k = k;
+        best.lanes = lanes;
+        best.col_tiles = static_cast<int>(col_tiles);
+        best.row_tiles = row_tiles;
+      }
+    }
+    if (best.col_tiles == 1 || best.col_tiles * n_rows * n_slots <= workspace_floats) {
+      *plan = best;
+      return true;
+    }
+  }
+  return false;
+}
+
 using KernelFn = void (*)(MatvecParams);
 
 template <GgmlType T, bool INT8>
@@ -769,6 +980,48 @@ int pow2_at_least(int64_t v, int cap) {
   return p;
 }
 
+Status launch_tile(const MatvecLaunch& l, const MatvecParams& p, const TilePlan& plan, cudaStream_t stream) {
+  TileParams t{};
+  t.w_data = p.w_data;
+  t.w_scales = p.w_scales;
+  t.row_bytes = p.row_bytes;
+  t.scales_per_row = p.scales_per_row;
+  t.matrix_rows = p.matrix_rows;
+  t.n_rows = p.n_rows;
+  t.slot_row_stride = p.slot_row_stride;
+  t.slot_matrix = p.slot_matrix;
+  t.fixed_matrix = p.fixed_matrix;
+  t.x = p.x;
+  t.x_slot_stride = p.x_slot_stride;
+  t.y = p.y;
+  t.y_slot_stride = p.y_slot_stride;
+  t.accumulate = p.accumulate;
+  t.ns = static_cast<int>(p.cols / 32);
+  t.lanes = plan.lanes;
+  t.tile_chunks = plan.lanes * plan.k;
+  t.rows_per_block = kThreads / plan.lanes;
+  t.col_tiles = plan.col_tiles;
+  t.partial = plan.col_tiles > 1 ? l.split_workspace : nullptr;
+  t.enable = p.enable;
+  t.x_norm_weight = p.x_norm_weight;
+  t.x_norm_eps = p.x_norm_eps;
+  t.cols = p.cols;
+  const size_t shared = static_cast<size_t>(t.tile_chunks) * kF32ChunkBytes;
+  const dim3 grid(static_cast<unsigned>(plan.col_tiles), static_cast<unsigned>(plan.row_tiles),
+                  static_cast<unsigned>(p.n_slots));
+  pick_tile(l.w->type, plan.k)<<<grid, kThreads, shared, stream>>>(t);
+  DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec column-tile launch"));
+  if (plan.col_tiles > 1) {
+    const int64_t outputs = p.n_rows * p.n_slots;
+    const int64_t warps_per_block = kThreads / 32;
+    const unsigned blocks = static_cast<unsigned>((outputs + warps_per_block - 1) / warps_per_block);
+    tile_reduce_kernel<<<blocks, kThreads, 0, stream>>>(t.partial, plan.col_tiles, p.n_rows, p.n_slots, p.y,
+                                                         p.y_slot_stride, p.accumulate, p.enable);
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec column-tile reduce launch"));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status matvec_init() {
@@ -849,6 +1102,19 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
              (!l.x_norm_weight || aligned16(l.x_norm_weight));
   if (l.x_norm_weight && (l.n_tokens != 1 || l.n_slots != 1 || l.sum_slots)) {
     return Status::Error("matvec: normalising x on load needs one token and one slot");
+  }
+
+  // Column tiles (MatvecLaunch::tile_kernel) for one-token launches of the plain types.
+  constexpr int64_t kTileAutoItems = int64_t{1} << 18;
+  const bool tile_applies = l.tile_kernel >= 0 && tile_max_k(w.type) > 0 && l.n_tokens == 1 && !l.w_up &&
+                            !l.sum_slots && l.lanes_per_row == 0;
+  const int64_t tile_items = n_rows * ns * l.n_slots;
+  if (tile_applies && (l.tile_kernel > 0 || tile_items <= kTileAutoItems)) {
+    TilePlan plan;
+    if (plan_tile(w.type, ns, n_rows, l.n_slots, l.split_workspace ? l.split_workspace_floats : 0, &plan) &&
+        plan.row_tiles <= 65535 && l.n_slots <= 65535) {
+      return launch_tile(l, p, plan, stream);
+    }
   }
 
   // Row mapping: a whole block per row when rows are few and long; otherwise warps

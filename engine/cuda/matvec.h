@@ -78,6 +78,14 @@ struct MatvecLaunch {
   // items' loads before the current items' products (one memory round trip per lane
   // instead of one per item group). Other launches ignore it.
   bool prefetch_next = false;
+  // Column-tile kernel for one-token launches of F32, F16 and Q8_0 weights (unpaired,
+  // not summed over slots, lanes_per_row 0): each block owns a slice of the columns for a
+  // group of rows, stages only that slice of x, and loads every weight chunk of its tile
+  // at once; when a row spans several column tiles, the tiles' partial sums go to
+  // split_workspace and a second launch adds them in tile order (deterministic).
+  // 0: the launch chooses (small launches: up to 2^18 chunks); 1: used wherever it
+  // applies; -1: never.
+  int tile_kernel = 0;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "cpu/moe.h"
@@ -267,6 +268,107 @@ void test_x_norm(GgmlType type, std::mt19937& rng) {
   check(bad == 0, name + ": " + std::to_string(bad) + " outputs differ");
 }
 
+// The column-tile kernel (MatvecLaunch::tile_kernel: 1 forced, 0 chosen by the launch,
+// -1 the row kernels): `slots` row groups of one matrix (each its own x and y slice),
+// every output against the CPU reference, `accumulate` adding onto a known y, and a
+// second launch that must give the same bits (fixed summation order).
+// workspace_floats: 0 gives no workspace (the plan then keeps whole rows per tile).
+void test_tile(GgmlType type, int64_t cols, int64_t rows, int slots, int mode, int64_t workspace_floats,
+               bool accumulate, std::mt19937& rng, bool x_norm = false) {
+  const std::string name = std::string("tile ") + std::string(ggml_type_name(type)) + " " + std::to_string(slots) +
+                           "x" + std::to_string(rows) + "x" + std::to_string(cols) + " mode=" + std::to_string(mode) +
+                           " workspace=" + std::to_string(workspace_floats) + (accumulate ? " accumulate" : "") +
+                           (x_norm ? " x-norm" : "");
+  HostMatrix h = make_host(type, cols, rows * slots, 1, rng);
+  auto dm = upload_matrix(type, cols, rows * slots, 1, h.bytes.data());
+  check(dm.ok(), name + ": upload: " + (dm.ok() ? std::string() : dm.status().message()));
+  if (!dm.ok()) return;
+  std::vector<float> x = random_floats(static_cast<size_t>(cols) * slots, rng, -2.0f, 2.0f);
+  std::vector<float> g = random_floats(static_cast<size_t>(cols), rng, 0.5f, 1.5f);
+  std::vector<float> y0 = random_floats(static_cast<size_t>(rows) * slots, rng);
+  DeviceVec<float> dx(x), dg(g), dy(y0), dws(static_cast<size_t>(std::max<int64_t>(workspace_floats, 1)));
+  MatvecLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.x_slot_stride = cols;
+  l.y = dy.get();
+  l.y_slot_stride = rows;
+  l.n_slots = slots;
+  l.n_rows = rows;
+  l.slot_row_stride = rows;
+  l.accumulate = accumulate;
+  l.tile_kernel = mode;
+  if (x_norm) l.x_norm_weight = dg.get();
+  if (workspace_floats > 0) {
+    l.split_workspace = dws.get();
+    l.split_workspace_floats = workspace_floats;
+  }
+  Status s = launch_matvec(l, nullptr);
+  check(s.ok(), name + ": launch: " + s.message());
+  check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
+  const std::vector<float> y = dy.host();
+  std::vector<float> xs(x);
+  if (x_norm) cpu::rms_norm(x.data(), g.data(), cols, 1e-6f, xs.data());
+  int bad = 0;
+  for (int sl = 0; sl < slots; ++sl) {
+    const float* xt = xs.data() + sl * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* row = h.row(sl * rows + r);
+      const size_t i = static_cast<size_t>(sl * rows + r);
+      const double ref = dot_row(type, row, xt, cols) + (accumulate ? y0[i] : 0.0);
+      if (!close(y[i], ref, abs_dot(type, row, xt, cols) + (accumulate ? std::fabs(y0[i]) : 0.0))) {
+        if (bad++ < 3) {
+          std::printf("  %s: slot %d row %lld gpu %.7g cpu %.7g\n", name.c_str(), sl, static_cast<long long>(r), y[i],
+                      ref);
+        }
+      }
+    }
+  }
+  check(bad == 0, name + ": " + std::to_string(bad) + " outputs differ");
+  // Same launch again from the same y: bit-identical.
+  cudaMemcpy(dy.get(), y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice);
+  s = launch_matvec(l, nullptr);
+  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": second launch: " + s.message());
+  const std::vector<float> y2 = dy.host();
+  int diff = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (std::memcmp(&y[i], &y2[i], sizeof(float)) != 0 && diff++ < 3) {
+      std::printf("  %s: output %zu first %.9g second %.9g\n", name.c_str(), i, y[i], y2[i]);
+    }
+  }
+  check(diff == 0, name + ": " + std::to_string(diff) + " outputs differ between two launches");
+}
+
+// The enable flag at 0: neither the tile kernel nor its reduction writes y.
+void test_tile_disabled(std::mt19937& rng) {
+  const int64_t cols = 16384, rows = 24;
+  HostMatrix h = make_host(GgmlType::F16, cols, rows, 1, rng);
+  auto dm = upload_matrix(GgmlType::F16, cols, rows, 1, h.bytes.data());
+  check(dm.ok(), "tile disabled: upload");
+  if (!dm.ok()) return;
+  std::vector<float> x = random_floats(cols, rng), y0(rows, 3.25f);
+  const std::vector<int32_t> zero{0};
+  DeviceVec<float> dx(x), dy(y0), dws(32 * 4096);
+  DeviceVec<int32_t> den(zero);
+  MatvecLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.y = dy.get();
+  l.split_workspace = dws.get();
+  l.split_workspace_floats = 32 * 4096;
+  l.enable = den.get();
+  l.tile_kernel = 1;
+  const Status s = launch_matvec(l, nullptr);
+  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "tile disabled: launch: " + s.message());
+  const std::vector<float> y = dy.host();
+  int changed = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (y[r] != 3.25f && changed++ < 3) std::printf("  tile disabled: row %lld is %.7g, expected 3.25\n",
+                                                    static_cast<long long>(r), y[r]);
+  }
+  check(changed == 0, "tile disabled: " + std::to_string(changed) + " outputs written");
+}
+
 // GB/s of one decode-shaped launch (weights read once per token).
 void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false, int lanes_per_row = 0,
            bool lane_tables = false) {
@@ -306,6 +408,81 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
               int8 ? "  int8 x" : "", lanes.c_str());
   cudaEventDestroy(a);
   cudaEventDestroy(b);
+}
+
+// One-token launch timings of `slots` x rows x cols with MatvecLaunch::tile_kernel
+// `mode` (1 column tiles, -1 row kernels, 0 the launch's choice): back-to-back stream
+// launches, and the same launches captured in one CUDA graph (as decode runs them).
+// The weights total more than the L2 cache over the repetitions only for the large
+// shapes; small ones (the hc mixing, router) are read from L2 after the first pass, as
+// in decode, where the same small matrix is not re-read within a token.
+void bench_tile(GgmlType type, int64_t cols, int64_t rows, int slots, double bandwidth, int mode, const char* what) {
+  auto dm = random_matrix(type, cols, rows * slots, 1, 99);
+  if (!dm.ok()) {
+    std::printf("bench tile %s: %s\n", what, dm.status().message().c_str());
+    return;
+  }
+  DeviceVec<float> dx(static_cast<size_t>(cols) * slots), dy(static_cast<size_t>(rows) * slots), dws(64 * 8192);
+  MatvecLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.x_slot_stride = cols;
+  l.y = dy.get();
+  l.y_slot_stride = rows;
+  l.n_slots = slots;
+  l.n_rows = rows;
+  l.slot_row_stride = rows;
+  l.split_workspace = dws.get();
+  l.split_workspace_floats = 64 * 8192;
+  l.tile_kernel = mode;
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  bool ok = true;
+  for (int i = 0; i < 3; ++i) ok = ok && launch_matvec(l, stream).ok();
+  const int reps = 50;
+  cudaEventRecord(a, stream);
+  for (int i = 0; i < reps; ++i) ok = ok && launch_matvec(l, stream).ok();
+  cudaEventRecord(b, stream);
+  cudaEventSynchronize(b);
+  float ms_stream = 0;
+  cudaEventElapsedTime(&ms_stream, a, b);
+  float ms_graph = -1;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+    for (int i = 0; i < reps; ++i) ok = ok && launch_matvec(l, stream).ok();
+    if (cudaStreamEndCapture(stream, &graph) == cudaSuccess &&
+        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+      cudaGraphLaunch(exec, stream);
+      cudaStreamSynchronize(stream);
+      cudaEventRecord(a, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(b, stream);
+      cudaEventSynchronize(b);
+      cudaEventElapsedTime(&ms_graph, a, b);
+    }
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  if (!ok || cudaDeviceSynchronize() != cudaSuccess) std::printf("bench tile %s: a launch failed\n", what);
+  const double bytes = static_cast<double>((*dm)->m.data_bytes() + (*dm)->m.scale_bytes());
+  const auto line = [&](const char* how, float ms) {
+    const double us = ms * 1e3 / reps;
+    const double gbs = bytes / (us * 1e-6) / 1e9;
+    std::printf("bench tile %-26s %-5s %d x %6lld x %-6lld %7.2f MB  %7.2f us  %7.1f GB/s  (%.0f%% of read "
+                "bandwidth)  %s  %s\n",
+                what, std::string(ggml_type_name(type)).c_str(), slots, static_cast<long long>(rows),
+                static_cast<long long>(cols), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
+                mode > 0 ? "column tiles" : mode < 0 ? "row kernels" : "default", how);
+  };
+  line("stream", ms_stream);
+  if (ms_graph >= 0) line("graph", ms_graph);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(stream);
 }
 
 // The real routed-expert launches of one decode token (MODEL.md: dim 4096, expert
@@ -480,6 +657,28 @@ int main() {
     }
     test_plain(GgmlType::Q2_K, 512, 200, 3, rng, int8, 0, 0, false, true);
   }
+  // Column tiles (MatvecLaunch::tile_kernel): forced, chosen, without workspace (whole
+  // rows per tile), with row slots, accumulate and the x norm; the decode shapes.
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0}) {
+    for (int mode : {1, 0}) {
+      test_tile(t, 16384, 24, 1, mode, 32 * 4096, false, rng);
+      test_tile(t, 16384, 4, 1, mode, 32 * 4096, true, rng);
+      test_tile(t, 4096, 256, 1, mode, 32 * 4096, false, rng);
+      test_tile(t, 4096, 24, 1, mode, 0, false, rng);
+      test_tile(t, 1024, 300, 3, mode, 32 * 4096, true, rng);
+      test_tile(t, 96, 70, 1, mode, 32 * 4096, false, rng);
+      test_tile(t, 32, 33, 2, mode, 32 * 4096, false, rng);
+      test_tile(t, 1024, 300, 1, mode, 32 * 4096, false, rng, true);
+    }
+  }
+  test_tile(GgmlType::F16, 16384, 24, 1, -1, 32 * 4096, false, rng);
+  test_tile(GgmlType::Q8_0, 4096, 1024, 1, 1, 32 * 4096, false, rng);      // attn_q_a
+  test_tile(GgmlType::Q8_0, 1024, 32768, 1, 1, 32 * 4096, false, rng);     // attn_q_b
+  test_tile(GgmlType::Q8_0, 1024, 32768, 1, 1, 32 * 4096, false, rng, true);
+  test_tile(GgmlType::Q8_0, 8192, 4096, 1, 1, 32 * 4096, true, rng);       // out_b
+  test_tile(GgmlType::Q8_0, 4096, 1024, 8, 1, 32 * 4096, false, rng);      // out_a: 8 groups
+  test_tile(GgmlType::F16, 16384, 24, 1, 1, 100, false, rng);              // workspace too small
+  test_tile_disabled(rng);
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
@@ -488,6 +687,17 @@ int main() {
   auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
   if (bw.ok()) {
     std::printf("bench read bandwidth (sum over 4 GiB): %.1f GB/s\n", *bw / 1e9);
+    // One-token launches of decode (column tiles, row kernels, the default).
+    for (int mode : {0, 1, -1}) {
+      bench_tile(GgmlType::F16, 16384, 24, 1, *bw, mode, "hc mixing 24x16384");
+      bench_tile(GgmlType::F16, 16384, 4, 1, *bw, mode, "head mixing 4x16384");
+      bench_tile(GgmlType::F16, 4096, 256, 1, *bw, mode, "router 256x4096");
+      bench_tile(GgmlType::Q8_0, 4096, 1024, 1, *bw, mode, "q_a 1024x4096");
+      bench_tile(GgmlType::Q8_0, 1024, 32768, 1, *bw, mode, "q_b 32768x1024");
+      bench_tile(GgmlType::Q8_0, 8192, 4096, 1, *bw, mode, "out_b 4096x8192");
+      bench_tile(GgmlType::Q8_0, 4096, 1024, 8, *bw, mode, "out_a 8x1024x4096");
+      bench_tile(GgmlType::F16, 4096, 1024, 1, *bw, mode, "compressor 1024x4096");
+    }
     bench(GgmlType::Q8_0, 1024, 32768, *bw);     // attn_q_b
     bench(GgmlType::Q8_0, 4096, 129280, *bw);    // output head
     bench(GgmlType::F16, 4096, 1024, *bw);       // compressor
