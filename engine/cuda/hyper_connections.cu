@@ -57,10 +57,31 @@ __device__ void weighted_stream_norm(const float* x, const float* wts, const flo
   }
 }
 
+// MatvecLaunch::tile_partials_only: mix value i is the sum of partial[i * tiles + k] over
+// k, formed as the matvec's own tile reduction forms it (lane l adds tiles l, l + 32, ...
+// in order, then a fixed shuffle tree), so the fused path gives the same bits. Writes
+// the n values to `mix` (shared memory) and returns it; without partials, mix_raw.
+__device__ const float* gather_mix(const float* mix_raw, const float* partial, int tiles, int n, float* mix) {
+  if (!partial) return mix_raw;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int i = warp; i < n; i += blockDim.x >> 5) {
+    const float* src = partial + static_cast<int64_t>(i) * tiles;
+    float v = 0.0f;
+    for (int k = lane; k < tiles; k += 32) v += src[k];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) mix[i] = v;
+  }
+  __syncthreads();
+  return mix;
+}
+
 __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float* scale,
                               const float* base, const float* norm_weight, HcShape s, float* post,
-                              float* comb, float* out) {
+                              float* comb, float* out, const float* mix_partial, int mix_tiles) {
   extern __shared__ float ys[];
+  __shared__ float mix_shared[2 * kMaxMult + kMaxMult * kMaxMult];
+  mix_raw = gather_mix(mix_raw, mix_partial, mix_tiles, 2 * s.mult + s.mult * s.mult, mix_shared);
   __shared__ float scratch[32];
   __shared__ float pre[kMaxMult];
   const float factor = hc_rms_factor(x, s, scratch);
@@ -156,8 +177,10 @@ __global__ void hc_post_kernel(const float* x_in, const float* f, const float* p
 
 __global__ void hc_head_kernel(const float* x, const float* mix_raw, const float* scale,
                                const float* base, const float* norm_weight, HcShape s,
-                               float* out) {
+                               float* out, const float* mix_partial, int mix_tiles) {
   extern __shared__ float ys[];
+  __shared__ float mix_shared[kMaxMult];
+  mix_raw = gather_mix(mix_raw, mix_partial, mix_tiles, s.mult, mix_shared);
   __shared__ float scratch[32];
   __shared__ float w[kMaxMult];
   const float factor = hc_rms_factor(x, s, scratch);
@@ -191,8 +214,19 @@ Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, c
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
   hc_pre_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
-                                                             s, post, comb, out);
+                                                             s, post, comb, out, nullptr, 0);
   return cuda_status(cudaGetLastError(), "hc_pre launch");
+}
+
+Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
+                              const float* base, const float* norm_weight, const HcShape& s, float* post,
+                              float* comb, float* out, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(check_shape(s));
+  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
+  if (!mix_partial || mix_tiles < 1) return Status::Error("hc_pre: partial sums missing or tile count below 1");
+  hc_pre_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, nullptr, scale, base, norm_weight, s, post, comb,
+                                                             out, mix_partial, mix_tiles);
+  return cuda_status(cudaGetLastError(), "hc_pre (partial sums) launch");
 }
 
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
@@ -208,8 +242,19 @@ Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, 
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
   hc_head_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
-                                                              s, out);
+                                                              s, out, nullptr, 0);
   return cuda_status(cudaGetLastError(), "hc_head launch");
+}
+
+Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
+                               const float* base, const float* norm_weight, const HcShape& s, float* out,
+                               cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(check_shape(s));
+  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
+  if (!mix_partial || mix_tiles < 1) return Status::Error("hc_head: partial sums missing or tile count below 1");
+  hc_head_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, nullptr, scale, base, norm_weight, s, out,
+                                                              mix_partial, mix_tiles);
+  return cuda_status(cudaGetLastError(), "hc_head (partial sums) launch");
 }
 
 }  // namespace ds4

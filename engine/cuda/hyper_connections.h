@@ -33,6 +33,15 @@ Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, c
                      const float* norm_weight, const HcShape& s, float* post, float* comb,
                      float* out, cudaStream_t stream);
 
+// launch_hc_pre with the mixing projections still split in column tiles: mix value i is
+// the sum over k < mix_tiles of mix_partial[i * mix_tiles + k], added in the order of
+// the matvec's own tile reduction (the same bits as launch_matvec then launch_hc_pre).
+// mix_partial: the split_workspace of a launch_matvec with tile_partials_only set;
+// mix_tiles: matvec_tile_columns() of that launch. Saves the reduction launch.
+Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
+                              const float* base, const float* norm_weight, const HcShape& s, float* post,
+                              float* comb, float* out, cudaStream_t stream);
+
 // x_out[k] = post_k * f + sum_i comb[i][k] * x_in[i].
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
                       const HcShape& s, float* x_out, cudaStream_t stream);
@@ -40,5 +49,10 @@ Status launch_hc_post(const float* x_in, const float* f, const float* post, cons
 // Given mix_raw = fn . X (mult values): out = rmsw(sum_h w_h X_h, norm_weight).
 Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
                       const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream);
+
+// launch_hc_head from split partial sums, as launch_hc_pre_partials.
+Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
+                               const float* base, const float* norm_weight, const HcShape& s, float* out,
+                               cudaStream_t stream);
 
 }  // namespace ds4

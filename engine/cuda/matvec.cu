@@ -679,7 +679,8 @@ struct TileParams {
   int tile_chunks;     // lanes * K
   int rows_per_block;  // kThreads / lanes
   int col_tiles;
-  float* partial;      // col_tiles > 1: [slot][row][col_tile]
+  float* partial;      // col_tiles > 1 or partials_only: [slot][row][col_tile]
+  int partials_only;
   const int32_t* enable;
   const float* x_norm_weight;
   float x_norm_eps;
@@ -756,7 +757,7 @@ __global__ void __launch_bounds__(kThreads) matvec_tile_kernel(TileParams p) {
   }
   for (int off = p.lanes >> 1; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (li == 0 && r < p.n_rows) {
-    if (p.col_tiles > 1) {
+    if (p.col_tiles > 1 || p.partials_only) {
       p.partial[(slot * p.n_rows + r) * p.col_tiles + col_tile] = acc;
     } else {
       float* out = p.y + slot * p.y_slot_stride + r;
@@ -825,8 +826,8 @@ struct TilePlan {
 // Chunks per lane (K) from the work per thread of one full wave (2 blocks on each of 132
 // multiprocessors), at most a quarter of the row; lanes per row group: of the powers of
 // two from the largest whose K chunks fit in the row down to 4, the one keeping the
-// most multiprocessors busy (up to all 132), the larger on ties. K doubles while the
-// partial sums need more workspace than the caller gave. False when the
+// most multiprocessors busy (up to all 132), the larger on ties, among those whose
+// partial sums fit in the caller's workspace; K doubles while none does. False when the
 // partial sums need more workspace than the caller gave even at the largest K.
 bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t workspace_floats, TilePlan* plan) {
   constexpr int64_t kWaveThreads = 2 * 132 * kThreads;
@@ -846,7 +847,8 @@ bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t w
       const int64_t col_tiles = (ns + tile_chunks - 1) / tile_chunks;
       const int64_t row_tiles = (n_rows + kThreads / lanes - 1) / (kThreads / lanes);
       const int64_t busy = std::min(kSms, col_tiles * row_tiles * n_slots);
-      if (busy > best_busy) {  // ties keep the larger group (fewer partial sums)
+      const bool fits = col_tiles == 1 || col_tiles * n_rows * n_slots <= workspace_floats;
+      if (fits && busy > best_busy) {  // ties keep the larger group (fewer partial sums)
         best_busy = busy;
         best.k = k;
         best.lanes = lanes;
@@ -854,7 +856,7 @@ bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t w
         best.row_tiles = row_tiles;
       }
     }
-    if (best.col_tiles == 1 || best.col_tiles * n_rows * n_slots <= workspace_floats) {
+    if (best_busy >= 0) {
       *plan = best;
       return true;
     }
@@ -980,6 +982,22 @@ int pow2_at_least(int64_t v, int cap) {
   return p;
 }
 
+// Whether launch `l` runs the column-tile kernel, and its plan.
+bool tile_plan_for(const MatvecLaunch& l, TilePlan* plan) {
+  constexpr int64_t kTileAutoItems = int64_t{1} << 18;
+  const DeviceMatrix& w = *l.w;
+  const bool applies = l.tile_kernel >= 0 && tile_max_k(w.type) > 0 && l.n_tokens == 1 && !l.w_up && !l.sum_slots &&
+                       l.lanes_per_row == 0 && l.n_slots >= 1 && l.n_slots <= 65535;
+  const int64_t n_rows = l.n_rows < 0 ? w.rows : l.n_rows;
+  const int64_t ns = w.cols / 32;
+  const int64_t items = n_rows * ns * l.n_slots;
+  if (!applies || n_rows <= 0 || (l.tile_kernel == 0 && !l.tile_partials_only && items > kTileAutoItems)) return false;
+  const int64_t workspace = l.split_workspace ? l.split_workspace_floats : 0;
+  if (!plan_tile(w.type, ns, n_rows, l.n_slots, workspace, plan) || plan->row_tiles > 65535) return false;
+  if (l.tile_partials_only && int64_t{plan->col_tiles} * n_rows * l.n_slots > workspace) return false;
+  return true;
+}
+
 Status launch_tile(const MatvecLaunch& l, const MatvecParams& p, const TilePlan& plan, cudaStream_t stream) {
   TileParams t{};
   t.w_data = p.w_data;
@@ -1001,7 +1019,8 @@ Status launch_tile(const MatvecLaunch& l, const MatvecParams& p, const TilePlan&
   t.tile_chunks = plan.lanes * plan.k;
   t.rows_per_block = kThreads / plan.lanes;
   t.col_tiles = plan.col_tiles;
-  t.partial = plan.col_tiles > 1 ? l.split_workspace : nullptr;
+  t.partials_only = l.tile_partials_only ? 1 : 0;
+  t.partial = plan.col_tiles > 1 || t.partials_only ? l.split_workspace : nullptr;
   t.enable = p.enable;
   t.x_norm_weight = p.x_norm_weight;
   t.x_norm_eps = p.x_norm_eps;
@@ -1011,7 +1030,7 @@ Status launch_tile(const MatvecLaunch& l, const MatvecParams& p, const TilePlan&
                   static_cast<unsigned>(p.n_slots));
   pick_tile(l.w->type, plan.k)<<<grid, kThreads, shared, stream>>>(t);
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec column-tile launch"));
-  if (plan.col_tiles > 1) {
+  if (plan.col_tiles > 1 && !t.partials_only) {
     const int64_t outputs = p.n_rows * p.n_slots;
     const int64_t warps_per_block = kThreads / 32;
     const unsigned blocks = static_cast<unsigned>((outputs + warps_per_block - 1) / warps_per_block);
@@ -1029,6 +1048,17 @@ Status matvec_init() {
   static Status status;
   std::call_once(once, [] { status = init_once(); });
   return status;
+}
+
+Result<int> matvec_tile_columns(const MatvecLaunch& l) {
+  if (!l.w) return Status::Error("matvec_tile_columns: no weight matrix");
+  TilePlan plan;
+  if (!tile_plan_for(l, &plan)) {
+    return Status::Error("matvec_tile_columns: the launch cannot use column tiles (" +
+                         std::string(ggml_type_name(l.w->type)) + ", " + std::to_string(l.n_tokens) +
+                         " tokens, workspace " + std::to_string(l.split_workspace_floats) + " floats)");
+  }
+  return plan.col_tiles;
 }
 
 bool matvec_int8_capable(GgmlType type) {
@@ -1105,16 +1135,13 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   }
 
   // Column tiles (MatvecLaunch::tile_kernel) for one-token launches of the plain types.
-  constexpr int64_t kTileAutoItems = int64_t{1} << 18;
-  const bool tile_applies = l.tile_kernel >= 0 && tile_max_k(w.type) > 0 && l.n_tokens == 1 && !l.w_up &&
-                            !l.sum_slots && l.lanes_per_row == 0;
-  const int64_t tile_items = n_rows * ns * l.n_slots;
-  if (tile_applies && (l.tile_kernel > 0 || tile_items <= kTileAutoItems)) {
-    TilePlan plan;
-    if (plan_tile(w.type, ns, n_rows, l.n_slots, l.split_workspace ? l.split_workspace_floats : 0, &plan) &&
-        plan.row_tiles <= 65535 && l.n_slots <= 65535) {
-      return launch_tile(l, p, plan, stream);
-    }
+  TilePlan plan;
+  if (tile_plan_for(l, &plan)) return launch_tile(l, p, plan, stream);
+  if (l.tile_partials_only) {
+    return Status::Error("matvec: tile_partials_only set, but the launch cannot use column tiles (" +
+                         std::string(ggml_type_name(w.type)) + ", " + std::to_string(l.n_tokens) +
+                         " tokens, or workspace of " + std::to_string(l.split_workspace_floats) +
+                         " floats too small)");
   }
 
   // Row mapping: a whole block per row when rows are few and long; otherwise warps

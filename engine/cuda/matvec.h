@@ -86,9 +86,18 @@ struct MatvecLaunch {
   // 0: the launch chooses (small launches: up to 2^18 chunks); 1: used wherever it
   // applies; -1: never.
   int tile_kernel = 0;
+  // Column tiles without their reduction: the launch writes the partial sums
+  // split_workspace[(slot * n_rows + r) * tiles + tile] (tiles = matvec_tile_columns(),
+  // 1 included) and not y, for a consumer that adds them itself in the reduction's order
+  // (launch_hc_pre_partials). A launch that cannot use column tiles is refused.
+  bool tile_partials_only = false;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);
+
+// The column tiles per row that `launch` would use (host computation, no launch), or an
+// error naming why it would not use the column-tile kernel. For tile_partials_only.
+Result<int> matvec_tile_columns(const MatvecLaunch& launch);
 
 // True for the weight types that MatvecLaunch::int8_activations applies to
 // (IQ2_XXS, Q2_K, Q4_K).

@@ -5,7 +5,9 @@
 // compared. The tuning options (MatvecLaunch::lanes_per_row, iq2xxs_lane_tables) are
 // checked the same way. Then micro-benchmarks: GB/s of each type against the measured
 // read bandwidth, and the routed-expert launches of one decode token, by default and
-// with each tuning option (the lines name the option).
+// with each tuning option (the lines name the option). The column-tile kernel
+// (tile_kernel, tile_partials_only with the fused hc_pre / hc_head) is checked against
+// the CPU reference and the unfused path, and timed on the one-token decode shapes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "cpu/vector_ops.h"
 #include "cuda/bandwidth.h"
 #include "cuda/device_model.h"
+#include "cuda/hyper_connections.h"
 #include "cuda/matvec.h"
 #include "cuda_test_util.h"
 
@@ -369,6 +372,75 @@ void test_tile_disabled(std::mt19937& rng) {
   check(changed == 0, "tile disabled: " + std::to_string(changed) + " outputs written");
 }
 
+// The hc mixing projections with their tile reduction fused into hc_pre / hc_head
+// (MatvecLaunch::tile_partials_only, launch_hc_*_partials): the same bits as the
+// matvec's own reduction followed by launch_hc_pre / launch_hc_head.
+void test_hc_fused(int mult, bool head, std::mt19937& rng) {
+  HcShape hs;
+  hs.dim = 4096;
+  hs.mult = mult;
+  hs.sinkhorn_iters = 20;
+  const int64_t cols = static_cast<int64_t>(hs.dim) * mult;
+  const int64_t rows = head ? mult : 2 * mult + mult * mult;
+  const std::string name = std::string(head ? "hc_head" : "hc_pre") + " partials mult=" + std::to_string(mult);
+  HostMatrix h = make_host(GgmlType::F16, cols, rows, 1, rng);
+  auto dm = upload_matrix(GgmlType::F16, cols, rows, 1, h.bytes.data());
+  check(dm.ok(), name + ": upload");
+  if (!dm.ok()) return;
+  const std::vector<float> x = random_floats(cols, rng), scale = random_floats(3, rng, 0.5f, 1.5f),
+                           base = random_floats(rows, rng), norm = random_floats(hs.dim, rng, 0.5f, 1.5f);
+  DeviceVec<float> dx(x), dscale(scale), dbase(base), dnorm(norm), dmix(rows), dws(32 * 4096);
+  DeviceVec<float> post_a(mult), comb_a(mult * mult), out_a(hs.dim), post_b(mult), comb_b(mult * mult), out_b(hs.dim);
+  MatvecLaunch l;
+  l.w = &(*dm)->m;
+  l.x = dx.get();
+  l.y = dmix.get();
+  l.split_workspace = dws.get();
+  l.split_workspace_floats = 32 * 4096;
+  Status s = launch_matvec(l, nullptr);
+  if (s.ok()) {
+    s = head ? launch_hc_head(dx.get(), dmix.get(), dscale.get(), dbase.get(), dnorm.get(), hs, out_a.get(), nullptr)
+             : launch_hc_pre(dx.get(), dmix.get(), dscale.get(), dbase.get(), dnorm.get(), hs, post_a.get(),
+                             comb_a.get(), out_a.get(), nullptr);
+  }
+  check(s.ok(), name + ": unfused launches: " + s.message());
+  l.tile_partials_only = true;
+  Result<int> tiles = matvec_tile_columns(l);
+  check(tiles.ok(), name + ": tile count: " + (tiles.ok() ? std::string() : tiles.status().message()));
+  if (!tiles.ok()) return;
+  std::printf("  %s: %d column tiles\n", name.c_str(), *tiles);
+  s = launch_matvec(l, nullptr);
+  if (s.ok()) {
+    s = head ? launch_hc_head_partials(dx.get(), dws.get(), *tiles, dscale.get(), dbase.get(), dnorm.get(), hs,
+                                       out_b.get(), nullptr)
+             : launch_hc_pre_partials(dx.get(), dws.get(), *tiles, dscale.get(), dbase.get(), dnorm.get(), hs,
+                                      post_b.get(), comb_b.get(), out_b.get(), nullptr);
+  }
+  check(s.ok(), name + ": fused launches: " + s.message());
+  check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernels failed");
+  const auto same = [&](const DeviceVec<float>& a, const DeviceVec<float>& b, const char* what) {
+    const std::vector<float> ha = a.host(), hb = b.host();
+    int diff = 0;
+    for (size_t i = 0; i < ha.size(); ++i) {
+      if (std::memcmp(&ha[i], &hb[i], sizeof(float)) != 0 && diff++ < 3) {
+        std::printf("  %s: %s[%zu] unfused %.9g fused %.9g\n", name.c_str(), what, i, ha[i], hb[i]);
+      }
+    }
+    check(diff == 0, name + ": " + std::to_string(diff) + " " + what + " values differ from the unfused path");
+  };
+  same(out_a, out_b, "out");
+  if (!head) {
+    same(post_a, post_b, "post");
+    same(comb_a, comb_b, "comb");
+  }
+  // A launch that cannot use column tiles is refused when partials are asked for.
+  MatvecLaunch refused = l;
+  refused.tile_kernel = -1;
+  const Status r = launch_matvec(refused, nullptr);
+  check(!r.ok() && r.message().find("tile_partials_only") != std::string::npos,
+        name + ": partials without column tiles refused (got: " + r.message() + ")");
+}
+
 // GB/s of one decode-shaped launch (weights read once per token).
 void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int8 = false, int lanes_per_row = 0,
            bool lane_tables = false) {
@@ -679,6 +751,8 @@ int main() {
   test_tile(GgmlType::Q8_0, 4096, 1024, 8, 1, 32 * 4096, false, rng);      // out_a: 8 groups
   test_tile(GgmlType::F16, 16384, 24, 1, 1, 100, false, rng);              // workspace too small
   test_tile_disabled(rng);
+  test_hc_fused(4, false, rng);
+  test_hc_fused(4, true, rng);
   test_grouped(rng);
   test_x_norm(GgmlType::Q8_0, rng);
   test_x_norm(GgmlType::F16, rng);
