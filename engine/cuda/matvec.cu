@@ -829,14 +829,17 @@ struct TilePlan {
 // most multiprocessors busy (up to all 132), the larger on ties, among those whose
 // partial sums fit in the caller's workspace; K doubles while none does. False when the
 // partial sums need more workspace than the caller gave even at the largest K.
-bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t workspace_floats, TilePlan* plan) {
+// k_fixed > 0: that K only (MatvecLaunch::tile_chunks_per_lane).
+bool plan_tile(GgmlType type, int64_t ns, int64_t n_rows, int n_slots, int64_t workspace_floats, int k_fixed,
+               TilePlan* plan) {
   constexpr int64_t kWaveThreads = 2 * 132 * kThreads;
   constexpr int64_t kSms = 132;
-  const int k_max = tile_max_k(type);
+  int k_max = tile_max_k(type);
   const int64_t items = ns * n_rows * n_slots;
   int k = 1;
   while (k < k_max && items >= 2 * k * kWaveThreads) k *= 2;
   while (k > 1 && 4 * k > ns) k /= 2;
+  if (k_fixed > 0) k = k_max = k_fixed;
   for (; k <= k_max; k *= 2) {
     TilePlan best;
     int64_t best_busy = -1;
@@ -993,7 +996,9 @@ bool tile_plan_for(const MatvecLaunch& l, TilePlan* plan) {
   const int64_t items = n_rows * ns * l.n_slots;
   if (!applies || n_rows <= 0 || (l.tile_kernel == 0 && !l.tile_partials_only && items > kTileAutoItems)) return false;
   const int64_t workspace = l.split_workspace ? l.split_workspace_floats : 0;
-  if (!plan_tile(w.type, ns, n_rows, l.n_slots, workspace, plan) || plan->row_tiles > 65535) return false;
+  const int k_fixed = l.tile_chunks_per_lane;
+  if (k_fixed != 0 && (k_fixed < 0 || k_fixed > tile_max_k(w.type) || (k_fixed & (k_fixed - 1)) != 0)) return false;
+  if (!plan_tile(w.type, ns, n_rows, l.n_slots, workspace, k_fixed, plan) || plan->row_tiles > 65535) return false;
   if (l.tile_partials_only && int64_t{plan->col_tiles} * n_rows * l.n_slots > workspace) return false;
   return true;
 }
@@ -1135,6 +1140,13 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   }
 
   // Column tiles (MatvecLaunch::tile_kernel) for one-token launches of the plain types.
+  if (l.tile_chunks_per_lane != 0 && tile_max_k(w.type) > 0 &&
+      (l.tile_chunks_per_lane < 0 || l.tile_chunks_per_lane > tile_max_k(w.type) ||
+       (l.tile_chunks_per_lane & (l.tile_chunks_per_lane - 1)) != 0)) {
+    return Status::Error("matvec: tile_chunks_per_lane " + std::to_string(l.tile_chunks_per_lane) +
+                         " is not a power of two from 1 to " + std::to_string(tile_max_k(w.type)) + " for " +
+                         std::string(ggml_type_name(w.type)));
+  }
   TilePlan plan;
   if (tile_plan_for(l, &plan)) return launch_tile(l, p, plan, stream);
   if (l.tile_partials_only) {

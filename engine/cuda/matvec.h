@@ -91,6 +91,9 @@ struct MatvecLaunch {
   // 1 included) and not y, for a consumer that adds them itself in the reduction's order
   // (launch_hc_pre_partials). A launch that cannot use column tiles is refused.
   bool tile_partials_only = false;
+  // Tuning (the benchmarks compare): weight chunks each lane of the column-tile kernel
+  // loads at once (1, 2, 4 or 8; F32 at most 2, F16 at most 4); 0 lets the launch choose.
+  int tile_chunks_per_lane = 0;
 };
 
 Status launch_matvec(const MatvecLaunch& launch, cudaStream_t stream);

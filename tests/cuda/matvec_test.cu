@@ -277,11 +277,12 @@ void test_x_norm(GgmlType type, std::mt19937& rng) {
 // second launch that must give the same bits (fixed summation order).
 // workspace_floats: 0 gives no workspace (the plan then keeps whole rows per tile).
 void test_tile(GgmlType type, int64_t cols, int64_t rows, int slots, int mode, int64_t workspace_floats,
-               bool accumulate, std::mt19937& rng, bool x_norm = false) {
+               bool accumulate, std::mt19937& rng, bool x_norm = false, int chunks_per_lane = 0) {
   const std::string name = std::string("tile ") + std::string(ggml_type_name(type)) + " " + std::to_string(slots) +
                            "x" + std::to_string(rows) + "x" + std::to_string(cols) + " mode=" + std::to_string(mode) +
                            " workspace=" + std::to_string(workspace_floats) + (accumulate ? " accumulate" : "") +
-                           (x_norm ? " x-norm" : "");
+                           (x_norm ? " x-norm" : "") +
+                           (chunks_per_lane ? " chunks/lane=" + std::to_string(chunks_per_lane) : "");
   HostMatrix h = make_host(type, cols, rows * slots, 1, rng);
   auto dm = upload_matrix(type, cols, rows * slots, 1, h.bytes.data());
   check(dm.ok(), name + ": upload: " + (dm.ok() ? std::string() : dm.status().message()));
@@ -301,6 +302,7 @@ void test_tile(GgmlType type, int64_t cols, int64_t rows, int slots, int mode, i
   l.slot_row_stride = rows;
   l.accumulate = accumulate;
   l.tile_kernel = mode;
+  l.tile_chunks_per_lane = chunks_per_lane;
   if (x_norm) l.x_norm_weight = dg.get();
   if (workspace_floats > 0) {
     l.split_workspace = dws.get();
@@ -487,7 +489,8 @@ void bench(GgmlType type, int64_t cols, int64_t rows, double bandwidth, bool int
 // launches, and the same launches captured in one CUDA graph (as decode runs them).
 // Successive launches read different copies of the matrix (about 200 MB in all, more
 // than the L2 cache), so small matrices come from device memory as in decode.
-void bench_tile(GgmlType type, int64_t cols, int64_t rows, int slots, double bandwidth, int mode, const char* what) {
+void bench_tile(GgmlType type, int64_t cols, int64_t rows, int slots, double bandwidth, int mode, const char* what,
+                int chunks_per_lane = 0) {
   const double one_bytes = static_cast<double>(ggml_row_bytes(type, cols)) * rows * slots;
   const int copies = static_cast<int>(std::clamp(200e6 / one_bytes, 1.0, 256.0));
   auto dm = random_matrix(type, cols, rows * slots, copies, 99);
@@ -508,6 +511,7 @@ void bench_tile(GgmlType type, int64_t cols, int64_t rows, int slots, double ban
   l.split_workspace = dws.get();
   l.split_workspace_floats = 64 * 8192;
   l.tile_kernel = mode;
+  l.tile_chunks_per_lane = chunks_per_lane;
   const int reps = std::max(50, 2 * copies);
   const auto launch = [&](int i, cudaStream_t st) {
     l.fixed_matrix = i % copies;
@@ -550,10 +554,11 @@ void bench_tile(GgmlType type, int64_t cols, int64_t rows, int slots, double ban
     const double us = ms * 1e3 / reps;
     const double gbs = bytes / (us * 1e-6) / 1e9;
     std::printf("bench tile %-26s %-5s %d x %6lld x %-6lld %7.2f MB  %7.2f us  %7.1f GB/s  (%.0f%% of read "
-                "bandwidth)  %s  %s\n",
+                "bandwidth)  %s%s  %s\n",
                 what, std::string(ggml_type_name(type)).c_str(), slots, static_cast<long long>(rows),
                 static_cast<long long>(cols), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth,
-                mode > 0 ? "column tiles" : mode < 0 ? "row kernels" : "default", how);
+                mode > 0 ? "column tiles" : mode < 0 ? "row kernels" : "default",
+                chunks_per_lane ? (" chunks/lane=" + std::to_string(chunks_per_lane)).c_str() : "", how);
   };
   line("stream", ms_stream);
   if (ms_graph >= 0) line("graph", ms_graph);
@@ -755,6 +760,27 @@ int main() {
   test_tile(GgmlType::Q8_0, 8192, 4096, 1, 1, 32 * 4096, true, rng);       // out_b
   test_tile(GgmlType::Q8_0, 4096, 1024, 8, 1, 32 * 4096, false, rng);      // out_a: 8 groups
   test_tile(GgmlType::F16, 16384, 24, 1, 1, 100, false, rng);              // workspace too small
+  for (int k : {1, 2, 4, 8}) {
+    test_tile(GgmlType::Q8_0, 2048, 1000, 1, 1, 32 * 4096, false, rng, false, k);
+    test_tile(GgmlType::Q8_0, 1024, 700, 2, 1, 0, true, rng, false, k);
+    if (k <= 4) test_tile(GgmlType::F16, 2048, 1000, 1, 1, 32 * 4096, false, rng, false, k);
+    if (k <= 2) test_tile(GgmlType::F32, 2048, 1000, 1, 1, 32 * 4096, false, rng, false, k);
+  }
+  {
+    auto dm = random_matrix(GgmlType::F16, 256, 8, 1, 3);
+    check(dm.ok(), "tile_chunks_per_lane refusal: upload");
+    if (dm.ok()) {
+      DeviceVec<float> dx(256), dy(8);
+      MatvecLaunch bad;
+      bad.w = &(*dm)->m;
+      bad.x = dx.get();
+      bad.y = dy.get();
+      bad.tile_chunks_per_lane = 8;  // F16 allows at most 4
+      const Status s = launch_matvec(bad, nullptr);
+      check(!s.ok() && s.message().find("tile_chunks_per_lane 8") != std::string::npos,
+            "tile_chunks_per_lane 8 for F16 is refused with a message naming it (got: " + s.message() + ")");
+    }
+  }
   test_tile_disabled(rng);
   test_hc_fused(4, false, rng);
   test_hc_fused(4, true, rng);
@@ -776,6 +802,11 @@ int main() {
       bench_tile(GgmlType::Q8_0, 8192, 4096, 1, *bw, mode, "out_b 4096x8192");
       bench_tile(GgmlType::Q8_0, 4096, 1024, 8, *bw, mode, "out_a 8x1024x4096");
       bench_tile(GgmlType::F16, 4096, 1024, 1, *bw, mode, "compressor 1024x4096");
+    }
+    for (int k : {2, 4}) {  // the 35 MB launches with fewer chunks per lane in flight
+      bench_tile(GgmlType::Q8_0, 1024, 32768, 1, *bw, 1, "q_b 32768x1024", k);
+      bench_tile(GgmlType::Q8_0, 8192, 4096, 1, *bw, 1, "out_b 4096x8192", k);
+      bench_tile(GgmlType::Q8_0, 4096, 1024, 8, *bw, 1, "out_a 8x1024x4096", k);
     }
     bench(GgmlType::Q8_0, 1024, 32768, *bw);     // attn_q_b
     bench(GgmlType::Q8_0, 4096, 129280, *bw);    // output head
