@@ -247,10 +247,29 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     return Status::Ok();
   };
 
+  // The HC mixing projection leaves per-column-tile partial sums in w.split, and
+  // hc_pre adds them itself (in the matvec's reduction order: the same bits, one
+  // launch fewer on the critical path); falls back to the two-launch form.
+  auto hc_pre = [&](const DeviceMatrix& fn, const float* x, const float* scale, const float* base,
+                    const float* norm) -> Status {
+    MatvecLaunch ml;
+    ml.w = &fn;
+    ml.x = x;
+    ml.y = w.mix;
+    ml.split_workspace = w.split;
+    ml.split_workspace_floats = kSplitFloats;
+    ml.tile_partials_only = true;
+    Result<int> tiles = matvec_tile_columns(ml);
+    if (!tiles.ok()) {
+      DS4_RETURN_IF_ERROR(mv(fn, x, w.mix, st, w.split));
+      return launch_hc_pre(x, w.mix, scale, base, norm, hc, w.post, w.comb, w.n, st);
+    }
+    DS4_RETURN_IF_ERROR(launch_matvec(ml, st));
+    return launch_hc_pre_partials(x, w.split, *tiles, scale, base, norm, hc, w.post, w.comb, w.n, st);
+  };
+
   // Attention sublayer.
-  DS4_RETURN_IF_ERROR(mv(L.hc_attn_fn, w.x, w.mix, st, w.split));
-  DS4_RETURN_IF_ERROR(launch_hc_pre(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc,
-                                    w.post, w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(hc_pre(L.hc_attn_fn, w.x, L.hc_attn_scale, L.hc_attn_base, L.attn_norm));
   stage("hc_pre attn");
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
   // Side: the kv row, then the compressors (and the indexer's gate).
@@ -419,9 +438,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   stage("output proj + hc_post");
 
   // MoE sublayer.
-  DS4_RETURN_IF_ERROR(mv(L.hc_ffn_fn, w.xb, w.mix, st, w.split));
-  DS4_RETURN_IF_ERROR(launch_hc_pre(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc,
-                                    w.post, w.comb, w.n, st));
+  DS4_RETURN_IF_ERROR(hc_pre(L.hc_ffn_fn, w.xb, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm));
   stage("hc_pre ffn");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
   // Side: the shared expert, stored into w.moe; the routed sum is added to it below.
