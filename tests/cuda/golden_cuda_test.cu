@@ -4,13 +4,16 @@
 // `ds4 --golden DIR --backend cuda`.
 //
 // Rules: the strict f32 rule (|Δlogit| <= 1e-3·std + 2·noise, top-1 identical where
-// the golden gap is clear) everywhere except tiny-real with QAT, where the GPU meets
+// the golden gap is clear) everywhere except tiny-real with QAT, where the test asserts
 // the README's rule for fast paths (|Δlogit| <= 2e-2·std + 2·noise, same top-1
 // requirement). Reason: past position 2051 the indexer selects 512 of more rows, and
-// its inputs go through the Hadamard + FP4 round trip, a step function; the GPU's f32
-// sums run in another order than the CPU's, a last-bit difference moves a few values
-// across an FP4 step, and the selection near its (small) margins changes. The `off`
-// variant, without the round trips, meets the strict rule on the same positions.
+// its inputs go through the Hadamard + FP4 round trip, a step function; whenever the
+// GPU's f32 sums run in another order than the CPU's, a last-bit difference can move a
+// value across an FP4 step and change the selection near its (small) margins. Which
+// values land on a step depends on the kernels' summation order: on the H200 the
+// token-by-token mode missed the strict rule at 7 of 1280 positions with the first
+// session's kernels and meets it with today's (docs/perf.md), so the strict result is
+// printed but only the fast-path rule is asserted there.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
