@@ -30,8 +30,13 @@ constexpr int64_t kMaxRowElems = 1 << 16;
 void Explained(const ds4::Status& s) { FUZZ_ASSERT(s.ok() || !s.message().empty()); }
 
 void TouchMetadata(const ds4::GgufFile& file) {
-  for (const auto& [key, value] : file.metadata()) {
-    FUZZ_ASSERT(file.find(key) != nullptr);
+  for (const auto& entry : file.metadata()) {
+    const std::string& key = entry.first;
+    // A duplicated key resolves to its first occurrence (GGUF.md §2), so the getters
+    // are checked against what find() returns, not against this entry.
+    const ds4::GgufValue* found = file.find(key);
+    FUZZ_ASSERT(found != nullptr);
+    const ds4::GgufValue& value = *found;
     uint32_t u32;
     uint64_t u64;
     int64_t i64;

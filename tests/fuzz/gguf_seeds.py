@@ -90,6 +90,8 @@ def main():
         "valid_metadata_only.gguf": gguf(kv, []),
         "valid_empty.gguf": gguf([], []),
     }
+    # A key given twice with different array lengths: the first occurrence wins (GGUF.md §2).
+    seeds["duplicate_key.gguf"] = gguf(kv + [("deepseek4.swiglu_clamp_exp", ARRAY, (FLOAT32, [1.0] * 3))], [])
     base = seeds["valid_all_types.gguf"]
     seeds["bad_magic.gguf"] = b"GGUX" + base[4:]
     seeds["version_2.gguf"] = gguf(kv, tensors, version=2)
