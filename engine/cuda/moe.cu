@@ -2,6 +2,7 @@
 
 #include <cfloat>
 #include <climits>
+#include <string>
 
 #include "cuda/cuda_check.h"
 
@@ -13,14 +14,17 @@ constexpr int kMaxUsed = 16;
 
 __device__ float softplus_(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
 
-// One warp: scores, selection (lane 0 keeps the chosen set), weights.
+// One warp per token (block t routes token t: logits, ids, weights and the token id
+// advance per token): scores, selection (lane 0 keeps the chosen set), weights.
 __global__ void router_kernel(RouterLaunch p) {
   __shared__ float score[kMaxExperts];
   __shared__ float key[kMaxExperts];
   __shared__ int chosen[kMaxUsed];
+  const int64_t t = blockIdx.x;
+  const float* logits = p.logits + t * p.n_experts;
   const int lane = threadIdx.x;
   for (int e = lane; e < p.n_experts; e += 32) {
-    const float s = sqrtf(softplus_(p.logits[e]));
+    const float s = sqrtf(softplus_(logits[e]));
     score[e] = s;
     float k = s + (p.bias ? p.bias[e] : 0.0f);
     key[e] = isnan(k) ? -INFINITY : k;
@@ -28,7 +32,7 @@ __global__ void router_kernel(RouterLaunch p) {
   __syncwarp();
   if (p.tid2eid) {
     if (lane < p.n_used) {
-      int e = p.tid2eid[static_cast<int64_t>(*p.token) * p.n_used + lane];
+      int e = p.tid2eid[static_cast<int64_t>(p.token[t]) * p.n_used + lane];
       chosen[lane] = (e >= 0 && e < p.n_experts) ? e : 0;
     }
   } else {
@@ -64,20 +68,26 @@ __global__ void router_kernel(RouterLaunch p) {
     sum = fmaxf(sum, 6.103515625e-5f);
     for (int k = 0; k < p.n_used; ++k) {
       const float s = score[chosen[k]];
-      p.ids[k] = chosen[k];
-      p.weights[k] = p.route_norm ? p.route_scale * (s / sum) : p.route_scale * s;
+      p.ids[t * p.n_used + k] = chosen[k];
+      p.weights[t * p.n_used + k] = p.route_norm ? p.route_scale * (s / sum) : p.route_scale * s;
     }
   }
 }
 
 }  // namespace
 
-Status launch_router(const RouterLaunch& p, cudaStream_t stream) {
+Status launch_router(const RouterLaunch& p, cudaStream_t stream) { return launch_router(p, 1, stream); }
+
+Status launch_router(const RouterLaunch& p, int n_tokens, cudaStream_t stream) {
   if (p.n_experts <= 0 || p.n_experts > kMaxExperts || p.n_used <= 0 || p.n_used > kMaxUsed ||
       p.n_used > p.n_experts) {
-    return Status::Error("router: expert counts out of range");
+    return Status::Error("router: expert counts out of range (n_experts " + std::to_string(p.n_experts) +
+                         ", n_used " + std::to_string(p.n_used) + ")");
   }
-  router_kernel<<<1, 32, 0, stream>>>(p);
+  if (n_tokens < 0) return Status::Error("router: negative token count");
+  if (p.tid2eid && !p.token) return Status::Error("router: hash routing needs the token ids");
+  if (n_tokens == 0) return Status::Ok();
+  router_kernel<<<n_tokens, 32, 0, stream>>>(p);
   return cuda_status(cudaGetLastError(), "router launch");
 }
 

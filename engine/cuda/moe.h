@@ -29,5 +29,8 @@ struct RouterLaunch {
 };
 
 Status launch_router(const RouterLaunch& launch, cudaStream_t stream);
+// The same for n_tokens tokens at once (one block each): logits are n_tokens rows of
+// n_experts, token n_tokens ids, ids / weights n_tokens rows of n_used.
+Status launch_router(const RouterLaunch& launch, int n_tokens, cudaStream_t stream);
 
 }  // namespace ds4

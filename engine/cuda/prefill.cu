@@ -40,22 +40,28 @@ Status write_ring(const float* rows, int n, int32_t pos0, int d, float* ring, in
   return cuda_status(cudaGetLastError(), "writing the chunk's raw rows to the ring");
 }
 
+// The decode path's matrix-vector kernel over `n` tokens (f32 activations).
+Status matvec_f32(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
+                  cudaStream_t st, int64_t n_rows = -1, bool accumulate = false) {
+  MatvecLaunch m;
+  m.w = &w;
+  m.x = x;
+  m.x_tok_stride = x_stride;
+  m.y = y;
+  m.y_tok_stride = y_stride;
+  m.n_tokens = n;
+  m.n_rows = n_rows;
+  m.accumulate = accumulate;
+  return launch_matvec(m, st);
+}
+
 // Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
 // on tensor cores, or (f32) through the decode path's matrix-vector kernel over n tokens.
 Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
               cudaStream_t st, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false) {
   if (f32) {
     if (row_begin != 0) return Status::Error("prefill: f32 products take whole matrices");
-    MatvecLaunch m;
-    m.w = &w;
-    m.x = x;
-    m.x_tok_stride = x_stride;
-    m.y = y;
-    m.y_tok_stride = y_stride;
-    m.n_tokens = n;
-    m.n_rows = n_rows;
-    m.accumulate = accumulate;
-    return launch_matvec(m, st);
+    return matvec_f32(w, x, x_stride, y, y_stride, n, st, n_rows, accumulate);
   }
   MatmulLaunch m;
   m.w = &w;
@@ -86,14 +92,7 @@ Status matvec_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, fl
   if (aligned && w.rows <= 32 && w.count == 1 && (w.type == GgmlType::F16 || w.type == GgmlType::F32)) {
     return launch_small_matmul_tokens(w, x, x_stride, y, y_stride, n, st);
   }
-  MatvecLaunch m;
-  m.w = &w;
-  m.x = x;
-  m.x_tok_stride = x_stride;
-  m.y = y;
-  m.y_tok_stride = y_stride;
-  m.n_tokens = n;
-  return launch_matvec(m, st);
+  return matvec_f32(w, x, x_stride, y, y_stride, n, st);
 }
 
 // h[a][j] = silu(min(g, limit)) * clamp(u, -limit, limit) * scale[a] for the rows a

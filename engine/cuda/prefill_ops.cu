@@ -23,7 +23,6 @@ using namespace cuda_detail;
 
 constexpr int kMaxMult = 8;
 constexpr int kMaxExperts = 1024;
-constexpr int kMaxUsed = 16;
 constexpr int kMaxGridY = 65535;
 // launch_hc_pre uses 1024 threads; 256 here lets several tokens share an SM, so one
 // token's Sinkhorn (one warp) overlaps other tokens' loads. Only the order of the exact
@@ -280,71 +279,6 @@ Status check_hc_shape(const HcShape& s, int n, const char* what) {
                          std::to_string(kMaxGridY));
   }
   return Status::Ok();
-}
-
-// ---------------------------------------------------------------- router
-
-__device__ float softplus_value(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
-
-// grid n, one warp per block: block t routes token t (as router_kernel in moe.cu).
-__global__ void router_tokens_kernel(RouterLaunch p) {
-  __shared__ float score[kMaxExperts];
-  __shared__ float key[kMaxExperts];
-  __shared__ int chosen[kMaxUsed];
-  const int64_t t = blockIdx.x;
-  const float* logits = p.logits + t * p.n_experts;
-  int32_t* ids = p.ids + t * p.n_used;
-  float* weights = p.weights + t * p.n_used;
-  const int lane = threadIdx.x;
-  for (int e = lane; e < p.n_experts; e += 32) {
-    const float s = sqrtf(softplus_value(logits[e]));
-    score[e] = s;
-    float k = s + (p.bias ? p.bias[e] : 0.0f);
-    key[e] = isnan(k) ? -INFINITY : k;
-  }
-  __syncwarp();
-  if (p.tid2eid) {
-    if (lane < p.n_used) {
-      int e = p.tid2eid[static_cast<int64_t>(p.token[t]) * p.n_used + lane];
-      chosen[lane] = (e >= 0 && e < p.n_experts) ? e : 0;
-    }
-  } else {
-    for (int k = 0; k < p.n_used; ++k) {
-      float best = -INFINITY;
-      int best_e = INT_MAX;
-      for (int e = lane; e < p.n_experts; e += 32) {
-        const float v = key[e];
-        if (v > best || (v == best && e < best_e)) {
-          best = v;
-          best_e = e;
-        }
-      }
-      for (int off = 16; off > 0; off >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, off);
-        const int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
-        if (ov > best || (ov == best && oe < best_e)) {
-          best = ov;
-          best_e = oe;
-        }
-      }
-      if (lane == 0) {
-        chosen[k] = best_e;
-        key[best_e] = NAN;  // never chosen again (NaN compares false)
-      }
-      __syncwarp();
-    }
-  }
-  __syncwarp();
-  if (lane == 0) {
-    float sum = 0.0f;
-    for (int k = 0; k < p.n_used; ++k) sum += score[chosen[k]];
-    sum = fmaxf(sum, 6.103515625e-5f);
-    for (int k = 0; k < p.n_used; ++k) {
-      const float s = score[chosen[k]];
-      ids[k] = chosen[k];
-      weights[k] = p.route_norm ? p.route_scale * (s / sum) : p.route_scale * s;
-    }
-  }
 }
 
 // ---------------------------------------------------------------- MoE grouping
@@ -659,17 +593,7 @@ Status launch_hc_post_tokens(const float* x_in, const float* f, const float* pos
 }
 
 Status launch_router_tokens(const RouterTokensLaunch& launch, cudaStream_t stream) {
-  const RouterLaunch& p = launch.base;
-  if (p.n_experts <= 0 || p.n_experts > kMaxExperts || p.n_used <= 0 || p.n_used > kMaxUsed ||
-      p.n_used > p.n_experts) {
-    return Status::Error("router_tokens: expert counts out of range (n_experts " + std::to_string(p.n_experts) +
-                         ", n_used " + std::to_string(p.n_used) + ")");
-  }
-  if (launch.n < 0) return Status::Error("router_tokens: negative token count");
-  if (p.tid2eid && !p.token) return Status::Error("router_tokens: hash routing needs the token ids");
-  if (launch.n == 0) return Status::Ok();
-  router_tokens_kernel<<<launch.n, 32, 0, stream>>>(p);
-  return cuda_status(cudaGetLastError(), "router_tokens launch");
+  return launch_router(launch.base, launch.n, stream);
 }
 
 Status launch_moe_group(const MoeGroupLaunch& p, cudaStream_t stream) {
