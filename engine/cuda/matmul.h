@@ -17,6 +17,14 @@
 // MatmulPrecision::kF16: weights dequantized as the CPU dequantization then rounded to
 // f16, activations rounded to f16 (error ~1e-3 of sum |w x|); faster.
 //
+// MatmulPrecision::kF16Activations: weights exact as in kExact (integers q, f32 A and
+// B per sub-block), activations rounded once to f16 (the hi part only: one mma per 16
+// columns instead of two); the sum(x) of the B term stays f32. The error is that of
+// the activations' rounding, |err| <= 2^-11 * sum |w x| (plus 2^-25 * sum |w| for
+// activations below the f16 normal range, and the f32 sums). F32 weights are refused
+// as in kExact. Same kernels, tiles and shared-memory fallbacks as kExact, with less
+// shared memory (no lo tile) and half the tensor-core work.
+//
 // Dense mode: for every token t < n_tokens and output row r < n_rows,
 //   v = W[matrix][row_begin + r] . x_t            (x_t = x + t * x_stride)
 // paired (w_up set): v = silu(min(g, limit)) * clamp(u, -limit, limit)
@@ -47,6 +55,7 @@ namespace ds4 {
 enum class MatmulPrecision {
   kExact,  // integer weights, split activations, f32 scales (see above)
   kF16,    // f16 weights and activations
+  kF16Activations,  // integer weights and f32 scales as kExact, activations rounded to f16 (see above)
 };
 
 struct MatmulLaunch {
