@@ -646,14 +646,14 @@ Status CudaForward::fill_context_random(int id, int32_t length, uint64_t seed) {
   return set_step(id, 0, length);
 }
 
-Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_step(int id) {
-  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+template <typename Body>
+Result<std::vector<std::pair<std::string, double>>> CudaForward::profile(Body body) {
   std::vector<std::pair<const char*, cudaEvent_t>> marks;
   cudaEvent_t start;
-  cudaEventCreate(&start);
+  DS4_CUDA_TRY(cudaEventCreate(&start));
   cudaEventRecord(start, stream_);
   profile_ = &marks;
-  Status s = enqueue_token(*seqs_[id], false);
+  Status s = body();
   profile_ = nullptr;
   DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
   std::vector<std::pair<std::string, double>> out;
@@ -669,6 +669,16 @@ Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_step(in
   for (auto& m : marks) cudaEventDestroy(m.second);
   DS4_RETURN_IF_ERROR(s);
   return out;
+}
+
+Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_step(int id) {
+  if (!valid(id)) return Status::Error("CUDA backend: unknown sequence " + std::to_string(id));
+  return profile([&] { return enqueue_token(*seqs_[id], false); });
+}
+
+Result<std::vector<std::pair<std::string, double>>> CudaForward::profile_prefill(int id, const int32_t* tokens,
+                                                                                 int n, int32_t pos0) {
+  return profile([&] { return prefill(id, tokens, n, pos0, {}, nullptr, {}, nullptr); });
 }
 
 // The MTP step (spec/MODEL.md §2.11): X_h = e_proj . rmsw(embd[tok], enorm)

@@ -71,6 +71,10 @@ class CudaForward {
   // Runs one token of sequence `id` without the graph, timing each stage with
   // events; returns (stage name, total milliseconds over all layers) in order.
   Result<std::vector<std::pair<std::string, double>>> profile_step(int id);
+  // Runs prefill(id, tokens, n, pos0) (no outputs), timing each stage of every layer
+  // with events on the main stream; returns (stage name, total milliseconds) in order.
+  Result<std::vector<std::pair<std::string, double>>> profile_prefill(int id, const int32_t* tokens, int n,
+                                                                      int32_t pos0);
   // The argmax of the last step's logits.
   Result<int32_t> last_argmax();
 
@@ -98,6 +102,9 @@ class CudaForward {
   Status ensure_prefill_workspace(int64_t index_rows);
   Status prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos0);
   void stage(const char* name);  // profiling mark after the launches of `name`
+  // Runs `body` with stage marks on, then sums the time between marks per stage name.
+  template <typename Body>
+  Result<std::vector<std::pair<std::string, double>>> profile(Body body);
 
   std::vector<std::pair<const char*, cudaEvent_t>>* profile_ = nullptr;
 

@@ -228,6 +228,7 @@ Status CudaForward::prefill(int id, const int32_t* tokens, int n, int32_t pos0, 
   const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
   DS4_RETURN_IF_ERROR(
       launch_hc_embed_tokens(model_.token_embd().data, model_.token_embd().type, w.tokens, n, hc, w.x, st));
+  stage("embed");
   for (int l = 0; l < c.n_layers; ++l) DS4_RETURN_IF_ERROR(prefill_layer(seq, l, n, pos0));
 
   // The head for the wanted rows, in groups of kHeadRows.
@@ -286,6 +287,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_attn_fn, w.x, hcd, w.mix, c.hc_mix(), n, st));
   DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.x, w.mix, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, hc, n, w.post,
                                            w.comb, w.n, st));
+  stage("hc_pre attn");
   // Two streams, as in decode: the side stream `sd` computes the kv rows, the
   // compressors and the indexer while the main one runs the q path; each buffer has
   // one writer, and the main stream waits for the side before attention.
@@ -322,6 +324,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   q.pos = w.pos0;
   q.rows_per_pos = c.n_heads;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
+  stage("q path");
   DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, sd));
   RowPostLaunch kv = q;
   kv.in = w.kv_raw;
@@ -413,6 +416,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     }
   }
   DS4_RETURN_IF_ERROR(join(sd, ev_join_, st));
+  stage("kv, compressors, indexer (joined)");
   AttentionChunkLaunch at;
   at.q = w.qf;
   at.out = w.heads;
@@ -437,6 +441,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   DS4_RETURN_IF_ERROR(launch_attention_chunk(at, st));
   // The chunk's raw rows join the ring only now: its queries read them from w.kv.
   DS4_RETURN_IF_ERROR(write_ring(w.kv, n, pos0, c.head_dim, ring, seq.ring, st));
+  stage("attention");
 
   const int64_t ug = static_cast<int64_t>(c.out_groups) * c.out_lora;
   const int64_t group_in = static_cast<int64_t>(c.heads_per_group()) * c.head_dim;
@@ -462,11 +467,13 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   }
   DS4_RETURN_IF_ERROR(matmul(f32, L.out_b, w.u, ug, w.out, c.dim, n, st));
   DS4_RETURN_IF_ERROR(launch_hc_post_tokens(w.x, w.out, w.post, w.comb, hc, n, w.xb, st));
+  stage("output proj + hc_post");
 
   // MoE sublayer (§2.6).
   DS4_RETURN_IF_ERROR(matvec_tokens(L.hc_ffn_fn, w.xb, hcd, w.mix, c.hc_mix(), n, st));
   DS4_RETURN_IF_ERROR(launch_hc_pre_tokens(w.xb, w.mix, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, hc, n, w.post,
                                            w.comb, w.n, st));
+  stage("hc_pre ffn");
   DS4_RETURN_IF_ERROR(matvec_tokens(L.gate_inp, w.n, c.dim, w.router, c.n_experts, n, st));
   RouterTokensLaunch rl;
   rl.base.logits = w.router;
@@ -546,6 +553,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gl.row_scale = w.row_scale;
   gl.slot_of = w.slot_of;
   DS4_RETURN_IF_ERROR(launch_moe_group(gl, st));
+  stage("router + expert grouping");
   const int assignments = n * c.n_experts_used;
   MatmulLaunch gu;
   gu.w = &L.gate_exps;
@@ -561,6 +569,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gu.x_rows = w.x_rows;
   gu.row_scale = w.row_scale;
   DS4_RETURN_IF_ERROR(paired_matmul(gu, w.h_up, st));
+  stage("experts gate/up");
   MatmulLaunch dn;
   dn.w = &L.down_exps;
   dn.x = w.h;
@@ -572,9 +581,13 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_groups = c.n_experts;
   if (!matmul_fits(dn)) dn.token_tile = 32;
   DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
+  stage("experts down");
   DS4_RETURN_IF_ERROR(join(sd, ev_join_, st));
+  stage("shared expert (joined)");
   DS4_RETURN_IF_ERROR(launch_moe_combine(w.ya, w.slot_of, n, c.n_experts_used, c.dim, true, w.out, st));
-  return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
+  DS4_RETURN_IF_ERROR(launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st));
+  stage("combine + hc_post");
+  return Status::Ok();
 }
 
 }  // namespace ds4

@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/bandwidth.h"
@@ -38,6 +40,16 @@ double bytes_per_token(int ctx) {
 }
 
 }  // namespace
+
+// Prints (stage, milliseconds) pairs with each stage's share of their sum.
+static void print_profile(const char* title, const std::vector<std::pair<std::string, double>>& stages) {
+  double total = 0;
+  for (auto& st : stages) total += st.second;
+  std::printf("%s, %.3f ms in all:\n", title, total);
+  for (auto& st : stages) {
+    std::printf("  %-36s %8.3f ms  %5.1f%%\n", st.first.c_str(), st.second, 100 * st.second / total);
+  }
+}
 
 int main() {
   if (!gpu_present()) return 77;
@@ -117,12 +129,7 @@ int main() {
     if (ctx == 4096) {  // where the time goes (no graph; events between stages)
       auto prof = f.profile_step(*id);
       check(prof.ok(), "profile step");
-      if (prof.ok()) {
-        double total = 0;
-        for (auto& st : *prof) total += st.second;
-        std::printf("profile at ctx %d (one token, no graph, %.3f ms in all):\n", ctx, total);
-        for (auto& st : *prof) std::printf("  %-24s %8.3f ms  %5.1f%%\n", st.first.c_str(), st.second, 100 * st.second / total);
-      }
+      if (prof.ok()) print_profile("profile at ctx 4096 (one token, no graph)", *prof);
     }
     f.free_sequence(*id);
   }
@@ -150,6 +157,15 @@ int main() {
       check(finite, "prefill logits finite");
       std::printf("prefill pp%d @ depth %d: %.1f t/s (%.1f ms); target 10000 t/s\n", pp, depth, pp / secs,
                   1e3 * secs);
+      if (depth == 0) {  // where the time goes: the same chunk again, events between stages
+        f.free_sequence(*id);
+        id = f.new_sequence(depth + pp + 16);
+        check(id.ok(), "prefill sequence");
+        if (!id.ok()) break;
+        auto prof = f.profile_prefill(*id, tokens.data(), pp, 0);
+        check(prof.ok(), "profile prefill");
+        if (prof.ok()) print_profile("prefill profile (2048 tokens, depth 0)", *prof);
+      }
       f.free_sequence(*id);
     }
   }
