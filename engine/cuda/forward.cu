@@ -22,12 +22,13 @@ struct CudaForward::Workspace {
   void* arena = nullptr;
   float *x = nullptr, *xb = nullptr, *mix = nullptr, *post = nullptr, *comb = nullptr;
   float *n = nullptr, *a = nullptr, *qf = nullptr, *kv = nullptr, *heads = nullptr, *u = nullptr;
-  float *out = nullptr, *ck = nullptr, *iq = nullptr, *iw = nullptr;
+  float *out = nullptr, *ck = nullptr, *ick = nullptr, *iq = nullptr, *iw = nullptr;
   float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
   float *head = nullptr, *logits = nullptr;
   int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
   float* split = nullptr;  // matvec split-row partial sums (main stream)
-  float* split_side = nullptr;  // the same for launches on the side stream
+  // The same for launches on the side streams (one each: the branches run at once).
+  float *split_side = nullptr, *split_kv = nullptr, *split_index = nullptr;
   float* attention = nullptr;  // attention split partials
   // MTP input step: the drafted-from HC state, the embedding row, its norm, e_proj of
   // it, and the per-stream norms of the state.
@@ -60,10 +61,12 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat) : model_(model), qa
 CudaForward::~CudaForward() {
   seqs_.clear();
   ws_.reset();
-  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_}) {
+  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_, ev_join_kv_, ev_join_index_}) {
     if (e) cudaEventDestroy(e);
   }
-  if (side_) cudaStreamDestroy(side_);
+  for (cudaStream_t s : {side_, side_kv_, side_index_}) {
+    if (s) cudaStreamDestroy(s);
+  }
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -73,8 +76,10 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  DS4_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
-  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_}) {
+  for (cudaStream_t* s : {&side_, &side_kv_, &side_index_}) {
+    DS4_CUDA_TRY(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
+  }
+  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_}) {
     DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
   const ModelConfig& c = model_.config();
@@ -96,7 +101,8 @@ Status CudaForward::init() {
   k.take(&w.heads, qdim);
   k.take(&w.u, static_cast<int64_t>(c.out_groups) * c.out_lora);
   k.take(&w.out, c.dim);
-  k.take(&w.ck, 2 * comp_w);  // k then z of one compressor (cz points into it per layer)
+  k.take(&w.ck, 2 * comp_w);   // k then z of the attention compressor
+  k.take(&w.ick, 2 * comp_w);  // k then z of the indexer's compressor
   k.take(&w.iq, static_cast<int64_t>(c.index_heads) * c.index_head_dim);
   k.take(&w.iw, c.index_heads);
   k.take(&w.router, c.n_experts);
@@ -112,6 +118,8 @@ Status CudaForward::init() {
   k.take(&w.argmax, 1);
   k.take(&w.split, kSplitFloats);
   k.take(&w.split_side, kSplitFloats);
+  k.take(&w.split_kv, kSplitFloats);
+  k.take(&w.split_index, kSplitFloats);
   k.take(&w.attention, attention_workspace_floats(c.n_heads, kAttentionMaxSplits, c.head_dim));
   if (model_.has_mtp()) {
     k.take(&w.mtp_in, hd);
@@ -213,13 +221,14 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
   return launch_matvec(ml, st);
 }
 
-// One layer of one token. Two streams: the side stream `side_` runs what does not
-// depend on the main chain (the kv row, compressors and indexer beside the q path;
-// the shared expert beside the router and routed experts), joined by events, so the
-// graph holds parallel branches instead of one chain of small kernels. Results are
-// bit-identical to running everything in order: each buffer has one writer, and the
-// shared expert's output is added to the routed sum by a single f32 addition
-// (a + b == b + a).
+// One layer of one token, in parallel branches joined by events, so the graph holds
+// branches instead of one chain of small kernels. Attention sublayer: the main stream
+// runs the q path; `side_kv_` the kv row; `side_` the attention compressor;
+// `side_index_` the indexer (its compressor, weights, queries once the q latent exists,
+// and the selection). MoE sublayer: `side_` runs the shared expert beside the router
+// and the routed experts. Results are bit-identical to running everything in order:
+// each buffer has one writer, and the shared expert's output is added to the routed sum
+// by a single f32 addition (a + b == b + a).
 Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   const ModelConfig& c = model_.config();
   const DeviceLayer& L = model_.layer(l);
@@ -271,9 +280,10 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   // Attention sublayer.
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_attn_fn, w.x, L.hc_attn_scale, L.hc_attn_base, L.attn_norm));
   stage("hc_pre attn");
-  DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
-  // Side: the kv row, then the compressors (and the indexer's gate).
-  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side, w.split_side));
+  DS4_CUDA_TRY(cudaEventRecord(ev_fork_, st));
+  for (cudaStream_t s : {side_kv_, side, side_index_}) DS4_CUDA_TRY(cudaStreamWaitEvent(s, ev_fork_, 0));
+  // Branch: the kv row.
+  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side_kv_, w.split_kv));
   RowPostLaunch kv;
   kv.in = w.kv;
   kv.in_stride = kv.out_stride = c.head_dim;
@@ -288,7 +298,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   kv.norm_weight = L.kv_a_norm;
   kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
   kv.ring = seq.ring;
-  DS4_RETURN_IF_ERROR(launch_row_post(kv, side));
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, side_kv_));
+  // Branch: the attention compressor.
   CompressorLaunch cl;
   if (L.ratio != 0) {
     DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
@@ -310,10 +321,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     cl.pos = pos;
     DS4_RETURN_IF_ERROR(launch_compressor_update(cl, side));
     if (L.ratio == 4) {
-      DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
+      // Branch: the indexer's compressor (it writes the indexer's gate) and weights.
+      DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ick, w.split_index, kSplitFloats,
+                                             side_index_));
       CompressorLaunch il = cl;
-      il.k = w.ck;
-      il.z = w.ck + L.index_compressor.kv.rows;
+      il.k = w.ick;
+      il.z = w.ick + L.index_compressor.kv.rows;
       il.gate_flag = w.index_active;  // the indexer's gate, written by this launch
       il.gate_topk = c.index_topk;
       il.ape = L.index_compressor.ape;
@@ -324,23 +337,23 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       il.rows = S.index_rows;
       il.d = c.index_head_dim;
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-      DS4_RETURN_IF_ERROR(launch_compressor_update(il, side));
+      DS4_RETURN_IF_ERROR(launch_compressor_update(il, side_index_));
       MatvecLaunch iwm;
       iwm.w = &L.index_proj;
       iwm.x = w.n;
       iwm.y = w.iw;
       iwm.enable = w.index_active;
-      iwm.split_workspace = w.split_side;
+      iwm.split_workspace = w.split_index;
       iwm.split_workspace_floats = kSplitFloats;
-      DS4_RETURN_IF_ERROR(launch_matvec(iwm, side));
+      DS4_RETURN_IF_ERROR(launch_matvec(iwm, side_index_));
     }
   }
   // Main: the q path. w.a holds the q LoRA latent before its norm; every reader
   // normalises it on load.
   DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a, st, w.split));
   if (L.ratio == 4) {
-    // Side, once the latent exists: the indexer's queries and its selection.
-    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side));
+    // The indexer's branch, once the latent exists: its queries and its selection.
+    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side_index_));
     MatvecLaunch iqm;
     iqm.w = &L.index_q_b;
     iqm.x = w.a;
@@ -348,7 +361,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     iqm.enable = w.index_active;
     iqm.x_norm_weight = L.q_a_norm;
     iqm.x_norm_eps = c.norm_eps;
-    DS4_RETURN_IF_ERROR(launch_matvec(iqm, side));
+    DS4_RETURN_IF_ERROR(launch_matvec(iqm, side_index_));
     RowPostLaunch iq;
     iq.in = iq.out = w.iq;
     iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -358,7 +371,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     iq.rope_freqs = freqs;
     iq.pos = pos;
     iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-    DS4_RETURN_IF_ERROR(launch_row_post(iq, side));
+    DS4_RETURN_IF_ERROR(launch_row_post(iq, side_index_));
     IndexerLaunch ix;
     ix.q = w.iq;
     ix.weights = w.iw;
@@ -372,7 +385,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     ix.active = w.index_active;
     ix.scores = seq.scores;
     ix.selected = w.selected;
-    DS4_RETURN_IF_ERROR(launch_indexer_select(ix, side));
+    DS4_RETURN_IF_ERROR(launch_indexer_select(ix, side_index_));
   }
   MatvecLaunch qb;
   qb.w = &L.q_b;
@@ -393,7 +406,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   q.pos = pos;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
   stage("q path");
+  DS4_RETURN_IF_ERROR(join(side_kv_, ev_join_kv_, st));
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  DS4_RETURN_IF_ERROR(join(side_index_, ev_join_index_, st));
   stage("kv, compressors, indexer (joined)");
 
   AttentionLaunch at;
@@ -534,8 +549,7 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, stream_));
   stage("head + argmax");
   if (advance) {
-    advance_kernel<<<1, 1, 0, stream_>>>(seq.step, w.argmax);
-    DS4_CUDA_TRY(cudaGetLastError());
+    DS4_CUDA_TRY(launch_kernel(advance_kernel, 1, 1, 0, stream_, seq.step, w.argmax));
   }
   return Status::Ok();
 }

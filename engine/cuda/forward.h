@@ -112,8 +112,10 @@ class CudaForward {
   bool qat_;
   bool f32_prefill_ = false;
   cudaStream_t stream_ = nullptr;
-  cudaStream_t side_ = nullptr;  // the decode graph's second branch (see enqueue_layer)
+  // The decode graph's parallel branches (see enqueue_layer); the prefill uses side_.
+  cudaStream_t side_ = nullptr, side_kv_ = nullptr, side_index_ = nullptr;
   cudaEvent_t ev_fork_ = nullptr, ev_latent_ = nullptr, ev_join_ = nullptr;
+  cudaEvent_t ev_join_kv_ = nullptr, ev_join_index_ = nullptr;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
   struct PrefillWorkspace;  // allocated by the first prefill()
