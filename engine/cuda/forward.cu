@@ -9,6 +9,7 @@
 #include "cuda/device_sequence.h"
 #include "cuda/prefill_workspace.h"
 #include "cuda/hyper_connections.h"
+#include "cuda/launch.h"
 #include "cuda/matmul.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
@@ -44,6 +45,7 @@ constexpr int64_t kSplitFloats = 32 * 8192;
 constexpr int kAttentionMaxSplits = 16;
 
 __global__ void advance_kernel(int32_t* step, const int32_t* next_token) {
+  pdl_wait();  // PDL: reads the argmax, writes the step block
   step[0] = *next_token;
   step[1] += 1;
 }
