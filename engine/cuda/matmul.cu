@@ -218,7 +218,8 @@ struct SmemLayout {
   int w, u, x, xl, aw, bw, au, bu, sx, total;
 };
 
-__host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool exact, bool offset) {
+// split: exact with the activations' lo part (kExact); false for kF16Activations.
+__host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool exact, bool offset, bool split = true) {
   SmemLayout l{};
   const int wbytes = 2 * kBlockRows * kLds * 2;  // [2][kBlockRows][kLds] f16
   const int xbytes = 2 * bn * kLds * 2;          // [2][bn][kLds] f16
@@ -227,7 +228,7 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
   l.u = l.w + wbytes;
   l.x = l.u + (paired ? wbytes : 0);
   l.xl = l.x + xbytes;
-  l.aw = l.xl + (exact ? xbytes : 0);
+  l.aw = l.xl + (exact && split ? xbytes : 0);
   l.bw = l.aw + (exact ? abytes : 0);
   l.au = l.bw + (exact && offset ? abytes : 0);
   l.bu = l.au + (exact && paired ? abytes : 0);
@@ -239,10 +240,13 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
 // MIN_BLOCKS: resident blocks per SM the compiler must allow (2 caps registers at 128).
 // K32 (exact): scale applied once per 32 columns (Q2_K: its 16-column scales folded
 // into the integer levels, its offsets kept per 16) instead of per 16.
-template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false>
+// F16X (exact weights, K32 only): kF16Activations, the activations' hi part alone.
+template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false, bool F16X = false>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
   static_assert(!K32 || EXACT, "K32 is a kExact form");
+  static_assert(!F16X || K32, "F16X is a K32 form");
+  constexpr bool kSplit = EXACT && !F16X;  // activations as hi + lo
   constexpr bool kOffset = EXACT && kHasOffset<T>;
   constexpr bool kOffset16 = kOffset && K32 && T == GgmlType::Q2_K;  // K32 with B per 16 columns
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
@@ -252,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   constexpr int MT = kWarpRows / 16;
   constexpr int NT = kWarpCols / 8;
   constexpr int kXVec = BN * (kBlockK / 4) / kThreads;  // float4 of x per thread per step
-  constexpr SmemLayout kL = smem_layout(BN, PAIRED, EXACT, kHasOffset<T>);
+  constexpr SmemLayout kL = smem_layout(BN, PAIRED, EXACT, kHasOffset<T>, kSplit);
   static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
 
   extern __shared__ int4 smem4[];
@@ -260,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   half* s_w = reinterpret_cast<half*>(smem + kL.w);    // [2][kBlockRows][kLds]
   half* s_u = reinterpret_cast<half*>(smem + kL.u);    // [2][kBlockRows][kLds] (paired)
   half* s_x = reinterpret_cast<half*>(smem + kL.x);    // [2][BN][kLds] (exact: hi)
-  half* s_xl = reinterpret_cast<half*>(smem + kL.xl);  // [2][BN][kLds] (exact: lo * 2^11)
+  half* s_xl = reinterpret_cast<half*>(smem + kL.xl);  // [2][BN][kLds] (kSplit: lo * 2^11)
   float* s_aw = reinterpret_cast<float*>(smem + kL.aw);  // [2][kBlockRows][4] (exact)
   float* s_bw = reinterpret_cast<float*>(smem + kL.bw);
   float* s_au = reinterpret_cast<float*>(smem + kL.au);
@@ -349,7 +353,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       const float4 v = xr[i];
       __half2 h[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
       *reinterpret_cast<uint2*>(s_x + (buf * BN + tok) * kLds + k) = *reinterpret_cast<uint2*>(h);
-      if constexpr (EXACT) {
+      if constexpr (kSplit) {
         const float2 h0 = __half22float2(h[0]), h1 = __half22float2(h[1]);
         __half2 l[2] = {__floats2half2_rn((v.x - h0.x) * kLoScale, (v.y - h0.y) * kLoScale),
                         __floats2half2_rn((v.z - h1.x) * kLoScale, (v.w - h1.y) * kLoScale)};
@@ -419,7 +423,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       // a chunk, so the scale is applied once per 32 columns.
 #pragma unroll
       for (int kh = 0; kh < kBlockK; kh += 32) {
-        uint32_t bf[2][NT][2], bl[2][NT][2];
+        uint32_t bf[2][NT][2], bl[kSplit ? 2 : 1][kSplit ? NT : 1][2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
 #pragma unroll
@@ -432,11 +436,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
             bf[h][2 * n2][1] = r[1];
             bf[h][2 * n2 + 1][0] = r[2];
             bf[h][2 * n2 + 1][1] = r[3];
-            ldmatrix_x4(r, bxl + xo);
-            bl[h][2 * n2][0] = r[0];
-            bl[h][2 * n2][1] = r[1];
-            bl[h][2 * n2 + 1][0] = r[2];
-            bl[h][2 * n2 + 1][1] = r[3];
+            if constexpr (kSplit) {
+              ldmatrix_x4(r, bxl + xo);
+              bl[h][2 * n2][0] = r[0];
+              bl[h][2 * n2][1] = r[1];
+              bl[h][2 * n2 + 1][0] = r[2];
+              bl[h][2 * n2 + 1][1] = r[3];
+            }
           }
         }
         const int ks = kh >> 4;  // first of the chunk's two k16 steps (same A, B)
@@ -460,10 +466,12 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
         // its 16-column halves (h = 0, 1) where B is per 16.
         auto chunk_update = [&](float* a, const uint32_t (*af)[4], int n, const float* am, const float (*bm)[2]) {
           float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          mma_16816(t, af[0], bl[0][n]);
-          mma_16816(t, af[1], bl[1][n]);
+          if constexpr (kSplit) {
+            mma_16816(t, af[0], bl[0][n]);
+            mma_16816(t, af[1], bl[1][n]);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+            for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+          }
           mma_16816(t, af[0], bf[0][n]);
           mma_16816(t, af[1], bf[1][n]);
 #pragma unroll
@@ -610,48 +618,72 @@ using KernelFn = void (*)(MatmulParams);
 
 constexpr bool has_offset(GgmlType t) { return t == GgmlType::Q2_K || t == GgmlType::Q4_K; }
 
-size_t shared_bytes(GgmlType type, int bn, bool paired, bool exact) {
-  return static_cast<size_t>(smem_layout(bn, paired, exact, has_offset(type)).total);
+// The kernel families: kF16 (f16 weights), kExact (integer weights, split
+// activations), kF16Activations (integer weights, f16 activations).
+enum class Form { kF16, kExact, kF16X };
+
+Form form_of(MatmulPrecision p) {
+  return p == MatmulPrecision::kExact ? Form::kExact : p == MatmulPrecision::kF16Activations ? Form::kF16X : Form::kF16;
+}
+
+const char* form_name(Form f) { return f == Form::kExact ? "kExact" : f == Form::kF16X ? "kF16Activations" : "kF16"; }
+
+size_t shared_bytes(GgmlType type, int bn, bool paired, Form form) {
+  return static_cast<size_t>(smem_layout(bn, paired, form != Form::kF16, has_offset(type), form == Form::kExact).total);
 }
 
 // k16: kExact per-16 scale kernels even where the format has one scale per 32.
-// bn 32 (kExact only): 32-token tiles, per-32 scale, two blocks per SM.
-template <GgmlType T, bool EXACT>
+// bn 32 (kExact, kF16X): 32-token tiles, per-32 scale, two blocks per SM.
+// kF16X: always the per-32 scale form (k16 does not apply); two_blocks as kExact.
+template <GgmlType T, Form F>
 KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
-  if constexpr (EXACT) {
-    if (bn == 32) return paired ? matmul_kernel<T, 32, true, true, 2, true> : matmul_kernel<T, 32, false, true, 2, true>;
+  constexpr bool EXACT = F != Form::kF16;
+  if constexpr (F == Form::kF16X) {
+    if (bn == 32) {
+      return paired ? matmul_kernel<T, 32, true, true, 2, true, true> : matmul_kernel<T, 32, false, true, 2, true, true>;
+    }
+    if (paired) return matmul_kernel<T, 64, true, true, 1, true, true>;
+    if (bn == 128) return matmul_kernel<T, 128, false, true, 1, true, true>;
+    return two_blocks ? matmul_kernel<T, 64, false, true, 2, true, true> : matmul_kernel<T, 64, false, true, 1, true, true>;
+  } else {
+    if constexpr (EXACT) {
+      if (bn == 32) return paired ? matmul_kernel<T, 32, true, true, 2, true> : matmul_kernel<T, 32, false, true, 2, true>;
+    }
+    if constexpr (!EXACT) {
+      if (bn == 32) return nullptr;
+    }
+    if constexpr (EXACT) {
+      if (two_blocks && !paired && bn == 64) return k16 ? matmul_kernel<T, 64, false, true, 2> : matmul_kernel<T, 64, false, true, 2, true>;
+    }
+    if constexpr (EXACT) {
+      if (!k16 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
+      if (!k16 && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
+    }
+    if (paired) return matmul_kernel<T, 64, true, EXACT>;
+    return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
   }
-  if constexpr (!EXACT) {
-    if (bn == 32) return nullptr;
-  }
-  if constexpr (EXACT) {
-    if (two_blocks && !paired && bn == 64) return k16 ? matmul_kernel<T, 64, false, true, 2> : matmul_kernel<T, 64, false, true, 2, true>;
-  }
-  if constexpr (EXACT) {
-    if (!k16 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
-    if (!k16 && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
-  }
-  if (paired) return matmul_kernel<T, 64, true, EXACT>;
-  return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
 }
 
-template <bool EXACT>
-KernelFn pick_precision_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k16) {
+template <Form F>
+KernelFn pick_form_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k16) {
   switch (type) {
-    case GgmlType::F32: return EXACT ? nullptr : pick_typed_kernel<GgmlType::F32, false>(bn, paired, two_blocks, k16);
-    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, EXACT>(bn, paired, two_blocks, k16);
-    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, EXACT>(bn, paired, two_blocks, k16);
-    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, EXACT>(bn, paired, two_blocks, k16);
-    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, EXACT>(bn, paired, two_blocks, k16);
-    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, EXACT>(bn, paired, two_blocks, k16);
+    case GgmlType::F32: return F != Form::kF16 ? nullptr : pick_typed_kernel<GgmlType::F32, Form::kF16>(bn, paired, two_blocks, k16);
+    case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, F>(bn, paired, two_blocks, k16);
+    case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, F>(bn, paired, two_blocks, k16);
+    case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, F>(bn, paired, two_blocks, k16);
+    case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, F>(bn, paired, two_blocks, k16);
+    case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, F>(bn, paired, two_blocks, k16);
     default: return nullptr;
   }
 }
 
 // two_blocks, k16: kExact tuning variants (see MatmulLaunch); ignored where they do not apply.
-KernelFn pick_kernel(GgmlType type, int bn, bool paired, bool exact, bool two_blocks = false, bool k16 = false) {
-  return exact ? pick_precision_kernel<true>(type, bn, paired, two_blocks, k16)
-               : pick_precision_kernel<false>(type, bn, paired, two_blocks, k16);
+KernelFn pick_kernel(GgmlType type, int bn, bool paired, Form form, bool two_blocks = false, bool k16 = false) {
+  switch (form) {
+    case Form::kExact: return pick_form_kernel<Form::kExact>(type, bn, paired, two_blocks, k16);
+    case Form::kF16X: return pick_form_kernel<Form::kF16X>(type, bn, paired, two_blocks, k16);
+    default: return pick_form_kernel<Form::kF16>(type, bn, paired, two_blocks, k16);
+  }
 }
 
 // Whether kernel fn with `dynamic` bytes of dynamic shared memory fits the device's
@@ -681,13 +713,14 @@ Status init_once() {
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
   for (GgmlType t : types) {
-    for (bool exact : {false, true}) {
+    for (Form form : {Form::kF16, Form::kExact, Form::kF16X}) {
+      const bool exact = form != Form::kF16;
       for (int bn : {32, 64, 128}) {
         for (bool paired : {false, true}) {
           for (int variant = 0; variant < 4; ++variant) {  // two blocks (bit 0), k16 (bit 1)
-            KernelFn fn = pick_kernel(t, bn, paired, exact, (variant & 1) != 0, (variant & 2) != 0);
+            KernelFn fn = pick_kernel(t, bn, paired, form, (variant & 1) != 0, (variant & 2) != 0);
             if (fn == nullptr) continue;
-            const size_t bytes = shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, exact);
+            const size_t bytes = shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, form);
             if (!fits_shared_memory(fn, bytes)) continue;  // refused at launch on this device
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
             if (exact && (bn == 32 || ((variant & 1) != 0 && !paired && bn == 64))) {
@@ -708,19 +741,21 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
   if (!l.w || l.w->empty()) return Status::Error("matmul: no weight matrix");
   const DeviceMatrix& w = *l.w;
   const std::string type(ggml_type_name(w.type));
-  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false, false) == nullptr) {
+  if (l.precision != MatmulPrecision::kExact && l.precision != MatmulPrecision::kF16 &&
+      l.precision != MatmulPrecision::kF16Activations) {
+    return Status::Error("matmul: unknown precision " + std::to_string(static_cast<int>(l.precision)));
+  }
+  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false, Form::kF16) == nullptr) {
     return Status::Error("matmul: unsupported weight type " + type + " with " + std::to_string(w.cols) +
                          " columns");
   }
   if (w.cols % 32 != 0 || w.cols > (1 << 30)) {
     return Status::Error("matmul: " + std::to_string(w.cols) + " columns (need a multiple of 32)");
   }
-  if (l.precision == MatmulPrecision::kExact && pick_kernel(w.type, 64, false, true) == nullptr) {
-    return Status::Error("matmul: no exact (integer-weight) form for " + type +
-                         " weights; use MatmulPrecision::kF16 or the f32 matvec");
-  }
-  if (l.precision != MatmulPrecision::kExact && l.precision != MatmulPrecision::kF16) {
-    return Status::Error("matmul: unknown precision " + std::to_string(static_cast<int>(l.precision)));
+  const Form form = form_of(l.precision);
+  if (form != Form::kF16 && pick_kernel(w.type, 64, false, form) == nullptr) {
+    return Status::Error("matmul: no exact (integer-weight) form for " + type + " weights (" + form_name(form) +
+                         "); use MatmulPrecision::kF16 or the f32 matvec");
   }
   if (l.w_up && (l.w_up->type != w.type || l.w_up->cols != w.cols || l.w_up->rows != w.rows ||
                  l.w_up->count != w.count || l.w_up->empty())) {
@@ -752,7 +787,7 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
 int token_tile_of(const MatmulLaunch& l) {
   const bool paired = l.w_up != nullptr;
   const bool grouped = l.group_offsets != nullptr;
-  const bool exact = l.precision == MatmulPrecision::kExact;
+  const bool exact = l.precision != MatmulPrecision::kF16;  // kExact, kF16Activations
   return l.token_tile == 32 ? 32
          : paired          ? 64
          : l.token_tile    ? l.token_tile
@@ -769,13 +804,20 @@ Status matmul_init() {
   return status;
 }
 
+Result<MatmulPrecision> parse_matmul_precision(std::string_view text) {
+  if (text == "exact") return MatmulPrecision::kExact;
+  if (text == "f16act") return MatmulPrecision::kF16Activations;
+  if (text == "f16") return MatmulPrecision::kF16;
+  return Status::Error("matmul precision \"" + std::string(text) + "\" (exact, f16act or f16)");
+}
+
 bool matmul_fits(const MatmulLaunch& l) {
   if (l.w == nullptr || !matmul_init().ok()) return false;
   const bool paired = l.w_up != nullptr;
-  const bool exact = l.precision == MatmulPrecision::kExact;
+  const Form form = form_of(l.precision);
   const int bn = token_tile_of(l);
-  KernelFn fn = pick_kernel(l.w->type, bn, paired, exact, l.exact_two_blocks, l.exact_k16);
-  return fn != nullptr && fits_shared_memory(fn, shared_bytes(l.w->type, bn, paired, exact));
+  KernelFn fn = pick_kernel(l.w->type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
+  return fn != nullptr && fits_shared_memory(fn, shared_bytes(l.w->type, bn, paired, form));
 }
 
 Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
@@ -786,11 +828,12 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
   const bool grouped = l.group_offsets != nullptr;
-  const bool exact = l.precision == MatmulPrecision::kExact;
+  const Form form = form_of(l.precision);
+  const bool exact = form != Form::kF16;  // integer weights (kExact, kF16Activations)
   if (l.token_tile != 0 && l.token_tile != 32 && l.token_tile != 64 && l.token_tile != 128) {
     return Status::Error("matmul: token tile " + std::to_string(l.token_tile) + " (0, 32, 64 or 128)");
   }
-  if (l.token_tile == 32 && !exact) return Status::Error("matmul: token tile 32 is a kExact form");
+  if (l.token_tile == 32 && !exact) return Status::Error("matmul: token tile 32 is a kExact / kF16Activations form");
   const int bn = token_tile_of(l);
 
   MatmulParams p{};
@@ -825,10 +868,10 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired, exact, l.exact_two_blocks, l.exact_k16);
-  const size_t smem = shared_bytes(w.type, bn, paired, exact);
+  KernelFn fn = pick_kernel(w.type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
+  const size_t smem = shared_bytes(w.type, bn, paired, form);
   if (!fits_shared_memory(fn, smem)) {
-    return Status::Error("matmul: the " + std::string(exact ? "kExact" : "kF16") + (paired ? " paired " : " ") +
+    return Status::Error("matmul: the " + std::string(form_name(form)) + (paired ? " paired " : " ") +
                          std::string(ggml_type_name(w.type)) + " kernel with " + std::to_string(bn) + "-token tiles needs " +
                          std::to_string(smem) + " bytes of dynamic shared memory per block; this GPU allows " +
                          std::to_string(max_shared_per_block()) + " in all");

@@ -46,6 +46,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 
 #include "common/status.h"
 #include "cuda/device_matrix.h"
@@ -82,23 +83,25 @@ struct MatmulLaunch {
   const int32_t* x_rows = nullptr;
   const float* row_scale = nullptr;
   // Tokens (assignments) per block tile: 0 lets the launcher choose; 64 or 128 forces
-  // it (benchmarks comparing tiles; paired launches use 64). kExact chooses 64 (its
-  // 128-token tile uses more shared memory and registers per block). 32 (kExact only,
-  // paired or not): kernels compiled for two resident blocks per SM, for grouped
-  // launches whose groups are small (less padding, more blocks in flight); same
-  // arithmetic as the default 64 (exact_two_blocks and exact_k16 do not apply).
+  // it (benchmarks comparing tiles; paired launches use 64). kExact (and
+  // kF16Activations) chooses 64 (its 128-token tile uses more shared memory and
+  // registers per block). 32 (kExact and kF16Activations, paired or not): kernels
+  // compiled for two resident blocks per SM, for grouped launches whose groups are
+  // small (less padding, more blocks in flight); same arithmetic as the default 64
+  // (exact_two_blocks and exact_k16 do not apply).
   int token_tile = 0;
   MatmulPrecision precision = MatmulPrecision::kExact;
-  // Tuning (benchmarks): kExact unpaired launches with 64-token tiles use a kernel
-  // compiled for two resident blocks per SM (registers capped at 128) instead of one.
-  // Same arithmetic in the same order as without it.
+  // Tuning (benchmarks): kExact (and kF16Activations) unpaired launches with 64-token
+  // tiles use a kernel compiled for two resident blocks per SM (registers capped at
+  // 128) instead of one. Same arithmetic in the same order as without it.
   bool exact_two_blocks = false;
   // kExact launches with 64-token tiles apply A once per 32 columns (fewer f32
   // operations; Q2_K through its scaled levels, see above). This is the default now;
   // the field is kept for callers that set it and changes nothing.
   bool exact_k32 = false;
   // Tuning (benchmarks): apply A per 16 columns for every format, Q2_K with A = d * sc
-  // (the former default; slightly different rounding).
+  // (the former default; slightly different rounding). kExact only (kF16Activations
+  // ignores it).
   bool exact_k16 = false;
 };
 
@@ -116,5 +119,10 @@ bool matmul_fits(const MatmulLaunch& launch);
 
 // One-time setup (IQ2_XXS codebook to the device, shared-memory limits); idempotent.
 Status matmul_init();
+
+// A precision by name: "exact" (kExact), "f16act" (kF16Activations) or "f16" (kF16);
+// anything else is an error naming the text and the accepted names. Host only (the
+// prefill reads DS4_CUDA_PREFILL_PRECISION through it).
+Result<MatmulPrecision> parse_matmul_precision(std::string_view text);
 
 }  // namespace ds4

@@ -6,6 +6,7 @@
 // tokens had been decoded one by one: the raw ring, the compressor state, the
 // compressed and indexer rows.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/cuda_check.h"
@@ -55,6 +56,22 @@ Status matvec_f32(const DeviceMatrix& w, const float* x, int64_t x_stride, float
   return launch_matvec(m, st);
 }
 
+// Sets the tensor-core products' precision: DS4_CUDA_PREFILL_PRECISION = exact (the
+// default), f16act or f16 (cuda/matmul.h), read once; an unknown value fails the
+// prefill with an error naming it.
+Status set_precision(MatmulLaunch* l) {
+  static const Result<MatmulPrecision> precision = []() -> Result<MatmulPrecision> {
+    const char* v = std::getenv("DS4_CUDA_PREFILL_PRECISION");
+    if (v == nullptr || *v == '\0') return MatmulPrecision::kExact;
+    Result<MatmulPrecision> r = parse_matmul_precision(v);
+    if (!r.ok()) return Status::Error("DS4_CUDA_PREFILL_PRECISION: " + r.status().message());
+    return r;
+  }();
+  if (!precision.ok()) return precision.status();
+  l->precision = precision.value();
+  return Status::Ok();
+}
+
 // Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
 // on tensor cores, or (f32) through the decode path's matrix-vector kernel over n tokens.
 Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
@@ -73,6 +90,7 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
   m.row_begin = row_begin;
   m.n_rows = n_rows;
   m.accumulate = accumulate;
+  DS4_RETURN_IF_ERROR(set_precision(&m));
   // Two blocks per multiprocessor: faster for the dense products on the H200
   // (Q8_0 32768 x 1024: 1.28 ms against 1.46 ms for 2048 tokens).
   m.exact_two_blocks = true;
@@ -116,8 +134,13 @@ __global__ void swiglu_rows_kernel(float* h, const float* u, int64_t stride, int
 // tiles (the GB10's ~99 KiB of shared memory per block against the kExact paired
 // kernels' ~105-123 KiB), gate and up run as two unpaired products (the second into
 // `up_rows`, same layout as the output) and a pass applies the SwiGLU.
-Status paired_matmul(const MatmulLaunch& l, float* up_rows, cudaStream_t st) {
+Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st) {
+  MatmulLaunch l = launch;
+  DS4_RETURN_IF_ERROR(set_precision(&l));
   if (matmul_fits(l)) return launch_matmul(l, st);
+  MatmulLaunch small = l;  // 32-token tiles (the kF16Activations paired kernel fits the GB10 so)
+  small.token_tile = 32;
+  if (matmul_fits(small)) return launch_matmul(small, st);
   MatmulLaunch g = l;
   g.w_up = nullptr;
   g.row_scale = nullptr;
@@ -579,6 +602,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_tokens = assignments;
   dn.group_offsets = w.group_offsets;
   dn.n_groups = c.n_experts;
+  DS4_RETURN_IF_ERROR(set_precision(&dn));
   if (!matmul_fits(dn)) dn.token_tile = 32;
   DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
   stage("experts down");

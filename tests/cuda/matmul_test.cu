@@ -1,12 +1,15 @@
 // Tensor-core matrix-matrix kernels (cuda/matmul.h) against the CPU reference: rows
 // dequantized with format/quant.h, dot products in double, every output element
-// compared with |got - ref| <= 2e-6 * sum_k |w_k x_k| + 1e-7 for MatmulPrecision::kExact
-// and <= 2e-3 * sum_k |w_k x_k| + 1e-6 for kF16 (f16 operand rounding); each case prints
+// compared with |got - ref| <= 2e-6 * sum_k |w_k x_k| + 1e-7 for MatmulPrecision::kExact,
+// <= 2e-3 * sum_k |w_k x_k| + 1e-6 for kF16 (f16 operand rounding), and for
+// kF16Activations the kExact bound plus the activations' f16 rounding:
+// 2^-11 * sum_k |A q_k x_k| + 2^-25 * sum_k |A q_k| (A q_k: the weight without the
+// k-quants' minimum, which the kernel applies to the f32 sum of x); each case prints
 // its largest error as a fraction of the tolerance and of sum |w x|. Every case runs
-// in both precisions (F32 weights: kF16 only; kExact refuses them), and again with
-// activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed); the kExact
-// tuning variants (exact_two_blocks, exact_k16, the 32-token tile) are checked on a
-// subset.
+// in the three precisions (F32 weights: kF16 only; the integer forms refuse them), and
+// again with activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed);
+// the tuning variants (exact_two_blocks, exact_k16, the 32-token tile) are checked on
+// a subset, the 32-token tiles also bit for bit against the 64-token ones.
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
@@ -41,7 +44,9 @@ bool g_wide_x = false;  // activations with magnitudes 1e3, 1 and 1e-3 mixed
 bool g_two_blocks = false;  // MatmulLaunch::exact_two_blocks of the correctness launches
 bool g_k16 = false;         // MatmulLaunch::exact_k16 of the correctness launches
 
-const char* precision_name(MatmulPrecision p) { return p == MatmulPrecision::kExact ? "exact" : "f16"; }
+const char* precision_name(MatmulPrecision p) {
+  return p == MatmulPrecision::kExact ? "exact" : p == MatmulPrecision::kF16Activations ? "f16act" : "f16";
+}
 
 // Random activations; with g_wide_x each value is scaled by 1e3, 1 or 1e-3 at random.
 std::vector<float> random_x(size_t n, std::mt19937& rng) {
@@ -59,14 +64,36 @@ std::string case_suffix() {
          (g_two_blocks ? ", two blocks" : "") + (g_k16 ? ", k16" : "") + "]";
 }
 
-// A random stacked matrix with its CPU dequantization (count * rows rows of cols floats).
+// A random stacked matrix with its CPU dequantization (count * rows rows of cols floats)
+// and, for the k-quants (w = A q - m), the dequantization without the minimums (A q),
+// which bounds the error of rounding the activations that multiply the integers.
 struct TestMatrix {
   GgmlType type;
   int64_t cols, rows, count;
   std::vector<float> f;
+  std::vector<float> fq;  // A q (Q2_K, Q4_K); empty: same as f
   std::unique_ptr<OwnedDeviceMatrix> dev;
   const float* row(int64_t matrix, int64_t r) const { return f.data() + (matrix * rows + r) * cols; }
+  const float* qrow(int64_t matrix, int64_t r) const {
+    return (fq.empty() ? f.data() : fq.data()) + (matrix * rows + r) * cols;
+  }
 };
+
+// The bytes of `rows` rows with the k-quants' dmin set to zero (A q only), or empty.
+std::vector<uint8_t> without_minimums(GgmlType type, std::vector<uint8_t> bytes) {
+  size_t block = 0, dmin_at = 0;
+  if (type == GgmlType::Q2_K) {
+    block = 84;
+    dmin_at = 82;
+  } else if (type == GgmlType::Q4_K) {
+    block = 144;
+    dmin_at = 2;
+  } else {
+    return {};
+  }
+  for (size_t b = 0; b + block <= bytes.size(); b += block) bytes[b + dmin_at] = bytes[b + dmin_at + 1] = 0;
+  return bytes;
+}
 
 std::unique_ptr<TestMatrix> make_matrix(GgmlType type, int64_t cols, int64_t rows, int64_t count,
                                         std::mt19937& rng, const std::string& name) {
@@ -79,6 +106,13 @@ std::unique_ptr<TestMatrix> make_matrix(GgmlType type, int64_t cols, int64_t row
   m->f.resize(static_cast<size_t>(rows * count * cols));
   const size_t rb = ggml_row_bytes(type, cols);
   for (int64_t r = 0; r < rows * count; ++r) dequantize_row(type, bytes.data() + r * rb, m->f.data() + r * cols, cols);
+  const std::vector<uint8_t> integer_part = without_minimums(type, bytes);
+  if (!integer_part.empty()) {
+    m->fq.resize(m->f.size());
+    for (int64_t r = 0; r < rows * count; ++r) {
+      dequantize_row(type, integer_part.data() + r * rb, m->fq.data() + r * cols, cols);
+    }
+  }
   auto dm = upload_matrix(type, cols, rows, count, bytes.data());
   check(dm.ok(), name + ": upload: " + (dm.ok() ? std::string() : dm.status().message()));
   if (!dm.ok()) return nullptr;
@@ -86,22 +120,36 @@ std::unique_ptr<TestMatrix> make_matrix(GgmlType type, int64_t cols, int64_t row
   return m;
 }
 
+// w . x with sum |w x|, sum |A q x| and sum |A q| (A q: the weight without the
+// k-quants' minimum; the weight itself for the other formats).
 struct Dot {
-  double v, abs_sum;
+  double v = 0, abs_sum = 0, q_abs_sum = 0, q_abs = 0;
 };
 
-Dot dot(const float* w, const float* x, int64_t n) {
-  double s = 0, a = 0;
-  for (int64_t i = 0; i < n; ++i) {
+Dot dot(const TestMatrix& m, int64_t matrix, int64_t r, const float* x) {
+  const float* w = m.row(matrix, r);
+  const float* wq = m.qrow(matrix, r);
+  Dot d;
+  for (int64_t i = 0; i < m.cols; ++i) {
     const double p = static_cast<double>(w[i]) * x[i];
-    s += p;
-    a += std::fabs(p);
+    d.v += p;
+    d.abs_sum += std::fabs(p);
+    d.q_abs_sum += std::fabs(static_cast<double>(wq[i]) * x[i]);
+    d.q_abs += std::fabs(static_cast<double>(wq[i]));
   }
-  return {s, a};
+  return d;
 }
 
-double tol(double abs_sum) {
-  return g_precision == MatmulPrecision::kExact ? 2e-6 * abs_sum + 1e-7 : 2e-3 * abs_sum + 1e-6;
+// Tolerance of one plain output in the current precision.
+double tol(const Dot& d) {
+  switch (g_precision) {
+    case MatmulPrecision::kExact: return 2e-6 * d.abs_sum + 1e-7;
+    case MatmulPrecision::kF16Activations:
+      // Round-to-nearest f16: |x - f16(x)| <= 2^-11 |x| in the normal range, <= 2^-25
+      // below it; then the kExact bound for the products and sums.
+      return 1.01 * (std::ldexp(d.q_abs_sum, -11) + std::ldexp(d.q_abs, -25)) + 2e-6 * d.abs_sum + 1e-7;
+    default: return 2e-3 * d.abs_sum + 1e-6;
+  }
 }
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
@@ -121,14 +169,14 @@ struct ErrorStats {
 
 Expect expect(const TestMatrix& w, const TestMatrix* u, int64_t matrix, int64_t r, const float* x,
               float limit, double scale) {
-  const Dot g = dot(w.row(matrix, r), x, w.cols);
-  if (!u) return {g.v, tol(g.abs_sum), g.abs_sum};
-  const Dot up = dot(u->row(matrix, r), x, w.cols);
+  const Dot g = dot(w, matrix, r, x);
+  if (!u) return {g.v, tol(g), g.abs_sum};
+  const Dot up = dot(*u, matrix, r, x);
   const double gc = std::min(g.v, static_cast<double>(limit));
   const double uc = std::clamp(up.v, -static_cast<double>(limit), static_cast<double>(limit));
-  const double tg = tol(g.abs_sum), tu = tol(up.abs_sum);
+  const double tg = tol(g), tu = tol(up);
   const double t = (1.1 * tg * std::fabs(uc) + std::fabs(silu(gc)) * tu + 1.1 * tg * tu) * std::fabs(scale);
-  return {silu(gc) * uc * scale, t + tol(0), 0.0};
+  return {silu(gc) * uc * scale, t + tol(Dot{}), 0.0};
 }
 
 void report(const std::string& name, const ErrorStats& st, int64_t total) {
@@ -300,10 +348,10 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   report(name, st, static_cast<int64_t>(total) * rows);
 }
 
-// The 32-token tile kernels against the default 64-token tile (kExact): the same
-// arithmetic in the same order, so every output must match bit for bit; dense and
-// paired grouped (groups of 0, 1, 45 and 70 assignments).
-void test_tile32_bitwise(GgmlType type, std::mt19937& rng) {
+// The 32-token tile kernels against the default 64-token tile (kExact or
+// kF16Activations): the same arithmetic in the same order, so every output must match
+// bit for bit; dense and paired grouped (groups of 0, 1, 45 and 70 assignments).
+void test_tile32_bitwise(GgmlType type, MatmulPrecision prec, std::mt19937& rng) {
   const int64_t cols = 512, rows = 200;
   const int n_tokens = 116;
   auto w = make_matrix(type, cols, rows, 4, rng, "tile32");
@@ -330,6 +378,7 @@ void test_tile32_bitwise(GgmlType type, std::mt19937& rng) {
         l.n_groups = 4;
       }
       l.token_tile = v == 0 ? 0 : 32;
+      l.precision = prec;
       const Status st = launch_matmul(l, nullptr);
       check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, "tile32 launch: " + st.message());
       out[v] = dy.host();
@@ -341,7 +390,8 @@ void test_tile32_bitwise(GgmlType type, std::mt19937& rng) {
         ++bad;
       }
     }
-    const std::string what = "tile 32 vs 64 " + tname(type) + (grouped ? " grouped paired" : " dense");
+    const std::string what = "tile 32 vs 64 " + tname(type) + (grouped ? " grouped paired " : " dense ") +
+                             precision_name(prec);
     if (bad == 0) {
       std::printf("ok   %s: %zu outputs bit for bit\n", what.c_str(), out[0].size());
     } else {
@@ -382,6 +432,12 @@ void test_errors(std::mt19937& rng) {
   l.precision = MatmulPrecision::kExact;
   s = launch_matmul(l, nullptr);
   check(!s.ok() && s.message().find("F32") != std::string::npos, "exact F32 weights are refused: " + s.message());
+  l.precision = MatmulPrecision::kF16Activations;
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("F32") != std::string::npos, "f16act F32 weights are refused: " + s.message());
+  l.precision = static_cast<MatmulPrecision>(7);
+  s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("precision 7") != std::string::npos, "an unknown precision is refused: " + s.message());
   l.precision = MatmulPrecision::kF16;
   s = launch_matmul(l, nullptr);
   check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "f16 F32 weights launch: " + s.message());
@@ -394,6 +450,28 @@ void test_errors(std::mt19937& rng) {
   s = launch_matmul(l, nullptr);
   check(!s.ok() && s.message().find("tile 48") != std::string::npos, "a 48-token tile is refused: " + s.message());
   std::printf("ok   launch errors name what is wrong\n");
+}
+
+// Precision names (host only): the three accepted ones, and an error naming the text.
+void test_precision_names() {
+  const int failures_before = g_failures;
+  const struct {
+    const char* text;
+    MatmulPrecision want;
+  } names[] = {{"exact", MatmulPrecision::kExact},
+               {"f16act", MatmulPrecision::kF16Activations},
+               {"f16", MatmulPrecision::kF16}};
+  for (const auto& n : names) {
+    const Result<MatmulPrecision> r = parse_matmul_precision(n.text);
+    check(r.ok() && r.value() == n.want, std::string("precision name ") + n.text + ": " +
+                                             (r.ok() ? precision_name(r.value()) : r.status().message()));
+  }
+  for (const char* bad : {"", "F16", "f16act ", "fp16"}) {
+    const Result<MatmulPrecision> r = parse_matmul_precision(bad);
+    check(!r.ok() && r.status().message().find(std::string("\"") + bad + "\"") != std::string::npos,
+          std::string("precision name \"") + bad + "\" is refused, naming it: " + r.status().message());
+  }
+  if (g_failures == failures_before) std::printf("ok   precision names (exact, f16act, f16; others refused)\n");
 }
 
 template <typename F>
@@ -506,6 +584,7 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
 }  // namespace
 
 int main() {
+  test_precision_names();
   if (!gpu_present()) return 77;
   Status init = matmul_init();
   check(init.ok(), "matmul_init: " + init.message());
@@ -515,9 +594,9 @@ int main() {
                           GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS};
   const GgmlType quantized[] = {GgmlType::F16, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS};
   const std::vector<int> sizes{0, 1, 150, 0, 37, 64, 0};
-  for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16}) {
+  for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16, MatmulPrecision::kF16Activations}) {
     g_precision = prec;
-    const bool exact = prec == MatmulPrecision::kExact;
+    const bool exact = prec != MatmulPrecision::kF16;  // integer weights: F32 refused
     for (GgmlType t : all) {
       if (exact && t == GgmlType::F32) continue;  // refused (test_errors)
       for (int n : {1, 7, 64, 200}) test_dense(t, 512, 200, n, rng);
@@ -614,18 +693,45 @@ int main() {
   }
   g_wide_x = false;
   g_token_tile = 0;
-  for (GgmlType t : quantized) test_tile32_bitwise(t, rng);
+  // kF16Activations: the kernels compiled for two blocks per SM and the 32-token tiles
+  // (the default 64-token tiles ran in the precision loop above).
+  g_precision = MatmulPrecision::kF16Activations;
+  g_two_blocks = true;
+  for (GgmlType t : quantized) {
+    test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  g_two_blocks = false;
+  g_token_tile = 32;
+  for (GgmlType t : quantized) {
+    test_dense(t, 512, 200, 200, rng, 2, 1, 0, -1, true);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
+  g_wide_x = true;
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::IQ2_XXS}) {
+    test_dense(t, 1024, 130, 70, rng);
+    test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
+  }
+  g_wide_x = false;
+  g_token_tile = 0;
+  g_precision = MatmulPrecision::kExact;
+  for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16Activations}) {
+    for (GgmlType t : quantized) test_tile32_bitwise(t, prec, rng);
+  }
   test_errors(rng);
 
   if (g_failures == 0) {
-    for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16}) {
+    for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16, MatmulPrecision::kF16Activations}) {
       bench_dense(prec, GgmlType::Q8_0, 32768, 1024, 2048);   // attn_q_b
       bench_dense(prec, GgmlType::Q8_0, 1024, 4096, 2048);
       bench_dense(prec, GgmlType::F16, 1024, 4096, 2048);
       bench_dense(prec, GgmlType::Q8_0, 4096, 8192, 2048);    // out_b-like
       // The same shapes with the other token tile, for tuning.
-      bench_dense(prec, GgmlType::Q8_0, 32768, 1024, 2048, prec == MatmulPrecision::kExact ? 128 : 64);
-      bench_dense(prec, GgmlType::Q8_0, 4096, 8192, 2048, prec == MatmulPrecision::kExact ? 128 : 64);
+      bench_dense(prec, GgmlType::Q8_0, 32768, 1024, 2048, prec != MatmulPrecision::kF16 ? 128 : 64);
+      bench_dense(prec, GgmlType::Q8_0, 4096, 8192, 2048, prec != MatmulPrecision::kF16 ? 128 : 64);
       bench_grouped(prec, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);   // experts' gate+up
       bench_grouped(prec, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);     // experts' down
     }
@@ -648,6 +754,15 @@ int main() {
     bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, false, false, 32);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048, 32);
     bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048, 32);
+    // kF16Activations as the prefill launches it: dense two blocks per SM; grouped with
+    // 64- and 32-token tiles (the GB10 fallbacks).
+    const MatmulPrecision f16x = MatmulPrecision::kF16Activations;
+    bench_dense(f16x, GgmlType::Q8_0, 32768, 1024, 2048, 0, true);
+    bench_dense(f16x, GgmlType::Q8_0, 4096, 8192, 2048, 0, true);
+    bench_dense(f16x, GgmlType::Q8_0, 32768, 1024, 2048, 32);
+    bench_grouped(f16x, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true, false, false, 32);
+    bench_grouped(f16x, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, false, false, 32);
+    bench_grouped(f16x, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false, true);
   } else {
     std::printf("benchmark skipped: correctness failures above\n");
   }
