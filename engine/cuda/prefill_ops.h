@@ -85,4 +85,18 @@ Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, 
 Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
                                   int64_t y_stride, int n, cudaStream_t stream);
 
+// The same products as launch_small_matmul_tokens (same arguments and requirements: w F16
+// or F32 with cols a multiple of 4, 16-byte aligned x rows), as a register-tiled GEMM for
+// chunks of many tokens: each block stages a tile of 128 tokens and up to 64 rows of w in
+// shared memory (asynchronous copies, several stages deep; F16 converted exactly to f32),
+// each thread sums several tokens x several rows. Summation order, fixed: each output is
+// one f32 fused multiply-add chain over k ascending within each of `splits` contiguous
+// column ranges, and the ranges' sums are then added in range order (the blocks of one
+// output tile form a thread-block cluster and add through distributed shared memory; no
+// atomics), so results do not depend on scheduling. `k_splits` 0 lets the launch choose
+// (enough blocks to fill the GPU, at most 8); 1..8 forces a count (tests). Needs sm_90 or
+// newer for splits > 1; where clusters cannot be formed the launch uses fewer splits.
+Status launch_tiled_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                  int64_t y_stride, int n, cudaStream_t stream, int k_splits = 0);
+
 }  // namespace ds4
