@@ -1,0 +1,560 @@
+// The routed-expert decode kernels (cuda/expert_matvec.h) against a CPU reference built
+// from format/quant.h dequantization with double sums, on fresh random valid IQ2_XXS /
+// Q2_K stacks of the real shapes (16 experts of 2048 x 4096 gate/up, 4096 x 2048 down),
+// random x, random distinct ids and routing weights: every output element is checked
+// (outputs filled with NaN beforehand, so an element never written fails), with bounds
+// derived from the f32 summation, for several SwiGLU limits (infinite included) and every
+// tuning option; the same inputs through launch_matvec (the generic kernel forward.cu ran)
+// agree within twice the bound. The down projection is checked adding into y and storing.
+// Then the bad launches the API refuses, bit-identical repeats (direct and graph), and
+// timings: each launch captured in a CUDA graph over the full 256-expert stacks (eight
+// launches on disjoint expert sets per graph, so weights come from device memory, not
+// L2), replayed for 200 launches, in us per launch and % of the read bandwidth measured
+// in the same run, beside launch_matvec's time for the same launch.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/bandwidth.h"
+#include "cuda/device_model.h"
+#include "cuda/expert_matvec.h"
+#include "cuda/matvec.h"
+#include "cuda_test_util.h"
+
+using namespace ds4;
+using namespace ds4::test;
+
+namespace {
+
+constexpr int64_t kDim = 4096;  // MODEL.md: hidden size
+constexpr int64_t kFfn = 2048;  // routed expert width
+constexpr int kUsed = 6;
+constexpr double kUnit = 1.0 / 16777216.0;  // 2^-24, f32 unit roundoff
+// Terms of one f32 sum path in the kernels: 32 in a chunk, the chunk factor, 5 lane
+// levels, up to 12 warps, the final add; with a factor of ~2.5 of margin.
+constexpr double kSumRel = 128 * kUnit;
+
+struct HostStack {
+  GgmlType type;
+  int64_t cols, rows, count;
+  std::vector<uint8_t> bytes;
+  const uint8_t* row(int64_t matrix, int64_t r) const {
+    return bytes.data() + (matrix * rows + r) * ggml_row_bytes(type, cols);
+  }
+};
+
+std::vector<int32_t> distinct_ids(int n, int pool, std::mt19937& rng) {
+  std::vector<int32_t> all(pool);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(n);
+  return all;
+}
+
+// Dot products of rows with x in double, and the sums of the magnitudes of the terms the
+// kernels add (for Q2_K: |a q x| and |m x| apart, as the kernel forms a sum(q x) - m sum(x)).
+struct RowDots {
+  std::vector<double> dot, mag;
+};
+
+void q2k_magnitudes(const uint8_t* row, int64_t cols, std::vector<double>* out) {
+  out->assign(cols, 0.0);
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    const uint8_t* blk = row + b * 84;
+    uint16_t dh, mh;
+    std::memcpy(&dh, blk + 80, 2);
+    std::memcpy(&mh, blk + 82, 2);
+    const double d = fp16_to_f32(dh), dmin = fp16_to_f32(mh);
+    for (int e = 0; e < 256; ++e) {
+      const int hh = e / 128, j = (e % 128) / 32, l = e % 32;
+      const uint8_t sc = blk[8 * hh + 2 * j + (l >= 16)];
+      const int q = (blk[16 + 32 * hh + l] >> (2 * j)) & 3;
+      (*out)[b * 256 + e] = std::fabs(d * (sc & 15) * q) + std::fabs(dmin * (sc >> 4));
+    }
+  }
+}
+
+void row_dot(const HostStack& h, int64_t matrix, int64_t r, const float* x, double* dot, double* mag) {
+  std::vector<float> w(h.cols);
+  dequantize_row(h.type, h.row(matrix, r), w.data(), h.cols);
+  std::vector<double> m;
+  if (h.type == GgmlType::Q2_K) q2k_magnitudes(h.row(matrix, r), h.cols, &m);
+  double s = 0, a = 0;
+  for (int64_t i = 0; i < h.cols; ++i) {
+    s += static_cast<double>(w[i]) * x[i];
+    a += (m.empty() ? std::fabs(static_cast<double>(w[i])) : m[i]) * std::fabs(static_cast<double>(x[i]));
+  }
+  *dot += s;
+  *mag += a;
+}
+
+double silu(double g) { return g / (1.0 + std::exp(-g)); }
+
+double swiglu_ref(double g, double u, double limit) {
+  g = std::min(g, limit);
+  u = std::min(std::max(u, -limit), limit);
+  return silu(g) * u;
+}
+
+// Bound on |gpu - exact| of one gate+up output from the bounds on g and u.
+double swiglu_bound(double g, double u, double tg, double tu, double limit, double weight) {
+  const double gc = std::min(g, limit), uc = std::min(std::max(u, -limit), limit);
+  const double y = silu(gc) * uc * weight;
+  return weight * (1.1 * tg * std::fabs(uc) + std::fabs(silu(gc)) * tu + 1.1 * tg * tu) + 16 * kUnit * std::fabs(y) +
+         1e-30;
+}
+
+std::string options_name(const ExpertMatvecOptions& o) {
+  return "rows/batch=" + std::to_string(o.rows_per_batch) + (o.lane_tables ? " lane tables" : " compact table") +
+         (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
+}
+
+std::vector<ExpertMatvecOptions> all_options() {
+  std::vector<ExpertMatvecOptions> out;
+  for (int r : {4, 8}) {
+    for (bool lane : {true, false}) {
+      ExpertMatvecOptions o;
+      o.rows_per_batch = r;
+      o.lane_tables = lane;
+      out.push_back(o);
+    }
+  }
+  ExpertMatvecOptions one;
+  one.blocks_per_sm = 1;
+  out.push_back(one);
+  return out;
+}
+
+struct Fixture {
+  HostStack gate, up, down;
+  std::unique_ptr<OwnedDeviceMatrix> dg, du, dd;
+  std::vector<int32_t> ids;
+  std::vector<float> weights, x, h;  // h: a SwiGLU-like input of the down projection
+};
+
+bool make_fixture(int count, std::mt19937& rng, Fixture* f) {
+  f->gate = {GgmlType::IQ2_XXS, kDim, kFfn, count, random_blocks(GgmlType::IQ2_XXS, kFfn * count, kDim, rng)};
+  f->up = {GgmlType::IQ2_XXS, kDim, kFfn, count, random_blocks(GgmlType::IQ2_XXS, kFfn * count, kDim, rng)};
+  f->down = {GgmlType::Q2_K, kFfn, kDim, count, random_blocks(GgmlType::Q2_K, kDim * count, kFfn, rng)};
+  auto g = upload_matrix(GgmlType::IQ2_XXS, kDim, kFfn, count, f->gate.bytes.data());
+  auto u = upload_matrix(GgmlType::IQ2_XXS, kDim, kFfn, count, f->up.bytes.data());
+  auto d = upload_matrix(GgmlType::Q2_K, kFfn, kDim, count, f->down.bytes.data());
+  check(g.ok() && u.ok() && d.ok(), "upload of the expert stacks");
+  if (!g.ok() || !u.ok() || !d.ok()) return false;
+  f->dg = std::move(*g);
+  f->du = std::move(*u);
+  f->dd = std::move(*d);
+  f->ids = distinct_ids(kUsed, count, rng);
+  f->weights = random_floats(kUsed, rng, 0.1f, 1.0f);
+  f->x = random_floats(kDim, rng, -3.0f, 3.0f);
+  f->h = random_floats(kUsed * kFfn, rng, -2.0f, 2.0f);
+  return true;
+}
+
+// gate+up for every limit and option, against the CPU and launch_matvec.
+void test_gate_up(const Fixture& f) {
+  std::vector<double> g(kUsed * kFfn, 0), ga(kUsed * kFfn, 0), u(kUsed * kFfn, 0), ua(kUsed * kFfn, 0);
+  for (int s = 0; s < kUsed; ++s) {
+    for (int64_t r = 0; r < kFfn; ++r) {
+      row_dot(f.gate, f.ids[s], r, f.x.data(), &g[s * kFfn + r], &ga[s * kFfn + r]);
+      row_dot(f.up, f.ids[s], r, f.x.data(), &u[s * kFfn + r], &ua[s * kFfn + r]);
+    }
+  }
+  DeviceVec<float> dx(f.x), dw(f.weights), dy(kUsed * kFfn), dref(kUsed * kFfn);
+  DeviceVec<int32_t> dids(f.ids);
+  for (float limit : {INFINITY, 10.0f, 0.5f, 0.05f}) {
+    int clamped = 0;
+    for (size_t i = 0; i < u.size(); ++i) clamped += std::fabs(u[i]) > limit || g[i] > limit;
+    if (std::isfinite(limit) && limit < 1.0f) {
+      check(clamped > 0, "gate+up limit " + std::to_string(limit) + ": the clamp is exercised (" +
+                             std::to_string(clamped) + " outputs)");
+    }
+    // The generic kernel, as forward.cu launched it.
+    MatvecLaunch mv;
+    mv.w = &f.dg->m;
+    mv.w_up = &f.du->m;
+    mv.x = dx.get();
+    mv.y = dref.get();
+    mv.y_slot_stride = kFfn;
+    mv.n_slots = kUsed;
+    mv.slot_matrix = dids.get();
+    mv.slot_weight = dw.get();
+    mv.swiglu_limit = limit;
+    mv.lanes_per_row = 8;
+    Status ms = launch_matvec(mv, nullptr);
+    check(ms.ok(), "gate+up matvec launch: " + ms.message());
+    check(cudaDeviceSynchronize() == cudaSuccess, "gate+up matvec kernel");
+    const std::vector<float> ref = dref.host();
+    for (const ExpertMatvecOptions& o : all_options()) {
+      const std::string name = "gate+up limit " + std::to_string(limit) + " " + options_name(o);
+      cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);  // NaN: unwritten outputs fail
+      ExpertGateUpLaunch l;
+      l.gate = &f.dg->m;
+      l.up = &f.du->m;
+      l.x = dx.get();
+      l.ids = dids.get();
+      l.weights = dw.get();
+      l.n_used = kUsed;
+      l.swiglu_limit = limit;
+      l.y = dy.get();
+      Status s = launch_expert_gate_up(l, nullptr, o);
+      check(s.ok(), name + ": launch: " + s.message());
+      check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
+      const std::vector<float> y = dy.host();
+      int bad = 0, bad_mv = 0;
+      double worst = 0;
+      for (int sl = 0; sl < kUsed; ++sl) {
+        for (int64_t r = 0; r < kFfn; ++r) {
+          const int64_t i = sl * kFfn + r;
+          const double want = swiglu_ref(g[i], u[i], limit) * f.weights[sl];
+          const double tol = swiglu_bound(g[i], u[i], kSumRel * ga[i], kSumRel * ua[i], limit, f.weights[sl]);
+          const double err = std::fabs(y[i] - want);
+          if (!(err <= tol)) {
+            if (bad++ < 4) {
+              std::printf("  %s: slot %d (expert %d) row %lld: got %.9g expected %.9g (|d| %.3g > bound %.3g)\n",
+                          name.c_str(), sl, f.ids[sl], static_cast<long long>(r), y[i], want, err, tol);
+            }
+          } else {
+            worst = std::max(worst, err / tol);
+          }
+          if (!(std::fabs(y[i] - ref[i]) <= 2 * tol) && bad_mv++ < 4) {
+            std::printf("  %s: slot %d row %lld: got %.9g, launch_matvec %.9g (bound %.3g)\n", name.c_str(), sl,
+                        static_cast<long long>(r), y[i], ref[i], 2 * tol);
+          }
+        }
+      }
+      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(kUsed * kFfn) +
+                          " outputs outside the bound against the CPU");
+      check(bad_mv == 0, name + ": " + std::to_string(bad_mv) + " outputs differ from launch_matvec");
+      std::printf("check %-50s worst |d|/bound %.3f\n", name.c_str(), worst);
+    }
+  }
+}
+
+// down, adding into y and storing, for every option, against the CPU and launch_matvec.
+void test_down(const Fixture& f, std::mt19937& rng) {
+  std::vector<double> v(kDim, 0), va(kDim, 0);
+  for (int s = 0; s < kUsed; ++s) {
+    for (int64_t r = 0; r < kDim; ++r) row_dot(f.down, f.ids[s], r, f.h.data() + s * kFfn, &v[r], &va[r]);
+  }
+  const std::vector<float> y0 = random_floats(kDim, rng, -1.0f, 1.0f);
+  DeviceVec<float> dh(f.h), dy(kDim), dref(kDim);
+  DeviceVec<int32_t> dids(f.ids);
+  cudaMemcpy(dref.get(), y0.data(), sizeof(float) * kDim, cudaMemcpyHostToDevice);
+  MatvecLaunch mv;
+  mv.w = &f.dd->m;
+  mv.x = dh.get();
+  mv.x_slot_stride = kFfn;
+  mv.y = dref.get();
+  mv.n_slots = kUsed;
+  mv.slot_matrix = dids.get();
+  mv.sum_slots = true;
+  mv.accumulate = true;
+  mv.lanes_per_row = 16;
+  Status ms = launch_matvec(mv, nullptr);
+  check(ms.ok(), "down matvec launch: " + ms.message());
+  check(cudaDeviceSynchronize() == cudaSuccess, "down matvec kernel");
+  const std::vector<float> ref = dref.host();
+  for (bool accumulate : {true, false}) {
+    for (const ExpertMatvecOptions& o : all_options()) {
+      const std::string name = std::string("down ") + (accumulate ? "y += " : "y = ") + options_name(o);
+      if (accumulate) {
+        cudaMemcpy(dy.get(), y0.data(), sizeof(float) * kDim, cudaMemcpyHostToDevice);
+      } else {
+        cudaMemset(dy.get(), 0xFF, sizeof(float) * kDim);  // NaN
+      }
+      ExpertDownLaunch l;
+      l.down = &f.dd->m;
+      l.x = dh.get();
+      l.ids = dids.get();
+      l.n_used = kUsed;
+      l.accumulate = accumulate;
+      l.y = dy.get();
+      Status s = launch_expert_down(l, nullptr, o);
+      check(s.ok(), name + ": launch: " + s.message());
+      check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
+      const std::vector<float> y = dy.host();
+      int bad = 0, bad_mv = 0;
+      double worst = 0;
+      for (int64_t r = 0; r < kDim; ++r) {
+        const double base = accumulate ? y0[r] : 0.0;
+        const double want = base + v[r];
+        const double tol = kSumRel * va[r] + 2 * kUnit * (std::fabs(base) + std::fabs(want)) + 1e-30;
+        const double err = std::fabs(y[r] - want);
+        if (!(err <= tol)) {
+          if (bad++ < 4) {
+            std::printf("  %s: row %lld: got %.9g expected %.9g (y before %.9g, |d| %.3g > bound %.3g)\n",
+                        name.c_str(), static_cast<long long>(r), y[r], want, base, err, tol);
+          }
+        } else {
+          worst = std::max(worst, err / tol);
+        }
+        const double ref_r = accumulate ? ref[r] : ref[r] - y0[r];
+        const double tol_mv = 2 * tol + 2 * kUnit * std::fabs(y0[r]);
+        if (!(std::fabs(y[r] - ref_r) <= tol_mv) && bad_mv++ < 4) {
+          std::printf("  %s: row %lld: got %.9g, launch_matvec %.9g (bound %.3g)\n", name.c_str(),
+                      static_cast<long long>(r), y[r], ref_r, tol_mv);
+        }
+      }
+      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(kDim) +
+                          " outputs outside the bound against the CPU");
+      check(bad_mv == 0, name + ": " + std::to_string(bad_mv) + " outputs differ from launch_matvec");
+      std::printf("check %-50s worst |d|/bound %.3f\n", name.c_str(), worst);
+    }
+  }
+}
+
+// Launches the API must refuse, each with a message.
+void test_refusals(const Fixture& f) {
+  DeviceVec<float> dx(kDim + 4), dy(kUsed * kFfn);
+  DeviceVec<int32_t> dids(f.ids);
+  ExpertGateUpLaunch l;
+  l.gate = &f.dg->m;
+  l.up = &f.du->m;
+  l.x = dx.get();
+  l.ids = dids.get();
+  l.n_used = kUsed;
+  l.y = dy.get();
+  const auto refused = [](const Status& s, const std::string& what) {
+    check(!s.ok() && !s.message().empty(), "refused: " + what + (s.ok() ? " (was accepted)" : ": " + s.message()));
+  };
+  ExpertGateUpLaunch bad = l;
+  bad.gate = &f.dd->m;
+  refused(launch_expert_gate_up(bad, nullptr), "gate+up with Q2_K weights");
+  bad = l;
+  bad.x = dx.get() + 1;
+  refused(launch_expert_gate_up(bad, nullptr), "gate+up with x not 16-byte aligned");
+  bad = l;
+  bad.n_used = 0;
+  refused(launch_expert_gate_up(bad, nullptr), "gate+up with no experts");
+  bad = l;
+  bad.n_used = static_cast<int>(f.dg->m.count) + 1;
+  refused(launch_expert_gate_up(bad, nullptr), "gate+up with more experts than the stack");
+  ExpertMatvecOptions o;
+  o.rows_per_batch = 3;
+  refused(launch_expert_gate_up(l, nullptr, o), "rows_per_batch 3");
+  ExpertDownLaunch d;
+  d.down = &f.dg->m;
+  d.x = dx.get();
+  d.ids = dids.get();
+  d.n_used = kUsed;
+  d.y = dy.get();
+  refused(launch_expert_down(d, nullptr), "down with IQ2_XXS weights");
+  d.down = &f.dd->m;
+  d.n_used = 17;
+  refused(launch_expert_down(d, nullptr), "down with more experts than the stack");
+  check(cudaDeviceSynchronize() == cudaSuccess, "refusals left no failed kernel");
+}
+
+// The same launch twice directly and once replayed from a graph: bit-identical outputs.
+void test_repeat(const Fixture& f) {
+  DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(kUsed * kFfn), dz(kDim);
+  DeviceVec<int32_t> dids(f.ids);
+  ExpertGateUpLaunch gu;
+  gu.gate = &f.dg->m;
+  gu.up = &f.du->m;
+  gu.x = dx.get();
+  gu.ids = dids.get();
+  gu.weights = dw.get();
+  gu.n_used = kUsed;
+  gu.swiglu_limit = 10.0f;
+  gu.y = dy.get();
+  ExpertDownLaunch dn;
+  dn.down = &f.dd->m;
+  dn.x = dh.get();
+  dn.ids = dids.get();
+  dn.n_used = kUsed;
+  dn.accumulate = false;
+  dn.y = dz.get();
+  std::vector<std::vector<float>> ys, zs;
+  for (int i = 0; i < 2; ++i) {
+    check(launch_expert_gate_up(gu, nullptr).ok() && launch_expert_down(dn, nullptr).ok(), "repeat launches");
+    check(cudaDeviceSynchronize() == cudaSuccess, "repeat kernels");
+    ys.push_back(dy.host());
+    zs.push_back(dz.host());
+  }
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);
+  cudaMemset(dz.get(), 0xFF, sizeof(float) * kDim);
+  bool captured = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess;
+  captured = captured && launch_expert_gate_up(gu, stream).ok() && launch_expert_down(dn, stream).ok();
+  captured = cudaStreamEndCapture(stream, &graph) == cudaSuccess && captured;
+  captured = captured && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  check(captured, "gate+up and down captured in a CUDA graph");
+  if (captured) {
+    cudaGraphLaunch(exec, stream);
+    check(cudaStreamSynchronize(stream) == cudaSuccess, "graph replay");
+    ys.push_back(dy.host());
+    zs.push_back(dz.host());
+  }
+  for (size_t i = 1; i < ys.size(); ++i) {
+    const bool same_y = std::memcmp(ys[0].data(), ys[i].data(), sizeof(float) * ys[0].size()) == 0;
+    const bool same_z = std::memcmp(zs[0].data(), zs[i].data(), sizeof(float) * zs[0].size()) == 0;
+    check(same_y, "gate+up run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
+    check(same_z, "down run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+// Microseconds per launch: `launch(k)` for k = 0..7 captured in one graph, replayed until
+// 200 launches have run (after one warm-up replay). Negative when anything failed.
+template <typename F>
+double time_graph(F launch) {
+  constexpr int kPerGraph = 8, kReplays = 25;
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess;
+  for (int k = 0; k < kPerGraph && ok; ++k) ok = launch(k, stream).ok();
+  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
+  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  float ms = -1;
+  if (ok) {
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    cudaGraphLaunch(exec, stream);
+    cudaEventRecord(a, stream);
+    for (int i = 0; i < kReplays; ++i) cudaGraphLaunch(exec, stream);
+    cudaEventRecord(b, stream);
+    ok = cudaEventSynchronize(b) == cudaSuccess;
+    cudaEventElapsedTime(&ms, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  return ok ? ms * 1e3 / (kPerGraph * kReplays) : -1.0;
+}
+
+void bench_line(const char* kernel, const std::string& what, double bytes, double us, double bandwidth,
+                double matvec_us) {
+  if (us < 0) {
+    std::printf("bench expert %-8s %-40s failed\n", kernel, what.c_str());
+    return;
+  }
+  const double gbs = bytes / (us * 1e-6) / 1e9;
+  std::printf("bench expert %-8s %-40s %7.2f MB  %7.2f us  %7.1f GB/s  (%.0f%% of read bandwidth)  "
+              "launch_matvec %7.2f us (%.0f%%)\n",
+              kernel, what.c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth, matvec_us,
+              100.0 * bytes / (matvec_us * 1e-6) / bandwidth);
+}
+
+// Full 256-expert stacks generated on the GPU; 8 disjoint sets of 6 experts per graph.
+void bench(double bandwidth) {
+  constexpr int kPool = 256, kSets = 8;
+  auto g = random_matrix(GgmlType::IQ2_XXS, kDim, kFfn, kPool, 11);
+  auto u = random_matrix(GgmlType::IQ2_XXS, kDim, kFfn, kPool, 12);
+  auto d = random_matrix(GgmlType::Q2_K, kFfn, kDim, kPool, 13);
+  if (!g.ok() || !u.ok() || !d.ok()) {
+    std::printf("bench expert: could not allocate the 256-expert stacks\n");
+    return;
+  }
+  std::mt19937 rng(21);
+  DeviceVec<int32_t> dids(distinct_ids(kUsed * kSets, kPool, rng));
+  DeviceVec<float> dx(random_floats(kDim, rng, -3.0f, 3.0f)), dw(random_floats(kUsed, rng, 0.1f, 1.0f));
+  DeviceVec<float> dh(random_floats(kUsed * kFfn, rng, -2.0f, 2.0f)), dy(kUsed * kFfn), dz(kDim);
+  const auto per_matrix = [](const DeviceMatrix& m) {
+    return static_cast<double>(m.data_bytes() + m.scale_bytes()) / static_cast<double>(m.count);
+  };
+  const double gu_bytes = kUsed * (per_matrix((*g)->m) + per_matrix((*u)->m));
+  const double dn_bytes = kUsed * per_matrix((*d)->m);
+  for (float limit : {INFINITY, 10.0f}) {
+    const double mv_us = time_graph([&](int k, cudaStream_t s) {
+      MatvecLaunch mv;
+      mv.w = &(*g)->m;
+      mv.w_up = &(*u)->m;
+      mv.x = dx.get();
+      mv.y = dy.get();
+      mv.y_slot_stride = kFfn;
+      mv.n_slots = kUsed;
+      mv.slot_matrix = dids.get() + k * kUsed;
+      mv.slot_weight = dw.get();
+      mv.swiglu_limit = limit;
+      mv.lanes_per_row = 8;
+      return launch_matvec(mv, s);
+    });
+    for (const ExpertMatvecOptions& o : all_options()) {
+      const double us = time_graph([&](int k, cudaStream_t s) {
+        ExpertGateUpLaunch l;
+        l.gate = &(*g)->m;
+        l.up = &(*u)->m;
+        l.x = dx.get();
+        l.ids = dids.get() + k * kUsed;
+        l.weights = dw.get();
+        l.n_used = kUsed;
+        l.swiglu_limit = limit;
+        l.y = dy.get();
+        return launch_expert_gate_up(l, s, o);
+      });
+      bench_line("gate+up", "limit " + std::to_string(limit) + " " + options_name(o), gu_bytes, us, bandwidth, mv_us);
+    }
+  }
+  const double mv_us = time_graph([&](int k, cudaStream_t s) {
+    MatvecLaunch mv;
+    mv.w = &(*d)->m;
+    mv.x = dh.get();
+    mv.x_slot_stride = kFfn;
+    mv.y = dz.get();
+    mv.n_slots = kUsed;
+    mv.slot_matrix = dids.get() + k * kUsed;
+    mv.sum_slots = true;
+    mv.accumulate = true;
+    mv.lanes_per_row = 16;
+    return launch_matvec(mv, s);
+  });
+  for (const ExpertMatvecOptions& o : all_options()) {
+    const double us = time_graph([&](int k, cudaStream_t s) {
+      ExpertDownLaunch l;
+      l.down = &(*d)->m;
+      l.x = dh.get();
+      l.ids = dids.get() + k * kUsed;
+      l.n_used = kUsed;
+      l.y = dz.get();
+      return launch_expert_down(l, s, o);
+    });
+    bench_line("down", "y += " + options_name(o), dn_bytes, us, bandwidth, mv_us);
+  }
+}
+
+}  // namespace
+
+int main() {
+  if (!gpu_present()) return 77;
+  std::mt19937 rng(20261129);
+  {
+    Fixture f;
+    if (make_fixture(16, rng, &f)) {
+      std::printf("experts used:");
+      for (int32_t id : f.ids) std::printf(" %d", id);
+      std::printf(" of 16\n");
+      test_gate_up(f);
+      test_down(f, rng);
+      test_refusals(f);
+      test_repeat(f);
+    }
+  }
+  auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
+  if (bw.ok()) {
+    std::printf("bench read bandwidth (sum over 4 GiB): %.1f GB/s\n", *bw / 1e9);
+    bench(*bw);
+  } else {
+    std::printf("bench read bandwidth: %s\n", bw.status().message().c_str());
+  }
+  return finish("expert_matvec_test");
+}
