@@ -23,6 +23,7 @@ constexpr int kTableWords = cuda_detail::kIq2xxsCompactWords;
 constexpr int kLaneTableBytes = kTableWords * 32 * static_cast<int>(sizeof(uint32_t));
 constexpr int kMaxThreads = 512;       // per block (the register budget: 128 per thread)
 constexpr int kMaxUsed = 32;
+constexpr int kMaxRowsets = 8;       // named barriers 1..8
 constexpr int kColsPerWarp = 1024;     // 32 lanes x one 32-column chunk each
 constexpr int kMaxGateUpGroups = 8;    // gate+up cols <= 8192
 constexpr int kMaxPartialBytes = 2 * (kMaxThreads / 32) * 16 * static_cast<int>(sizeof(float));
@@ -109,12 +110,19 @@ __device__ __forceinline__ float q2k_chunk_dot(const Q2kChunk::Raw& r, const flo
   return fmaf(pk.a0, s[0], pk.a1 * s[1]) - fmaf(pk.m0, x_lo, pk.m1 * x_hi);
 }
 
+// Barrier of one row set (named barrier rowset + 1; barrier 0 is __syncthreads): row sets
+// do not wait for each other, so their load phases overlap.
+__device__ __forceinline__ void rowset_barrier(int rowset, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(rowset + 1), "r"(threads) : "memory");
+}
+
 // Gate+up. Block: `rowsets` sets of `groups` warps; warp `group` of a set owns column
 // chunks [32 group, 32 group + 32), lane L chunk 32 group + L. A set takes batches of R
 // consecutive output rows (one slot: rows is a multiple of R) and every lane computes
-// its chunk's gate and up products for them; per batch the sets write their warps'
-// sums to shared memory (double-buffered, one barrier per batch) and the set's first
-// warp adds the groups in order and applies the SwiGLU.
+// its chunk's gate and up products for them; per batch the set's warps write their sums
+// to shared memory (double-buffered: one barrier of the set per batch) and the set's
+// first warp adds the groups in order and applies the SwiGLU. PREFETCH: the next batch's
+// weights are loaded before this batch's products.
 struct GateUpParams {
   const uint8_t* g_data;
   const uint16_t* g_scales;
@@ -136,7 +144,13 @@ struct GateUpParams {
   int partial_offset;  // bytes into dynamic shared memory
 };
 
-template <int R, bool LANE_TABLES>
+template <int R>
+struct GateUpBatch {
+  Iq2Chunk::Raw g[R], u[R];
+  int slot, r0;
+};
+
+template <int R, bool LANE_TABLES, bool PREFETCH>
 __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParams p) {
   constexpr int P = 2 * R;
   extern __shared__ float4 dynamic4[];
@@ -172,27 +186,37 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
 
   const int workers = gridDim.x * p.rowsets;
   const int worker = blockIdx.x * p.rowsets + rowset;
+  const auto fetch = [&](int batch, GateUpBatch<R>* b) {
+    if (batch >= p.batches) return;
+    const int q0 = batch * R;
+    b->slot = q0 / p.rows;
+    b->r0 = q0 - b->slot * p.rows;
+    const int64_t grow0 = static_cast<int64_t>(s_ids[b->slot]) * p.rows + b->r0;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int64_t grow = grow0 + j;
+      b->g[j] = Iq2Chunk::load(p.g_data + grow * p.row_bytes, p.g_scales + grow * p.scales_per_row, chunk);
+      b->u[j] = Iq2Chunk::load(p.u_data + grow * p.row_bytes, p.u_scales + grow * p.scales_per_row, chunk);
+    }
+  };
+  GateUpBatch<R> ahead;  // PREFETCH: the next batch's loads in flight
+  if constexpr (PREFETCH) fetch(worker, &ahead);
   for (int it = 0; it < p.iters; ++it) {
     const int batch = worker + it * workers;
     const bool active = batch < p.batches;
+    GateUpBatch<R> cur;
+    if constexpr (PREFETCH) {
+      cur = ahead;
+      fetch(batch + workers, &ahead);
+    } else {
+      fetch(batch, &cur);
+    }
     float acc[P];
-    int slot = 0, r0 = 0;
     if (active) {
-      const int q0 = batch * R;
-      slot = q0 / p.rows;
-      r0 = q0 - slot * p.rows;
-      const int64_t grow0 = static_cast<int64_t>(s_ids[slot]) * p.rows + r0;
-      Iq2Chunk::Raw g[R], u[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) {
-        const int64_t grow = grow0 + j;
-        g[j] = Iq2Chunk::load(p.g_data + grow * p.row_bytes, p.g_scales + grow * p.scales_per_row, chunk);
-        u[j] = Iq2Chunk::load(p.u_data + grow * p.row_bytes, p.u_scales + grow * p.scales_per_row, chunk);
-      }
-#pragma unroll
-      for (int j = 0; j < R; ++j) {
-        acc[j] = iq2_chunk_dot(g[j], sel, stride, x);
-        acc[R + j] = iq2_chunk_dot(u[j], sel, stride, x);
+        acc[j] = iq2_chunk_dot(cur.g[j], sel, stride, x);
+        acc[R + j] = iq2_chunk_dot(cur.u[j], sel, stride, x);
       }
     } else {
 #pragma unroll
@@ -202,7 +226,7 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
     const int buf = it & 1;
     float* sets = partial + buf * p.rowsets * p.groups * P;
     if ((lane & ((32 / P) - 1)) == 0) sets[(rowset * p.groups + group) * P + (lane >> kIndexShift<P>)] = sum;
-    __syncthreads();
+    rowset_barrier(rowset, p.groups * 32);
     if (group == 0 && lane < R && active) {
       const float* mine = sets + rowset * p.groups * P;
       float gv = 0.0f, uv = 0.0f;
@@ -210,7 +234,7 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
         gv += mine[w * P + lane];
         uv += mine[w * P + R + lane];
       }
-      p.y[static_cast<int64_t>(slot) * p.rows + r0 + lane] = swiglu(gv, uv, p.limit) * s_weights[slot];
+      p.y[static_cast<int64_t>(cur.slot) * p.rows + cur.r0 + lane] = swiglu(gv, uv, p.limit) * s_weights[cur.slot];
     }
   }
 }
@@ -219,7 +243,7 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
 // w / groups, column chunks [32 (w % groups), +32) of that slot's x, lane L chunk
 // 32 (w % groups) + L. A set takes batches of R consecutive rows; per batch the warps'
 // sums go to shared memory and the set's first warp adds them in warp order (slot-major)
-// into y.
+// into y. PREFETCH as for gate+up.
 struct DownParams {
   const uint8_t* data;
   int64_t row_bytes;
@@ -236,7 +260,7 @@ struct DownParams {
   int iters;
 };
 
-template <int R>
+template <int R, bool PREFETCH>
 __global__ void __launch_bounds__(kMaxThreads) expert_down_kernel(DownParams p) {
   extern __shared__ float4 dynamic4[];
   float* partial = reinterpret_cast<float*>(dynamic4);  // [2][rowsets][warps][R]
@@ -256,18 +280,30 @@ __global__ void __launch_bounds__(kMaxThreads) expert_down_kernel(DownParams p) 
 
   const int workers = gridDim.x * p.rowsets;
   const int worker = blockIdx.x * p.rowsets + rowset;
+  const auto fetch = [&](int batch, Q2kChunk::Raw* raw) {
+    if (batch >= p.batches) return;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      raw[j] = Q2kChunk::load(matrix + static_cast<int64_t>(batch * R + j) * p.row_bytes, nullptr, chunk);
+    }
+  };
+  Q2kChunk::Raw ahead[PREFETCH ? R : 1];  // PREFETCH: the next batch's loads in flight
+  if constexpr (PREFETCH) fetch(worker, ahead);
   for (int it = 0; it < p.iters; ++it) {
     const int batch = worker + it * workers;
     const bool active = batch < p.batches;
+    Q2kChunk::Raw cur[R];
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int j = 0; j < R; ++j) cur[j] = ahead[j];
+      fetch(batch + workers, ahead);
+    } else {
+      fetch(batch, cur);
+    }
     float acc[R];
     if (active) {
-      Q2kChunk::Raw raw[R];
 #pragma unroll
-      for (int j = 0; j < R; ++j) {
-        raw[j] = Q2kChunk::load(matrix + static_cast<int64_t>(batch * R + j) * p.row_bytes, nullptr, chunk);
-      }
-#pragma unroll
-      for (int j = 0; j < R; ++j) acc[j] = q2k_chunk_dot(raw[j], x, x_lo, x_hi);
+      for (int j = 0; j < R; ++j) acc[j] = q2k_chunk_dot(cur[j], x, x_lo, x_hi);
     } else {
 #pragma unroll
       for (int j = 0; j < R; ++j) acc[j] = 0.0f;
@@ -276,7 +312,7 @@ __global__ void __launch_bounds__(kMaxThreads) expert_down_kernel(DownParams p) 
     const int buf = it & 1;
     float* sets = partial + buf * p.rowsets * p.warps * R;
     if ((lane & ((32 / R) - 1)) == 0) sets[(rowset * p.warps + w) * R + (lane >> kIndexShift<R>)] = sum;
-    __syncthreads();
+    rowset_barrier(rowset, p.warps * 32);
     if (w == 0 && lane < R && active) {
       const float* mine = sets + rowset * p.warps * R;
       float v = 0.0f;
@@ -290,12 +326,20 @@ __global__ void __launch_bounds__(kMaxThreads) expert_down_kernel(DownParams p) 
 using GateUpFn = void (*)(GateUpParams);
 using DownFn = void (*)(DownParams);
 
-GateUpFn pick_gate_up(int r, bool lane_tables) {
-  if (r == 8) return lane_tables ? expert_gate_up_kernel<8, true> : expert_gate_up_kernel<8, false>;
-  return lane_tables ? expert_gate_up_kernel<4, true> : expert_gate_up_kernel<4, false>;
+template <int R>
+GateUpFn pick_gate_up(bool lane_tables, bool prefetch) {
+  if (lane_tables) return prefetch ? expert_gate_up_kernel<R, true, true> : expert_gate_up_kernel<R, true, false>;
+  return prefetch ? expert_gate_up_kernel<R, false, true> : expert_gate_up_kernel<R, false, false>;
 }
 
-DownFn pick_down(int r) { return r == 8 ? expert_down_kernel<8> : expert_down_kernel<4>; }
+GateUpFn pick_gate_up(int r, bool lane_tables, bool prefetch) {
+  return r == 8 ? pick_gate_up<8>(lane_tables, prefetch) : pick_gate_up<4>(lane_tables, prefetch);
+}
+
+DownFn pick_down(int r, bool prefetch) {
+  if (r == 8) return prefetch ? expert_down_kernel<8, true> : expert_down_kernel<8, false>;
+  return prefetch ? expert_down_kernel<4, true> : expert_down_kernel<4, false>;
+}
 
 // The compact selector table (layout: cuda_detail::Iq2xxsCompact): per codebook entry
 // the magnitude level (0, 1, 2 for 8, 25, 43) of each element in its nibble; per sign
@@ -333,8 +377,11 @@ Status init_once() {
   const int limit = max_shared_per_block();
   for (int r : {4, 8}) {
     for (bool lane : {false, true}) {
-      const int bytes = std::min(limit, (lane ? kLaneTableBytes : 0) + kMaxPartialBytes);
-      DS4_CUDA_TRY(cudaFuncSetAttribute(pick_gate_up(r, lane), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      for (bool prefetch : {false, true}) {
+        const int bytes = std::min(limit, (lane ? kLaneTableBytes : 0) + kMaxPartialBytes);
+        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_gate_up(r, lane, prefetch), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          bytes));
+      }
     }
   }
   return Status::Ok();
@@ -488,7 +535,7 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   p.y = l.y;
   p.groups = static_cast<int>(g.cols / kColsPerWarp);
   // 16 warps a block: the lane tables are copied once per block, so fewer, larger blocks.
-  p.rowsets = std::max(1, (kMaxThreads / 32) / p.groups);
+  p.rowsets = std::clamp((kMaxThreads / 32) / p.groups, 1, kMaxRowsets);
   p.batches = l.n_used * p.rows / r;
   const int threads = p.rowsets * p.groups * 32;
   bool lane_tables = o.lane_tables;
@@ -498,7 +545,7 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   }
   p.partial_offset = lane_tables ? kLaneTableBytes : 0;
   const size_t shared = p.partial_offset + partial_bytes;
-  GateUpFn fn = pick_gate_up(r, lane_tables);
+  GateUpFn fn = pick_gate_up(r, lane_tables, o.prefetch);
   auto grid = grid_for(reinterpret_cast<const void*>(fn), threads, shared, p.rowsets, p.batches, o);
   DS4_RETURN_IF_ERROR(grid.status());
   const int workers = *grid * p.rowsets;
@@ -526,11 +573,11 @@ Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const 
   p.accumulate = l.accumulate ? 1 : 0;
   p.groups = static_cast<int>(d.cols / kColsPerWarp);
   p.warps = l.n_used * p.groups;
-  p.rowsets = std::max(1, (kMaxThreads / 32 / 2) / p.warps);
+  p.rowsets = std::clamp((kMaxThreads / 32 / 2) / p.warps, 1, kMaxRowsets);
   p.batches = p.rows / r;
   const int threads = p.rowsets * p.warps * 32;
   const size_t shared = size_t{2} * p.rowsets * p.warps * r * sizeof(float);
-  DownFn fn = pick_down(r);
+  DownFn fn = pick_down(r, o.prefetch);
   auto grid = grid_for(reinterpret_cast<const void*>(fn), threads, shared, p.rowsets, p.batches, o);
   DS4_RETURN_IF_ERROR(grid.status());
   const int workers = *grid * p.rowsets;

@@ -41,6 +41,9 @@ struct ExpertMatvecOptions {
   bool lane_tables = true;
   // Blocks per multiprocessor; 0: as many as fit at once.
   int blocks_per_sm = 0;
+  // Each lane loads the next batch's weights before this batch's products (twice the
+  // load registers; no wait for memory after each batch's reduction).
+  bool prefetch = true;
 };
 
 struct ExpertGateUpLaunch {
