@@ -215,11 +215,18 @@ constexpr float kLoUnscale = 1.0f / 2048.0f;
 // Shared-memory layout of one block (dynamic part), in bytes; the kernel and the
 // launcher both use it.
 struct SmemLayout {
-  int w, u, x, xl, aw, bw, au, bu, sx, total;
+  int w, u, x, xl, aw, bw, au, bu, sx, mq, dmin, sxh, sxl, total;
 };
 
+// f16 per shared row of the Q2_K minimums' tiles (16 sub-blocks + padding: rows 48
+// bytes apart, so the eight 16-byte rows of an ldmatrix hit distinct banks).
+constexpr int kMLds = 24;
+
 // split: exact with the activations' lo part (kExact); false for kF16Activations.
-__host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool exact, bool offset, bool split = true) {
+// offset: B applied per chunk in f32 (the k-quants' minimums); offset_mma: the Q2_K
+// minimums on tensor cores instead (tiles mq, dmin, sxh, sxl; see matmul_kernel).
+__host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool exact, bool offset, bool split = true,
+                                                     bool offset_mma = false) {
   SmemLayout l{};
   const int wbytes = 2 * kBlockRows * kLds * 2;  // [2][kBlockRows][kLds] f16
   const int xbytes = 2 * bn * kLds * 2;          // [2][bn][kLds] f16
@@ -233,21 +240,47 @@ __host__ __device__ constexpr SmemLayout smem_layout(int bn, bool paired, bool e
   l.au = l.bw + (exact && offset ? abytes : 0);
   l.bu = l.au + (exact && paired ? abytes : 0);
   l.sx = l.bu + (exact && paired && offset ? abytes : 0);
-  l.total = l.sx + (exact && offset ? 2 * bn * 4 * 4 : 0);  // [2][bn][4] f32
+  l.mq = l.sx + (exact && offset ? 2 * bn * 4 * 4 : 0);  // [2][bn][4] f32
+  l.dmin = l.mq + (offset_mma ? 2 * kBlockRows * kMLds * 2 : 0);  // [2][kBlockRows][kMLds] f16
+  l.sxh = l.dmin + (offset_mma ? 2 * kBlockRows * 4 : 0);         // [2][kBlockRows] f32
+  l.sxl = l.sxh + (offset_mma ? 2 * bn * kMLds * 2 : 0);          // [2][bn][kMLds] f16
+  l.total = l.sxl + (offset_mma ? 2 * bn * kMLds * 2 : 0);        // [2][bn][kMLds] f16
   return l;
 }
+
+// The arithmetic form of a kernel, shared by the kernel and the launcher.
+template <GgmlType T, int BN, bool PAIRED, bool EXACT, bool K32, bool F16X>
+struct KernelForm {
+  static constexpr bool kSplit = EXACT && !F16X;  // activations as hi + lo
+  // Q2_K, unpaired, per-32 scale: the minimums' term on tensor cores once per super-block.
+  static constexpr bool kOffsetMma = EXACT && K32 && T == GgmlType::Q2_K && !PAIRED;
+  // The other k-quant kernels: B applied per chunk (per 16 columns for Q2_K) in f32.
+  static constexpr bool kOffset = EXACT && kHasOffset<T> && !kOffsetMma;
+  static constexpr SmemLayout kLayout = smem_layout(BN, PAIRED, EXACT, kOffset, kSplit, kOffsetMma);
+};
 
 // MIN_BLOCKS: resident blocks per SM the compiler must allow (2 caps registers at 128).
 // K32 (exact): scale applied once per 32 columns (Q2_K: its 16-column scales folded
 // into the integer levels, its offsets kept per 16) instead of per 16.
 // F16X (exact weights, K32 only): kF16Activations, the activations' hi part alone.
+//
+// Q2_K unpaired K32 kernels (kOffsetMma) apply the minimums once per super-block of
+// 256 columns (4 steps): -dmin * sum_j m_j S_j over its 16 sub-blocks j (m_j the 4-bit
+// minimum, S_j the f32 sum of x over the sub-block) is one k16 product of the integers
+// m_j (exact in f16) with S_j / 16 split as hi + lo * 2^-11 (the 1/16 keeps hi within
+// the f16 range wherever x is), then acc += (-16 dmin) * that product: two mma and
+// four f32 operations per 16x8 fragment per super-block instead of 64 f32 operations.
+// Tiles per super-block parity (the store of step s + 1, during step s, may begin the
+// next super-block while step s ends this one).
 template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false, bool F16X = false>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulParams p) {
   using C = Chunk<T>;
   static_assert(!K32 || EXACT, "K32 is a kExact form");
   static_assert(!F16X || K32, "F16X is a K32 form");
-  constexpr bool kSplit = EXACT && !F16X;  // activations as hi + lo
-  constexpr bool kOffset = EXACT && kHasOffset<T>;
+  using KF = KernelForm<T, BN, PAIRED, EXACT, K32, F16X>;
+  constexpr bool kSplit = KF::kSplit;
+  constexpr bool kOffsetMma = KF::kOffsetMma;
+  constexpr bool kOffset = KF::kOffset;
   constexpr bool kOffset16 = kOffset && K32 && T == GgmlType::Q2_K;  // K32 with B per 16 columns
   constexpr int kWarpsM = BN == 128 ? 2 : 4;
   constexpr int kWarpsN = 8 / kWarpsM;
@@ -256,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   constexpr int MT = kWarpRows / 16;
   constexpr int NT = kWarpCols / 8;
   constexpr int kXVec = BN * (kBlockK / 4) / kThreads;  // float4 of x per thread per step
-  constexpr SmemLayout kL = smem_layout(BN, PAIRED, EXACT, kHasOffset<T>, kSplit);
+  constexpr SmemLayout kL = KF::kLayout;
   static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
 
   extern __shared__ int4 smem4[];
@@ -270,6 +303,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   float* s_au = reinterpret_cast<float*>(smem + kL.au);
   float* s_bu = reinterpret_cast<float*>(smem + kL.bu);
   float* s_sx = reinterpret_cast<float*>(smem + kL.sx);  // [2][BN][4]: sum of x per 16 columns
+  half* s_mq = reinterpret_cast<half*>(smem + kL.mq);      // kOffsetMma: [2][kBlockRows][kMLds] m_j
+  float* s_dmin = reinterpret_cast<float*>(smem + kL.dmin);  // kOffsetMma: [2][kBlockRows] -16 dmin
+  half* s_sxh = reinterpret_cast<half*>(smem + kL.sxh);    // kOffsetMma: [2][BN][kMLds] hi of S_j / 16
+  half* s_sxl = reinterpret_cast<half*>(smem + kL.sxl);    // kOffsetMma: [2][BN][kMLds] lo * 2^11
   __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
   __shared__ const float* s_xrow[BN];
   __shared__ int s_out[BN];
@@ -336,11 +373,24 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       xr[i] = src && col < p.cols ? __ldg(reinterpret_cast<const float4*>(src + col)) : make_float4(0, 0, 0, 0);
     }
   };
-  auto store = [&](int buf) {
+  // Writes the tiles of step `st` (loaded by load(st)) into buffer st & 1.
+  auto store = [&](int st) {
+    const int buf = st & 1;
     const int off = (buf * kBlockRows + my_row) * kLds + my_half * 32;
+    if constexpr (kOffsetMma) {
+      // This chunk's two minimums m_j (sub-blocks 4 (st % 4) + 2 my_half + {0, 1} of
+      // the super-block) and the super-block's -16 dmin. Zero raw bytes give zeros.
+      const int sb = (st >> 2) & 1;
+      const __half2 m = __floats2half2_rn(static_cast<float>((raw_w.sc >> 4) & 0xF), static_cast<float>((raw_w.sc >> 12) & 0xF));
+      *reinterpret_cast<__half2*>(s_mq + (sb * kBlockRows + my_row) * kMLds + (st & 3) * 4 + my_half * 2) = m;
+      if ((st & 3) == 0 && my_half == 0) {
+        s_dmin[sb * kBlockRows + my_row] = -16.0f * cuda_detail::half_bits_to_float(static_cast<uint16_t>(raw_w.dd >> 16));
+      }
+    }
     if constexpr (EXACT) {
       const int aoff = (buf * kBlockRows + my_row) * 4 + my_half * 2;
-      store_exact_weights<T, K32>(s_w + off, s_aw + aoff, s_bw + aoff, raw_w, grid);
+      float unused_b[2];
+      store_exact_weights<T, K32>(s_w + off, s_aw + aoff, kOffset ? s_bw + aoff : unused_b, raw_w, grid);
       if constexpr (PAIRED) store_exact_weights<T, K32>(s_u + off, s_au + aoff, s_bu + aoff, raw_u, grid);
     } else {
       store_weights<T>(s_w + off, raw_w, grid);
@@ -359,12 +409,23 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
                         __floats2half2_rn((v.z - h1.x) * kLoScale, (v.w - h1.y) * kLoScale)};
         *reinterpret_cast<uint2*>(s_xl + (buf * BN + tok) * kLds + k) = *reinterpret_cast<uint2*>(l);
       }
-      if constexpr (kOffset) {
+      if constexpr (kOffset || kOffsetMma) {
         // Sum of the 16 columns of a sub-block: four consecutive lanes hold its float4s.
         float s4 = (v.x + v.y) + (v.z + v.w);
         s4 += __shfl_xor_sync(0xFFFFFFFFu, s4, 1);
         s4 += __shfl_xor_sync(0xFFFFFFFFu, s4, 2);
-        if ((idx & 3) == 0) s_sx[(buf * BN + tok) * 4 + ((idx & 15) >> 2)] = s4;
+        if constexpr (kOffsetMma) {
+          if ((idx & 3) == 0) {
+            const float s16 = s4 * 0.0625f;  // exact
+            const half hi = __float2half_rn(s16);
+            const half lo = __float2half_rn((s16 - __half2float(hi)) * kLoScale);
+            const int at = (((st >> 2) & 1) * BN + tok) * kMLds + (st & 3) * 4 + ((idx & 15) >> 2);
+            s_sxh[at] = hi;
+            s_sxl[at] = lo;
+          }
+        } else {
+          if ((idx & 3) == 0) s_sx[(buf * BN + tok) * 4 + ((idx & 15) >> 2)] = s4;
+        }
       }
     }
   };
@@ -412,7 +473,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   __syncthreads();
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    store(buf ^ 1);
+    store(step + 1);
     load(step + 2);
     const half* bw = s_w + buf * kBlockRows * kLds;
     const half* bu = s_u + buf * kBlockRows * kLds;
@@ -590,6 +651,47 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       }
     }
     }  // K32
+    if constexpr (kOffsetMma) {
+      if ((step & 3) == 3) {
+        // The super-block's minimums: acc += (-16 dmin) * (m . S/16), S/16 = hi + lo * 2^-11.
+        const int sb = (step >> 2) & 1;
+        const half* bq = s_mq + sb * kBlockRows * kMLds;
+        uint32_t sh[NT][2], sl[NT][2];
+#pragma unroll
+        for (int n2 = 0; n2 < NT / 2; ++n2) {
+          uint32_t r[4];
+          const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int xo = (sb * BN + tok) * kMLds + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(r, s_sxh + xo);
+          sh[2 * n2][0] = r[0];
+          sh[2 * n2][1] = r[1];
+          sh[2 * n2 + 1][0] = r[2];
+          sh[2 * n2 + 1][1] = r[3];
+          ldmatrix_x4(r, s_sxl + xo);
+          sl[2 * n2][0] = r[0];
+          sl[2 * n2][1] = r[1];
+          sl[2 * n2 + 1][0] = r[2];
+          sl[2 * n2 + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          uint32_t af[4];
+          ldmatrix_x4(af, bq + (wm0 + m * 16 + (lane & 15)) * kMLds + (lane >> 4) * 8);
+          const int r0 = sb * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
+          const float dm[2] = {s_dmin[r0], s_dmin[r0 + 8]};
+#pragma unroll
+          for (int n = 0; n < NT; ++n) {
+            float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma_16816(t, af, sl[n]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+            mma_16816(t, af, sh[n]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][n][i] = fmaf(dm[i >> 1], t[i], acc[m][n][i]);
+          }
+        }
+      }
+    }
     __syncthreads();
   }
 
@@ -616,8 +718,6 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
 
 using KernelFn = void (*)(MatmulParams);
 
-constexpr bool has_offset(GgmlType t) { return t == GgmlType::Q2_K || t == GgmlType::Q4_K; }
-
 // The kernel families: kF16 (f16 weights), kExact (integer weights, split
 // activations), kF16Activations (integer weights, f16 activations).
 enum class Form { kF16, kExact, kF16X };
@@ -628,57 +728,65 @@ Form form_of(MatmulPrecision p) {
 
 const char* form_name(Form f) { return f == Form::kExact ? "kExact" : f == Form::kF16X ? "kF16Activations" : "kF16"; }
 
-size_t shared_bytes(GgmlType type, int bn, bool paired, Form form) {
-  return static_cast<size_t>(smem_layout(bn, paired, form != Form::kF16, has_offset(type), form == Form::kExact).total);
+// A kernel and the dynamic shared memory it needs.
+struct KernelChoice {
+  KernelFn fn = nullptr;
+  size_t smem = 0;
+};
+
+template <GgmlType T, int BN, bool PAIRED, bool EXACT, int MIN_BLOCKS = 1, bool K32 = false, bool F16X = false>
+KernelChoice choice() {
+  return {matmul_kernel<T, BN, PAIRED, EXACT, MIN_BLOCKS, K32, F16X>,
+          static_cast<size_t>(KernelForm<T, BN, PAIRED, EXACT, K32, F16X>::kLayout.total)};
 }
 
 // k16: kExact per-16 scale kernels even where the format has one scale per 32.
 // bn 32 (kExact, kF16X): 32-token tiles, per-32 scale, two blocks per SM.
 // kF16X: always the per-32 scale form (k16 does not apply); two_blocks as kExact.
 template <GgmlType T, Form F>
-KernelFn pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
+KernelChoice pick_typed_kernel(int bn, bool paired, bool two_blocks, bool k16) {
   constexpr bool EXACT = F != Form::kF16;
   if constexpr (F == Form::kF16X) {
     if (bn == 32) {
-      return paired ? matmul_kernel<T, 32, true, true, 2, true, true> : matmul_kernel<T, 32, false, true, 2, true, true>;
+      return paired ? choice<T, 32, true, true, 2, true, true>() : choice<T, 32, false, true, 2, true, true>();
     }
-    if (paired) return matmul_kernel<T, 64, true, true, 1, true, true>;
-    if (bn == 128) return matmul_kernel<T, 128, false, true, 1, true, true>;
-    return two_blocks ? matmul_kernel<T, 64, false, true, 2, true, true> : matmul_kernel<T, 64, false, true, 1, true, true>;
+    if (paired) return choice<T, 64, true, true, 1, true, true>();
+    if (bn == 128) return choice<T, 128, false, true, 1, true, true>();
+    return two_blocks ? choice<T, 64, false, true, 2, true, true>() : choice<T, 64, false, true, 1, true, true>();
   } else {
     if constexpr (EXACT) {
-      if (bn == 32) return paired ? matmul_kernel<T, 32, true, true, 2, true> : matmul_kernel<T, 32, false, true, 2, true>;
+      if (bn == 32) return paired ? choice<T, 32, true, true, 2, true>() : choice<T, 32, false, true, 2, true>();
     }
     if constexpr (!EXACT) {
-      if (bn == 32) return nullptr;
+      if (bn == 32) return {};
     }
     if constexpr (EXACT) {
-      if (two_blocks && !paired && bn == 64) return k16 ? matmul_kernel<T, 64, false, true, 2> : matmul_kernel<T, 64, false, true, 2, true>;
+      if (two_blocks && !paired && bn == 64) return k16 ? choice<T, 64, false, true, 2>() : choice<T, 64, false, true, 2, true>();
     }
     if constexpr (EXACT) {
-      if (!k16 && paired) return matmul_kernel<T, 64, true, true, 1, true>;
-      if (!k16 && bn == 64) return matmul_kernel<T, 64, false, true, 1, true>;
+      if (!k16 && paired) return choice<T, 64, true, true, 1, true>();
+      if (!k16 && bn == 64) return choice<T, 64, false, true, 1, true>();
     }
-    if (paired) return matmul_kernel<T, 64, true, EXACT>;
-    return bn == 128 ? matmul_kernel<T, 128, false, EXACT> : matmul_kernel<T, 64, false, EXACT>;
+    if (paired) return choice<T, 64, true, EXACT>();
+    return bn == 128 ? choice<T, 128, false, EXACT>() : choice<T, 64, false, EXACT>();
   }
 }
 
 template <Form F>
-KernelFn pick_form_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k16) {
+KernelChoice pick_form_kernel(GgmlType type, int bn, bool paired, bool two_blocks, bool k16) {
   switch (type) {
-    case GgmlType::F32: return F != Form::kF16 ? nullptr : pick_typed_kernel<GgmlType::F32, Form::kF16>(bn, paired, two_blocks, k16);
+    case GgmlType::F32: return F != Form::kF16 ? KernelChoice{} : pick_typed_kernel<GgmlType::F32, Form::kF16>(bn, paired, two_blocks, k16);
     case GgmlType::F16: return pick_typed_kernel<GgmlType::F16, F>(bn, paired, two_blocks, k16);
     case GgmlType::Q8_0: return pick_typed_kernel<GgmlType::Q8_0, F>(bn, paired, two_blocks, k16);
     case GgmlType::IQ2_XXS: return pick_typed_kernel<GgmlType::IQ2_XXS, F>(bn, paired, two_blocks, k16);
     case GgmlType::Q2_K: return pick_typed_kernel<GgmlType::Q2_K, F>(bn, paired, two_blocks, k16);
     case GgmlType::Q4_K: return pick_typed_kernel<GgmlType::Q4_K, F>(bn, paired, two_blocks, k16);
-    default: return nullptr;
+    default: return {};
   }
 }
 
 // two_blocks, k16: kExact tuning variants (see MatmulLaunch); ignored where they do not apply.
-KernelFn pick_kernel(GgmlType type, int bn, bool paired, Form form, bool two_blocks = false, bool k16 = false) {
+KernelChoice pick_kernel(GgmlType type, int bn, bool paired, Form form, bool two_blocks = false, bool k16 = false) {
   switch (form) {
     case Form::kExact: return pick_form_kernel<Form::kExact>(type, bn, paired, two_blocks, k16);
     case Form::kF16X: return pick_form_kernel<Form::kF16X>(type, bn, paired, two_blocks, k16);
@@ -718,9 +826,10 @@ Status init_once() {
       for (int bn : {32, 64, 128}) {
         for (bool paired : {false, true}) {
           for (int variant = 0; variant < 4; ++variant) {  // two blocks (bit 0), k16 (bit 1)
-            KernelFn fn = pick_kernel(t, bn, paired, form, (variant & 1) != 0, (variant & 2) != 0);
+            const KernelChoice k = pick_kernel(t, bn, paired, form, (variant & 1) != 0, (variant & 2) != 0);
+            KernelFn fn = k.fn;
             if (fn == nullptr) continue;
-            const size_t bytes = shared_bytes(t, paired && bn == 128 ? 64 : bn, paired, form);
+            const size_t bytes = k.smem;
             if (!fits_shared_memory(fn, bytes)) continue;  // refused at launch on this device
             DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
             if (exact && (bn == 32 || ((variant & 1) != 0 && !paired && bn == 64))) {
@@ -745,7 +854,7 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
       l.precision != MatmulPrecision::kF16Activations) {
     return Status::Error("matmul: unknown precision " + std::to_string(static_cast<int>(l.precision)));
   }
-  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false, Form::kF16) == nullptr) {
+  if (!device_matrix_supported(w.type, w.cols) || pick_kernel(w.type, 64, false, Form::kF16).fn == nullptr) {
     return Status::Error("matmul: unsupported weight type " + type + " with " + std::to_string(w.cols) +
                          " columns");
   }
@@ -753,7 +862,7 @@ Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
     return Status::Error("matmul: " + std::to_string(w.cols) + " columns (need a multiple of 32)");
   }
   const Form form = form_of(l.precision);
-  if (form != Form::kF16 && pick_kernel(w.type, 64, false, form) == nullptr) {
+  if (form != Form::kF16 && pick_kernel(w.type, 64, false, form).fn == nullptr) {
     return Status::Error("matmul: no exact (integer-weight) form for " + type + " weights (" + form_name(form) +
                          "); use MatmulPrecision::kF16 or the f32 matvec");
   }
@@ -816,8 +925,8 @@ bool matmul_fits(const MatmulLaunch& l) {
   const bool paired = l.w_up != nullptr;
   const Form form = form_of(l.precision);
   const int bn = token_tile_of(l);
-  KernelFn fn = pick_kernel(l.w->type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
-  return fn != nullptr && fits_shared_memory(fn, shared_bytes(l.w->type, bn, paired, form));
+  const KernelChoice k = pick_kernel(l.w->type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
+  return k.fn != nullptr && fits_shared_memory(k.fn, k.smem);
 }
 
 Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
@@ -868,8 +977,9 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
-  KernelFn fn = pick_kernel(w.type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
-  const size_t smem = shared_bytes(w.type, bn, paired, form);
+  const KernelChoice k = pick_kernel(w.type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
+  KernelFn fn = k.fn;
+  const size_t smem = k.smem;
   if (!fits_shared_memory(fn, smem)) {
     return Status::Error("matmul: the " + std::string(form_name(form)) + (paired ? " paired " : " ") +
                          std::string(ggml_type_name(w.type)) + " kernel with " + std::to_string(bn) + "-token tiles needs " +

@@ -1,6 +1,6 @@
 // Quantized matrix-matrix products on tensor cores (the prefill path): products run
 // on mma.sync m16n8k16 (f16 x f16 -> f32) and sums accumulate in f32 in a fixed order
-// (no split-K, no atomics: results do not depend on scheduling). Two precisions:
+// (no split-K, no atomics: results do not depend on scheduling). Three precisions:
 //
 // MatmulPrecision::kExact (default): every weight format is affine per sub-block,
 // w = A * q + B with q a small integer (exact in f16) and A, B f32 (Q8_0: d, 0 per
@@ -9,10 +9,13 @@
 // F16: the weight itself, 1, 0).
 // Activations are split x = hi + lo (hi = f16(x), lo = f16((x - hi) * 2^11), the
 // scale keeping it clear of f16 subnormals), two mma per 16 columns give q . x up to
-// the f32 sums (relative error ~2^-22 per activation), and acc += A * (q . x) + B * sum(x) (the sum in f32). The error is
-// close to an f32 dot product (~1e-6 of sum |w x|). F32 weights have no exact form
-// here: a kExact launch with F32 weights is refused (use kF16 or the f32 matvec).
-// Both precisions need |x| < 65504 (the f16 range of hi).
+// the f32 sums (relative error ~2^-22 per activation), and acc += A * (q . x) +
+// B * sum(x) (the sum in f32). The error is close to an f32 dot product (~1e-6 of
+// sum |w x|). Unpaired Q2_K launches sum the B terms of a 256-column super-block on
+// tensor cores (-dmin * (m . sum(x)), the integers m exact, the 16-column sums split
+// as hi + lo), to the same precision. F32 weights have no exact form here: a kExact
+// launch with F32 weights is refused (use kF16 or the f32 matvec).
+// Every precision needs |x| < 65504 (the f16 range of hi).
 //
 // MatmulPrecision::kF16: weights dequantized as the CPU dequantization then rounded to
 // f16, activations rounded to f16 (error ~1e-3 of sum |w x|); faster.
@@ -20,8 +23,9 @@
 // MatmulPrecision::kF16Activations: weights exact as in kExact (integers q, f32 A and
 // B per sub-block), activations rounded once to f16 (the hi part only: one mma per 16
 // columns instead of two); the sum(x) of the B term stays f32. The error is that of
-// the activations' rounding, |err| <= 2^-11 * sum |w x| (plus 2^-25 * sum |w| for
-// activations below the f16 normal range, and the f32 sums). F32 weights are refused
+// the activations' rounding, |err| <= 2^-11 * sum |A q x| (plus 2^-25 * sum |A q| for
+// activations below the f16 normal range, and the f32 sums; A q is the weight less
+// the k-quants' minimum B). F32 weights are refused
 // as in kExact. Same kernels, tiles and shared-memory fallbacks as kExact, with less
 // shared memory (no lo tile) and half the tensor-core work.
 //

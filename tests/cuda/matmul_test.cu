@@ -9,7 +9,9 @@
 // in the three precisions (F32 weights: kF16 only; the integer forms refuse them), and
 // again with activations of a large dynamic range (magnitudes 1e3, 1 and 1e-3 mixed);
 // the tuning variants (exact_two_blocks, exact_k16, the 32-token tile) are checked on
-// a subset, the 32-token tiles also bit for bit against the 64-token ones.
+// a subset, the 32-token tiles also bit for bit against the 64-token ones. Unpaired
+// Q2_K cases (dense and grouped, 256 to 1024 columns: one to four super-blocks) cover
+// the minimums summed on tensor cores per super-block.
 // Covers every weight type, token counts 1/7/64/200 (both token tiles), row counts
 // that are not a multiple of the row tile, row sub-ranges of a stacked matrix, strided
 // x and y, accumulate, the paired SwiGLU with a limit, and grouped mode (uneven
