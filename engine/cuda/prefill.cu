@@ -103,13 +103,14 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
 // mixing projections, the router, the indexer weights).
 Status matvec_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
                      cudaStream_t st) {
-  // The small-matmul kernel wins on the few-row, long-row HC projections (24 x 16384:
-  // 0.58 ms against 1.8 ms for 2048 tokens on the H200); the matrix-vector kernel on the
-  // router and indexer weights (256 and 64 rows of 4096: 0.51 / 0.15 ms against 0.79 / 0.20).
+  // Chunks of 64 tokens or more: the register-tiled kernel (cuda/prefill_ops.h). Fewer:
+  // the small-matmul kernel on the few-row, long-row HC projections (24 x 16384: 0.58 ms
+  // against 1.8 ms for 2048 tokens on the H200), the matrix-vector kernel on the router
+  // and indexer weights (256 and 64 rows of 4096: 0.51 / 0.15 ms against 0.79 / 0.20).
   const bool aligned = x_stride % 4 == 0 && y_stride % 4 == 0 && w.cols % 4 == 0;
-  if (aligned && w.rows <= 32 && w.count == 1 && (w.type == GgmlType::F16 || w.type == GgmlType::F32)) {
-    return launch_small_matmul_tokens(w, x, x_stride, y, y_stride, n, st);
-  }
+  const bool plain = w.count == 1 && (w.type == GgmlType::F16 || w.type == GgmlType::F32);
+  if (aligned && plain && n >= 64) return launch_tiled_matmul_tokens(w, x, x_stride, y, y_stride, n, st);
+  if (aligned && plain && w.rows <= 32) return launch_small_matmul_tokens(w, x, x_stride, y, y_stride, n, st);
   return matvec_f32(w, x, x_stride, y, y_stride, n, st);
 }
 

@@ -1,5 +1,6 @@
 #include "cuda/prefill_ops.h"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_limits.h"
 #include "cuda/device_math.cuh"
 
 // The per-token bodies below repeat the arithmetic of hyper_connections.cu and moe.cu
@@ -20,6 +22,7 @@ namespace ds4 {
 namespace {
 
 using namespace cuda_detail;
+namespace cg = cooperative_groups;
 
 constexpr int kMaxMult = 8;
 constexpr int kMaxExperts = 1024;
@@ -546,6 +549,368 @@ void launch_small_matmul_for_rows(const DeviceMatrix& w, const float* x, int64_t
   }
 }
 
+
+// The requirements shared by launch_small_matmul_tokens and launch_tiled_matmul_tokens.
+Status check_small_matmul(const DeviceMatrix& w, const float* x, int64_t x_stride, const float* y, int64_t y_stride,
+                          int n, const std::string& what) {
+  if (w.type != GgmlType::F16 && w.type != GgmlType::F32) {
+    return Status::Error(what + ": weight type " + std::to_string(static_cast<int>(w.type)) + " is not F16 or F32");
+  }
+  if (w.empty() || w.rows <= 0 || w.cols <= 0 || w.cols % 4 != 0 || w.rows > INT_MAX || w.cols > INT_MAX / 2) {
+    return Status::Error(what + ": matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                         " (columns must be a positive multiple of 4)");
+  }
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  if (x_stride < w.cols || x_stride % 4 != 0 || y_stride < w.rows || !aligned(x) || !aligned(w.data) || !y) {
+    return Status::Error(what + ": x stride " + std::to_string(x_stride) + " / y stride " + std::to_string(y_stride) +
+                         " / alignment do not fit a " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                         " matrix (x rows need 16-byte alignment)");
+  }
+  if (n < 0 || n > 4 * kMaxGridY) return Status::Error(what + ": token count " + std::to_string(n) + " out of range");
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------- tiled matmul
+
+// Register-tiled f32 GEMM over a chunk: y[t][r] = sum_c w[r][c] x[t][c]. A block owns a
+// tile of BM tokens x BN rows and one contiguous column range (split s of gridDim.z);
+// tiles of kTileK columns of x and w stream through shared memory in `stages` slots by
+// cp.async (16-byte copies of x, 8-byte copies of F16 w; out-of-range chunks are
+// zero-filled). Thread (tg, rg) sums tokens tg + i*BM/TM and rows rg + j*BN/TN (strided,
+// so that the float4 shared loads of a warp hit distinct banks).
+
+constexpr int kTileK = 32;               // columns per stage
+constexpr int kTilePitch = kTileK + 4;   // floats per shared row of x / f32 w (bank offset)
+constexpr int kTileHalfPitch = kTileK + 8;  // halves per shared row of raw F16 w
+constexpr int kTileChunks = kTileK / 4;  // 4-column chunks per row and stage
+constexpr int kMaxTileSplits = 8;        // portable cluster size
+constexpr int kTileMaxStages = 4;
+
+struct TiledParams {
+  const uint8_t* w;
+  int rows;
+  int cols;
+  const float* x;
+  int64_t x_stride;
+  float* y;
+  int64_t y_stride;
+  int n;
+  int split_cols;    // columns per split (a multiple of kTileK)
+  int splits;
+  int stages;
+  int region_bytes;  // stage slots (and the partial tile), before the f32 w tile
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async8(void* smem, const void* global, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 8 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most stages - 2 groups are pending (the oldest slot has landed).
+__device__ __forceinline__ void cp_async_wait_oldest(int stages) {
+  if (stages >= 4) {
+    asm volatile("cp.async.wait_group 2;\n" ::);
+  } else if (stages == 3) {
+    asm volatile("cp.async.wait_group 1;\n" ::);
+  } else {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+  }
+}
+
+template <bool kF16>
+__host__ __device__ constexpr int tile_w_bytes(int bn) {
+  return kF16 ? bn * kTileHalfPitch * 2 : bn * kTilePitch * 4;
+}
+
+template <bool kF16, int BM, int BN>
+__host__ __device__ constexpr int tile_stage_bytes() {
+  return BM * kTilePitch * 4 + tile_w_bytes<kF16>(BN);
+}
+
+// Issues the copies of the column tile [k0, k0 + kTileK) into one slot.
+template <bool kF16, int BM, int BN, int kThreads>
+__device__ __forceinline__ void tile_load_stage(const TiledParams& p, int t0, int r0, int k0, int kend,
+                                                unsigned char* slot) {
+  float* xs = reinterpret_cast<float*>(slot);
+  static_assert((BM * kTileChunks) % kThreads == 0, "x chunks must divide among the threads");
+#pragma unroll
+  for (int i = 0; i < BM * kTileChunks / kThreads; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    const int row = c / kTileChunks, q = c % kTileChunks;
+    const int t = t0 + row, k = k0 + q * 4;
+    const bool ok = t < p.n && k < kend;
+    const float* src = ok ? p.x + static_cast<int64_t>(t) * p.x_stride + k : p.x;
+    cp_async16(xs + row * kTilePitch + q * 4, src, ok);
+  }
+  unsigned char* ws = slot + BM * kTilePitch * 4;
+  for (int c = threadIdx.x; c < BN * kTileChunks; c += kThreads) {
+    const int row = c / kTileChunks, q = c % kTileChunks;
+    const int r = r0 + row, k = k0 + q * 4;
+    const bool ok = r < p.rows && k < kend;
+    if constexpr (kF16) {
+      const __half* base = reinterpret_cast<const __half*>(p.w);
+      cp_async8(reinterpret_cast<__half*>(ws) + row * kTileHalfPitch + q * 4,
+                ok ? base + static_cast<int64_t>(r) * p.cols + k : base, ok);
+    } else {
+      const float* base = reinterpret_cast<const float*>(p.w);
+      cp_async16(reinterpret_cast<float*>(ws) + row * kTilePitch + q * 4,
+                 ok ? base + static_cast<int64_t>(r) * p.cols + k : base, ok);
+    }
+  }
+}
+
+template <bool kF16, int BM, int BN, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    tiled_matmul_tokens_kernel(TiledParams p) {
+  constexpr int kRowGroups = BN / TN;
+  constexpr int kTokenGroups = BM / TM;
+  constexpr int kThreads = kRowGroups * kTokenGroups;
+  constexpr int kStage = tile_stage_bytes<kF16, BM, BN>();
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  float* wf = reinterpret_cast<float*>(tile_smem + p.region_bytes);  // f32 w tile (F16 only)
+
+  const int t0 = blockIdx.x * BM, r0 = blockIdx.y * BN;
+  const int kbegin = blockIdx.z * p.split_cols;
+  const int kend = min(p.cols, kbegin + p.split_cols);
+  const int tiles = kend > kbegin ? (kend - kbegin + kTileK - 1) / kTileK : 0;
+  const int rg = threadIdx.x % kRowGroups, tg = threadIdx.x / kRowGroups;
+
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+  for (int s = 0; s < p.stages - 1; ++s) {
+    if (s < tiles) tile_load_stage<kF16, BM, BN, kThreads>(p, t0, r0, kbegin + s * kTileK, kend, tile_smem + s * kStage);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < tiles; ++kt) {
+    cp_async_wait_oldest(p.stages);
+    __syncthreads();  // tile kt landed for every thread; slot of tile kt - 1 is free
+    const int next = kt + p.stages - 1;
+    if (next < tiles) {
+      tile_load_stage<kF16, BM, BN, kThreads>(p, t0, r0, kbegin + next * kTileK, kend,
+                                              tile_smem + (next % p.stages) * kStage);
+    }
+    cp_async_commit();
+    const unsigned char* slot = tile_smem + (kt % p.stages) * kStage;
+    const float* xs = reinterpret_cast<const float*>(slot);
+    const float* ws;
+    if constexpr (kF16) {
+      const __half* raw = reinterpret_cast<const __half*>(slot + BM * kTilePitch * 4);
+      for (int c = threadIdx.x; c < BN * kTileChunks; c += kThreads) {
+        const int row = c / kTileChunks, q = c % kTileChunks;
+        const uint2 v = *reinterpret_cast<const uint2*>(raw + row * kTileHalfPitch + q * 4);
+        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+        const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+        *reinterpret_cast<float4*>(wf + row * kTilePitch + q * 4) = make_float4(a.x, a.y, b.x, b.y);
+      }
+      __syncthreads();
+      ws = wf;
+    } else {
+      ws = reinterpret_cast<const float*>(slot + BM * kTilePitch * 4);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 4) {
+      float4 xv[TM], wv[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) xv[i] = *reinterpret_cast<const float4*>(xs + (tg + i * kTokenGroups) * kTilePitch + kk);
+#pragma unroll
+      for (int j = 0; j < TN; ++j) wv[j] = *reinterpret_cast<const float4*>(ws + (rg + j * kRowGroups) * kTilePitch + kk);
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          acc[i][j] = __fmaf_rn(wv[j].x, xv[i].x, acc[i][j]);
+          acc[i][j] = __fmaf_rn(wv[j].y, xv[i].y, acc[i][j]);
+          acc[i][j] = __fmaf_rn(wv[j].z, xv[i].z, acc[i][j]);
+          acc[i][j] = __fmaf_rn(wv[j].w, xv[i].w, acc[i][j]);
+        }
+      }
+    }
+  }
+
+  if (p.splits == 1) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      const int t = t0 + tg + i * kTokenGroups;
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        const int r = r0 + rg + j * kRowGroups;
+        if (t < p.n && r < p.rows) p.y[static_cast<int64_t>(t) * p.y_stride + r] = acc[i][j];
+      }
+    }
+    return;
+  }
+  // Split sums: each block leaves its partial tile in its shared memory; block `rank` of
+  // the cluster then adds, for its share of the tile, the partials of ranks 0, 1, ... in
+  // that order (rank = the split, the cluster spanning gridDim.z).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launch never asks for splits below it
+#else
+  asm volatile("cp.async.wait_group 0;\n" ::);
+  __syncthreads();
+  float* part = reinterpret_cast<float*>(tile_smem);
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) part[(tg + i * kTokenGroups) * BN + rg + j * kRowGroups] = acc[i][j];
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int rank = static_cast<int>(cluster.block_rank());
+  constexpr int kTile = BM * BN;
+  const int per = (kTile + p.splits - 1) / p.splits;
+  const int begin = rank * per, end = min(kTile, begin + per);
+  for (int e = begin + threadIdx.x; e < end; e += kThreads) {
+    const int t = t0 + e / BN, r = r0 + e % BN;
+    float v = cluster.map_shared_rank(part, 0)[e];
+    for (int s = 1; s < p.splits; ++s) v = __fadd_rn(v, cluster.map_shared_rank(part, s)[e]);
+    if (t < p.n && r < p.rows) p.y[static_cast<int64_t>(t) * p.y_stride + r] = v;
+  }
+  cluster.sync();  // the partials stay in place until every block has read them
+#endif
+}
+
+int multiprocessor_count() {
+  static const int count = [] {
+    int device = 0, sms = 1;
+    if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms > 0 ? sms : 1;
+  }();
+  return count;
+}
+
+// What one variant can do on this device, found once: its shared-memory size (the most
+// stages that fit), resident blocks per multiprocessor and the largest cluster it forms.
+struct TilePlan {
+  Status status;
+  int stages = 0;
+  int shared = 0;
+  int region = 0;
+  int blocks_per_sm = 0;
+  int max_splits = 1;
+};
+
+template <bool kF16, int BM, int BN, int TM, int TN>
+const TilePlan& tile_plan() {
+  static const TilePlan plan = [] {
+    TilePlan pl;
+    auto kernel = tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN>;
+    constexpr int kThreads = (BM / TM) * (BN / TN);
+    const int limit = max_shared_per_block();
+    const int wf_bytes = kF16 ? BN * kTilePitch * 4 : 0;
+    for (pl.stages = kTileMaxStages; pl.stages >= 2; --pl.stages) {
+      pl.region = std::max(pl.stages * tile_stage_bytes<kF16, BM, BN>(), BM * BN * 4);
+      pl.shared = pl.region + wf_bytes;
+      if (pl.shared <= limit) break;
+    }
+    if (pl.stages < 2) {
+      pl.status = Status::Error("tiled_matmul_tokens: " + std::to_string(pl.shared) +
+                                " bytes of shared memory per block exceed the device's " + std::to_string(limit));
+      return pl;
+    }
+    pl.status = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.shared),
+                            "tiled_matmul_tokens: raising the shared-memory limit");
+    if (!pl.status.ok()) return pl;
+    pl.status = cuda_status(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&pl.blocks_per_sm, kernel, kThreads, pl.shared),
+                            "tiled_matmul_tokens: occupancy");
+    if (!pl.status.ok()) return pl;
+    int device = 0, major = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    pl.max_splits = 1;
+    if (major >= 9) {
+      for (int s = kMaxTileSplits; s >= 2; --s) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = s;
+        cfg.gridDim = dim3(1, 1, s);
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = pl.shared;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters >= 1) {
+          pl.max_splits = s;
+          break;
+        }
+        cudaGetLastError();  // a refused size is not an error of the caller's launches
+      }
+    }
+    return pl;
+  }();
+  return plan;
+}
+
+template <bool kF16, int BM, int BN, int TM, int TN>
+Status launch_tiled_variant(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
+                            int n, int k_splits, cudaStream_t stream) {
+  const TilePlan& plan = tile_plan<kF16, BM, BN, TM, TN>();
+  DS4_RETURN_IF_ERROR(plan.status);
+  constexpr int kThreads = (BM / TM) * (BN / TN);
+  const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
+  const int gx = (n + BM - 1) / BM, gy = (rows + BN - 1) / BN;
+  if (gy > kMaxGridY) return Status::Error("tiled_matmul_tokens: " + std::to_string(rows) + " rows are too many");
+  const int k_tiles = (cols + kTileK - 1) / kTileK;
+  int splits = k_splits;
+  if (splits <= 0) {
+    // Enough blocks for one full wave, each split keeping at least 4 column tiles.
+    const int wave = std::max(1, plan.blocks_per_sm) * multiprocessor_count();
+    splits = std::min(wave / std::max(1, gx * gy), std::max(1, k_tiles / 4));
+  }
+  splits = std::max(1, std::min({splits, plan.max_splits, k_tiles}));
+  const int tiles_per_split = (k_tiles + splits - 1) / splits;
+  splits = (k_tiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
+  TiledParams p;
+  p.w = w.data;
+  p.rows = rows;
+  p.cols = cols;
+  p.x = x;
+  p.x_stride = x_stride;
+  p.y = y;
+  p.y_stride = y_stride;
+  p.n = n;
+  p.split_cols = tiles_per_split * kTileK;
+  p.splits = splits;
+  p.stages = plan.stages;
+  p.region_bytes = plan.region;
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = splits;
+  cfg.gridDim = dim3(gx, gy, splits);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = plan.shared;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cuda_status(cudaLaunchKernelEx(&cfg, tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN>, p),
+                     "tiled_matmul_tokens launch");
+}
+
+// Tiles by row count: 8 rows (4 tokens x 2 rows a thread), 24 rows (4 x 6: the HC
+// mixing's 24 in one tile) or 64 rows (8 x 8); 128 tokens a tile, 128 threads a block.
+template <bool kF16>
+Status launch_tiled_for_rows(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
+                             int n, int k_splits, cudaStream_t stream) {
+  if (w.rows <= 8) return launch_tiled_variant<kF16, 128, 8, 4, 2>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  if (w.rows <= 24) return launch_tiled_variant<kF16, 128, 24, 4, 6>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  return launch_tiled_variant<kF16, 128, 64, 8, 8>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+}
+
 }  // namespace
 
 Status launch_hc_embed_tokens(const void* embd, GgmlType type, const int32_t* tokens, int n,
@@ -635,23 +1000,7 @@ Status launch_moe_combine(const float* y, const int32_t* slot_of, int n, int k, 
 
 Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
                                   int64_t y_stride, int n, cudaStream_t stream) {
-  if (w.type != GgmlType::F16 && w.type != GgmlType::F32) {
-    return Status::Error("small_matmul_tokens: weight type " + std::to_string(static_cast<int>(w.type)) +
-                         " is not F16 or F32");
-  }
-  if (w.empty() || w.rows <= 0 || w.cols <= 0 || w.cols % 4 != 0 || w.rows > INT_MAX || w.cols > INT_MAX) {
-    return Status::Error("small_matmul_tokens: matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
-                         " (columns must be a positive multiple of 4)");
-  }
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  if (x_stride < w.cols || x_stride % 4 != 0 || y_stride < w.rows || !aligned(x) || !aligned(w.data) || !y) {
-    return Status::Error("small_matmul_tokens: x stride " + std::to_string(x_stride) + " / y stride " +
-                         std::to_string(y_stride) + " / alignment do not fit a " + std::to_string(w.rows) + " x " +
-                         std::to_string(w.cols) + " matrix (x rows need 16-byte alignment)");
-  }
-  if (n < 0 || n > 4 * kMaxGridY) {
-    return Status::Error("small_matmul_tokens: token count " + std::to_string(n) + " out of range");
-  }
+  DS4_RETURN_IF_ERROR(check_small_matmul(w, x, x_stride, y, y_stride, n, "small_matmul_tokens"));
   if (n == 0) return Status::Ok();
   if (w.type == GgmlType::F16) {
     launch_small_matmul_for_rows<true>(w, x, x_stride, y, y_stride, n, stream);
@@ -659,6 +1008,18 @@ Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t
     launch_small_matmul_for_rows<false>(w, x, x_stride, y, y_stride, n, stream);
   }
   return cuda_status(cudaGetLastError(), "small_matmul_tokens launch");
+}
+
+Status launch_tiled_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
+                                  int64_t y_stride, int n, cudaStream_t stream, int k_splits) {
+  DS4_RETURN_IF_ERROR(check_small_matmul(w, x, x_stride, y, y_stride, n, "tiled_matmul_tokens"));
+  if (k_splits < 0 || k_splits > kMaxTileSplits) {
+    return Status::Error("tiled_matmul_tokens: split count " + std::to_string(k_splits) + " out of range 0.." +
+                         std::to_string(kMaxTileSplits));
+  }
+  if (n == 0) return Status::Ok();
+  if (w.type == GgmlType::F16) return launch_tiled_for_rows<true>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  return launch_tiled_for_rows<false>(w, x, x_stride, y, y_stride, n, k_splits, stream);
 }
 
 }  // namespace ds4

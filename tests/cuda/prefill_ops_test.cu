@@ -4,7 +4,9 @@
 // CPU reference exists (engine/cpu) a few tokens are also compared with it within f32
 // tolerance. The MoE grouping is checked exhaustively against a host stable sort
 // (offsets, permutation, token rows, row scales, slots), the combine against a host sum
-// in the same order. Finally every launch is timed for n = 2048 (microseconds).
+// in the same order. The f32 products over a chunk (small and tiled kernels) are checked
+// against a double sum and the matrix-vector kernel. Finally every launch is timed for
+// n = 2048 (microseconds), the tiled kernel beside the kernels it replaces.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -737,12 +739,22 @@ std::vector<float> weights_as_floats(const std::vector<uint8_t>& bytes, GgmlType
   return w;
 }
 
+using SmallLaunch = std::function<Status(const DeviceMatrix&, const float*, int64_t, float*, int64_t, int)>;
+
+Status launch_small(const DeviceMatrix& w, const float* x, int64_t xs, float* y, int64_t ys, int n) {
+  return launch_small_matmul_tokens(w, x, xs, y, ys, n, nullptr);
+}
+
 // Every output against a double-precision sum over the same f32 inputs: the error must
 // stay within 1e-6 of sum |w_c x_c| (the scale of the f32 roundings). Also against
-// launch_matvec with the same inputs (f32 too), within 2e-6 of that scale.
-void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng) {
-  const std::string name = std::string("small_matmul ") + sh.what + " " + std::to_string(sh.rows) + " x " +
-                           std::to_string(sh.cols) + " n=" + std::to_string(n);
+// launch_matvec with the same inputs (f32 too), within 2e-6 of that scale. y is filled
+// with NaN first (every output must be written) and its padding columns with a sentinel
+// (they must stay untouched).
+void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng,
+                                          const std::string& kernel = "small_matmul",
+                                          const SmallLaunch& launch = launch_small) {
+  const std::string name = kernel + " " + sh.what + " " + (sh.type == GgmlType::F16 ? "F16 " : "F32 ") +
+                           std::to_string(sh.rows) + " x " + std::to_string(sh.cols) + " n=" + std::to_string(n);
   const int64_t x_stride = sh.cols + 8, y_stride = sh.rows + 3;
   const std::vector<uint8_t> wb = random_blocks(sh.type, sh.rows, sh.cols, rng);
   const std::vector<float> w = weights_as_floats(wb, sh.type, static_cast<size_t>(sh.rows) * sh.cols);
@@ -754,10 +766,14 @@ void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng) {
   m.rows = sh.rows;
   m.cols = sh.cols;
   m.data = dw.get();
-  // Sentinel in the padding columns of y: they must stay untouched.
+  // NaN in the outputs (each must be written), a sentinel in the padding columns of y
+  // (they must stay untouched).
   std::vector<float> sentinel(static_cast<size_t>(n) * y_stride, 12345.0f);
+  for (int t = 0; t < n; ++t) {
+    for (int r = 0; r < sh.rows; ++r) sentinel[static_cast<size_t>(t) * y_stride + r] = std::nanf("");
+  }
   cudaMemcpy(dy.get(), sentinel.data(), sizeof(float) * sentinel.size(), cudaMemcpyHostToDevice);
-  expect_ok(launch_small_matmul_tokens(m, dx.get(), x_stride, dy.get(), y_stride, n, nullptr), name);
+  expect_ok(launch(m, dx.get(), x_stride, dy.get(), y_stride, n), name);
   MatvecLaunch ml;
   ml.w = &m;
   ml.x = dx.get();
@@ -854,6 +870,83 @@ void test_small_matmul(std::mt19937& rng) {
   st = launch_small_matmul_tokens(f32, x.get(), 60, y.get(), 2, 1, nullptr);
   check(!st.ok() && st.message().find("stride") != std::string::npos,
         "small_matmul refuses an x stride shorter than a row (got: " + st.message() + ")");
+}
+
+// launch_tiled_matmul_tokens: the prefill's shapes (HC mixing 24 x 16384, output HC head
+// 4 x 16384, router 256 x 4096, indexer weights 64 x 4096) with F16 and F32 weights for
+// n = 5, 17, 64, 2048, odd shapes (row tiles cut short, columns not a multiple of the
+// column tile), forced split counts, a bit-identical repeat, and the refusals.
+void test_tiled_matmul(std::mt19937& rng) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const int hc_cols = c.hc_mult * c.dim, mix_n = (2 + c.hc_mult) * c.hc_mult;
+  auto tiled = [](int splits) {
+    return [splits](const DeviceMatrix& w, const float* x, int64_t xs, float* y, int64_t ys, int n) {
+      return launch_tiled_matmul_tokens(w, x, xs, y, ys, n, nullptr, splits);
+    };
+  };
+  for (GgmlType type : {GgmlType::F16, GgmlType::F32}) {
+    const SmallShape shapes[] = {{mix_n, hc_cols, type, "hc_pre fn"},
+                                 {c.hc_mult, hc_cols, type, "head fn"},
+                                 {c.n_experts, c.dim, type, "gate_inp"},
+                                 {64, c.dim, type, "index_proj"}};
+    for (const SmallShape& sh : shapes) {
+      for (int n : {5, 17, 64, 2048}) test_small_matmul_case(sh, n, rng, "tiled", tiled(0));
+    }
+  }
+  const SmallShape odd[] = {{3, 132, GgmlType::F32, "odd"},   {7, 1028, GgmlType::F16, "odd"},
+                            {19, 260, GgmlType::F16, "odd"},  {45, 4100, GgmlType::F32, "odd"},
+                            {100, 4096, GgmlType::F16, "odd"}, {30, 16384, GgmlType::F16, "odd"}};
+  for (const SmallShape& sh : odd) {
+    for (int n : {1, 5, 130}) test_small_matmul_case(sh, n, rng, "tiled", tiled(0));
+  }
+  // Forced split counts (1: no cluster; 3: an odd cluster; 8: the largest).
+  for (int splits : {1, 2, 3, 8}) {
+    test_small_matmul_case({mix_n, hc_cols, GgmlType::F16, "hc_pre fn"}, 300, rng,
+                           "tiled splits=" + std::to_string(splits), tiled(splits));
+    test_small_matmul_case({c.n_experts, c.dim, GgmlType::F16, "gate_inp"}, 200, rng,
+                           "tiled splits=" + std::to_string(splits), tiled(splits));
+  }
+  // Repeat: the same inputs give the same bits.
+  {
+    const int n = 700;
+    const std::vector<uint8_t> wb = random_blocks(GgmlType::F16, c.n_experts, c.dim, rng);
+    DeviceVec<uint8_t> dw(wb);
+    DeviceVec<float> dx(random_floats(static_cast<size_t>(n) * c.dim, rng, -2.0f, 2.0f));
+    DeviceVec<float> y1(static_cast<size_t>(n) * c.n_experts), y2(static_cast<size_t>(n) * c.n_experts);
+    DeviceMatrix m;
+    m.type = GgmlType::F16;
+    m.rows = c.n_experts;
+    m.cols = c.dim;
+    m.data = dw.get();
+    expect_ok(launch_tiled_matmul_tokens(m, dx.get(), c.dim, y1.get(), c.n_experts, n, nullptr), "tiled repeat 1");
+    expect_ok(launch_tiled_matmul_tokens(m, dx.get(), c.dim, y2.get(), c.n_experts, n, nullptr), "tiled repeat 2");
+    expect_sync("tiled repeat");
+    expect_identical(y1.host(), y2.host(), c.n_experts, "tiled gate_inp n=700 repeated");
+  }
+  // Refusals: the small kernel's (type, columns, stride) and a split count above 8.
+  DeviceVec<uint8_t> bytes(4096);
+  DeviceVec<float> x(4096), y(4096);
+  DeviceMatrix q8;
+  q8.type = GgmlType::Q8_0;
+  q8.rows = 2;
+  q8.cols = 64;
+  q8.data = bytes.get();
+  Status st = launch_tiled_matmul_tokens(q8, x.get(), 64, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("F16 or F32") != std::string::npos,
+        "tiled_matmul refuses a Q8_0 matrix (got: " + st.message() + ")");
+  DeviceMatrix f32 = q8;
+  f32.type = GgmlType::F32;
+  st = launch_tiled_matmul_tokens(f32, x.get(), 60, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("stride") != std::string::npos,
+        "tiled_matmul refuses an x stride shorter than a row (got: " + st.message() + ")");
+  f32.cols = 6;
+  st = launch_tiled_matmul_tokens(f32, x.get(), 8, y.get(), 2, 1, nullptr);
+  check(!st.ok() && st.message().find("multiple of 4") != std::string::npos,
+        "tiled_matmul refuses 6 columns (got: " + st.message() + ")");
+  f32.cols = 64;
+  st = launch_tiled_matmul_tokens(f32, x.get(), 64, y.get(), 2, 1, nullptr, 9);
+  check(!st.ok() && st.message().find("split count") != std::string::npos,
+        "tiled_matmul refuses 9 splits (got: " + st.message() + ")");
 }
 
 // ---------------------------------------------------------------- timings
@@ -976,7 +1069,8 @@ void time_launches(std::mt19937& rng) {
                               {m, static_cast<int>(state), GgmlType::F16, "head fn"},
                               {ne, s.dim, GgmlType::F16, "gate_inp F16"},
                               {ne, s.dim, GgmlType::F32, "gate_inp F32"},
-                              {64, s.dim, GgmlType::F16, "index_proj"}};
+                              {64, s.dim, GgmlType::F16, "index_proj"},
+                              {64, s.dim, GgmlType::F32, "index_proj F32"}};
   for (const SmallShape& sh : small) {
     DeviceVec<uint8_t> wb(random_blocks(sh.type, sh.rows, sh.cols, rng));
     DeviceMatrix mat;
@@ -997,6 +1091,14 @@ void time_launches(std::mt19937& rng) {
     ml.y_tok_stride = sh.rows;
     ml.n_tokens = n;
     report(("matvec n_tokens " + label).c_str(), [&] { return launch_matvec(ml, nullptr); });
+    report(("tiled " + label).c_str(), [&] {
+      return launch_tiled_matmul_tokens(mat, xs.get(), sh.cols, ys.get(), sh.rows, n, nullptr);
+    });
+    for (int splits = 1; splits <= 8; splits *= 2) {
+      report(("tiled splits=" + std::to_string(splits) + " " + label).c_str(), [&] {
+        return launch_tiled_matmul_tokens(mat, xs.get(), sh.cols, ys.get(), sh.rows, n, nullptr, splits);
+      });
+    }
     const double bytes = static_cast<double>(n) * sh.cols * 4 + static_cast<double>(sh.rows) * sh.cols * (sh.type == GgmlType::F16 ? 2 : 4) +
                          static_cast<double>(n) * sh.rows * 4;
     std::printf("     (%s: %.1f MB of x, w and y: %.1f us at 4.5 TB/s)\n", label.c_str(), bytes / 1e6, bytes / 4.5e6);
@@ -1017,6 +1119,7 @@ int main() {
   test_row_post_positions(rng);
   test_row_post_warp_path(rng);
   test_small_matmul(rng);
+  test_tiled_matmul(rng);
   time_launches(rng);
   return finish("prefill_ops_test");
 }
