@@ -1,6 +1,7 @@
 #include "cuda/attention.h"
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 
 namespace ds4 {
@@ -49,6 +50,8 @@ __device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int po
 // Block (head h, split j): scores of rows [j*chunk, (j+1)*chunk), their local max m,
 // sum l of exp(s - m) and the unnormalised output sum; written to the workspace.
 __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float shared[];
   float* q = shared;
   float* probs = shared + p.head_dim;
@@ -164,6 +167,8 @@ __device__ __forceinline__ void group_dots_vec4(const float4 (&v)[4], const floa
 // Results go to the per-head kernel's workspace slots (head, split).
 template <int kGroupHeads>
 __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char group_shared[];
   const int cap = split_capacity(p);
   const int D = p.head_dim;
@@ -302,6 +307,8 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
 
 // Block h: combines the splits with the sink, normalises, applies the inverse RoPE.
 __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float shared[];
   float* o = shared;
   float* factor = shared + p.head_dim;
@@ -382,17 +389,17 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
     const dim3 grid(p.splits, (p.heads + g - 1) / g);
     const size_t bytes = head_group_shared_bytes(p, g);
     if (g == 8) {
-      attention_group_partial_kernel<8><<<grid, kThreads, bytes, stream>>>(p);
+      launch_kernel(attention_group_partial_kernel<8>, grid, kThreads, bytes, stream, p);
     } else if (g == 4) {
-      attention_group_partial_kernel<4><<<grid, kThreads, bytes, stream>>>(p);
+      launch_kernel(attention_group_partial_kernel<4>, grid, kThreads, bytes, stream, p);
     } else {
-      attention_group_partial_kernel<2><<<grid, kThreads, bytes, stream>>>(p);
+      launch_kernel(attention_group_partial_kernel<2>, grid, kThreads, bytes, stream, p);
     }
   } else {
-    attention_partial_kernel<<<dim3(p.heads, p.splits), kThreads, shared, stream>>>(p);
+    launch_kernel(attention_partial_kernel, dim3(p.heads, p.splits), kThreads, shared, stream, p);
   }
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "attention launch"));
-  attention_combine_kernel<<<p.heads, kThreads, sizeof(float) * (p.head_dim + p.splits), stream>>>(p);
+  launch_kernel(attention_combine_kernel, p.heads, kThreads, sizeof(float) * (p.head_dim + p.splits), stream, p);
   return cuda_status(cudaGetLastError(), "attention combine launch");
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 #include "cuda/row_post.cuh"
 
 namespace ds4 {
@@ -13,6 +14,8 @@ using namespace cuda_detail;
 constexpr int kSelectThreads = 1024;
 
 __global__ void compressor_kernel(CompressorLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float shared[];
   float* v = shared;
   float* scratch = shared + p.d;
@@ -76,10 +79,14 @@ __global__ void compressor_kernel(CompressorLaunch p) {
 }
 
 __global__ void indexer_gate_kernel(const int32_t* pos, int ratio, int topk, int32_t* flag) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   *flag = ((*pos + 1) / ratio) > topk ? 1 : 0;
 }
 
 __global__ void indexer_score_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (!*p.active) return;
   extern __shared__ float shared[];
   float* q = shared;
@@ -127,6 +134,8 @@ __device__ int block_exclusive_scan(int v, int* buf) {
 }
 
 __global__ void __launch_bounds__(kSelectThreads) indexer_topk_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (!*p.active) return;
   __shared__ int hist[256];
   __shared__ int scan_buf[kSelectThreads];
@@ -189,6 +198,8 @@ __global__ void __launch_bounds__(kSelectThreads) indexer_topk_kernel(IndexerLau
 // holds its four row values in registers across the heads. Same products and sums, in
 // the same order, as indexer_score_kernel.
 __global__ void indexer_score_rows_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (!*p.active) return;
   int64_t nc = (*p.pos + 1) / p.ratio;
   if (nc > p.max_rows) nc = p.max_rows;
@@ -248,6 +259,8 @@ __device__ __forceinline__ int shared_prefix(const int* counts, int n) {
 // the first `remaining` keys equal to it: the same set, in the same order, as
 // indexer_topk_kernel.
 __global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (!*p.active || p.topk <= 0) return;
   constexpr int kWarps = kSelectThreads / 32;
   __shared__ int hist[256];
@@ -356,13 +369,13 @@ Status launch_compressor_update(const CompressorLaunch& p, cudaStream_t stream) 
   }
   const int w = p.d * (p.ratio == 4 ? 2 : 1);
   const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
-  compressor_kernel<<<1, pow2_threads(w), shared, stream>>>(p);
+  launch_kernel(compressor_kernel, 1, pow2_threads(w), shared, stream, p);
   return cuda_status(cudaGetLastError(), "compressor launch");
 }
 
 Status launch_indexer_gate(const int32_t* pos, int ratio, int topk, int32_t* flag,
                            cudaStream_t stream) {
-  indexer_gate_kernel<<<1, 1, 0, stream>>>(pos, ratio, topk, flag);
+  launch_kernel(indexer_gate_kernel, 1, 1, 0, stream, pos, ratio, topk, flag);
   return cuda_status(cudaGetLastError(), "indexer gate launch");
 }
 
@@ -373,13 +386,13 @@ Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
   const int64_t blocks = std::min<int64_t>((p.max_rows + 7) / 8, 1056);
   const unsigned grid = static_cast<unsigned>(std::max<int64_t>(blocks, 1));
   if (p.baseline_kernels) {
-    indexer_score_kernel<<<grid, 256, shared, stream>>>(p);
+    launch_kernel(indexer_score_kernel, grid, 256, shared, stream, p);
     DS4_CUDA_TRY(cudaGetLastError());
-    indexer_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+    launch_kernel(indexer_topk_kernel, 1, kSelectThreads, 0, stream, p);
   } else {
-    indexer_score_rows_kernel<<<grid, 256, shared, stream>>>(p);
+    launch_kernel(indexer_score_rows_kernel, grid, 256, shared, stream, p);
     DS4_CUDA_TRY(cudaGetLastError());
-    indexer_radix_topk_kernel<<<1, kSelectThreads, 0, stream>>>(p);
+    launch_kernel(indexer_radix_topk_kernel, 1, kSelectThreads, 0, stream, p);
   }
   return cuda_status(cudaGetLastError(), "indexer top-k launch");
 }

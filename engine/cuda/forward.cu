@@ -1,6 +1,7 @@
 #include "cuda/forward.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "cuda/attention.h"
@@ -48,6 +49,18 @@ __global__ void advance_kernel(int32_t* step, const int32_t* next_token) {
   pdl_wait();  // PDL: reads the argmax, writes the step block
   step[0] = *next_token;
   step[1] += 1;
+}
+
+// After recording a graph failed with programmatic dependent launch on: turns PDL off
+// for the process (cuda/launch.h), says so on stderr and returns true (the caller
+// records again, plainly). False when PDL was already off.
+bool fall_back_to_plain_launches(const Status& failed, const char* graph) {
+  if (!pdl_enabled()) return false;
+  std::fprintf(stderr, "ds4: recording the %s graph with programmatic dependent launch failed (%s); "
+               "recording it with plain launches and leaving PDL off\n", graph, failed.message().c_str());
+  set_pdl_enabled(false);
+  (void)cudaGetLastError();
+  return true;
 }
 
 }  // namespace
@@ -557,18 +570,22 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
 }
 
 Status CudaForward::record(DeviceSequence& seq, bool advance) {
-  cudaGraph_t graph = nullptr;
-  DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-  Status s = enqueue_token(seq, advance);
-  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-  DS4_RETURN_IF_ERROR(s);
-  DS4_RETURN_IF_ERROR(cuda_status(end, "recording the decode graph"));
-  cudaGraphExec_t exec = nullptr;
-  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-  cudaGraphDestroy(graph);
-  DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the decode graph"));
-  (advance ? seq.graph_advance : seq.graph) = exec;
-  return Status::Ok();
+  const Status recorded = [&]() -> Status {
+    cudaGraph_t graph = nullptr;
+    DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    Status s = enqueue_token(seq, advance);
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    DS4_RETURN_IF_ERROR(s);
+    DS4_RETURN_IF_ERROR(cuda_status(end, "recording the decode graph"));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the decode graph"));
+    (advance ? seq.graph_advance : seq.graph) = exec;
+    return Status::Ok();
+  }();
+  if (!recorded.ok() && fall_back_to_plain_launches(recorded, "decode")) return record(seq, advance);
+  return recorded;
 }
 
 Status CudaForward::set_step(int id, int32_t token, int32_t pos) {
@@ -752,18 +769,22 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
 }
 
 Status CudaForward::record_mtp(DeviceSequence& seq) {
-  cudaGraph_t graph = nullptr;
-  DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-  Status s = enqueue_mtp(seq);
-  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-  DS4_RETURN_IF_ERROR(s);
-  DS4_RETURN_IF_ERROR(cuda_status(end, "recording the MTP graph"));
-  cudaGraphExec_t exec = nullptr;
-  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-  cudaGraphDestroy(graph);
-  DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the MTP graph"));
-  seq.graph_mtp = exec;
-  return Status::Ok();
+  const Status recorded = [&]() -> Status {
+    cudaGraph_t graph = nullptr;
+    DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    Status s = enqueue_mtp(seq);
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    DS4_RETURN_IF_ERROR(s);
+    DS4_RETURN_IF_ERROR(cuda_status(end, "recording the MTP graph"));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the MTP graph"));
+    seq.graph_mtp = exec;
+    return Status::Ok();
+  }();
+  if (!recorded.ok() && fall_back_to_plain_launches(recorded, "MTP")) return record_mtp(seq);
+  return recorded;
 }
 
 Status CudaForward::mtp_step(int id, int32_t token, int32_t pos, const float* hidden, float* logits,

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 
 namespace ds4 {
@@ -14,6 +15,8 @@ constexpr int kMaxMult = 8;
 
 __global__ void embed_kernel(const void* embd, int is_f16, const int32_t* token, HcShape s,
                              float* x) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   const int64_t t = *token;
   for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < s.dim; d += gridDim.x * blockDim.x) {
     float v = is_f16 ? __half2float(reinterpret_cast<const __half*>(embd)[t * s.dim + d])
@@ -79,6 +82,8 @@ __device__ const float* gather_mix(const float* mix_raw, const float* partial, i
 __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float* scale,
                               const float* base, const float* norm_weight, HcShape s, float* post,
                               float* comb, float* out, const float* mix_partial, int mix_tiles) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float ys[];
   __shared__ float mix_shared[2 * kMaxMult + kMaxMult * kMaxMult];
   mix_raw = gather_mix(mix_raw, mix_partial, mix_tiles, 2 * s.mult + s.mult * s.mult, mix_shared);
@@ -165,6 +170,8 @@ __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float*
 
 __global__ void hc_post_kernel(const float* x_in, const float* f, const float* post,
                                const float* comb, HcShape s, float* x_out) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   const int n = s.dim * s.mult;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
     const int k = idx / s.dim;
@@ -178,6 +185,8 @@ __global__ void hc_post_kernel(const float* x_in, const float* f, const float* p
 __global__ void hc_head_kernel(const float* x, const float* mix_raw, const float* scale,
                                const float* base, const float* norm_weight, HcShape s,
                                float* out, const float* mix_partial, int mix_tiles) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float ys[];
   __shared__ float mix_shared[kMaxMult];
   mix_raw = gather_mix(mix_raw, mix_partial, mix_tiles, s.mult, mix_shared);
@@ -204,7 +213,7 @@ Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, co
   if (type != GgmlType::F16 && type != GgmlType::F32) {
     return Status::Error("hc_embed: token_embd must be F16 or F32");
   }
-  embed_kernel<<<(s.dim + 255) / 256, 256, 0, stream>>>(embd, type == GgmlType::F16, token, s, x);
+  launch_kernel(embed_kernel, (s.dim + 255) / 256, 256, 0, stream, embd, type == GgmlType::F16 ? 1 : 0, token, s, x);
   return cuda_status(cudaGetLastError(), "hc_embed launch");
 }
 
@@ -213,8 +222,8 @@ Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, c
                      float* out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
-  hc_pre_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
-                                                             s, post, comb, out, nullptr, 0);
+  launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
+                post, comb, out, nullptr, 0);
   return cuda_status(cudaGetLastError(), "hc_pre launch");
 }
 
@@ -224,8 +233,8 @@ Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
   if (!mix_partial || mix_tiles < 1) return Status::Error("hc_pre: partial sums missing or tile count below 1");
-  hc_pre_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, nullptr, scale, base, norm_weight, s, post, comb,
-                                                             out, mix_partial, mix_tiles);
+  launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, nullptr, scale, base, norm_weight, s,
+                post, comb, out, mix_partial, mix_tiles);
   return cuda_status(cudaGetLastError(), "hc_pre (partial sums) launch");
 }
 
@@ -233,7 +242,7 @@ Status launch_hc_post(const float* x_in, const float* f, const float* post, cons
                       const HcShape& s, float* x_out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   const int n = s.dim * s.mult;
-  hc_post_kernel<<<(n + 255) / 256, 256, 0, stream>>>(x_in, f, post, comb, s, x_out);
+  launch_kernel(hc_post_kernel, (n + 255) / 256, 256, 0, stream, x_in, f, post, comb, s, x_out);
   return cuda_status(cudaGetLastError(), "hc_post launch");
 }
 
@@ -241,8 +250,8 @@ Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, 
                       const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
-  hc_head_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, mix_raw, scale, base, norm_weight,
-                                                              s, out, nullptr, 0);
+  launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
+                out, nullptr, 0);
   return cuda_status(cudaGetLastError(), "hc_head launch");
 }
 
@@ -252,8 +261,8 @@ Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
   if (!mix_partial || mix_tiles < 1) return Status::Error("hc_head: partial sums missing or tile count below 1");
-  hc_head_kernel<<<1, 1024, s.dim * sizeof(float), stream>>>(x, nullptr, scale, base, norm_weight, s, out,
-                                                              mix_partial, mix_tiles);
+  launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, nullptr, scale, base, norm_weight, s,
+                out, mix_partial, mix_tiles);
   return cuda_status(cudaGetLastError(), "hc_head (partial sums) launch");
 }
 

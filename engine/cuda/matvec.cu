@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 #include "format/iq2xxs_grid.h"
 
@@ -239,6 +240,55 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
   return g / (1.0f + expf(-g)) * u;
 }
 
+// Chunk groups (one chunk; four for Q2_K) whose weight lines each thread asks L2 for
+// before pdl_wait(), so that DRAM streams the first rows while the previous kernel
+// drains (programmatic dependent launch, cuda/launch.h).
+constexpr int kPdlPrefetchGroups = 8;
+
+// L2 prefetch of the first weight lines thread `threadIdx.x` loads, in the chunk order
+// of matvec_kernel (its first row steps). Only launches whose matrices are known
+// before the wait: a slot's matrix id (slot_matrix) may be written by the previous
+// kernel. Reads nothing from device memory; weights are immutable.
+template <GgmlType T, bool PAIRED>
+__device__ __forceinline__ void prefetch_first_weights(const MatvecParams& p) {
+  if (p.slot_matrix || p.sum_slots) return;
+  constexpr bool kGroup4 = T == GgmlType::Q2_K;
+  const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
+  const int tile = p.split > 1 ? static_cast<int>(blockIdx.x / p.split) : static_cast<int>(blockIdx.x);
+  const int ns_all = static_cast<int>(p.cols >> 5);
+  const int chunk0 = split_index * p.split_chunks;
+  const int ns = min(ns_all - chunk0, p.split_chunks);
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int lpr = p.warps_per_row == 1 ? p.lanes_per_row : 32;
+  const int sub = lane & (lpr - 1);
+  const int chunk_start = (p.warps_per_row == 1 ? sub : lane + 32 * warp) * (kGroup4 ? 4 : 1);
+  const int chunk_step = p.warps_per_row == 1 ? lpr : 32 * p.warps_per_row;
+  const int group_step = kGroup4 ? unroll_for<T>() * chunk_step : chunk_step;
+  const int rows_per_step = 32 / lpr;
+  const int steps = p.warps_per_row == 1 ? p.rows_per_warp : 1;
+  const int slot = blockIdx.y;
+  int budget = kPdlPrefetchGroups;
+  for (int st = 0; st < steps && budget > 0; ++st) {
+    const int64_t r = p.warps_per_row == 1
+                          ? ((static_cast<int64_t>(tile) * steps + st) * kWarps + warp) * rows_per_step + lane / lpr
+                          : tile;
+    if (r >= p.n_rows) return;
+    const int64_t grow = static_cast<int64_t>(p.fixed_matrix) * p.matrix_rows + slot * p.slot_row_stride + r;
+    for (int c = chunk_start; c < ns && budget > 0; c += group_step, --budget) {
+      const int64_t chunk = chunk0 + c;
+      const int64_t offset = chunk * p.row_bytes / ns_all;
+      prefetch_l2(p.w_data + grow * p.row_bytes + offset);
+      if constexpr (PAIRED) prefetch_l2(p.u_data + grow * p.row_bytes + offset);
+      if (p.w_scales) {
+        const int64_t s = grow * p.scales_per_row + chunk * p.scales_per_row / ns_all;
+        prefetch_l2(p.w_scales + s);
+        if constexpr (PAIRED) prefetch_l2(p.u_scales + s);
+      }
+    }
+  }
+}
+
 // Blocks per multiprocessor the compiler must leave registers for (85 registers a
 // thread for 3): the single-token decode kernels whose loads need more warps in
 // flight and that fit without spilling (checked with ptxas -v).
@@ -250,6 +300,9 @@ template <GgmlType T, int NT, bool PAIRED, bool INT8>
 __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_kernel(MatvecParams p) {
   using C = Chunk<T>;
   constexpr int kUnroll = unroll_for<T>();
+  prefetch_first_weights<T, PAIRED>(p);
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
@@ -643,6 +696,8 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
 // y[r] (+)= sum over splits of partial[k][r], in split order.
 __global__ void split_reduce_kernel(const float* partial, int split, int64_t n_rows, float* y,
                                     int accumulate) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < n_rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v = 0.0f;
@@ -690,12 +745,34 @@ struct TileParams {
 template <GgmlType T, int K>
 __global__ void __launch_bounds__(kThreads) matvec_tile_kernel(TileParams p) {
   using C = Chunk<T>;
-  if (p.enable && *p.enable == 0) return;
   extern __shared__ float4 shared_x4[];
   const int slot = blockIdx.z;
   const int col_tile = blockIdx.x;
   const int chunk0 = col_tile * p.tile_chunks;
   const int nc = min(p.ns - chunk0, p.tile_chunks);
+  const int group = threadIdx.x / p.lanes;
+  const int li = threadIdx.x & (p.lanes - 1);
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * p.rows_per_block + group;
+  const bool row_ok = r < p.n_rows;
+  typename C::Raw raw[K];
+  const auto load_weights = [&](int matrix) {
+    const int64_t grow = matrix * p.matrix_rows + slot * p.slot_row_stride + r;
+    const uint8_t* w_row = p.w_data + grow * p.row_bytes;
+    const uint16_t* w_sc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = li + k * p.lanes;
+      if (c < nc) raw[k] = C::load(w_row, w_sc, chunk0 + c);
+    }
+  };
+  // A fixed matrix's weights (immutable) are loaded before pdl_wait(): with
+  // programmatic dependent launch they stream in while the previous kernel drains.
+  // A slot's matrix id may come from the previous kernel: loaded after the wait.
+  const bool early = row_ok && !p.slot_matrix;
+  if (early) load_weights(p.fixed_matrix);
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  if (p.enable && *p.enable == 0) return;
   const float* x = p.x + slot * p.x_slot_stride;
   float x_scale = 1.0f;
   if (p.x_norm_weight) {  // one slot (checked on the host)
@@ -720,21 +797,9 @@ __global__ void __launch_bounds__(kThreads) matvec_tile_kernel(TileParams p) {
   }
   __syncthreads();
 
-  const int group = threadIdx.x / p.lanes;
-  const int li = threadIdx.x & (p.lanes - 1);
-  const int64_t r = static_cast<int64_t>(blockIdx.y) * p.rows_per_block + group;
   float acc = 0.0f;
-  if (r < p.n_rows) {
-    const int matrix = p.slot_matrix ? p.slot_matrix[slot] : p.fixed_matrix;
-    const int64_t grow = matrix * p.matrix_rows + slot * p.slot_row_stride + r;
-    const uint8_t* w_row = p.w_data + grow * p.row_bytes;
-    const uint16_t* w_sc = p.w_scales ? p.w_scales + grow * p.scales_per_row : nullptr;
-    typename C::Raw raw[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int c = li + k * p.lanes;
-      if (c < nc) raw[k] = C::load(w_row, w_sc, chunk0 + c);
-    }
+  if (row_ok) {
+    if (!early) load_weights(p.slot_matrix[slot]);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int c = li + k * p.lanes;
@@ -770,6 +835,8 @@ __global__ void __launch_bounds__(kThreads) matvec_tile_kernel(TileParams p) {
 // adding tiles l, l + 32, ... in order, then a fixed shuffle tree (deterministic).
 __global__ void tile_reduce_kernel(const float* partial, int col_tiles, int64_t n_rows, int n_slots, float* y,
                                    int64_t y_slot_stride, int accumulate, const int32_t* enable) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   if (enable && *enable == 0) return;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -1033,14 +1100,14 @@ Status launch_tile(const MatvecLaunch& l, const MatvecParams& p, const TilePlan&
   const size_t shared = static_cast<size_t>(t.tile_chunks) * kF32ChunkBytes;
   const dim3 grid(static_cast<unsigned>(plan.col_tiles), static_cast<unsigned>(plan.row_tiles),
                   static_cast<unsigned>(p.n_slots));
-  pick_tile(l.w->type, plan.k)<<<grid, kThreads, shared, stream>>>(t);
+  launch_kernel(pick_tile(l.w->type, plan.k), grid, kThreads, shared, stream, t);
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec column-tile launch"));
   if (plan.col_tiles > 1 && !t.partials_only) {
     const int64_t outputs = p.n_rows * p.n_slots;
     const int64_t warps_per_block = kThreads / 32;
     const unsigned blocks = static_cast<unsigned>((outputs + warps_per_block - 1) / warps_per_block);
-    tile_reduce_kernel<<<blocks, kThreads, 0, stream>>>(t.partial, plan.col_tiles, p.n_rows, p.n_slots, p.y,
-                                                         p.y_slot_stride, p.accumulate, p.enable);
+    launch_kernel(tile_reduce_kernel, blocks, kThreads, 0, stream, t.partial, plan.col_tiles, p.n_rows, p.n_slots,
+                  p.y, p.y_slot_stride, p.accumulate, p.enable);
     DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec column-tile reduce launch"));
   }
   return Status::Ok();
@@ -1238,11 +1305,11 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
     p.rows_per_warp = 1;
     tiles = n_rows;
   }
-  fn<<<dim3(static_cast<unsigned>(tiles * p.split), grid_y, grid_z), kThreads, shared, stream>>>(p);
+  launch_kernel(fn, dim3(static_cast<unsigned>(tiles * p.split), grid_y, grid_z), kThreads, shared, stream, p);
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec launch"));
   if (p.split > 1) {
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_rows + 255) / 256, 1024));
-    split_reduce_kernel<<<blocks, 256, 0, stream>>>(p.partial, p.split, n_rows, l.y, l.accumulate ? 1 : 0);
+    launch_kernel(split_reduce_kernel, blocks, 256, 0, stream, p.partial, p.split, n_rows, l.y, l.accumulate ? 1 : 0);
     DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matvec split reduce launch"));
   }
   return Status::Ok();

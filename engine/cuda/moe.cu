@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 
 namespace ds4 {
 namespace {
@@ -17,6 +18,8 @@ __device__ float softplus_(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
 // One warp per token (block t routes token t: logits, ids, weights and the token id
 // advance per token): scores, selection (lane 0 keeps the chosen set), weights.
 __global__ void router_kernel(RouterLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   __shared__ float score[kMaxExperts];
   __shared__ float key[kMaxExperts];
   __shared__ int chosen[kMaxUsed];
@@ -87,7 +90,7 @@ Status launch_router(const RouterLaunch& p, int n_tokens, cudaStream_t stream) {
   if (n_tokens < 0) return Status::Error("router: negative token count");
   if (p.tid2eid && !p.token) return Status::Error("router: hash routing needs the token ids");
   if (n_tokens == 0) return Status::Ok();
-  router_kernel<<<n_tokens, 32, 0, stream>>>(p);
+  launch_kernel(router_kernel, n_tokens, 32, 0, stream, p);
   return cuda_status(cudaGetLastError(), "router launch");
 }
 

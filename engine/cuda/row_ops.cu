@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 #include "cuda/row_post.cuh"
 
 namespace ds4 {
@@ -12,6 +13,8 @@ namespace {
 using namespace cuda_detail;
 
 __global__ void row_post_kernel(RowPostLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   extern __shared__ float shared[];
   float* v = shared;
   float* scratch = shared + p.d;
@@ -49,6 +52,8 @@ __device__ int64_t row_post_out_row(const RowPostLaunch& p, int row, int32_t row
 }
 
 __global__ void row_post_warp_kernel(RowPostLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   if (row >= p.n_rows) return;
@@ -116,6 +121,8 @@ bool warp_rows_apply(const RowPostLaunch& p) {
 }
 
 __global__ void rms_norm_kernel(const float* x, const float* w, int n, float eps, float* out) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   __shared__ double scratch[32];
   double ss = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(x[i]) * x[i];
@@ -147,17 +154,17 @@ Status launch_row_post(const RowPostLaunch& p, cudaStream_t stream) {
   if (p.n_rows <= 0) return Status::Ok();
   if (warp_rows_apply(p)) {
     const int blocks = (p.n_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-    row_post_warp_kernel<<<blocks, 32 * kRowsPerBlock, 0, stream>>>(p);
+    launch_kernel(row_post_warp_kernel, blocks, 32 * kRowsPerBlock, 0, stream, p);
     return cuda_status(cudaGetLastError(), "row_post launch");
   }
   const size_t shared = sizeof(float) * (p.d + 32 + p.d / 32 + 1);
-  row_post_kernel<<<p.n_rows, threads_for(p.d), shared, stream>>>(p);
+  launch_kernel(row_post_kernel, p.n_rows, threads_for(p.d), shared, stream, p);
   return cuda_status(cudaGetLastError(), "row_post launch");
 }
 
 Status launch_rms_norm(const float* x, const float* weight, int n, float eps, float* out,
                        cudaStream_t stream) {
-  rms_norm_kernel<<<1, 1024, 0, stream>>>(x, weight, n, eps, out);
+  launch_kernel(rms_norm_kernel, 1, 1024, 0, stream, x, weight, n, eps, out);
   return cuda_status(cudaGetLastError(), "rms_norm launch");
 }
 

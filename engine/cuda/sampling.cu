@@ -3,6 +3,7 @@
 #include <climits>
 
 #include "cuda/cuda_check.h"
+#include "cuda/launch.h"
 
 namespace ds4 {
 namespace {
@@ -13,6 +14,8 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
 }
 
 __global__ void argmax_kernel(const float* logits, int n, int32_t* out) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
   __shared__ float sv[32];
   __shared__ int si[32];
   float best = -INFINITY;
@@ -52,7 +55,7 @@ __global__ void argmax_kernel(const float* logits, int n, int32_t* out) {
 
 Status launch_argmax(const float* logits, int n, int32_t* out_index, cudaStream_t stream) {
   if (n <= 0) return Status::Error("argmax: empty logits");
-  argmax_kernel<<<1, 1024, 0, stream>>>(logits, n, out_index);
+  launch_kernel(argmax_kernel, 1, 1024, 0, stream, logits, n, out_index);
   return cuda_status(cudaGetLastError(), "argmax launch");
 }
 

@@ -22,6 +22,7 @@
 #include "cuda/bandwidth.h"
 #include "cuda/device_model.h"
 #include "cuda/forward.h"
+#include "cuda/launch.h"
 #include "cuda_test_util.h"
 
 using namespace ds4;
@@ -65,6 +66,7 @@ int main() {
   if (!bw.ok()) return finish("synthetic_full_test");
   const double bandwidth = *bw;
   std::printf("read bandwidth: %.1f GB/s (sum over 4 GiB, best of 10)\n", bandwidth / 1e9);
+  std::printf("programmatic dependent launch: %s (DS4_CUDA_PDL=0 turns it off)\n", pdl_enabled() ? "on" : "off");
 
   {  // Upload rate through the staging threads (host memory -> GPU).
     const int64_t cols = 4096, rows = 1 << 20;  // 4.25 GiB of Q8_0
@@ -132,6 +134,27 @@ int main() {
       if (prof.ok()) print_profile("profile at ctx 4096 (one token, no graph)", *prof);
     }
     f.free_sequence(*id);
+    if (pdl_enabled()) {  // the same decode with programmatic dependent launch off (cuda/launch.h)
+      set_pdl_enabled(false);
+      auto plain = f.new_sequence(ctx_max);  // a new sequence records its graphs without PDL
+      check(plain.ok(), "sequence (PDL off)");
+      if (plain.ok()) {
+        Status sp = ctx ? f.fill_context_random(*plain, ctx, 11) : f.set_step(*plain, 1, 0);
+        if (sp.ok()) sp = f.replay_greedy(*plain, 3);
+        if (sp.ok()) sp = ctx ? f.fill_context_random(*plain, ctx, 11) : f.set_step(*plain, 1, 0);
+        const auto tp = Clock::now();
+        if (sp.ok()) sp = f.replay_greedy(*plain, n);
+        const double secs_plain = seconds_since(tp);
+        check(sp.ok(), "timed decode with PDL off: " + sp.message());
+        if (sp.ok()) {
+          std::printf("decode ctx %5d with PDL off: %7.1f t/s (%.3f ms/token) -> %.1f%% of the limit; "
+                      "PDL on (line above) %.3f ms/token\n",
+                      ctx, n / secs_plain, 1e3 * secs_plain / n, 100.0 * (n / secs_plain) / limit, 1e3 * secs / n);
+        }
+        f.free_sequence(*plain);
+      }
+      set_pdl_enabled(true);
+    }
   }
 
   {  // Batched prefill (CudaForward::prefill): 2048 tokens in one chunk, at depth 0 and
