@@ -114,6 +114,7 @@ double swiglu_bound(double g, double u, double tg, double tu, double limit, doub
 
 std::string options_name(const ExpertMatvecOptions& o) {
   return "rows/batch=" + std::to_string(o.rows_per_batch) + (o.lane_tables ? " lane tables" : " compact table") +
+         (o.prefetch ? " prefetch" : "") +
          (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
 }
 
@@ -121,10 +122,13 @@ std::vector<ExpertMatvecOptions> all_options() {
   std::vector<ExpertMatvecOptions> out;
   for (int r : {4, 8}) {
     for (bool lane : {true, false}) {
-      ExpertMatvecOptions o;
-      o.rows_per_batch = r;
-      o.lane_tables = lane;
-      out.push_back(o);
+      for (bool prefetch : {true, false}) {
+        ExpertMatvecOptions o;
+        o.rows_per_batch = r;
+        o.lane_tables = lane;
+        o.prefetch = prefetch;
+        out.push_back(o);
+      }
     }
   }
   ExpertMatvecOptions one;
