@@ -55,6 +55,10 @@ class CudaForward {
   // With `on`, every chunk uses the f32 products (a reference mode for tests: it
   // matches the token-by-token decode path to f32 rounding).
   void set_f32_prefill(bool on) { f32_prefill_ = on; }
+  // With `on` (the default), decode runs the routed experts through the one-token
+  // expert kernels (cuda/expert_matvec.h) where they apply; off, through the generic
+  // matrix-vector kernel (benchmarks compare). Takes effect for graphs recorded later.
+  void set_expert_kernels(bool on) { expert_kernels_ = on; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
@@ -111,6 +115,7 @@ class CudaForward {
   const DeviceModel& model_;
   bool qat_;
   bool f32_prefill_ = false;
+  bool expert_kernels_ = true;
   cudaStream_t stream_ = nullptr;
   // The decode graph's parallel branches (see enqueue_layer); the prefill uses side_.
   cudaStream_t side_ = nullptr, side_kv_ = nullptr, side_index_ = nullptr;

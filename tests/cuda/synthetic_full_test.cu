@@ -109,11 +109,13 @@ int main() {
     f.free_sequence(*id);
   }
 
+  // Decode: 64 graph replays, each fed the previous argmax, at context `ctx` in a new
+  // sequence (so its graphs are recorded with the current settings); seconds per token.
   const int ctx_max = 16384 + 512;
-  for (int ctx : {0, 4096, 16384}) {
+  auto time_decode = [&](int ctx, bool profile) -> double {
     auto id = f.new_sequence(ctx_max);
     check(id.ok(), "sequence");
-    if (!id.ok()) break;
+    if (!id.ok()) return 0;
     Status s = ctx ? f.fill_context_random(*id, ctx, 11) : f.set_step(*id, 1, 0);
     check(s.ok(), "context fill: " + s.message());
     s = f.replay_greedy(*id, 3);  // records the graph, warms up
@@ -122,39 +124,34 @@ int main() {
     const int n = 64;
     const auto t = Clock::now();
     s = f.replay_greedy(*id, n);
-    const double secs = seconds_since(t);
+    const double secs = seconds_since(t) / n;
     check(s.ok(), "timed decode: " + s.message());
-    const double tps = n / secs;
-    const double limit = bandwidth / bytes_per_token(ctx);
-    std::printf("decode ctx %5d: %7.1f t/s (%.3f ms/token); limit %.1f t/s (%.2f GB/token) -> %.1f%% of the limit\n",
-                ctx, tps, 1e3 * secs / n, limit, bytes_per_token(ctx) / 1e9, 100.0 * tps / limit);
-    if (ctx == 4096) {  // where the time goes (no graph; events between stages)
+    if (profile) {  // where the time goes (no graph; events between stages)
       auto prof = f.profile_step(*id);
       check(prof.ok(), "profile step");
       if (prof.ok()) print_profile("profile at ctx 4096 (one token, no graph)", *prof);
     }
     f.free_sequence(*id);
-    if (pdl_enabled()) {  // the same decode with programmatic dependent launch off (cuda/launch.h)
+    return s.ok() ? secs : 0;
+  };
+  auto report = [&](int ctx, const char* variant, double secs) {
+    if (secs <= 0) return;
+    const double limit = bandwidth / bytes_per_token(ctx);
+    std::printf("decode ctx %5d%s: %7.1f t/s (%.3f ms/token); limit %.1f t/s (%.2f GB/token) -> %.1f%% of the limit\n",
+                ctx, variant, 1 / secs, 1e3 * secs, limit, bytes_per_token(ctx) / 1e9, 100.0 / secs / limit);
+  };
+  for (int ctx : {0, 4096, 16384}) report(ctx, "", time_decode(ctx, ctx == 4096));
+  // The same at context 0 and 4096 with one feature off at a time: programmatic
+  // dependent launch (cuda/launch.h) and the one-token expert kernels.
+  for (int ctx : {0, 4096}) {
+    if (pdl_enabled()) {
       set_pdl_enabled(false);
-      auto plain = f.new_sequence(ctx_max);  // a new sequence records its graphs without PDL
-      check(plain.ok(), "sequence (PDL off)");
-      if (plain.ok()) {
-        Status sp = ctx ? f.fill_context_random(*plain, ctx, 11) : f.set_step(*plain, 1, 0);
-        if (sp.ok()) sp = f.replay_greedy(*plain, 3);
-        if (sp.ok()) sp = ctx ? f.fill_context_random(*plain, ctx, 11) : f.set_step(*plain, 1, 0);
-        const auto tp = Clock::now();
-        if (sp.ok()) sp = f.replay_greedy(*plain, n);
-        const double secs_plain = seconds_since(tp);
-        check(sp.ok(), "timed decode with PDL off: " + sp.message());
-        if (sp.ok()) {
-          std::printf("decode ctx %5d with PDL off: %7.1f t/s (%.3f ms/token) -> %.1f%% of the limit; "
-                      "PDL on (line above) %.3f ms/token\n",
-                      ctx, n / secs_plain, 1e3 * secs_plain / n, 100.0 * (n / secs_plain) / limit, 1e3 * secs / n);
-        }
-        f.free_sequence(*plain);
-      }
+      report(ctx, " with PDL off", time_decode(ctx, false));
       set_pdl_enabled(true);
     }
+    f.set_expert_kernels(false);
+    report(ctx, " with the generic expert kernel", time_decode(ctx, false));
+    f.set_expert_kernels(true);
   }
 
   {  // Batched prefill (CudaForward::prefill): 2048 tokens in one chunk, at depth 0 and
