@@ -218,9 +218,15 @@ struct SmemLayout {
   int w, u, x, xl, aw, bw, au, bu, sx, mq, dmin, sxh, sxl, total;
 };
 
-// f16 per shared row of the Q2_K minimums' tiles (16 sub-blocks + padding: rows 48
-// bytes apart, so the eight 16-byte rows of an ldmatrix hit distinct banks).
-constexpr int kMLds = 24;
+// f16 per shared row of the Q2_K minimums' tiles (16 sub-blocks, no padding).
+constexpr int kMLds = 16;
+
+// Index of element j (0..15) of row `row` in such a tile: the two 8-element halves
+// swap places in rows 4..7 of every 8, so the eight 16-byte rows an ldmatrix phase
+// reads (8 consecutive rows, one half) hit distinct banks.
+__device__ __forceinline__ int mq_index(int row, int j) {
+  return row * kMLds + (((j >> 3) ^ (row >> 2)) & 1) * 8 + (j & 7);
+}
 
 // split: exact with the activations' lo part (kExact); false for kF16Activations.
 // offset: B applied per chunk in f32 (the k-quants' minimums); offset_mma: the Q2_K
@@ -382,7 +388,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       // the super-block) and the super-block's -16 dmin. Zero raw bytes give zeros.
       const int sb = (st >> 2) & 1;
       const __half2 m = __floats2half2_rn(static_cast<float>((raw_w.sc >> 4) & 0xF), static_cast<float>((raw_w.sc >> 12) & 0xF));
-      *reinterpret_cast<__half2*>(s_mq + (sb * kBlockRows + my_row) * kMLds + (st & 3) * 4 + my_half * 2) = m;
+      *reinterpret_cast<__half2*>(s_mq + mq_index(sb * kBlockRows + my_row, (st & 3) * 4 + my_half * 2)) = m;
       if ((st & 3) == 0 && my_half == 0) {
         s_dmin[sb * kBlockRows + my_row] = -16.0f * cuda_detail::half_bits_to_float(static_cast<uint16_t>(raw_w.dd >> 16));
       }
@@ -419,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
             const float s16 = s4 * 0.0625f;  // exact
             const half hi = __float2half_rn(s16);
             const half lo = __float2half_rn((s16 - __half2float(hi)) * kLoScale);
-            const int at = (((st >> 2) & 1) * BN + tok) * kMLds + (st & 3) * 4 + ((idx & 15) >> 2);
+            const int at = mq_index(((st >> 2) & 1) * BN + tok, (st & 3) * 4 + ((idx & 15) >> 2));
             s_sxh[at] = hi;
             s_sxl[at] = lo;
           }
@@ -661,7 +667,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
         for (int n2 = 0; n2 < NT / 2; ++n2) {
           uint32_t r[4];
           const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int xo = (sb * BN + tok) * kMLds + ((lane >> 3) & 1) * 8;
+          const int xo = mq_index(sb * BN + tok, ((lane >> 3) & 1) * 8);
           ldmatrix_x4(r, s_sxh + xo);
           sh[2 * n2][0] = r[0];
           sh[2 * n2][1] = r[1];
@@ -676,7 +682,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           uint32_t af[4];
-          ldmatrix_x4(af, bq + (wm0 + m * 16 + (lane & 15)) * kMLds + (lane >> 4) * 8);
+          ldmatrix_x4(af, bq + mq_index(wm0 + m * 16 + (lane & 15), (lane >> 4) * 8));
           const int r0 = sb * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
           const float dm[2] = {s_dmin[r0], s_dmin[r0 + 8]};
 #pragma unroll
