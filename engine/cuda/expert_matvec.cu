@@ -21,7 +21,8 @@ using Q2kChunk = Chunk<GgmlType::Q2_K>;
 
 constexpr int kTableWords = cuda_detail::kIq2xxsCompactWords;
 constexpr int kLaneTableBytes = kTableWords * 32 * static_cast<int>(sizeof(uint32_t));
-constexpr int kMaxThreads = 512;       // per block (the register budget: 128 per thread)
+constexpr int kMaxThreads = 512;       // gate+up threads per block (the register budget: 128 per thread)
+constexpr int kDownMaxThreads = 384;   // down: 12 warps (6 experts x 2048 columns), 170 registers per thread
 constexpr int kMaxUsed = 32;
 constexpr int kMaxRowsets = 8;       // named barriers 1..8
 constexpr int kColsPerWarp = 1024;     // 32 lanes x one 32-column chunk each
@@ -261,7 +262,7 @@ struct DownParams {
 };
 
 template <int R, bool PREFETCH>
-__global__ void __launch_bounds__(kMaxThreads) expert_down_kernel(DownParams p) {
+__global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams p) {
   extern __shared__ float4 dynamic4[];
   float* partial = reinterpret_cast<float*>(dynamic4);  // [2][rowsets][warps][R]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -500,10 +501,10 @@ Status expert_down_supported(const ExpertDownLaunch& l) {
                          std::to_string(d.count));
   }
   const int64_t warps = l.n_used * (d.cols / kColsPerWarp);
-  if (warps > kMaxThreads / 32) {
+  if (warps > kDownMaxThreads / 32) {
     return Status::Error("expert down: " + std::to_string(l.n_used) + " experts x " + std::to_string(d.cols) +
                          " columns need " + std::to_string(warps) + " warps per row (at most " +
-                         std::to_string(kMaxThreads / 32) + ")");
+                         std::to_string(kDownMaxThreads / 32) + ")");
   }
   if (d.rows % 8 != 0 || d.rows <= 0 || d.rows > (int64_t{1} << 30)) {
     return Status::Error("expert down: " + std::to_string(d.rows) + " rows (expected a multiple of 8)");
@@ -573,7 +574,7 @@ Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const 
   p.accumulate = l.accumulate ? 1 : 0;
   p.groups = static_cast<int>(d.cols / kColsPerWarp);
   p.warps = l.n_used * p.groups;
-  p.rowsets = std::clamp((kMaxThreads / 32 / 2) / p.warps, 1, kMaxRowsets);
+  p.rowsets = std::clamp((kDownMaxThreads / 32) / p.warps, 1, kMaxRowsets);
   p.batches = p.rows / r;
   const int threads = p.rowsets * p.warps * 32;
   const size_t shared = size_t{2} * p.rowsets * p.warps * r * sizeof(float);

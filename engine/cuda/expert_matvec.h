@@ -68,7 +68,7 @@ struct ExpertDownLaunch {
 
 // Ok when the launch's types and shapes are ones these kernels handle (gate+up: IQ2_XXS
 // with cols a multiple of 1024, at most 8192; down: Q2_K with cols a multiple of 1024 and
-// n_used * cols / 1024 at most 16), else an error naming what does not fit. Callers fall
+// n_used * cols / 1024 at most 12), else an error naming what does not fit. Callers fall
 // back to launch_matvec where it is not Ok.
 Status expert_gate_up_supported(const ExpertGateUpLaunch& launch);
 Status expert_down_supported(const ExpertDownLaunch& launch);
