@@ -576,8 +576,10 @@ Status check_small_matmul(const DeviceMatrix& w, const float* x, int64_t x_strid
 // tile of BM tokens x BN rows and one contiguous column range (split s of gridDim.z);
 // tiles of kTileK columns of x and w stream through shared memory in `stages` slots by
 // cp.async (16-byte copies of x, 8-byte copies of F16 w; out-of-range chunks are
-// zero-filled). Thread (tg, rg) sums tokens tg + i*BM/TM and rows rg + j*BN/TN (strided,
-// so that the float4 shared loads of a warp hit distinct banks).
+// zero-filled). The block's threads form KG groups; thread (g, tg, rg) sums columns
+// [g*kTileK/KG, (g+1)*kTileK/KG) of every column tile for tokens tg + i*BM/TM and rows
+// rg + j*BN/TN (strided, so that the float4 shared loads of a warp hit distinct banks);
+// the groups' sums are then added in group order.
 
 constexpr int kTileK = 32;               // columns per stage
 constexpr int kTilePitch = kTileK + 4;   // floats per shared row of x / f32 w (bank offset)
@@ -666,12 +668,15 @@ __device__ __forceinline__ void tile_load_stage(const TiledParams& p, int t0, in
   }
 }
 
-template <bool kF16, int BM, int BN, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+template <bool kF16, int BM, int BN, int TM, int TN, int KG>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN) * KG)
     tiled_matmul_tokens_kernel(TiledParams p) {
   constexpr int kRowGroups = BN / TN;
   constexpr int kTokenGroups = BM / TM;
-  constexpr int kThreads = kRowGroups * kTokenGroups;
+  constexpr int kGroupThreads = kRowGroups * kTokenGroups;
+  constexpr int kThreads = kGroupThreads * KG;
+  constexpr int kGroupCols = kTileK / KG;
+  static_assert(kGroupCols % 4 == 0, "each group takes whole float4 steps");
   constexpr int kStage = tile_stage_bytes<kF16, BM, BN>();
   extern __shared__ __align__(16) unsigned char tile_smem[];
   float* wf = reinterpret_cast<float*>(tile_smem + p.region_bytes);  // f32 w tile (F16 only)
@@ -680,7 +685,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
   const int kbegin = blockIdx.z * p.split_cols;
   const int kend = min(p.cols, kbegin + p.split_cols);
   const int tiles = kend > kbegin ? (kend - kbegin + kTileK - 1) / kTileK : 0;
-  const int rg = threadIdx.x % kRowGroups, tg = threadIdx.x / kRowGroups;
+  const int g = threadIdx.x / kGroupThreads;
+  const int rg = (threadIdx.x % kGroupThreads) % kRowGroups, tg = (threadIdx.x % kGroupThreads) / kRowGroups;
 
   float acc[TM][TN];
 #pragma unroll
@@ -719,7 +725,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
       ws = reinterpret_cast<const float*>(slot + BM * kTilePitch * 4);
     }
 #pragma unroll
-    for (int kk = 0; kk < kTileK; kk += 4) {
+    for (int q = 0; q < kGroupCols; q += 4) {
+      const int kk = g * kGroupCols + q;
       float4 xv[TM], wv[TN];
 #pragma unroll
       for (int i = 0; i < TM; ++i) xv[i] = *reinterpret_cast<const float4*>(xs + (tg + i * kTokenGroups) * kTilePitch + kk);
@@ -738,7 +745,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     }
   }
 
-  if (p.splits == 1) {
+  constexpr int kTile = BM * BN;
+  if (KG == 1 && p.splits == 1) {
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int t = t0 + tg + i * kTokenGroups;
@@ -750,23 +758,37 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     }
     return;
   }
-  // Split sums: each block leaves its partial tile in its shared memory; block `rank` of
-  // the cluster then adds, for its share of the tile, the partials of ranks 0, 1, ... in
-  // that order (rank = the split, the cluster spanning gridDim.z).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  __trap();  // clusters need sm_90; the launch never asks for splits below it
-#else
+  // The groups' sums in shared memory (over the stage slots), added in group order into
+  // the first.
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
   float* part = reinterpret_cast<float*>(tile_smem);
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < TN; ++j) part[(tg + i * kTokenGroups) * BN + rg + j * kRowGroups] = acc[i][j];
+    for (int j = 0; j < TN; ++j) part[g * kTile + (tg + i * kTokenGroups) * BN + rg + j * kRowGroups] = acc[i][j];
+  if constexpr (KG > 1) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTile; e += kThreads) {
+      float v = part[e];
+#pragma unroll
+      for (int h = 1; h < KG; ++h) v = __fadd_rn(v, part[h * kTile + e]);
+      part[e] = v;
+      const int t = t0 + e / BN, r = r0 + e % BN;
+      if (p.splits == 1 && t < p.n && r < p.rows) p.y[static_cast<int64_t>(t) * p.y_stride + r] = v;
+    }
+  }
+  if (p.splits == 1) return;
+  // Split sums: each block leaves its partial tile in its shared memory; block `rank` of
+  // the cluster then adds, for its share of the tile, the partials of ranks 0, 1, ... in
+  // that order (rank = the split, the cluster spanning gridDim.z). The cluster barrier
+  // also orders the block's own shared-memory writes above.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launch never asks for splits below it
+#else
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
   const int rank = static_cast<int>(cluster.block_rank());
-  constexpr int kTile = BM * BN;
   const int per = (kTile + p.splits - 1) / p.splits;
   const int begin = rank * per, end = min(kTile, begin + per);
   for (int e = begin + threadIdx.x; e < end; e += kThreads) {
@@ -799,16 +821,16 @@ struct TilePlan {
   int max_splits = 1;
 };
 
-template <bool kF16, int BM, int BN, int TM, int TN>
+template <bool kF16, int BM, int BN, int TM, int TN, int KG>
 const TilePlan& tile_plan() {
   static const TilePlan plan = [] {
     TilePlan pl;
-    auto kernel = tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN>;
-    constexpr int kThreads = (BM / TM) * (BN / TN);
+    auto kernel = tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN, KG>;
+    constexpr int kThreads = (BM / TM) * (BN / TN) * KG;
     const int limit = max_shared_per_block();
     const int wf_bytes = kF16 ? BN * kTilePitch * 4 : 0;
     for (pl.stages = kTileMaxStages; pl.stages >= 2; --pl.stages) {
-      pl.region = std::max(pl.stages * tile_stage_bytes<kF16, BM, BN>(), BM * BN * 4);
+      pl.region = std::max(pl.stages * tile_stage_bytes<kF16, BM, BN>(), KG * BM * BN * 4);
       pl.shared = pl.region + wf_bytes;
       if (pl.shared <= limit) break;
     }
@@ -853,12 +875,12 @@ const TilePlan& tile_plan() {
   return plan;
 }
 
-template <bool kF16, int BM, int BN, int TM, int TN>
+template <bool kF16, int BM, int BN, int TM, int TN, int KG>
 Status launch_tiled_variant(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
                             int n, int k_splits, cudaStream_t stream) {
-  const TilePlan& plan = tile_plan<kF16, BM, BN, TM, TN>();
+  const TilePlan& plan = tile_plan<kF16, BM, BN, TM, TN, KG>();
   DS4_RETURN_IF_ERROR(plan.status);
-  constexpr int kThreads = (BM / TM) * (BN / TN);
+  constexpr int kThreads = (BM / TM) * (BN / TN) * KG;
   const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
   const int gx = (n + BM - 1) / BM, gy = (rows + BN - 1) / BN;
   if (gy > kMaxGridY) return Status::Error("tiled_matmul_tokens: " + std::to_string(rows) + " rows are too many");
@@ -897,18 +919,22 @@ Status launch_tiled_variant(const DeviceMatrix& w, const float* x, int64_t x_str
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = splits > 1 ? 1 : 0;
-  return cuda_status(cudaLaunchKernelEx(&cfg, tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN>, p),
+  return cuda_status(cudaLaunchKernelEx(&cfg, tiled_matmul_tokens_kernel<kF16, BM, BN, TM, TN, KG>, p),
                      "tiled_matmul_tokens launch");
 }
 
-// Tiles by row count: 8 rows (4 tokens x 2 rows a thread), 24 rows (4 x 6: the HC
-// mixing's 24 in one tile) or 64 rows (8 x 8); 128 tokens a tile, 128 threads a block.
+// Tiles by row count, 128 tokens a tile: 8 rows (4 tokens x 2 rows a thread) or 24 rows
+// (4 x 6: the HC mixing's 24 in one tile), each with two column groups (256 threads, so
+// that the few output tiles still give each multiprocessor 8 warps), or 64 rows (8 x 8,
+// 128 threads).
 template <bool kF16>
 Status launch_tiled_for_rows(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
                              int n, int k_splits, cudaStream_t stream) {
-  if (w.rows <= 8) return launch_tiled_variant<kF16, 128, 8, 4, 2>(w, x, x_stride, y, y_stride, n, k_splits, stream);
-  if (w.rows <= 24) return launch_tiled_variant<kF16, 128, 24, 4, 6>(w, x, x_stride, y, y_stride, n, k_splits, stream);
-  return launch_tiled_variant<kF16, 128, 64, 8, 8>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  if (w.rows <= 8) return launch_tiled_variant<kF16, 128, 8, 4, 2, 2>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  if (w.rows <= 24) {
+    return launch_tiled_variant<kF16, 128, 24, 4, 6, 2>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+  }
+  return launch_tiled_variant<kF16, 128, 64, 8, 8, 1>(w, x, x_stride, y, y_stride, n, k_splits, stream);
 }
 
 }  // namespace
