@@ -89,11 +89,13 @@ Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t
 // or F32 with cols a multiple of 4, 16-byte aligned x rows), as a register-tiled GEMM for
 // chunks of many tokens: each block stages a tile of 128 tokens and up to 64 rows of w in
 // shared memory (asynchronous copies, several stages deep; F16 converted exactly to f32),
-// each thread sums several tokens x several rows. Summation order, fixed: each output is
-// one f32 fused multiply-add chain over k ascending within each of `splits` contiguous
-// column ranges, and the ranges' sums are then added in range order (the blocks of one
-// output tile form a thread-block cluster and add through distributed shared memory; no
-// atomics), so results do not depend on scheduling. `k_splits` 0 lets the launch choose
+// each thread sums several tokens x several rows. Summation order, fixed: the columns are
+// cut into `splits` contiguous ranges; within a range each output is an f32 fused
+// multiply-add chain over k ascending (matrices of up to 24 rows: two such chains, over
+// the first and second 16 columns of every 32, added in that order); the ranges' sums
+// are then added in range order (the blocks of one output tile form a thread-block
+// cluster and add through distributed shared memory; no atomics), so results do not
+// depend on scheduling. `k_splits` 0 lets the launch choose
 // (enough blocks to fill the GPU, at most 8); 1..8 forces a count (tests). Needs sm_90 or
 // newer for splits > 1; where clusters cannot be formed the launch uses fewer splits.
 Status launch_tiled_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
