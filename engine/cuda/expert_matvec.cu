@@ -24,7 +24,7 @@ constexpr int kLaneTableBytes = kTableWords * 32 * static_cast<int>(sizeof(uint3
 constexpr int kMaxThreads = 512;       // gate+up threads per block (the register budget: 128 per thread)
 constexpr int kDownMaxThreads = 384;   // down: 12 warps (6 experts x 2048 columns), 170 registers per thread
 constexpr int kMaxUsed = 32;
-constexpr int kMaxRowsets = 8;       // named barriers 1..8
+constexpr int kMaxRowsets = 8;         // named barriers 1..8 (0 is __syncthreads)
 constexpr int kColsPerWarp = 1024;     // 32 lanes x one 32-column chunk each
 constexpr int kMaxGateUpGroups = 8;    // gate+up cols <= 8192
 constexpr int kMaxPartialBytes = 2 * (kMaxThreads / 32) * 16 * static_cast<int>(sizeof(float));
@@ -34,7 +34,7 @@ __device__ uint32_t g_selectors[kTableWords];
 
 // v[0..P) per lane in, the warp's sum of v[lane >> (5 - log2 P)] out: a reduce-scatter
 // (each exchange halves the values a lane carries) then a butterfly over the lanes that
-// share an index. Fixed order; both partners of an exchange compute the same sum.
+// share an index. A fixed order of additions: the result does not depend on scheduling.
 template <int P>
 __device__ __forceinline__ float reduce_scatter(float (&v)[P], int lane) {
   static_assert(P >= 1 && P <= 32 && (P & (P - 1)) == 0, "P: a power of two up to 32");
