@@ -442,6 +442,12 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   const int g = lane >> 2, q = lane & 3;
   float acc[MT][NT][4];
   float acc_u[PAIRED ? MT : 1][PAIRED ? NT : 1][4];
+  // kSuperA (Q2_K kOffsetMma kernels, one block per SM: the registers allow it): A = d
+  // is the same for the super-block's 8 chunks, so the products of a super-block sum
+  // in `sup` (q . hi, plus q . lo * 2^-11 added once per chunk) and acc += d * sup once
+  // per super-block, beside the minimums.
+  constexpr bool kSuperA = kOffsetMma && MIN_BLOCKS == 1;
+  float sup[kSuperA ? MT : 1][kSuperA ? NT : 1][4];
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -450,6 +456,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
       for (int i = 0; i < 4; ++i) {
         acc[m][n][i] = 0.0f;
         if constexpr (PAIRED) acc_u[m][n][i] = 0.0f;
+        if constexpr (kSuperA) sup[m][n][i] = 0.0f;
       }
 
   // Exact mode, one 16x8 fragment: t = q . lo * 2^-11 + q . hi over 16 columns, then
@@ -567,8 +574,24 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
                 bm[1][h] = s_bw[(r0 + 8) * 4 + ks + h];
               }
             }
+            if constexpr (kSuperA) {
 #pragma unroll
-            for (int n = 0; n < NT; ++n) chunk_update(acc[m][n], af, n, am, bm);
+              for (int n = 0; n < NT; ++n) {
+                float* t = sup[m][n];
+                if constexpr (kSplit) {
+                  float lo[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                  mma_16816(lo, af[0], bl[0][n]);
+                  mma_16816(lo, af[1], bl[1][n]);
+#pragma unroll
+                  for (int i = 0; i < 4; ++i) t[i] = fmaf(lo[i], kLoUnscale, t[i]);
+                }
+                mma_16816(t, af[0], bf[0][n]);
+                mma_16816(t, af[1], bf[1][n]);
+              }
+            } else {
+#pragma unroll
+              for (int n = 0; n < NT; ++n) chunk_update(acc[m][n], af, n, am, bm);
+            }
           }
           if constexpr (PAIRED) {
             ldmatrix_x4(af[0], bu + row * kLds + kh + (lane >> 4) * 8);
@@ -685,6 +708,9 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
           ldmatrix_x4(af, bq + mq_index(wm0 + m * 16 + (lane & 15), (lane >> 4) * 8));
           const int r0 = sb * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
           const float dm[2] = {s_dmin[r0], s_dmin[r0 + 8]};
+          // kSuperA: d of the super-block (A of every chunk; this step's tile holds it).
+          const int ra = buf * kBlockRows + wm0 + m * 16 + g;
+          const float d[2] = {kSuperA ? s_aw[ra * 4] : 0.0f, kSuperA ? s_aw[(ra + 8) * 4] : 0.0f};
 #pragma unroll
           for (int n = 0; n < NT; ++n) {
             float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -693,7 +719,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
             for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
             mma_16816(t, af, sh[n]);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m][n][i] = fmaf(dm[i >> 1], t[i], acc[m][n][i]);
+            for (int i = 0; i < 4; ++i) {
+              if constexpr (kSuperA) {
+                acc[m][n][i] = fmaf(d[i >> 1], sup[m][n][i], acc[m][n][i]);
+                sup[m][n][i] = 0.0f;
+              }
+              acc[m][n][i] = fmaf(dm[i >> 1], t[i], acc[m][n][i]);
+            }
           }
         }
       }
