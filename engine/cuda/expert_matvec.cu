@@ -374,7 +374,14 @@ Status make_selectors(uint32_t* table) {
 Status init_once() {
   uint32_t table[kTableWords];
   DS4_RETURN_IF_ERROR(make_selectors(table));
-  DS4_CUDA_TRY(cudaMemcpyToSymbol(g_selectors, table, sizeof(table)));
+  // On a stream of its own (non-blocking), so that the legacy stream's implicit
+  // synchronisation never touches a stream being captured.
+  cudaStream_t stream = nullptr;
+  DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaError_t copied = cudaMemcpyToSymbolAsync(g_selectors, table, sizeof(table), 0, cudaMemcpyHostToDevice, stream);
+  if (copied == cudaSuccess) copied = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  DS4_RETURN_IF_ERROR(cuda_status(copied, "uploading the IQ2_XXS selector table"));
   const int limit = max_shared_per_block();
   for (int r : {4, 8}) {
     for (bool lane : {false, true}) {
@@ -453,7 +460,14 @@ Result<int> grid_for(const void* fn, int threads, size_t shared, int rowsets, in
 Status expert_matvec_init() {
   static std::once_flag once;
   static Status status;
-  std::call_once(once, [] { status = init_once(); });
+  std::call_once(once, [] {
+    // The first launch may come while this thread captures a graph (a decode graph
+    // recorded on the first token): relaxed capture mode lets the one-time upload run.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+    status = init_once();
+    if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);
+  });
   return status;
 }
 

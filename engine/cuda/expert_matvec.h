@@ -79,7 +79,8 @@ Status launch_expert_down(const ExpertDownLaunch& launch, cudaStream_t stream,
                           const ExpertMatvecOptions& options = {});
 
 // Uploads the IQ2_XXS selector table and sets the kernels' shared-memory limits (once per
-// process and device 0..; idempotent). The launches call it themselves.
+// process; idempotent). The launches call it themselves, also when the first one is being
+// captured into a graph; calling it at setup keeps that work out of the first token.
 Status expert_matvec_init();
 
 }  // namespace ds4

@@ -6,11 +6,12 @@
 // derived from the f32 summation, for several SwiGLU limits (infinite included) and every
 // tuning option; the same inputs through launch_matvec (the generic kernel forward.cu ran)
 // agree within twice the bound. The down projection is checked adding into y and storing.
-// Then the bad launches the API refuses, bit-identical repeats (direct and graph), and
-// timings: each launch captured in a CUDA graph over the full 256-expert stacks (eight
-// launches on disjoint expert sets per graph, so weights come from device memory, not
-// L2), replayed for 200 launches, in us per launch and % of the read bandwidth measured
-// in the same run, beside launch_matvec's time for the same launch.
+// Then the process's first launch made inside a graph capture, the bad launches the API
+// refuses, bit-identical repeats (direct and graph), and timings: each launch captured in
+// a CUDA graph over the full 256-expert stacks (eight launches on disjoint expert sets
+// per graph, so weights come from device memory, not L2), replayed for 200 launches, in
+// us per launch and % of the read bandwidth measured in the same run, beside
+// launch_matvec's time for the same launch.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -358,6 +359,51 @@ void test_refusals(const Fixture& f) {
   check(cudaDeviceSynchronize() == cudaSuccess, "refusals left no failed kernel");
 }
 
+// The process's first expert launch made while its stream is being captured (as a decode
+// graph recorded on the first token is): the one-time setup must not break the capture,
+// and the replayed graph must give what a direct launch gives, bit for bit.
+void test_first_launch_captured(const Fixture& f) {
+  DeviceVec<float> dx(f.x), dw(f.weights), dy(kUsed * kFfn), dy2(kUsed * kFfn);
+  DeviceVec<int32_t> dids(f.ids);
+  ExpertGateUpLaunch l;
+  l.gate = &f.dg->m;
+  l.up = &f.du->m;
+  l.x = dx.get();
+  l.ids = dids.get();
+  l.weights = dw.get();
+  l.n_used = kUsed;
+  l.swiglu_limit = 10.0f;
+  l.y = dy.get();
+  cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);
+  cudaDeviceSynchronize();
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t begin = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+  const Status s = launch_expert_gate_up(l, stream);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  check(begin == cudaSuccess, std::string("first launch captured: begin capture: ") + cudaGetErrorName(begin));
+  check(s.ok(), "first launch captured: launch: " + s.message());
+  check(end == cudaSuccess, std::string("first launch captured: end capture: ") + cudaGetErrorName(end));
+  const bool ready = begin == cudaSuccess && s.ok() && end == cudaSuccess &&
+                     cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  if (ready) {
+    cudaGraphLaunch(exec, stream);
+    check(cudaStreamSynchronize(stream) == cudaSuccess, "first launch captured: replay");
+    l.y = dy2.get();
+    check(launch_expert_gate_up(l, nullptr).ok(), "first launch captured: direct launch");
+    check(cudaDeviceSynchronize() == cudaSuccess, "first launch captured: direct kernel");
+    const std::vector<float> a = dy.host(), b = dy2.host();
+    check(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0,
+          "first launch captured: replay bit-identical to a direct launch");
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  cudaGetLastError();  // a failed capture leaves its error here; the checks above reported it
+}
+
 // The same launch twice directly and once replayed from a graph: bit-identical outputs.
 void test_repeat(const Fixture& f) {
   DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(kUsed * kFfn), dz(kDim);
@@ -547,6 +593,7 @@ int main() {
       std::printf("experts used:");
       for (int32_t id : f.ids) std::printf(" %d", id);
       std::printf(" of 16\n");
+      test_first_launch_captured(f);  // first: no expert launch may run before it
       test_gate_up(f);
       test_down(f, rng);
       test_refusals(f);
