@@ -875,6 +875,29 @@ const TilePlan& tile_plan() {
   return plan;
 }
 
+// Column tiles per split for a launch of `tiles_2d` output tiles: enough splits for one
+// full wave of blocks (or `k_splits` when set), each split keeping at least 4 column
+// tiles, no more than the clusters the device forms; no split left empty.
+int tile_columns_per_split(const TilePlan& plan, int tiles_2d, int k_tiles, int k_splits) {
+  int splits = k_splits;
+  if (splits <= 0) {
+    const int wave = std::max(1, plan.blocks_per_sm) * multiprocessor_count();
+    splits = std::min(wave / std::max(1, tiles_2d), std::max(1, k_tiles / 4));
+  }
+  splits = std::max(1, std::min({splits, plan.max_splits, k_tiles}));
+  return (k_tiles + splits - 1) / splits;
+}
+
+template <bool kF16, int BM, int BN, int TM, int TN, int KG>
+Result<int> tiled_variant_splits(const DeviceMatrix& w, int n, int k_splits) {
+  const TilePlan& plan = tile_plan<kF16, BM, BN, TM, TN, KG>();
+  if (!plan.status.ok()) return plan.status;
+  const int gx = (n + BM - 1) / BM, gy = static_cast<int>((w.rows + BN - 1) / BN);
+  const int k_tiles = static_cast<int>((w.cols + kTileK - 1) / kTileK);
+  const int per = tile_columns_per_split(plan, gx * gy, k_tiles, k_splits);
+  return (k_tiles + per - 1) / per;
+}
+
 template <bool kF16, int BM, int BN, int TM, int TN, int KG>
 Status launch_tiled_variant(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
                             int n, int k_splits, cudaStream_t stream) {
@@ -885,15 +908,8 @@ Status launch_tiled_variant(const DeviceMatrix& w, const float* x, int64_t x_str
   const int gx = (n + BM - 1) / BM, gy = (rows + BN - 1) / BN;
   if (gy > kMaxGridY) return Status::Error("tiled_matmul_tokens: " + std::to_string(rows) + " rows are too many");
   const int k_tiles = (cols + kTileK - 1) / kTileK;
-  int splits = k_splits;
-  if (splits <= 0) {
-    // Enough blocks for one full wave, each split keeping at least 4 column tiles.
-    const int wave = std::max(1, plan.blocks_per_sm) * multiprocessor_count();
-    splits = std::min(wave / std::max(1, gx * gy), std::max(1, k_tiles / 4));
-  }
-  splits = std::max(1, std::min({splits, plan.max_splits, k_tiles}));
-  const int tiles_per_split = (k_tiles + splits - 1) / splits;
-  splits = (k_tiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
+  const int tiles_per_split = tile_columns_per_split(plan, gx * gy, k_tiles, k_splits);
+  const int splits = (k_tiles + tiles_per_split - 1) / tiles_per_split;
   TiledParams p;
   p.w = w.data;
   p.rows = rows;
@@ -935,6 +951,13 @@ Status launch_tiled_for_rows(const DeviceMatrix& w, const float* x, int64_t x_st
     return launch_tiled_variant<kF16, 128, 24, 4, 6, 2>(w, x, x_stride, y, y_stride, n, k_splits, stream);
   }
   return launch_tiled_variant<kF16, 128, 64, 8, 8, 1>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+}
+
+template <bool kF16>
+Result<int> tiled_splits_for_rows(const DeviceMatrix& w, int n, int k_splits) {
+  if (w.rows <= 8) return tiled_variant_splits<kF16, 128, 8, 4, 2, 2>(w, n, k_splits);
+  if (w.rows <= 24) return tiled_variant_splits<kF16, 128, 24, 4, 6, 2>(w, n, k_splits);
+  return tiled_variant_splits<kF16, 128, 64, 8, 8, 1>(w, n, k_splits);
 }
 
 }  // namespace
@@ -1046,6 +1069,17 @@ Status launch_tiled_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t
   if (n == 0) return Status::Ok();
   if (w.type == GgmlType::F16) return launch_tiled_for_rows<true>(w, x, x_stride, y, y_stride, n, k_splits, stream);
   return launch_tiled_for_rows<false>(w, x, x_stride, y, y_stride, n, k_splits, stream);
+}
+
+Result<int> tiled_matmul_tokens_splits(const DeviceMatrix& w, int n, int k_splits) {
+  if (w.type != GgmlType::F16 && w.type != GgmlType::F32) {
+    return Status::Error("tiled_matmul_tokens_splits: weight type is not F16 or F32");
+  }
+  if (w.rows <= 0 || w.cols <= 0 || n <= 0 || k_splits < 0 || k_splits > kMaxTileSplits) {
+    return Status::Error("tiled_matmul_tokens_splits: bad shape, token count or split count");
+  }
+  if (w.type == GgmlType::F16) return tiled_splits_for_rows<true>(w, n, k_splits);
+  return tiled_splits_for_rows<false>(w, n, k_splits);
 }
 
 }  // namespace ds4

@@ -101,4 +101,8 @@ Status launch_small_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t
 Status launch_tiled_matmul_tokens(const DeviceMatrix& w, const float* x, int64_t x_stride, float* y,
                                   int64_t y_stride, int n, cudaStream_t stream, int k_splits = 0);
 
+// The column splits launch_tiled_matmul_tokens would use for `w` over n tokens (host
+// computation from the device's limits, no launch): for benchmarks and tests.
+Result<int> tiled_matmul_tokens_splits(const DeviceMatrix& w, int n, int k_splits = 0);
+
 }  // namespace ds4

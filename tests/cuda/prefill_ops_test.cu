@@ -951,6 +951,13 @@ void test_tiled_matmul(std::mt19937& rng) {
 
 // ---------------------------------------------------------------- timings
 
+bool cluster_capable() {
+  int device = 0, major = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  return major >= 9;
+}
+
 double time_us(const std::function<Status()>& launch) {
   for (int i = 0; i < 3; ++i) launch();
   cudaEvent_t a, b;
@@ -1091,6 +1098,15 @@ void time_launches(std::mt19937& rng) {
     ml.y_tok_stride = sh.rows;
     ml.n_tokens = n;
     report(("matvec n_tokens " + label).c_str(), [&] { return launch_matvec(ml, nullptr); });
+    const Result<int> auto_splits = tiled_matmul_tokens_splits(mat, n);
+    const Result<int> most_splits = tiled_matmul_tokens_splits(mat, n, 8);
+    std::printf("     (tiled %s: %d column splits chosen, at most %d)\n", label.c_str(),
+                auto_splits.ok() ? auto_splits.value() : -1, most_splits.ok() ? most_splits.value() : -1);
+    if (cluster_capable()) {
+      check(most_splits.ok() && most_splits.value() >= 2,
+            "tiled " + label + ": the device forms clusters of split blocks (got at most " +
+                std::to_string(most_splits.ok() ? most_splits.value() : -1) + " splits)");
+    }
     report(("tiled " + label).c_str(), [&] {
       return launch_tiled_matmul_tokens(mat, xs.get(), sh.cols, ys.get(), sh.rows, n, nullptr);
     });
