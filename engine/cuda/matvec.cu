@@ -300,13 +300,33 @@ template <GgmlType T, int NT, bool PAIRED, bool INT8>
 __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_kernel(MatvecParams p) {
   using C = Chunk<T>;
   constexpr int kUnroll = unroll_for<T>();
+  extern __shared__ float4 shared_x4[];
+  float* xs = reinterpret_cast<float*>(shared_x4);
+  __shared__ uint32_t grid[T == GgmlType::IQ2_XXS ? cuda_detail::kIq2xxsCompactWords : 1];
+  // Before pdl_wait() (programmatic dependent launch): only immutable data is read
+  // (the IQ2_XXS table, weights) and only shared memory written.
+  // IQ2_XXS selectors: the compact table, or one copy per bank (each warp copies
+  // entries, lane L writing word 32 e + L; the entry loads are uniform).
+  const uint32_t* sel = grid;
+  int sel_stride = 1;
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    if (p.sel_lane_offset >= 0) {
+      uint32_t* copies = reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(shared_x4) + p.sel_lane_offset);
+      const int ln = threadIdx.x & 31;
+#pragma unroll 8
+      for (int e = threadIdx.x >> 5; e < cuda_detail::kIq2xxsCompactWords; e += kWarps) {
+        copies[e * 32 + ln] = g_iq2xxs_sel[e];
+      }
+      sel = copies + ln;
+      sel_stride = 32;
+    } else {
+      for (int i = threadIdx.x; i < cuda_detail::kIq2xxsCompactWords; i += kThreads) grid[i] = g_iq2xxs_sel[i];
+    }
+  }
   prefetch_first_weights<T, PAIRED>(p);
   pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
   if (p.enable && *p.enable == 0) return;
-  extern __shared__ float4 shared_x4[];
-  float* xs = reinterpret_cast<float*>(shared_x4);
-  __shared__ uint32_t grid[T == GgmlType::IQ2_XXS ? cuda_detail::kIq2xxsCompactWords : 1];
   __shared__ float partial[kWarps][2 * NT];
 
   const int split_index = p.split > 1 ? static_cast<int>(blockIdx.x % p.split) : 0;
@@ -427,24 +447,6 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, NT, PAIRED>)) matvec_
           }
         }
       }
-    }
-  }
-  // IQ2_XXS selectors: the compact table, or one copy per bank (each warp copies
-  // entries, lane L writing word 32 e + L; the entry loads are uniform).
-  const uint32_t* sel = grid;
-  int sel_stride = 1;
-  if constexpr (T == GgmlType::IQ2_XXS) {
-    if (p.sel_lane_offset >= 0) {
-      uint32_t* copies = reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(shared_x4) + p.sel_lane_offset);
-      const int ln = threadIdx.x & 31;
-#pragma unroll 8
-      for (int e = threadIdx.x >> 5; e < cuda_detail::kIq2xxsCompactWords; e += kWarps) {
-        copies[e * 32 + ln] = g_iq2xxs_sel[e];
-      }
-      sel = copies + ln;
-      sel_stride = 32;
-    } else {
-      for (int i = threadIdx.x; i < cuda_detail::kIq2xxsCompactWords; i += kThreads) grid[i] = g_iq2xxs_sel[i];
     }
   }
   // Summed slots: the slots' matrices in shared memory, so the chunk loop's weight
