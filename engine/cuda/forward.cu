@@ -88,6 +88,7 @@ CudaForward::~CudaForward() {
 
 Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(matvec_init());
+  DS4_RETURN_IF_ERROR(expert_matvec_init());
   DS4_RETURN_IF_ERROR(attention_init());
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
