@@ -10,7 +10,7 @@
 //        stream path, where PDL launches meet plain ones).
 //    Every logit must be bit-identical between PDL on and off (and between the two
 //    off runs: the baseline is deterministic); the greedy tokens must agree. Printed:
-//    max |diff| and the first differing logit (step, index, values) of each pair.
+//    max |d| and the first differing logit (step, index, values) of each pair.
 // 2. Timing (reported, not asserted): CUDA graphs of 40 chained matrix-vector
 //    products, Q8_0 32768x1024 (35.7 MB, six matrices cycled so they come from device
 //    memory), F32 24x16384 (1.6 MB, 40 matrices) and the two alternating, with PDL
@@ -138,7 +138,7 @@ void compare_runs(const DecodeRun& a, const DecodeRun& b, int vocab, const std::
       max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
     }
   }
-  std::printf("  %s: %zu logits compared, %zu differ, max |diff| %.3g\n", what.c_str(), a.logits.size(), differing,
+  std::printf("  %s: %zu logits compared, %zu differ, max |d| %.3g\n", what.c_str(), a.logits.size(), differing,
               max_diff);
   if (differing) {
     char buf[256];
@@ -241,6 +241,7 @@ void compare_chain(const ChainResult& off, const ChainResult& on, const std::str
   for (size_t i = 0; i < off.out.size() && i < on.out.size(); ++i) {
     if (std::memcmp(&off.out[i], &on.out[i], sizeof(float)) != 0 && differing++ == 0) first = i;
   }
+  std::printf("    outputs of PDL off and on: %zu values, %zu differ\n", off.out.size(), differing);
   check(off.out.size() == on.out.size() && differing == 0,
         what + ": outputs differ between PDL off and on (" + std::to_string(differing) + " values; first at " +
             std::to_string(first) + ": " + std::to_string(off.out.empty() ? 0.0f : off.out[first]) + " vs " +
