@@ -442,11 +442,11 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   const int g = lane >> 2, q = lane & 3;
   float acc[MT][NT][4];
   float acc_u[PAIRED ? MT : 1][PAIRED ? NT : 1][4];
-  // kSuperA (Q2_K kOffsetMma kernels, one block per SM: the registers allow it): A = d
-  // is the same for the super-block's 8 chunks, so the products of a super-block sum
-  // in `sup` (q . hi, plus q . lo * 2^-11 added once per chunk) and acc += d * sup once
-  // per super-block, beside the minimums.
-  constexpr bool kSuperA = kOffsetMma && MIN_BLOCKS == 1;
+  // kSuperA (Q2_K kOffsetMma kernels where the registers allow it: all but the kExact
+  // 64-token two-block one): A = d is the same for the super-block's 8 chunks, so the
+  // products of a super-block sum in `sup` (q . hi, plus q . lo * 2^-11 added once per
+  // chunk) and acc += d * sup once per super-block, beside the minimums.
+  constexpr bool kSuperA = kOffsetMma && (MIN_BLOCKS == 1 || BN == 32 || F16X);
   float sup[kSuperA ? MT : 1][kSuperA ? NT : 1][4];
 #pragma unroll
   for (int m = 0; m < MT; ++m)
