@@ -750,9 +750,8 @@ Status launch_small(const DeviceMatrix& w, const float* x, int64_t xs, float* y,
 // launch_matvec with the same inputs (f32 too), within 2e-6 of that scale. y is filled
 // with NaN first (every output must be written) and its padding columns with a sentinel
 // (they must stay untouched).
-void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng,
-                                          const std::string& kernel = "small_matmul",
-                                          const SmallLaunch& launch = launch_small) {
+void test_small_matmul_case(const SmallShape& sh, int n, std::mt19937& rng, const std::string& kernel = "small_matmul",
+                            const SmallLaunch& launch = launch_small) {
   const std::string name = kernel + " " + sh.what + " " + (sh.type == GgmlType::F16 ? "F16 " : "F32 ") +
                            std::to_string(sh.rows) + " x " + std::to_string(sh.cols) + " n=" + std::to_string(n);
   const int64_t x_stride = sh.cols + 8, y_stride = sh.rows + 3;
