@@ -1,0 +1,90 @@
+// One-token products of dense Q8_0 (or F16) matrices with an f32 vector, written for
+// the memory-bandwidth rate of the decode path rather than through the generic
+// cuda/matvec.h kernel: the q LoRA up-projection (with the q norm folded into the x
+// load), the grouped output projection (one slot per group), its second stage, the
+// shared expert (gate+up with SwiGLU, then down) and the q_a / kv projections.
+//
+// For every slot s < n_slots and row r < n_rows, with
+//   W_s[r] = row fixed_matrix * w.rows + s * slot_row_stride + r of the weight stack,
+//   x_s    = x + s * x_slot_stride   (times rsqrt(mean(x^2) + eps) * x_norm_weight when set),
+// plain:  v = W_s[r] . x_s
+// paired: v = silu(min(W_s[r] . x_s, limit)) * clamp(U_s[r] . x_s, -limit, limit)
+//         (U = w_up, the same type and shape as W; limit INFINITY: no clamp)
+// and v is stored to y[s * y_slot_stride + r], or added to it with `accumulate`.
+// These are the MatvecLaunch fields of the same names, with the same meaning and the
+// same x normalisation (sum of squares in double, in the generic kernel's order, so the
+// normalised x is bit for bit the one launch_matvec computes with).
+//
+// How it runs: one wave of blocks sized from the device, each owning a contiguous range
+// of one slot's rows. Every lane keeps one 32-column chunk of x in registers and streams
+// 16-byte weight loads of several rows at once (the next rows' loads issued before this
+// batch's products); the first weights are loaded, and the block's remaining share asked
+// into L2, before the programmatic-dependent-launch wait (weights are immutable), so DRAM
+// streams while the previous kernel drains. Sums: f32 activations, f32 accumulation
+// (fixtures/README.md §4); per row, each lane's chunk in column order, the lanes by a
+// fixed reduce-scatter, then the warps that own the row's other columns in warp order:
+// results are deterministic and do not depend on scheduling (no atomics).
+//
+// Launches allocate nothing and never synchronise with the host: they can be captured
+// in a CUDA graph. Thread-safety: launches on the caller's stream; the only host state
+// is a per-device occupancy cache guarded by a mutex.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/device_matrix.h"
+#include "cuda/matvec.h"
+
+namespace ds4 {
+
+struct DenseMatvecLaunch {
+  const DeviceMatrix* w = nullptr;     // Q8_0 or F16; cols 1024, 2048, 4096 or 8192
+  const DeviceMatrix* w_up = nullptr;  // set: paired SwiGLU (same type and shape as w)
+  const float* x = nullptr;            // 16-byte aligned
+  int64_t x_slot_stride = 0;           // a multiple of 4
+  float* y = nullptr;
+  int64_t y_slot_stride = 0;
+  int n_slots = 1;
+  int64_t n_rows = -1;                 // -1: w->rows
+  int64_t slot_row_stride = 0;
+  int fixed_matrix = 0;
+  float swiglu_limit = INFINITY;       // paired only; INFINITY: no clamp
+  bool accumulate = false;
+  // x * rsqrt(mean(x^2) + eps) * x_norm_weight on load (one slot; 16-byte aligned).
+  const float* x_norm_weight = nullptr;
+  float x_norm_eps = 1e-6f;
+};
+
+// Tuning variants (tests/cuda/dense_matvec_test.cu times them); the defaults are the
+// expected fastest.
+struct DenseMatvecOptions {
+  // Rows each lane loads before any of their products: 2, 4 or 8.
+  int rows_per_batch = 4;
+  // Each lane issues the next batch's loads before this batch's products.
+  bool prefetch = true;
+  // Before the dependency wait, each block asks L2 for up to this many KiB of its share
+  // beyond the first batch (its weights and scales); -1: the whole share, 0: none.
+  int l2_prefetch_kib = -1;
+  // Blocks per multiprocessor; 0: as many as fit at once.
+  int blocks_per_sm = 0;
+};
+
+// Ok when these kernels handle the launch, else an error naming what does not fit
+// (type, columns, alignment, strides, slot count, a null pointer). Callers fall back to
+// launch_matvec where it is not Ok.
+Status dense_matvec_supported(const DenseMatvecLaunch& launch);
+
+// The launch that `matvec` describes, when it is one these kernels handle: one token, no
+// per-slot matrix ids, no summed slots, no slot weights, no enable flag, no int8
+// activations, no tuning fields; else an error naming the field. The result still goes
+// through dense_matvec_supported (types and shapes).
+Result<DenseMatvecLaunch> dense_matvec_from(const MatvecLaunch& matvec);
+
+Status launch_dense_matvec(const DenseMatvecLaunch& launch, cudaStream_t stream,
+                           const DenseMatvecOptions& options = {});
+
+}  // namespace ds4
