@@ -8,9 +8,9 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/iq2xxs_compact_table.h"
 #include "cuda/launch.h"
 #include "cuda/device_math.cuh"
-#include "format/iq2xxs_grid.h"
 
 namespace ds4 {
 namespace {
@@ -964,38 +964,9 @@ KernelFn pick_kernel(GgmlType type, int nt, bool paired, bool int8) {
   }
 }
 
-// The compact IQ2_XXS table of cuda/dequant_chunk.cuh: per codebook entry the magnitude
-// index (0, 1, 2 for 8, 25, 43) of each element in its nibble; per sign index 4 in the
-// nibble of each negated element.
-Status make_iq2xxs_selectors(uint32_t* table) {
-  for (int g = 0; g < 256; ++g) {
-    uint32_t word = 0;
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t mag = static_cast<uint32_t>(kIq2xxsGrid[g] >> (8 * i)) & 0xFF;
-      const uint32_t level = mag == 8 ? 0 : mag == 25 ? 1 : mag == 43 ? 2 : 3;
-      if (level == 3) {
-        return Status::Error("matvec: IQ2_XXS codebook entry " + std::to_string(g) + " element " +
-                             std::to_string(i) + " has magnitude " + std::to_string(mag) +
-                             " (expected 8, 25 or 43)");
-      }
-      word |= level << (4 * i);
-    }
-    table[g] = word;
-  }
-  for (uint32_t si = 0; si < 128; ++si) {
-    const uint32_t mask = iq2xxs_sign_mask(si);
-    uint32_t word = 0;
-    for (int i = 0; i < 8; ++i) {
-      if ((mask >> i) & 1u) word |= 4u << (4 * i);
-    }
-    table[256 + si] = word;
-  }
-  return Status::Ok();
-}
-
 Status init_once() {
   uint32_t table[cuda_detail::kIq2xxsCompactWords];
-  DS4_RETURN_IF_ERROR(make_iq2xxs_selectors(table));
+  DS4_RETURN_IF_ERROR(build_iq2xxs_compact_table(table));
   DS4_CUDA_TRY(cudaMemcpyToSymbol(g_iq2xxs_sel, table, sizeof(table)));
   const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0,
                             GgmlType::IQ2_XXS, GgmlType::Q2_K, GgmlType::Q4_K};
