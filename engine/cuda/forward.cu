@@ -9,6 +9,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device_sequence.h"
 #include "cuda/expert_matvec.h"
+#include "cuda/routed_experts.h"
 #include "cuda/prefill_workspace.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/launch.h"
@@ -502,57 +503,20 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   rl.weights = w.route_w;
   DS4_RETURN_IF_ERROR(launch_router(rl, st));
   stage("router");
-  // The routed experts through the one-token expert kernels (cuda/expert_matvec.h)
-  // where they apply, else through the generic matrix-vector kernel.
-  ExpertGateUpLaunch eg;
-  eg.gate = &L.gate_exps;
-  eg.up = &L.up_exps;
-  eg.x = w.n;
-  eg.ids = w.route_ids;
-  eg.weights = w.route_w;
-  eg.n_used = c.n_experts_used;
-  eg.swiglu_limit = limit;
-  eg.y = w.h;
-  if (expert_kernels_ && expert_gate_up_supported(eg).ok()) {
-    DS4_RETURN_IF_ERROR(launch_expert_gate_up(eg, st));
-  } else {
-    MatvecLaunch gu;
-    gu.w = &L.gate_exps;
-    gu.w_up = &L.up_exps;
-    gu.x = w.n;
-    gu.y = w.h;
-    gu.y_slot_stride = c.expert_ffn;
-    gu.n_slots = c.n_experts_used;
-    gu.slot_matrix = w.route_ids;
-    gu.slot_weight = w.route_w;
-    gu.swiglu_limit = limit;
-    gu.lanes_per_row = 8;  // measured on the H200: 38.9 us against 42.2 us (6 experts, 2048 x 4096)
-    DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
-  }
+  RoutedExpertsLaunch re;
+  re.layer = &L;
+  re.n_used = c.n_experts_used;
+  re.swiglu_limit = limit;
+  re.x = w.n;
+  re.ids = w.route_ids;
+  re.weights = w.route_w;
+  re.h = w.h;
+  re.y = w.moe;
+  re.fast = expert_kernels_;
+  DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
   stage("experts gate/up");
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
-  ExpertDownLaunch ed;
-  ed.down = &L.down_exps;
-  ed.x = w.h;
-  ed.ids = w.route_ids;
-  ed.n_used = c.n_experts_used;
-  ed.accumulate = true;
-  ed.y = w.moe;
-  if (expert_kernels_ && expert_down_supported(ed).ok()) {
-    DS4_RETURN_IF_ERROR(launch_expert_down(ed, st));
-  } else {
-    MatvecLaunch dn;
-    dn.w = &L.down_exps;
-    dn.x = w.h;
-    dn.x_slot_stride = c.expert_ffn;
-    dn.y = w.moe;
-    dn.n_slots = c.n_experts_used;
-    dn.slot_matrix = w.route_ids;
-    dn.sum_slots = true;
-    dn.accumulate = true;
-    dn.lanes_per_row = 16;  // measured on the H200: 25.4 us against 29.4 us (6 experts, 4096 x 2048)
-    DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
-  }
+  DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
   stage("experts down (+ shared, joined)");
   DS4_RETURN_IF_ERROR(launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st));
   stage("hc_post ffn");

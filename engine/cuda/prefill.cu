@@ -19,6 +19,7 @@
 #include "cuda/prefill_attention.h"
 #include "cuda/prefill_ops.h"
 #include "cuda/prefill_workspace.h"
+#include "cuda/routed_experts.h"
 #include "cuda/row_ops.h"
 
 namespace ds4 {
@@ -528,27 +529,18 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st));
     const int k = c.n_experts_used;
     for (int t = 0; t < n; ++t) {
-      MatvecLaunch gu;
-      gu.w = &L.gate_exps;
-      gu.w_up = &L.up_exps;
-      gu.x = w.n + static_cast<int64_t>(t) * c.dim;
-      gu.y = w.h + static_cast<int64_t>(t) * k * c.expert_ffn;
-      gu.y_slot_stride = c.expert_ffn;
-      gu.n_slots = k;
-      gu.slot_matrix = w.route_ids + t * k;
-      gu.slot_weight = w.route_w + t * k;
-      gu.swiglu_limit = limit;
-      DS4_RETURN_IF_ERROR(launch_matvec(gu, st));
-      MatvecLaunch dn;
-      dn.w = &L.down_exps;
-      dn.x = gu.y;
-      dn.x_slot_stride = c.expert_ffn;
-      dn.y = w.out + static_cast<int64_t>(t) * c.dim;
-      dn.n_slots = k;
-      dn.slot_matrix = gu.slot_matrix;
-      dn.sum_slots = true;
-      dn.accumulate = true;
-      DS4_RETURN_IF_ERROR(launch_matvec(dn, st));
+      RoutedExpertsLaunch re;
+      re.layer = &L;
+      re.n_used = k;
+      re.swiglu_limit = limit;
+      re.x = w.n + static_cast<int64_t>(t) * c.dim;
+      re.ids = w.route_ids + t * k;
+      re.weights = w.route_w + t * k;
+      re.h = w.h + static_cast<int64_t>(t) * k * c.expert_ffn;
+      re.y = w.out + static_cast<int64_t>(t) * c.dim;
+      re.fast = expert_kernels_;
+      DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
+      DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
     }
     return launch_hc_post_tokens(w.xb, w.out, w.post, w.comb, hc, n, w.x, st);
   }
