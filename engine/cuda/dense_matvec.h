@@ -62,8 +62,11 @@ struct DenseMatvecLaunch {
 // Tuning variants (tests/cuda/dense_matvec_test.cu times them); the defaults are the
 // expected fastest.
 struct DenseMatvecOptions {
-  // Rows each lane loads before any of their products: 2, 4 or 8.
-  int rows_per_batch = 4;
+  // Rows each lane loads before any of their products: 2, 4 or 8; 0: 4, or 2 for
+  // paired launches (two blocks per multiprocessor without spilling). 8 is refused for
+  // paired launches, and with prefetch for F16 (too many registers); so is F16 paired
+  // with 4 and prefetch.
+  int rows_per_batch = 0;
   // Each lane issues the next batch's loads before this batch's products.
   bool prefetch = true;
   // Before the dependency wait, each block asks L2 for up to this many KiB of its share
