@@ -2,7 +2,11 @@
 
 #include <cuda_fp16.h>
 
+#include <string>
+
+#include "cuda/column_tile.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/matvec.h"
 #include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 
@@ -200,6 +204,62 @@ __global__ void hc_head_kernel(const float* x, const float* mix_raw, const float
   weighted_stream_norm(x, w, norm_weight, s, ys, scratch, out);
 }
 
+// launch_hc_post_mix (see the header). Block (t, y): column tile t of the flattened new
+// state, rows [y * rows_per_block, +rows_per_block) of the mixing projection.
+constexpr int kPostMixThreads = 256;  // the matvec column-tile kernel's block size
+
+struct HcPostMixParams {
+  const float* x_in;
+  const float* f;
+  const float* post;
+  const float* comb;
+  HcShape s;
+  float* x_out;
+  TileWeights w;
+  int64_t rows;
+  int ns;         // 32-column chunks per mixing row
+  int lanes;      // chunks per column tile (lanes per row group)
+  int col_tiles;
+  float* partial;
+};
+
+// The hc_post value of state element (k, d), in the order and roundings of
+// hc_post_kernel (one product, then one fused multiply-add per source stream).
+__device__ __forceinline__ float hc_post_value(const float* x_in, const float* f, const float* post,
+                                               const float* comb, const HcShape& s, int k, int d) {
+  float v = __fmul_rn(post[k], f[d]);
+  for (int i = 0; i < s.mult; ++i) v = __fmaf_rn(comb[i * s.mult + k], x_in[i * s.dim + d], v);
+  return v;
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kPostMixThreads) hc_post_mix_kernel(HcPostMixParams p) {
+  __shared__ float4 xs[32 * 8];  // up to 32 chunks of 32 columns
+  const int tile = blockIdx.x;
+  const int chunk0 = tile * p.lanes;
+  const int nc = min(p.ns - chunk0, p.lanes);
+  const int group = threadIdx.x / p.lanes;
+  const int li = threadIdx.x & (p.lanes - 1);
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * (kPostMixThreads / p.lanes) + group;
+  const bool have = r < p.rows && li < nc;
+  typename Chunk<T>::Raw raw{};
+  if (have) tile_load_weights<T>(p.w, r, chunk0 + li, &raw);  // immutable: before the wait
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  const int64_t col0 = static_cast<int64_t>(chunk0) * 32;
+  for (int j = threadIdx.x; j < nc * 32; j += kPostMixThreads) {
+    const int idx = static_cast<int>(col0 + j);
+    const int k = idx / p.s.dim;
+    const int d = idx - k * p.s.dim;
+    const float v = hc_post_value(p.x_in, p.f, p.post, p.comb, p.s, k, d);
+    tile_store_x(xs, p.lanes, j, v);
+    if (blockIdx.y == 0) p.x_out[idx] = v;
+  }
+  __syncthreads();
+  const float acc = tile_row_partial<T>(raw, have, xs, p.lanes, li);
+  if (li == 0 && r < p.rows) p.partial[r * p.col_tiles + tile] = acc;
+}
+
 Status check_shape(const HcShape& s) {
   if (s.mult <= 0 || s.mult > kMaxMult) return Status::Error("hyper-connections: stream count out of range");
   return Status::Ok();
@@ -264,6 +324,86 @@ Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix
   launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, nullptr, scale, base, norm_weight, s,
                 out, mix_partial, mix_tiles);
   return cuda_status(cudaGetLastError(), "hc_head (partial sums) launch");
+}
+
+Result<int> hc_post_mix_tiles(const HcPostMixLaunch& l) {
+  const HcShape& s = l.shape;
+  DS4_RETURN_IF_ERROR(check_shape(s));
+  if (s.dim <= 0) return Status::Error("hc_post_mix: dim must be positive");
+  if (!l.x_in || !l.f || !l.post || !l.comb || !l.x_out) {
+    return Status::Error("hc_post_mix: a state, sublayer output, post or comb pointer is missing");
+  }
+  const int64_t n = static_cast<int64_t>(s.dim) * s.mult;
+  if (l.x_out < l.x_in + n && l.x_in < l.x_out + n) {
+    return Status::Error("hc_post_mix: x_out overlaps x_in (the update cannot run in place)");
+  }
+  if (!l.mix_fn || l.mix_fn->empty()) return Status::Error("hc_post_mix: no mixing matrix");
+  const DeviceMatrix& fn = *l.mix_fn;
+  if (fn.type != GgmlType::F32 && fn.type != GgmlType::F16 && fn.type != GgmlType::Q8_0) {
+    return Status::Error("hc_post_mix: mixing matrix type " + std::string(ggml_type_name(fn.type)) +
+                         " not supported (F32, F16 or Q8_0)");
+  }
+  if (fn.cols != n) {
+    return Status::Error("hc_post_mix: mixing matrix has " + std::to_string(fn.cols) + " columns, the state " +
+                         std::to_string(n) + " values");
+  }
+  if (fn.rows <= 0) return Status::Error("hc_post_mix: mixing matrix has no rows");
+  if (!l.mix_partial) return Status::Error("hc_post_mix: no partial-sum workspace");
+  MatvecLaunch ml;
+  ml.w = &fn;
+  ml.x = l.x_out;
+  ml.split_workspace = l.mix_partial;
+  ml.split_workspace_floats = l.mix_partial_floats;
+  ml.tile_partials_only = true;
+  ml.tile_chunks_per_lane = 1;
+  Result<int> tiles = matvec_tile_columns(ml);
+  if (!tiles.ok()) return Status::Error("hc_post_mix: " + tiles.status().message());
+  return *tiles;
+}
+
+Status launch_hc_post_mix(const HcPostMixLaunch& l, cudaStream_t stream) {
+  Result<int> tiles = hc_post_mix_tiles(l);
+  if (!tiles.ok()) return tiles.status();
+  const DeviceMatrix& fn = *l.mix_fn;
+  const int ns = static_cast<int>(fn.cols / 32);
+  // The matvec's lanes per row group: the tile width whose tile count it chose.
+  int lanes = 0;
+  for (int g = 32; g >= 1; g /= 2) {
+    if ((ns + g - 1) / g == *tiles) {
+      lanes = g;
+      break;
+    }
+  }
+  if (lanes == 0) {
+    return Status::Error("hc_post_mix: no tile width of 1..32 chunks gives the matvec's " + std::to_string(*tiles) +
+                         " column tiles over " + std::to_string(ns) + " chunks");
+  }
+  const int64_t rows_per_block = kPostMixThreads / lanes;
+  const int64_t row_tiles = (fn.rows + rows_per_block - 1) / rows_per_block;
+  if (row_tiles > 65535) return Status::Error("hc_post_mix: too many mixing rows");
+  HcPostMixParams p{};
+  p.x_in = l.x_in;
+  p.f = l.f;
+  p.post = l.post;
+  p.comb = l.comb;
+  p.s = l.shape;
+  p.x_out = l.x_out;
+  p.w.data = fn.data;
+  p.w.scales = fn.scales;
+  p.w.row_bytes = static_cast<int64_t>(fn.data_row_bytes());
+  p.w.scales_per_row = fn.scales_per_row();
+  p.rows = fn.rows;
+  p.ns = ns;
+  p.lanes = lanes;
+  p.col_tiles = *tiles;
+  p.partial = l.mix_partial;
+  const dim3 grid(static_cast<unsigned>(*tiles), static_cast<unsigned>(row_tiles));
+  switch (fn.type) {
+    case GgmlType::F32: launch_kernel(hc_post_mix_kernel<GgmlType::F32>, grid, kPostMixThreads, 0, stream, p); break;
+    case GgmlType::F16: launch_kernel(hc_post_mix_kernel<GgmlType::F16>, grid, kPostMixThreads, 0, stream, p); break;
+    default: launch_kernel(hc_post_mix_kernel<GgmlType::Q8_0>, grid, kPostMixThreads, 0, stream, p); break;
+  }
+  return cuda_status(cudaGetLastError(), "hc_post_mix launch");
 }
 
 }  // namespace ds4

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/status.h"
+#include "cuda/device_matrix.h"
 #include "format/ggml_type.h"
 
 namespace ds4 {
@@ -54,5 +55,35 @@ Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, 
 Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
                                const float* base, const float* norm_weight, const HcShape& s, float* out,
                                cudaStream_t stream);
+
+// launch_hc_post fused with the next mixing projection's column tiles (one launch where
+// hc_post and a launch_matvec with tile_partials_only took two): block (t, y) computes
+// the new state's columns of column tile t (the hc_post arithmetic, the same bits),
+// writes them to x_out (block row y == 0), and forms the tile's partial sums of the
+// mixing rows of block row y over them, as the matvec's column-tile kernel does with
+// one chunk per lane (cuda/column_tile.cuh). launch_hc_pre_partials or
+// launch_hc_head_partials over (mix_partial, hc_post_mix_tiles()) then yields the same
+// bits as launch_hc_post + launch_matvec (tile_partials_only, or the plain launch and
+// its tile reduction) + launch_hc_pre / launch_hc_head wherever that matvec chooses one
+// chunk per lane, which it does for every HC mixing shape of the model (24 or 4 rows of
+// hc_mult * dim columns).
+struct HcPostMixLaunch {
+  const float* x_in = nullptr;    // old state, mult x dim
+  const float* f = nullptr;       // sublayer output, dim
+  const float* post = nullptr;    // mult
+  const float* comb = nullptr;    // mult x mult, [src][dst]
+  HcShape shape;
+  float* x_out = nullptr;         // new state, mult x dim (must not overlap x_in)
+  // The next mixing projection: rows x (mult * dim), F32, F16 or Q8_0 (its first matrix).
+  const DeviceMatrix* mix_fn = nullptr;
+  float* mix_partial = nullptr;   // out: partial[row * tiles + tile]
+  int64_t mix_partial_floats = 0;
+};
+
+// The column tiles per mixing row launch_hc_post_mix writes (the mix_tiles argument of
+// launch_hc_pre_partials), or an error naming what is wrong with the launch.
+Result<int> hc_post_mix_tiles(const HcPostMixLaunch& launch);
+
+Status launch_hc_post_mix(const HcPostMixLaunch& launch, cudaStream_t stream);
 
 }  // namespace ds4

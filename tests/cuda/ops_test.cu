@@ -23,8 +23,10 @@
 #include "cpu/vector_ops.h"
 #include "cuda/attention.h"
 #include "cuda/compressor_indexer.h"
+#include "cuda/cuda_check.h"
 #include "cuda/device_model.h"
 #include "cuda/hyper_connections.h"
+#include "cuda/launch.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
 #include "cuda/row_ops.h"
@@ -604,6 +606,324 @@ void test_argmax(std::mt19937& rng) {
   check(di.host()[0] == 70000, "argmax: ties go to the lower id, NaN ignored");
 }
 
+// Bit-for-bit comparison of two float vectors (NaN sentinels included): prints the
+// first mismatches with index and both values; returns the count.
+int count_bits_differ(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  int bad = 0;
+  const size_t n = std::min(got.size(), want.size());
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t a, b;
+    std::memcpy(&a, &got[i], 4);
+    std::memcpy(&b, &want[i], 4);
+    if (a != b && bad++ < 4) {
+      std::printf("  %s[%zu]: fused %.9g (0x%08x) unfused %.9g (0x%08x)\n", what.c_str(), i, got[i], a, want[i], b);
+    }
+  }
+  if (got.size() != want.size()) {
+    std::printf("  %s: sizes differ (%zu vs %zu)\n", what.c_str(), got.size(), want.size());
+    ++bad;
+  }
+  return bad;
+}
+
+std::vector<float> head_of(const std::vector<float>& v, size_t n) {
+  return std::vector<float>(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(std::min(n, v.size())));
+}
+
+constexpr int64_t kHcSplitFloats = 32 * 8192;  // the decode workspace's split buffer size
+
+// One random hc_post + mixing step on both paths:
+//   unfused: launch_hc_post, launch_matvec(tile_partials_only) as CudaForward builds it,
+//            launch_hc_pre_partials (mix_rows == hc_mix) or, for the head (mix_rows ==
+//            hc_mult), the plain launch_matvec and launch_hc_head;
+//   fused:   launch_hc_post_mix, then launch_hc_pre_partials / launch_hc_head_partials.
+// Every output of the fused path starts as NaN; the new state, the partial sums, post,
+// comb and the normalised sublayer input must match bit for bit. Other row counts: the
+// state and the partial sums only (several block rows and tile widths).
+void check_hc_post_mix_case(std::mt19937& rng, int dim, GgmlType type, int mix_rows, const char* label) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const int m = c.hc_mult, n = m * dim;
+  const HcShape s{dim, m, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const bool pre = mix_rows == c.hc_mix(), head = mix_rows == m;
+  const std::string name = std::string("hc_post_mix ") + label;
+  std::vector<float> x = random_floats(n, rng, -2.0f, 2.0f), f = random_floats(dim, rng);
+  std::vector<float> post = random_floats(m, rng, 0.0f, 2.0f), comb = random_floats(m * m, rng, 0.0f, 1.0f);
+  std::vector<uint8_t> fn = random_blocks(type, mix_rows, n, rng);
+  std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(mix_rows, rng, -0.5f, 0.5f);
+  std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
+  auto dfn = upload_matrix(type, n, mix_rows, 1, fn.data());
+  check(dfn.ok(), name + ": mixing matrix upload");
+  if (!dfn.ok()) return;
+  const DeviceMatrix& W = (*dfn)->m;
+  DeviceVec<float> dx(x), df(f), dpost(post), dcomb(comb), dsc(scale), db(base), dnw(norm_w);
+  // Unfused.
+  DeviceVec<float> xa(n), wa(kHcSplitFloats), mixa(mix_rows), posta(m), comba(m * m), outa(dim);
+  check(launch_hc_post(dx.get(), df.get(), dpost.get(), dcomb.get(), s, xa.get(), nullptr).ok(), name + ": hc_post");
+  MatvecLaunch ml;
+  ml.w = &W;
+  ml.x = xa.get();
+  ml.y = mixa.get();
+  ml.split_workspace = wa.get();
+  ml.split_workspace_floats = kHcSplitFloats;
+  ml.tile_partials_only = !head;
+  Result<int> tiles_a = matvec_tile_columns(ml);
+  check(tiles_a.ok(), name + ": matvec_tile_columns");
+  if (!tiles_a.ok()) return;
+  check(launch_matvec(ml, nullptr).ok(), name + ": matvec");
+  if (pre) {
+    check(launch_hc_pre_partials(xa.get(), wa.get(), *tiles_a, dsc.get(), db.get(), dnw.get(), s, posta.get(),
+                                 comba.get(), outa.get(), nullptr).ok(), name + ": hc_pre_partials");
+  } else if (head) {
+    check(launch_hc_head(xa.get(), mixa.get(), dsc.get(), db.get(), dnw.get(), s, outa.get(), nullptr).ok(),
+          name + ": hc_head");
+  }
+  // Fused, outputs poisoned with NaN.
+  DeviceVec<float> xb(n), wb(kHcSplitFloats), postb(m), combb(m * m), outb(dim);
+  cudaMemset(xb.get(), 0xFF, sizeof(float) * n);
+  cudaMemset(wb.get(), 0xFF, sizeof(float) * kHcSplitFloats);
+  cudaMemset(postb.get(), 0xFF, sizeof(float) * m);
+  cudaMemset(combb.get(), 0xFF, sizeof(float) * m * m);
+  cudaMemset(outb.get(), 0xFF, sizeof(float) * dim);
+  HcPostMixLaunch pm;
+  pm.x_in = dx.get();
+  pm.f = df.get();
+  pm.post = dpost.get();
+  pm.comb = dcomb.get();
+  pm.shape = s;
+  pm.x_out = xb.get();
+  pm.mix_fn = &W;
+  pm.mix_partial = wb.get();
+  pm.mix_partial_floats = kHcSplitFloats;
+  Result<int> tiles_b = hc_post_mix_tiles(pm);
+  check(tiles_b.ok() && *tiles_b == *tiles_a,
+        name + ": tile count " + (tiles_b.ok() ? std::to_string(*tiles_b) : tiles_b.status().message()) +
+            ", the matvec's " + std::to_string(*tiles_a));
+  if (!tiles_b.ok()) return;
+  Status st = launch_hc_post_mix(pm, nullptr);
+  check(st.ok(), name + ": launch (" + st.message() + ")");
+  if (pre) {
+    check(launch_hc_pre_partials(xb.get(), wb.get(), *tiles_b, dsc.get(), db.get(), dnw.get(), s, postb.get(),
+                                 combb.get(), outb.get(), nullptr).ok(), name + ": hc_pre_partials (fused)");
+  } else if (head) {
+    check(launch_hc_head_partials(xb.get(), wb.get(), *tiles_b, dsc.get(), db.get(), dnw.get(), s, outb.get(),
+                                  nullptr).ok(), name + ": hc_head_partials (fused)");
+  }
+  check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernels ran");
+  std::printf("%s: dim %d, %s %d x %d, %d column tiles\n", name.c_str(), dim, ggml_type_name(type).data(),
+              mix_rows, n, *tiles_b);
+  check(count_bits_differ(xb.host(), xa.host(), name + " x") == 0, name + ": new state bit-identical to hc_post");
+  if (!head) {
+    const size_t np = static_cast<size_t>(mix_rows) * *tiles_b;
+    check(count_bits_differ(head_of(wb.host(), np), head_of(wa.host(), np), name + " partial") == 0,
+          name + ": partial sums bit-identical to the matvec's column tiles");
+    const std::vector<float> rest = wb.host();
+    bool untouched = true;
+    for (size_t i = np; i < rest.size() && untouched; ++i) untouched = std::isnan(rest[i]);
+    check(untouched, name + ": nothing written past rows x tiles of the workspace");
+  }
+  if (pre) {
+    check(count_bits_differ(postb.host(), posta.host(), name + " post") == 0, name + ": post bit-identical");
+    check(count_bits_differ(combb.host(), comba.host(), name + " comb") == 0, name + ": comb bit-identical");
+  }
+  if (pre || head) {
+    check(count_bits_differ(outb.host(), outa.host(), name + " n") == 0,
+          name + ": normalised sublayer input bit-identical");
+  }
+}
+
+// Bad launches are refused with a message naming the fault.
+void check_hc_post_mix_errors(std::mt19937& rng) {
+  const int dim = 256, m = 4, n = m * dim;
+  const HcShape s{dim, m, 20, 1e-6f, 1e-6f};
+  std::vector<uint8_t> fn = random_blocks(GgmlType::F16, 24, n, rng);
+  auto dfn = upload_matrix(GgmlType::F16, n, 24, 1, fn.data());
+  auto wrong = upload_matrix(GgmlType::F16, n / 2, 24, 1, fn.data());
+  if (!dfn.ok() || !wrong.ok()) {
+    check(false, "hc_post_mix errors: uploads");
+    return;
+  }
+  DeviceVec<float> x(2 * n), f(dim), post(m), comb(m * m), ws(192);
+  HcPostMixLaunch pm;
+  pm.x_in = x.get();
+  pm.f = f.get();
+  pm.post = post.get();
+  pm.comb = comb.get();
+  pm.shape = s;
+  pm.x_out = x.get() + n;
+  pm.mix_fn = &(*dfn)->m;
+  pm.mix_partial = ws.get();
+  pm.mix_partial_floats = 16;  // 24 rows need 48 floats at the fewest tiles (2); the plan takes 8 tiles (192)
+  auto expect = [&](const HcPostMixLaunch& l, const char* needle, const char* what) {
+    Status st = launch_hc_post_mix(l, nullptr);
+    check(!st.ok() && st.message().find(needle) != std::string::npos,
+          std::string("hc_post_mix refuses ") + what + " (got: " + (st.ok() ? "ok" : st.message()) + ")");
+  };
+  expect(pm, "workspace", "a workspace too small");
+  pm.mix_partial_floats = 192;
+  HcPostMixLaunch l = pm;
+  l.x_out = x.get() + 8;
+  expect(l, "overlaps", "an in-place update");
+  l = pm;
+  l.mix_fn = &(*wrong)->m;
+  expect(l, "columns", "a mixing matrix of the wrong width");
+  l = pm;
+  l.mix_fn = nullptr;
+  expect(l, "mixing matrix", "a missing mixing matrix");
+  l = pm;
+  l.shape.mult = 9;
+  expect(l, "stream count", "too many streams");
+  check(launch_hc_post_mix(pm, nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess,
+        "hc_post_mix: a workspace of exactly rows x tiles is taken");
+}
+
+// 40 dependent decode steps x <- hc_post(x, n, post, comb); (post, comb, n) <-
+// hc_pre(x), the mixing projections alternating between two matrices as attention and
+// MoE sublayers do, recorded as one CUDA graph per path (fused: 2 launches per step,
+// unfused: 3). The final state, post, comb and n must be bit-identical; prints the
+// replay time of each graph.
+void bench_hc_chain(std::mt19937& rng, int dim) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const int m = c.hc_mult, n = m * dim, mix = c.hc_mix(), steps = 40;
+  const HcShape s{dim, m, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  std::vector<uint8_t> fn0 = random_blocks(GgmlType::F16, mix, n, rng), fn1 = random_blocks(GgmlType::F16, mix, n, rng);
+  auto w0 = upload_matrix(GgmlType::F16, n, mix, 1, fn0.data());
+  auto w1 = upload_matrix(GgmlType::F16, n, mix, 1, fn1.data());
+  if (!w0.ok() || !w1.ok()) {
+    check(false, "hc chain: uploads");
+    return;
+  }
+  const DeviceMatrix* fns[2] = {&(*w0)->m, &(*w1)->m};
+  std::vector<float> x0 = random_floats(n, rng, -2.0f, 2.0f), f0 = random_floats(dim, rng);
+  std::vector<float> post0 = random_floats(m, rng, 0.0f, 2.0f), comb0 = random_floats(m * m, rng, 0.0f, 1.0f);
+  std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(mix, rng, -0.5f, 0.5f);
+  std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
+  DeviceVec<float> dsc(scale), db(base), dnw(norm_w);
+  struct Chain {
+    DeviceVec<float> x, xb, split, mixv, post, comb, nrm;
+    Chain(int n, int dim, int m) : x(n), xb(n), split(kHcSplitFloats), mixv(64), post(m), comb(m * m), nrm(dim) {}
+  };
+  Chain a(n, dim, m), b(n, dim, m);
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  auto reset = [&](Chain& ch) {
+    cudaMemcpy(ch.x.get(), x0.data(), sizeof(float) * n, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.nrm.get(), f0.data(), sizeof(float) * dim, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.post.get(), post0.data(), sizeof(float) * m, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.comb.get(), comb0.data(), sizeof(float) * m * m, cudaMemcpyHostToDevice);
+  };
+  auto enqueue = [&](Chain& ch, bool fused) -> Status {
+    for (int t = 0; t < steps; ++t) {
+      float* from = t % 2 ? ch.xb.get() : ch.x.get();
+      float* to = t % 2 ? ch.x.get() : ch.xb.get();
+      int tiles = 0;
+      if (fused) {
+        HcPostMixLaunch pm;
+        pm.x_in = from;
+        pm.f = ch.nrm.get();
+        pm.post = ch.post.get();
+        pm.comb = ch.comb.get();
+        pm.shape = s;
+        pm.x_out = to;
+        pm.mix_fn = fns[t % 2];
+        pm.mix_partial = ch.split.get();
+        pm.mix_partial_floats = kHcSplitFloats;
+        Result<int> r = hc_post_mix_tiles(pm);
+        if (!r.ok()) return r.status();
+        tiles = *r;
+        DS4_RETURN_IF_ERROR(launch_hc_post_mix(pm, stream));
+      } else {
+        DS4_RETURN_IF_ERROR(launch_hc_post(from, ch.nrm.get(), ch.post.get(), ch.comb.get(), s, to, stream));
+        MatvecLaunch ml;
+        ml.w = fns[t % 2];
+        ml.x = to;
+        ml.y = ch.mixv.get();
+        ml.split_workspace = ch.split.get();
+        ml.split_workspace_floats = kHcSplitFloats;
+        ml.tile_partials_only = true;
+        Result<int> r = matvec_tile_columns(ml);
+        if (!r.ok()) return r.status();
+        tiles = *r;
+        DS4_RETURN_IF_ERROR(launch_matvec(ml, stream));
+      }
+      DS4_RETURN_IF_ERROR(launch_hc_pre_partials(to, ch.split.get(), tiles, dsc.get(), db.get(), dnw.get(), s,
+                                                 ch.post.get(), ch.comb.get(), ch.nrm.get(), stream));
+    }
+    return Status::Ok();
+  };
+  auto record = [&](Chain& ch, bool fused, cudaGraphExec_t* exec) -> Status {
+    cudaGraph_t graph;
+    DS4_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    Status st = enqueue(ch, fused);
+    cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    DS4_RETURN_IF_ERROR(st);
+    DS4_CUDA_TRY(end);
+    cudaError_t inst = cudaGraphInstantiate(exec, graph, 0);
+    cudaGraphDestroy(graph);
+    DS4_CUDA_TRY(inst);
+    return Status::Ok();
+  };
+  for (int pdl = 1; pdl >= 0; --pdl) {
+    const bool was = pdl_enabled();
+    const bool on = set_pdl_enabled(pdl == 1);
+    cudaGraphExec_t ga = nullptr, gb = nullptr;
+    Status ra = record(a, false, &ga), rb = record(b, true, &gb);
+    check(ra.ok() && rb.ok(), "hc chain: graphs recorded (PDL " + std::string(on ? "on" : "off") + "): " +
+                                  ra.message() + " " + rb.message());
+    if (ra.ok() && rb.ok()) {
+      reset(a);
+      reset(b);
+      cudaGraphLaunch(ga, stream);
+      cudaGraphLaunch(gb, stream);
+      check(cudaStreamSynchronize(stream) == cudaSuccess, "hc chain: graphs ran");
+      const std::string tag = "hc chain dim " + std::to_string(dim) + (on ? " pdl" : " plain");
+      check(count_bits_differ(b.x.host(), a.x.host(), tag + " x") == 0, tag + ": state after 40 steps bit-identical");
+      check(count_bits_differ(b.post.host(), a.post.host(), tag + " post") == 0, tag + ": post bit-identical");
+      check(count_bits_differ(b.comb.host(), a.comb.host(), tag + " comb") == 0, tag + ": comb bit-identical");
+      check(count_bits_differ(b.nrm.host(), a.nrm.host(), tag + " n") == 0, tag + ": n bit-identical");
+      auto time_graph = [&](cudaGraphExec_t g) {
+        for (int i = 0; i < 5; ++i) cudaGraphLaunch(g, stream);
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        const int reps = 50;
+        cudaEventRecord(e0, stream);
+        for (int i = 0; i < reps; ++i) cudaGraphLaunch(g, stream);
+        cudaEventRecord(e1, stream);
+        cudaEventSynchronize(e1);
+        float ms = 0.0f;
+        cudaEventElapsedTime(&ms, e0, e1);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        return 1000.0 * ms / reps;
+      };
+      const double ta = time_graph(ga), tb = time_graph(gb);
+      std::printf("timing: %s, %d steps (hc_post + mix + hc_pre): unfused %.1f us (%.2f us/step, 3 launches), "
+                  "fused %.1f us (%.2f us/step, 2 launches), saved %.2f us/step\n",
+                  tag.c_str(), steps, ta, ta / steps, tb, tb / steps, (ta - tb) / steps);
+    }
+    if (ga) cudaGraphExecDestroy(ga);
+    if (gb) cudaGraphExecDestroy(gb);
+    set_pdl_enabled(was);
+  }
+  cudaStreamDestroy(stream);
+}
+
+void test_hc_post_mix(std::mt19937& rng) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  check_hc_post_mix_case(rng, c.dim, GgmlType::F16, c.hc_mix(), "real (pre)");
+  check_hc_post_mix_case(rng, c.dim, GgmlType::F16, c.hc_mult, "real (head)");
+  check_hc_post_mix_case(rng, 256, GgmlType::F16, c.hc_mix(), "tiny (pre)");
+  check_hc_post_mix_case(rng, 256, GgmlType::F16, c.hc_mult, "tiny (head)");
+  check_hc_post_mix_case(rng, 256, GgmlType::F32, c.hc_mix(), "tiny F32 (pre)");
+  check_hc_post_mix_case(rng, 256, GgmlType::Q8_0, c.hc_mix(), "tiny Q8_0 (pre)");
+  check_hc_post_mix_case(rng, 200, GgmlType::F16, c.hc_mix(), "ragged last tile (pre)");
+  check_hc_post_mix_case(rng, 256, GgmlType::F32, 100, "100 rows (block rows)");
+  check_hc_post_mix_case(rng, 1024, GgmlType::F16, 300, "300 rows (block rows)");
+  check_hc_post_mix_errors(rng);
+  bench_hc_chain(rng, 256);
+  bench_hc_chain(rng, c.dim);
+}
+
 }  // namespace
 
 int main() {
@@ -611,6 +931,7 @@ int main() {
   std::mt19937 rng(424242);
   test_row_post(rng);
   test_hyper_connections(rng);
+  test_hc_post_mix(rng);
   test_router(rng);
   test_attention(rng);
   bench_attention(rng);
