@@ -8,6 +8,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_limits.h"
+#include "cuda/launch.h"
 #include "format/iq2xxs_grid.h"
 
 namespace ds4 {
@@ -175,6 +176,7 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
     sel = compact;
     stride = 1;
   }
+  pdl_wait();  // the table is immutable; ids, weights and x come from earlier kernels
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
     s_ids[i] = p.ids[i];
     s_weights[i] = p.weights ? p.weights[i] : 1.0f;
@@ -269,6 +271,7 @@ __global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams
   const int w = warp % p.warps, rowset = warp / p.warps;
   const int slot = w / p.groups;
   const int chunk = (w - slot * p.groups) * 32 + lane;
+  pdl_wait();
   float x[32];
   load_x_chunk(p.x + slot * p.x_slot_stride + chunk * 32, x);
   float x_lo = 0.0f, x_hi = 0.0f;
@@ -321,6 +324,507 @@ __global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams
       float* out = p.y + batch * R + lane;
       *out = p.accumulate ? *out + v : v;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Integer tensor-core kernels (see the header for the arithmetic and its precision).
+//
+// A warp owns 16-row tiles (rows g and g + 8 in lane quad g = lane / 4, lane t = lane % 4 of
+// the quad holding 8 of a chunk's 32 columns) and a fixed range of CB 256-column blocks of
+// x. mma.sync m16n8k32 (s8 x s8 -> s32) fragment layout, per lane (g, t):
+//   A (16 x 32, row): a0 = A[g][4t..4t+3], a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]
+//   B (32 x 8, col):  b0 = B[4t..4t+3][g], b1 = B[16+4t..16+4t+3][g]
+//   C (16 x 8):       c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+// The k order is free as long as A and B agree: here k = 4t + i holds chunk column 8t + i and
+// k = 16 + 4t + i holds chunk column 8t + 4 + i (i < 4), so a lane expands 8 consecutive
+// weights of each of its two rows. B column j < 4 holds digit 3 - j of x's integers; columns
+// 4..7 are zero. Lane t = 0 of a quad ends with the top two digits' sums, t = 1 with the
+// lower two; their int64 combinations are added across the pair.
+constexpr int kTcMaxWarps = 16;        // warps per row set (one row set: all of a tile's columns)
+constexpr int kTcMaxThreads = 512;
+constexpr int kTcPlanePad = 32;        // bytes after each digit plane: planes start 8 banks apart
+constexpr int kTcMaxGateUpBlocks = 32; // gate+up cols <= 8192
+constexpr int kTcMaxDownBlocks = 64;   // down: n_used * cols / 256
+
+__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Where a kernel's quantized x lives in dynamic shared memory: four digit planes (plane L
+// holds digit L of every a_e as a byte, `stride` bytes apart), the scale s_b per 256-column
+// block, and (down) the f32 sums of x over each 16 columns.
+struct TcXLayout {
+  int planes = 0;   // byte offsets into dynamic shared memory
+  int scales = 0;
+  int sums = -1;    // -1: none
+  int stride = 0;   // bytes between planes
+  int end = 0;
+};
+
+TcXLayout tc_x_layout(int offset, int64_t values, bool sums) {
+  TcXLayout l;
+  l.planes = offset;
+  l.stride = static_cast<int>(values) + kTcPlanePad;
+  const int blocks = static_cast<int>(values / 256);
+  l.scales = l.planes + 4 * l.stride;
+  l.end = l.scales + ((blocks * 4 + 15) & ~15);
+  if (sums) {
+    l.sums = l.end;
+    l.end += blocks * 16 * 4;
+  }
+  return l;
+}
+
+// x (blocks * 256 values, 16-byte aligned) into the layout above; one warp per block of x.
+// s_b = 2^(E - 30) with max|x| < 2^E (E at least -96, so s_b stays a normal float), a_e =
+// round(x_e / s_b) (x_e / s_b is an exact power-of-two scaling), digits d_L in [-128, 127]
+// with a_e = sum_L d_L 256^L (|a_e| < 2^30 leaves the top digit within [-65, 65]).
+__device__ void tc_quantize_x(const float* x, int blocks, uint8_t* shared, const TcXLayout& l, int warp,
+                              int n_warps, int lane) {
+  uint8_t* planes = shared + l.planes;
+  float* scales = reinterpret_cast<float*>(shared + l.scales);
+  float* sums = l.sums >= 0 ? reinterpret_cast<float*>(shared + l.sums) : nullptr;
+  for (int b = warp; b < blocks; b += n_warps) {
+    const float4* src = reinterpret_cast<const float4*>(x + b * 256 + lane * 8);
+    const float4 v0 = src[0], v1 = src[1];
+    const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    float m = 0.0f;
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float a = fabsf(v[i]);
+      bad |= !(a <= 3.402823466e38f);  // NaN or infinite
+      m = fmaxf(m, a);
+    }
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    bad = __any_sync(0xffffffffu, bad);
+    int e = 0;
+    frexpf(m, &e);  // m = f 2^e, f in [0.5, 1) (e = 0 for m = 0)
+    e = max(e, -96);
+    const float inv = ldexpf(1.0f, 30 - e);
+    uint32_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      int a = bad ? 0 : __float2int_rn(v[i] * inv);
+#pragma unroll
+      for (int L = 0; L < 4; ++L) {
+        const int digit = L < 3 ? (a << 24) >> 24 : a;
+        if (L < 3) a = (a - digit) >> 8;
+        const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
+        if (i < 4) {
+          lo[L] |= byte << (8 * i);
+        } else {
+          hi[L] |= byte << (8 * (i - 4));
+        }
+      }
+    }
+#pragma unroll
+    for (int L = 0; L < 4; ++L) {
+      *reinterpret_cast<uint2*>(planes + L * l.stride + b * 256 + lane * 8) = make_uint2(lo[L], hi[L]);
+    }
+    if (lane == 0) scales[b] = bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 30);
+    if (sums) {
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += v[i];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);  // the 16 columns of lanes 2G, 2G + 1
+      if ((lane & 1) == 0) sums[b * 16 + (lane >> 1)] = s;
+    }
+  }
+}
+
+// The B fragment of chunk `chunk` of x for this lane: digit 3 - g of columns 8t..8t+7 for
+// g < 4, zero for g >= 4. `base` = planes + (3 - (g & 3)) * stride + 8t; `mask` = g < 4 ? ~0 : 0.
+__device__ __forceinline__ uint2 tc_b_fragment(const uint8_t* base, uint32_t mask, int chunk) {
+  const uint2 v = *reinterpret_cast<const uint2*>(base + chunk * 32);
+  return make_uint2(v.x & mask, v.y & mask);
+}
+
+// The exact sum of products of a row (int32 digit sums of this lane in c0, c1) as an int64
+// combined over the lane pair t = 0, 1 (t = 2, 3 hold zeros): t = 0 has digits 3, 2, t = 1
+// digits 1, 0.
+__device__ __forceinline__ long long tc_row_total(int hi_digit, int lo_digit, int t) {
+  long long p = static_cast<long long>(hi_digit) * 256 + lo_digit;
+  p <<= (t & 1) ? 0 : 16;
+  return p + __shfl_xor_sync(0xffffffffu, p, 1);
+}
+
+// ---- gate+up (IQ2_XXS) ----------------------------------------------------------------
+
+struct TcGateUpParams {
+  const uint8_t* g_data;
+  const uint16_t* g_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;
+  int blocks;     // 256-column blocks per row (= f16 scales per row)
+  int rows;       // per expert
+  const float* x;
+  const int32_t* ids;
+  const float* weights;
+  int n_used;
+  float limit;
+  float* y;
+  int warps;      // per row set: blocks / CB
+  int rowsets;
+  int tiles;      // n_used * rows / 16
+  int iters;      // tiles per row set
+  TcXLayout xl;
+  int partial_offset;  // bytes into dynamic shared memory
+};
+
+// One unit of a warp's work: half of a 256-column block (4 chunks) of a tile, both matrices.
+struct Iq2Unit {
+  int4 q[2][2][2];    // [gate, up][row g, g + 8][chunks 0-1, 2-3 of the half]
+  uint16_t d[2][2];   // [gate, up][row g, g + 8]
+};
+
+// A fragment registers of one row and chunk: `lo` = weights 8t..8t+3, `hi` = 8t+4..8t+7, as
+// int8 (the compact selector table of cuda/dequant_chunk.cuh); returns 2S + 1.
+__device__ __forceinline__ int iq2_row_fragment(uint32_t qx, uint32_t qy, const uint32_t* sel, int stride,
+                                                uint32_t grid_byte, int sign_shift, uint32_t* lo, uint32_t* hi) {
+  const uint32_t gi = __byte_perm(qx, 0, grid_byte);
+  const uint32_t si = (qy >> sign_shift) & 127u;
+  const uint32_t s = sel[gi * stride] | sel[(256 + si) * stride];
+  *lo = __byte_perm(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
+  *hi = __byte_perm(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
+  return static_cast<int>((qy >> 27) | 1u);
+}
+
+template <int CB, bool LANE_TABLES, bool PREFETCH>
+__global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpParams p) {
+  constexpr int kUnits = 2 * CB;  // per tile
+  extern __shared__ float4 dynamic4[];
+  uint8_t* dynamic = reinterpret_cast<uint8_t*>(dynamic4);
+  __shared__ uint32_t compact[LANE_TABLES ? 1 : kTableWords];
+  __shared__ int32_t s_ids[kMaxUsed];
+  __shared__ float s_weights[kMaxUsed];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_warps = blockDim.x >> 5;
+  const int w = warp % p.warps, rowset = warp / p.warps;
+  const int g = lane >> 2, t = lane & 3;
+
+  // The selector table is immutable: staged before the dependency wait.
+  const uint32_t* sel;
+  int stride;
+  if constexpr (LANE_TABLES) {
+    uint32_t* copies = reinterpret_cast<uint32_t*>(dynamic);
+    for (int e = warp; e < kTableWords; e += n_warps) copies[e * 32 + lane] = g_selectors[e];
+    sel = copies + lane;
+    stride = 32;
+  } else {
+    for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) compact[i] = g_selectors[i];
+    sel = compact;
+    stride = 1;
+  }
+  pdl_wait();
+  for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
+    s_ids[i] = p.ids[i];
+    s_weights[i] = p.weights ? p.weights[i] : 1.0f;
+  }
+  tc_quantize_x(p.x, p.blocks, dynamic, p.xl, warp, n_warps, lane);
+  __syncthreads();
+
+  const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
+  const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
+  const uint32_t bmask = g < 4 ? 0xFFFFFFFFu : 0u;
+  const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
+  const int sign_shift = 7 * t;
+  float* partial = reinterpret_cast<float*>(dynamic + p.partial_offset);  // [2][rowsets][warps][32]
+  const int tiles_per_slot = p.rows / 16;
+  const int workers = gridDim.x * p.rowsets;
+  const int worker = blockIdx.x * p.rowsets + rowset;
+  const int xb0 = w * CB;
+
+  const auto fetch = [&](int it, int j, Iq2Unit* u) {
+    const int tile = worker + it * workers;
+    if (it >= p.iters || tile >= p.tiles) return;
+    const int slot = tile / tiles_per_slot;
+    const int64_t row = static_cast<int64_t>(s_ids[slot]) * p.rows + (tile - slot * tiles_per_slot) * 16 + g;
+    const int xb = xb0 + (j >> 1);
+    const int64_t off = row * p.row_bytes + xb * 64 + (j & 1) * 32;
+    const int64_t off8 = off + 8 * p.row_bytes;
+    const uint8_t* data[2] = {p.g_data, p.u_data};
+    const uint16_t* scales[2] = {p.g_scales, p.u_scales};
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      u->q[m][0][0] = cuda_detail::load16(data[m] + off);
+      u->q[m][0][1] = cuda_detail::load16(data[m] + off + 16);
+      u->q[m][1][0] = cuda_detail::load16(data[m] + off8);
+      u->q[m][1][1] = cuda_detail::load16(data[m] + off8 + 16);
+      u->d[m][0] = __ldg(scales[m] + row * p.blocks + xb);
+      u->d[m][1] = __ldg(scales[m] + (row + 8) * p.blocks + xb);
+    }
+  };
+
+  Iq2Unit ahead;  // PREFETCH: the next unit's loads in flight
+  if constexpr (PREFETCH) fetch(0, 0, &ahead);
+  for (int it = 0; it < p.iters; ++it) {
+    const int tile = worker + it * workers;
+    const bool active = tile < p.tiles;
+    float sum[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [gate, up][row g, g + 8]
+    int acc[2][4];
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      Iq2Unit cur;
+      if constexpr (PREFETCH) {
+        cur = ahead;
+        if (j + 1 < kUnits) {
+          fetch(it, j + 1, &ahead);
+        } else {
+          fetch(it + 1, 0, &ahead);
+        }
+      } else {
+        fetch(it, j, &cur);
+      }
+      if ((j & 1) == 0) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[m][i] = 0;
+        }
+      }
+      const int xb = xb0 + (j >> 1);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const uint2 b = tc_b_fragment(bbase, bmask, xb * 8 + (j & 1) * 4 + c);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const int4 v0 = cur.q[m][0][c >> 1], v1 = cur.q[m][1][c >> 1];
+          uint32_t lo0, hi0, lo1, hi1;
+          const int s0 = iq2_row_fragment(static_cast<uint32_t>((c & 1) ? v0.z : v0.x),
+                                          static_cast<uint32_t>((c & 1) ? v0.w : v0.y), sel, stride, grid_byte,
+                                          sign_shift, &lo0, &hi0);
+          const int s1 = iq2_row_fragment(static_cast<uint32_t>((c & 1) ? v1.z : v1.x),
+                                          static_cast<uint32_t>((c & 1) ? v1.w : v1.y), sel, stride, grid_byte,
+                                          sign_shift, &lo1, &hi1);
+          int d[4] = {0, 0, 0, 0};
+          mma_s8(d, lo0, lo1, hi0, hi1, b.x, b.y);
+          acc[m][0] += s0 * d[0];
+          acc[m][1] += s0 * d[1];
+          acc[m][2] += s1 * d[2];
+          acc[m][3] += s1 * d[3];
+        }
+      }
+      if (j & 1) {  // the end of a 256-column block: its exact sums, scaled once
+        const float xs = xscale[xb] * 0.125f;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const long long total = tc_row_total(acc[m][2 * r], acc[m][2 * r + 1], t);
+            sum[m][r] += __ll2float_rn(total) * (cuda_detail::half_bits_to_float(cur.d[m][r]) * xs);
+          }
+        }
+      }
+    }
+    const int buf = it & 1;
+    float* sets = partial + buf * p.rowsets * p.warps * 32;
+    if (t == 0) {
+      float* mine = sets + (rowset * p.warps + w) * 32;
+      mine[g] = sum[0][0];
+      mine[g + 8] = sum[0][1];
+      mine[16 + g] = sum[1][0];
+      mine[16 + g + 8] = sum[1][1];
+    }
+    rowset_barrier(rowset, p.warps * 32);
+    if (w == 0 && lane < 16 && active) {
+      const float* set = sets + rowset * p.warps * 32;
+      float gv = 0.0f, uv = 0.0f;
+      for (int k = 0; k < p.warps; ++k) {
+        gv += set[k * 32 + lane];
+        uv += set[k * 32 + 16 + lane];
+      }
+      const int slot = tile / tiles_per_slot;
+      const int r = (tile - slot * tiles_per_slot) * 16 + lane;
+      p.y[static_cast<int64_t>(slot) * p.rows + r] = swiglu(gv, uv, p.limit) * s_weights[slot];
+    }
+  }
+}
+
+// ---- down (Q2_K) ----------------------------------------------------------------------
+
+struct TcDownParams {
+  const uint8_t* data;
+  int64_t row_bytes;
+  int blocks;     // 256-column blocks per row (per slot of x)
+  int rows;
+  const float* x;
+  const int32_t* ids;
+  int n_used;
+  float* y;
+  int accumulate;
+  int warps;      // per row set: n_used * blocks / CB
+  int per_slot;   // warps per slot: blocks / CB
+  int rowsets;
+  int tiles;      // rows / 16
+  int iters;
+  TcXLayout xl;
+  int partial_offset;
+};
+
+// One unit: one 256-column block of a tile, rows g and g + 8.
+struct Q2kUnit {
+  uint32_t qs[2][2][2];  // [row][half hh][quant bytes 32 hh + 8t.. +3, 32 hh + 8t + 4.. +7]
+  uint32_t sc[2][4];     // [row] the 16 scale bytes
+  uint32_t mins[2];      // [row] scale bytes 4t..4t+3 (their minimum codes)
+  uint32_t dd[2];        // [row] d | dmin << 16
+};
+
+template <int CB, bool PREFETCH>
+__global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams p) {
+  extern __shared__ float4 dynamic4[];
+  uint8_t* dynamic = reinterpret_cast<uint8_t*>(dynamic4);
+  __shared__ int32_t s_ids[kMaxUsed];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_warps = blockDim.x >> 5;
+  const int w = warp % p.warps, rowset = warp / p.warps;
+  const int g = lane >> 2, t = lane & 3;
+  pdl_wait();
+  for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) s_ids[i] = p.ids[i];
+  tc_quantize_x(p.x, p.n_used * p.blocks, dynamic, p.xl, warp, n_warps, lane);
+  __syncthreads();
+
+  const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
+  const float* xsums = reinterpret_cast<const float*>(dynamic + p.xl.sums);
+  const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
+  const uint32_t bmask = g < 4 ? 0xFFFFFFFFu : 0u;
+  const int h8 = (t >> 1) * 8;  // the byte of a scale pair for this lane's sub-block (columns 8t..8t+7)
+  float* partial = reinterpret_cast<float*>(dynamic + p.partial_offset);  // [2][rowsets][warps][16]
+  const int slot = w / p.per_slot;
+  const int xb0 = (w - slot * p.per_slot) * CB;       // within the slot
+  const int xg0 = slot * p.blocks + xb0;              // among all of x's blocks
+  const uint8_t* matrix = p.data + static_cast<int64_t>(s_ids[slot]) * p.rows * p.row_bytes;
+  const int workers = gridDim.x * p.rowsets;
+  const int worker = blockIdx.x * p.rowsets + rowset;
+
+  const auto fetch = [&](int it, int j, Q2kUnit* u) {
+    const int tile = worker + it * workers;
+    if (it >= p.iters || tile >= p.tiles) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint8_t* blk = matrix + static_cast<int64_t>(tile * 16 + g + 8 * r) * p.row_bytes + (xb0 + j) * 84;
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(blk);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        u->qs[r][hh][0] = __ldg(words + 4 + 8 * hh + 2 * t);
+        u->qs[r][hh][1] = __ldg(words + 4 + 8 * hh + 2 * t + 1);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) u->sc[r][k] = __ldg(words + k);
+      u->mins[r] = __ldg(words + t);
+      u->dd[r] = __ldg(words + 20);
+    }
+  };
+
+  Q2kUnit ahead;
+  if constexpr (PREFETCH) fetch(0, 0, &ahead);
+  for (int it = 0; it < p.iters; ++it) {
+    const int tile = worker + it * workers;
+    const bool active = tile < p.tiles;
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < CB; ++j) {
+      Q2kUnit cur;
+      if constexpr (PREFETCH) {
+        cur = ahead;
+        if (j + 1 < CB) {
+          fetch(it, j + 1, &ahead);
+        } else {
+          fetch(it + 1, 0, &ahead);
+        }
+      } else {
+        fetch(it, j, &cur);
+      }
+      // Scale codes of this lane's sub-blocks: byte 2jj of word 2hh + jj / 2 pairs... (see
+      // below); shifted so that bytes 0 and 2 of scw[r][k] hold the codes for jj = 2 (k & 1)
+      // and 2 (k & 1) + 1 of half k / 2.
+      uint32_t scw[2][4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) scw[r][k] = (cur.sc[r][k] >> h8) & 0x000F000Fu;
+      }
+      int acc[4] = {0, 0, 0, 0};
+      const int xg = xg0 + j;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const int hh = c >> 2, jj = c & 3;
+        const uint2 b = tc_b_fragment(bbase, bmask, xg * 8 + c);
+        uint32_t a[2][2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          // Sub-block 8 hh + 2 jj + t / 2: scale byte 8 hh + 2 jj + t / 2 = word 2 hh + jj / 2,
+          // byte 2 (jj & 1) + t / 2.
+          const uint32_t word = scw[r][2 * hh + (jj >> 1)];
+          const uint32_t sc = (jj & 1) ? (word >> 16) : (word & 0xFFFFu);
+          a[r][0] = ((cur.qs[r][hh][0] >> (2 * jj)) & 0x03030303u) * sc;  // q sc <= 45: no carries
+          a[r][1] = ((cur.qs[r][hh][1] >> (2 * jj)) & 0x03030303u) * sc;
+        }
+        mma_s8(acc, a[0][0], a[1][0], a[0][1], a[1][1], b.x, b.y);
+      }
+      // Minimums: sum over the 16 sub-blocks G of m_G X_G, lane t taking G = 4t..4t+3.
+      const float4 xs4 = *reinterpret_cast<const float4*>(xsums + xg * 16 + 4 * t);
+      const float xs = xscale[xg];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t m = (cur.mins[r] >> 4) & 0x0F0F0F0Fu;
+        float msum = cuda_detail::byte_to_float(m, 0) * xs4.x;
+        msum = fmaf(cuda_detail::byte_to_float(m, 1), xs4.y, msum);
+        msum = fmaf(cuda_detail::byte_to_float(m, 2), xs4.z, msum);
+        msum = fmaf(cuda_detail::byte_to_float(m, 3), xs4.w, msum);
+        msum += __shfl_xor_sync(0xffffffffu, msum, 1);
+        msum += __shfl_xor_sync(0xffffffffu, msum, 2);
+        const long long total = tc_row_total(acc[2 * r], acc[2 * r + 1], t);
+        const float d = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] & 0xFFFFu));
+        const float dmin = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] >> 16));
+        sum[r] += fmaf(__ll2float_rn(total), d * xs, -(dmin * msum));
+      }
+    }
+    const int buf = it & 1;
+    float* sets = partial + buf * p.rowsets * p.warps * 16;
+    if (t == 0) {
+      float* mine = sets + (rowset * p.warps + w) * 16;
+      mine[g] = sum[0];
+      mine[g + 8] = sum[1];
+    }
+    rowset_barrier(rowset, p.warps * 32);
+    if (w == 0 && lane < 16 && active) {
+      const float* set = sets + rowset * p.warps * 16;
+      float v = 0.0f;
+      for (int k = 0; k < p.warps; ++k) v += set[k * 16 + lane];
+      float* out = p.y + tile * 16 + lane;
+      *out = p.accumulate ? *out + v : v;
+    }
+  }
+}
+
+using TcGateUpFn = void (*)(TcGateUpParams);
+using TcDownFn = void (*)(TcDownParams);
+
+template <int CB>
+TcGateUpFn pick_tc_gate_up(bool lane_tables, bool prefetch) {
+  if (lane_tables) return prefetch ? tc_gate_up_kernel<CB, true, true> : tc_gate_up_kernel<CB, true, false>;
+  return prefetch ? tc_gate_up_kernel<CB, false, true> : tc_gate_up_kernel<CB, false, false>;
+}
+
+TcGateUpFn pick_tc_gate_up(int cb, bool lane_tables, bool prefetch) {
+  return cb == 2 ? pick_tc_gate_up<2>(lane_tables, prefetch) : pick_tc_gate_up<1>(lane_tables, prefetch);
+}
+
+TcDownFn pick_tc_down(int cb, bool prefetch) {
+  switch (cb) {
+    case 8: return prefetch ? tc_down_kernel<8, true> : tc_down_kernel<8, false>;
+    case 4: return prefetch ? tc_down_kernel<4, true> : tc_down_kernel<4, false>;
+    case 2: return prefetch ? tc_down_kernel<2, true> : tc_down_kernel<2, false>;
+    default: return prefetch ? tc_down_kernel<1, true> : tc_down_kernel<1, false>;
   }
 }
 
@@ -392,6 +896,18 @@ Status init_once() {
       }
     }
   }
+  for (bool prefetch : {false, true}) {
+    for (int cb : {1, 2}) {
+      for (bool lane : {false, true}) {
+        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_tc_gate_up(cb, lane, prefetch),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
+      }
+    }
+    for (int cb : {1, 2, 4, 8}) {
+      DS4_CUDA_TRY(
+          cudaFuncSetAttribute(pick_tc_down(cb, prefetch), cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
+    }
+  }
   return Status::Ok();
 }
 
@@ -455,6 +971,219 @@ Result<int> grid_for(const void* fn, int threads, size_t shared, int rowsets, in
   return std::max(1, std::min(per_sm * res->multiprocessors, needed));
 }
 
+// The tensor-core launches' shapes: 256-column blocks per warp (cb), warps per row set
+// (all of a tile's columns), row sets per block, dynamic shared memory layout.
+struct TcPlan {
+  int cb = 1;
+  int warps = 1;
+  int rowsets = 1;
+  int threads = 32;
+  bool lane_tables = false;
+  TcXLayout xl;
+  int partial_offset = 0;
+  size_t shared = 0;
+};
+
+Result<TcPlan> plan_tc_gate_up(const DeviceMatrix& g, bool lane_tables) {
+  if (g.cols % 256 != 0 || g.cols <= 0 || g.cols / 256 > kTcMaxGateUpBlocks) {
+    return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.cols) +
+                         " columns (expected a multiple of 256 up to " + std::to_string(256 * kTcMaxGateUpBlocks) +
+                         ")");
+  }
+  if (g.rows % 16 != 0 || g.rows <= 0) {
+    return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.rows) +
+                         " rows (expected a multiple of 16)");
+  }
+  const int blocks = static_cast<int>(g.cols / 256);
+  TcPlan plan;
+  plan.cb = blocks <= kTcMaxWarps ? 1 : 2;
+  if (blocks % plan.cb != 0) {
+    return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.cols) +
+                         " columns (above 4096, expected a multiple of 512)");
+  }
+  plan.warps = blocks / plan.cb;
+  plan.rowsets = std::clamp(kTcMaxWarps / plan.warps, 1, kMaxRowsets);
+  plan.threads = plan.rowsets * plan.warps * 32;
+  for (bool lane : {lane_tables, false}) {
+    plan.lane_tables = lane;
+    plan.xl = tc_x_layout(lane ? kLaneTableBytes : 0, g.cols, false);
+    plan.partial_offset = plan.xl.end;
+    plan.shared = static_cast<size_t>(plan.partial_offset) + size_t{2} * plan.rowsets * plan.warps * 32 * sizeof(float);
+    if (plan.shared <= static_cast<size_t>(max_shared_per_block())) return plan;
+  }
+  return Status::Error("expert gate+up (tensor cores): " + std::to_string(plan.shared) +
+                       " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
+}
+
+Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
+  if (d.cols % 256 != 0 || d.cols <= 0) {
+    return Status::Error("expert down (tensor cores): " + std::to_string(d.cols) +
+                         " columns (expected a multiple of 256)");
+  }
+  if (d.rows % 16 != 0 || d.rows <= 0 || d.rows > (int64_t{1} << 30)) {
+    return Status::Error("expert down (tensor cores): " + std::to_string(d.rows) +
+                         " rows (expected a multiple of 16)");
+  }
+  const int blocks = static_cast<int>(d.cols / 256);
+  const int64_t total = static_cast<int64_t>(n_used) * blocks;
+  if (n_used < 1 || total > kTcMaxDownBlocks) {
+    return Status::Error("expert down (tensor cores): " + std::to_string(n_used) + " experts x " +
+                         std::to_string(d.cols) + " columns (at most " + std::to_string(256 * kTcMaxDownBlocks) +
+                         " columns in all)");
+  }
+  TcPlan plan;
+  plan.cb = 0;
+  for (int cb : {1, 2, 4, 8}) {
+    if (blocks % cb == 0 && total / cb <= kTcMaxWarps) {
+      plan.cb = cb;
+      break;
+    }
+  }
+  if (plan.cb == 0) {
+    return Status::Error("expert down (tensor cores): " + std::to_string(n_used) + " experts x " +
+                         std::to_string(d.cols) + " columns do not split into at most " +
+                         std::to_string(kTcMaxWarps) + " warps");
+  }
+  plan.warps = static_cast<int>(total / plan.cb);
+  plan.rowsets = std::clamp(kTcMaxWarps / plan.warps, 1, kMaxRowsets);
+  plan.threads = plan.rowsets * plan.warps * 32;
+  plan.xl = tc_x_layout(0, total * 256, true);
+  plan.partial_offset = plan.xl.end;
+  plan.shared = static_cast<size_t>(plan.partial_offset) + size_t{2} * plan.rowsets * plan.warps * 16 * sizeof(float);
+  if (plan.shared > static_cast<size_t>(max_shared_per_block())) {
+    return Status::Error("expert down (tensor cores): " + std::to_string(plan.shared) +
+                         " bytes of shared memory needed, the device allows " +
+                         std::to_string(max_shared_per_block()));
+  }
+  return plan;
+}
+
+// The checks common to both kernels of each kind (types, counts).
+Status gate_up_common(const ExpertGateUpLaunch& l) {
+  if (!l.gate || !l.up) return Status::Error("expert gate+up: gate or up matrix missing");
+  const DeviceMatrix& g = *l.gate;
+  const DeviceMatrix& u = *l.up;
+  if (g.type != GgmlType::IQ2_XXS || u.type != GgmlType::IQ2_XXS) {
+    return Status::Error("expert gate+up: weights are " + std::string(ggml_type_name(g.type)) + " / " +
+                         std::string(ggml_type_name(u.type)) + " (expected IQ2_XXS)");
+  }
+  if (g.cols != u.cols || g.rows != u.rows || g.count != u.count) {
+    return Status::Error("expert gate+up: gate and up stacks differ in shape");
+  }
+  if (l.n_used < 1 || l.n_used > kMaxUsed || l.n_used > g.count) {
+    return Status::Error("expert gate+up: " + std::to_string(l.n_used) + " experts used of " +
+                         std::to_string(g.count) + " (expected 1.." + std::to_string(kMaxUsed) + ")");
+  }
+  if (static_cast<int64_t>(l.n_used) * g.rows > (int64_t{1} << 30)) {
+    return Status::Error("expert gate+up: too many output rows");
+  }
+  return Status::Ok();
+}
+
+// The f32 gate+up kernel's shapes.
+Status gate_up_f32_supported(const ExpertGateUpLaunch& l) {
+  const DeviceMatrix& g = *l.gate;
+  if (g.cols % kColsPerWarp != 0 || g.cols / kColsPerWarp > kMaxGateUpGroups || g.cols <= 0) {
+    return Status::Error("expert gate+up (f32): " + std::to_string(g.cols) + " columns (expected a multiple of " +
+                         std::to_string(kColsPerWarp) + " up to " +
+                         std::to_string(kColsPerWarp * kMaxGateUpGroups) + ")");
+  }
+  if (g.rows % 8 != 0 || g.rows <= 0) {
+    return Status::Error("expert gate+up (f32): " + std::to_string(g.rows) + " rows (expected a multiple of 8)");
+  }
+  return Status::Ok();
+}
+
+Status down_common(const ExpertDownLaunch& l) {
+  if (!l.down) return Status::Error("expert down: matrix missing");
+  const DeviceMatrix& d = *l.down;
+  if (d.type != GgmlType::Q2_K) {
+    return Status::Error("expert down: weights are " + std::string(ggml_type_name(d.type)) + " (expected Q2_K)");
+  }
+  if (l.n_used < 1 || l.n_used > d.count || l.n_used > kMaxUsed) {
+    return Status::Error("expert down: " + std::to_string(l.n_used) + " experts used of " +
+                         std::to_string(d.count));
+  }
+  return Status::Ok();
+}
+
+Status down_f32_supported(const ExpertDownLaunch& l) {
+  const DeviceMatrix& d = *l.down;
+  if (d.cols % kColsPerWarp != 0 || d.cols <= 0) {
+    return Status::Error("expert down (f32): " + std::to_string(d.cols) + " columns (expected a multiple of " +
+                         std::to_string(kColsPerWarp) + ")");
+  }
+  const int64_t warps = l.n_used * (d.cols / kColsPerWarp);
+  if (warps > kDownMaxThreads / 32) {
+    return Status::Error("expert down (f32): " + std::to_string(l.n_used) + " experts x " + std::to_string(d.cols) +
+                         " columns need " + std::to_string(warps) + " warps per row (at most " +
+                         std::to_string(kDownMaxThreads / 32) + ")");
+  }
+  if (d.rows % 8 != 0 || d.rows <= 0 || d.rows > (int64_t{1} << 30)) {
+    return Status::Error("expert down (f32): " + std::to_string(d.rows) + " rows (expected a multiple of 8)");
+  }
+  return Status::Ok();
+}
+
+Status launch_tc_gate_up(const ExpertGateUpLaunch& l, const TcPlan& plan, cudaStream_t stream,
+                         const ExpertMatvecOptions& o) {
+  const DeviceMatrix& g = *l.gate;
+  TcGateUpParams p{};
+  p.g_data = g.data;
+  p.g_scales = g.scales;
+  p.u_data = l.up->data;
+  p.u_scales = l.up->scales;
+  p.row_bytes = static_cast<int64_t>(g.data_row_bytes());
+  p.blocks = static_cast<int>(g.cols / 256);
+  p.rows = static_cast<int>(g.rows);
+  p.x = l.x;
+  p.ids = l.ids;
+  p.weights = l.weights;
+  p.n_used = l.n_used;
+  p.limit = l.swiglu_limit;
+  p.y = l.y;
+  p.warps = plan.warps;
+  p.rowsets = plan.rowsets;
+  p.tiles = l.n_used * p.rows / 16;
+  p.xl = plan.xl;
+  p.partial_offset = plan.partial_offset;
+  TcGateUpFn fn = pick_tc_gate_up(plan.cb, plan.lane_tables, o.prefetch);
+  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
+  DS4_RETURN_IF_ERROR(grid.status());
+  const int workers = *grid * p.rowsets;
+  p.iters = (p.tiles + workers - 1) / workers;
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
+                     "expert gate+up launch (tensor cores)");
+}
+
+Status launch_tc_down(const ExpertDownLaunch& l, const TcPlan& plan, cudaStream_t stream,
+                      const ExpertMatvecOptions& o) {
+  const DeviceMatrix& d = *l.down;
+  TcDownParams p{};
+  p.data = d.data;
+  p.row_bytes = static_cast<int64_t>(d.data_row_bytes());
+  p.blocks = static_cast<int>(d.cols / 256);
+  p.rows = static_cast<int>(d.rows);
+  p.x = l.x;
+  p.ids = l.ids;
+  p.n_used = l.n_used;
+  p.y = l.y;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.warps = plan.warps;
+  p.per_slot = p.blocks / plan.cb;
+  p.rowsets = plan.rowsets;
+  p.tiles = p.rows / 16;
+  p.xl = plan.xl;
+  p.partial_offset = plan.partial_offset;
+  TcDownFn fn = pick_tc_down(plan.cb, o.prefetch);
+  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
+  DS4_RETURN_IF_ERROR(grid.status());
+  const int workers = *grid * p.rowsets;
+  p.iters = (p.tiles + workers - 1) / workers;
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
+                     "expert down launch (tensor cores)");
+}
+
 }  // namespace
 
 Status expert_matvec_init() {
@@ -472,66 +1201,34 @@ Status expert_matvec_init() {
 }
 
 Status expert_gate_up_supported(const ExpertGateUpLaunch& l) {
-  if (!l.gate || !l.up) return Status::Error("expert gate+up: gate or up matrix missing");
-  const DeviceMatrix& g = *l.gate;
-  const DeviceMatrix& u = *l.up;
-  if (g.type != GgmlType::IQ2_XXS || u.type != GgmlType::IQ2_XXS) {
-    return Status::Error("expert gate+up: weights are " + std::string(ggml_type_name(g.type)) + " / " +
-                         std::string(ggml_type_name(u.type)) + " (expected IQ2_XXS)");
-  }
-  if (g.cols != u.cols || g.rows != u.rows || g.count != u.count) {
-    return Status::Error("expert gate+up: gate and up stacks differ in shape");
-  }
-  if (g.cols % kColsPerWarp != 0 || g.cols / kColsPerWarp > kMaxGateUpGroups) {
-    return Status::Error("expert gate+up: " + std::to_string(g.cols) + " columns (expected a multiple of " +
-                         std::to_string(kColsPerWarp) + " up to " +
-                         std::to_string(kColsPerWarp * kMaxGateUpGroups) + ")");
-  }
-  if (g.rows % 8 != 0 || g.rows <= 0) {
-    return Status::Error("expert gate+up: " + std::to_string(g.rows) + " rows (expected a multiple of 8)");
-  }
-  if (l.n_used < 1 || l.n_used > kMaxUsed || l.n_used > g.count) {
-    return Status::Error("expert gate+up: " + std::to_string(l.n_used) + " experts used of " +
-                         std::to_string(g.count) + " (expected 1.." + std::to_string(kMaxUsed) + ")");
-  }
-  if (static_cast<int64_t>(l.n_used) * g.rows > (int64_t{1} << 30)) {
-    return Status::Error("expert gate+up: too many output rows");
-  }
-  return Status::Ok();
+  DS4_RETURN_IF_ERROR(gate_up_common(l));
+  auto tc = plan_tc_gate_up(*l.gate, true);
+  if (tc.ok()) return Status::Ok();
+  const Status f32 = gate_up_f32_supported(l);
+  if (f32.ok()) return Status::Ok();
+  return Status::Error(tc.status().message() + "; " + f32.message());
 }
 
 Status expert_down_supported(const ExpertDownLaunch& l) {
-  if (!l.down) return Status::Error("expert down: matrix missing");
-  const DeviceMatrix& d = *l.down;
-  if (d.type != GgmlType::Q2_K) {
-    return Status::Error("expert down: weights are " + std::string(ggml_type_name(d.type)) + " (expected Q2_K)");
-  }
-  if (d.cols % kColsPerWarp != 0) {
-    return Status::Error("expert down: " + std::to_string(d.cols) + " columns (expected a multiple of " +
-                         std::to_string(kColsPerWarp) + ")");
-  }
-  if (l.n_used < 1 || l.n_used > d.count) {
-    return Status::Error("expert down: " + std::to_string(l.n_used) + " experts used of " +
-                         std::to_string(d.count));
-  }
-  const int64_t warps = l.n_used * (d.cols / kColsPerWarp);
-  if (warps > kDownMaxThreads / 32) {
-    return Status::Error("expert down: " + std::to_string(l.n_used) + " experts x " + std::to_string(d.cols) +
-                         " columns need " + std::to_string(warps) + " warps per row (at most " +
-                         std::to_string(kDownMaxThreads / 32) + ")");
-  }
-  if (d.rows % 8 != 0 || d.rows <= 0 || d.rows > (int64_t{1} << 30)) {
-    return Status::Error("expert down: " + std::to_string(d.rows) + " rows (expected a multiple of 8)");
-  }
-  return Status::Ok();
+  DS4_RETURN_IF_ERROR(down_common(l));
+  auto tc = plan_tc_down(*l.down, l.n_used);
+  if (tc.ok()) return Status::Ok();
+  const Status f32 = down_f32_supported(l);
+  if (f32.ok()) return Status::Ok();
+  return Status::Error(tc.status().message() + "; " + f32.message());
 }
 
 Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, const ExpertMatvecOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matvec_init());
   DS4_RETURN_IF_ERROR(check_options(o));
-  DS4_RETURN_IF_ERROR(expert_gate_up_supported(l));
+  DS4_RETURN_IF_ERROR(gate_up_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert gate+up: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert gate+up: x is not 16-byte aligned");
+  if (o.tensor_cores) {
+    auto plan = plan_tc_gate_up(*l.gate, o.tc_lane_tables);
+    if (plan.ok()) return launch_tc_gate_up(l, *plan, stream, o);
+  }
+  DS4_RETURN_IF_ERROR(gate_up_f32_supported(l));
   const DeviceMatrix& g = *l.gate;
   const int r = o.rows_per_batch;
   GateUpParams p{};
@@ -565,16 +1262,20 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   DS4_RETURN_IF_ERROR(grid.status());
   const int workers = *grid * p.rowsets;
   p.iters = (p.batches + workers - 1) / workers;
-  fn<<<*grid, threads, shared, stream>>>(p);
-  return cuda_status(cudaGetLastError(), "expert gate+up launch");
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(threads), shared, stream, p), "expert gate+up launch");
 }
 
 Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const ExpertMatvecOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matvec_init());
   DS4_RETURN_IF_ERROR(check_options(o));
-  DS4_RETURN_IF_ERROR(expert_down_supported(l));
+  DS4_RETURN_IF_ERROR(down_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert down: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert down: x is not 16-byte aligned");
+  if (o.tensor_cores) {
+    auto plan = plan_tc_down(*l.down, l.n_used);
+    if (plan.ok()) return launch_tc_down(l, *plan, stream, o);
+  }
+  DS4_RETURN_IF_ERROR(down_f32_supported(l));
   const DeviceMatrix& d = *l.down;
   const int r = o.rows_per_batch;
   DownParams p{};
@@ -597,8 +1298,7 @@ Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const 
   DS4_RETURN_IF_ERROR(grid.status());
   const int workers = *grid * p.rowsets;
   p.iters = (p.batches + workers - 1) / workers;
-  fn<<<*grid, threads, shared, stream>>>(p);
-  return cuda_status(cudaGetLastError(), "expert down launch");
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(threads), shared, stream, p), "expert down launch");
 }
 
 }  // namespace ds4

@@ -14,6 +14,26 @@
 // warp order: results are deterministic (no atomics, no dependence on scheduling).
 // Activations stay f32 and sums accumulate in f32 (fixtures/README.md §4).
 //
+// The integer tensor-core kernels (ExpertMatvecOptions::tensor_cores, the default) compute
+// the same products exactly in integers. The weights are small integers times per-block
+// factors (IQ2_XXS: +-{8, 25, 43} times (2S + 1) per 32 columns, times d / 8 per 256;
+// Q2_K: q in 0..3 times sc (4 bits) per 16 columns, times d per 256, minus dmin * m per
+// 16). x is written per 256-column block b as x_e ~ s_b a_e with s_b = 2^(E_b - 30), where
+// max_b |x| < 2^E_b, and a_e = round(x_e / s_b), |a_e| < 2^30, split into four signed
+// base-256 digits (int8) that fill four columns of the B operand of mma.sync m16n8k32
+// s8.s8.s32; each thread of a row quad expands its own 8 weights straight into the A
+// fragment. Per 256-column block and row the integer sum of products is exact (int32 per
+// digit, combined in int64), then converted to f32 once and multiplied by d s_b / 8
+// (IQ2_XXS) or d s_b (Q2_K, minus dmin * sum_g m_g X_g, X_g = the f32 sum of x over 16
+// columns, computed once per x). Blocks and warps are then added in f32 in a fixed order.
+// Precision: |x_e - s_b a_e| <= s_b / 2 <= 2^-31 max_b|x| (exact where |x_e| >= max_b|x| /
+// 128), so with n the number of 256-column terms added per output (cols / 256; down:
+// n_used * cols / 256) and u = 2^-24,
+//   |y - exact| <= sum_b (s_b / 2) sum_{e in b} |w_e|  +  (n + 24) u sum_e |w_e x_e|
+// (Q2_K: |w_e| read as |d sc q| + |dmin m|), before the SwiGLU; the f32 kernels' bound is
+// about 128 u sum_e |w_e x_e|. A non-finite value in a block of x makes every output
+// that reads the block NaN.
+//
 // The launches read ids and weights only on the device, never synchronise with the host
 // and allocate nothing: they can be captured in a CUDA graph after the router kernel.
 //
@@ -43,8 +63,15 @@ struct ExpertMatvecOptions {
   // Blocks per multiprocessor; 0: as many as fit at once.
   int blocks_per_sm = 0;
   // Each lane loads the next batch's weights before this batch's products (twice the
-  // load registers; no wait for memory after each batch's reduction).
+  // load registers; no wait for memory after each batch's reduction). The tensor-core
+  // kernels read it too: each warp loads its next unit of weights before this one's products.
   bool prefetch = true;
+  // The integer tensor-core kernels (below) where the shape allows; else the f32 ones
+  // above (rows_per_batch and lane_tables apply to those only).
+  bool tensor_cores = true;
+  // Tensor-core gate+up: the IQ2_XXS selector table one copy per shared-memory bank
+  // (48 KiB, conflict-free lookups) instead of the compact 1.5 KiB copy.
+  bool tc_lane_tables = true;
 };
 
 struct ExpertGateUpLaunch {
@@ -67,10 +94,13 @@ struct ExpertDownLaunch {
   float* y = nullptr;                  // rows values
 };
 
-// Ok when the launch's types and shapes are ones these kernels handle (gate+up: IQ2_XXS
-// with cols a multiple of 1024, at most 8192; down: Q2_K with cols a multiple of 1024 and
-// n_used * cols / 1024 at most 12), else an error naming what does not fit. Callers fall
-// back to launch_matvec where it is not Ok.
+// Ok when the launch's types and shapes are ones these kernels handle with the default
+// options (gate+up: IQ2_XXS with cols a multiple of 256, at most 8192, rows a multiple of
+// 16; down: Q2_K with cols a multiple of 256, rows a multiple of 16, n_used * cols / 256 at
+// most 64 and the quantized activations within the device's shared memory), else an
+// error naming what does not fit. Callers fall back to launch_matvec where it is not Ok.
+// The f32 kernels alone need cols a multiple of 1024 (down: n_used * cols / 1024 <= 12);
+// a launch with tensor_cores = false outside that is refused.
 Status expert_gate_up_supported(const ExpertGateUpLaunch& launch);
 Status expert_down_supported(const ExpertDownLaunch& launch);
 
