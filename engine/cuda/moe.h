@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/status.h"
+#include "cuda/device_matrix.h"
 
 namespace ds4 {
 
@@ -32,5 +33,24 @@ Status launch_router(const RouterLaunch& launch, cudaStream_t stream);
 // The same for n_tokens tokens at once (one block each): logits are n_tokens rows of
 // n_experts, token n_tokens ids, ids / weights n_tokens rows of n_used.
 Status launch_router(const RouterLaunch& launch, int n_tokens, cudaStream_t stream);
+
+// The router's logits (gate . x) and the selection of launch_router in one launch:
+// the logits are formed as launch_matvec forms them for this matrix (its column tiles
+// with one chunk per lane, and the tiles' reduction in tile order), so the ids and
+// weights carry the same bits as launch_matvec then launch_router. Every block writes
+// its tiles' partial sums; the block that finishes last (a device counter, which it
+// resets to 0) adds them in the fixed order and routes. Deterministic; graph-safe.
+// Launches sharing one counter must not run at the same time.
+struct RouterFusedLaunch {
+  RouterLaunch route;                // everything but route.logits (ignored)
+  const DeviceMatrix* gate = nullptr;  // n_experts x dim: F32, F16 or Q8_0 (its first matrix)
+  const float* x = nullptr;          // dim (the normalised sublayer input)
+  float* partial = nullptr;          // workspace for the column tiles' partial sums
+  int64_t partial_floats = 0;
+  unsigned int* counter = nullptr;   // device; 0 before the first launch, left 0 by every launch
+  float* logits = nullptr;           // optional out: the n_experts logits
+};
+
+Status launch_router_fused(const RouterFusedLaunch& launch, cudaStream_t stream);
 
 }  // namespace ds4
