@@ -7,6 +7,7 @@
 #include "cuda/attention.h"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dense_matvec.h"
 #include "cuda/device_sequence.h"
 #include "cuda/expert_matvec.h"
 #include "cuda/routed_experts.h"
@@ -213,10 +214,20 @@ bool CudaForward::valid(int id) const {
 
 int32_t CudaForward::max_ctx(int id) const { return valid(id) ? seqs_[id]->max_ctx : 0; }
 
+// A one-token product: the dense kernels (cuda/dense_matvec.h) where they apply and
+// `dense` is set, else the generic matrix-vector kernel (cuda/matvec.h).
+static Status project(const MatvecLaunch& ml, bool dense, cudaStream_t st) {
+  if (dense) {
+    Result<DenseMatvecLaunch> d = dense_matvec_from(ml);
+    if (d.ok() && dense_matvec_supported(*d).ok()) return launch_dense_matvec(*d, st);
+  }
+  return launch_matvec(ml, st);
+}
+
 // k = kv . n and z = gate . n into out[0..w) and out[w..2w): one launch when the
 // planner placed the gate rows right after the kv rows (same type and width), else two.
 static Status project_compressor(const DeviceCompressor& c, const float* n, float* out, float* split,
-                                 int64_t split_floats, cudaStream_t st) {
+                                 int64_t split_floats, bool dense, cudaStream_t st) {
   const DeviceMatrix& kv = c.kv;
   const DeviceMatrix& gate = c.gate;
   MatvecLaunch ml;
@@ -229,14 +240,65 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
     both.rows = 2 * kv.rows;
     ml.w = &both;
     ml.y = out;
-    return launch_matvec(ml, st);
+    return project(ml, dense, st);
   }
   ml.w = &kv;
   ml.y = out;
-  DS4_RETURN_IF_ERROR(launch_matvec(ml, st));
+  DS4_RETURN_IF_ERROR(project(ml, dense, st));
   ml.w = &gate;
   ml.y = out + kv.rows;
-  return launch_matvec(ml, st);
+  return project(ml, dense, st);
+}
+
+// x_out = hc_post(x_in, f) with the current post / comb (cuda/hyper_connections.h). With
+// `next_mix` (the mixing projection the next hc_pre or hc_head applies to x_out), one
+// fused launch also leaves that projection's column-tile partial sums in w.split and
+// records their count in pending_mix_tiles_ for that consumer (the same bits as the
+// separate launches); falls back to hc_post alone where the fused form does not apply.
+Status CudaForward::hc_post(const float* x_in, const float* f, float* x_out, const DeviceMatrix* next_mix,
+                            cudaStream_t st) {
+  const ModelConfig& c = model_.config();
+  Workspace& w = *ws_;
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  pending_mix_tiles_ = 0;
+  if (fused_hc_ && next_mix) {
+    HcPostMixLaunch pm;
+    pm.x_in = x_in;
+    pm.f = f;
+    pm.post = w.post;
+    pm.comb = w.comb;
+    pm.shape = hc;
+    pm.x_out = x_out;
+    pm.mix_fn = next_mix;
+    pm.mix_partial = w.split;
+    pm.mix_partial_floats = kSplitFloats;
+    if (Result<int> tiles = hc_post_mix_tiles(pm); tiles.ok()) {
+      DS4_RETURN_IF_ERROR(launch_hc_post_mix(pm, st));
+      pending_mix_tiles_ = *tiles;
+      return Status::Ok();
+    }
+  }
+  return launch_hc_post(x_in, f, w.post, w.comb, hc, x_out, st);
+}
+
+// The output HC head (spec/MODEL.md §2.10) of the state in w.x into w.head: from the
+// partial sums hc_post left (pending_mix_tiles_), else the mixing projection first.
+Status CudaForward::hc_head(const DeviceMatrix& fn, const float* scale, const float* base, const float* norm,
+                            cudaStream_t st) {
+  const ModelConfig& c = model_.config();
+  Workspace& w = *ws_;
+  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  if (const int tiles = std::exchange(pending_mix_tiles_, 0); tiles > 0) {
+    return launch_hc_head_partials(w.x, w.split, tiles, scale, base, norm, hc, w.head, st);
+  }
+  MatvecLaunch hm;
+  hm.w = &fn;
+  hm.x = w.x;
+  hm.y = w.mix;
+  hm.split_workspace = w.split;
+  hm.split_workspace_floats = kSplitFloats;
+  DS4_RETURN_IF_ERROR(launch_matvec(hm, st));
+  return launch_hc_head(w.x, w.mix, scale, base, norm, hc, w.head, st);
 }
 
 // One layer of one token, in parallel branches joined by events, so the graph holds
@@ -247,7 +309,7 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
 // and the routed experts. Results are bit-identical to running everything in order:
 // each buffer has one writer, and the shared expert's output is added to the routed sum
 // by a single f32 addition (a + b == b + a).
-Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
+Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix* next_mix) {
   const ModelConfig& c = model_.config();
   const DeviceLayer& L = model_.layer(l);
   const DeviceSequence::Layer& S = seq.layers[l];
@@ -265,7 +327,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     ml.y = y;
     ml.split_workspace = split;
     ml.split_workspace_floats = kSplitFloats;
-    return launch_matvec(ml, s);
+    return project(ml, dense_kernels_, s);
   };
   // `to` continues after everything enqueued so far on `from`.
   auto join = [&](cudaStream_t from, cudaEvent_t e, cudaStream_t to) -> Status {
@@ -276,9 +338,13 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
 
   // The HC mixing projection leaves per-column-tile partial sums in w.split, and
   // hc_pre adds them itself (in the matvec's reduction order: the same bits, one
-  // launch fewer on the critical path); falls back to the two-launch form.
+  // launch fewer on the critical path); falls back to the two-launch form. When the
+  // hc_post before it already left those partials (pending_mix_tiles_), only hc_pre runs.
   auto hc_pre = [&](const DeviceMatrix& fn, const float* x, const float* scale, const float* base,
                     const float* norm) -> Status {
+    if (const int tiles = std::exchange(pending_mix_tiles_, 0); tiles > 0) {
+      return launch_hc_pre_partials(x, w.split, tiles, scale, base, norm, hc, w.post, w.comb, w.n, st);
+    }
     MatvecLaunch ml;
     ml.w = &fn;
     ml.x = x;
@@ -320,7 +386,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   // Branch: the attention compressor.
   CompressorLaunch cl;
   if (L.ratio != 0) {
-    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
+    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, dense_kernels_, side));
     cl.k = w.ck;
     cl.z = w.ck + L.compressor.kv.rows;
     cl.ape = L.compressor.ape;
@@ -341,7 +407,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     if (L.ratio == 4) {
       // Branch: the indexer's compressor (it writes the indexer's gate) and weights.
       DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ick, w.split_index, kSplitFloats,
-                                             side_index_));
+                                             dense_kernels_, side_index_));
       CompressorLaunch il = cl;
       il.k = w.ick;
       il.z = w.ick + L.index_compressor.kv.rows;
@@ -363,7 +429,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
       iwm.enable = w.index_active;
       iwm.split_workspace = w.split_index;
       iwm.split_workspace_floats = kSplitFloats;
-      DS4_RETURN_IF_ERROR(launch_matvec(iwm, side_index_));
+      DS4_RETURN_IF_ERROR(project(iwm, dense_kernels_, side_index_));
     }
   }
   // Main: the q path. w.a holds the q LoRA latent before its norm; every reader
@@ -379,7 +445,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
     iqm.enable = w.index_active;
     iqm.x_norm_weight = L.q_a_norm;
     iqm.x_norm_eps = c.norm_eps;
-    DS4_RETURN_IF_ERROR(launch_matvec(iqm, side_index_));
+    DS4_RETURN_IF_ERROR(project(iqm, dense_kernels_, side_index_));
     RowPostLaunch iq;
     iq.in = iq.out = w.iq;
     iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -411,7 +477,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   qb.y = w.qf;
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
-  DS4_RETURN_IF_ERROR(launch_matvec(qb, st));
+  DS4_RETURN_IF_ERROR(project(qb, dense_kernels_, st));
   RowPostLaunch q;
   q.in = q.out = w.qf;
   q.in_stride = q.out_stride = c.head_dim;
@@ -465,9 +531,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   oa.n_slots = c.out_groups;
   oa.n_rows = c.out_lora;
   oa.slot_row_stride = c.out_lora;
-  DS4_RETURN_IF_ERROR(launch_matvec(oa, st));
+  DS4_RETURN_IF_ERROR(project(oa, dense_kernels_, st));
   DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out, st, w.split));
-  DS4_RETURN_IF_ERROR(launch_hc_post(w.x, w.out, w.post, w.comb, hc, w.xb, st));
+  DS4_RETURN_IF_ERROR(hc_post(w.x, w.out, w.xb, &L.hc_ffn_fn, st));
   stage("output proj + hc_post");
 
   // MoE sublayer.
@@ -482,12 +548,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   sgu.x = w.n;
   sgu.y = w.hs;
   sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(launch_matvec(sgu, side));
+  DS4_RETURN_IF_ERROR(project(sgu, dense_kernels_, side));
   MatvecLaunch sd;
   sd.w = &L.down_shexp;
   sd.x = w.hs;
   sd.y = w.moe;
-  DS4_RETURN_IF_ERROR(launch_matvec(sd, side));
+  DS4_RETURN_IF_ERROR(project(sd, dense_kernels_, side));
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
@@ -518,7 +584,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l) {
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
   DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
   stage("experts down (+ shared, joined)");
-  DS4_RETURN_IF_ERROR(launch_hc_post(w.xb, w.moe, w.post, w.comb, hc, w.x, st));
+  DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st));
   stage("hc_post ffn");
   return Status::Ok();
 }
@@ -538,21 +604,18 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step,
                                       hc, w.x, stream_));
   stage("embed");
-  for (int l = 0; l < c.n_layers; ++l) DS4_RETURN_IF_ERROR(enqueue_layer(seq, l));
-  MatvecLaunch hm;
-  hm.w = &model_.output_hc_fn();
-  hm.x = w.x;
-  hm.y = w.mix;
-  hm.split_workspace = w.split;
-  hm.split_workspace_floats = kSplitFloats;
-  DS4_RETURN_IF_ERROR(launch_matvec(hm, stream_));
-  DS4_RETURN_IF_ERROR(launch_hc_head(w.x, w.mix, model_.output_hc_scale(), model_.output_hc_base(),
-                                     model_.output_norm(), hc, w.head, stream_));
+  pending_mix_tiles_ = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const DeviceMatrix* next_mix = l + 1 < c.n_layers ? &model_.layer(l + 1).hc_attn_fn : &model_.output_hc_fn();
+    DS4_RETURN_IF_ERROR(enqueue_layer(seq, l, next_mix));
+  }
+  DS4_RETURN_IF_ERROR(hc_head(model_.output_hc_fn(), model_.output_hc_scale(), model_.output_hc_base(),
+                              model_.output_norm(), stream_));
   MatvecLaunch lm;
   lm.w = &model_.output();
   lm.x = w.head;
   lm.y = w.logits;
-  DS4_RETURN_IF_ERROR(launch_matvec(lm, stream_));
+  DS4_RETURN_IF_ERROR(project(lm, dense_kernels_, stream_));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, stream_));
   stage("head + argmax");
   if (advance) {
@@ -714,7 +777,6 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   const DeviceMtp& m = model_.mtp();
   Workspace& w = *ws_;
   cudaStream_t st = stream_;
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
   const HcShape one_stream{c.dim, 1, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
   DS4_RETURN_IF_ERROR(launch_mtp_mark_position(seq.mtp_tags, seq.ring, seq.step + 1, st));
   DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step, one_stream,
@@ -726,7 +788,7 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   ep.y = w.mtp_ep;
   ep.split_workspace = w.split;
   ep.split_workspace_floats = kSplitFloats;
-  DS4_RETURN_IF_ERROR(launch_matvec(ep, st));
+  DS4_RETURN_IF_ERROR(project(ep, dense_kernels_, st));
   for (int h = 0; h < c.hc_mult; ++h) {
     const int64_t off = static_cast<int64_t>(h) * c.dim;
     DS4_RETURN_IF_ERROR(launch_rms_norm(w.mtp_in + off, m.hnorm, c.dim, c.norm_eps, w.mtp_hn + off, st));
@@ -738,23 +800,17 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   hp.y = w.x;
   hp.y_tok_stride = c.dim;
   hp.n_tokens = c.hc_mult;
-  DS4_RETURN_IF_ERROR(launch_matvec(hp, st));
+  DS4_RETURN_IF_ERROR(project(hp, dense_kernels_, st));
   DS4_RETURN_IF_ERROR(launch_mtp_add_broadcast(w.x, w.mtp_ep, c.dim, c.hc_mult, st));
   stage("mtp input");
-  DS4_RETURN_IF_ERROR(enqueue_layer(seq, c.n_layers));
-  MatvecLaunch hm;
-  hm.w = &m.hc_head_fn;
-  hm.x = w.x;
-  hm.y = w.mix;
-  hm.split_workspace = w.split;
-  hm.split_workspace_floats = kSplitFloats;
-  DS4_RETURN_IF_ERROR(launch_matvec(hm, st));
-  DS4_RETURN_IF_ERROR(launch_hc_head(w.x, w.mix, m.hc_head_scale, m.hc_head_base, m.norm, hc, w.head, st));
+  pending_mix_tiles_ = 0;
+  DS4_RETURN_IF_ERROR(enqueue_layer(seq, c.n_layers, &m.hc_head_fn));
+  DS4_RETURN_IF_ERROR(hc_head(m.hc_head_fn, m.hc_head_scale, m.hc_head_base, m.norm, st));
   MatvecLaunch lm;
   lm.w = &model_.output();
   lm.x = w.head;
   lm.y = w.logits;
-  DS4_RETURN_IF_ERROR(launch_matvec(lm, st));
+  DS4_RETURN_IF_ERROR(project(lm, dense_kernels_, st));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, st));
   stage("mtp head + argmax");
   return Status::Ok();

@@ -59,6 +59,14 @@ class CudaForward {
   // expert kernels (cuda/expert_matvec.h) where they apply; off, through the generic
   // matrix-vector kernel (benchmarks compare). Takes effect for graphs recorded later.
   void set_expert_kernels(bool on) { expert_kernels_ = on; }
+  // With `on` (the default), decode runs the one-token dense products (Q8_0 / F16) through
+  // cuda/dense_matvec.h where it applies; off, through the generic matrix-vector kernel.
+  // Takes effect for graphs recorded later.
+  void set_dense_kernels(bool on) { dense_kernels_ = on; }
+  // With `on` (the default), each sublayer's hc_post also computes the next mixing
+  // projection's partial sums in the same launch (cuda/hyper_connections.h,
+  // launch_hc_post_mix); off, separate launches. Takes effect for graphs recorded later.
+  void set_fused_hc(bool on) { fused_hc_ = on; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
@@ -100,7 +108,12 @@ class CudaForward {
   Status init();
   Status record(DeviceSequence& seq, bool advance);
   Status enqueue_token(DeviceSequence& seq, bool advance);
-  Status enqueue_layer(DeviceSequence& seq, int l);
+  // `next_mix`: the mixing projection applied to the layer's output next (the next
+  // layer's hc_attn_fn, or the head's); see hc_post.
+  Status enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix* next_mix);
+  Status hc_post(const float* x_in, const float* f, float* x_out, const DeviceMatrix* next_mix, cudaStream_t st);
+  Status hc_head(const DeviceMatrix& fn, const float* scale, const float* base, const float* norm,
+                 cudaStream_t st);
   Status enqueue_mtp(DeviceSequence& seq);
   Status record_mtp(DeviceSequence& seq);
   Status ensure_prefill_workspace(int64_t index_rows);
@@ -116,6 +129,11 @@ class CudaForward {
   bool qat_;
   bool f32_prefill_ = false;
   bool expert_kernels_ = true;
+  bool dense_kernels_ = true;
+  bool fused_hc_ = true;
+  // While enqueueing: the column tiles of mixing partial sums the last hc_post left in
+  // the workspace for the next hc_pre / hc_head (0: none).
+  int pending_mix_tiles_ = 0;
   cudaStream_t stream_ = nullptr;
   // The decode graph's parallel branches (see enqueue_layer); the prefill uses side_.
   cudaStream_t side_ = nullptr, side_kv_ = nullptr, side_index_ = nullptr;

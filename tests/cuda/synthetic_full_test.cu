@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -141,17 +142,25 @@ int main() {
                 ctx, variant, 1 / secs, 1e3 * secs, limit, bytes_per_token(ctx) / 1e9, 100.0 / secs / limit);
   };
   for (int ctx : {0, 4096, 16384}) report(ctx, "", time_decode(ctx, ctx == 4096));
-  // The same at context 0 and 4096 with one feature off at a time: programmatic
-  // dependent launch (cuda/launch.h) and the one-token expert kernels.
+  // The same at context 0 and 4096 with one feature off at a time.
+  struct Feature {
+    const char* off_label;
+    bool available;
+    std::function<void(bool)> set;
+  };
+  const Feature features[] = {
+      {" with PDL off", pdl_enabled(), [](bool on) { set_pdl_enabled(on); }},
+      {" with the generic expert kernel", true, [&](bool on) { f.set_expert_kernels(on); }},
+      {" with the generic dense kernel", true, [&](bool on) { f.set_dense_kernels(on); }},
+      {" with hc_post and mixing unfused", true, [&](bool on) { f.set_fused_hc(on); }},
+  };
   for (int ctx : {0, 4096}) {
-    if (pdl_enabled()) {
-      set_pdl_enabled(false);
-      report(ctx, " with PDL off", time_decode(ctx, false));
-      set_pdl_enabled(true);
+    for (const Feature& feature : features) {
+      if (!feature.available) continue;
+      feature.set(false);
+      report(ctx, feature.off_label, time_decode(ctx, false));
+      feature.set(true);
     }
-    f.set_expert_kernels(false);
-    report(ctx, " with the generic expert kernel", time_decode(ctx, false));
-    f.set_expert_kernels(true);
   }
 
   {  // Batched prefill (CudaForward::prefill): 2048 tokens in one chunk, at depth 0 and
