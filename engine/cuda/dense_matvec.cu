@@ -14,8 +14,6 @@
 namespace ds4 {
 namespace {
 
-using cuda_detail::Chunk;
-
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 
@@ -80,24 +78,106 @@ __device__ __forceinline__ float swiglu(float g, float u, float limit) {
   return g / (1.0f + expf(-g)) * u;
 }
 
+// One lane's 32 weights of a row within one 1024-column segment, read as 16-byte pieces
+// that the warp's lanes take side by side (each load instruction of a warp covers 512
+// contiguous bytes): piece p of lane L holds columns
+//   segment * 1024 + p * (1024 / kPieces) + L * kPer + j,  j < kPer = 32 / kPieces,
+// and the lane's x registers hold the same columns in the same order (column_of).
+template <GgmlType T>
+struct Slice;
+
+template <>
+struct Slice<GgmlType::Q8_0> {
+  static constexpr int kPieces = 2;  // 16 quants each, from two 32-quant blocks
+  struct Raw {
+    int4 q[2];
+    uint16_t d[2];
+  };
+  static __device__ __forceinline__ Raw load(const uint8_t* row, const uint16_t* scales, int segment, int lane) {
+    Raw r;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) r.q[p] = cuda_detail::load16(row + segment * 1024 + p * 512 + 16 * lane);
+#pragma unroll
+    for (int p = 0; p < 2; ++p) r.d[p] = __ldg(scales + segment * 32 + p * 16 + (lane >> 1));
+    return r;
+  }
+  // sum over pieces of (sum_j q_j x_j, in column order) * d, piece order.
+  static __device__ __forceinline__ float dot(const Raw& r, const float (&x)[32]) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const int v[4] = {r.q[p].x, r.q[p].y, r.q[p].z, r.q[p].w};
+      float d = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t biased = static_cast<uint32_t>(v[i]) ^ 0x80808080u;  // int8 + 128
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float w = __int_as_float(__byte_perm(biased, 0x4B000000u, j | (4 << 4) | (5 << 8) | (7 << 12))) -
+                          8388736.0f;  // 2^23 + 128: exact
+          d = fmaf(w, x[16 * p + 4 * i + j], d);
+        }
+      }
+      const float scale = cuda_detail::half_bits_to_float(r.d[p]);
+      acc = p == 0 ? d * scale : fmaf(d, scale, acc);
+    }
+    return acc;
+  }
+};
+
+template <>
+struct Slice<GgmlType::F16> {
+  static constexpr int kPieces = 4;  // 8 halves each
+  struct Raw {
+    int4 q[4];
+  };
+  static __device__ __forceinline__ Raw load(const uint8_t* row, const uint16_t*, int segment, int lane) {
+    Raw r;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) r.q[p] = cuda_detail::load16(row + segment * 2048 + p * 512 + 16 * lane);
+    return r;
+  }
+  static __device__ __forceinline__ float dot(const Raw& r, const float (&x)[32]) {
+    float d = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const __half2* h = reinterpret_cast<const __half2*>(&r.q[p]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __half22float2(h[j]);
+        d = fmaf(f.x, x[8 * p + 2 * j], d);
+        d = fmaf(f.y, x[8 * p + 2 * j + 1], d);
+      }
+    }
+    return d;
+  }
+};
+
+// The column of x register k of lane `lane` in 1024-column segment `segment`.
+template <GgmlType T>
+__device__ __forceinline__ int column_of(int segment, int lane, int k) {
+  constexpr int kPer = 32 / Slice<T>::kPieces;
+  return segment * 1024 + (k / kPer) * (1024 / Slice<T>::kPieces) + lane * kPer + k % kPer;
+}
+
 // Registers a batch's raw weights take per lane (32-bit words); the blocks per
 // multiprocessor the compiler must leave registers for (2: 128 a thread) where the batch
 // fits there without spilling; and the variants built at all (the others spill even with
 // 255 registers). Checked with ptxas -v for sm_90 and sm_121.
 template <GgmlType T, int R, bool PREFETCH, bool PAIRED>
-constexpr int kBatchWords = R * (T == GgmlType::Q8_0 ? 9 : 16) * (PAIRED ? 2 : 1) * (PREFETCH ? 2 : 1);
+constexpr int kBatchWords = R * (T == GgmlType::Q8_0 ? 10 : 16) * (PAIRED ? 2 : 1) * (PREFETCH ? 2 : 1);
 template <GgmlType T, int R, bool PREFETCH, bool PAIRED>
-constexpr int kMinBlocks = kBatchWords<T, R, PREFETCH, PAIRED> <= 72 && R * (PAIRED ? 2 : 1) <= 4 ? 2 : 1;
+constexpr int kMinBlocks = kBatchWords<T, R, PREFETCH, PAIRED> <= 80 && R * (PAIRED ? 2 : 1) <= 4 ? 2 : 1;
 template <GgmlType T, int R, bool PREFETCH, bool PAIRED>
 constexpr bool kBuilt = !(PAIRED && R == 8) && !(T == GgmlType::F16 && PREFETCH && (R == 8 || (PAIRED && R == 4)));
 
 // Block (blockIdx.x, slot blockIdx.y) owns rows [n_rows * x / blocks, n_rows * (x+1) / blocks)
-// of its slot. Warp w belongs to row group w >> warp_shift and holds column chunk
-// ((w & (warps per row - 1)) * 32 + lane) of every row; group g takes rows
+// of its slot. Warp w belongs to row group w >> warp_shift and holds the lane's slice of
+// 1024-column segment (w & (warps per row - 1)) of every row; group g takes rows
 // begin + (b * R + i) * groups + g in batch b, i < R.
 template <GgmlType T, int R, bool PREFETCH, bool PAIRED>
 __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)) dense_matvec_kernel(DenseParams p) {
-  using C = Chunk<T>;
+  using C = Slice<T>;
   using Raw = typename C::Raw;
   constexpr bool kScaled = T == GgmlType::Q8_0;
   const int warp = threadIdx.x >> 5;
@@ -106,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
   const int groups = kWarps >> p.warp_shift;
   const int group = warp >> p.warp_shift;
   const int wi = warp & (wpr - 1);
-  const int chunk = wi * 32 + lane;
+  const int segment = wi;
   const int slot = blockIdx.y;
   const int64_t begin = p.n_rows * blockIdx.x / p.blocks_per_slot;
   const int64_t end = p.n_rows * (blockIdx.x + 1) / p.blocks_per_slot;
@@ -124,9 +204,11 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
       if constexpr (PAIRED) raw_up[i] = Raw{};
       if (r < end) {
         const int64_t s = stack0 + r;
-        raw[i] = C::load(p.w_data + s * p.row_bytes, kScaled ? p.w_scales + s * p.scales_per_row : nullptr, chunk);
+        raw[i] = C::load(p.w_data + s * p.row_bytes, kScaled ? p.w_scales + s * p.scales_per_row : nullptr, segment,
+                         lane);
         if constexpr (PAIRED) {
-          raw_up[i] = C::load(p.u_data + s * p.row_bytes, kScaled ? p.u_scales + s * p.scales_per_row : nullptr, chunk);
+          raw_up[i] = C::load(p.u_data + s * p.row_bytes, kScaled ? p.u_scales + s * p.scales_per_row : nullptr,
+                              segment, lane);
         }
       }
     }
@@ -158,33 +240,35 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
   pdl_wait();  // everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
 
-  // This lane's 32 values of x, normalised as launch_matvec normalises them.
+  // This lane's 32 values of x (the columns of its weight slice), normalised as
+  // launch_matvec normalises them.
+  constexpr int kPer = 32 / C::kPieces;
   float xr[32];
   {
-    const float4* src = reinterpret_cast<const float4*>(p.x + slot * p.x_slot_stride + chunk * 32);
+    const float* src = p.x + slot * p.x_slot_stride;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float4 v = src[i];
-      xr[4 * i] = v.x;
-      xr[4 * i + 1] = v.y;
-      xr[4 * i + 2] = v.z;
-      xr[4 * i + 3] = v.w;
+    for (int k = 0; k < 32; k += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(src + column_of<T>(segment, lane, k));
+      xr[k] = v.x;
+      xr[k + 1] = v.y;
+      xr[k + 2] = v.z;
+      xr[k + 3] = v.w;
     }
   }
+  static_assert(kPer % 4 == 0, "pieces of whole float4s");
   if (p.x_norm_weight) {  // one slot (checked on the host); the generic kernel's sum order
     __shared__ double red[32];
     double ss = 0.0;
     for (int i = threadIdx.x; i < p.cols; i += kThreads) ss += static_cast<double>(p.x[i]) * p.x[i];
     ss = cuda_detail::block_sum_double(ss, red);
     const float scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
-    const float4* g = reinterpret_cast<const float4*>(p.x_norm_weight + chunk * 32);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float4 gv = g[i];
-      xr[4 * i] = xr[4 * i] * scale * gv.x;
-      xr[4 * i + 1] = xr[4 * i + 1] * scale * gv.y;
-      xr[4 * i + 2] = xr[4 * i + 2] * scale * gv.z;
-      xr[4 * i + 3] = xr[4 * i + 3] * scale * gv.w;
+    for (int k = 0; k < 32; k += 4) {
+      const float4 gv = *reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k));
+      xr[k] = xr[k] * scale * gv.x;
+      xr[k + 1] = xr[k + 1] * scale * gv.y;
+      xr[k + 2] = xr[k + 2] * scale * gv.z;
+      xr[k + 3] = xr[k + 3] * scale * gv.w;
     }
   }
 
@@ -210,19 +294,8 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
     float acc_up[PAIRED ? R : 1];
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      float w[32];
-      const float f = C::dequant(cur[i], nullptr, w);
-      float d = 0.0f;
-#pragma unroll
-      for (int k = 0; k < 32; ++k) d = fmaf(w[k], xr[k], d);
-      acc[i] = d * f;
-      if constexpr (PAIRED) {
-        const float fu = C::dequant(cur_up[i], nullptr, w);
-        float du = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 32; ++k) du = fmaf(w[k], xr[k], du);
-        acc_up[i] = du * fu;
-      }
+      acc[i] = C::dot(cur[i], xr);
+      if constexpr (PAIRED) acc_up[i] = C::dot(cur_up[i], xr);
     }
     if constexpr (PREFETCH) {
 #pragma unroll
@@ -446,7 +519,7 @@ Status launch_dense_matvec(const DenseMatvecLaunch& l, cudaStream_t stream, cons
   p.x_slot_stride = l.x_slot_stride;
   p.y = l.y;
   p.y_slot_stride = l.y_slot_stride;
-  const int warps_per_row = static_cast<int>(w.cols / 1024);  // one 32-column chunk per lane
+  const int warps_per_row = static_cast<int>(w.cols / 1024);  // 32 columns per lane
   p.warp_shift = warps_per_row == 1 ? 0 : warps_per_row == 2 ? 1 : warps_per_row == 4 ? 2 : 3;
   p.swiglu_limit = l.swiglu_limit;
   p.accumulate = l.accumulate ? 1 : 0;

@@ -16,13 +16,14 @@
 // normalised x is bit for bit the one launch_matvec computes with).
 //
 // How it runs: one wave of blocks sized from the device, each owning a contiguous range
-// of one slot's rows. Every lane keeps one 32-column chunk of x in registers and streams
-// 16-byte weight loads of several rows at once (the next rows' loads issued before this
+// of one slot's rows. Every lane keeps 32 columns of x in registers (16-byte pieces
+// side by side with the other lanes', so each warp load covers 512 contiguous bytes) and
+// streams 16-byte weight loads of several rows at once (the next rows' loads issued before this
 // batch's products); the first weights are loaded, and the block's remaining share asked
 // into L2, before the programmatic-dependent-launch wait (weights are immutable), so DRAM
 // streams while the previous kernel drains. Sums: f32 activations, f32 accumulation
-// (fixtures/README.md §4); per row, each lane's chunk in column order, the lanes by a
-// fixed reduce-scatter, then the warps that own the row's other columns in warp order:
+// (fixtures/README.md §4); per row, each lane's pieces in column order (each Q8_0 piece's
+// sum times its block scale), the lanes by a fixed reduce-scatter, then the warps that own the row's other columns in warp order:
 // results are deterministic and do not depend on scheduling (no atomics).
 //
 // Launches allocate nothing and never synchronise with the host: they can be captured

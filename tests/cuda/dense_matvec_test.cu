@@ -193,6 +193,7 @@ struct Case {
   std::unique_ptr<OwnedDeviceMatrix> w, u;
   std::vector<float> x, norm_w, y0;
   std::vector<double> expect, bound;  // per output element
+  int64_t clamped = 0;                // paired outputs whose gate or up the limit clamps
 };
 
 // Exact dot products and bounds on |f32 result - exact| of every output of the case.
@@ -228,6 +229,7 @@ void reference(Case* c) {
         const double gc = std::min(g, lim), uc = std::min(std::max(u, -lim), lim);
         const double tg = kSumRel * gm, tu = kSumRel * um;
         v = silu(gc) * uc;
+        c->clamped += g > lim || std::fabs(u) > lim;
         // silu' <= 1.1; the clamp does not widen the bounds; 16 units for silu and the product.
         b = 1.1 * tg * std::fabs(uc) + std::fabs(silu(gc)) * tu + 1.1 * tg * tu + 16 * kUnit * std::fabs(v);
       }
@@ -357,6 +359,9 @@ void test_case(const Case& c) {
   const DenseMatvecLaunch l = dense_launch(c, dx.get(), dn.get(), dy.get());
   Status sup = dense_matvec_supported(l);
   check(sup.ok(), s.name + ": supported: " + sup.message());
+  if (s.paired && s.limit < 1.0f) {
+    check(c.clamped > 0, s.name + ": the clamp is exercised (" + std::to_string(c.clamped) + " outputs)");
+  }
   if (!sup.ok()) return;
   int printed = 0;
   double worst = 0;
