@@ -1,11 +1,16 @@
 // The routed-expert decode kernels (cuda/expert_matvec.h) against a CPU reference built
 // from format/quant.h dequantization with double sums, on fresh random valid IQ2_XXS /
-// Q2_K stacks of the real shapes (16 experts of 2048 x 4096 gate/up, 4096 x 2048 down),
-// random x, random distinct ids and routing weights: every output element is checked
-// (outputs filled with NaN beforehand, so an element never written fails), with bounds
-// derived from the f32 summation, for several SwiGLU limits (infinite included) and every
-// tuning option; the same inputs through launch_matvec (the generic kernel forward.cu ran)
-// agree within twice the bound. The down projection is checked adding into y and storing.
+// Q2_K stacks of the real shapes (16 experts of 2048 x 4096 gate/up, 4096 x 2048 down)
+// and of the tiny fixtures (8 experts of 256 x 256), random x, random distinct ids and
+// routing weights: every output element is checked (outputs filled with NaN beforehand,
+// so an element never written fails), with bounds derived from the f32 summation (f32
+// kernels) or from the header's precision statement for the integer tensor-core kernels
+// (x's rounding to 30-bit integers per 256 columns, then (n + 24) u sum |w x|), for
+// several SwiGLU limits (infinite included) and every tuning option; the same inputs
+// through launch_matvec (the generic kernel forward.cu ran) agree within the sum of both
+// bounds. The down projection is checked adding into y and storing. The worst error of
+// each variant is printed against its bound and, for the tensor-core kernels, also
+// against the f32 kernels' bound.
 // Then the process's first launch made inside a graph capture, the bad launches the API
 // refuses, bit-identical repeats (direct and graph), and timings: each launch captured in
 // a CUDA graph over the full 256-expert stacks (eight launches on disjoint expert sets
@@ -37,11 +42,28 @@ namespace {
 
 constexpr int64_t kDim = 4096;  // MODEL.md: hidden size
 constexpr int64_t kFfn = 2048;  // routed expert width
+constexpr int64_t kTinyDim = 256;  // the tiny fixtures: dim 256, expert_ffn 256, 8 experts
+constexpr int64_t kTinyFfn = 256;
 constexpr int kUsed = 6;
 constexpr double kUnit = 1.0 / 16777216.0;  // 2^-24, f32 unit roundoff
 // Terms of one f32 sum path in the kernels: 32 in a chunk, the chunk factor, 5 lane
 // levels, up to 12 warps, the final add; with a factor of ~2.5 of margin.
 constexpr double kSumRel = 128 * kUnit;
+
+// The tensor-core kernels' relative rounding bound (header): (n + 24) u, n the 256-column
+// terms added per output.
+double tc_rel(int64_t terms) { return static_cast<double>(terms + 24) * kUnit; }
+
+// The scale s_b the tensor-core kernels give 256 values of x (header): 2^(E - 30) with
+// max |x| < 2^E, E at least -96.
+double tc_block_scale(const float* x) {
+  float m = 0.0f;
+  for (int i = 0; i < 256; ++i) m = std::max(m, std::fabs(x[i]));
+  int e = 0;
+  std::frexp(m, &e);
+  e = std::max(e, -96);
+  return std::ldexp(1.0, e - 30);
+}
 
 struct HostStack {
   GgmlType type;
@@ -83,18 +105,29 @@ void q2k_magnitudes(const uint8_t* row, int64_t cols, std::vector<double>* out) 
   }
 }
 
-void row_dot(const HostStack& h, int64_t matrix, int64_t r, const float* x, double* dot, double* mag) {
+// Adds to *dot the row's product with x, to *mag the sum of |w x| and to *qerr the bound
+// on what rounding x to the tensor-core kernels' integers changes: sum |w| s_b / 2.
+void row_dot(const HostStack& h, int64_t matrix, int64_t r, const float* x, double* dot, double* mag,
+             double* qerr) {
   std::vector<float> w(h.cols);
   dequantize_row(h.type, h.row(matrix, r), w.data(), h.cols);
   std::vector<double> m;
   if (h.type == GgmlType::Q2_K) q2k_magnitudes(h.row(matrix, r), h.cols, &m);
-  double s = 0, a = 0;
-  for (int64_t i = 0; i < h.cols; ++i) {
-    s += static_cast<double>(w[i]) * x[i];
-    a += (m.empty() ? std::fabs(static_cast<double>(w[i])) : m[i]) * std::fabs(static_cast<double>(x[i]));
+  double s = 0, a = 0, q = 0;
+  for (int64_t b = 0; b < h.cols / 256; ++b) {
+    const double half_scale = tc_block_scale(x + b * 256) / 2;
+    double wsum = 0;
+    for (int64_t i = b * 256; i < (b + 1) * 256; ++i) {
+      const double wm = m.empty() ? std::fabs(static_cast<double>(w[i])) : m[i];
+      s += static_cast<double>(w[i]) * x[i];
+      a += wm * std::fabs(static_cast<double>(x[i]));
+      wsum += wm;
+    }
+    q += wsum * half_scale;
   }
   *dot += s;
   *mag += a;
+  *qerr += q;
 }
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
@@ -114,44 +147,69 @@ double swiglu_bound(double g, double u, double tg, double tu, double limit, doub
 }
 
 std::string options_name(const ExpertMatvecOptions& o) {
-  return "rows/batch=" + std::to_string(o.rows_per_batch) + (o.lane_tables ? " lane tables" : " compact table") +
+  if (o.tensor_cores) {
+    return std::string("tensor cores") + (o.tc_lane_tables ? " lane tables" : " compact table") +
+           (o.prefetch ? " prefetch" : "") + (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
+  }
+  return "f32 rows/batch=" + std::to_string(o.rows_per_batch) + (o.lane_tables ? " lane tables" : " compact table") +
          (o.prefetch ? " prefetch" : "") +
          (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
 }
 
-std::vector<ExpertMatvecOptions> all_options() {
+// Every variant: the f32 kernels' (when `f32`) and the tensor-core kernels'.
+std::vector<ExpertMatvecOptions> all_options(bool f32 = true) {
   std::vector<ExpertMatvecOptions> out;
-  for (int r : {4, 8}) {
-    for (bool lane : {true, false}) {
-      for (bool prefetch : {true, false}) {
-        ExpertMatvecOptions o;
-        o.rows_per_batch = r;
-        o.lane_tables = lane;
-        o.prefetch = prefetch;
-        out.push_back(o);
+  if (f32) {
+    for (int r : {4, 8}) {
+      for (bool lane : {true, false}) {
+        for (bool prefetch : {true, false}) {
+          ExpertMatvecOptions o;
+          o.tensor_cores = false;
+          o.rows_per_batch = r;
+          o.lane_tables = lane;
+          o.prefetch = prefetch;
+          out.push_back(o);
+        }
       }
+    }
+    ExpertMatvecOptions one;
+    one.tensor_cores = false;
+    one.blocks_per_sm = 1;
+    out.push_back(one);
+  }
+  for (bool lane : {true, false}) {
+    for (bool prefetch : {true, false}) {
+      ExpertMatvecOptions o;
+      o.tensor_cores = true;
+      o.tc_lane_tables = lane;
+      o.prefetch = prefetch;
+      out.push_back(o);
     }
   }
   ExpertMatvecOptions one;
+  one.tensor_cores = true;
   one.blocks_per_sm = 1;
   out.push_back(one);
   return out;
 }
 
 struct Fixture {
+  int64_t dim = kDim, ffn = kFfn;
   HostStack gate, up, down;
   std::unique_ptr<OwnedDeviceMatrix> dg, du, dd;
   std::vector<int32_t> ids;
   std::vector<float> weights, x, h;  // h: a SwiGLU-like input of the down projection
 };
 
-bool make_fixture(int count, std::mt19937& rng, Fixture* f) {
-  f->gate = {GgmlType::IQ2_XXS, kDim, kFfn, count, random_blocks(GgmlType::IQ2_XXS, kFfn * count, kDim, rng)};
-  f->up = {GgmlType::IQ2_XXS, kDim, kFfn, count, random_blocks(GgmlType::IQ2_XXS, kFfn * count, kDim, rng)};
-  f->down = {GgmlType::Q2_K, kFfn, kDim, count, random_blocks(GgmlType::Q2_K, kDim * count, kFfn, rng)};
-  auto g = upload_matrix(GgmlType::IQ2_XXS, kDim, kFfn, count, f->gate.bytes.data());
-  auto u = upload_matrix(GgmlType::IQ2_XXS, kDim, kFfn, count, f->up.bytes.data());
-  auto d = upload_matrix(GgmlType::Q2_K, kFfn, kDim, count, f->down.bytes.data());
+bool make_fixture(int64_t dim, int64_t ffn, int count, std::mt19937& rng, Fixture* f) {
+  f->dim = dim;
+  f->ffn = ffn;
+  f->gate = {GgmlType::IQ2_XXS, dim, ffn, count, random_blocks(GgmlType::IQ2_XXS, ffn * count, dim, rng)};
+  f->up = {GgmlType::IQ2_XXS, dim, ffn, count, random_blocks(GgmlType::IQ2_XXS, ffn * count, dim, rng)};
+  f->down = {GgmlType::Q2_K, ffn, dim, count, random_blocks(GgmlType::Q2_K, dim * count, ffn, rng)};
+  auto g = upload_matrix(GgmlType::IQ2_XXS, dim, ffn, count, f->gate.bytes.data());
+  auto u = upload_matrix(GgmlType::IQ2_XXS, dim, ffn, count, f->up.bytes.data());
+  auto d = upload_matrix(GgmlType::Q2_K, ffn, dim, count, f->down.bytes.data());
   check(g.ok() && u.ok() && d.ok(), "upload of the expert stacks");
   if (!g.ok() || !u.ok() || !d.ok()) return false;
   f->dg = std::move(*g);
@@ -159,27 +217,39 @@ bool make_fixture(int count, std::mt19937& rng, Fixture* f) {
   f->dd = std::move(*d);
   f->ids = distinct_ids(kUsed, count, rng);
   f->weights = random_floats(kUsed, rng, 0.1f, 1.0f);
-  f->x = random_floats(kDim, rng, -3.0f, 3.0f);
-  f->h = random_floats(kUsed * kFfn, rng, -2.0f, 2.0f);
+  f->x = random_floats(dim, rng, -3.0f, 3.0f);
+  // A few blocks of x with a much smaller range than the others (the per-256 scales differ).
+  for (int64_t i = 0; i < std::min<int64_t>(dim, 256); ++i) f->x[i] *= 1e-3f;
+  f->h = random_floats(kUsed * ffn, rng, -2.0f, 2.0f);
+  for (int64_t i = 0; i < std::min<int64_t>(ffn, 256); ++i) f->h[i] *= 1e-2f;
   return true;
 }
 
+// The bound on |gpu - exact| of one product for a variant: f32 kernels kSumRel sum |w x|;
+// tensor-core kernels the header's statement.
+double product_bound(const ExpertMatvecOptions& o, double mag, double qerr, int64_t terms) {
+  return o.tensor_cores ? qerr + tc_rel(terms) * mag : kSumRel * mag;
+}
+
 // gate+up for every limit and option, against the CPU and launch_matvec.
-void test_gate_up(const Fixture& f) {
-  std::vector<double> g(kUsed * kFfn, 0), ga(kUsed * kFfn, 0), u(kUsed * kFfn, 0), ua(kUsed * kFfn, 0);
+void test_gate_up(const Fixture& f, const std::vector<ExpertMatvecOptions>& options, const std::string& label) {
+  const int64_t n_out = kUsed * f.ffn;
+  const int64_t terms = f.dim / 256;
+  std::vector<double> g(n_out, 0), ga(n_out, 0), gq(n_out, 0), u(n_out, 0), ua(n_out, 0), uq(n_out, 0);
   for (int s = 0; s < kUsed; ++s) {
-    for (int64_t r = 0; r < kFfn; ++r) {
-      row_dot(f.gate, f.ids[s], r, f.x.data(), &g[s * kFfn + r], &ga[s * kFfn + r]);
-      row_dot(f.up, f.ids[s], r, f.x.data(), &u[s * kFfn + r], &ua[s * kFfn + r]);
+    for (int64_t r = 0; r < f.ffn; ++r) {
+      const int64_t i = s * f.ffn + r;
+      row_dot(f.gate, f.ids[s], r, f.x.data(), &g[i], &ga[i], &gq[i]);
+      row_dot(f.up, f.ids[s], r, f.x.data(), &u[i], &ua[i], &uq[i]);
     }
   }
-  DeviceVec<float> dx(f.x), dw(f.weights), dy(kUsed * kFfn), dref(kUsed * kFfn);
+  DeviceVec<float> dx(f.x), dw(f.weights), dy(n_out), dref(n_out);
   DeviceVec<int32_t> dids(f.ids);
   for (float limit : {INFINITY, 10.0f, 0.5f, 0.05f}) {
     int clamped = 0;
     for (size_t i = 0; i < u.size(); ++i) clamped += std::fabs(u[i]) > limit || g[i] > limit;
     if (std::isfinite(limit) && limit < 1.0f) {
-      check(clamped > 0, "gate+up limit " + std::to_string(limit) + ": the clamp is exercised (" +
+      check(clamped > 0, label + "gate+up limit " + std::to_string(limit) + ": the clamp is exercised (" +
                              std::to_string(clamped) + " outputs)");
     }
     // The generic kernel, as forward.cu launched it.
@@ -188,19 +258,19 @@ void test_gate_up(const Fixture& f) {
     mv.w_up = &f.du->m;
     mv.x = dx.get();
     mv.y = dref.get();
-    mv.y_slot_stride = kFfn;
+    mv.y_slot_stride = f.ffn;
     mv.n_slots = kUsed;
     mv.slot_matrix = dids.get();
     mv.slot_weight = dw.get();
     mv.swiglu_limit = limit;
     mv.lanes_per_row = 8;
     Status ms = launch_matvec(mv, nullptr);
-    check(ms.ok(), "gate+up matvec launch: " + ms.message());
-    check(cudaDeviceSynchronize() == cudaSuccess, "gate+up matvec kernel");
+    check(ms.ok(), label + "gate+up matvec launch: " + ms.message());
+    check(cudaDeviceSynchronize() == cudaSuccess, label + "gate+up matvec kernel");
     const std::vector<float> ref = dref.host();
-    for (const ExpertMatvecOptions& o : all_options()) {
-      const std::string name = "gate+up limit " + std::to_string(limit) + " " + options_name(o);
-      cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);  // NaN: unwritten outputs fail
+    for (const ExpertMatvecOptions& o : options) {
+      const std::string name = label + "gate+up limit " + std::to_string(limit) + " " + options_name(o);
+      cudaMemset(dy.get(), 0xFF, sizeof(float) * n_out);  // NaN: unwritten outputs fail
       ExpertGateUpLaunch l;
       l.gate = &f.dg->m;
       l.up = &f.du->m;
@@ -215,49 +285,56 @@ void test_gate_up(const Fixture& f) {
       check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
       const std::vector<float> y = dy.host();
       int bad = 0, bad_mv = 0;
-      double worst = 0;
+      double worst = 0, worst_f32 = 0;
       for (int sl = 0; sl < kUsed; ++sl) {
-        for (int64_t r = 0; r < kFfn; ++r) {
-          const int64_t i = sl * kFfn + r;
+        for (int64_t r = 0; r < f.ffn; ++r) {
+          const int64_t i = sl * f.ffn + r;
           const double want = swiglu_ref(g[i], u[i], limit) * f.weights[sl];
-          const double tol = swiglu_bound(g[i], u[i], kSumRel * ga[i], kSumRel * ua[i], limit, f.weights[sl]);
+          const double tol = swiglu_bound(g[i], u[i], product_bound(o, ga[i], gq[i], terms),
+                                          product_bound(o, ua[i], uq[i], terms), limit, f.weights[sl]);
+          const double tol_f32 = swiglu_bound(g[i], u[i], kSumRel * ga[i], kSumRel * ua[i], limit, f.weights[sl]);
           const double err = std::fabs(y[i] - want);
           if (!(err <= tol)) {
             if (bad++ < 4) {
-              std::printf("  %s: slot %d (expert %d) row %lld: got %.9g expected %.9g (|d| %.3g > bound %.3g)\n",
-                          name.c_str(), sl, f.ids[sl], static_cast<long long>(r), y[i], want, err, tol);
+              std::printf("  %s: slot %d (expert %d) row %lld: got %.9g expected %.9g (|d| %.3g > bound %.3g; "
+                          "gate %.9g up %.9g)\n",
+                          name.c_str(), sl, f.ids[sl], static_cast<long long>(r), y[i], want, err, tol, g[i], u[i]);
             }
           } else {
             worst = std::max(worst, err / tol);
+            worst_f32 = std::max(worst_f32, err / tol_f32);
           }
-          if (!(std::fabs(y[i] - ref[i]) <= 2 * tol) && bad_mv++ < 4) {
+          const double tol_mv = tol + tol_f32;
+          if (!(std::fabs(y[i] - ref[i]) <= tol_mv) && bad_mv++ < 4) {
             std::printf("  %s: slot %d row %lld: got %.9g, launch_matvec %.9g (bound %.3g)\n", name.c_str(), sl,
-                        static_cast<long long>(r), y[i], ref[i], 2 * tol);
+                        static_cast<long long>(r), y[i], ref[i], tol_mv);
           }
         }
       }
-      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(kUsed * kFfn) +
+      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(n_out) +
                           " outputs outside the bound against the CPU");
       check(bad_mv == 0, name + ": " + std::to_string(bad_mv) + " outputs differ from launch_matvec");
-      std::printf("check %-50s worst |d|/bound %.3f\n", name.c_str(), worst);
+      std::printf("check %-64s worst |d|/bound %.3f (against the f32 bound %.3f)\n", name.c_str(), worst, worst_f32);
     }
   }
 }
 
 // down, adding into y and storing, for every option, against the CPU and launch_matvec.
-void test_down(const Fixture& f, std::mt19937& rng) {
-  std::vector<double> v(kDim, 0), va(kDim, 0);
+void test_down(const Fixture& f, const std::vector<ExpertMatvecOptions>& options, const std::string& label,
+               std::mt19937& rng) {
+  const int64_t terms = kUsed * f.ffn / 256;
+  std::vector<double> v(f.dim, 0), va(f.dim, 0), vq(f.dim, 0);
   for (int s = 0; s < kUsed; ++s) {
-    for (int64_t r = 0; r < kDim; ++r) row_dot(f.down, f.ids[s], r, f.h.data() + s * kFfn, &v[r], &va[r]);
+    for (int64_t r = 0; r < f.dim; ++r) row_dot(f.down, f.ids[s], r, f.h.data() + s * f.ffn, &v[r], &va[r], &vq[r]);
   }
-  const std::vector<float> y0 = random_floats(kDim, rng, -1.0f, 1.0f);
-  DeviceVec<float> dh(f.h), dy(kDim), dref(kDim);
+  const std::vector<float> y0 = random_floats(f.dim, rng, -1.0f, 1.0f);
+  DeviceVec<float> dh(f.h), dy(f.dim), dref(f.dim);
   DeviceVec<int32_t> dids(f.ids);
-  cudaMemcpy(dref.get(), y0.data(), sizeof(float) * kDim, cudaMemcpyHostToDevice);
+  cudaMemcpy(dref.get(), y0.data(), sizeof(float) * f.dim, cudaMemcpyHostToDevice);
   MatvecLaunch mv;
   mv.w = &f.dd->m;
   mv.x = dh.get();
-  mv.x_slot_stride = kFfn;
+  mv.x_slot_stride = f.ffn;
   mv.y = dref.get();
   mv.n_slots = kUsed;
   mv.slot_matrix = dids.get();
@@ -265,16 +342,16 @@ void test_down(const Fixture& f, std::mt19937& rng) {
   mv.accumulate = true;
   mv.lanes_per_row = 16;
   Status ms = launch_matvec(mv, nullptr);
-  check(ms.ok(), "down matvec launch: " + ms.message());
-  check(cudaDeviceSynchronize() == cudaSuccess, "down matvec kernel");
+  check(ms.ok(), label + "down matvec launch: " + ms.message());
+  check(cudaDeviceSynchronize() == cudaSuccess, label + "down matvec kernel");
   const std::vector<float> ref = dref.host();
   for (bool accumulate : {true, false}) {
-    for (const ExpertMatvecOptions& o : all_options()) {
-      const std::string name = std::string("down ") + (accumulate ? "y += " : "y = ") + options_name(o);
+    for (const ExpertMatvecOptions& o : options) {
+      const std::string name = label + "down " + (accumulate ? "y += " : "y = ") + options_name(o);
       if (accumulate) {
-        cudaMemcpy(dy.get(), y0.data(), sizeof(float) * kDim, cudaMemcpyHostToDevice);
+        cudaMemcpy(dy.get(), y0.data(), sizeof(float) * f.dim, cudaMemcpyHostToDevice);
       } else {
-        cudaMemset(dy.get(), 0xFF, sizeof(float) * kDim);  // NaN
+        cudaMemset(dy.get(), 0xFF, sizeof(float) * f.dim);  // NaN
       }
       ExpertDownLaunch l;
       l.down = &f.dd->m;
@@ -288,11 +365,13 @@ void test_down(const Fixture& f, std::mt19937& rng) {
       check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
       const std::vector<float> y = dy.host();
       int bad = 0, bad_mv = 0;
-      double worst = 0;
-      for (int64_t r = 0; r < kDim; ++r) {
+      double worst = 0, worst_f32 = 0;
+      for (int64_t r = 0; r < f.dim; ++r) {
         const double base = accumulate ? y0[r] : 0.0;
         const double want = base + v[r];
-        const double tol = kSumRel * va[r] + 2 * kUnit * (std::fabs(base) + std::fabs(want)) + 1e-30;
+        const double final_add = 2 * kUnit * (std::fabs(base) + std::fabs(want)) + 1e-30;
+        const double tol = product_bound(o, va[r], vq[r], terms) + final_add;
+        const double tol_f32 = kSumRel * va[r] + final_add;
         const double err = std::fabs(y[r] - want);
         if (!(err <= tol)) {
           if (bad++ < 4) {
@@ -301,20 +380,52 @@ void test_down(const Fixture& f, std::mt19937& rng) {
           }
         } else {
           worst = std::max(worst, err / tol);
+          worst_f32 = std::max(worst_f32, err / tol_f32);
         }
         const double ref_r = accumulate ? ref[r] : ref[r] - y0[r];
-        const double tol_mv = 2 * tol + 2 * kUnit * std::fabs(y0[r]);
+        const double tol_mv = tol + tol_f32 + 2 * kUnit * std::fabs(y0[r]);
         if (!(std::fabs(y[r] - ref_r) <= tol_mv) && bad_mv++ < 4) {
           std::printf("  %s: row %lld: got %.9g, launch_matvec %.9g (bound %.3g)\n", name.c_str(),
                       static_cast<long long>(r), y[r], ref_r, tol_mv);
         }
       }
-      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(kDim) +
+      check(bad == 0, name + ": " + std::to_string(bad) + " of " + std::to_string(f.dim) +
                           " outputs outside the bound against the CPU");
       check(bad_mv == 0, name + ": " + std::to_string(bad_mv) + " outputs differ from launch_matvec");
-      std::printf("check %-50s worst |d|/bound %.3f\n", name.c_str(), worst);
+      std::printf("check %-64s worst |d|/bound %.3f (against the f32 bound %.3f)\n", name.c_str(), worst, worst_f32);
     }
   }
+}
+
+// The tiny fixtures' shapes: the tensor-core kernels serve them (expert_*_supported Ok with
+// the default options); the f32 kernels alone refuse them with a message.
+void test_tiny_support(const Fixture& f) {
+  DeviceVec<float> dx(f.x), dh(f.h), dy(kUsed * f.ffn), dz(f.dim);
+  DeviceVec<int32_t> dids(f.ids);
+  ExpertGateUpLaunch gu;
+  gu.gate = &f.dg->m;
+  gu.up = &f.du->m;
+  gu.x = dx.get();
+  gu.ids = dids.get();
+  gu.n_used = kUsed;
+  gu.y = dy.get();
+  ExpertDownLaunch dn;
+  dn.down = &f.dd->m;
+  dn.x = dh.get();
+  dn.ids = dids.get();
+  dn.n_used = kUsed;
+  dn.y = dz.get();
+  const Status gs = expert_gate_up_supported(gu), ds = expert_down_supported(dn);
+  check(gs.ok(), "tiny: gate+up supported (" + std::to_string(f.dim) + " columns): " + gs.message());
+  check(ds.ok(), "tiny: down supported (" + std::to_string(f.ffn) + " columns): " + ds.message());
+  ExpertMatvecOptions f32;
+  f32.tensor_cores = false;
+  const Status gr = launch_expert_gate_up(gu, nullptr, f32), dr = launch_expert_down(dn, nullptr, f32);
+  check(!gr.ok() && !gr.message().empty(),
+        "tiny: the f32 gate+up kernel refuses 256 columns" + (gr.ok() ? std::string(" (was accepted)") : ": " + gr.message()));
+  check(!dr.ok() && !dr.message().empty(),
+        "tiny: the f32 down kernel refuses 256 columns" + (dr.ok() ? std::string(" (was accepted)") : ": " + dr.message()));
+  check(cudaDeviceSynchronize() == cudaSuccess, "tiny: refusals left no failed kernel");
 }
 
 // Launches the API must refuse, each with a message.
@@ -405,8 +516,8 @@ void test_first_launch_captured(const Fixture& f) {
 }
 
 // The same launch twice directly and once replayed from a graph: bit-identical outputs.
-void test_repeat(const Fixture& f) {
-  DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(kUsed * kFfn), dz(kDim);
+void test_repeat(const Fixture& f, const ExpertMatvecOptions& o, const std::string& label) {
+  DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(kUsed * f.ffn), dz(f.dim);
   DeviceVec<int32_t> dids(f.ids);
   ExpertGateUpLaunch gu;
   gu.gate = &f.dg->m;
@@ -426,8 +537,8 @@ void test_repeat(const Fixture& f) {
   dn.y = dz.get();
   std::vector<std::vector<float>> ys, zs;
   for (int i = 0; i < 2; ++i) {
-    check(launch_expert_gate_up(gu, nullptr).ok() && launch_expert_down(dn, nullptr).ok(), "repeat launches");
-    check(cudaDeviceSynchronize() == cudaSuccess, "repeat kernels");
+    check(launch_expert_gate_up(gu, nullptr, o).ok() && launch_expert_down(dn, nullptr, o).ok(), label + "repeat launches");
+    check(cudaDeviceSynchronize() == cudaSuccess, label + "repeat kernels");
     ys.push_back(dy.host());
     zs.push_back(dz.host());
   }
@@ -435,24 +546,24 @@ void test_repeat(const Fixture& f) {
   cudaStreamCreate(&stream);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);
-  cudaMemset(dz.get(), 0xFF, sizeof(float) * kDim);
+  cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * f.ffn);
+  cudaMemset(dz.get(), 0xFF, sizeof(float) * f.dim);
   bool captured = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess;
-  captured = captured && launch_expert_gate_up(gu, stream).ok() && launch_expert_down(dn, stream).ok();
+  captured = captured && launch_expert_gate_up(gu, stream, o).ok() && launch_expert_down(dn, stream, o).ok();
   captured = cudaStreamEndCapture(stream, &graph) == cudaSuccess && captured;
   captured = captured && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-  check(captured, "gate+up and down captured in a CUDA graph");
+  check(captured, label + "gate+up and down captured in a CUDA graph");
   if (captured) {
     cudaGraphLaunch(exec, stream);
-    check(cudaStreamSynchronize(stream) == cudaSuccess, "graph replay");
+    check(cudaStreamSynchronize(stream) == cudaSuccess, label + "graph replay");
     ys.push_back(dy.host());
     zs.push_back(dz.host());
   }
   for (size_t i = 1; i < ys.size(); ++i) {
     const bool same_y = std::memcmp(ys[0].data(), ys[i].data(), sizeof(float) * ys[0].size()) == 0;
     const bool same_z = std::memcmp(zs[0].data(), zs[i].data(), sizeof(float) * zs[0].size()) == 0;
-    check(same_y, "gate+up run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
-    check(same_z, "down run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
+    check(same_y, label + "gate+up run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
+    check(same_z, label + "down run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
   }
   if (exec) cudaGraphExecDestroy(exec);
   if (graph) cudaGraphDestroy(graph);
@@ -589,15 +700,31 @@ int main() {
   std::mt19937 rng(20261129);
   {
     Fixture f;
-    if (make_fixture(16, rng, &f)) {
+    if (make_fixture(kDim, kFfn, 16, rng, &f)) {
       std::printf("experts used:");
       for (int32_t id : f.ids) std::printf(" %d", id);
       std::printf(" of 16\n");
       test_first_launch_captured(f);  // first: no expert launch may run before it
-      test_gate_up(f);
-      test_down(f, rng);
+      test_gate_up(f, all_options(), "");
+      test_down(f, all_options(), "", rng);
       test_refusals(f);
-      test_repeat(f);
+      test_repeat(f, ExpertMatvecOptions{}, "default: ");
+      ExpertMatvecOptions f32;
+      f32.tensor_cores = false;
+      test_repeat(f, f32, "f32: ");
+    }
+  }
+  {
+    Fixture f;
+    if (make_fixture(kTinyDim, kTinyFfn, 8, rng, &f)) {
+      std::printf("tiny (%lld x %lld, 8 experts) experts used:", static_cast<long long>(kTinyFfn),
+                  static_cast<long long>(kTinyDim));
+      for (int32_t id : f.ids) std::printf(" %d", id);
+      std::printf("\n");
+      test_tiny_support(f);
+      test_gate_up(f, all_options(false), "tiny ");
+      test_down(f, all_options(false), "tiny ", rng);
+      test_repeat(f, ExpertMatvecOptions{}, "tiny default: ");
     }
   }
   auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
