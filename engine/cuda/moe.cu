@@ -163,7 +163,17 @@ Status launch_router(const RouterLaunch& p, int n_tokens, cudaStream_t stream) {
   return cuda_status(cudaGetLastError(), "router launch");
 }
 
-Status launch_router_fused(const RouterFusedLaunch& l, cudaStream_t stream) {
+namespace {
+
+// launch_router_fused's host checks and tiling (the matvec's, with one chunk per lane).
+struct RouterFusedPlan {
+  int ns = 0;         // 32-column chunks per row
+  int lanes = 0;      // chunks per column tile
+  int col_tiles = 0;
+  int64_t row_tiles = 0;
+};
+
+Result<RouterFusedPlan> plan_router_fused(const RouterFusedLaunch& l) {
   const RouterLaunch& p = l.route;
   if (p.n_experts <= 0 || p.n_experts > kMaxExperts || p.n_used <= 0 || p.n_used > kMaxUsed ||
       p.n_used > p.n_experts) {
@@ -207,7 +217,25 @@ Status launch_router_fused(const RouterFusedLaunch& l, cudaStream_t stream) {
                          " column tiles over " + std::to_string(ns) + " chunks");
   }
   const int64_t rows_per_block = kFusedThreads / lanes;
-  const int64_t row_tiles = (g.rows + rows_per_block - 1) / rows_per_block;
+  RouterFusedPlan plan;
+  plan.ns = ns;
+  plan.lanes = lanes;
+  plan.col_tiles = *tiles;
+  plan.row_tiles = (g.rows + rows_per_block - 1) / rows_per_block;
+  if (plan.row_tiles > 65535) return Status::Error("router_fused: too many experts");
+  return plan;
+}
+
+}  // namespace
+
+Status router_fused_supported(const RouterFusedLaunch& l) { return plan_router_fused(l).status(); }
+
+Status launch_router_fused(const RouterFusedLaunch& l, cudaStream_t stream) {
+  Result<RouterFusedPlan> planned = plan_router_fused(l);
+  if (!planned.ok()) return planned.status();
+  const RouterFusedPlan& plan = *planned;
+  const RouterLaunch& p = l.route;
+  const DeviceMatrix& g = *l.gate;
   RouterFusedParams f{};
   f.route = p;
   f.w.data = g.data;
@@ -216,13 +244,13 @@ Status launch_router_fused(const RouterFusedLaunch& l, cudaStream_t stream) {
   f.w.scales_per_row = g.scales_per_row();
   f.x = l.x;
   f.rows = g.rows;
-  f.ns = ns;
-  f.lanes = lanes;
-  f.col_tiles = *tiles;
+  f.ns = plan.ns;
+  f.lanes = plan.lanes;
+  f.col_tiles = plan.col_tiles;
   f.partial = l.partial;
   f.counter = l.counter;
   f.logits = l.logits;
-  const dim3 grid(static_cast<unsigned>(*tiles), static_cast<unsigned>(row_tiles));
+  const dim3 grid(static_cast<unsigned>(plan.col_tiles), static_cast<unsigned>(plan.row_tiles));
   switch (g.type) {
     case GgmlType::F32: launch_kernel(router_fused_kernel<GgmlType::F32>, grid, kFusedThreads, 0, stream, f); break;
     case GgmlType::F16: launch_kernel(router_fused_kernel<GgmlType::F16>, grid, kFusedThreads, 0, stream, f); break;

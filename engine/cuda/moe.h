@@ -35,9 +35,11 @@ Status launch_router(const RouterLaunch& launch, cudaStream_t stream);
 Status launch_router(const RouterLaunch& launch, int n_tokens, cudaStream_t stream);
 
 // The router's logits (gate . x) and the selection of launch_router in one launch:
-// the logits are formed as launch_matvec forms them for this matrix (its column tiles
-// with one chunk per lane, and the tiles' reduction in tile order), so the ids and
-// weights carry the same bits as launch_matvec then launch_router. Every block writes
+// the logits are formed as launch_matvec's column-tile kernel forms them with one
+// chunk per lane (cuda/column_tile.cuh) and the tiles' reduction in tile order, so the
+// ids and weights carry the same bits as launch_matvec then launch_router wherever that
+// matvec chooses one chunk per lane (it does for the model's router, 256 x 4096, and
+// for every matrix below 2^17 chunks of 32 weights). Every block writes
 // its tiles' partial sums; the block that finishes last (a device counter, which it
 // resets to 0) adds them in the fixed order and routes. Deterministic; graph-safe.
 // Launches sharing one counter must not run at the same time.
@@ -52,5 +54,9 @@ struct RouterFusedLaunch {
 };
 
 Status launch_router_fused(const RouterFusedLaunch& launch, cudaStream_t stream);
+
+// Ok when launch_router_fused would take `launch` (host checks only, no launch), else
+// the error it would return: lets a caller fall back to launch_matvec + launch_router.
+Status router_fused_supported(const RouterFusedLaunch& launch);
 
 }  // namespace ds4

@@ -4,7 +4,11 @@
 // hc_post, hc_head), the MoE router (biased top-k and hash routing), decode attention
 // with sinks over raw and compressed rows (head-group and per-head kernels), the
 // indexer's scores and top-k selection (current and earlier kernels), and the greedy
-// argmax. Prints "timing:" lines for decode attention and the indexer at real sizes.
+// argmax; and the fused decode launches against the separate ones they replace, bit for
+// bit: hc_post with the next mixing projection's column tiles (launch_hc_post_mix), and
+// the router's projection with its selection (launch_router_fused). Prints "timing:"
+// lines for decode attention and the indexer at real sizes, and for 40-step CUDA graph
+// chains of the fused and unfused HC and router launches.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1044,6 +1048,8 @@ void check_router_fused_errors(std::mt19937& rng) {
   l = rf;
   l.route.tid2eid = ids.get();
   expect(l, "token", "hash routing without the token id");
+  check(router_fused_supported(rf).ok(), "router_fused_supported: a valid launch is supported");
+  check(!router_fused_supported(l).ok(), "router_fused_supported: refuses what the launch refuses");
 }
 
 // 40 routers in a row as one CUDA graph: matvec (column tiles + their reduction) +
