@@ -156,9 +156,11 @@ std::vector<DenseMatvecOptions> all_options(bool paired, GgmlType type) {
   DenseMatvecOptions one;
   one.blocks_per_sm = 1;
   out.push_back(one);
-  DenseMatvecOptions some;
-  some.l2_prefetch_kib = 16;
-  out.push_back(some);
+  for (int kib : {16, 64}) {
+    DenseMatvecOptions some;
+    some.l2_prefetch_kib = kib;
+    out.push_back(some);
+  }
   return out;
 }
 
