@@ -569,6 +569,17 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
   for (int it = 0; it < p.iters; ++it) {
     const int tile = worker + it * workers;
     const bool active = tile < p.tiles;
+    if constexpr (PREFETCH) {
+      // The next tile's weights into L2 (one line per matrix row: CB * 64 bytes, aligned),
+      // so that its register loads wait for L2 rather than memory.
+      const int next = tile + workers;
+      if (it + 1 < p.iters && next < p.tiles) {
+        const int slot = next / tiles_per_slot;
+        const int64_t row =
+            static_cast<int64_t>(s_ids[slot]) * p.rows + (next - slot * tiles_per_slot) * 16 + (lane & 15);
+        prefetch_l2((lane < 16 ? p.g_data : p.u_data) + row * p.row_bytes + xb0 * 64);
+      }
+    }
     float sum[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [gate, up][row g, g + 8]
     int acc[2][4];
 #pragma unroll
@@ -729,6 +740,19 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams 
   for (int it = 0; it < p.iters; ++it) {
     const int tile = worker + it * workers;
     const bool active = tile < p.tiles;
+    if constexpr (PREFETCH) {
+      // The next tile's weights into L2: lanes L and L + 16 take the even and odd 128-byte
+      // lines of row L's CB blocks.
+      const int next = tile + workers;
+      if (it + 1 < p.iters && next < p.tiles) {
+        const uint8_t* start = matrix + static_cast<int64_t>(next * 16 + (lane & 15)) * p.row_bytes + xb0 * 84;
+        const uintptr_t end = reinterpret_cast<uintptr_t>(start) + CB * 84;
+        for (uintptr_t a = (reinterpret_cast<uintptr_t>(start) & ~uintptr_t{127}) + (lane >> 4) * 128; a < end;
+             a += 256) {
+          prefetch_l2(reinterpret_cast<const void*>(a));
+        }
+      }
+    }
     float sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int j = 0; j < CB; ++j) {
@@ -743,9 +767,9 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams 
       } else {
         fetch(it, j, &cur);
       }
-      // Scale codes of this lane's sub-blocks: byte 2jj of word 2hh + jj / 2 pairs... (see
-      // below); shifted so that bytes 0 and 2 of scw[r][k] hold the codes for jj = 2 (k & 1)
-      // and 2 (k & 1) + 1 of half k / 2.
+      // Scale codes of this lane's sub-blocks (t / 2 selects the byte of each pair): bytes
+      // 0 and 2 of scw[r][k] hold the codes of chunks jj = 2 (k & 1) and 2 (k & 1) + 1 of
+      // half hh = k / 2.
       uint32_t scw[2][4];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
