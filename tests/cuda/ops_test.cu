@@ -28,6 +28,7 @@
 #include "cuda/attention.h"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dense_matvec.h"
 #include "cuda/device_model.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/launch.h"
@@ -859,6 +860,7 @@ void bench_hc_chain(std::mt19937& rng, int dim) {
     DS4_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     Status st = enqueue(ch, fused);
     cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    if (!st.ok() && end == cudaSuccess) cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(st);
     DS4_CUDA_TRY(end);
     cudaError_t inst = cudaGraphInstantiate(exec, graph, 0);
@@ -1053,7 +1055,10 @@ void check_router_fused_errors(std::mt19937& rng) {
 }
 
 // 40 routers in a row as one CUDA graph: matvec (column tiles + their reduction) +
-// router against the fused launch; same ids and weights; replay times printed.
+// router against the fused launch; same ids and weights; replay times printed, and
+// those of the dense kernel (cuda/dense_matvec.h, which CudaForward uses for this
+// projection when it takes it) + router, whose logits round differently (its ids are
+// reported, not required, to match).
 void bench_router_chain(std::mt19937& rng) {
   const ModelConfig c = deepseek_v4_flash_config();
   const int ne = c.n_experts, k = c.n_experts_used, dim = c.dim, steps = 40;
@@ -1065,7 +1070,8 @@ void bench_router_chain(std::mt19937& rng) {
   }
   std::vector<float> x = random_floats(dim, rng, -2.0f, 2.0f), bias = random_floats(ne, rng, -0.2f, 0.2f);
   DeviceVec<float> dx(x), db(bias), logits(ne), ws(kHcSplitFloats), wa(k), wb(k);
-  DeviceVec<int32_t> ia(k), ib(k);
+  DeviceVec<float> wc(k);
+  DeviceVec<int32_t> ia(k), ib(k), ic(k);
   DeviceVec<unsigned int> counter(1);
   cudaStream_t stream;
   cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
@@ -1078,9 +1084,23 @@ void bench_router_chain(std::mt19937& rng) {
   rl.route_norm = c.route_norm;
   rl.ids = ia.get();
   rl.weights = wa.get();
-  auto enqueue = [&](bool fused) -> Status {
+  // 0: matvec + router, 1: fused, 2: dense kernel + router.
+  auto enqueue = [&](int form) -> Status {
     for (int t = 0; t < steps; ++t) {
-      if (fused) {
+      if (form == 2) {
+        MatvecLaunch ml;
+        ml.w = &(*dg)->m;
+        ml.x = dx.get();
+        ml.y = logits.get();
+        Result<DenseMatvecLaunch> d = dense_matvec_from(ml);
+        if (!d.ok()) return d.status();
+        DS4_RETURN_IF_ERROR(dense_matvec_supported(*d));
+        DS4_RETURN_IF_ERROR(launch_dense_matvec(*d, stream));
+        RouterLaunch rd = rl;
+        rd.ids = ic.get();
+        rd.weights = wc.get();
+        DS4_RETURN_IF_ERROR(launch_router(rd, stream));
+      } else if (form == 1) {
         RouterFusedLaunch rf;
         rf.route = rl;
         rf.route.ids = ib.get();
@@ -1104,11 +1124,12 @@ void bench_router_chain(std::mt19937& rng) {
     }
     return Status::Ok();
   };
-  auto record = [&](bool fused, cudaGraphExec_t* exec) -> Status {
+  auto record = [&](int form, cudaGraphExec_t* exec) -> Status {
     cudaGraph_t graph;
     DS4_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    Status st = enqueue(fused);
+    Status st = enqueue(form);
     cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    if (!st.ok() && end == cudaSuccess) cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(st);
     DS4_CUDA_TRY(end);
     cudaError_t inst = cudaGraphInstantiate(exec, graph, 0);
@@ -1116,8 +1137,8 @@ void bench_router_chain(std::mt19937& rng) {
     DS4_CUDA_TRY(inst);
     return Status::Ok();
   };
-  cudaGraphExec_t ga = nullptr, gb = nullptr;
-  Status ra = record(false, &ga), rb = record(true, &gb);
+  cudaGraphExec_t ga = nullptr, gb = nullptr, gc = nullptr;
+  Status ra = record(0, &ga), rb = record(1, &gb);
   check(ra.ok() && rb.ok(), "router chain: graphs recorded (PDL " + std::string(pdl_enabled() ? "on" : "off") +
                                 "): " + ra.message() + " " + rb.message());
   if (ra.ok() && rb.ok()) {
@@ -1147,9 +1168,21 @@ void bench_router_chain(std::mt19937& rng) {
     std::printf("timing: router chain (%d experts x %d F16, PDL %s), %d routers: matvec + router %.1f us "
                 "(%.2f us each), fused %.1f us (%.2f us each), saved %.2f us each\n",
                 ne, dim, pdl_enabled() ? "on" : "off", steps, ta, ta / steps, tb, tb / steps, (ta - tb) / steps);
+    Status rc = record(2, &gc);
+    if (rc.ok()) {
+      cudaGraphLaunch(gc, stream);
+      check(cudaStreamSynchronize(stream) == cudaSuccess, "router chain: dense graph ran");
+      const double tc = time_graph(gc);
+      std::printf("timing: router chain, dense kernel + router %.1f us (%.2f us each; fused saves %.2f us each); "
+                  "its expert ids %s the fused launch's\n",
+                  tc, tc / steps, (tc - tb) / steps, ic.host() == ib.host() ? "equal" : "differ from");
+    } else {
+      std::printf("router chain: the dense kernel does not take the router (%s)\n", rc.message().c_str());
+    }
   }
   if (ga) cudaGraphExecDestroy(ga);
   if (gb) cudaGraphExecDestroy(gb);
+  if (gc) cudaGraphExecDestroy(gc);
   cudaStreamDestroy(stream);
 }
 
