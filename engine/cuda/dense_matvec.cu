@@ -1,7 +1,10 @@
 #include "cuda/dense_matvec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -422,7 +425,33 @@ Status matrix_fits(const DeviceMatrix* m, const char* name) {
   return Status::Ok();
 }
 
+// -1: not decided yet (the environment decides on first use); 0: off; 1: on.
+std::atomic<int> g_dense_state{-1};
+
 }  // namespace
+
+bool dense_matvec_enabled() {
+  int s = g_dense_state.load(std::memory_order_acquire);
+  if (s < 0) {
+    const char* v = std::getenv("DS4_CUDA_DENSE_MATVEC");
+    s = v != nullptr && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0)
+            ? 0
+            : 1;
+    int expected = -1;
+    if (!g_dense_state.compare_exchange_strong(expected, s)) s = expected;
+  }
+  return s == 1;
+}
+
+void set_dense_matvec_enabled(bool on) { g_dense_state.store(on ? 1 : 0, std::memory_order_release); }
+
+Status launch_dense_or_matvec(const MatvecLaunch& m, cudaStream_t stream) {
+  if (dense_matvec_enabled()) {
+    Result<DenseMatvecLaunch> d = dense_matvec_from(m);
+    if (d.ok() && dense_matvec_supported(*d).ok()) return launch_dense_matvec(*d, stream);
+  }
+  return launch_matvec(m, stream);
+}
 
 Status dense_matvec_supported(const DenseMatvecLaunch& l) {
   DS4_RETURN_IF_ERROR(matrix_fits(l.w, "weight"));

@@ -27,8 +27,8 @@
 // results are deterministic and do not depend on scheduling (no atomics).
 //
 // Launches allocate nothing and never synchronise with the host: they can be captured
-// in a CUDA graph. Thread-safety: launches on the caller's stream; the only host state
-// is a per-device occupancy cache guarded by a mutex.
+// in a CUDA graph. Thread-safety: launches on the caller's stream; the host state is a
+// per-device occupancy cache guarded by a mutex and an atomic on/off switch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -90,5 +90,16 @@ Result<DenseMatvecLaunch> dense_matvec_from(const MatvecLaunch& matvec);
 
 Status launch_dense_matvec(const DenseMatvecLaunch& launch, cudaStream_t stream,
                            const DenseMatvecOptions& options = {});
+
+// `matvec` through launch_dense_matvec when dense_matvec_from and dense_matvec_supported
+// accept it and the switch below is on, else through launch_matvec: a drop-in
+// replacement for launch_matvec at the decode's dense projections.
+Status launch_dense_or_matvec(const MatvecLaunch& matvec, cudaStream_t stream);
+
+// Process-wide switch for launch_dense_or_matvec (an atomic): on by default, off with the
+// environment variable DS4_CUDA_DENSE_MATVEC=0 or set_dense_matvec_enabled(false). Graphs
+// keep the kernels they were recorded with.
+bool dense_matvec_enabled();
+void set_dense_matvec_enabled(bool on);
 
 }  // namespace ds4

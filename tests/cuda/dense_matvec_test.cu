@@ -401,6 +401,30 @@ void test_case(const Case& c) {
   int printed_ref = 0;
   compare(c, ref, s.name + " launch_matvec vs reference", 1.0, &printed_ref);
   std::printf("check %-58s max |d| vs reference %.3g, vs launch_matvec %.3g\n", s.name.c_str(), worst, vs_matvec);
+  // launch_dense_or_matvec: the dense kernel's bits when on, launch_matvec's when off.
+  for (bool on : {true, false}) {
+    set_dense_matvec_enabled(on);
+    fill_y(c, dy);
+    check(launch_dense_or_matvec(matvec_launch(l), nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess,
+          s.name + ": launch_dense_or_matvec");
+    const std::vector<float> either = dy.host();
+    const std::vector<float>& want = on ? got : ref;
+    check(std::memcmp(either.data(), want.data(), want.size() * sizeof(float)) == 0,
+          s.name + ": launch_dense_or_matvec " + (on ? "on: the dense kernel's" : "off: launch_matvec's") +
+              " outputs bit for bit");
+  }
+  set_dense_matvec_enabled(true);
+  if (s.paired) {  // slot weights are not the dense kernel's: it falls back to launch_matvec
+    DeviceVec<float> ones(std::vector<float>(s.n_slots, 1.0f));
+    MatvecLaunch weighted = matvec_launch(l);
+    weighted.slot_weight = ones.get();
+    fill_y(c, dy);
+    check(launch_dense_or_matvec(weighted, nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess,
+          s.name + ": launch_dense_or_matvec with slot weights");
+    const std::vector<float> fb = dy.host();
+    check(std::memcmp(fb.data(), ref.data(), ref.size() * sizeof(float)) == 0,
+          s.name + ": with slot weights launch_dense_or_matvec gives launch_matvec's bits");
+  }
   // dense_matvec_from on the MatvecLaunch gives the same launch.
   Result<DenseMatvecLaunch> from = dense_matvec_from(matvec_launch(l));
   check(from.ok() && from->w == l.w && from->w_up == l.w_up && from->x == l.x && from->y == l.y &&
