@@ -40,8 +40,9 @@ using namespace ds4::test;
 namespace {
 
 constexpr double kUnit = 1.0 / 16777216.0;  // 2^-24, f32 unit roundoff
-// Terms of one f32 sum path: 32 products of a chunk, the chunk's scale, 5 lane levels,
-// up to 8 warps, the stored add; about 2.5 times that as margin.
+// Roundings on one f32 sum path: up to 32 products of a lane's pieces, their scales, 5 lane
+// levels, up to 8 warps, the stored add (launch_matvec: a few chunks per lane more); about
+// 2.5 times that as margin.
 constexpr double kSumRel = 128 * kUnit;
 
 // A decode launch to check and time.
