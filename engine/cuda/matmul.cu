@@ -2,6 +2,7 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 
@@ -47,6 +48,7 @@ struct MatmulParams {
   int n_groups;
   const int32_t* x_rows;
   const float* row_scale;
+  const void* x_split;  // staged kernels: the split activations (hi rows, then lo rows)
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -754,6 +756,513 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   }
 }
 
+// ---------------------------------------------------------------------------------
+// Staged kExact kernels (MatmulLaunch::split_workspace): IQ2_XXS and Q8_0 weights,
+// 64-token tiles, the arithmetic of the default kExact kernel (scale per 32 columns,
+// split activations) in the same order, so the outputs match it bit for bit.
+//
+// The activations are split once per launch (split_rows_kernel) into f16 hi and lo
+// rows. Per 64-column step the block needs the raw weight bytes of 128 rows (16 bytes
+// per row for IQ2_XXS, 64 for Q8_0; the per-row scales are read through registers one
+// step ahead) and the hi and lo tiles of its 64 tokens: cp.async copies them into a
+// ring of kStages stages (stage s % kStages), kStages - 1 steps ahead. Iteration s:
+//   issue the copies of step s + kStages - 1 (one commit group per step, empty past
+//   the end), dequantize step s + 1 from its raw stage into f16 buffer (s + 1) & 1,
+//   run the products of step s (buffer s & 1, x stage s), wait until the copies of
+//   step s + 2 have landed (cp.async.wait_group kStages - 3), barrier.
+// Hazards: the copies issued in iteration s overwrite stage (s - 1) % kStages, whose
+// raw bytes were read in iteration s - 2 and x tiles in iteration s - 1, both before
+// the barrier ending iteration s - 1; buffer (s + 1) & 1 was last read by the products
+// of iteration s - 1.
+// ---------------------------------------------------------------------------------
+
+constexpr int kStagedBN = 64;
+
+// f16 hi and lo * 2^11 of x (as the kExact kernels form them) for rows [0, rows):
+// hi[r * cols + c], lo[(rows + r) * cols + c]; then, per 16 columns j, the sum S of x
+// over them (in the order of the Q2_K kernels: float4 sums paired, then the pairs) as
+// S / 16 split the same way: hi at [2 rows cols + r cols/16 + j], lo at
+// [2 rows cols + rows cols/16 + r cols/16 + j]. Sixteen columns per thread.
+__global__ void split_rows_kernel(const float* x, int64_t x_stride, int64_t rows, int cols, half* out) {
+  const int per_row = cols / 16;
+  const int64_t items = rows * per_row;
+  half* sums = out + 2 * rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row;
+    const int j = static_cast<int>(i % per_row);
+    float s4[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int c = 16 * j + 4 * k;
+      const float4 v = __ldg(reinterpret_cast<const float4*>(x + r * x_stride + c));
+      __half2 h[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
+      const float2 h0 = __half22float2(h[0]), h1 = __half22float2(h[1]);
+      __half2 l[2] = {__floats2half2_rn((v.x - h0.x) * kLoScale, (v.y - h0.y) * kLoScale),
+                      __floats2half2_rn((v.z - h1.x) * kLoScale, (v.w - h1.y) * kLoScale)};
+      *reinterpret_cast<uint2*>(out + r * cols + c) = *reinterpret_cast<uint2*>(h);
+      *reinterpret_cast<uint2*>(out + (rows + r) * cols + c) = *reinterpret_cast<uint2*>(l);
+      s4[k] = (v.x + v.y) + (v.z + v.w);
+    }
+    const float s16 = ((s4[0] + s4[1]) + (s4[2] + s4[3])) * 0.0625f;  // exact scaling
+    const half hi = __float2half_rn(s16);
+    sums[r * per_row + j] = hi;
+    sums[(rows + r) * per_row + j] = __float2half_rn((s16 - __half2float(hi)) * kLoScale);
+  }
+}
+
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(global),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4_zfill(void* smem, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(global),
+               "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Per-type facts of the staged kernels.
+template <GgmlType T>
+struct StagedFormat;
+template <>
+struct StagedFormat<GgmlType::IQ2_XXS> {
+  static constexpr int kChunkBytes = 8;  // raw bytes per 32 columns (the scale apart)
+  static constexpr int kStages = 4;
+  // The scale of chunk c of a row (one per 256 columns).
+  static __device__ __forceinline__ uint16_t scale(const uint16_t* sc, int c) { return __ldg(sc + (c >> 3)); }
+  // The raw chunk of this thread (chunk 2 st + half of the step) from its row's stage bytes.
+  static __device__ __forceinline__ Chunk<GgmlType::IQ2_XXS>::Raw raw(const uint8_t* bytes, int half, int, uint16_t d) {
+    return {*reinterpret_cast<const uint2*>(bytes + half * kChunkBytes), d};
+  }
+};
+template <>
+struct StagedFormat<GgmlType::Q8_0> {
+  static constexpr int kChunkBytes = 32;
+  static constexpr int kStages = 3;
+  static __device__ __forceinline__ uint16_t scale(const uint16_t* sc, int c) { return __ldg(sc + c); }
+  static __device__ __forceinline__ Chunk<GgmlType::Q8_0>::Raw raw(const uint8_t* bytes, int half, int, uint16_t d) {
+    const int4* v = reinterpret_cast<const int4*>(bytes + half * kChunkBytes);
+    return {v[0], v[1], d};
+  }
+};
+// Q2_K (84-byte blocks of 256 columns, rows only 4-byte aligned): per step and row ten
+// words copied with 4-byte cp.async: the 32 quant bytes of the block half both chunks
+// read (at different shifts), the scale bytes of the two chunks, then d and dmin.
+template <>
+struct StagedFormat<GgmlType::Q2_K> {
+  static constexpr int kChunkBytes = 20;  // 40 bytes per row and step
+  static constexpr int kStages = 4;
+  static __device__ __forceinline__ uint16_t scale(const uint16_t*, int) { return 0; }  // inside the raw bytes
+  // Byte offset in a row of word w (0..9) of step st.
+  static __device__ __forceinline__ int word_offset(int st, int w) {
+    const int blk = (st >> 2) * 84, hh = (st >> 1) & 1;
+    return w < 8 ? blk + 16 + 32 * hh + 4 * w : w == 8 ? blk + 8 * hh + 4 * (st & 1) : blk + 80;
+  }
+  static __device__ __forceinline__ Chunk<GgmlType::Q2_K>::Raw raw(const uint8_t* bytes, int half, int st, uint16_t) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(bytes);
+    Chunk<GgmlType::Q2_K>::Raw r;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) r.q[i] = w[i];
+    r.sc = (w[8] >> (16 * half)) & 0xFFFF;
+    r.dd = w[9];
+    r.jj = (2 * st + half) & 3;
+    return r;
+  }
+};
+
+template <GgmlType T>
+constexpr bool kHasStaged = T == GgmlType::IQ2_XXS || T == GgmlType::Q8_0 || T == GgmlType::Q2_K;
+
+// Shared-memory layout of a staged kernel (dynamic part), in bytes.
+struct StagedLayout {
+  int raw, x, w, a, mq, dmin, sxh, sxl, total;
+};
+
+// mins: the Q2_K minimums' tiles (as the default kernel's kOffsetMma ones, per
+// super-block parity).
+__host__ __device__ constexpr StagedLayout staged_layout(int chunk_bytes, int stages, bool paired, bool mins) {
+  const int mats = paired ? 2 : 1;
+  StagedLayout l{};
+  l.raw = 0;                                                              // [stages][mats][kBlockRows][2 chunks]
+  l.x = l.raw + stages * mats * kBlockRows * 2 * chunk_bytes;             // [stages][2: hi, lo][BN][kLds] f16
+  l.w = l.x + stages * 2 * kStagedBN * kLds * 2;                          // [2][mats][kBlockRows][kLds] f16
+  l.a = l.w + 2 * mats * kBlockRows * kLds * 2;                           // [2][mats][kBlockRows][4] f32
+  l.mq = l.a + 2 * mats * kBlockRows * 4 * 4;
+  l.dmin = l.mq + (mins ? 2 * kBlockRows * kMLds * 2 : 0);   // [2][kBlockRows][kMLds] f16 m_j
+  l.sxh = l.dmin + (mins ? 2 * kBlockRows * 4 : 0);          // [2][kBlockRows] f32 -16 dmin
+  l.sxl = l.sxh + (mins ? 2 * kStagedBN * kMLds * 2 : 0);    // [2][BN][kMLds] f16 hi of S_j / 16
+  l.total = l.sxl + (mins ? 2 * kStagedBN * kMLds * 2 : 0);  // [2][BN][kMLds] f16 lo * 2^11
+  return l;
+}
+
+template <GgmlType T, bool PAIRED>
+struct StagedForm {
+  static_assert(!(T == GgmlType::Q2_K && PAIRED), "the staged Q2_K kernel is unpaired");
+  static constexpr bool kMins = T == GgmlType::Q2_K;
+  static constexpr StagedLayout kLayout =
+      staged_layout(StagedFormat<T>::kChunkBytes, StagedFormat<T>::kStages, PAIRED, kMins);
+};
+
+// p.x_split: the split rows (hi at row r, lo at row pool + r, pool = p.x_stride, the
+// launch's x_pool_rows).
+template <GgmlType T, bool PAIRED>
+__global__ void __launch_bounds__(kThreads, 1) staged_matmul_kernel(MatmulParams p) {
+  const half* xs = static_cast<const half*>(p.x_split);
+  using SF = StagedFormat<T>;
+  constexpr int BN = kStagedBN;
+  constexpr int kStages = SF::kStages;
+  constexpr int kMats = PAIRED ? 2 : 1;
+  constexpr int kRowBytes = 2 * SF::kChunkBytes;  // raw bytes of one row per step
+  constexpr int kPieces = kRowBytes / 16;         // 16-byte copies per row per step
+  constexpr int kWarpsM = 4;
+  constexpr int kWarpRows = kBlockRows / kWarpsM;  // 32
+  constexpr int kWarpCols = BN / 2;                // 32
+  constexpr int MT = kWarpRows / 16;
+  constexpr int NT = kWarpCols / 8;
+  constexpr StagedLayout kL = StagedForm<T, PAIRED>::kLayout;
+  static_assert(kStages >= 3, "the wait below keeps kStages - 3 groups in flight");
+
+  extern __shared__ int4 smem4[];
+  char* smem = reinterpret_cast<char*>(smem4);
+  uint8_t* s_raw = reinterpret_cast<uint8_t*>(smem + kL.raw);
+  half* s_x = reinterpret_cast<half*>(smem + kL.x);
+  half* s_w = reinterpret_cast<half*>(smem + kL.w);
+  float* s_a = reinterpret_cast<float*>(smem + kL.a);
+  constexpr bool kMins = StagedForm<T, PAIRED>::kMins;  // Q2_K: the minimums per super-block on tensor cores
+  half* s_mq = reinterpret_cast<half*>(smem + kL.mq);        // kMins: [2][kBlockRows][kMLds] m_j
+  float* s_dmin = reinterpret_cast<float*>(smem + kL.dmin);  // kMins: [2][kBlockRows] -16 dmin
+  half* s_sxh = reinterpret_cast<half*>(smem + kL.sxh);      // kMins: [2][BN][kMLds] hi of S_j / 16
+  half* s_sxl = reinterpret_cast<half*>(smem + kL.sxl);      // kMins: [2][BN][kMLds] lo * 2^11
+  __shared__ uint64_t grid[T == GgmlType::IQ2_XXS ? 384 : 1];
+  __shared__ const half* s_xrow[BN];
+  __shared__ const half* s_srow[kMins ? BN : 1];  // kMins: the token's row of S / 16 (hi; lo at + pool * cols / 16)
+  __shared__ int s_out[BN];
+  __shared__ int s_scan[kThreads];
+  __shared__ int s_group, s_tile;
+
+  const int tid = threadIdx.x;
+  int matrix = p.matrix;
+  int a_begin, a_end;
+  if (p.group_offsets) {
+    find_group_tile<BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
+    if (s_group < 0) return;
+    matrix = s_group;
+    a_begin = p.group_offsets[s_group] + s_tile * BN;
+    a_end = min(a_begin + BN, p.group_offsets[s_group + 1]);
+  } else {
+    a_begin = blockIdx.x * BN;
+    a_end = min(a_begin + BN, p.n_tokens);
+  }
+  if (a_begin >= a_end) return;
+  const int64_t pool = p.x_stride;
+  for (int i = tid; i < BN; i += kThreads) {
+    const int a = a_begin + i;
+    const bool ok = a < a_end;
+    s_out[i] = ok ? a : -1;
+    const int64_t xr = ok ? (p.x_rows ? p.x_rows[a] : a) : 0;
+    s_xrow[i] = ok ? xs + xr * p.cols : nullptr;
+    if constexpr (kMins) s_srow[i] = ok ? xs + 2 * pool * p.cols + xr * (p.cols / 16) : nullptr;
+  }
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    for (int i = tid; i < 384; i += kThreads) grid[i] = g_mm_iq2xxs_grid[i];
+  }
+  __syncthreads();
+
+  const int row_tile0 = blockIdx.y * kBlockRows;
+  const int n_chunks = p.cols >> 5;
+  const int steps = (n_chunks + 1) >> 1;
+  const int64_t lo_offset = pool * p.cols;  // lo row r at hi row r + pool
+
+  // Copies of step `st` into stage st % kStages (zero-filled past the matrix, past the
+  // last chunk and for tokens without an assignment), then one commit group.
+  auto issue = [&](int st) {
+    if (st < steps) {
+      const int stage = st % kStages;
+      uint8_t* raw = s_raw + stage * kMats * kBlockRows * kRowBytes;
+      if constexpr (kMins) {
+        // Ten words per row (rows only 4-byte aligned).
+#pragma unroll 1
+        for (int i = tid; i < kBlockRows * 10; i += kThreads) {
+          const int row = i / 10, word = i % 10;
+          const bool ok = row_tile0 + row < p.n_rows;
+          const int64_t grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + (ok ? row_tile0 + row : 0);
+          const uint8_t* src = p.w_data + grow * p.row_bytes + (ok ? SF::word_offset(st, word) : 0);
+          cp_async4_zfill(raw + row * kRowBytes + 4 * word, src, ok);
+        }
+        if ((st & 3) == 0) {
+          // The super-block's sums of x (hi, lo; 16 per token) into its parity's tiles,
+          // the 8-element halves placed as mq_index does.
+          const int sb = (st >> 2) & 1;
+          const int64_t lo_sums = pool * (p.cols / 16);
+          for (int i = tid; i < BN * 4; i += kThreads) {
+            const int tok = i >> 2, part = (i >> 1) & 1, piece = i & 1;
+            const half* srow = s_srow[tok];
+            const bool ok = srow != nullptr;
+            const half* src = ok ? srow + (part ? lo_sums : 0) + (st >> 2) * 16 + piece * 8 : xs;
+            half* dst = (part ? s_sxl : s_sxh) + mq_index(sb * BN + tok, piece * 8);
+            cp_async16_zfill(dst, src, ok);
+          }
+        }
+      } else {
+#pragma unroll 1
+      for (int i = tid; i < kMats * kBlockRows * kPieces; i += kThreads) {
+        const int mat = i / (kBlockRows * kPieces);
+        const int row = (i / kPieces) % kBlockRows;
+        const int piece = i % kPieces;
+        const int chunk = 2 * st + (piece * 16) / SF::kChunkBytes;
+        const bool ok = row_tile0 + row < p.n_rows && chunk < n_chunks;
+        const uint8_t* base = PAIRED && mat == 1 ? p.u_data : p.w_data;
+        const int64_t grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + (ok ? row_tile0 + row : 0);
+        const uint8_t* src = base + grow * p.row_bytes + (ok ? static_cast<int64_t>(st) * kRowBytes + piece * 16 : 0);
+        cp_async16_zfill(raw + (mat * kBlockRows + row) * kRowBytes + piece * 16, src, ok);
+      }
+      }
+      half* xt = s_x + stage * 2 * BN * kLds;
+#pragma unroll 1
+      for (int i = tid; i < 2 * BN * 8; i += kThreads) {
+        const int part = i / (BN * 8);  // 0: hi, 1: lo
+        const int tok = (i / 8) % BN;
+        const int seg = i % 8;
+        const int col = st * kBlockK + seg * 8;
+        const half* row = s_xrow[tok];
+        const bool ok = row != nullptr && col < p.cols;
+        const half* src = ok ? row + (part ? lo_offset : 0) + col : xs;
+        cp_async16_zfill(xt + (part * BN + tok) * kLds + seg * 8, src, ok);
+      }
+    }
+    cp_async_commit();
+  };
+
+  // This thread dequantizes chunk 2 st + my_half of row my_row (gate, and up).
+  const int my_row = tid >> 1, my_half = tid & 1;
+  const bool row_ok = row_tile0 + my_row < p.n_rows;
+  const int64_t my_grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + row_tile0 + (row_ok ? my_row : 0);
+  const uint16_t* w_sc = p.w_scales + my_grow * p.scales_per_row;
+  const uint16_t* u_sc = PAIRED ? p.u_scales + my_grow * p.scales_per_row : nullptr;
+  // Scales through registers one step ahead (0 where the chunk is outside the matrix:
+  // A = 0, as the default kernel's all-zero raw chunks).
+  auto load_scales = [&](int st, uint16_t* d) {
+    const int c = 2 * st + my_half;
+    const bool ok = row_ok && c < n_chunks;
+    const int cc = min(c, n_chunks - 1);
+    d[0] = ok ? SF::scale(w_sc, cc) : uint16_t{0};
+    if constexpr (PAIRED) d[1] = ok ? SF::scale(u_sc, cc) : uint16_t{0};
+  };
+  auto dequant = [&](int st, const uint16_t* d) {
+    const int stage = st % kStages;
+    const int buf = st & 1;
+    const uint8_t* raw = s_raw + stage * kMats * kBlockRows * kRowBytes;
+#pragma unroll
+    for (int mat = 0; mat < kMats; ++mat) {
+      const auto r = SF::raw(raw + (mat * kBlockRows + my_row) * kRowBytes, my_half, st, d[mat]);
+      half* dst = s_w + ((buf * kMats + mat) * kBlockRows + my_row) * kLds + my_half * 32;
+      float* a = s_a + ((buf * kMats + mat) * kBlockRows + my_row) * 4 + my_half * 2;
+      float unused_b[2];
+      store_exact_weights<T, true>(dst, a, unused_b, r, grid);
+      if constexpr (kMins) {
+        // As the default kernel's store: this chunk's two minimums m_j and the
+        // super-block's -16 dmin (zero raw bytes give zeros).
+        const int sb = (st >> 2) & 1;
+        const __half2 m = __floats2half2_rn(static_cast<float>((r.sc >> 4) & 0xF), static_cast<float>((r.sc >> 12) & 0xF));
+        *reinterpret_cast<__half2*>(s_mq + mq_index(sb * kBlockRows + my_row, (st & 3) * 4 + my_half * 2)) = m;
+        if ((st & 3) == 0 && my_half == 0) {
+          s_dmin[sb * kBlockRows + my_row] = -16.0f * cuda_detail::half_bits_to_float(static_cast<uint16_t>(r.dd >> 16));
+        }
+      }
+    }
+  };
+
+  const int warp = tid >> 5, lane = tid & 31;
+  const int wm0 = (warp % kWarpsM) * kWarpRows;
+  const int wn0 = (warp / kWarpsM) * kWarpCols;
+  const int g = lane >> 2, q = lane & 3;
+  float acc[kMats][MT][NT][4];
+  // kMins (as the default Q2_K kernel's kSuperA): A = d is the same for a super-block's
+  // 8 chunks, so its products sum in `sup` (q . hi, plus q . lo * 2^-11 added once per
+  // chunk) and acc += d * sup once per super-block, beside the minimums.
+  float sup[kMins ? MT : 1][kMins ? NT : 1][4];
+#pragma unroll
+  for (int mat = 0; mat < kMats; ++mat)
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc[mat][m][n][i] = 0.0f;
+          if constexpr (kMins) sup[m][n][i] = 0.0f;
+        }
+
+  // Prologue: steps 0 .. kStages - 2 in flight; step 0 dequantized; step 1's copies
+  // landed (the loop's invariant).
+  uint16_t d_next[kMats];
+  for (int st = 0; st < kStages - 1; ++st) issue(st);
+  load_scales(0, d_next);
+  cp_async_wait<kStages - 2>();
+  __syncthreads();
+  dequant(0, d_next);
+  load_scales(1, d_next);
+  cp_async_wait<kStages - 3>();
+  __syncthreads();
+
+  for (int step = 0; step < steps; ++step) {
+    issue(step + kStages - 1);
+    {
+      // Unconditional, so that it shares a basic block with the products: in the last
+      // step it reads a stage no copy is writing and fills a buffer nobody reads.
+      uint16_t d[kMats];
+#pragma unroll
+      for (int mat = 0; mat < kMats; ++mat) d[mat] = d_next[mat];
+      load_scales(step + 2, d_next);
+      dequant(step + 1, d);
+    }
+    const int buf = step & 1;
+    const half* bx = s_x + (step % kStages) * 2 * BN * kLds;
+    const half* bxl = bx + BN * kLds;
+#pragma unroll
+    for (int kh = 0; kh < kBlockK; kh += 32) {
+      uint32_t bf[2][NT][2], bl[2][NT][2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int n2 = 0; n2 < NT / 2; ++n2) {
+          uint32_t r[4];
+          const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int xo = tok * kLds + kh + 16 * h + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(r, bx + xo);
+          bf[h][2 * n2][0] = r[0];
+          bf[h][2 * n2][1] = r[1];
+          bf[h][2 * n2 + 1][0] = r[2];
+          bf[h][2 * n2 + 1][1] = r[3];
+          ldmatrix_x4(r, bxl + xo);
+          bl[h][2 * n2][0] = r[0];
+          bl[h][2 * n2][1] = r[1];
+          bl[h][2 * n2 + 1][0] = r[2];
+          bl[h][2 * n2 + 1][1] = r[3];
+        }
+      }
+      const int ks = kh >> 4;
+#pragma unroll
+      for (int mat = 0; mat < kMats; ++mat) {
+        const half* bw = s_w + (buf * kMats + mat) * kBlockRows * kLds;
+        const float* sa = s_a + (buf * kMats + mat) * kBlockRows * 4;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const int row = wm0 + m * 16 + (lane & 15);
+          const int r0 = wm0 + m * 16 + g;  // C rows g and g + 8
+          uint32_t af[2][4];
+          ldmatrix_x4(af[0], bw + row * kLds + kh + (lane >> 4) * 8);
+          ldmatrix_x4(af[1], bw + row * kLds + kh + 16 + (lane >> 4) * 8);
+          const float am[2] = {sa[r0 * 4 + ks], sa[(r0 + 8) * 4 + ks]};
+          if constexpr (kMins) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+              float* t = sup[m][n];
+              float lo[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+              mma_16816(lo, af[0], bl[0][n]);
+              mma_16816(lo, af[1], bl[1][n]);
+#pragma unroll
+              for (int i = 0; i < 4; ++i) t[i] = fmaf(lo[i], kLoUnscale, t[i]);
+              mma_16816(t, af[0], bf[0][n]);
+              mma_16816(t, af[1], bf[1][n]);
+            }
+          } else {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+              // As the default kernel's chunk_update: lo products, unscaled, then hi.
+              float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+              mma_16816(t, af[0], bl[0][n]);
+              mma_16816(t, af[1], bl[1][n]);
+#pragma unroll
+              for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+              mma_16816(t, af[0], bf[0][n]);
+              mma_16816(t, af[1], bf[1][n]);
+#pragma unroll
+              for (int i = 0; i < 4; ++i) acc[mat][m][n][i] = fmaf(am[i >> 1], t[i], acc[mat][m][n][i]);
+            }
+          }
+        }
+      }
+    }
+    if constexpr (kMins) {
+      if ((step & 3) == 3) {
+        // The super-block's minimums: acc += d * sup + (-16 dmin) * (m . S/16), S/16 = hi
+        // + lo * 2^-11, in the default kernel's order.
+        const int sb = (step >> 2) & 1;
+        const half* bq = s_mq + sb * kBlockRows * kMLds;
+        uint32_t sh[NT][2], sl[NT][2];
+#pragma unroll
+        for (int n2 = 0; n2 < NT / 2; ++n2) {
+          uint32_t r[4];
+          const int tok = wn0 + n2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int xo = mq_index(sb * BN + tok, ((lane >> 3) & 1) * 8);
+          ldmatrix_x4(r, s_sxh + xo);
+          sh[2 * n2][0] = r[0];
+          sh[2 * n2][1] = r[1];
+          sh[2 * n2 + 1][0] = r[2];
+          sh[2 * n2 + 1][1] = r[3];
+          ldmatrix_x4(r, s_sxl + xo);
+          sl[2 * n2][0] = r[0];
+          sl[2 * n2][1] = r[1];
+          sl[2 * n2 + 1][0] = r[2];
+          sl[2 * n2 + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          uint32_t af[4];
+          ldmatrix_x4(af, bq + mq_index(wm0 + m * 16 + (lane & 15), (lane >> 4) * 8));
+          const int r0 = sb * kBlockRows + wm0 + m * 16 + g;  // C rows g and g + 8
+          const float dm[2] = {s_dmin[r0], s_dmin[r0 + 8]};
+          const float* sa = s_a + (step & 1) * kBlockRows * 4;  // this step's A = d of the super-block
+          const int ra = wm0 + m * 16 + g;
+          const float d[2] = {sa[ra * 4], sa[(ra + 8) * 4]};
+#pragma unroll
+          for (int n = 0; n < NT; ++n) {
+            float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma_16816(t, af, sl[n]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[i] *= kLoUnscale;
+            mma_16816(t, af, sh[n]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              acc[0][m][n][i] = fmaf(d[i >> 1], sup[m][n][i], acc[0][m][n][i]);
+              sup[m][n][i] = 0.0f;
+              acc[0][m][n][i] = fmaf(dm[i >> 1], t[i], acc[0][m][n][i]);
+            }
+          }
+        }
+      }
+    }
+    cp_async_wait<kStages - 3>();
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = row_tile0 + wm0 + m * 16 + g + (i >= 2 ? 8 : 0);
+        const int a = s_out[wn0 + n * 8 + 2 * q + (i & 1)];
+        if (r >= p.n_rows || a < 0) continue;
+        float v = acc[0][m][n][i];
+        if constexpr (PAIRED) {
+          v = swiglu(v, acc[kMats - 1][m][n][i], p.swiglu_limit);
+          if (p.row_scale) v *= p.row_scale[a];
+        }
+        float* out = p.y + static_cast<int64_t>(a) * p.y_stride + r;
+        *out = p.accumulate ? *out + v : v;
+      }
+    }
+  }
+}
+
 using KernelFn = void (*)(MatmulParams);
 
 // The kernel families: kF16 (f16 weights), kExact (integer weights, split
@@ -844,6 +1353,24 @@ bool fits_shared_memory(KernelFn fn, size_t dynamic) {
   return dynamic + attr.sharedSizeBytes <= limit;
 }
 
+template <GgmlType T, bool PAIRED>
+KernelChoice staged_choice_typed() {
+  return {staged_matmul_kernel<T, PAIRED>,
+          static_cast<size_t>(StagedForm<T, PAIRED>::kLayout.total)};
+}
+
+// The staged kernel for a weight type (none: fn == nullptr).
+KernelChoice staged_choice(GgmlType type, bool paired) {
+  switch (type) {
+    case GgmlType::IQ2_XXS:
+      return paired ? staged_choice_typed<GgmlType::IQ2_XXS, true>() : staged_choice_typed<GgmlType::IQ2_XXS, false>();
+    case GgmlType::Q8_0:
+      return paired ? staged_choice_typed<GgmlType::Q8_0, true>() : staged_choice_typed<GgmlType::Q8_0, false>();
+    case GgmlType::Q2_K: return paired ? KernelChoice{} : staged_choice_typed<GgmlType::Q2_K, false>();
+    default: return {};
+  }
+}
+
 Status init_once() {
   uint64_t table[384];
   for (int g = 0; g < 256; ++g) table[g] = kIq2xxsGrid[g];
@@ -881,7 +1408,61 @@ Status init_once() {
       }
     }
   }
+  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q8_0, GgmlType::Q2_K}) {
+    for (bool paired : {false, true}) {
+      const KernelChoice k = staged_choice(t, paired);
+      if (k.fn == nullptr || !fits_shared_memory(k.fn, k.smem)) continue;  // not used on this device
+      DS4_CUDA_TRY(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
+    }
+  }
   return Status::Ok();
+}
+
+// Whether launch l runs a staged kernel: its fields ask for one (split_workspace set,
+// kExact, no forced tile or tuning variant), one exists for the weight type and the
+// device's shared memory fits it.
+bool staged_applies(const MatmulLaunch& l) {
+  if (l.split_workspace == nullptr || l.w == nullptr || l.precision != MatmulPrecision::kExact || l.token_tile != 0 ||
+      l.exact_two_blocks || l.exact_k16) {
+    return false;
+  }
+  // cp.async copies 16-byte pieces of the weight rows.
+  const auto aligned = [](const DeviceMatrix* m) {
+    return m == nullptr || reinterpret_cast<uintptr_t>(m->data) % 16 == 0;
+  };
+  if (!aligned(l.w) || !aligned(l.w_up)) return false;
+  const KernelChoice k = staged_choice(l.w->type, l.w_up != nullptr);
+  return k.fn != nullptr && fits_shared_memory(k.fn, k.smem);
+}
+
+// The staged launch: the activations' split, then the kernel (p as launch_matmul
+// filled it).
+Status launch_staged(const MatmulLaunch& l, MatmulParams p, int64_t n_rows, cudaStream_t stream) {
+  const bool grouped = l.group_offsets != nullptr;
+  if (l.x_pool_rows < 0 || (!grouped && l.x_pool_rows < l.n_tokens)) {
+    return Status::Error("matmul: split_workspace with x_pool_rows " + std::to_string(l.x_pool_rows) +
+                         (grouped ? "" : " for " + std::to_string(l.n_tokens) + " tokens (dense: at least n_tokens)"));
+  }
+  if (reinterpret_cast<uintptr_t>(l.split_workspace) % 16 != 0) {
+    return Status::Error("matmul: split_workspace must be 16-byte aligned");
+  }
+  const int64_t items = l.x_pool_rows * (p.cols / 16);
+  if (items > 0) {
+    const int64_t split_blocks = std::min<int64_t>((items + 255) / 256, 4096);
+    split_rows_kernel<<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
+        l.x, l.x_stride, l.x_pool_rows, p.cols, static_cast<half*>(l.split_workspace));
+    DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "matmul split launch"));
+  }
+  p.x_split = l.split_workspace;
+  p.x_stride = l.x_pool_rows;
+  const int64_t token_tiles = (l.n_tokens + kStagedBN - 1) / kStagedBN + (grouped ? l.n_groups : 0);
+  const int64_t row_tiles = (n_rows + kBlockRows - 1) / kBlockRows;
+  if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
+    return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
+  }
+  const KernelChoice k = staged_choice(l.w->type, l.w_up != nullptr);
+  k.fn<<<dim3(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles)), kThreads, k.smem, stream>>>(p);
+  return cuda_status(cudaGetLastError(), "matmul staged launch");
 }
 
 Status check_launch(const MatmulLaunch& l, int64_t n_rows) {
@@ -958,8 +1539,16 @@ Result<MatmulPrecision> parse_matmul_precision(std::string_view text) {
   return Status::Error("matmul precision \"" + std::string(text) + "\" (exact, f16act or f16)");
 }
 
+size_t matmul_split_workspace_bytes(int64_t cols, int64_t rows) {
+  // hi and lo rows, then hi and lo of the 16-column sums (the Q2_K minimums).
+  return (static_cast<size_t>(cols) + static_cast<size_t>(cols) / 16) * static_cast<size_t>(rows) * 2 * sizeof(uint16_t);
+}
+
+bool matmul_staged(const MatmulLaunch& l) { return matmul_init().ok() && staged_applies(l); }
+
 bool matmul_fits(const MatmulLaunch& l) {
   if (l.w == nullptr || !matmul_init().ok()) return false;
+  if (staged_applies(l)) return true;
   const bool paired = l.w_up != nullptr;
   const Form form = form_of(l.precision);
   const int bn = token_tile_of(l);
@@ -1015,6 +1604,7 @@ Status launch_matmul(const MatmulLaunch& l, cudaStream_t stream) {
   if (row_tiles > 65535 || token_tiles > (int64_t{1} << 31) - 1) {
     return Status::Error("matmul: grid too large (" + std::to_string(row_tiles) + " row tiles)");
   }
+  if (staged_applies(l)) return launch_staged(l, p, n_rows, stream);
   const KernelChoice k = pick_kernel(w.type, bn, paired, form, l.exact_two_blocks, l.exact_k16);
   KernelFn fn = k.fn;
   const size_t smem = k.smem;

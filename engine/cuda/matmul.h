@@ -107,7 +107,32 @@ struct MatmulLaunch {
   // (the former default; slightly different rounding). kExact only (kF16Activations
   // ignores it).
   bool exact_k16 = false;
+  // Staged kernels (kExact, IQ2_XXS and Q8_0 weights, 64-token tiles, paired or not,
+  // dense or grouped): when split_workspace is set, the launch first splits x rows
+  // [0, x_pool_rows) once into f16 hi and lo rows there (the same hi, lo as the other
+  // kExact kernels), then runs a kernel that copies raw weight bytes and the split
+  // activation tiles into a ring of shared-memory stages with cp.async (several steps
+  // ahead) and dequantizes step k + 1 while step k runs its products. Same arithmetic
+  // in the same order as the default kExact kernel: bit-identical outputs. Every row of x
+  // the launch reads (x_rows[a], the assignment a in grouped mode without x_rows, the
+  // token in dense mode) must be below x_pool_rows (dense: x_pool_rows >= n_tokens, or
+  // the launch is refused). The workspace (16-byte aligned) holds matmul_split_workspace_bytes(w->cols,
+  // x_pool_rows) bytes of device memory, is written by the launch (stream-ordered) and
+  // may be reused by the next launch on the same stream. Launches this does not apply
+  // to (other types or precisions, token_tile set, exact_two_blocks or exact_k16 set,
+  // weights not 16-byte aligned, or a device whose shared memory is too small (the
+  // staged kernels need about 170-180 KB per block: not the GB10): matmul_staged()
+  // says) ignore it.
+  void* split_workspace = nullptr;
+  int64_t x_pool_rows = 0;
 };
+
+// Bytes of the split_workspace for `rows` activation rows of `cols` columns (two f16
+// rows each, hi and lo).
+size_t matmul_split_workspace_bytes(int64_t cols, int64_t rows);
+
+// Whether `launch` runs a staged kernel (see MatmulLaunch::split_workspace).
+bool matmul_staged(const MatmulLaunch& launch);
 
 // A launch whose kernel needs more shared memory per block than the device allows
 // (cuda/device_limits.h; the kExact paired kernels need about 120 KB with 64-token

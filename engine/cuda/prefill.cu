@@ -73,6 +73,17 @@ Status set_precision(MatmulLaunch* l) {
   return Status::Ok();
 }
 
+// Whether the routed experts' gate/up product runs the staged kExact kernel
+// (MatmulLaunch::split_workspace, bit-identical to the default one where it applies):
+// DS4_CUDA_PREFILL_STAGED = 1 turns it on, anything else (or unset) leaves it off.
+bool use_staged() {
+  static const bool on = [] {
+    const char* v = std::getenv("DS4_CUDA_PREFILL_STAGED");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+
 // Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
 // on tensor cores, or (f32) through the decode path's matrix-vector kernel over n tokens.
 Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
@@ -147,6 +158,7 @@ Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st
   g.w_up = nullptr;
   g.row_scale = nullptr;
   g.accumulate = false;
+  g.split_workspace = nullptr;  // the caller's workspace may be up_rows
   if (!matmul_fits(g)) g.token_tile = 32;
   MatmulLaunch u = g;
   u.w = l.w_up;
@@ -584,6 +596,13 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gu.n_groups = c.n_experts;
   gu.x_rows = w.x_rows;
   gu.row_scale = w.row_scale;
+  // The staged kernel's split activations go to h_up, which only the unpaired fallback
+  // (a device without the shared memory of the paired kernels) writes.
+  if (use_staged() && matmul_split_workspace_bytes(c.dim, n) <=
+                          static_cast<size_t>(assignments) * static_cast<size_t>(c.expert_ffn) * sizeof(float)) {
+    gu.split_workspace = w.h_up;
+    gu.x_pool_rows = n;
+  }
   DS4_RETURN_IF_ERROR(paired_matmul(gu, w.h_up, st));
   stage("experts gate/up");
   MatmulLaunch dn;

@@ -45,6 +45,36 @@ MatmulPrecision g_precision = MatmulPrecision::kExact;  // of the correctness la
 bool g_wide_x = false;  // activations with magnitudes 1e3, 1 and 1e-3 mixed
 bool g_two_blocks = false;  // MatmulLaunch::exact_two_blocks of the correctness launches
 bool g_k16 = false;         // MatmulLaunch::exact_k16 of the correctness launches
+bool g_staged = false;      // correctness launches with MatmulLaunch::split_workspace (staged kernels)
+bool g_bench_staged = false;  // benchmarks with MatmulLaunch::split_workspace (the split is timed too)
+
+// Device workspace for the staged kernels' split activations (grown as needed).
+void* staged_workspace(size_t bytes) {
+  static void* p = nullptr;
+  static size_t have = 0;
+  if (bytes > have) {
+    cudaFree(p);
+    p = nullptr;
+    have = 0;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) return nullptr;
+    have = bytes;
+  }
+  return p;
+}
+
+// With g_staged: sets l's split workspace for `pool` x rows and checks that the launch
+// runs a staged kernel where one exists (kExact IQ2_XXS and Q8_0, unpaired Q2_K).
+void set_staged(MatmulLaunch* l, int64_t pool, const std::string& name) {
+  if (!g_staged) return;
+  l->split_workspace = staged_workspace(matmul_split_workspace_bytes(l->w->cols, std::max<int64_t>(pool, 1)));
+  l->x_pool_rows = pool;
+  const bool expected = l->precision == MatmulPrecision::kExact && l->token_tile == 0 && !l->exact_two_blocks &&
+                        !l->exact_k16 &&
+                        (l->w->type == GgmlType::IQ2_XXS || l->w->type == GgmlType::Q8_0 ||
+                         (l->w->type == GgmlType::Q2_K && l->w_up == nullptr));
+  check(matmul_staged(*l) == expected, name + ": matmul_staged() is " + (expected ? "false" : "true") +
+                                           " (expected " + (expected ? "true" : "false") + ")");
+}
 
 const char* precision_name(MatmulPrecision p) {
   return p == MatmulPrecision::kExact ? "exact" : p == MatmulPrecision::kF16Activations ? "f16act" : "f16";
@@ -63,7 +93,7 @@ std::vector<float> random_x(size_t n, std::mt19937& rng) {
 
 std::string case_suffix() {
   return std::string(" [") + precision_name(g_precision) + (g_wide_x ? ", wide x" : "") +
-         (g_two_blocks ? ", two blocks" : "") + (g_k16 ? ", k16" : "") + "]";
+         (g_two_blocks ? ", two blocks" : "") + (g_k16 ? ", k16" : "") + (g_staged ? ", staged" : "") + "]";
 }
 
 // A random stacked matrix with its CPU dequantization (count * rows rows of cols floats)
@@ -238,6 +268,7 @@ void test_dense(GgmlType type, int64_t cols, int64_t rows, int n_tokens, std::mt
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
   l.exact_k16 = g_k16;
+  set_staged(&l, n_tokens, name);
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -306,6 +337,7 @@ void test_grouped(GgmlType type, int64_t cols, int64_t rows, const std::vector<i
   l.precision = g_precision;
   l.exact_two_blocks = g_two_blocks;
   l.exact_k16 = g_k16;
+  set_staged(&l, pool, name);
   Status s = launch_matmul(l, nullptr);
   check(s.ok(), name + ": launch: " + s.message());
   const cudaError_t e = cudaDeviceSynchronize();
@@ -402,6 +434,114 @@ void test_tile32_bitwise(GgmlType type, MatmulPrecision prec, std::mt19937& rng)
                        std::to_string(out[0][first]) + " (tile 64) vs " + std::to_string(out[1][first]) + " (tile 32)");
     }
   }
+}
+
+// The staged kernels (MatmulLaunch::split_workspace) against the default kExact kernel:
+// the same arithmetic in the same order, so every output must match bit for bit.
+// Grouped (sizes set: assignments per matrix, x gathered from a pool of `pool` rows,
+// per-row scales when paired) or dense (n_tokens tokens, matrix 1 of 2, rows from
+// row_begin, strided x and y, accumulate onto random y).
+void test_staged_bitwise(GgmlType type, int64_t cols, int64_t rows, bool paired, const std::vector<int>& sizes,
+                         int n_tokens, int pool, std::mt19937& rng) {
+  const bool grouped = !sizes.empty();
+  std::vector<int32_t> offsets{0};
+  for (int c : sizes) offsets.push_back(offsets.back() + c);
+  const int total = grouped ? offsets.back() : n_tokens;
+  const int count = grouped ? static_cast<int>(sizes.size()) : 2;
+  const int64_t row_begin = grouped ? 0 : 3;
+  const int64_t nr = rows - row_begin;
+  const std::string name = std::string("staged vs default ") + tname(type) + " " + std::to_string(rows) + "x" +
+                           std::to_string(cols) + (grouped ? " grouped " + std::to_string(sizes.size()) + " groups, " +
+                                                                 std::to_string(total) + " assignments"
+                                                           : " dense tokens=" + std::to_string(n_tokens)) +
+                           (paired ? " paired" : "");
+  auto w = make_matrix(type, cols, rows, count, rng, name);
+  std::unique_ptr<TestMatrix> u = paired ? make_matrix(type, cols, rows, count, rng, name + " up") : nullptr;
+  if (!w || (paired && !u)) return;
+  const int x_rows_n = grouped ? pool : n_tokens;
+  const int64_t x_stride = cols + 4, y_stride = nr + 3;
+  DeviceVec<float> dx(random_floats(static_cast<size_t>(x_stride) * std::max(x_rows_n, 1), rng));
+  std::vector<int32_t> x_rows(std::max(total, 1));
+  std::uniform_int_distribution<int> pick(0, std::max(pool, 1) - 1);
+  for (auto& r : x_rows) r = pick(rng);
+  DeviceVec<int32_t> doff(offsets), drows(x_rows);
+  DeviceVec<float> dscale(random_floats(std::max(total, 1), rng, 0.1f, 1.0f));
+  const std::vector<float> y0 = random_floats(static_cast<size_t>(y_stride) * (total + 1), rng);
+  std::vector<float> out[2];
+  for (int v = 0; v < 2; ++v) {
+    DeviceVec<float> dy(y0);
+    MatmulLaunch l;
+    l.w = &w->dev->m;
+    l.w_up = paired ? &u->dev->m : nullptr;
+    l.x = dx.get();
+    l.x_stride = x_stride;
+    l.y = dy.get();
+    l.y_stride = y_stride;
+    l.swiglu_limit = 10.0f;
+    l.row_begin = row_begin;
+    if (grouped) {
+      l.n_tokens = total + 3;
+      l.group_offsets = doff.get();
+      l.n_groups = count;
+      l.x_rows = drows.get();
+      l.row_scale = paired ? dscale.get() : nullptr;
+    } else {
+      l.n_tokens = n_tokens;
+      l.matrix = 1;
+      l.accumulate = true;
+    }
+    if (v == 1) {
+      l.split_workspace = staged_workspace(matmul_split_workspace_bytes(cols, std::max(x_rows_n, 1)));
+      l.x_pool_rows = x_rows_n;
+      check(matmul_staged(l), name + ": matmul_staged() is false (the staged kernel does not apply or fit)");
+    }
+    const Status st = launch_matmul(l, nullptr);
+    const cudaError_t e = cudaDeviceSynchronize();
+    check(st.ok() && e == cudaSuccess, name + (v ? ": staged" : ": default") + " launch: " + st.message() + " " +
+                                           cudaGetErrorString(e));
+    out[v] = dy.host();
+  }
+  int64_t bad = 0, first = -1;
+  for (size_t i = 0; i < out[0].size(); ++i) {
+    if (std::memcmp(&out[0][i], &out[1][i], sizeof(float)) != 0) {
+      if (++bad <= 5) {
+        std::printf("  %s: differs at assignment/token %lld row %lld: default %.9g staged %.9g (y0 %.9g)\n",
+                    name.c_str(), static_cast<long long>(i / y_stride), static_cast<long long>(i % y_stride),
+                    out[0][i], out[1][i], y0[i]);
+      }
+      if (first < 0) first = static_cast<int64_t>(i);
+    }
+  }
+  if (bad == 0) {
+    std::printf("ok   %s: %zu outputs bit for bit\n", name.c_str(), out[0].size());
+  } else {
+    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ");
+  }
+}
+
+// A dense staged launch whose x_pool_rows is below n_tokens is refused, naming it.
+void test_staged_errors(std::mt19937& rng) {
+  auto w = make_matrix(GgmlType::Q8_0, 64, 16, 1, rng, "staged errors");
+  if (!w) return;
+  DeviceVec<float> dx(64 * 4), dy(16 * 4);
+  MatmulLaunch l;
+  l.w = &w->dev->m;
+  l.x = dx.get();
+  l.x_stride = 64;
+  l.y = dy.get();
+  l.y_stride = 16;
+  l.n_tokens = 4;
+  l.split_workspace = staged_workspace(matmul_split_workspace_bytes(64, 4));
+  l.x_pool_rows = 4;
+  if (!matmul_staged(l)) {
+    std::printf("skip staged errors: the staged kernels do not fit this device\n");
+    return;
+  }
+  l.x_pool_rows = 3;
+  const Status s = launch_matmul(l, nullptr);
+  check(!s.ok() && s.message().find("x_pool_rows 3") != std::string::npos,
+        "staged launch with x_pool_rows 3 < 4 tokens is refused, naming it: " + s.message());
+  if (!s.ok()) std::printf("ok   staged launch with too few x_pool_rows refused: %s\n", s.message().c_str());
 }
 
 void test_errors(std::mt19937& rng) {
@@ -514,13 +654,18 @@ void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols
   l.precision = prec;
   l.exact_two_blocks = two_blocks;
   l.exact_k16 = k16;
+  if (g_bench_staged) {
+    l.split_workspace = staged_workspace(matmul_split_workspace_bytes(cols, n_tokens));
+    l.x_pool_rows = n_tokens;
+  }
+  const bool staged = matmul_staged(l);
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 10);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench launch: ") + st.message());
   const double flops = 2.0 * rows * cols * n_tokens;
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes());
-  std::printf("matmul %s%s%s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(),
+  std::printf("matmul %s%s%s%s %s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (weights %.1f GB/s%s)\n",
+              precision_name(prec), staged ? " staged" : "", two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6,
               bytes / us * 1e-3, token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
@@ -571,14 +716,19 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
   l.exact_two_blocks = two_blocks;
   l.exact_k16 = k16;
   l.token_tile = token_tile;
+  if (g_bench_staged) {
+    l.split_workspace = staged_workspace(matmul_split_workspace_bytes(cols, n_tokens));
+    l.x_pool_rows = n_tokens;
+  }
+  const bool staged = matmul_staged(l);
   Status st;
   const double us = time_us([&] { st = launch_matmul(l, nullptr); }, 5);
   check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, std::string("bench grouped launch: ") + st.message());
   const double flops = 2.0 * rows * cols * total * (paired ? 2 : 1);
   const double bytes = static_cast<double>(l.w->data_bytes() + l.w->scale_bytes()) * (paired ? 2 : 1);
-  std::printf("matmul %s%s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
+  std::printf("matmul %s%s%s%s %s%s %lldx%lld tokens=%d: %.1f us, %.1f TFLOP/s (grouped: %d experts, %d assignments; "
               "weights %.1f GB/s%s)\n",
-              precision_name(prec), two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
+              precision_name(prec), staged ? " staged" : "", two_blocks ? " two-blocks" : "", k16 ? " k16" : "", tname(type).c_str(), paired ? " gate+up" : "", static_cast<long long>(rows),
               static_cast<long long>(cols), n_tokens, us, flops / us * 1e-6, experts, total, bytes / us * 1e-3,
               token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
@@ -723,7 +873,55 @@ int main() {
   for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16Activations}) {
     for (GgmlType t : quantized) test_tile32_bitwise(t, prec, rng);
   }
+  // The staged kernels (split activations, cp.async stages): against the CPU reference
+  // through the cases above (every type: those without a staged kernel must not take
+  // it), then bit for bit against the default kExact kernel.
+  g_staged = true;
+  for (GgmlType t : quantized) {
+    for (int n : {1, 7, 64, 200}) test_dense(t, 512, 200, n, rng);
+    test_dense(t, 256, 300, 200, rng, 2, 1, 37, 150, true);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 0.5f);
+    test_dense(t, 256, 150, 200, rng, 1, 0, 20, 100, true, true, INFINITY);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, false, rng);
+    test_grouped(t, 256, 130, sizes, 8, false, INFINITY, true, rng);
+    test_grouped(t, 256, 130, sizes, 7, true, 0.5f, true, rng);
+  }
+  test_dense(GgmlType::Q8_0, 96, 130, 7, rng);     // 3 chunks: the last step has one
+  test_dense(GgmlType::Q8_0, 160, 257, 300, rng);  // 5 chunks, three row tiles
+  test_grouped(GgmlType::IQ2_XXS, 512, 64, std::vector<int>(300, 1), 300, true, 10.0f, true, rng);
+  test_grouped(GgmlType::Q8_0, 64, 64, {0, 0, 0}, 3, false, INFINITY, true, rng);
+  g_wide_x = true;
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
+    test_dense(t, 1024, 130, 70, rng);
+    test_dense(t, 256, 150, 64, rng, 2, 1, 0, -1, false, true, 10.0f);
+    test_grouped(t, 512, 130, sizes, 7, true, 10.0f, true, rng);
+    test_grouped(t, 1024, 130, sizes, 8, false, INFINITY, true, rng);
+  }
+  g_wide_x = false;
+  g_staged = false;
+  {
+    std::uniform_int_distribution<int> expert_size(0, 100);
+    std::vector<int> experts(32);
+    for (auto& c : experts) c = expert_size(rng);
+    for (bool paired : {true, false}) {
+      for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q8_0}) {
+        test_staged_bitwise(t, 4096, 300, paired, experts, 0, 256, rng);  // 64 steps: the stage ring wraps
+        test_staged_bitwise(t, 512, 130, paired, sizes, 0, 37, rng);
+        test_staged_bitwise(t, 512, 200, paired, {}, 200, 0, rng);
+        test_staged_bitwise(t, 1024, 131, paired, {}, 7, 0, rng);
+      }
+      test_staged_bitwise(GgmlType::Q8_0, 96, 130, paired, {}, 70, 0, rng);
+      if (!paired) {  // Q2_K: unpaired only (the experts' down product)
+        test_staged_bitwise(GgmlType::Q2_K, 2048, 300, false, experts, 0, 256, rng);
+        test_staged_bitwise(GgmlType::Q2_K, 256, 130, false, sizes, 0, 37, rng);
+        test_staged_bitwise(GgmlType::Q2_K, 1024, 200, false, {}, 200, 0, rng);
+        test_staged_bitwise(GgmlType::Q2_K, 512, 131, false, {}, 7, 0, rng);
+      }
+      test_staged_bitwise(GgmlType::Q8_0, 160, 257, paired, {0, 65, 1}, 0, 20, rng);
+    }
+  }
   test_errors(rng);
+  test_staged_errors(rng);
 
   if (g_failures == 0) {
     for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16, MatmulPrecision::kF16Activations}) {
@@ -759,6 +957,14 @@ int main() {
     // kF16Activations as the prefill launches it: dense two blocks per SM; grouped with
     // 64- and 32-token tiles (the GB10 fallbacks).
     const MatmulPrecision f16x = MatmulPrecision::kF16Activations;
+    // Staged kExact kernels (split activations timed with the product).
+    g_bench_staged = true;
+    bench_grouped(MatmulPrecision::kExact, GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);
+    bench_grouped(MatmulPrecision::kExact, GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 32768, 1024, 2048);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 4096, 8192, 2048);
+    bench_dense(MatmulPrecision::kExact, GgmlType::Q8_0, 1024, 4096, 2048);
+    g_bench_staged = false;
     bench_dense(f16x, GgmlType::Q8_0, 32768, 1024, 2048, 0, true);
     bench_dense(f16x, GgmlType::Q8_0, 4096, 8192, 2048, 0, true);
     bench_dense(f16x, GgmlType::Q8_0, 32768, 1024, 2048, 32);
