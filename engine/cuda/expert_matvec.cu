@@ -338,9 +338,10 @@ __global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams
 //   C (16 x 8):       c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
 // The k order is free as long as A and B agree: here k = 4t + i holds chunk column 8t + i and
 // k = 16 + 4t + i holds chunk column 8t + 4 + i (i < 4), so a lane expands 8 consecutive
-// weights of each of its two rows. B column j < 4 holds digit 3 - j of x's integers; columns
-// 4..7 are zero. Lane t = 0 of a quad ends with the top two digits' sums, t = 1 with the
-// lower two; their int64 combinations are added across the pair.
+// weights of each of its two rows. B column j holds digit 3 - (j & 3) of x's integers (columns
+// 4..7 repeat 0..3 and are not used). Lane t = 0 of a quad ends with the top two digits' sums,
+// t = 1 with the lower two; their int64 combinations are added across the pair (lanes t = 2, 3
+// hold the repeated columns and combine only with each other).
 constexpr int kTcMaxWarps = 16;        // warps per row set (one row set: all of a tile's columns)
 constexpr int kTcMaxThreads = 512;
 constexpr int kTcPlanePad = 32;        // bytes after each digit plane: planes start 8 banks apart
@@ -354,6 +355,24 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, ui
       "{%0,%1,%2,%3};"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d = A B (no accumulator input: the zero C is the register file's zero register).
+__device__ __forceinline__ void mma_s8_zero(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                            uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// prmt.b32 in its default mode (selector nibbles 0..7; the table's nibbles never set bit 3,
+// so the masking __byte_perm adds is not needed).
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
 }
 
 // Where a kernel's quantized x lives in dynamic shared memory: four digit planes (plane L
@@ -440,16 +459,15 @@ __device__ void tc_quantize_x(const float* x, int blocks, uint8_t* shared, const
   }
 }
 
-// The B fragment of chunk `chunk` of x for this lane: digit 3 - g of columns 8t..8t+7 for
-// g < 4, zero for g >= 4. `base` = planes + (3 - (g & 3)) * stride + 8t; `mask` = g < 4 ? ~0 : 0.
-__device__ __forceinline__ uint2 tc_b_fragment(const uint8_t* base, uint32_t mask, int chunk) {
-  const uint2 v = *reinterpret_cast<const uint2*>(base + chunk * 32);
-  return make_uint2(v.x & mask, v.y & mask);
+// The B fragment of chunk `chunk` of x for this lane: digit 3 - (g & 3) of columns 8t..8t+7.
+// `base` = planes + (3 - (g & 3)) * stride + 8t.
+__device__ __forceinline__ uint2 tc_b_fragment(const uint8_t* base, int chunk) {
+  return *reinterpret_cast<const uint2*>(base + chunk * 32);
 }
 
 // The exact sum of products of a row (int32 digit sums of this lane in c0, c1) as an int64
-// combined over the lane pair t = 0, 1 (t = 2, 3 hold zeros): t = 0 has digits 3, 2, t = 1
-// digits 1, 0.
+// combined over the lane pair t = 0, 1: t = 0 has digits 3, 2, t = 1 digits 1, 0 (lanes t = 2,
+// 3 give the same from the repeated columns).
 __device__ __forceinline__ long long tc_row_total(int hi_digit, int lo_digit, int t) {
   long long p = static_cast<long long>(hi_digit) * 256 + lo_digit;
   p <<= (t & 1) ? 0 : 16;
@@ -487,14 +505,18 @@ struct Iq2Unit {
 };
 
 // A fragment registers of one row and chunk: `lo` = weights 8t..8t+3, `hi` = 8t+4..8t+7, as
-// int8 (the compact selector table of cuda/dequant_chunk.cuh); returns 2S + 1.
-__device__ __forceinline__ int iq2_row_fragment(uint32_t qx, uint32_t qy, const uint32_t* sel, int stride,
-                                                uint32_t grid_byte, int sign_shift, uint32_t* lo, uint32_t* hi) {
-  const uint32_t gi = __byte_perm(qx, 0, grid_byte);
+// int8 (the compact selector table of cuda/dequant_chunk.cuh, entry e at byte
+// table + (e << SHIFT): SHIFT 2 for the table itself, 7 for the lane's copy of per-bank
+// copies); returns 2S + 1.
+template <int SHIFT>
+__device__ __forceinline__ int iq2_row_fragment(uint32_t qx, uint32_t qy, const uint8_t* table, uint32_t grid_byte,
+                                                int sign_shift, uint32_t* lo, uint32_t* hi) {
+  const uint32_t gi = prmt(qx, 0, grid_byte);
   const uint32_t si = (qy >> sign_shift) & 127u;
-  const uint32_t s = sel[gi * stride] | sel[(256 + si) * stride];
-  *lo = __byte_perm(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
-  *hi = __byte_perm(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
+  const uint32_t s = *reinterpret_cast<const uint32_t*>(table + (gi << SHIFT)) |
+                     *reinterpret_cast<const uint32_t*>(table + ((256u + si) << SHIFT));
+  *lo = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
+  *hi = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
   return static_cast<int>((qy >> 27) | 1u);
 }
 
@@ -512,17 +534,15 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
   const int g = lane >> 2, t = lane & 3;
 
   // The selector table is immutable: staged before the dependency wait.
-  const uint32_t* sel;
-  int stride;
+  constexpr int kShift = LANE_TABLES ? 7 : 2;
+  const uint8_t* table;
   if constexpr (LANE_TABLES) {
     uint32_t* copies = reinterpret_cast<uint32_t*>(dynamic);
     for (int e = warp; e < kTableWords; e += n_warps) copies[e * 32 + lane] = g_selectors[e];
-    sel = copies + lane;
-    stride = 32;
+    table = reinterpret_cast<const uint8_t*>(copies + lane);
   } else {
     for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) compact[i] = g_selectors[i];
-    sel = compact;
-    stride = 1;
+    table = reinterpret_cast<const uint8_t*>(compact);
   }
   pdl_wait();
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
@@ -534,7 +554,6 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
   const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
-  const uint32_t bmask = g < 4 ? 0xFFFFFFFFu : 0u;
   const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
   const int sign_shift = 7 * t;
   float* partial = reinterpret_cast<float*>(dynamic + p.partial_offset);  // [2][rowsets][warps][32]
@@ -605,19 +624,19 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
       const int xb = xb0 + (j >> 1);
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const uint2 b = tc_b_fragment(bbase, bmask, xb * 8 + (j & 1) * 4 + c);
+        const uint2 b = tc_b_fragment(bbase, xb * 8 + (j & 1) * 4 + c);
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           const int4 v0 = cur.q[m][0][c >> 1], v1 = cur.q[m][1][c >> 1];
           uint32_t lo0, hi0, lo1, hi1;
-          const int s0 = iq2_row_fragment(static_cast<uint32_t>((c & 1) ? v0.z : v0.x),
-                                          static_cast<uint32_t>((c & 1) ? v0.w : v0.y), sel, stride, grid_byte,
-                                          sign_shift, &lo0, &hi0);
-          const int s1 = iq2_row_fragment(static_cast<uint32_t>((c & 1) ? v1.z : v1.x),
-                                          static_cast<uint32_t>((c & 1) ? v1.w : v1.y), sel, stride, grid_byte,
-                                          sign_shift, &lo1, &hi1);
-          int d[4] = {0, 0, 0, 0};
-          mma_s8(d, lo0, lo1, hi0, hi1, b.x, b.y);
+          const int s0 = iq2_row_fragment<kShift>(static_cast<uint32_t>((c & 1) ? v0.z : v0.x),
+                                                  static_cast<uint32_t>((c & 1) ? v0.w : v0.y), table, grid_byte,
+                                                  sign_shift, &lo0, &hi0);
+          const int s1 = iq2_row_fragment<kShift>(static_cast<uint32_t>((c & 1) ? v1.z : v1.x),
+                                                  static_cast<uint32_t>((c & 1) ? v1.w : v1.y), table, grid_byte,
+                                                  sign_shift, &lo1, &hi1);
+          int d[4];
+          mma_s8_zero(d, lo0, lo1, hi0, hi1, b.x, b.y);
           acc[m][0] += s0 * d[0];
           acc[m][1] += s0 * d[1];
           acc[m][2] += s1 * d[2];
@@ -706,7 +725,6 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
   const float* xsums = reinterpret_cast<const float*>(dynamic + p.xl.sums);
   const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
-  const uint32_t bmask = g < 4 ? 0xFFFFFFFFu : 0u;
   const int h8 = (t >> 1) * 8;  // the byte of a scale pair for this lane's sub-block (columns 8t..8t+7)
   float* partial = reinterpret_cast<float*>(dynamic + p.partial_offset);  // [2][rowsets][warps][16]
   const int slot = w / p.per_slot;
@@ -781,7 +799,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams 
 #pragma unroll
       for (int c = 0; c < 8; ++c) {
         const int hh = c >> 2, jj = c & 3;
-        const uint2 b = tc_b_fragment(bbase, bmask, xg * 8 + c);
+        const uint2 b = tc_b_fragment(bbase, xg * 8 + c);
         uint32_t a[2][2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
