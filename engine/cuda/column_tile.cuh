@@ -26,6 +26,20 @@
 namespace ds4 {
 namespace cuda_detail {
 
+// Host: the lanes per row group (chunks per tile) of launch_matvec's column-tile plan
+// with one chunk per lane, from the tile count matvec_tile_columns() gave for a row of
+// `ns` chunks: the planner takes widths up to the largest power of two g <= 32 with
+// 2 * g <= ns (1 when ns is 1), and among those ceil(ns / g) names g uniquely. 0 when
+// no width gives `tiles`.
+inline int tile_lanes_for(int64_t ns, int tiles) {
+  int top = 1;
+  while (top < 32 && 2 * top <= ns) top *= 2;
+  for (int g = top; g >= 1; g /= 2) {
+    if ((ns + g - 1) / g == tiles) return g;
+  }
+  return 0;
+}
+
 // The weights a fused column tile reads (a DeviceMatrix's first matrix).
 struct TileWeights {
   const uint8_t* data = nullptr;

@@ -366,14 +366,7 @@ Status launch_hc_post_mix(const HcPostMixLaunch& l, cudaStream_t stream) {
   if (!tiles.ok()) return tiles.status();
   const DeviceMatrix& fn = *l.mix_fn;
   const int ns = static_cast<int>(fn.cols / 32);
-  // The matvec's lanes per row group: the tile width whose tile count it chose.
-  int lanes = 0;
-  for (int g = 32; g >= 1; g /= 2) {
-    if ((ns + g - 1) / g == *tiles) {
-      lanes = g;
-      break;
-    }
-  }
+  const int lanes = tile_lanes_for(ns, *tiles);  // the matvec's lanes per row group
   if (lanes == 0) {
     return Status::Error("hc_post_mix: no tile width of 1..32 chunks gives the matvec's " + std::to_string(*tiles) +
                          " column tiles over " + std::to_string(ns) + " chunks");

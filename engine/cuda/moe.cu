@@ -205,13 +205,7 @@ Result<RouterFusedPlan> plan_router_fused(const RouterFusedLaunch& l) {
   Result<int> tiles = matvec_tile_columns(ml);
   if (!tiles.ok()) return Status::Error("router_fused: " + tiles.status().message());
   const int ns = static_cast<int>(g.cols / 32);
-  int lanes = 0;  // the matvec's lanes per row group: the tile width giving its tile count
-  for (int w = 32; w >= 1; w /= 2) {
-    if ((ns + w - 1) / w == *tiles) {
-      lanes = w;
-      break;
-    }
-  }
+  const int lanes = cuda_detail::tile_lanes_for(ns, *tiles);  // the matvec's lanes per row group
   if (lanes == 0) {
     return Status::Error("router_fused: no tile width of 1..32 chunks gives the matvec's " + std::to_string(*tiles) +
                          " column tiles over " + std::to_string(ns) + " chunks");

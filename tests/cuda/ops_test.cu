@@ -26,6 +26,7 @@
 #include "cpu/rope.h"
 #include "cpu/vector_ops.h"
 #include "cuda/attention.h"
+#include "cuda/column_tile.cuh"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dense_matvec.h"
@@ -916,6 +917,17 @@ void bench_hc_chain(std::mt19937& rng, int dim) {
 
 void test_hc_post_mix(std::mt19937& rng) {
   const ModelConfig c = deepseek_v4_flash_config();
+  // The matvec plans' widths recovered from their tile counts (cuda/column_tile.cuh).
+  const int64_t ns_cases[] = {512, 32, 25, 128, 2, 1, 3};
+  const int tiles_cases[] = {128, 8, 7, 4, 1, 1, 2};
+  const int lanes_want[] = {4, 4, 4, 32, 2, 1, 2};
+  for (int i = 0; i < 7; ++i) {
+    const int got = cuda_detail::tile_lanes_for(ns_cases[i], tiles_cases[i]);
+    check(got == lanes_want[i], "tile_lanes_for(" + std::to_string(ns_cases[i]) + ", " +
+                                    std::to_string(tiles_cases[i]) + ") = " + std::to_string(got) + ", want " +
+                                    std::to_string(lanes_want[i]));
+  }
+  check(cuda_detail::tile_lanes_for(512, 5) == 0, "tile_lanes_for: no width gives 5 tiles of 512 chunks");
   check_hc_post_mix_case(rng, c.dim, GgmlType::F16, c.hc_mix(), "real (pre)");
   check_hc_post_mix_case(rng, c.dim, GgmlType::F16, c.hc_mult, "real (head)");
   check_hc_post_mix_case(rng, 256, GgmlType::F16, c.hc_mix(), "tiny (pre)");
