@@ -214,20 +214,10 @@ bool CudaForward::valid(int id) const {
 
 int32_t CudaForward::max_ctx(int id) const { return valid(id) ? seqs_[id]->max_ctx : 0; }
 
-// A one-token product: the dense kernels (cuda/dense_matvec.h) where they apply and
-// `dense` is set, else the generic matrix-vector kernel (cuda/matvec.h).
-static Status project(const MatvecLaunch& ml, bool dense, cudaStream_t st) {
-  if (dense) {
-    Result<DenseMatvecLaunch> d = dense_matvec_from(ml);
-    if (d.ok() && dense_matvec_supported(*d).ok()) return launch_dense_matvec(*d, st);
-  }
-  return launch_matvec(ml, st);
-}
-
 // k = kv . n and z = gate . n into out[0..w) and out[w..2w): one launch when the
 // planner placed the gate rows right after the kv rows (same type and width), else two.
 static Status project_compressor(const DeviceCompressor& c, const float* n, float* out, float* split,
-                                 int64_t split_floats, bool dense, cudaStream_t st) {
+                                 int64_t split_floats, cudaStream_t st) {
   const DeviceMatrix& kv = c.kv;
   const DeviceMatrix& gate = c.gate;
   MatvecLaunch ml;
@@ -240,14 +230,14 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
     both.rows = 2 * kv.rows;
     ml.w = &both;
     ml.y = out;
-    return project(ml, dense, st);
+    return launch_dense_or_matvec(ml, st);
   }
   ml.w = &kv;
   ml.y = out;
-  DS4_RETURN_IF_ERROR(project(ml, dense, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(ml, st));
   ml.w = &gate;
   ml.y = out + kv.rows;
-  return project(ml, dense, st);
+  return launch_dense_or_matvec(ml, st);
 }
 
 // x_out = hc_post(x_in, f) with the current post / comb (cuda/hyper_connections.h). With
@@ -327,7 +317,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     ml.y = y;
     ml.split_workspace = split;
     ml.split_workspace_floats = kSplitFloats;
-    return project(ml, dense_kernels_, s);
+    return launch_dense_or_matvec(ml, s);
   };
   // `to` continues after everything enqueued so far on `from`.
   auto join = [&](cudaStream_t from, cudaEvent_t e, cudaStream_t to) -> Status {
@@ -386,7 +376,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   // Branch: the attention compressor.
   CompressorLaunch cl;
   if (L.ratio != 0) {
-    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, dense_kernels_, side));
+    DS4_RETURN_IF_ERROR(project_compressor(L.compressor, w.n, w.ck, w.split_side, kSplitFloats, side));
     cl.k = w.ck;
     cl.z = w.ck + L.compressor.kv.rows;
     cl.ape = L.compressor.ape;
@@ -407,7 +397,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     if (L.ratio == 4) {
       // Branch: the indexer's compressor (it writes the indexer's gate) and weights.
       DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ick, w.split_index, kSplitFloats,
-                                             dense_kernels_, side_index_));
+                                             side_index_));
       CompressorLaunch il = cl;
       il.k = w.ick;
       il.z = w.ick + L.index_compressor.kv.rows;
@@ -429,7 +419,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
       iwm.enable = w.index_active;
       iwm.split_workspace = w.split_index;
       iwm.split_workspace_floats = kSplitFloats;
-      DS4_RETURN_IF_ERROR(project(iwm, dense_kernels_, side_index_));
+      DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iwm, side_index_));
     }
   }
   // Main: the q path. w.a holds the q LoRA latent before its norm; every reader
@@ -445,7 +435,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     iqm.enable = w.index_active;
     iqm.x_norm_weight = L.q_a_norm;
     iqm.x_norm_eps = c.norm_eps;
-    DS4_RETURN_IF_ERROR(project(iqm, dense_kernels_, side_index_));
+    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iqm, side_index_));
     RowPostLaunch iq;
     iq.in = iq.out = w.iq;
     iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -477,7 +467,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   qb.y = w.qf;
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
-  DS4_RETURN_IF_ERROR(project(qb, dense_kernels_, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
   RowPostLaunch q;
   q.in = q.out = w.qf;
   q.in_stride = q.out_stride = c.head_dim;
@@ -531,7 +521,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   oa.n_slots = c.out_groups;
   oa.n_rows = c.out_lora;
   oa.slot_row_stride = c.out_lora;
-  DS4_RETURN_IF_ERROR(project(oa, dense_kernels_, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(oa, st));
   DS4_RETURN_IF_ERROR(mv(L.out_b, w.u, w.out, st, w.split));
   DS4_RETURN_IF_ERROR(hc_post(w.x, w.out, w.xb, &L.hc_ffn_fn, st));
   stage("output proj + hc_post");
@@ -548,12 +538,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   sgu.x = w.n;
   sgu.y = w.hs;
   sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(project(sgu, dense_kernels_, side));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sgu, side));
   MatvecLaunch sd;
   sd.w = &L.down_shexp;
   sd.x = w.hs;
   sd.y = w.moe;
-  DS4_RETURN_IF_ERROR(project(sd, dense_kernels_, side));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sd, side));
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
@@ -615,7 +605,7 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   lm.w = &model_.output();
   lm.x = w.head;
   lm.y = w.logits;
-  DS4_RETURN_IF_ERROR(project(lm, dense_kernels_, stream_));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(lm, stream_));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, stream_));
   stage("head + argmax");
   if (advance) {
@@ -788,7 +778,7 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   ep.y = w.mtp_ep;
   ep.split_workspace = w.split;
   ep.split_workspace_floats = kSplitFloats;
-  DS4_RETURN_IF_ERROR(project(ep, dense_kernels_, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(ep, st));
   for (int h = 0; h < c.hc_mult; ++h) {
     const int64_t off = static_cast<int64_t>(h) * c.dim;
     DS4_RETURN_IF_ERROR(launch_rms_norm(w.mtp_in + off, m.hnorm, c.dim, c.norm_eps, w.mtp_hn + off, st));
@@ -800,7 +790,7 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   hp.y = w.x;
   hp.y_tok_stride = c.dim;
   hp.n_tokens = c.hc_mult;
-  DS4_RETURN_IF_ERROR(project(hp, dense_kernels_, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(hp, st));
   DS4_RETURN_IF_ERROR(launch_mtp_add_broadcast(w.x, w.mtp_ep, c.dim, c.hc_mult, st));
   stage("mtp input");
   pending_mix_tiles_ = 0;
@@ -810,7 +800,7 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   lm.w = &model_.output();
   lm.x = w.head;
   lm.y = w.logits;
-  DS4_RETURN_IF_ERROR(project(lm, dense_kernels_, st));
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(lm, st));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, st));
   stage("mtp head + argmax");
   return Status::Ok();

@@ -59,10 +59,6 @@ class CudaForward {
   // expert kernels (cuda/expert_matvec.h) where they apply; off, through the generic
   // matrix-vector kernel (benchmarks compare). Takes effect for graphs recorded later.
   void set_expert_kernels(bool on) { expert_kernels_ = on; }
-  // With `on` (the default), decode runs the one-token dense products (Q8_0 / F16) through
-  // cuda/dense_matvec.h where it applies; off, through the generic matrix-vector kernel.
-  // Takes effect for graphs recorded later.
-  void set_dense_kernels(bool on) { dense_kernels_ = on; }
   // With `on` (the default), each sublayer's hc_post also computes the next mixing
   // projection's partial sums in the same launch (cuda/hyper_connections.h,
   // launch_hc_post_mix); off, separate launches. Takes effect for graphs recorded later.
@@ -129,7 +125,6 @@ class CudaForward {
   bool qat_;
   bool f32_prefill_ = false;
   bool expert_kernels_ = true;
-  bool dense_kernels_ = true;
   bool fused_hc_ = true;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in
   // the workspace for the next hc_pre / hc_head (0: none).

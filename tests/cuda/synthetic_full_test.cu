@@ -13,14 +13,15 @@
 
 #include <chrono>
 #include <cmath>
-#include <functional>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cuda/bandwidth.h"
+#include "cuda/dense_matvec.h"
 #include "cuda/device_model.h"
 #include "cuda/forward.h"
 #include "cuda/launch.h"
@@ -151,7 +152,7 @@ int main() {
   const Feature features[] = {
       {" with PDL off", pdl_enabled(), [](bool on) { set_pdl_enabled(on); }},
       {" with the generic expert kernel", true, [&](bool on) { f.set_expert_kernels(on); }},
-      {" with the generic dense kernel", true, [&](bool on) { f.set_dense_kernels(on); }},
+      {" with the generic dense kernel", true, [](bool on) { set_dense_matvec_enabled(on); }},
       {" with hc_post and mixing unfused", true, [&](bool on) { f.set_fused_hc(on); }},
   };
   for (int ctx : {0, 4096}) {
