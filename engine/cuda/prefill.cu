@@ -73,9 +73,10 @@ Status set_precision(MatmulLaunch* l) {
   return Status::Ok();
 }
 
-// Whether the routed experts' gate/up product runs the staged kExact kernel
-// (MatmulLaunch::split_workspace, bit-identical to the default one where it applies):
-// DS4_CUDA_PREFILL_STAGED = 1 turns it on, anything else (or unset) leaves it off.
+// Whether the routed experts' products (gate/up, down) run the staged kExact kernels
+// (MatmulLaunch::split_workspace, bit-identical to the default ones where they apply;
+// workspace PrefillWorkspace::split): DS4_CUDA_PREFILL_STAGED = 1 turns them on,
+// anything else (or unset) leaves them off. Read once.
 bool use_staged() {
   static const bool on = [] {
     const char* v = std::getenv("DS4_CUDA_PREFILL_STAGED");
@@ -158,7 +159,7 @@ Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st
   g.w_up = nullptr;
   g.row_scale = nullptr;
   g.accumulate = false;
-  g.split_workspace = nullptr;  // the caller's workspace may be up_rows
+  g.split_workspace = nullptr;  // unpaired fallback: the default kernels
   if (!matmul_fits(g)) g.token_tile = 32;
   MatmulLaunch u = g;
   u.w = l.w_up;
@@ -220,6 +221,10 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
     k.take(&w.hs, T * c.expert_ffn);
     k.take(&w.hs_up, T * c.expert_ffn);
     k.take(&w.ya, A * c.dim);
+    if (use_staged()) {
+      const size_t split_bytes = std::max(matmul_split_workspace_bytes(c.dim, T), matmul_split_workspace_bytes(c.expert_ffn, A));
+      k.take(&w.split, static_cast<int64_t>(split_bytes / sizeof(float)) + 1);
+    }
     k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
     k.take(&w.head_mix, static_cast<int64_t>(H) * c.hc_mult);
     k.take(&w.head, static_cast<int64_t>(H) * c.dim);
@@ -596,11 +601,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gu.n_groups = c.n_experts;
   gu.x_rows = w.x_rows;
   gu.row_scale = w.row_scale;
-  // The staged kernel's split activations go to h_up, which only the unpaired fallback
-  // (a device without the shared memory of the paired kernels) writes.
-  if (use_staged() && matmul_split_workspace_bytes(c.dim, n) <=
-                          static_cast<size_t>(assignments) * static_cast<size_t>(c.expert_ffn) * sizeof(float)) {
-    gu.split_workspace = w.h_up;
+  if (w.split) {
+    gu.split_workspace = w.split;
     gu.x_pool_rows = n;
   }
   DS4_RETURN_IF_ERROR(paired_matmul(gu, w.h_up, st));
@@ -614,6 +616,10 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_tokens = assignments;
   dn.group_offsets = w.group_offsets;
   dn.n_groups = c.n_experts;
+  if (w.split) {
+    dn.split_workspace = w.split;
+    dn.x_pool_rows = assignments;
+  }
   DS4_RETURN_IF_ERROR(set_precision(&dn));
   if (!matmul_fits(dn)) dn.token_tile = 32;
   DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
