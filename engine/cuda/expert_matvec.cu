@@ -344,6 +344,7 @@ __global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams
 // hold the repeated columns and combine only with each other).
 constexpr int kTcMaxWarps = 16;        // warps per row set (one row set: all of a tile's columns)
 constexpr int kTcMaxThreads = 512;
+constexpr int kTcDownMaxWarps = 12;    // down: 384 threads, two blocks per multiprocessor (85 registers)
 constexpr int kTcPlanePad = 32;        // bytes after each digit plane: planes start 8 banks apart
 constexpr int kTcMaxGateUpBlocks = 32; // gate+up cols <= 8192
 constexpr int kTcMaxDownBlocks = 64;   // down: n_used * cols / 256
@@ -709,7 +710,7 @@ struct Q2kUnit {
 };
 
 template <int CB, bool PREFETCH>
-__global__ void __launch_bounds__(kTcMaxThreads, 1) tc_down_kernel(TcDownParams p) {
+__global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDownParams p) {
   extern __shared__ float4 dynamic4[];
   uint8_t* dynamic = reinterpret_cast<uint8_t*>(dynamic4);
   __shared__ int32_t s_ids[kMaxUsed];
@@ -1076,7 +1077,7 @@ Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
   TcPlan plan;
   plan.cb = 0;
   for (int cb : {1, 2, 4, 8}) {
-    if (blocks % cb == 0 && total / cb <= kTcMaxWarps) {
+    if (blocks % cb == 0 && total / cb <= kTcDownMaxWarps) {
       plan.cb = cb;
       break;
     }
@@ -1084,10 +1085,10 @@ Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
   if (plan.cb == 0) {
     return Status::Error("expert down (tensor cores): " + std::to_string(n_used) + " experts x " +
                          std::to_string(d.cols) + " columns do not split into at most " +
-                         std::to_string(kTcMaxWarps) + " warps");
+                         std::to_string(kTcDownMaxWarps) + " warps");
   }
   plan.warps = static_cast<int>(total / plan.cb);
-  plan.rowsets = std::clamp(kTcMaxWarps / plan.warps, 1, kMaxRowsets);
+  plan.rowsets = std::clamp(kTcDownMaxWarps / plan.warps, 1, kMaxRowsets);
   plan.threads = plan.rowsets * plan.warps * 32;
   plan.xl = tc_x_layout(0, total * 256, true);
   plan.partial_offset = plan.xl.end;
