@@ -733,6 +733,72 @@ void bench_grouped(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t co
               token_tile ? ("; token tile " + std::to_string(token_tile)).c_str() : "");
 }
 
+// The staged kernels bit for bit against the default kExact kernels on the prefill's
+// expert shapes (random device weights, routing as bench_grouped: `experts` matrices,
+// n_tokens * per_token assignments, x gathered from n_tokens rows).
+void test_staged_prefill_shape(GgmlType type, int64_t rows, int64_t cols, int experts, int n_tokens, int per_token,
+                               bool paired) {
+  const std::string name = std::string("staged vs default ") + tname(type) + (paired ? " gate+up " : " ") +
+                           std::to_string(rows) + "x" + std::to_string(cols) + " grouped " + std::to_string(experts) +
+                           " experts, " + std::to_string(n_tokens * per_token) + " assignments";
+  auto dw = random_matrix(type, cols, rows, experts, 177);
+  auto du = paired ? random_matrix(type, cols, rows, experts, 178) : random_matrix(type, 256, 1, 1, 1);
+  check(dw.ok() && du.ok(), name + ": weights: " + (dw.ok() ? du.status().message() : dw.status().message()));
+  if (!dw.ok() || !du.ok()) return;
+  const int total = n_tokens * per_token;
+  std::mt19937 rng(19);
+  std::uniform_int_distribution<int> pick(0, experts - 1);
+  std::vector<int> counts(experts, 0);
+  for (int a = 0; a < total; ++a) ++counts[pick(rng)];
+  std::vector<int32_t> offsets{0};
+  for (int c : counts) offsets.push_back(offsets.back() + c);
+  std::vector<int32_t> x_rows(total);
+  std::uniform_int_distribution<int> pick_row(0, n_tokens - 1);
+  for (auto& r : x_rows) r = pick_row(rng);
+  DeviceVec<float> dx(random_floats(static_cast<size_t>(cols) * n_tokens, rng));
+  DeviceVec<float> dscale(random_floats(total, rng, 0.1f, 1.0f));
+  DeviceVec<int32_t> doff(offsets), drows(x_rows);
+  std::vector<float> out[2];
+  for (int v = 0; v < 2; ++v) {
+    DeviceVec<float> dy(static_cast<size_t>(rows) * total);
+    MatmulLaunch l;
+    l.w = &(*dw)->m;
+    l.w_up = paired ? &(*du)->m : nullptr;
+    l.x = dx.get();
+    l.x_stride = cols;
+    l.y = dy.get();
+    l.y_stride = rows;
+    l.n_tokens = total;
+    l.swiglu_limit = 10.0f;
+    l.group_offsets = doff.get();
+    l.n_groups = experts;
+    l.x_rows = drows.get();
+    l.row_scale = paired ? dscale.get() : nullptr;
+    if (v == 1) {
+      l.split_workspace = staged_workspace(matmul_split_workspace_bytes(cols, n_tokens));
+      l.x_pool_rows = n_tokens;
+      check(matmul_staged(l), name + ": matmul_staged() is false");
+    }
+    const Status st = launch_matmul(l, nullptr);
+    const cudaError_t e = cudaDeviceSynchronize();
+    check(st.ok() && e == cudaSuccess, name + (v ? ": staged" : ": default") + " launch: " + st.message() + " " +
+                                           cudaGetErrorString(e));
+    out[v] = dy.host();
+  }
+  int64_t bad = 0;
+  for (size_t i = 0; i < out[0].size(); ++i) {
+    if (std::memcmp(&out[0][i], &out[1][i], sizeof(float)) != 0 && ++bad <= 5) {
+      std::printf("  %s: differs at assignment %lld row %lld: default %.9g staged %.9g\n", name.c_str(),
+                  static_cast<long long>(i / rows), static_cast<long long>(i % rows), out[0][i], out[1][i]);
+    }
+  }
+  if (bad == 0) {
+    std::printf("ok   %s: %zu outputs bit for bit\n", name.c_str(), out[0].size());
+  } else {
+    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -922,6 +988,8 @@ int main() {
   }
   test_errors(rng);
   test_staged_errors(rng);
+  test_staged_prefill_shape(GgmlType::IQ2_XXS, 2048, 4096, 256, 2048, 6, true);  // experts' gate+up
+  test_staged_prefill_shape(GgmlType::Q2_K, 4096, 2048, 256, 2048, 6, false);    // experts' down
 
   if (g_failures == 0) {
     for (MatmulPrecision prec : {MatmulPrecision::kExact, MatmulPrecision::kF16, MatmulPrecision::kF16Activations}) {
