@@ -995,6 +995,11 @@ Status check_options(const ExpertMatvecOptions& o) {
   if (o.rows_per_batch != 4 && o.rows_per_batch != 8) {
     return Status::Error("expert_matvec: rows_per_batch " + std::to_string(o.rows_per_batch) + " (expected 4 or 8)");
   }
+  if (o.tc_blocks_per_warp != 0 && o.tc_blocks_per_warp != 1 && o.tc_blocks_per_warp != 2 &&
+      o.tc_blocks_per_warp != 4 && o.tc_blocks_per_warp != 8) {
+    return Status::Error("expert_matvec: tc_blocks_per_warp " + std::to_string(o.tc_blocks_per_warp) +
+                         " (expected 0, 1, 2, 4 or 8)");
+  }
   if (o.blocks_per_sm < 0) {
     return Status::Error("expert_matvec: blocks_per_sm " + std::to_string(o.blocks_per_sm) + " is negative");
   }
@@ -1027,7 +1032,7 @@ struct TcPlan {
   size_t shared = 0;
 };
 
-Result<TcPlan> plan_tc_gate_up(const DeviceMatrix& g, bool lane_tables) {
+Result<TcPlan> plan_tc_gate_up(const DeviceMatrix& g, bool lane_tables, int blocks_per_warp) {
   if (g.cols % 256 != 0 || g.cols <= 0 || g.cols / 256 > kTcMaxGateUpBlocks) {
     return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.cols) +
                          " columns (expected a multiple of 256 up to " + std::to_string(256 * kTcMaxGateUpBlocks) +
@@ -1039,10 +1044,11 @@ Result<TcPlan> plan_tc_gate_up(const DeviceMatrix& g, bool lane_tables) {
   }
   const int blocks = static_cast<int>(g.cols / 256);
   TcPlan plan;
-  plan.cb = blocks <= kTcMaxWarps ? 1 : 2;
-  if (blocks % plan.cb != 0) {
-    return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.cols) +
-                         " columns (above 4096, expected a multiple of 512)");
+  plan.cb = blocks_per_warp > 0 ? blocks_per_warp : blocks <= kTcMaxWarps ? 1 : 2;
+  if ((plan.cb != 1 && plan.cb != 2) || blocks % plan.cb != 0 || blocks / plan.cb > kTcMaxWarps) {
+    return Status::Error("expert gate+up (tensor cores): " + std::to_string(g.cols) + " columns in blocks of " +
+                         std::to_string(256 * plan.cb) + " per warp (expected 1 or 2 x 256, dividing the columns, " +
+                         "at most " + std::to_string(kTcMaxWarps) + " warps)");
   }
   plan.warps = blocks / plan.cb;
   plan.rowsets = std::clamp(kTcMaxWarps / plan.warps, 1, kMaxRowsets);
@@ -1058,7 +1064,7 @@ Result<TcPlan> plan_tc_gate_up(const DeviceMatrix& g, bool lane_tables) {
                        " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
 }
 
-Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
+Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used, int blocks_per_warp) {
   if (d.cols % 256 != 0 || d.cols <= 0) {
     return Status::Error("expert down (tensor cores): " + std::to_string(d.cols) +
                          " columns (expected a multiple of 256)");
@@ -1077,7 +1083,7 @@ Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
   TcPlan plan;
   plan.cb = 0;
   for (int cb : {1, 2, 4, 8}) {
-    if (blocks % cb == 0 && total / cb <= kTcDownMaxWarps) {
+    if (blocks % cb == 0 && total / cb <= kTcDownMaxWarps && (blocks_per_warp == 0 || blocks_per_warp == cb)) {
       plan.cb = cb;
       break;
     }
@@ -1085,7 +1091,8 @@ Result<TcPlan> plan_tc_down(const DeviceMatrix& d, int n_used) {
   if (plan.cb == 0) {
     return Status::Error("expert down (tensor cores): " + std::to_string(n_used) + " experts x " +
                          std::to_string(d.cols) + " columns do not split into at most " +
-                         std::to_string(kTcDownMaxWarps) + " warps");
+                         std::to_string(kTcDownMaxWarps) + " warps" +
+                         (blocks_per_warp ? " of " + std::to_string(blocks_per_warp) + " x 256 columns" : ""));
   }
   plan.warps = static_cast<int>(total / plan.cb);
   plan.rowsets = std::clamp(kTcDownMaxWarps / plan.warps, 1, kMaxRowsets);
@@ -1245,7 +1252,7 @@ Status expert_matvec_init() {
 
 Status expert_gate_up_supported(const ExpertGateUpLaunch& l) {
   DS4_RETURN_IF_ERROR(gate_up_common(l));
-  auto tc = plan_tc_gate_up(*l.gate, true);
+  auto tc = plan_tc_gate_up(*l.gate, true, 0);
   if (tc.ok()) return Status::Ok();
   const Status f32 = gate_up_f32_supported(l);
   if (f32.ok()) return Status::Ok();
@@ -1254,7 +1261,7 @@ Status expert_gate_up_supported(const ExpertGateUpLaunch& l) {
 
 Status expert_down_supported(const ExpertDownLaunch& l) {
   DS4_RETURN_IF_ERROR(down_common(l));
-  auto tc = plan_tc_down(*l.down, l.n_used);
+  auto tc = plan_tc_down(*l.down, l.n_used, 0);
   if (tc.ok()) return Status::Ok();
   const Status f32 = down_f32_supported(l);
   if (f32.ok()) return Status::Ok();
@@ -1268,8 +1275,9 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   if (!l.x || !l.y || !l.ids) return Status::Error("expert gate+up: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert gate+up: x is not 16-byte aligned");
   if (o.tensor_cores) {
-    auto plan = plan_tc_gate_up(*l.gate, o.tc_lane_tables);
+    auto plan = plan_tc_gate_up(*l.gate, o.tc_lane_tables, o.tc_blocks_per_warp);
     if (plan.ok()) return launch_tc_gate_up(l, *plan, stream, o);
+    if (o.tc_blocks_per_warp != 0) return plan.status();  // asked for a shape that does not fit
   }
   DS4_RETURN_IF_ERROR(gate_up_f32_supported(l));
   const DeviceMatrix& g = *l.gate;
@@ -1315,8 +1323,9 @@ Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const 
   if (!l.x || !l.y || !l.ids) return Status::Error("expert down: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert down: x is not 16-byte aligned");
   if (o.tensor_cores) {
-    auto plan = plan_tc_down(*l.down, l.n_used);
+    auto plan = plan_tc_down(*l.down, l.n_used, o.tc_blocks_per_warp);
     if (plan.ok()) return launch_tc_down(l, *plan, stream, o);
+    if (o.tc_blocks_per_warp != 0) return plan.status();
   }
   DS4_RETURN_IF_ERROR(down_f32_supported(l));
   const DeviceMatrix& d = *l.down;

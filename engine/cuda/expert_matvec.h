@@ -72,6 +72,9 @@ struct ExpertMatvecOptions {
   // Tensor-core gate+up: the IQ2_XXS selector table one copy per shared-memory bank
   // (48 KiB, conflict-free lookups) instead of the compact 1.5 KiB copy.
   bool tc_lane_tables = true;
+  // Tensor-core kernels: 256-column blocks of x per warp (gate+up 1 or 2, down 1, 2, 4 or 8);
+  // 0: the fewest that fit (gate+up at most 16 warps per tile, down at most 12).
+  int tc_blocks_per_warp = 0;
 };
 
 struct ExpertGateUpLaunch {

@@ -149,15 +149,17 @@ double swiglu_bound(double g, double u, double tg, double tu, double limit, doub
 std::string options_name(const ExpertMatvecOptions& o) {
   if (o.tensor_cores) {
     return std::string("tensor cores") + (o.tc_lane_tables ? " lane tables" : " compact table") +
-           (o.prefetch ? " prefetch" : "") + (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
+           (o.prefetch ? " prefetch" : "") + (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "") +
+           (o.tc_blocks_per_warp ? " 256-col blocks/warp=" + std::to_string(o.tc_blocks_per_warp) : "");
   }
   return "f32 rows/batch=" + std::to_string(o.rows_per_batch) + (o.lane_tables ? " lane tables" : " compact table") +
          (o.prefetch ? " prefetch" : "") +
          (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
 }
 
-// Every variant: the f32 kernels' (when `f32`) and the tensor-core kernels'.
-std::vector<ExpertMatvecOptions> all_options(bool f32 = true) {
+// Every variant: the f32 kernels' (when `f32`) and the tensor-core kernels' (with
+// `tc_blocks_per_warp`, when not 0, as one more).
+std::vector<ExpertMatvecOptions> all_options(bool f32 = true, int tc_blocks_per_warp = 0) {
   std::vector<ExpertMatvecOptions> out;
   if (f32) {
     for (int r : {4, 8}) {
@@ -190,8 +192,19 @@ std::vector<ExpertMatvecOptions> all_options(bool f32 = true) {
   one.tensor_cores = true;
   one.blocks_per_sm = 1;
   out.push_back(one);
+  if (tc_blocks_per_warp) {
+    ExpertMatvecOptions cb;
+    cb.tensor_cores = true;
+    cb.tc_blocks_per_warp = tc_blocks_per_warp;
+    out.push_back(cb);
+  }
   return out;
 }
+
+// The variants of each kernel at the real shapes: gate+up also with 512 columns per warp,
+// down also with 2048 (one warp per expert).
+std::vector<ExpertMatvecOptions> gate_up_options() { return all_options(true, 2); }
+std::vector<ExpertMatvecOptions> down_options() { return all_options(true, 8); }
 
 struct Fixture {
   int64_t dim = kDim, ffn = kFfn;
@@ -457,6 +470,11 @@ void test_refusals(const Fixture& f) {
   ExpertMatvecOptions o;
   o.rows_per_batch = 3;
   refused(launch_expert_gate_up(l, nullptr, o), "rows_per_batch 3");
+  ExpertMatvecOptions cb;
+  cb.tc_blocks_per_warp = 3;
+  refused(launch_expert_gate_up(l, nullptr, cb), "tc_blocks_per_warp 3");
+  cb.tc_blocks_per_warp = 8;
+  refused(launch_expert_gate_up(l, nullptr, cb), "gate+up with 8 x 256 columns per warp");
   ExpertDownLaunch d;
   d.down = &f.dg->m;
   d.x = dx.get();
@@ -606,11 +624,11 @@ double time_graph(F launch) {
 void bench_line(const char* kernel, const std::string& what, double bytes, double us, double bandwidth,
                 double matvec_us) {
   if (us < 0) {
-    std::printf("bench expert %-8s %-40s failed\n", kernel, what.c_str());
+    std::printf("bench expert %-8s %-72s failed\n", kernel, what.c_str());
     return;
   }
   const double gbs = bytes / (us * 1e-6) / 1e9;
-  std::printf("bench expert %-8s %-40s %7.2f MB  %7.2f us  %7.1f GB/s  (%.0f%% of read bandwidth)  "
+  std::printf("bench expert %-8s %-72s %7.2f MB  %7.2f us  %7.1f GB/s  (%.0f%% of read bandwidth)  "
               "launch_matvec %7.2f us (%.0f%%)\n",
               kernel, what.c_str(), bytes / 1e6, us, gbs, 100.0 * gbs * 1e9 / bandwidth, matvec_us,
               100.0 * bytes / (matvec_us * 1e-6) / bandwidth);
@@ -650,7 +668,7 @@ void bench(double bandwidth) {
       mv.lanes_per_row = 8;
       return launch_matvec(mv, s);
     });
-    for (const ExpertMatvecOptions& o : all_options()) {
+    for (const ExpertMatvecOptions& o : gate_up_options()) {
       const double us = time_graph([&](int k, cudaStream_t s) {
         ExpertGateUpLaunch l;
         l.gate = &(*g)->m;
@@ -679,7 +697,7 @@ void bench(double bandwidth) {
     mv.lanes_per_row = 16;
     return launch_matvec(mv, s);
   });
-  for (const ExpertMatvecOptions& o : all_options()) {
+  for (const ExpertMatvecOptions& o : down_options()) {
     const double us = time_graph([&](int k, cudaStream_t s) {
       ExpertDownLaunch l;
       l.down = &(*d)->m;
@@ -705,8 +723,8 @@ int main() {
       for (int32_t id : f.ids) std::printf(" %d", id);
       std::printf(" of 16\n");
       test_first_launch_captured(f);  // first: no expert launch may run before it
-      test_gate_up(f, all_options(), "");
-      test_down(f, all_options(), "", rng);
+      test_gate_up(f, gate_up_options(), "");
+      test_down(f, down_options(), "", rng);
       test_refusals(f);
       test_repeat(f, ExpertMatvecOptions{}, "default: ");
       ExpertMatvecOptions f32;
