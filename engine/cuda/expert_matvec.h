@@ -26,8 +26,10 @@
 // digit, combined in int64), then converted to f32 once and multiplied by d s_b / 8
 // (IQ2_XXS) or d s_b (Q2_K, minus dmin * sum_g m_g X_g, X_g = the f32 sum of x over 16
 // columns, computed once per x). Blocks and warps are then added in f32 in a fixed order.
-// Precision: |x_e - s_b a_e| <= s_b / 2 <= 2^-31 max_b|x| (exact where |x_e| >= max_b|x| /
-// 128), so with n the number of 256-column terms added per output (cols / 256; down:
+// (E_b is at least -96, so s_b stays a normal float.) A warp owns a 16-row tile and a fixed
+// range of 256-column blocks; the warps of a tile add their partial sums in warp order.
+// Precision: |x_e - s_b a_e| <= s_b / 2 <= 2^-30 max_b|x| (exact where |x_e| >= max_b|x| /
+// 64), so with n the number of 256-column terms added per output (cols / 256; down:
 // n_used * cols / 256) and u = 2^-24,
 //   |y - exact| <= sum_b (s_b / 2) sum_{e in b} |w_e|  +  (n + 24) u sum_e |w_e x_e|
 // (Q2_K: |w_e| read as |d sc q| + |dmin m|), before the SwiGLU; the f32 kernels' bound is
@@ -35,7 +37,10 @@
 // that reads the block NaN.
 //
 // The launches read ids and weights only on the device, never synchronise with the host
-// and allocate nothing: they can be captured in a CUDA graph after the router kernel.
+// and allocate nothing: they can be captured in a CUDA graph after the router kernel. They
+// go through launch_kernel (cuda/launch.h): under programmatic dependent launch a kernel
+// stages its immutable tables, then waits for its predecessors before reading ids, x or
+// weights' routing values and before any write.
 //
 // Thread-safety: launches on the caller's stream; the only host state is a process-wide
 // one-time table upload (expert_matvec_init), guarded by std::call_once.
