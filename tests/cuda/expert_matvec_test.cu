@@ -621,6 +621,28 @@ double time_graph(F launch) {
   return ok ? ms * 1e3 / (kPerGraph * kReplays) : -1.0;
 }
 
+// The fastest variant of one kernel and the default's time, for the summary lines.
+struct Fastest {
+  double us = -1, default_us = -1;
+  std::string name;
+  void add(const ExpertMatvecOptions& o, double t) {
+    if (t >= 0 && (us < 0 || t < us)) {
+      us = t;
+      name = options_name(o);
+    }
+    const ExpertMatvecOptions d;
+    if (o.tensor_cores == d.tensor_cores && o.tc_lane_tables == d.tc_lane_tables && o.prefetch == d.prefetch &&
+        o.blocks_per_sm == d.blocks_per_sm && o.tc_blocks_per_warp == d.tc_blocks_per_warp &&
+        (o.tensor_cores || (o.rows_per_batch == d.rows_per_batch && o.lane_tables == d.lane_tables))) {
+      default_us = t;
+    }
+  }
+  void print(const char* kernel) const {
+    std::printf("bench expert %s summary: default %.2f us, fastest %.2f us (%s)\n", kernel, default_us, us,
+                name.c_str());
+  }
+};
+
 void bench_line(const char* kernel, const std::string& what, double bytes, double us, double bandwidth,
                 double matvec_us) {
   if (us < 0) {
@@ -668,6 +690,7 @@ void bench(double bandwidth) {
       mv.lanes_per_row = 8;
       return launch_matvec(mv, s);
     });
+    Fastest fastest;
     for (const ExpertMatvecOptions& o : gate_up_options()) {
       const double us = time_graph([&](int k, cudaStream_t s) {
         ExpertGateUpLaunch l;
@@ -682,7 +705,9 @@ void bench(double bandwidth) {
         return launch_expert_gate_up(l, s, o);
       });
       bench_line("gate+up", "limit " + std::to_string(limit) + " " + options_name(o), gu_bytes, us, bandwidth, mv_us);
+      fastest.add(o, us);
     }
+    fastest.print(std::isfinite(limit) ? "gate+up (limit 10)" : "gate+up (no limit)");
   }
   const double mv_us = time_graph([&](int k, cudaStream_t s) {
     MatvecLaunch mv;
@@ -697,6 +722,7 @@ void bench(double bandwidth) {
     mv.lanes_per_row = 16;
     return launch_matvec(mv, s);
   });
+  Fastest fastest;
   for (const ExpertMatvecOptions& o : down_options()) {
     const double us = time_graph([&](int k, cudaStream_t s) {
       ExpertDownLaunch l;
@@ -708,7 +734,9 @@ void bench(double bandwidth) {
       return launch_expert_down(l, s, o);
     });
     bench_line("down", "y += " + options_name(o), dn_bytes, us, bandwidth, mv_us);
+    fastest.add(o, us);
   }
+  fastest.print("down");
 }
 
 }  // namespace
