@@ -121,7 +121,7 @@ struct MatmulLaunch {
   // may be reused by the next launch on the same stream. Launches this does not apply
   // to (other types or precisions, token_tile set, exact_two_blocks or exact_k16 set,
   // weights not 16-byte aligned, or a device whose shared memory is too small (the
-  // staged kernels need about 170-180 KB per block: not the GB10): matmul_staged()
+  // staged kernels need 150-185 KB per block: not the GB10): matmul_staged()
   // says) ignore it.
   void* split_workspace = nullptr;
   int64_t x_pool_rows = 0;
