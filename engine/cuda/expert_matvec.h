@@ -39,8 +39,8 @@
 // The launches read ids and weights only on the device, never synchronise with the host
 // and allocate nothing: they can be captured in a CUDA graph after the router kernel. They
 // go through launch_kernel (cuda/launch.h): under programmatic dependent launch a kernel
-// stages its immutable tables, then waits for its predecessors before reading ids, x or
-// weights' routing values and before any write.
+// stages its immutable tables, then waits for its predecessors before reading ids, routing
+// weights or x and before any write.
 //
 // Thread-safety: launches on the caller's stream; the only host state is a process-wide
 // one-time table upload (expert_matvec_init), guarded by std::call_once.

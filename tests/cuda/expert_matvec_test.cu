@@ -434,10 +434,9 @@ void test_tiny_support(const Fixture& f) {
   ExpertMatvecOptions f32;
   f32.tensor_cores = false;
   const Status gr = launch_expert_gate_up(gu, nullptr, f32), dr = launch_expert_down(dn, nullptr, f32);
-  check(!gr.ok() && !gr.message().empty(),
-        "tiny: the f32 gate+up kernel refuses 256 columns" + (gr.ok() ? std::string(" (was accepted)") : ": " + gr.message()));
-  check(!dr.ok() && !dr.message().empty(),
-        "tiny: the f32 down kernel refuses 256 columns" + (dr.ok() ? std::string(" (was accepted)") : ": " + dr.message()));
+  const auto said = [](const Status& st) { return st.ok() ? std::string(" (was accepted)") : ": " + st.message(); };
+  check(!gr.ok() && !gr.message().empty(), "tiny: the f32 gate+up kernel refuses 256 columns" + said(gr));
+  check(!dr.ok() && !dr.message().empty(), "tiny: the f32 down kernel refuses 256 columns" + said(dr));
   check(cudaDeviceSynchronize() == cudaSuccess, "tiny: refusals left no failed kernel");
 }
 
@@ -555,7 +554,8 @@ void test_repeat(const Fixture& f, const ExpertMatvecOptions& o, const std::stri
   dn.y = dz.get();
   std::vector<std::vector<float>> ys, zs;
   for (int i = 0; i < 2; ++i) {
-    check(launch_expert_gate_up(gu, nullptr, o).ok() && launch_expert_down(dn, nullptr, o).ok(), label + "repeat launches");
+    check(launch_expert_gate_up(gu, nullptr, o).ok() && launch_expert_down(dn, nullptr, o).ok(),
+          label + "repeat launches");
     check(cudaDeviceSynchronize() == cudaSuccess, label + "repeat kernels");
     ys.push_back(dy.host());
     zs.push_back(dz.host());
