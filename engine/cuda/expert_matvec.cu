@@ -773,7 +773,9 @@ __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDown
       }
     }
     float sum[2] = {0.0f, 0.0f};
-#pragma unroll
+    // Without PREFETCH, one block at a time (unrolled, the loads of all CB blocks would be
+    // hoisted ahead and spill).
+#pragma unroll(PREFETCH ? CB : 1)
     for (int j = 0; j < CB; ++j) {
       Q2kUnit cur;
       if constexpr (PREFETCH) {
