@@ -1021,17 +1021,19 @@ __global__ void __launch_bounds__(kThreads, 1) staged_matmul_kernel(MatmulParams
         cp_async16_zfill(raw + (mat * kBlockRows + row) * kRowBytes + piece * 16, src, ok);
       }
       }
-      half* xt = s_x + stage * 2 * BN * kLds;
-#pragma unroll 1
-      for (int i = tid; i < 2 * BN * 8; i += kThreads) {
-        const int part = i / (BN * 8);  // 0: hi, 1: lo
-        const int tok = (i / 8) % BN;
-        const int seg = i % 8;
-        const int col = st * kBlockK + seg * 8;
-        const half* row = s_xrow[tok];
+      // Activations: this thread copies 16-byte segment tid % 8 of tokens tid / 8 and
+      // tid / 8 + 32, hi and lo.
+      static_assert(kThreads == 256 && BN == 64 && kBlockK == 64, "the activation copies assume 256 threads, 64 x 64 tiles");
+      const int seg = tid & 7, col = st * kBlockK + seg * 8;
+      half* xt = s_x + stage * 2 * BN * kLds + (tid >> 3) * kLds + seg * 8;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const half* row = s_xrow[(tid >> 3) + 32 * j];
         const bool ok = row != nullptr && col < p.cols;
-        const half* src = ok ? row + (part ? lo_offset : 0) + col : xs;
-        cp_async16_zfill(xt + (part * BN + tok) * kLds + seg * 8, src, ok);
+        const half* src = ok ? row + col : xs;
+        half* dst = xt + 32 * j * kLds;
+        cp_async16_zfill(dst, src, ok);
+        cp_async16_zfill(dst + BN * kLds, ok ? src + lo_offset : xs, ok);
       }
     }
     cp_async_commit();
