@@ -231,10 +231,13 @@ bool make_fixture(int64_t dim, int64_t ffn, int count, std::mt19937& rng, Fixtur
   f->ids = distinct_ids(kUsed, count, rng);
   f->weights = random_floats(kUsed, rng, 0.1f, 1.0f);
   f->x = random_floats(dim, rng, -3.0f, 3.0f);
-  // A few blocks of x with a much smaller range than the others (the per-256 scales differ).
-  for (int64_t i = 0; i < std::min<int64_t>(dim, 256); ++i) f->x[i] *= 1e-3f;
+  // One block of x (of several) and of h with a much smaller range than the others: the
+  // tensor-core kernels' per-256-column scales differ.
+  if (dim > 256) {
+    for (int64_t i = 0; i < 256; ++i) f->x[i] *= 1e-3f;
+  }
   f->h = random_floats(kUsed * ffn, rng, -2.0f, 2.0f);
-  for (int64_t i = 0; i < std::min<int64_t>(ffn, 256); ++i) f->h[i] *= 1e-2f;
+  for (int64_t i = 0; i < 256; ++i) f->h[i] *= 1e-2f;
   return true;
 }
 
