@@ -550,7 +550,6 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
     s_ids[i] = p.ids[i];
     s_weights[i] = p.weights ? p.weights[i] : 1.0f;
   }
-  tc_quantize_x(p.x, p.blocks, dynamic, p.xl, warp, n_warps, lane);
   __syncthreads();
 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
@@ -562,6 +561,15 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
   const int workers = gridDim.x * p.rowsets;
   const int worker = blockIdx.x * p.rowsets + rowset;
   const int xb0 = w * CB;
+
+  // A tile's weights of this warp into L2 (one line per matrix row: CB * 64 bytes, aligned),
+  // so that its register loads wait for L2 rather than memory.
+  const auto prefetch_tile = [&](int tile) {
+    if (tile >= p.tiles) return;
+    const int slot = tile / tiles_per_slot;
+    const int64_t row = static_cast<int64_t>(s_ids[slot]) * p.rows + (tile - slot * tiles_per_slot) * 16 + (lane & 15);
+    prefetch_l2((lane < 16 ? p.g_data : p.u_data) + row * p.row_bytes + xb0 * 64);
+  };
 
   const auto fetch = [&](int it, int j, Iq2Unit* u) {
     const int tile = worker + it * workers;
@@ -584,21 +592,19 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1) tc_gate_up_kernel(TcGateUpPa
     }
   };
 
+  // The first tile's loads go out before x is quantized (they need only the ids).
   Iq2Unit ahead;  // PREFETCH: the next unit's loads in flight
-  if constexpr (PREFETCH) fetch(0, 0, &ahead);
+  if constexpr (PREFETCH) {
+    prefetch_tile(worker);
+    fetch(0, 0, &ahead);
+  }
+  tc_quantize_x(p.x, p.blocks, dynamic, p.xl, warp, n_warps, lane);
+  __syncthreads();
   for (int it = 0; it < p.iters; ++it) {
     const int tile = worker + it * workers;
     const bool active = tile < p.tiles;
     if constexpr (PREFETCH) {
-      // The next tile's weights into L2 (one line per matrix row: CB * 64 bytes, aligned),
-      // so that its register loads wait for L2 rather than memory.
-      const int next = tile + workers;
-      if (it + 1 < p.iters && next < p.tiles) {
-        const int slot = next / tiles_per_slot;
-        const int64_t row =
-            static_cast<int64_t>(s_ids[slot]) * p.rows + (next - slot * tiles_per_slot) * 16 + (lane & 15);
-        prefetch_l2((lane < 16 ? p.g_data : p.u_data) + row * p.row_bytes + xb0 * 64);
-      }
+      if (it + 1 < p.iters) prefetch_tile(tile + workers);
     }
     float sum[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [gate, up][row g, g + 8]
     int acc[2][4];
@@ -720,7 +726,6 @@ __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDown
   const int g = lane >> 2, t = lane & 3;
   pdl_wait();
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) s_ids[i] = p.ids[i];
-  tc_quantize_x(p.x, p.n_used * p.blocks, dynamic, p.xl, warp, n_warps, lane);
   __syncthreads();
 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
@@ -754,23 +759,31 @@ __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDown
     }
   };
 
+  // A tile's weights of this warp into L2: lanes L and L + 16 take the even and odd 128-byte
+  // lines of row L's CB blocks.
+  const auto prefetch_tile = [&](int tile) {
+    if (tile >= p.tiles) return;
+    const uint8_t* start = matrix + static_cast<int64_t>(tile * 16 + (lane & 15)) * p.row_bytes + xb0 * 84;
+    const uintptr_t end = reinterpret_cast<uintptr_t>(start) + CB * 84;
+    for (uintptr_t a = (reinterpret_cast<uintptr_t>(start) & ~uintptr_t{127}) + (lane >> 4) * 128; a < end;
+         a += 256) {
+      prefetch_l2(reinterpret_cast<const void*>(a));
+    }
+  };
+
+  // The first tile's loads go out before x is quantized (they need only the ids).
   Q2kUnit ahead;
-  if constexpr (PREFETCH) fetch(0, 0, &ahead);
+  if constexpr (PREFETCH) {
+    prefetch_tile(worker);
+    fetch(0, 0, &ahead);
+  }
+  tc_quantize_x(p.x, p.n_used * p.blocks, dynamic, p.xl, warp, n_warps, lane);
+  __syncthreads();
   for (int it = 0; it < p.iters; ++it) {
     const int tile = worker + it * workers;
     const bool active = tile < p.tiles;
     if constexpr (PREFETCH) {
-      // The next tile's weights into L2: lanes L and L + 16 take the even and odd 128-byte
-      // lines of row L's CB blocks.
-      const int next = tile + workers;
-      if (it + 1 < p.iters && next < p.tiles) {
-        const uint8_t* start = matrix + static_cast<int64_t>(next * 16 + (lane & 15)) * p.row_bytes + xb0 * 84;
-        const uintptr_t end = reinterpret_cast<uintptr_t>(start) + CB * 84;
-        for (uintptr_t a = (reinterpret_cast<uintptr_t>(start) & ~uintptr_t{127}) + (lane >> 4) * 128; a < end;
-             a += 256) {
-          prefetch_l2(reinterpret_cast<const void*>(a));
-        }
-      }
+      if (it + 1 < p.iters) prefetch_tile(tile + workers);
     }
     float sum[2] = {0.0f, 0.0f};
     // Without PREFETCH, one block at a time (unrolled, the loads of all CB blocks would be
