@@ -1,6 +1,7 @@
 #include "cuda/expert_matvec.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -8,8 +9,8 @@
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_limits.h"
+#include "cuda/iq2xxs_compact_table.h"
 #include "cuda/launch.h"
-#include "format/iq2xxs_grid.h"
 
 namespace ds4 {
 namespace {
@@ -904,38 +905,21 @@ DownFn pick_down(int r, bool prefetch) {
   return prefetch ? expert_down_kernel<4, true> : expert_down_kernel<4, false>;
 }
 
-// The compact selector table (layout: cuda_detail::Iq2xxsCompact): per codebook entry
-// the magnitude level (0, 1, 2 for 8, 25, 43) of each element in its nibble; per sign
-// index 4 in the nibble of each negated element.
-Status make_selectors(uint32_t* table) {
-  for (int g = 0; g < 256; ++g) {
-    uint32_t word = 0;
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t mag = static_cast<uint32_t>(kIq2xxsGrid[g] >> (8 * i)) & 0xFF;
-      const uint32_t level = mag == 8 ? 0 : mag == 25 ? 1 : mag == 43 ? 2 : 3;
-      if (level == 3) {
-        return Status::Error("expert_matvec: IQ2_XXS codebook entry " + std::to_string(g) + " element " +
-                             std::to_string(i) + " has magnitude " + std::to_string(mag) +
-                             " (expected 8, 25 or 43)");
-      }
-      word |= level << (4 * i);
-    }
-    table[g] = word;
-  }
-  for (uint32_t si = 0; si < 128; ++si) {
-    const uint32_t mask = iq2xxs_sign_mask(si);
-    uint32_t word = 0;
-    for (int i = 0; i < 8; ++i) {
-      if ((mask >> i) & 1u) word |= 4u << (4 * i);
-    }
-    table[256 + si] = word;
-  }
+// Lets `kernel` take up to `bytes` of dynamic shared memory (default: as much as the
+// device allows beside the kernel's own static shared memory; a request above that
+// fails with cudaErrorInvalidValue).
+template <typename Kernel>
+Status allow_dynamic_shared(Kernel kernel, int bytes = INT32_MAX) {
+  cudaFuncAttributes attributes{};
+  DS4_CUDA_TRY(cudaFuncGetAttributes(&attributes, kernel));
+  const int room = max_shared_per_block() - static_cast<int>(attributes.sharedSizeBytes);
+  DS4_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, std::min(bytes, room)));
   return Status::Ok();
 }
 
 Status init_once() {
   uint32_t table[kTableWords];
-  DS4_RETURN_IF_ERROR(make_selectors(table));
+  DS4_RETURN_IF_ERROR(build_iq2xxs_compact_table(table));
   // On a stream of its own (non-blocking), so that the legacy stream's implicit
   // synchronisation never touches a stream being captured.
   cudaStream_t stream = nullptr;
@@ -944,27 +928,19 @@ Status init_once() {
   if (copied == cudaSuccess) copied = cudaStreamSynchronize(stream);
   cudaStreamDestroy(stream);
   DS4_RETURN_IF_ERROR(cuda_status(copied, "uploading the IQ2_XXS selector table"));
-  const int limit = max_shared_per_block();
   for (int r : {4, 8}) {
     for (bool lane : {false, true}) {
       for (bool prefetch : {false, true}) {
-        const int bytes = std::min(limit, (lane ? kLaneTableBytes : 0) + kMaxPartialBytes);
-        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_gate_up(r, lane, prefetch), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          bytes));
+        DS4_RETURN_IF_ERROR(
+            allow_dynamic_shared(pick_gate_up(r, lane, prefetch), (lane ? kLaneTableBytes : 0) + kMaxPartialBytes));
       }
     }
   }
   for (bool prefetch : {false, true}) {
     for (int cb : {1, 2}) {
-      for (bool lane : {false, true}) {
-        DS4_CUDA_TRY(cudaFuncSetAttribute(pick_tc_gate_up(cb, lane, prefetch),
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
-      }
+      for (bool lane : {false, true}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_tc_gate_up(cb, lane, prefetch)));
     }
-    for (int cb : {1, 2, 4, 8}) {
-      DS4_CUDA_TRY(
-          cudaFuncSetAttribute(pick_tc_down(cb, prefetch), cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
-    }
+    for (int cb : {1, 2, 4, 8}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_tc_down(cb, prefetch)));
   }
   return Status::Ok();
 }
