@@ -1008,18 +1008,20 @@ __global__ void __launch_bounds__(kThreads, 1) staged_matmul_kernel(MatmulParams
           }
         }
       } else {
+        // 16-byte pieces of each row's two chunks (IQ2_XXS: 16 bytes per row, its
+        // chunks never past the last; Q8_0: 64, the second chunk maybe past it).
 #pragma unroll 1
-      for (int i = tid; i < kMats * kBlockRows * kPieces; i += kThreads) {
-        const int mat = i / (kBlockRows * kPieces);
-        const int row = (i / kPieces) % kBlockRows;
-        const int piece = i % kPieces;
-        const int chunk = 2 * st + (piece * 16) / SF::kChunkBytes;
-        const bool ok = row_tile0 + row < p.n_rows && chunk < n_chunks;
-        const uint8_t* base = PAIRED && mat == 1 ? p.u_data : p.w_data;
-        const int64_t grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + (ok ? row_tile0 + row : 0);
-        const uint8_t* src = base + grow * p.row_bytes + (ok ? static_cast<int64_t>(st) * kRowBytes + piece * 16 : 0);
-        cp_async16_zfill(raw + (mat * kBlockRows + row) * kRowBytes + piece * 16, src, ok);
-      }
+        for (int i = tid; i < kMats * kBlockRows * kPieces; i += kThreads) {
+          const int mat = i / (kBlockRows * kPieces);
+          const int row = (i / kPieces) % kBlockRows;
+          const int piece = i % kPieces;
+          const int chunk = 2 * st + (piece * 16) / SF::kChunkBytes;
+          const bool ok = row_tile0 + row < p.n_rows && chunk < n_chunks;
+          const uint8_t* base = PAIRED && mat == 1 ? p.u_data : p.w_data;
+          const int64_t grow = static_cast<int64_t>(matrix) * p.matrix_rows + p.row_begin + (ok ? row_tile0 + row : 0);
+          const uint8_t* src = base + grow * p.row_bytes + (ok ? static_cast<int64_t>(st) * kRowBytes + piece * 16 : 0);
+          cp_async16_zfill(raw + (mat * kBlockRows + row) * kRowBytes + piece * 16, src, ok);
+        }
       }
       // Activations: this thread copies 16-byte segment tid % 8 of tokens tid / 8 and
       // tid / 8 + 32, hi and lo.
