@@ -834,9 +834,9 @@ struct StagedFormat<GgmlType::IQ2_XXS> {
   static constexpr int kStages = 4;
   // The scale of chunk c of a row (one per 256 columns).
   static __device__ __forceinline__ uint16_t scale(const uint16_t* sc, int c) { return __ldg(sc + (c >> 3)); }
-  // The raw chunk of this thread (chunk 2 st + half of the step) from its row's stage bytes.
-  static __device__ __forceinline__ Chunk<GgmlType::IQ2_XXS>::Raw raw(const uint8_t* bytes, int half, int, uint16_t d) {
-    return {*reinterpret_cast<const uint2*>(bytes + half * kChunkBytes), d};
+  // The raw chunk 2 st + which (which = 0, 1) of a row from the row's stage bytes.
+  static __device__ __forceinline__ Chunk<GgmlType::IQ2_XXS>::Raw raw(const uint8_t* bytes, int which, int, uint16_t d) {
+    return {*reinterpret_cast<const uint2*>(bytes + which * kChunkBytes), d};
   }
 };
 template <>
@@ -844,8 +844,8 @@ struct StagedFormat<GgmlType::Q8_0> {
   static constexpr int kChunkBytes = 32;
   static constexpr int kStages = 3;
   static __device__ __forceinline__ uint16_t scale(const uint16_t* sc, int c) { return __ldg(sc + c); }
-  static __device__ __forceinline__ Chunk<GgmlType::Q8_0>::Raw raw(const uint8_t* bytes, int half, int, uint16_t d) {
-    const int4* v = reinterpret_cast<const int4*>(bytes + half * kChunkBytes);
+  static __device__ __forceinline__ Chunk<GgmlType::Q8_0>::Raw raw(const uint8_t* bytes, int which, int, uint16_t d) {
+    const int4* v = reinterpret_cast<const int4*>(bytes + which * kChunkBytes);
     return {v[0], v[1], d};
   }
 };
@@ -862,14 +862,14 @@ struct StagedFormat<GgmlType::Q2_K> {
     const int blk = (st >> 2) * 84, hh = (st >> 1) & 1;
     return w < 8 ? blk + 16 + 32 * hh + 4 * w : w == 8 ? blk + 8 * hh + 4 * (st & 1) : blk + 80;
   }
-  static __device__ __forceinline__ Chunk<GgmlType::Q2_K>::Raw raw(const uint8_t* bytes, int half, int st, uint16_t) {
+  static __device__ __forceinline__ Chunk<GgmlType::Q2_K>::Raw raw(const uint8_t* bytes, int which, int st, uint16_t) {
     const uint32_t* w = reinterpret_cast<const uint32_t*>(bytes);
     Chunk<GgmlType::Q2_K>::Raw r;
 #pragma unroll
     for (int i = 0; i < 8; ++i) r.q[i] = w[i];
-    r.sc = (w[8] >> (16 * half)) & 0xFFFF;
+    r.sc = (w[8] >> (16 * which)) & 0xFFFF;
     r.dd = w[9];
-    r.jj = (2 * st + half) & 3;
+    r.jj = (2 * st + which) & 3;
     return r;
   }
 };
