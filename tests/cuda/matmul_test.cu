@@ -444,6 +444,29 @@ void test_tile32_bitwise(GgmlType type, MatmulPrecision prec, std::mt19937& rng)
   }
 }
 
+// Where the outputs `a` and `b` (row t of y at t * stride, `rows` values) differ, for
+// diagnosing the staged kernels: the largest |a - b| relative to |a|, and bit masks of
+// the 8-token groups within a 64-token tile (t % 64 / 8; in grouped mode t is the
+// assignment, so this is approximate) and of the 16-row groups within a 128-row tile
+// (r % 128 / 16) that hold differences.
+std::string diff_pattern(const std::vector<float>& a, const std::vector<float>& b, int64_t stride, int64_t rows) {
+  double worst = 0.0;
+  unsigned tok_mask = 0, row_mask = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) == 0) continue;
+    const int64_t t = static_cast<int64_t>(i) / stride, r = static_cast<int64_t>(i) % stride;
+    if (r >= rows) continue;
+    tok_mask |= 1u << ((t % 64) / 8);
+    row_mask |= 1u << ((r % 128) / 16);
+    const double d = std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(a[i])), 1e-30);
+    if (!(d <= worst)) worst = d;  // NaN counts as worst
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "largest relative difference %.3g, 8-token groups 0x%02x, 16-row groups 0x%02x", worst,
+                tok_mask, row_mask);
+  return buf;
+}
+
 // The staged kernels (MatmulLaunch::split_workspace) against the default kExact kernel:
 // the same arithmetic in the same order, so every output must match bit for bit.
 // Grouped (sizes set: assignments per matrix, x gathered from a pool of `pool` rows,
@@ -528,7 +551,8 @@ void test_staged_bitwise(GgmlType type, int64_t cols, int64_t rows, bool paired,
   if (bad == 0) {
     std::printf("ok   %s: %zu outputs bit for bit\n", name.c_str(), out[0].size());
   } else {
-    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ");
+    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ; " +
+                     diff_pattern(out[0], out[1], y_stride, nr));
   }
 }
 
@@ -813,7 +837,8 @@ void test_staged_prefill_shape(GgmlType type, int64_t rows, int64_t cols, int ex
   if (bad == 0) {
     std::printf("ok   %s: %zu outputs bit for bit\n", name.c_str(), out[0].size());
   } else {
-    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ");
+    check(false, name + ": " + std::to_string(bad) + " of " + std::to_string(out[0].size()) + " outputs differ; " +
+                     diff_pattern(out[0], out[1], rows, rows));
   }
 }
 
