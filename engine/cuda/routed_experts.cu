@@ -16,13 +16,7 @@ Status launch_routed_gate_up(const RoutedExpertsLaunch& r, cudaStream_t stream) 
   eg.n_used = r.n_used;
   eg.swiglu_limit = r.swiglu_limit;
   eg.y = r.h;
-  if (r.fast && expert_gate_up_supported(eg).ok()) {
-    // The fastest measured on the H200 (6 experts of 2048 x 4096): 27.5 us against 28.7
-    // with one 256-column block per warp.
-    ExpertMatvecOptions o;
-    o.tc_blocks_per_warp = 2;
-    return launch_expert_gate_up(eg, stream, o);
-  }
+  if (r.fast && expert_gate_up_supported(eg).ok()) return launch_expert_gate_up(eg, stream);
   MatvecLaunch gu;
   gu.w = &L.gate_exps;
   gu.w_up = &L.up_exps;
