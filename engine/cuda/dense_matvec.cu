@@ -5,17 +5,19 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_math.cuh"
+#include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
 
 namespace ds4 {
 namespace {
+using cuda_detail::kReduceScatterShift;
+using cuda_detail::swiglu;
+using cuda_detail::warp_reduce_scatter;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -44,42 +46,6 @@ struct DenseParams {
   int l2_lines;             // lines of the block's share asked into L2 before the wait
 };
 
-// v[0..P) per lane in; out: the warp's sum of value index (lane >> (5 - log2 P)). Each
-// exchange hands half of a lane's values to its partner (reduce-scatter), then lanes
-// holding the same index add theirs by a butterfly. The additions follow a fixed
-// pattern, so the result does not depend on scheduling.
-template <int P>
-__device__ __forceinline__ float warp_reduce_scatter(float (&v)[P], int lane) {
-  constexpr int kSteps = P == 1 ? 0 : P == 2 ? 1 : P == 4 ? 2 : 3;
-  static_assert(P == 1 || P == 2 || P == 4 || P == 8, "P: 1, 2, 4 or 8");
-#pragma unroll
-  for (int step = 0; step < kSteps; ++step) {
-    const int half = P >> (step + 1);
-    const int offset = 16 >> step;
-    const bool upper = (lane & offset) != 0;
-#pragma unroll
-    for (int i = 0; i < P / 2; ++i) {
-      if (i < half) {
-        const float give = upper ? v[i] : v[i + half];
-        const float keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
-      }
-    }
-  }
-  float s = v[0];
-#pragma unroll
-  for (int offset = 16 >> kSteps; offset >= 1; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
-  return s;
-}
-
-template <int P>
-constexpr int kScatterShift = P == 1 ? 5 : P == 2 ? 4 : P == 4 ? 3 : 2;
-
-__device__ __forceinline__ float swiglu(float g, float u, float limit) {
-  g = fminf(g, limit);
-  u = fminf(fmaxf(u, -limit), limit);
-  return g / (1.0f + expf(-g)) * u;
-}
 
 // One lane's 32 weights of a row within one 1024-column segment, read as 16-byte pieces
 // that the warp's lanes take side by side (each load instruction of a warp covers 512
@@ -312,8 +278,8 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
     const float g = warp_reduce_scatter<R>(acc, lane);
     float u = 0.0f;
     if constexpr (PAIRED) u = warp_reduce_scatter<R>(acc_up, lane);
-    const bool holder = (lane & ((1 << kScatterShift<R>) - 1)) == 0;
-    const int index = lane >> kScatterShift<R>;
+    const bool holder = (lane & ((1 << kReduceScatterShift<R>) - 1)) == 0;
+    const int index = lane >> kReduceScatterShift<R>;
     if (wpr == 1) {
       const int64_t r = row_of(b, index);
       if (holder && r < end) store(r, g, u);
@@ -372,39 +338,6 @@ KernelFn pick_kernel(GgmlType type, int rows_per_batch, bool prefetch, bool pair
   if (type == GgmlType::Q8_0) return pick_type<GgmlType::Q8_0>(rows_per_batch, prefetch, paired);
   if (type == GgmlType::F16) return pick_type<GgmlType::F16>(rows_per_batch, prefetch, paired);
   return nullptr;
-}
-
-// Resident blocks of `fn` per multiprocessor and the multiprocessor count of the current
-// device, cached per (device, kernel).
-struct Residency {
-  int blocks_per_sm = 1;
-  int multiprocessors = 1;
-};
-
-Result<Residency> residency(KernelFn fn) {
-  struct Entry {
-    int device;
-    KernelFn fn;
-    Residency value;
-  };
-  static std::mutex mutex;
-  static std::vector<Entry> cache;
-  int device = 0;
-  DS4_CUDA_TRY(cudaGetDevice(&device));
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (const Entry& e : cache) {
-      if (e.device == device && e.fn == fn) return e.value;
-    }
-  }
-  Residency r;
-  DS4_CUDA_TRY(cudaDeviceGetAttribute(&r.multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  DS4_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.blocks_per_sm, fn, kThreads, 0));
-  r.blocks_per_sm = std::max(1, r.blocks_per_sm);
-  r.multiprocessors = std::max(1, r.multiprocessors);
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.push_back({device, fn, r});
-  return r;
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -531,7 +464,7 @@ Status launch_dense_matvec(const DenseMatvecLaunch& l, cudaStream_t stream, cons
                          (paired ? " paired" : "") + " with rows_per_batch " + std::to_string(rows_per_batch) +
                          (o.prefetch ? " and prefetch" : "") + " (its registers would spill)");
   }
-  auto res = residency(fn);
+  auto res = kernel_residency(reinterpret_cast<const void*>(fn), kThreads, 0);
   DS4_RETURN_IF_ERROR(res.status());
 
   DenseParams p{};

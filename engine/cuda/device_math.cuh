@@ -136,5 +136,45 @@ __device__ __forceinline__ float fp4_roundtrip_value(float v, float amax) {
   return e2m1_round(c) * s;
 }
 
+// v[0..P) per lane in; out: the warp's sum of value index (lane >> kReduceScatterShift<P>).
+// Each exchange hands half of a lane's values to its partner (reduce-scatter), then lanes
+// holding the same index add theirs by a butterfly. The additions follow a fixed
+// pattern, so the result does not depend on scheduling. P: a power of two up to 32.
+template <int P>
+__device__ __forceinline__ float warp_reduce_scatter(float (&v)[P], int lane) {
+  static_assert(P >= 1 && P <= 32 && (P & (P - 1)) == 0, "P: a power of two up to 32");
+  constexpr int kSteps = P == 1 ? 0 : P == 2 ? 1 : P == 4 ? 2 : P == 8 ? 3 : P == 16 ? 4 : 5;
+#pragma unroll
+  for (int step = 0; step < kSteps; ++step) {
+    const int half = P >> (step + 1);
+    const int off = 16 >> step;
+    const bool upper = (lane & off) != 0;
+#pragma unroll
+    for (int i = 0; i < P / 2; ++i) {
+      if (i < half) {
+        const float send = upper ? v[i] : v[i + half];
+        const float keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+    }
+  }
+  float s = v[0];
+#pragma unroll
+  for (int off = 16 >> kSteps; off >= 1; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  return s;
+}
+
+// The shift that turns a lane into the value index warp_reduce_scatter<P> leaves it.
+template <int P>
+constexpr int kReduceScatterShift = P == 1 ? 5 : P == 2 ? 4 : P == 4 ? 3 : P == 8 ? 2 : P == 16 ? 1 : 0;
+
+// The MoE SwiGLU with its clamp (spec/MODEL.md §2.6): silu(min(g, limit)) *
+// clamp(u, -limit, limit); limit INFINITY: no clamp.
+__device__ __forceinline__ float swiglu(float g, float u, float limit) {
+  g = fminf(g, limit);
+  u = fminf(fmaxf(u, -limit), limit);
+  return g / (1.0f + expf(-g)) * u;
+}
+
 }  // namespace cuda_detail
 }  // namespace ds4

@@ -4,18 +4,22 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/device_math.cuh"
 #include "cuda/device_limits.h"
 #include "cuda/iq2xxs_compact_table.h"
+#include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
 
 namespace ds4 {
 namespace {
 
 using cuda_detail::Chunk;
+using cuda_detail::kReduceScatterShift;
+using cuda_detail::swiglu;
+using cuda_detail::warp_reduce_scatter;
 using cuda_detail::Iq2xxsCompact;
 using cuda_detail::PackedChunk;
 using Iq2Chunk = Chunk<GgmlType::IQ2_XXS>;
@@ -34,42 +38,6 @@ constexpr int kMaxPartialBytes = 2 * (kMaxThreads / 32) * 16 * static_cast<int>(
 // The compact IQ2_XXS selector table of cuda/dequant_chunk.cuh (Iq2xxsCompact).
 __device__ uint32_t g_selectors[kTableWords];
 
-// v[0..P) per lane in, the warp's sum of v[lane >> (5 - log2 P)] out: a reduce-scatter
-// (each exchange halves the values a lane carries) then a butterfly over the lanes that
-// share an index. A fixed order of additions: the result does not depend on scheduling.
-template <int P>
-__device__ __forceinline__ float reduce_scatter(float (&v)[P], int lane) {
-  static_assert(P >= 1 && P <= 32 && (P & (P - 1)) == 0, "P: a power of two up to 32");
-  constexpr int kSteps = P == 1 ? 0 : P == 2 ? 1 : P == 4 ? 2 : P == 8 ? 3 : P == 16 ? 4 : 5;
-#pragma unroll
-  for (int step = 0; step < kSteps; ++step) {
-    const int half = P >> (step + 1);
-    const int off = 16 >> step;
-    const bool upper = (lane & off) != 0;
-#pragma unroll
-    for (int i = 0; i < P / 2; ++i) {
-      if (i < half) {
-        const float send = upper ? v[i] : v[i + half];
-        const float keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
-      }
-    }
-  }
-  float s = v[0];
-#pragma unroll
-  for (int off = 16 >> kSteps; off >= 1; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-  return s;
-}
-
-// The shift that turns a lane into the index reduce_scatter<P> leaves it.
-template <int P>
-constexpr int kIndexShift = P == 1 ? 5 : P == 2 ? 4 : P == 4 ? 3 : P == 8 ? 2 : P == 16 ? 1 : 0;
-
-__device__ __forceinline__ float swiglu(float g, float u, float limit) {
-  g = fminf(g, limit);
-  u = fminf(fmaxf(u, -limit), limit);
-  return g / (1.0f + expf(-g)) * u;
-}
 
 // Element k of 32 consecutive f32 values (16-byte aligned) into registers.
 __device__ __forceinline__ void load_x_chunk(const float* src, float (&x)[32]) {
@@ -226,10 +194,10 @@ __global__ void __launch_bounds__(kMaxThreads) expert_gate_up_kernel(GateUpParam
 #pragma unroll
       for (int j = 0; j < P; ++j) acc[j] = 0.0f;
     }
-    const float sum = reduce_scatter<P>(acc, lane);
+    const float sum = warp_reduce_scatter<P>(acc, lane);
     const int buf = it & 1;
     float* sets = partial + buf * p.rowsets * p.groups * P;
-    if ((lane & ((32 / P) - 1)) == 0) sets[(rowset * p.groups + group) * P + (lane >> kIndexShift<P>)] = sum;
+    if ((lane & ((32 / P) - 1)) == 0) sets[(rowset * p.groups + group) * P + (lane >> kReduceScatterShift<P>)] = sum;
     rowset_barrier(rowset, p.groups * 32);
     if (group == 0 && lane < R && active) {
       const float* mine = sets + rowset * p.groups * P;
@@ -313,10 +281,10 @@ __global__ void __launch_bounds__(kDownMaxThreads) expert_down_kernel(DownParams
 #pragma unroll
       for (int j = 0; j < R; ++j) acc[j] = 0.0f;
     }
-    const float sum = reduce_scatter<R>(acc, lane);
+    const float sum = warp_reduce_scatter<R>(acc, lane);
     const int buf = it & 1;
     float* sets = partial + buf * p.rowsets * p.warps * R;
-    if ((lane & ((32 / R) - 1)) == 0) sets[(rowset * p.warps + w) * R + (lane >> kIndexShift<R>)] = sum;
+    if ((lane & ((32 / R) - 1)) == 0) sets[(rowset * p.warps + w) * R + (lane >> kReduceScatterShift<R>)] = sum;
     rowset_barrier(rowset, p.warps * 32);
     if (w == 0 && lane < R && active) {
       const float* mine = sets + rowset * p.warps * R;
@@ -945,43 +913,6 @@ Status init_once() {
   return Status::Ok();
 }
 
-// Blocks of `fn` resident per multiprocessor with `threads` threads and `shared` dynamic
-// bytes, and the multiprocessor count; cached per (device, kernel, threads, bytes).
-struct Residency {
-  int blocks_per_sm = 1;
-  int multiprocessors = 1;
-};
-
-Result<Residency> residency(const void* fn, int threads, size_t shared) {
-  struct Entry {
-    int device;
-    const void* fn;
-    int threads;
-    size_t shared;
-    Residency value;
-  };
-  static std::mutex mutex;
-  static std::vector<Entry> cache;
-  int device = 0;
-  DS4_CUDA_TRY(cudaGetDevice(&device));
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (const Entry& e : cache) {
-      if (e.device == device && e.fn == fn && e.threads == threads && e.shared == shared) return e.value;
-    }
-  }
-  Residency r;
-  DS4_CUDA_TRY(cudaDeviceGetAttribute(&r.multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  DS4_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.blocks_per_sm, fn, threads, shared));
-  if (r.blocks_per_sm < 1) {
-    return Status::Error("expert_matvec: a block of " + std::to_string(threads) + " threads with " +
-                         std::to_string(shared) + " bytes of shared memory does not fit on a multiprocessor");
-  }
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.push_back({device, fn, threads, shared, r});
-  return r;
-}
-
 Status check_options(const ExpertMatvecOptions& o) {
   if (o.rows_per_batch != 4 && o.rows_per_batch != 8) {
     return Status::Error("expert_matvec: rows_per_batch " + std::to_string(o.rows_per_batch) + " (expected 4 or 8)");
@@ -1003,7 +934,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // no more than there are batches for.
 Result<int> grid_for(const void* fn, int threads, size_t shared, int rowsets, int batches,
                      const ExpertMatvecOptions& o) {
-  auto res = residency(fn, threads, shared);
+  auto res = kernel_residency(fn, threads, shared);
   DS4_RETURN_IF_ERROR(res.status());
   const int per_sm = o.blocks_per_sm > 0 ? std::min(o.blocks_per_sm, res->blocks_per_sm) : res->blocks_per_sm;
   const int needed = (batches + rowsets - 1) / rowsets;

@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/device_math.cuh"
 #include "cuda/device_limits.h"
 #include "format/iq2xxs_grid.h"
 
@@ -15,6 +16,7 @@ namespace ds4 {
 namespace {
 
 using cuda_detail::Chunk;
+using cuda_detail::swiglu;
 
 // Block tile: kBlockRows weight rows x BN tokens (assignments), kBlockK columns per
 // step; 8 warps. Each thread dequantizes one 32-column chunk of one row per step.
@@ -68,12 +70,6 @@ __device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uin
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ float swiglu(float g, float u, float limit) {
-  g = fminf(g, limit);
-  u = fminf(fmaxf(u, -limit), limit);
-  return g / (1.0f + expf(-g)) * u;
 }
 
 // Grouped mode: finds which group and which of its BN-assignment tiles block `tile`

@@ -4,11 +4,11 @@
 #include <cmath>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/iq2xxs_compact_table.h"
+#include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 
@@ -17,6 +17,7 @@ namespace {
 
 using cuda_detail::Chunk;
 using cuda_detail::PackedChunk;
+using cuda_detail::swiglu;
 
 // MatvecLaunch::int8_activations: IQ2_XXS, Q2_K and Q4_K weights meet activations
 // quantized to int8 per 32 values (f32 scale, round to nearest) in dp4a dot products,
@@ -232,12 +233,6 @@ __device__ __forceinline__ void stage_chunk_int8(float v, int lane, int ns, int 
     *reinterpret_cast<float4*>(xb + (2 * ns + c) * 16) =
         make_float4(dx, dx * static_cast<float>(sum), dx * static_cast<float>(sum_hi), 0.0f);
   }
-}
-
-__device__ __forceinline__ float swiglu(float g, float u, float limit) {
-  g = fminf(g, limit);
-  u = fminf(fmaxf(u, -limit), limit);
-  return g / (1.0f + expf(-g)) * u;
 }
 
 // Chunk groups (one chunk; four for Q2_K) whose weight lines each thread asks L2 for
@@ -984,41 +979,6 @@ Status init_once() {
   return Status::Ok();
 }
 
-// Blocks of `fn` with `shared` dynamic bytes resident per multiprocessor, and the
-// multiprocessor count, cached (the occupancy query is a host computation worth
-// skipping on every launch). Thread-safe.
-struct Residency {
-  int blocks_per_sm = 2;
-  int multiprocessors = 132;
-};
-
-Result<Residency> residency(KernelFn fn, size_t shared) {
-  struct Entry {
-    int device;
-    KernelFn fn;
-    size_t shared;
-    Residency value;
-  };
-  static std::mutex mutex;
-  static std::vector<Entry> cache;
-  int device = 0;
-  DS4_CUDA_TRY(cudaGetDevice(&device));
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (const Entry& e : cache) {
-      if (e.device == device && e.fn == fn && e.shared == shared) return e.value;
-    }
-  }
-  Residency r;
-  DS4_CUDA_TRY(cudaDeviceGetAttribute(&r.multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  DS4_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.blocks_per_sm, fn, kThreads, shared));
-  r.blocks_per_sm = std::max(1, r.blocks_per_sm);
-  r.multiprocessors = std::max(1, r.multiprocessors);
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.push_back({device, fn, shared, r});
-  return r;
-}
-
 int pow2_at_least(int64_t v, int cap) {
   int p = 1;
   while (p < v && p < cap) p *= 2;
@@ -1266,7 +1226,7 @@ Status launch_matvec(const MatvecLaunch& l, cudaStream_t stream) {
   if (p.warps_per_row == 1) {
     // As many blocks as fit on the GPU at once (one wave: no second, mostly idle wave),
     // each walking an equal number of row steps; every block stages x once.
-    auto res = residency(fn, shared);
+    auto res = kernel_residency(reinterpret_cast<const void*>(fn), kThreads, shared);
     DS4_RETURN_IF_ERROR(res.status());
     const int64_t capacity = static_cast<int64_t>(res->blocks_per_sm) * res->multiprocessors;
     const int64_t rows_per_pass = rows_per_cta_min;

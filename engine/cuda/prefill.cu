@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_math.cuh"
 #include "cuda/device_sequence.h"
 #include "cuda/forward.h"
 #include "cuda/hyper_connections.h"
@@ -136,9 +137,7 @@ __global__ void swiglu_rows_kernel(float* h, const float* u, int64_t stride, int
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t a = i / cols;
     const int64_t j = i % cols;
-    const float g = fminf(h[a * stride + j], limit);
-    const float v = fminf(fmaxf(u[a * stride + j], -limit), limit);
-    float y = g / (1.0f + expf(-g)) * v;
+    float y = cuda_detail::swiglu(h[a * stride + j], u[a * stride + j], limit);
     if (scale) y *= scale[a];
     h[a * stride + j] = y;
   }
