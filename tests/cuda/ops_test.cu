@@ -4,11 +4,10 @@
 // hc_post, hc_head), the MoE router (biased top-k and hash routing), decode attention
 // with sinks over raw and compressed rows (head-group and per-head kernels), the
 // indexer's scores and top-k selection (current and earlier kernels), and the greedy
-// argmax; and the fused decode launches against the separate ones they replace, bit for
-// bit: hc_post with the next mixing projection's column tiles (launch_hc_post_mix), and
-// the router's projection with its selection (launch_router_fused). Prints "timing:"
-// lines for decode attention and the indexer at real sizes, and for 40-step CUDA graph
-// chains of the fused and unfused HC and router launches.
+// argmax; and hc_post fused with the next mixing projection's column tiles
+// (launch_hc_post_mix) against the separate launches it replaces, bit for bit. Prints
+// "timing:" lines for decode attention and the indexer at real sizes, and for 40-step
+// CUDA graph chains of the fused and unfused HC launches.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,7 +28,6 @@
 #include "cuda/column_tile.cuh"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
-#include "cuda/dense_matvec.h"
 #include "cuda/device_model.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/launch.h"
@@ -942,280 +940,6 @@ void test_hc_post_mix(std::mt19937& rng) {
   bench_hc_chain(rng, c.dim);
 }
 
-// launch_router_fused against launch_matvec (as CudaForward launches the router's
-// projection) then launch_router: logits, ids (in order) and weights bit for bit, the
-// block counter back at 0, and the same results on a repeat launch. `hash`: routing by
-// token id (the logits are still produced).
-void check_router_fused_case(std::mt19937& rng, const ModelConfig& c, GgmlType type, bool hash, const char* label) {
-  const int ne = c.n_experts, k = c.n_experts_used, dim = c.dim;
-  const std::string name = std::string("router_fused ") + label + (hash ? " hash" : " top-k");
-  std::vector<float> x = random_floats(dim, rng, -2.0f, 2.0f), bias = random_floats(ne, rng, -0.2f, 0.2f);
-  std::vector<uint8_t> gate = random_blocks(type, ne, dim, rng);
-  std::vector<int32_t> tid(static_cast<size_t>(k) * c.vocab);
-  for (size_t i = 0; i < tid.size(); ++i) tid[i] = static_cast<int32_t>((i * 13 + 5) % ne);
-  const int32_t token = 7 % c.vocab;
-  auto dg = upload_matrix(type, dim, ne, 1, gate.data());
-  check(dg.ok(), name + ": gate upload");
-  if (!dg.ok()) return;
-  DeviceVec<float> dx(x), db(bias), la(ne), lb(ne), wa(k), wb(k), ws_a(kHcSplitFloats), ws_b(kHcSplitFloats);
-  DeviceVec<int32_t> dt(tid), dtok(std::vector<int32_t>{token}), ia(k), ib(k);
-  DeviceVec<unsigned int> counter(1);
-  MatvecLaunch ml;
-  ml.w = &(*dg)->m;
-  ml.x = dx.get();
-  ml.y = la.get();
-  ml.split_workspace = ws_a.get();
-  ml.split_workspace_floats = kHcSplitFloats;
-  check(launch_matvec(ml, nullptr).ok(), name + ": matvec");
-  RouterLaunch rl;
-  rl.logits = la.get();
-  rl.n_experts = ne;
-  rl.n_used = k;
-  rl.bias = hash ? nullptr : db.get();
-  rl.tid2eid = hash ? dt.get() : nullptr;
-  rl.token = dtok.get();
-  rl.route_scale = c.route_scale;
-  rl.route_norm = c.route_norm;
-  rl.ids = ia.get();
-  rl.weights = wa.get();
-  check(launch_router(rl, nullptr).ok(), name + ": router");
-  RouterFusedLaunch rf;
-  rf.route = rl;
-  rf.route.logits = nullptr;
-  rf.route.ids = ib.get();
-  rf.route.weights = wb.get();
-  rf.gate = &(*dg)->m;
-  rf.x = dx.get();
-  rf.partial = ws_b.get();
-  rf.partial_floats = kHcSplitFloats;
-  rf.counter = counter.get();
-  rf.logits = lb.get();
-  cudaMemset(lb.get(), 0xFF, sizeof(float) * ne);
-  cudaMemset(ib.get(), 0xFF, sizeof(int32_t) * k);
-  cudaMemset(wb.get(), 0xFF, sizeof(float) * k);
-  Status st = launch_router_fused(rf, nullptr);
-  check(st.ok(), name + ": launch (" + st.message() + ")");
-  check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernels ran");
-  Result<int> tiles = matvec_tile_columns(ml);
-  std::printf("%s: %d experts x %d (%s), %d column tiles\n", name.c_str(), ne, dim, ggml_type_name(type).data(),
-              tiles.ok() ? *tiles : -1);
-  const std::vector<float> logits_a = la.host();
-  const std::vector<int32_t> ids_a = ia.host();
-  const std::vector<float> w_a = wa.host();
-  check(count_bits_differ(lb.host(), logits_a, name + " logits") == 0, name + ": logits bit-identical to the matvec");
-  auto same_ids = [&](const std::vector<int32_t>& got, const char* when) {
-    bool same = got == ids_a;
-    if (!same) {
-      std::printf("  %s ids (%s):", name.c_str(), when);
-      for (int i = 0; i < k; ++i) std::printf(" %d/%d", got[i], ids_a[i]);
-      std::printf(" (fused/unfused)\n");
-    }
-    check(same, name + ": expert ids identical, in order (" + when + ")");
-  };
-  same_ids(ib.host(), "first launch");
-  check(count_bits_differ(wb.host(), w_a, name + " weights") == 0, name + ": weights bit-identical");
-  check(counter.host()[0] == 0, name + ": block counter reset to 0 (reads " + std::to_string(counter.host()[0]) + ")");
-  // A repeat (the counter reused) gives the same results.
-  cudaMemset(ib.get(), 0xFF, sizeof(int32_t) * k);
-  cudaMemset(wb.get(), 0xFF, sizeof(float) * k);
-  check(launch_router_fused(rf, nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": repeat launch");
-  same_ids(ib.host(), "repeat");
-  check(count_bits_differ(wb.host(), w_a, name + " weights (repeat)") == 0, name + ": repeat weights bit-identical");
-  check(counter.host()[0] == 0, name + ": block counter 0 after the repeat");
-}
-
-void check_router_fused_errors(std::mt19937& rng) {
-  const ModelConfig c = small_config();
-  std::vector<uint8_t> gate = random_blocks(GgmlType::F16, c.n_experts, c.dim, rng);
-  auto dg = upload_matrix(GgmlType::F16, c.dim, c.n_experts, 1, gate.data());
-  if (!dg.ok()) {
-    check(false, "router_fused errors: upload");
-    return;
-  }
-  DeviceVec<float> x(c.dim), ws(kHcSplitFloats), w(c.n_experts_used);
-  DeviceVec<int32_t> ids(c.n_experts_used);
-  DeviceVec<unsigned int> counter(1);
-  RouterFusedLaunch rf;
-  rf.route.n_experts = c.n_experts;
-  rf.route.n_used = c.n_experts_used;
-  rf.route.ids = ids.get();
-  rf.route.weights = w.get();
-  rf.gate = &(*dg)->m;
-  rf.x = x.get();
-  rf.partial = ws.get();
-  rf.partial_floats = kHcSplitFloats;
-  rf.counter = counter.get();
-  auto expect = [&](const RouterFusedLaunch& l, const char* needle, const char* what) {
-    Status st = launch_router_fused(l, nullptr);
-    check(!st.ok() && st.message().find(needle) != std::string::npos,
-          std::string("router_fused refuses ") + what + " (got: " + (st.ok() ? "ok" : st.message()) + ")");
-  };
-  RouterFusedLaunch l = rf;
-  l.counter = nullptr;
-  expect(l, "counter", "a missing block counter");
-  l = rf;
-  l.route.n_experts = c.n_experts / 2;
-  expect(l, "rows", "a gate matrix whose rows are not the experts");
-  l = rf;
-  l.partial_floats = 8;
-  expect(l, "workspace", "a workspace too small");
-  l = rf;
-  l.route.tid2eid = ids.get();
-  expect(l, "token", "hash routing without the token id");
-  check(router_fused_supported(rf).ok(), "router_fused_supported: a valid launch is supported");
-  check(!router_fused_supported(l).ok(), "router_fused_supported: refuses what the launch refuses");
-}
-
-// 40 routers in a row as one CUDA graph: matvec (column tiles + their reduction) +
-// router against the fused launch; same ids and weights; replay times printed, and
-// those of the dense kernel (cuda/dense_matvec.h, which CudaForward uses for this
-// projection when it takes it) + router, whose logits round differently (its ids are
-// reported, not required, to match).
-void bench_router_chain(std::mt19937& rng) {
-  const ModelConfig c = deepseek_v4_flash_config();
-  const int ne = c.n_experts, k = c.n_experts_used, dim = c.dim, steps = 40;
-  std::vector<uint8_t> gate = random_blocks(GgmlType::F16, ne, dim, rng);
-  auto dg = upload_matrix(GgmlType::F16, dim, ne, 1, gate.data());
-  if (!dg.ok()) {
-    check(false, "router chain: upload");
-    return;
-  }
-  std::vector<float> x = random_floats(dim, rng, -2.0f, 2.0f), bias = random_floats(ne, rng, -0.2f, 0.2f);
-  DeviceVec<float> dx(x), db(bias), logits(ne), ws(kHcSplitFloats), wa(k), wb(k);
-  DeviceVec<float> wc(k);
-  DeviceVec<int32_t> ia(k), ib(k), ic(k);
-  DeviceVec<unsigned int> counter(1);
-  cudaStream_t stream;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  RouterLaunch rl;
-  rl.logits = logits.get();
-  rl.n_experts = ne;
-  rl.n_used = k;
-  rl.bias = db.get();
-  rl.route_scale = c.route_scale;
-  rl.route_norm = c.route_norm;
-  rl.ids = ia.get();
-  rl.weights = wa.get();
-  // 0: matvec + router, 1: fused, 2: dense kernel + router.
-  auto enqueue = [&](int form) -> Status {
-    for (int t = 0; t < steps; ++t) {
-      if (form == 2) {
-        MatvecLaunch ml;
-        ml.w = &(*dg)->m;
-        ml.x = dx.get();
-        ml.y = logits.get();
-        Result<DenseMatvecLaunch> d = dense_matvec_from(ml);
-        if (!d.ok()) return d.status();
-        DS4_RETURN_IF_ERROR(dense_matvec_supported(*d));
-        DS4_RETURN_IF_ERROR(launch_dense_matvec(*d, stream));
-        RouterLaunch rd = rl;
-        rd.ids = ic.get();
-        rd.weights = wc.get();
-        DS4_RETURN_IF_ERROR(launch_router(rd, stream));
-      } else if (form == 1) {
-        RouterFusedLaunch rf;
-        rf.route = rl;
-        rf.route.ids = ib.get();
-        rf.route.weights = wb.get();
-        rf.gate = &(*dg)->m;
-        rf.x = dx.get();
-        rf.partial = ws.get();
-        rf.partial_floats = kHcSplitFloats;
-        rf.counter = counter.get();
-        DS4_RETURN_IF_ERROR(launch_router_fused(rf, stream));
-      } else {
-        MatvecLaunch ml;
-        ml.w = &(*dg)->m;
-        ml.x = dx.get();
-        ml.y = logits.get();
-        ml.split_workspace = ws.get();
-        ml.split_workspace_floats = kHcSplitFloats;
-        DS4_RETURN_IF_ERROR(launch_matvec(ml, stream));
-        DS4_RETURN_IF_ERROR(launch_router(rl, stream));
-      }
-    }
-    return Status::Ok();
-  };
-  auto record = [&](int form, cudaGraphExec_t* exec) -> Status {
-    cudaGraph_t graph;
-    DS4_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    Status st = enqueue(form);
-    cudaError_t end = cudaStreamEndCapture(stream, &graph);
-    if (!st.ok() && end == cudaSuccess) cudaGraphDestroy(graph);
-    DS4_RETURN_IF_ERROR(st);
-    DS4_CUDA_TRY(end);
-    cudaError_t inst = cudaGraphInstantiate(exec, graph, 0);
-    cudaGraphDestroy(graph);
-    DS4_CUDA_TRY(inst);
-    return Status::Ok();
-  };
-  cudaGraphExec_t ga = nullptr, gb = nullptr, gc = nullptr;
-  Status ra = record(0, &ga), rb = record(1, &gb);
-  check(ra.ok() && rb.ok(), "router chain: graphs recorded (PDL " + std::string(pdl_enabled() ? "on" : "off") +
-                                "): " + ra.message() + " " + rb.message());
-  if (ra.ok() && rb.ok()) {
-    cudaGraphLaunch(ga, stream);
-    cudaGraphLaunch(gb, stream);
-    check(cudaStreamSynchronize(stream) == cudaSuccess, "router chain: graphs ran");
-    check(ib.host() == ia.host(), "router chain: same expert ids");
-    check(count_bits_differ(wb.host(), wa.host(), "router chain weights") == 0, "router chain: weights bit-identical");
-    check(counter.host()[0] == 0, "router chain: block counter back at 0 after 40 launches");
-    auto time_graph = [&](cudaGraphExec_t g) {
-      for (int i = 0; i < 5; ++i) cudaGraphLaunch(g, stream);
-      cudaEvent_t e0, e1;
-      cudaEventCreate(&e0);
-      cudaEventCreate(&e1);
-      const int reps = 50;
-      cudaEventRecord(e0, stream);
-      for (int i = 0; i < reps; ++i) cudaGraphLaunch(g, stream);
-      cudaEventRecord(e1, stream);
-      cudaEventSynchronize(e1);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, e0, e1);
-      cudaEventDestroy(e0);
-      cudaEventDestroy(e1);
-      return 1000.0 * ms / reps;
-    };
-    const double ta = time_graph(ga), tb = time_graph(gb);
-    std::printf("timing: router chain (%d experts x %d F16, PDL %s), %d routers: matvec + router %.1f us "
-                "(%.2f us each), fused %.1f us (%.2f us each), saved %.2f us each\n",
-                ne, dim, pdl_enabled() ? "on" : "off", steps, ta, ta / steps, tb, tb / steps, (ta - tb) / steps);
-    Status rc = record(2, &gc);
-    if (rc.ok()) {
-      cudaGraphLaunch(gc, stream);
-      check(cudaStreamSynchronize(stream) == cudaSuccess, "router chain: dense graph ran");
-      const double tc = time_graph(gc);
-      std::printf("timing: router chain, dense kernel + router %.1f us (%.2f us each; fused saves %.2f us each); "
-                  "its expert ids %s the fused launch's\n",
-                  tc, tc / steps, (tc - tb) / steps, ic.host() == ib.host() ? "equal" : "differ from");
-    } else {
-      std::printf("router chain: the dense kernel does not take the router (%s)\n", rc.message().c_str());
-    }
-  }
-  if (ga) cudaGraphExecDestroy(ga);
-  if (gb) cudaGraphExecDestroy(gb);
-  if (gc) cudaGraphExecDestroy(gc);
-  cudaStreamDestroy(stream);
-}
-
-void test_router_fused(std::mt19937& rng) {
-  const ModelConfig real = deepseek_v4_flash_config(), small = small_config();
-  for (int hash = 0; hash < 2; ++hash) {
-    check_router_fused_case(rng, real, GgmlType::F16, hash, "real F16");
-    check_router_fused_case(rng, small, GgmlType::F16, hash, "tiny F16");
-  }
-  check_router_fused_case(rng, small, GgmlType::F32, false, "tiny F32");
-  check_router_fused_case(rng, small, GgmlType::Q8_0, false, "tiny Q8_0");
-  ModelConfig one_tile = small;
-  one_tile.dim = 64;  // two chunks: a single column tile, no reduction in the matvec
-  check_router_fused_case(rng, one_tile, GgmlType::F16, false, "one tile");
-  ModelConfig many = real;
-  many.n_experts = 1024;  // several block rows at a wider tile
-  check_router_fused_case(rng, many, GgmlType::F16, false, "1024 experts");
-  check_router_fused_errors(rng);
-  bench_router_chain(rng);
-}
-
 }  // namespace
 
 int main() {
@@ -1225,7 +949,6 @@ int main() {
   test_hyper_connections(rng);
   test_hc_post_mix(rng);
   test_router(rng);
-  test_router_fused(rng);
   test_attention(rng);
   bench_attention(rng);
   test_indexer(rng);
