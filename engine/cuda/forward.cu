@@ -249,7 +249,7 @@ Status CudaForward::hc_post(const float* x_in, const float* f, float* x_out, con
                             cudaStream_t st) {
   const ModelConfig& c = model_.config();
   Workspace& w = *ws_;
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   pending_mix_tiles_ = 0;
   if (fused_hc_ && next_mix) {
     HcPostMixLaunch pm;
@@ -277,7 +277,7 @@ Status CudaForward::hc_head(const DeviceMatrix& fn, const float* scale, const fl
                             cudaStream_t st) {
   const ModelConfig& c = model_.config();
   Workspace& w = *ws_;
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   if (const int tiles = std::exchange(pending_mix_tiles_, 0); tiles > 0) {
     return launch_hc_head_partials(w.x, w.split, tiles, scale, base, norm, hc, w.head, st);
   }
@@ -309,7 +309,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   auto mv = [&](const DeviceMatrix& m, const float* x, float* y, cudaStream_t s, float* split) {
     MatvecLaunch ml;
     ml.w = &m;
@@ -590,7 +590,7 @@ void CudaForward::stage(const char* name) {
 Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   const ModelConfig& c = model_.config();
   Workspace& w = *ws_;
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   DS4_RETURN_IF_ERROR(launch_hc_embed(model_.token_embd().data, model_.token_embd().type, seq.step,
                                       hc, w.x, stream_));
   stage("embed");

@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "cuda/device_matrix.h"
 #include "format/ggml_type.h"
+#include "model/config.h"
 
 namespace ds4 {
 
@@ -23,6 +24,11 @@ struct HcShape {
   float hc_eps = 1e-6f;
   float norm_eps = 1e-6f;
 };
+
+// The model's hyper-connection shape.
+inline HcShape hc_shape(const ModelConfig& c) {
+  return HcShape{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+}
 
 // X[h*dim + d] = embedding row (*token) for every stream h. `embd` is F16 or F32.
 Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, const HcShape& s,

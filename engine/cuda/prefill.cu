@@ -266,7 +266,7 @@ Status CudaForward::prefill(int id, const int32_t* tokens, int n, int32_t pos0, 
   DS4_CUDA_TRY(cudaMemcpyAsync(w.tokens, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, st));
   DS4_CUDA_TRY(cudaMemcpyAsync(w.pos0, &pos0, sizeof(int32_t), cudaMemcpyHostToDevice, st));
 
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   DS4_RETURN_IF_ERROR(
       launch_hc_embed_tokens(model_.token_embd().data, model_.token_embd().type, w.tokens, n, hc, w.x, st));
   stage("embed");
@@ -316,7 +316,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   PrefillWorkspace& w = *pws_;
   cudaStream_t st = stream_;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
-  const HcShape hc{c.dim, c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const HcShape hc = hc_shape(c);
   const int64_t hcd = c.hc_dim();
   const int64_t qdim = static_cast<int64_t>(c.n_heads) * c.head_dim;
   float* ring = seq.raw + static_cast<int64_t>(l) * seq.ring * c.head_dim;
