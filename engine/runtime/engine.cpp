@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "model/model.h"
 #include "runtime/generator.h"
+#include "runtime/sampler.h"
 #include "runtime/speculative.h"
 #include "text/tokenizer.h"
 
@@ -100,78 +102,6 @@ class Emitter {
   Clock::time_point first_time_{}, last_time_{};
 };
 
-// One token per forward pass. `held` is the session's token list (what the backend
-// sequence holds); `logits` are those of its last token.
-Status decode_plain(Backend& backend, SeqId seq, std::vector<int32_t>* held, Sampler& sampler,
-                    std::vector<float> logits, Emitter& emitter) {
-  int32_t token = sampler.sample(logits);
-  if (sampler.params().temperature <= 0) {
-    // Greedy: the backend returns the token alone (no logits copied per token).
-    while (emitter.emit(token) && !emitter.cancelled()) {
-      BatchToken t;
-      t.token = token;
-      t.seq = seq;
-      t.pos = static_cast<int32_t>(held->size());
-      Result<int32_t> next = backend.forward_greedy(t);
-      if (!next.ok()) return next.status().wrap("decode at position " + std::to_string(t.pos));
-      held->push_back(token);
-      token = *next;
-    }
-    return Status::Ok();
-  }
-  while (emitter.emit(token) && !emitter.cancelled()) {
-    DS4_RETURN_IF_ERROR(decode_token(backend, seq, token, static_cast<int32_t>(held->size()), &logits));
-    held->push_back(token);
-    token = sampler.sample(logits);
-  }
-  return Status::Ok();
-}
-
-// Greedy decoding with MTP drafts (runtime/speculative.h): identical tokens, fewer
-// forward passes when drafts are accepted. `hidden` is the HC state of the last held
-// token.
-Status decode_speculative(Backend& backend, SeqId seq, std::vector<int32_t>* held,
-                          const std::vector<float>& logits, std::vector<float> hidden,
-                          int32_t max_drafts, Emitter& emitter, GenerateResult* result) {
-  int32_t token = Sampler::greedy(logits);
-  std::vector<int32_t> drafts;
-  Verification verified;
-  // Draft length adapts: it shrinks to one past the accepted run after a rejection
-  // (wrong drafts cost an MTP pass and a wider verification each) and grows back by
-  // one after a round whose drafts were all accepted.
-  int32_t draft_len = std::min(max_drafts, Backend::kMaxRollback);
-  while (emitter.emit(token) && !emitter.cancelled()) {
-    const int32_t pos = static_cast<int32_t>(held->size());
-    // Drafts beyond the token budget could never be emitted.
-    const int32_t n_drafts = std::min(draft_len, emitter.remaining() - 1);
-    drafts.clear();
-    if (n_drafts > 0) {
-      DS4_RETURN_IF_ERROR(draft_with_mtp(backend, seq, hidden, pos - 1, token, n_drafts, &drafts));
-    }
-    DS4_RETURN_IF_ERROR(verify_drafts(backend, seq, token, pos, drafts, &verified));
-    result->draft_tokens += static_cast<int32_t>(drafts.size());
-    result->accepted_draft_tokens += verified.accepted;
-    draft_len = verified.accepted == n_drafts
-                    ? std::min({draft_len + 1, max_drafts, Backend::kMaxRollback})
-                    : verified.accepted + 1;
-    held->push_back(token);
-    held->insert(held->end(), drafts.begin(), drafts.begin() + verified.accepted);
-    // Emit the accepted drafts; the main model's own next token is emitted by the loop.
-    for (int32_t i = 0; i < verified.accepted; ++i) {
-      if (!emitter.emit(verified.tokens[i])) {
-        // verified.tokens[i] ends the generation: keep only what precedes it.
-        const int32_t keep = pos + 1 + i;
-        DS4_RETURN_IF_ERROR(backend.truncate(seq, keep).wrap("speculative stop"));
-        held->resize(keep);
-        return Status::Ok();
-      }
-    }
-    token = verified.tokens.back();
-    hidden = std::move(verified.hidden);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 BackendKind default_backend_kind() {
@@ -190,6 +120,10 @@ std::string_view finish_reason_name(FinishReason reason) {
 double GenerateResult::prefill_tokens_per_second() const {
   const int32_t prefilled = prompt_tokens - reused_tokens;
   return prefill_seconds > 0 && prefilled > 0 ? prefilled / prefill_seconds : 0.0;
+}
+
+double GenerateResult::mean_decode_batch() const {
+  return decode_steps > 0 ? static_cast<double>(decode_step_sequences) / decode_steps : 0.0;
 }
 
 double GenerateResult::decode_tokens_per_second() const {
@@ -276,28 +210,20 @@ Result<std::unique_ptr<Session>> Engine::new_session() {
   return std::unique_ptr<Session>(new Session(backend_.get(), *seq));
 }
 
-// Brings the session's backend state to a prefix of `prompt`, keeping as much as
-// the backend can; returns how many prompt tokens are already in the state. At
-// least one prompt token is always left to prefill (its logits start decoding).
-static Result<int32_t> reuse_prefix(Backend& backend, SeqId seq, std::vector<int32_t>* held,
-                                    const std::vector<int32_t>& prompt) {
-  size_t keep = common_prefix(*held, prompt);
-  if (keep == prompt.size()) keep = prompt.size() - 1;
-  if (keep == held->size()) return static_cast<int32_t>(keep);
+int32_t Engine::reusable_prefix(const std::vector<int32_t>& held, const std::vector<int32_t>& prompt) {
+  size_t keep = common_prefix(held, prompt);
+  if (!prompt.empty() && keep == prompt.size()) keep = prompt.size() - 1;
+  if (keep == held.size()) return static_cast<int32_t>(keep);
   const size_t rollback_limit =
-      held->size() > static_cast<size_t>(Backend::kMaxRollback) ? held->size() - Backend::kMaxRollback : 0;
-  if (keep < rollback_limit) keep = 0;
-  DS4_RETURN_IF_ERROR(backend.truncate(seq, static_cast<int32_t>(keep)));
-  held->resize(keep);
-  return static_cast<int32_t>(keep);
+      held.size() > static_cast<size_t>(Backend::kMaxRollback) ? held.size() - Backend::kMaxRollback : 0;
+  return static_cast<int32_t>(keep < rollback_limit ? 0 : keep);
 }
 
-Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest& request,
-                                        const TokenSink& sink) {
-  const auto start = Clock::now();
+// Checks a request against the engine's limits (nothing is touched); returns its
+// token budget.
+static Result<int32_t> checked_max_tokens(const GenerateRequest& request, int32_t vocab, int32_t ctx) {
   const int32_t n_prompt = static_cast<int32_t>(request.prompt.size());
   if (n_prompt == 0) return Status::Error("generate: the prompt is empty");
-  const int32_t vocab = tokenizer_->vocab_size();
   for (int32_t i = 0; i < n_prompt; ++i) {
     if (request.prompt[i] < 0 || request.prompt[i] >= vocab) {
       return Status::Error("generate: prompt token " + std::to_string(i) + " has id " +
@@ -305,7 +231,6 @@ Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest&
                            std::to_string(vocab) + ")");
     }
   }
-  const int32_t ctx = options_.ctx;
   const int32_t max_tokens = request.max_tokens < 0 ? ctx - n_prompt : request.max_tokens;
   if (n_prompt + static_cast<int64_t>(max_tokens) > ctx) {
     return Status::Error("context overflow: prompt of " + std::to_string(n_prompt) +
@@ -313,46 +238,246 @@ Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest&
                          std::to_string(n_prompt + static_cast<int64_t>(max_tokens)) +
                          " exceeds the context size of " + std::to_string(ctx) + " tokens");
   }
+  return max_tokens;
+}
 
-  GenerateResult result;
-  result.prompt_tokens = n_prompt;
-  auto reused = reuse_prefix(*backend_, session.seq_, &session.tokens_, request.prompt);
-  if (!reused.ok()) return reused.status();
-  result.reused_tokens = *reused;
-
-  // Prefill the new suffix.
-  const bool speculative = speculative_enabled() && request.sampling.temperature <= 0;
-  std::vector<float> logits, hidden;
-  const std::span<const int32_t> suffix(request.prompt.data() + *reused, n_prompt - *reused);
-  size_t fed = 0;
-  const Status prefill =
-      prefill_tokens(*backend_, session.seq_, suffix, *reused, options_.prefill_chunk, &logits,
-                     request.cancel, &fed, speculative ? &hidden : nullptr);
-  session.tokens_.insert(session.tokens_.end(), suffix.begin(), suffix.begin() + fed);
-  if (!prefill.ok()) return prefill;
-  result.prefill_seconds = seconds_between(start, Clock::now());
-  if (fed < suffix.size()) {
-    result.finish_reason = FinishReason::kCancelled;
-    return result;
+Result<GenerateResult> Engine::generate(Session& session, const GenerateRequest& request,
+                                        const TokenSink& sink) {
+  auto generation = begin_generation(session, request, sink);
+  if (!generation.ok()) return generation.status();
+  Generation& g = **generation;
+  while (g.phase() == Generation::Phase::kPrefill) DS4_RETURN_IF_ERROR(g.prefill_step());
+  while (g.phase() == Generation::Phase::kDecode) {
+    DS4_RETURN_IF_ERROR(g.speculative() ? g.speculative_step() : g.decode_step());
   }
+  return g.finish();
+}
 
-  // Decode.
-  result.finish_reason = FinishReason::kLength;
-  Emitter emitter(&result, *tokenizer_, request, sink, max_tokens);
-  if (max_tokens > 0) {
-    Status decoded;
-    if (speculative) {
-      decoded = decode_speculative(*backend_, session.seq_, &session.tokens_, logits,
-                                   std::move(hidden), options_.mtp_draft, emitter, &result);
+// ---------------------------------------------------------------------------------
+// Generation
+
+struct Generation::State {
+  State(Engine& engine, Session& session, GenerateRequest request, TokenSink sink, int32_t max_tokens)
+      : backend(engine.backend()),
+        tokenizer(engine.tokenizer()),
+        session(session),
+        request(std::move(request)),
+        sink(std::move(sink)),
+        max_tokens(max_tokens),
+        prefill_chunk(engine.options().prefill_chunk),
+        speculative(engine.speculative_enabled() && this->request.sampling.temperature <= 0),
+        max_drafts(engine.options().mtp_draft),
+        sampler(this->request.sampling) {}
+
+  SeqId seq() const { return session.seq_; }
+  // The sampled `token` was streamed: decoding goes on unless it ended the generation.
+  void after_sample(int32_t token) {
+    if (emitter->emit(token) && !emitter->cancelled()) {
+      pending = token;
+      phase = Phase::kDecode;
     } else {
-      Sampler sampler(request.sampling);
-      decoded = decode_plain(*backend_, session.seq_, &session.tokens_, sampler, std::move(logits),
-                             emitter);
+      phase = Phase::kDone;
     }
-    if (!decoded.ok()) return decoded;
   }
-  emitter.finish(start);
-  return result;
+  void count_step(int32_t sequences) {
+    ++result.decode_steps;
+    result.decode_step_sequences += sequences;
+  }
+
+  Backend& backend;
+  const Tokenizer& tokenizer;
+  Session& session;
+  const GenerateRequest request;
+  const TokenSink sink;
+  const int32_t max_tokens;
+  const int32_t prefill_chunk;
+  const bool speculative;
+  const int32_t max_drafts;
+  const Clock::time_point start = Clock::now();
+
+  Phase phase = Phase::kPrefill;
+  GenerateResult result;
+  int32_t reused = 0;
+  size_t prefill_fed = 0;         // suffix tokens fed so far
+  Sampler sampler;
+  std::optional<Emitter> emitter;  // from the end of the prefill
+  int32_t pending = 0;            // sampled and streamed, not yet fed (kDecode)
+  std::vector<float> hidden;      // HC state of the last fed token, when known
+  bool hidden_valid = false;
+  int32_t draft_len = 0;          // speculative: drafts of the next round
+  bool finished = false;
+};
+
+Result<std::unique_ptr<Generation>> Engine::begin_generation(Session& session, GenerateRequest request,
+                                                             TokenSink sink) {
+  auto max_tokens = checked_max_tokens(request, tokenizer_->vocab_size(), options_.ctx);
+  if (!max_tokens.ok()) return max_tokens.status();
+  auto state = std::make_unique<Generation::State>(*this, session, std::move(request), std::move(sink),
+                                                   *max_tokens);
+  const std::vector<int32_t>& prompt = state->request.prompt;
+  state->result.prompt_tokens = static_cast<int32_t>(prompt.size());
+  // Bring the session's backend state to the reusable prefix.
+  const int32_t keep = reusable_prefix(session.tokens_, prompt);
+  if (static_cast<size_t>(keep) != session.tokens_.size()) {
+    DS4_RETURN_IF_ERROR(backend_->truncate(session.seq_, keep));
+    session.tokens_.resize(keep);
+  }
+  state->reused = keep;
+  state->result.reused_tokens = keep;
+  state->draft_len = std::min(state->max_drafts, Backend::kMaxRollback);
+  return std::unique_ptr<Generation>(new Generation(std::move(state)));
+}
+
+Generation::Generation(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Generation::~Generation() = default;
+
+Generation::Phase Generation::phase() const { return state_->phase; }
+Session& Generation::session() const { return state_->session; }
+bool Generation::speculative() const { return state_->speculative; }
+
+int32_t Generation::prefill_remaining() const {
+  const State& s = *state_;
+  if (s.phase != Phase::kPrefill) return 0;
+  return static_cast<int32_t>(s.request.prompt.size() - s.reused - s.prefill_fed);
+}
+
+bool Generation::check_cancel() {
+  State& s = *state_;
+  if (s.phase == Phase::kDone) return true;
+  if (!is_cancelled(s.request.cancel)) return false;
+  s.result.finish_reason = FinishReason::kCancelled;
+  s.phase = Phase::kDone;
+  return true;
+}
+
+Status Generation::prefill_step() {
+  State& s = *state_;
+  if (s.phase != Phase::kPrefill) return Status::Error("generation: prefill_step outside the prefill");
+  if (check_cancel()) return Status::Ok();
+  const std::span<const int32_t> suffix(s.request.prompt.data() + s.reused, s.request.prompt.size() - s.reused);
+  const size_t n = std::min<size_t>(static_cast<size_t>(s.prefill_chunk), suffix.size() - s.prefill_fed);
+  const bool last = s.prefill_fed + n == suffix.size();
+  std::vector<float> logits;
+  DS4_RETURN_IF_ERROR(prefill_tokens(s.backend, s.seq(), suffix.subspan(s.prefill_fed, n),
+                                     s.reused + static_cast<int32_t>(s.prefill_fed), static_cast<int32_t>(n),
+                                     last ? &logits : nullptr, nullptr, nullptr,
+                                     last && s.speculative ? &s.hidden : nullptr));
+  s.session.tokens_.insert(s.session.tokens_.end(), suffix.begin() + s.prefill_fed,
+                           suffix.begin() + s.prefill_fed + n);
+  s.prefill_fed += n;
+  if (!last) return Status::Ok();
+
+  s.result.prefill_seconds = seconds_between(s.start, Clock::now());
+  s.hidden_valid = s.speculative;
+  s.result.finish_reason = FinishReason::kLength;
+  s.emitter.emplace(&s.result, s.tokenizer, s.request, s.sink, s.max_tokens);
+  if (s.max_tokens <= 0) {
+    s.phase = Phase::kDone;
+    return Status::Ok();
+  }
+  s.after_sample(s.speculative ? Sampler::greedy(logits) : s.sampler.sample(logits));
+  return Status::Ok();
+}
+
+BatchToken Generation::decode_input() const {
+  BatchToken t;
+  t.token = state_->pending;
+  t.seq = state_->seq();
+  t.pos = state_->session.size();
+  t.want_logits = true;
+  return t;
+}
+
+Status Generation::decode_accept(std::span<const float> logits, int32_t step_sequences) {
+  State& s = *state_;
+  if (s.phase != Phase::kDecode) return Status::Error("generation: decode_accept outside the decode");
+  if (logits.empty()) return Status::Error("generation: no logits for the decode token");
+  s.session.tokens_.push_back(s.pending);
+  s.hidden_valid = false;
+  s.count_step(step_sequences);
+  s.after_sample(s.sampler.sample(logits));
+  return Status::Ok();
+}
+
+Status Generation::decode_step() {
+  State& s = *state_;
+  if (s.phase != Phase::kDecode) return Status::Error("generation: decode_step outside the decode");
+  const BatchToken t = decode_input();
+  if (s.sampler.params().temperature <= 0) {
+    // Greedy: the backend returns the token alone (no logits copied per token).
+    Result<int32_t> next = s.backend.forward_greedy(t);
+    if (!next.ok()) return next.status().wrap("decode at position " + std::to_string(t.pos));
+    s.session.tokens_.push_back(s.pending);
+    s.hidden_valid = false;
+    s.count_step(1);
+    s.after_sample(*next);
+    return Status::Ok();
+  }
+  std::vector<float> logits;
+  DS4_RETURN_IF_ERROR(decode_token(s.backend, s.seq(), t.token, t.pos, &logits));
+  return decode_accept(logits, 1);
+}
+
+// Greedy decoding with MTP drafts (runtime/speculative.h): identical tokens, fewer
+// forward passes when drafts are accepted. The draft length adapts: it shrinks to
+// one past the accepted run after a rejection (wrong drafts cost an MTP pass and a
+// wider verification each) and grows back by one after a round whose drafts were
+// all accepted.
+Status Generation::speculative_step() {
+  State& s = *state_;
+  if (s.phase != Phase::kDecode || !s.speculative) {
+    return Status::Error("generation: speculative_step needs a speculative generation in its decode");
+  }
+  std::vector<int32_t>& held = s.session.tokens_;
+  const int32_t token = s.pending;
+  const int32_t pos = static_cast<int32_t>(held.size());
+  // Drafts beyond the token budget could never be emitted; without the HC state of
+  // the last fed token there is nothing to draft from.
+  const int32_t n_drafts = s.hidden_valid ? std::min(s.draft_len, s.emitter->remaining() - 1) : 0;
+  std::vector<int32_t> drafts;
+  if (n_drafts > 0) {
+    DS4_RETURN_IF_ERROR(draft_with_mtp(s.backend, s.seq(), s.hidden, pos - 1, token, n_drafts, &drafts));
+  }
+  Verification verified;
+  DS4_RETURN_IF_ERROR(verify_drafts(s.backend, s.seq(), token, pos, drafts, &verified));
+  s.count_step(1);
+  s.result.draft_tokens += static_cast<int32_t>(drafts.size());
+  s.result.accepted_draft_tokens += verified.accepted;
+  if (s.hidden_valid) {
+    s.draft_len = verified.accepted == n_drafts
+                      ? std::min({s.draft_len + 1, s.max_drafts, Backend::kMaxRollback})
+                      : verified.accepted + 1;
+  }
+  held.push_back(token);
+  held.insert(held.end(), drafts.begin(), drafts.begin() + verified.accepted);
+  // Emit the accepted drafts; the main model's own next token follows.
+  for (int32_t i = 0; i < verified.accepted; ++i) {
+    if (!s.emitter->emit(verified.tokens[i])) {
+      // verified.tokens[i] ends the generation: keep only what precedes it.
+      const int32_t keep = pos + 1 + i;
+      DS4_RETURN_IF_ERROR(s.backend.truncate(s.seq(), keep).wrap("speculative stop"));
+      held.resize(keep);
+      s.hidden_valid = false;
+      s.phase = Phase::kDone;
+      return Status::Ok();
+    }
+  }
+  s.hidden = std::move(verified.hidden);
+  s.hidden_valid = true;
+  s.after_sample(verified.tokens.back());
+  return Status::Ok();
+}
+
+GenerateResult Generation::finish() {
+  State& s = *state_;
+  if (s.finished) return s.result;
+  s.finished = true;
+  if (s.phase != Phase::kDone) {
+    s.result.finish_reason = FinishReason::kCancelled;
+    s.phase = Phase::kDone;
+  }
+  if (s.emitter) s.emitter->finish(s.start);
+  return s.result;
 }
 
 }  // namespace ds4
