@@ -5,10 +5,13 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/device_limits.h"
 #include "cuda/device_math.cuh"
 #include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
@@ -70,6 +73,16 @@ struct Slice<GgmlType::Q8_0> {
     for (int p = 0; p < 2; ++p) r.d[p] = __ldg(scales + segment * 32 + p * 16 + (lane >> 1));
     return r;
   }
+  // The same slice from a copy of the row in shared memory (quants, and its scales).
+  static __device__ __forceinline__ Raw load_shared(const uint8_t* row, const uint16_t* scales, int segment,
+                                                    int lane) {
+    Raw r;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) r.q[p] = *reinterpret_cast<const int4*>(row + segment * 1024 + p * 512 + 16 * lane);
+#pragma unroll
+    for (int p = 0; p < 2; ++p) r.d[p] = scales[segment * 32 + p * 16 + (lane >> 1)];
+    return r;
+  }
   // sum over pieces of (sum_j q_j x_j, in column order) * d, piece order.
   static __device__ __forceinline__ float dot(const Raw& r, const float (&x)[32]) {
     float acc = 0.0f;
@@ -104,6 +117,12 @@ struct Slice<GgmlType::F16> {
     Raw r;
 #pragma unroll
     for (int p = 0; p < 4; ++p) r.q[p] = cuda_detail::load16(row + segment * 2048 + p * 512 + 16 * lane);
+    return r;
+  }
+  static __device__ __forceinline__ Raw load_shared(const uint8_t* row, const uint16_t*, int segment, int lane) {
+    Raw r;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) r.q[p] = *reinterpret_cast<const int4*>(row + segment * 2048 + p * 512 + 16 * lane);
     return r;
   }
   static __device__ __forceinline__ float dot(const Raw& r, const float (&x)[32]) {
@@ -305,6 +324,316 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
   }
 }
 
+// ---- kStream: a ring of shared-memory stages filled by bulk asynchronous copies ----
+
+constexpr int kMaxStages = 8;
+constexpr int kBarrierBytes = 128;  // full[kMaxStages] then empty[kMaxStages], 8 bytes each
+
+struct StreamParams {
+  const uint8_t* w_data;
+  const uint16_t* w_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;
+  int64_t scales_per_row;
+  int64_t first_row;        // fixed_matrix * w.rows: the stack row of slot 0, row 0
+  int64_t slot_row_stride;
+  int64_t n_rows;           // per slot
+  int64_t total_rows;       // n_slots * n_rows: the (slot, row) pairs the blocks share
+  const float* x;
+  int64_t x_slot_stride;
+  float* y;
+  int64_t y_slot_stride;
+  int warp_shift;           // log2(warps per row): 0..3
+  int chunk_rows;           // rows one stage holds: stream_warps * stream_units / warps per row
+  int stages;               // ring depth, 2..kMaxStages
+  int matrix_bytes;         // one matrix's part of a stage: quants, then scales (16-aligned)
+  int stage_bytes;          // matrix_bytes, twice when paired
+  float swiglu_limit;
+  int accumulate;
+  const float* x_norm_weight;
+  float x_norm_eps;
+  int cols;
+};
+
+// The rows of one stage: `len` rows of slot `slot` from row `row` on. Producer and
+// consumers walk the block's range [begin, end) of (slot, row) pairs the same way.
+struct Chunk {
+  int64_t slot;
+  int64_t row;
+  int len;
+};
+
+__device__ __forceinline__ Chunk chunk_at(const StreamParams& p, int64_t cur, int64_t end) {
+  Chunk c;
+  c.slot = cur / p.n_rows;
+  c.row = cur - c.slot * p.n_rows;
+  int64_t len = p.chunk_rows;
+  len = len < p.n_rows - c.row ? len : p.n_rows - c.row;
+  len = len < end - cur ? len : end - cur;
+  c.len = static_cast<int>(len);
+  return c;
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void barrier_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+// Arrives once and adds `bytes` to the transfer count the current phase waits for.
+__device__ __forceinline__ uint64_t barrier_arrive_expect(uint32_t bar, uint32_t bytes) {
+  uint64_t state;
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
+               : "=l"(state)
+               : "r"(bar), "r"(bytes)
+               : "memory");
+  return state;  // the phase token; waits here go by parity instead
+}
+
+__device__ __forceinline__ uint64_t barrier_arrive(uint32_t bar) {
+  uint64_t state;
+  asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(bar) : "memory");
+  return state;
+}
+
+__device__ __forceinline__ bool barrier_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n\t.reg .pred p;\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+      "selp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Waits for the phase of parity `parity` of `bar` to complete. A wait of more than two
+// seconds can only be a broken ring: it stops the kernel with an error (never a hang).
+__device__ __forceinline__ void barrier_wait(uint32_t bar, uint32_t parity, int who, int chunk) {
+  if (barrier_try_wait(bar, parity)) return;
+  const uint64_t start = global_ns();
+  while (!barrier_try_wait(bar, parity)) {
+    if (global_ns() - start > 2000000000ull) {
+      printf("dense_matvec stream kernel: block %d %s %d waited 2 s for chunk %d\n", blockIdx.x,
+             who < 0 ? "producer" : "warp", who, chunk);
+      __trap();
+    }
+  }
+}
+
+// dst (shared) <- bytes of src (global), counted on `bar`. All 16-byte aligned.
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ void consumer_barrier(int threads) {
+  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
+}
+#endif
+
+// Consumer warps w < CW, one producer warp (CW). Consumer warp w takes segment
+// w & (warps per row - 1) of the rows of row group w >> warp_shift: rows i * groups + group
+// of each stage, i < U, like kRegisters' batches of U rows.
+template <GgmlType T, int CW, int U, bool PAIRED>
+__global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using C = Slice<T>;
+  using Raw = typename C::Raw;
+  constexpr bool kScaled = T == GgmlType::Q8_0;
+  constexpr int kConsumers = CW * 32;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t full0 = shared_address(smem);
+  const uint32_t empty0 = full0 + 8 * kMaxStages;
+  uint8_t* ring = smem + kBarrierBytes;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t begin = p.total_rows * blockIdx.x / gridDim.x;
+  const int64_t end = p.total_rows * (blockIdx.x + 1) / gridDim.x;
+  const int64_t quant_bytes = static_cast<int64_t>(p.chunk_rows) * p.row_bytes;  // scales follow
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.stages; ++s) {
+      barrier_init(full0 + 8 * s, 1);
+      barrier_init(empty0 + 8 * s, CW);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == CW) {  // the producer
+    bool waited = false;
+    if (lane == 0) {
+      int c = 0;
+      for (int64_t cur = begin; cur < end; ++c) {
+        const Chunk ch = chunk_at(p, cur, end);
+        cur += ch.len;
+        const int stage = c % p.stages;
+        // The first `stages` chunks are requested before the PDL wait (weights only);
+        // later stages are reused once every consumer warp has handed them back.
+        if (c == p.stages) {
+          pdl_wait();
+          pdl_launch_dependents();
+          waited = true;
+        }
+        if (c >= p.stages) barrier_wait(empty0 + 8 * stage, ((c / p.stages) - 1) & 1, -1, c);
+        const int64_t s = p.first_row + ch.slot * p.slot_row_stride + ch.row;
+        const uint32_t q_bytes = static_cast<uint32_t>(ch.len * p.row_bytes);
+        const uint32_t d_bytes = kScaled ? static_cast<uint32_t>(ch.len * p.scales_per_row * 2) : 0u;
+        const uint32_t bar = full0 + 8 * stage;
+        barrier_arrive_expect(bar, (q_bytes + d_bytes) * (PAIRED ? 2u : 1u));
+        const uint32_t dst = shared_address(ring + static_cast<int64_t>(stage) * p.stage_bytes);
+        bulk_copy(dst, p.w_data + s * p.row_bytes, q_bytes, bar);
+        const uint32_t scales_at = static_cast<uint32_t>(quant_bytes);
+        if (kScaled) bulk_copy(dst + scales_at, p.w_scales + s * p.scales_per_row, d_bytes, bar);
+        if constexpr (PAIRED) {
+          const uint32_t up = dst + static_cast<uint32_t>(p.matrix_bytes);
+          bulk_copy(up, p.u_data + s * p.row_bytes, q_bytes, bar);
+          if (kScaled) bulk_copy(up + scales_at, p.u_scales + s * p.scales_per_row, d_bytes, bar);
+        }
+      }
+    }
+    if (!waited) {  // it reads nothing earlier kernels wrote; it waits because every thread must
+      pdl_wait();
+      pdl_launch_dependents();
+    }
+    return;
+  }
+
+  pdl_wait();  // everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+
+  const int wpr = 1 << p.warp_shift;
+  const int groups = CW >> p.warp_shift;
+  const int group = warp >> p.warp_shift;
+  const int wi = warp & (wpr - 1);
+  const int segment = wi;
+
+  // x normalised as launch_matvec normalises it: the same 256-thread strided double sum
+  // (threads from 256 on add nothing) and the same final butterfly.
+  float norm_scale = 1.0f;
+  if (p.x_norm_weight) {  // one slot (checked on the host)
+    __shared__ double red[32];
+    double ss = 0.0;
+    if (threadIdx.x < 256) {
+      for (int i = threadIdx.x; i < p.cols; i += 256) ss += static_cast<double>(p.x[i]) * p.x[i];
+    }
+    ss = cuda_detail::warp_sum_double(ss);
+    if (lane == 0) red[warp] = ss;
+    consumer_barrier(kConsumers);
+    double t = lane < CW ? red[lane] : 0.0;
+    t = cuda_detail::warp_sum_double(t);
+    norm_scale = cuda_detail::rms_scale(t, p.cols, p.x_norm_eps);
+  }
+  float xr[32];
+  int64_t x_slot = -1;
+  const auto load_x = [&](int64_t slot) {
+    const float* src = p.x + slot * p.x_slot_stride;
+#pragma unroll
+    for (int k = 0; k < 32; k += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(src + column_of<T>(segment, lane, k));
+      xr[k] = v.x;
+      xr[k + 1] = v.y;
+      xr[k + 2] = v.z;
+      xr[k + 3] = v.w;
+    }
+    if (p.x_norm_weight) {
+#pragma unroll
+      for (int k = 0; k < 32; k += 4) {
+        const float4 gv = *reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k));
+        xr[k] = xr[k] * norm_scale * gv.x;
+        xr[k + 1] = xr[k + 1] * norm_scale * gv.y;
+        xr[k + 2] = xr[k + 2] * norm_scale * gv.z;
+        xr[k + 3] = xr[k + 3] * norm_scale * gv.w;
+      }
+    }
+  };
+
+  // Per-warp row sums of a stage (rows of several segments), double-buffered by chunk
+  // parity as in kRegisters: one consumer barrier per stage.
+  __shared__ float partial[2][CW][2 * U];
+  const auto store = [&](const Chunk& ch, int64_t r, float g, float u) {
+    float v = g;
+    if constexpr (PAIRED) v = swiglu(g, u, p.swiglu_limit);
+    float* out = p.y + ch.slot * p.y_slot_stride + ch.row + r;
+    *out = p.accumulate ? *out + v : v;
+  };
+
+  int c = 0;
+  for (int64_t cur = begin; cur < end; ++c) {
+    const Chunk ch = chunk_at(p, cur, end);
+    cur += ch.len;
+    if (ch.slot != x_slot) {
+      load_x(ch.slot);
+      x_slot = ch.slot;
+    }
+    const int stage = c % p.stages;
+    const uint8_t* base = ring + static_cast<int64_t>(stage) * p.stage_bytes;
+    barrier_wait(full0 + 8 * stage, (c / p.stages) & 1, warp, c);
+    float acc[U];
+    float acc_up[PAIRED ? U : 1];
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      const int r = i * groups + group;  // < chunk_rows; rows from ch.len on are not stored
+      const uint8_t* q = base + r * p.row_bytes;
+      const uint16_t* d = reinterpret_cast<const uint16_t*>(base + quant_bytes) + r * p.scales_per_row;
+      acc[i] = C::dot(C::load_shared(q, d, segment, lane), xr);
+      if constexpr (PAIRED) {
+        const uint8_t* uq = q + p.matrix_bytes;
+        const uint16_t* ud = reinterpret_cast<const uint16_t*>(base + p.matrix_bytes + quant_bytes) +
+                             r * p.scales_per_row;
+        acc_up[i] = C::dot(C::load_shared(uq, ud, segment, lane), xr);
+      }
+    }
+    __syncwarp();
+    if (lane == 0) barrier_arrive(empty0 + 8 * stage);  // this warp is done with the stage
+    const float g = warp_reduce_scatter<U>(acc, lane);
+    float u = 0.0f;
+    if constexpr (PAIRED) u = warp_reduce_scatter<U>(acc_up, lane);
+    const bool holder = (lane & ((1 << kReduceScatterShift<U>) - 1)) == 0;
+    const int index = lane >> kReduceScatterShift<U>;
+    if (wpr == 1) {
+      const int r = index * groups + group;
+      if (holder && r < ch.len) store(ch, r, g, u);
+      continue;
+    }
+    float* buf = &partial[c & 1][0][0];
+    if (holder) {
+      buf[warp * 2 * U + index] = g;
+      if constexpr (PAIRED) buf[warp * 2 * U + U + index] = u;
+    }
+    consumer_barrier(kConsumers);
+    if (wi == 0 && lane < U) {
+      const int r = lane * groups + group;
+      if (r < ch.len) {
+        float gs = 0.0f, us = 0.0f;
+        for (int k = 0; k < wpr; ++k) {  // warp order
+          gs += buf[(warp + k) * 2 * U + lane];
+          if constexpr (PAIRED) us += buf[(warp + k) * 2 * U + U + lane];
+        }
+        store(ch, r, gs, us);
+      }
+    }
+  }
+#else
+  pdl_wait();  // not built below sm_90: the launcher never picks it there
+#endif
+}
+
 using KernelFn = void (*)(DenseParams);
 
 template <GgmlType T, int R, bool PREFETCH, bool PAIRED>
@@ -340,7 +669,73 @@ KernelFn pick_kernel(GgmlType type, int rows_per_batch, bool prefetch, bool pair
   return nullptr;
 }
 
+using StreamFn = void (*)(StreamParams);
+
+template <GgmlType T, int CW, bool PAIRED>
+StreamFn pick_stream_units(int units) {
+  switch (units) {
+    case 1: return dense_stream_kernel<T, CW, 1, PAIRED>;
+    case 2: return dense_stream_kernel<T, CW, 2, PAIRED>;
+    case 4: return dense_stream_kernel<T, CW, 4, PAIRED>;
+    default: return nullptr;
+  }
+}
+
+template <GgmlType T>
+StreamFn pick_stream_type(int warps, int units, bool paired) {
+  if (warps == 8) return paired ? pick_stream_units<T, 8, true>(units) : pick_stream_units<T, 8, false>(units);
+  if (warps == 16) return paired ? pick_stream_units<T, 16, true>(units) : pick_stream_units<T, 16, false>(units);
+  return nullptr;
+}
+
+StreamFn pick_stream(GgmlType type, int warps, int units, bool paired) {
+  if (type == GgmlType::Q8_0) return pick_stream_type<GgmlType::Q8_0>(warps, units, paired);
+  if (type == GgmlType::F16) return pick_stream_type<GgmlType::F16>(warps, units, paired);
+  return nullptr;
+}
+
+// Lets `fn` take as much dynamic shared memory as the device allows beside its static
+// shared memory (once per device and kernel); returns that room in bytes.
+Result<int> stream_shared_room(StreamFn fn) {
+  struct Entry {
+    int device;
+    StreamFn fn;
+    int room;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> cache;
+  int device = 0;
+  DS4_CUDA_TRY(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const Entry& e : cache) {
+    if (e.device == device && e.fn == fn) return e.room;
+  }
+  cudaFuncAttributes attributes{};
+  DS4_CUDA_TRY(cudaFuncGetAttributes(&attributes, fn));
+  const int room = max_shared_per_block() - static_cast<int>(attributes.sharedSizeBytes);
+  if (room <= kBarrierBytes) return Status::Error("dense_matvec: no shared memory left for the stream kernel's ring");
+  DS4_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, room));
+  cache.push_back({device, fn, room});
+  return room;
+}
+
+bool device_has_bulk_copies() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major >= 9;
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether the stream kernel can read these weights here: sm_90 or newer, and weight and
+// scale arrays at 16-byte boundaries (bulk copies move aligned 16-byte multiples).
+bool stream_fits(const DenseMatvecLaunch& l) {
+  const auto ok = [](const DeviceMatrix* m) {
+    return m == nullptr || (aligned16(m->data) && (m->type != GgmlType::Q8_0 || aligned16(m->scales)));
+  };
+  return ok(l.w) && ok(l.w_up) && device_has_bulk_copies();
+}
 
 Status matrix_fits(const DeviceMatrix* m, const char* name) {
   if (!m || m->data == nullptr) return Status::Error(std::string("dense_matvec: no ") + name + " matrix");
@@ -361,6 +756,15 @@ Status matrix_fits(const DeviceMatrix* m, const char* name) {
 // -1: not decided yet (the environment decides on first use); 0: off; 1: on.
 std::atomic<int> g_dense_state{-1};
 
+// The process-wide DenseKernel as an int; kDefault: not decided yet (the environment
+// decides on first use).
+std::atomic<int> g_dense_kernel{static_cast<int>(DenseKernel::kDefault)};
+
+DenseKernel kernel_from_environment() {
+  const char* v = std::getenv("DS4_CUDA_DENSE_KERNEL");
+  return v != nullptr && std::strcmp(v, "stream") == 0 ? DenseKernel::kStream : DenseKernel::kRegisters;
+}
+
 }  // namespace
 
 bool dense_matvec_enabled() {
@@ -377,6 +781,20 @@ bool dense_matvec_enabled() {
 }
 
 void set_dense_matvec_enabled(bool on) { g_dense_state.store(on ? 1 : 0, std::memory_order_release); }
+
+DenseKernel dense_matvec_kernel() {
+  int k = g_dense_kernel.load(std::memory_order_acquire);
+  if (k == static_cast<int>(DenseKernel::kDefault)) {
+    int expected = k;
+    k = static_cast<int>(kernel_from_environment());
+    if (!g_dense_kernel.compare_exchange_strong(expected, k)) k = expected;
+  }
+  return static_cast<DenseKernel>(k);
+}
+
+void set_dense_matvec_kernel(DenseKernel kernel) {
+  g_dense_kernel.store(static_cast<int>(kernel), std::memory_order_release);
+}
 
 Status launch_dense_or_matvec(const MatvecLaunch& m, cudaStream_t stream) {
   if (dense_matvec_enabled()) {
@@ -447,15 +865,86 @@ Result<DenseMatvecLaunch> dense_matvec_from(const MatvecLaunch& m) {
   return d;
 }
 
+namespace {
+
+// The stream kernel's launch: a ring of stages of stream_warps * stream_units row pieces
+// per matrix, and one block per multiprocessor slot, each taking an equal share of the
+// (slot, row) pairs.
+Status launch_stream(const DenseMatvecLaunch& l, int64_t n_rows, cudaStream_t stream, const DenseMatvecOptions& o) {
+  const DeviceMatrix& w = *l.w;
+  const bool paired = l.w_up != nullptr;
+  const int warps = o.stream_warps != 0 ? o.stream_warps : 8;
+  const int units = o.stream_units != 0 ? o.stream_units : paired ? 1 : 2;
+  StreamFn fn = pick_stream(w.type, warps, units, paired);
+  if (!fn) {
+    return Status::Error("dense_matvec: no stream kernel with stream_warps " + std::to_string(warps) +
+                         " and stream_units " + std::to_string(units) + " (8 or 16 warps; 1, 2 or 4 units)");
+  }
+  Result<int> room = stream_shared_room(fn);
+  DS4_RETURN_IF_ERROR(room.status());
+
+  StreamParams p{};
+  const int warps_per_row = static_cast<int>(w.cols / 1024);
+  p.warp_shift = warps_per_row == 1 ? 0 : warps_per_row == 2 ? 1 : warps_per_row == 4 ? 2 : 3;
+  p.chunk_rows = warps * units / warps_per_row;
+  p.row_bytes = static_cast<int64_t>(w.data_row_bytes());
+  p.scales_per_row = w.scales_per_row();
+  p.matrix_bytes = static_cast<int>(p.chunk_rows * (p.row_bytes + 2 * p.scales_per_row));
+  p.stage_bytes = p.matrix_bytes * (paired ? 2 : 1);
+  const int budget = std::min(*room, o.stream_ring_kib > 0 ? o.stream_ring_kib * 1024 : 96 * 1024);
+  p.stages = std::min(kMaxStages, (budget - kBarrierBytes) / p.stage_bytes);
+  if (p.stages < 2) {
+    return Status::Error("dense_matvec: two stream stages of " + std::to_string(p.stage_bytes) +
+                         " bytes do not fit in " + std::to_string(budget) +
+                         " bytes of shared memory (stream_ring_kib, stream_warps, stream_units)");
+  }
+  const size_t shared = static_cast<size_t>(kBarrierBytes + p.stages * p.stage_bytes);
+  const int threads = (warps + 1) * 32;
+  auto res = kernel_residency(reinterpret_cast<const void*>(fn), threads, shared);
+  DS4_RETURN_IF_ERROR(res.status());
+
+  p.w_data = w.data;
+  p.w_scales = w.scales;
+  p.u_data = paired ? l.w_up->data : nullptr;
+  p.u_scales = paired ? l.w_up->scales : nullptr;
+  p.first_row = static_cast<int64_t>(l.fixed_matrix) * w.rows;
+  p.slot_row_stride = l.slot_row_stride;
+  p.n_rows = n_rows;
+  p.total_rows = n_rows * l.n_slots;
+  p.x = l.x;
+  p.x_slot_stride = l.x_slot_stride;
+  p.y = l.y;
+  p.y_slot_stride = l.y_slot_stride;
+  p.swiglu_limit = l.swiglu_limit;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.x_norm_weight = l.x_norm_weight;
+  p.x_norm_eps = l.x_norm_eps;
+  p.cols = static_cast<int>(w.cols);
+
+  // One block per multiprocessor unless asked: the next launch's block then fits beside
+  // it and requests its first stages while this one drains (PDL).
+  const int per_sm = std::min(o.blocks_per_sm > 0 ? o.blocks_per_sm : 1, res->blocks_per_sm);
+  const int64_t capacity = static_cast<int64_t>(per_sm) * res->multiprocessors;
+  const unsigned blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min(capacity, p.total_rows)));
+  const cudaError_t err = launch_kernel(fn, dim3(blocks), dim3(threads), shared, stream, p);
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  return cuda_status(err, "dense matvec stream launch");
+}
+
+}  // namespace
+
 Status launch_dense_matvec(const DenseMatvecLaunch& l, cudaStream_t stream, const DenseMatvecOptions& o) {
   DS4_RETURN_IF_ERROR(dense_matvec_supported(l));
   if (o.rows_per_batch != 0 && o.rows_per_batch != 2 && o.rows_per_batch != 4 && o.rows_per_batch != 8) {
     return Status::Error("dense_matvec: rows_per_batch " + std::to_string(o.rows_per_batch) + " (0, 2, 4 or 8 only)");
   }
   if (o.blocks_per_sm < 0) return Status::Error("dense_matvec: negative blocks_per_sm");
+  if (o.stream_ring_kib < 0) return Status::Error("dense_matvec: negative stream_ring_kib");
   const DeviceMatrix& w = *l.w;
   const int64_t n_rows = l.n_rows < 0 ? w.rows : l.n_rows;
   if (n_rows == 0) return Status::Ok();
+  const DenseKernel kernel = o.kernel == DenseKernel::kDefault ? dense_matvec_kernel() : o.kernel;
+  if (kernel == DenseKernel::kStream && stream_fits(l)) return launch_stream(l, n_rows, stream, o);
   const bool paired = l.w_up != nullptr;
   const int rows_per_batch = o.rows_per_batch != 0 ? o.rows_per_batch : paired ? 2 : 4;
   KernelFn fn = pick_kernel(w.type, rows_per_batch, o.prefetch, paired);

@@ -15,20 +15,37 @@
 // same x normalisation (sum of squares in double, in the generic kernel's order, so the
 // normalised x is bit for bit the one launch_matvec computes with).
 //
-// How it runs: one wave of blocks sized from the device, each owning a contiguous range
+// Two kernels compute these products with the same sums in the same order (so the same
+// bits); DenseMatvecOptions::kernel picks one.
+//
+// kRegisters: one wave of blocks sized from the device, each owning a contiguous range
 // of one slot's rows. Every lane keeps 32 columns of x in registers (16-byte pieces
 // side by side with the other lanes', so each warp load covers 512 contiguous bytes) and
-// streams 16-byte weight loads of several rows at once (the next rows' loads issued before this
-// batch's products); the first weights are loaded, and the block's remaining share asked
+// streams 16-byte weight loads of several rows at once (the next rows' loads issued
+// before this batch's products); the first weights are loaded, and the block's remaining share asked
 // into L2, before the programmatic-dependent-launch wait (weights are immutable), so DRAM
-// streams while the previous kernel drains. Sums: f32 activations, f32 accumulation
-// (fixtures/README.md §4); per row, each lane's pieces in column order (each Q8_0 piece's
-// sum times its block scale), the lanes by a fixed reduce-scatter, then the warps that own the row's other columns in warp order:
-// results are deterministic and do not depend on scheduling (no atomics).
+// streams while the previous kernel drains.
+//
+// kStream: one wave of blocks, each owning an equal contiguous range of the launch's
+// (slot, row) pairs, so that every block reads the same number of bytes. One producer
+// thread per block streams its share through a ring of shared-memory stages with bulk
+// asynchronous copies (cp.async.bulk, completion counted on an mbarrier per stage), the
+// first stages requested before the PDL wait; consumer warps read each stage, with the
+// same lane slices, x registers and reductions as kRegisters, and hand the stage back.
+// Needs sm_90 or newer and 16-byte aligned weight and scale arrays (else the launch
+// runs kRegisters); the ring fits the GB10's 99 KiB per block.
+//
+// Sums (both kernels): f32 activations, f32 accumulation (fixtures/README.md §4); per
+// row, each lane's pieces in column order (each Q8_0 piece's sum times its block scale),
+// the lanes by a fixed butterfly (partners 16, 8, 4, 2, 1 apart, whatever the batch),
+// then the warps that own the row's other columns in warp order: results are
+// deterministic, do not depend on scheduling (no atomics), and are the same bits from
+// either kernel and every tuning variant.
 //
 // Launches allocate nothing and never synchronise with the host: they can be captured
 // in a CUDA graph. Thread-safety: launches on the caller's stream; the host state is a
-// per-device occupancy cache guarded by a mutex and an atomic on/off switch.
+// per-device occupancy cache and a per-device record of the stream kernels' shared-memory
+// limits, each guarded by a mutex, and two atomic switches (on/off, which kernel).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,9 +77,23 @@ struct DenseMatvecLaunch {
   float x_norm_eps = 1e-6f;
 };
 
+// The kernel a launch runs (see above). kDefault: the process-wide choice
+// (dense_matvec_kernel()).
+enum class DenseKernel { kDefault, kRegisters, kStream };
+
 // Tuning variants (tests/cuda/dense_matvec_test.cu times them); the defaults are the
 // expected fastest.
 struct DenseMatvecOptions {
+  DenseKernel kernel = DenseKernel::kDefault;
+  // kStream only. Consumer warps per block: 8 or 16; 0: 8.
+  int stream_warps = 0;
+  // kStream only. 1024-column row pieces each consumer warp takes from one stage (per
+  // matrix): 1, 2 or 4; 0: 2, or 1 for paired launches. A stage holds
+  // stream_warps * stream_units pieces (Q8_0: 1 KiB of quants each, plus scales).
+  int stream_units = 0;
+  // kStream only. Shared memory for the ring in KiB (at least two stages, at most eight,
+  // within the device's per-block limit); 0: up to 96 KiB.
+  int stream_ring_kib = 0;
   // Rows each lane loads before any of their products: 2, 4 or 8; 0: 4, or 2 for
   // paired launches (two blocks per multiprocessor without spilling). 8 is refused for
   // paired launches, and with prefetch for F16 (too many registers); so is F16 paired
@@ -75,7 +106,7 @@ struct DenseMatvecOptions {
   // by default: on the H200 (graph chains with PDL) the L2 requests made every 35 MB
   // launch slower (q_b 32768 x 1024: 13.9 us without, 16.9 us with the whole share).
   int l2_prefetch_kib = 0;
-  // Blocks per multiprocessor; 0: as many as fit at once.
+  // Blocks per multiprocessor; 0: as many as fit at once (kRegisters), one (kStream).
   int blocks_per_sm = 0;
 };
 
@@ -103,5 +134,11 @@ Status launch_dense_or_matvec(const MatvecLaunch& matvec, cudaStream_t stream);
 // keep the kernels they were recorded with.
 bool dense_matvec_enabled();
 void set_dense_matvec_enabled(bool on);
+
+// Process-wide kernel for launches with DenseKernel::kDefault (an atomic): kRegisters
+// unless the environment variable DS4_CUDA_DENSE_KERNEL=stream (or =registers) or
+// set_dense_matvec_kernel() says otherwise. Graphs keep the kernels they were recorded with.
+DenseKernel dense_matvec_kernel();
+void set_dense_matvec_kernel(DenseKernel kernel);  // kDefault: back to the environment's choice
 
 }  // namespace ds4

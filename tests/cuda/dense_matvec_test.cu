@@ -2,18 +2,22 @@
 // fresh random valid weights and x: q_b (32768 x 1024, the q norm folded into the x load),
 // out_a (8 slots of 1024 x 4096, each its own 4096-slice of x), out_b (4096 x 8192), the
 // shared expert's gate+up (2 x 2048 x 4096, SwiGLU, several limits, infinite included) and
-// down (4096 x 2048, stored and accumulated), q_a (1024 x 4096), kv (512 x 4096); F16
-// weights, a partial row range and a stacked matrix (fixed_matrix) on smaller shapes.
-// Every output element is checked against a CPU reference (format/ quant dequantization,
-// double sums) within a bound derived from the f32 summation, outputs NaN-filled before
-// each launch so an element never written fails; each failure prints its index, expected
-// and got. Every built tuning variant is checked, and the same launch through
-// launch_matvec (the generic kernel forward.cu runs now) agrees within twice the bound
-// (max difference printed). Then the bad launches the API refuses, bit-identical repeats
+// down (4096 x 2048, stored and accumulated), q_a (1024 x 4096), kv (512 x 4096), the F16
+// router (256 x 4096); F16 weights, a partial row range and a stacked matrix
+// (fixed_matrix) on smaller shapes. Every output element is checked against a CPU
+// reference (format/ quant dequantization, double sums) within a bound derived from the
+// f32 summation, outputs NaN-filled before each launch so an element never written fails;
+// each failure prints its index, expected and got. Every built tuning variant of both
+// kernels (registers and stream) is checked against the reference and bit for bit against
+// the register kernel's default (both keep the same sums in the same order), and the same
+// launch through launch_matvec (the generic kernel) agrees within twice the bound (max
+// difference printed). Then the bad launches the API refuses, the stream kernel's
+// fallback for scales it cannot copy in bulk, bit-identical repeats of both kernels
 // (direct and graph replay), and timings: chains of 40 launches in a CUDA graph with
 // programmatic dependent launch on, cycling through weight copies that together hold
 // at least 3x the L2 (so weights come from DRAM), in us per launch and % of the read
-// bandwidth measured in the same run, beside launch_matvec's time for the same chain.
+// bandwidth measured in the same run, beside launch_matvec's time for the same chain;
+// one summary line per shape (register kernel, stream kernel, fastest variant).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -112,6 +116,9 @@ std::vector<Shape> shapes() {
   Shape kv{"kv 512x4096", GgmlType::Q8_0, 512, 4096};
   kv.time = true;
   s.push_back(kv);
+  Shape router{"router F16 256x4096", GgmlType::F16, 256, 4096};
+  router.time = true;
+  s.push_back(router);
   // Smaller cases: F16, a partial row range of a stacked matrix, norm with 4096 columns.
   Shape f16{"F16 512x4096", GgmlType::F16, 512, 4096};
   s.push_back(f16);
@@ -138,15 +145,53 @@ std::vector<Shape> shapes() {
   return s;
 }
 
+// Whether two stream stages fit in the stream kernel's default 96 KiB ring.
+bool stream_fits_ring(bool paired, GgmlType type, int warps, int units) {
+  const int per_unit = type == GgmlType::Q8_0 ? 1024 + 64 : 2048;
+  return 2 * warps * units * per_unit * (paired ? 2 : 1) + 128 <= 96 * 1024;
+}
+
+// The stream kernel's variants: 8 or 16 consumer warps, 1, 2 or 4 units per warp (those
+// whose two stages fit the default ring), a ring of two stages (the most reuse of every
+// stage), the GB10's 99 KiB, and two blocks per multiprocessor where they fit.
+std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
+  std::vector<DenseMatvecOptions> out;
+  DenseMatvecOptions def;
+  def.kernel = DenseKernel::kStream;
+  out.push_back(def);
+  for (int warps : {8, 16}) {
+    for (int units : {1, 2, 4}) {
+      if (!stream_fits_ring(paired, type, warps, units)) continue;
+      DenseMatvecOptions o = def;
+      o.stream_warps = warps;
+      o.stream_units = units;
+      out.push_back(o);
+    }
+  }
+  const int unit_bytes = type == GgmlType::Q8_0 ? 1024 + 64 : 2048;
+  DenseMatvecOptions two = def;  // default shape: 8 warps, 2 units (1 paired)
+  two.stream_ring_kib = (2 * 8 * (paired ? 1 : 2) * unit_bytes * (paired ? 2 : 1) + 128 + 1023) / 1024;
+  out.push_back(two);
+  DenseMatvecOptions gb10 = def;
+  gb10.stream_ring_kib = 99;
+  out.push_back(gb10);
+  DenseMatvecOptions two_blocks = def;
+  two_blocks.blocks_per_sm = 2;
+  out.push_back(two_blocks);
+  return out;
+}
+
 std::vector<DenseMatvecOptions> all_options(bool paired, GgmlType type) {
   std::vector<DenseMatvecOptions> out;
-  out.push_back(DenseMatvecOptions{});
+  DenseMatvecOptions registers;
+  registers.kernel = DenseKernel::kRegisters;
+  out.push_back(registers);
   for (int r : {2, 4, 8}) {
     for (bool prefetch : {true, false}) {
       for (int l2 : {-1, 0}) {
         if (paired && r == 8) continue;
         if (type == GgmlType::F16 && prefetch && (r == 8 || (paired && r == 4))) continue;
-        DenseMatvecOptions o;
+        DenseMatvecOptions o = registers;
         o.rows_per_batch = r;
         o.prefetch = prefetch;
         o.l2_prefetch_kib = l2;
@@ -154,18 +199,26 @@ std::vector<DenseMatvecOptions> all_options(bool paired, GgmlType type) {
       }
     }
   }
-  DenseMatvecOptions one;
+  DenseMatvecOptions one = registers;
   one.blocks_per_sm = 1;
   out.push_back(one);
   for (int kib : {16, 64}) {
-    DenseMatvecOptions some;
+    DenseMatvecOptions some = registers;
     some.l2_prefetch_kib = kib;
     out.push_back(some);
   }
+  for (const DenseMatvecOptions& o : stream_options(paired, type)) out.push_back(o);
   return out;
 }
 
 std::string options_name(const DenseMatvecOptions& o) {
+  if (o.kernel == DenseKernel::kStream) {
+    std::string s = "stream warps=" + (o.stream_warps ? std::to_string(o.stream_warps) : std::string("auto"));
+    s += " units=" + (o.stream_units ? std::to_string(o.stream_units) : std::string("auto"));
+    s += " ring=" + (o.stream_ring_kib ? std::to_string(o.stream_ring_kib) + "KiB" : std::string("auto"));
+    if (o.blocks_per_sm) s += " blocks/SM=" + std::to_string(o.blocks_per_sm);
+    return s;
+  }
   std::string s = o.rows_per_batch ? "rows/batch=" + std::to_string(o.rows_per_batch) : std::string("rows/batch=auto");
   s += o.prefetch ? " prefetch" : " no-prefetch";
   s += o.l2_prefetch_kib < 0 ? " l2=share" : " l2=" + std::to_string(o.l2_prefetch_kib) + "KiB";
@@ -356,6 +409,17 @@ double compare(const Case& c, const std::vector<float>& got, const std::string& 
   return max_diff;
 }
 
+// a and b bit for bit; else prints how many outputs differ and the first few.
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  int differ = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) == 0) continue;
+    if (differ++ < 4) std::printf("  %s: y[%zu] %.9g, expected the bits of %.9g\n", what.c_str(), i, a[i], b[i]);
+  }
+  check(a.size() == b.size() && differ == 0,
+        what + ": bit for bit (" + std::to_string(differ) + " of " + std::to_string(b.size()) + " differ)");
+}
+
 void test_case(const Case& c) {
   const Shape& s = c.shape;
   DeviceVec<float> dx(c.x), dn(c.norm_w.empty() ? std::vector<float>(4, 1.0f) : c.norm_w), dy(s.y_len());
@@ -366,6 +430,13 @@ void test_case(const Case& c) {
     check(c.clamped > 0, s.name + ": the clamp is exercised (" + std::to_string(c.clamped) + " outputs)");
   }
   if (!sup.ok()) return;
+  // The register kernel's default: the bits every variant must give (same sums, same order).
+  DenseMatvecOptions registers;
+  registers.kernel = DenseKernel::kRegisters;
+  fill_y(c, dy);
+  check(launch_dense_matvec(l, nullptr, registers).ok() && cudaDeviceSynchronize() == cudaSuccess,
+        s.name + ": register kernel launch");
+  const std::vector<float> register_bits = dy.host();
   int printed = 0;
   double worst = 0;
   for (const DenseMatvecOptions& o : all_options(s.paired, s.type)) {
@@ -375,7 +446,9 @@ void test_case(const Case& c) {
     const std::string what = s.name + " [" + options_name(o) + "]";
     check(st.ok() && err == cudaSuccess, what + ": launch " + st.message() + " " + cudaGetErrorString(err));
     if (!st.ok() || err != cudaSuccess) continue;
-    worst = std::max(worst, compare(c, dy.host(), what, 1.0, &printed));
+    const std::vector<float> got = dy.host();
+    worst = std::max(worst, compare(c, got, what, 1.0, &printed));
+    expect_same_bits(got, register_bits, what + " vs the register kernel");
   }
   // The generic kernel with the same launch.
   fill_y(c, dy);
@@ -415,6 +488,14 @@ void test_case(const Case& c) {
               " outputs bit for bit");
   }
   set_dense_matvec_enabled(true);
+  // The process-wide kernel switch: launches with default options take the stream kernel.
+  set_dense_matvec_kernel(DenseKernel::kStream);
+  check(dense_matvec_kernel() == DenseKernel::kStream, "set_dense_matvec_kernel(kStream) holds");
+  fill_y(c, dy);
+  check(launch_dense_or_matvec(matvec_launch(l), nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess,
+        s.name + ": launch_dense_or_matvec, stream kernel");
+  expect_same_bits(dy.host(), register_bits, s.name + ": launch_dense_or_matvec with the stream kernel");
+  set_dense_matvec_kernel(DenseKernel::kDefault);
   if (s.paired) {  // slot weights are not the dense kernel's: it falls back to launch_matvec
     DeviceVec<float> ones(std::vector<float>(s.n_slots, 1.0f));
     MatvecLaunch weighted = matvec_launch(l);
@@ -437,14 +518,17 @@ void test_case(const Case& c) {
 }
 
 // Same launch twice directly and once from a graph (PDL on): bit-identical outputs.
-void test_repeat(const Case& c) {
+void test_repeat(const Case& c, DenseKernel kernel) {
   const Shape& s = c.shape;
   DeviceVec<float> dx(c.x), dn(c.norm_w.empty() ? std::vector<float>(4, 1.0f) : c.norm_w), dy(s.y_len());
   const DenseMatvecLaunch l = dense_launch(c, dx.get(), dn.get(), dy.get());
+  DenseMatvecOptions o;
+  o.kernel = kernel;
+  const std::string name = s.name + (kernel == DenseKernel::kStream ? " (stream)" : " (registers)");
   std::vector<std::vector<float>> runs;
   for (int i = 0; i < 2; ++i) {
     fill_y(c, dy);
-    check(launch_dense_matvec(l, nullptr).ok() && cudaDeviceSynchronize() == cudaSuccess, s.name + ": repeat");
+    check(launch_dense_matvec(l, nullptr, o).ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": repeat");
     runs.push_back(dy.host());
   }
   cudaStream_t stream;
@@ -453,15 +537,15 @@ void test_repeat(const Case& c) {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess;
-  ok = launch_dense_matvec(l, stream).ok() && ok;
+  ok = launch_dense_matvec(l, stream, o).ok() && ok;
   ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
   ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
   ok = ok && cudaGraphLaunch(exec, stream) == cudaSuccess && cudaStreamSynchronize(stream) == cudaSuccess;
-  check(ok, s.name + ": captured and replayed in a graph");
+  check(ok, name + ": captured and replayed in a graph");
   runs.push_back(dy.host());
   for (size_t i = 1; i < runs.size(); ++i) {
     check(std::memcmp(runs[i].data(), runs[0].data(), runs[0].size() * sizeof(float)) == 0,
-          s.name + ": run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
+          name + ": run " + std::to_string(i) + (i == 2 ? " (graph)" : "") + " bit-identical to run 0");
   }
   if (exec) cudaGraphExecDestroy(exec);
   if (graph) cudaGraphDestroy(graph);
@@ -550,6 +634,26 @@ void test_refusals() {
   l = good;
   l.w_up = &q8;
   expect_refused(l, r8, "paired with rows_per_batch 8");
+  DenseMatvecOptions stream;
+  stream.kernel = DenseKernel::kStream;
+  DenseMatvecOptions bad = stream;
+  bad.stream_warps = 12;
+  expect_refused(good, bad, "stream_warps 12");
+  bad = stream;
+  bad.stream_units = 3;
+  expect_refused(good, bad, "stream_units 3");
+  bad = stream;
+  bad.stream_ring_kib = 20;  // one 17 KiB stage
+  expect_refused(good, bad, "stream ring of one stage");
+  bad = stream;
+  bad.stream_ring_kib = -1;
+  expect_refused(good, bad, "negative stream_ring_kib");
+  bad = stream;
+  bad.stream_warps = 16;
+  bad.stream_units = 4;
+  l = good;
+  l.w_up = &q8;
+  expect_refused(l, bad, "paired stream stage of 136 KiB");
   MatvecLaunch m;
   m.w = &q8;
   m.x = x.get();
@@ -571,6 +675,38 @@ void test_refusals() {
   m.enable = ids;
   check(!dense_matvec_from(m).ok(), "dense_matvec_from refuses an enable flag");
   check(cudaDeviceSynchronize() == cudaSuccess, "no error left after the refusals");
+}
+
+// Q8_0 scales at a 2-byte (not 16-byte) boundary: the stream kernel cannot copy them in
+// bulk, so a stream launch runs the register kernel: the same bits, every output written.
+void test_stream_fallback(std::mt19937& rng) {
+  const int64_t rows = 64, cols = 2048;
+  const std::vector<uint8_t> host = random_blocks(GgmlType::Q8_0, rows, cols, rng);
+  auto w = upload_matrix(GgmlType::Q8_0, cols, rows, 1, host.data());
+  check(w.ok(), "fallback: upload");
+  if (!w.ok()) return;
+  const int64_t n_scales = rows * cols / 32;
+  DeviceVec<uint16_t> shifted_scales(n_scales + 8);
+  cudaMemcpy(shifted_scales.get() + 1, (*w)->m.scales, n_scales * 2, cudaMemcpyDeviceToDevice);
+  DeviceMatrix shifted = (*w)->m;
+  shifted.scales = shifted_scales.get() + 1;
+  DeviceVec<float> x(random_floats(cols, rng, -2.0f, 2.0f)), y(rows);
+  DenseMatvecLaunch l;
+  l.w = &(*w)->m;
+  l.x = x.get();
+  l.y = y.get();
+  DenseMatvecOptions registers;
+  registers.kernel = DenseKernel::kRegisters;
+  check(launch_dense_matvec(l, nullptr, registers).ok() && cudaDeviceSynchronize() == cudaSuccess,
+        "fallback: register launch");
+  const std::vector<float> want = y.host();
+  cudaMemcpy(y.get(), std::vector<float>(rows, NAN).data(), rows * sizeof(float), cudaMemcpyHostToDevice);
+  l.w = &shifted;
+  DenseMatvecOptions stream;
+  stream.kernel = DenseKernel::kStream;
+  check(launch_dense_matvec(l, nullptr, stream).ok() && cudaDeviceSynchronize() == cudaSuccess,
+        "fallback: stream launch with scales at a 2-byte boundary");
+  expect_same_bits(y.host(), want, "fallback: scales at a 2-byte boundary");
 }
 
 // Microseconds per launch of a chain: `launch(k, stream)` for k = 0..39 captured in one
@@ -670,12 +806,32 @@ void bench_shape(const Shape& s, double bandwidth) {
                 s.name.c_str(), variant.c_str(), bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, pct(us), matvec_us,
                 pct(matvec_us), matvec_us / us);
   };
-  line("default", dense(DenseMatvecOptions{}));
-  for (const DenseMatvecOptions& o : all_options(s.paired, s.type)) line(options_name(o), dense(o));
+  DenseMatvecOptions registers, stream;
+  registers.kernel = DenseKernel::kRegisters;
+  stream.kernel = DenseKernel::kStream;
+  const double registers_us = dense(registers);
+  const double stream_us = dense(stream);
+  line("registers default", registers_us);
+  line("stream default", stream_us);
+  double best_us = -1;
+  std::string best;
+  for (const DenseMatvecOptions& o : all_options(s.paired, s.type)) {
+    const double us = dense(o);
+    line(options_name(o), us);
+    if (us > 0 && (best_us < 0 || us < best_us)) {
+      best_us = us;
+      best = options_name(o);
+    }
+  }
   const bool was = pdl_enabled();
   set_pdl_enabled(false);
-  line("default, PDL off", dense(DenseMatvecOptions{}));
+  line("registers default, PDL off", dense(registers));
+  line("stream default, PDL off", dense(stream));
   set_pdl_enabled(was);
+  std::printf("summary dense %-26s %6.2f MB: registers %7.2f us (%3.0f%%), stream %7.2f us (%3.0f%%), "
+              "launch_matvec %7.2f us; fastest %s %7.2f us (%3.0f%%)\n",
+              s.name.c_str(), bytes / 1e6, registers_us, pct(registers_us), stream_us, pct(stream_us), matvec_us,
+              best.c_str(), best_us, pct(best_us));
 }
 
 }  // namespace
@@ -688,9 +844,13 @@ int main() {
     Case c;
     if (!make_case(s, rng, &c)) continue;
     test_case(c);
-    if (s.time || s.accumulate) test_repeat(c);
+    if (s.time || s.accumulate) {
+      test_repeat(c, DenseKernel::kRegisters);
+      test_repeat(c, DenseKernel::kStream);
+    }
   }
   test_refusals();
+  test_stream_fallback(rng);
   Result<double> bw = measure_read_bandwidth(size_t{2304} << 20, 5);
   check(bw.ok(), "read bandwidth measured");
   if (bw.ok()) {
