@@ -1,0 +1,709 @@
+#include "cuda/expert_matmul.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/dequant_chunk.cuh"
+#include "cuda/device_limits.h"
+#include "cuda/device_math.cuh"
+#include "cuda/iq2xxs_compact_table.h"
+
+namespace ds4 {
+namespace {
+
+using cuda_detail::half_bits_to_float;
+using cuda_detail::swiglu;
+
+// Block tile: kBM weight rows (paired: 64 gate rows and the same 64 up rows) x kBN
+// assignments, one 256-column block of the weights per pipeline stage. 8 warps: warp w
+// owns weight rows [32 (w % 4), +32) (two 16-row mma tiles) and assignments
+// [16 (w / 4), +16) (two 8-column mma tiles).
+constexpr int kThreads = 256;
+constexpr int kBM = 128;
+constexpr int kBN = 32;
+constexpr int kStages = 2;
+constexpr int kDigitBytes = 1024;       // one row's digits of one 256-column block: [chunk][t][digit][8]
+constexpr int kMinBytes = 64;           // one row's Q2_K minimum sums of one block: [t][4 words]
+constexpr int kXRowStride = kDigitBytes + 16;  // shared memory: rows 16 bytes apart in banks
+constexpr int kTableWords = cuda_detail::kIq2xxsCompactWords;
+
+// The workspace of `rows` rows of `blocks` 256-column blocks: digits, then the scales s_b
+// (f32), then the minimum sums (f16 hi / lo pairs).
+struct WorkspaceLayout {
+  int64_t digits = 0, scales = 0, mins = 0, end = 0;
+};
+
+WorkspaceLayout workspace_layout(int64_t blocks, int64_t rows) {
+  WorkspaceLayout l;
+  const int64_t n = blocks * rows;
+  l.digits = 0;
+  l.scales = n * kDigitBytes;
+  l.mins = l.scales + ((n * 4 + 15) & ~int64_t{15});
+  l.end = l.mins + n * kMinBytes;
+  return l;
+}
+
+// Shared memory of one stage, per weight format.
+template <GgmlType T>
+struct StageLayout {
+  static constexpr int kWStride = T == GgmlType::IQ2_XXS ? 80 : 88;  // bytes per weight row (bank-spread)
+  static constexpr int kW = 0;
+  static constexpr int kX = kBM * kWStride;
+  static constexpr int kXScales = kX + kBN * kXRowStride;
+  static constexpr int kXMins = kXScales + kBN * 4;
+  static constexpr int kBytes = kXMins + (T == GgmlType::Q2_K ? kBN * kMinBytes : 0);
+  static constexpr int kTotal = kStages * kBytes;
+  static_assert(kX % 16 == 0 && kXScales % 16 == 0 && kXMins % 16 == 0 && kBytes % 16 == 0, "16-byte alignment");
+  static_assert(kBM * (kBN + 1) * 4 <= kTotal, "the output tile reuses the stages");
+};
+
+// The compact IQ2_XXS selector table of cuda/dequant_chunk.cuh (Iq2xxsCompact).
+__device__ uint32_t g_em_selectors[kTableWords];
+
+struct Params {
+  const uint8_t* w_data;
+  const uint16_t* w_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;  // data bytes per weight row
+  int rows;           // per matrix
+  int blocks;         // cols / 256
+  const uint8_t* digits;
+  const float* xscales;
+  const uint8_t* xmins;
+  float* y;
+  int64_t y_stride;
+  float limit;
+  int accumulate;
+  const int32_t* group_offsets;
+  int n_groups;
+  const int32_t* x_rows;
+  const float* row_scale;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// d = A B, int8 x int8 -> int32 (A 16 x 32 row, B 32 x 8 col); the zero C is register 0.
+__device__ __forceinline__ void mma_s8_zero(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                            uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// d += A B, int8 x int8 -> int32.
+__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d += A B, f16 x f16 -> f32 (A 16 x 16 row, B 16 x 8 col).
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
+}
+
+// The exact sum of a block's four digit sums: sum_L acc[L] 256^L.
+__device__ __forceinline__ long long combine_digits(int a0, int a1, int a2, int a3) {
+  return ((static_cast<long long>(a3) * 256 + a2) * 256 + a1) * 256 + a0;
+}
+
+// ---- pre-pass: x rows into digits ----------------------------------------------------
+
+// One warp per (row, 256-column block); lane L holds columns 8L..8L+7 of the block, i.e.
+// columns 8t..8t+7 of chunk L / 4 (t = L % 4), and writes their four digits at bytes
+// 32 L + 8 digit of the row's block (the B fragment order of the product kernel). With
+// SUMS, the 16-column sums X_G, scaled by 2^-E and split into f16 hi + lo, are written as
+// four words per t = 0..3: hi(2t, 2t+1), hi(2t+8, 2t+9), lo(2t, 2t+1), lo(2t+8, 2t+9).
+template <bool SUMS>
+__global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict__ x, int64_t x_stride,
+                                                         int64_t pool_rows, const int32_t* count, int blocks,
+                                                         uint8_t* __restrict__ digits, float* __restrict__ scales,
+                                                         uint8_t* __restrict__ mins) {
+  const int lane = threadIdx.x & 31;
+  const int64_t unit = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  int64_t rows = pool_rows;
+  if (count) rows = min(rows, static_cast<int64_t>(*count));
+  if (unit >= rows * blocks) return;
+  const int64_t row = unit / blocks;
+  const int b = static_cast<int>(unit - row * blocks);
+  const float4* src = reinterpret_cast<const float4*>(x + row * x_stride + b * 256 + lane * 8);
+  const float4 v0 = src[0], v1 = src[1];
+  const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+  float m = 0.0f;
+  bool bad = false;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float a = fabsf(v[i]);
+    bad |= !(a <= 3.402823466e38f);  // NaN or infinite
+    m = fmaxf(m, a);
+  }
+  m = cuda_detail::warp_max(m);
+  bad = __any_sync(0xffffffffu, bad);
+  int e = 0;
+  frexpf(m, &e);  // m = f 2^e, f in [0.5, 1) (e = 0 for m = 0)
+  e = max(e, -96);
+  const float inv = ldexpf(1.0f, 30 - e);
+  uint32_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    int a = bad ? 0 : __float2int_rn(v[i] * inv);
+#pragma unroll
+    for (int L = 0; L < 4; ++L) {
+      const int digit = L < 3 ? (a << 24) >> 24 : a;
+      if (L < 3) a = (a - digit) >> 8;
+      const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
+      if (i < 4) {
+        lo[L] |= byte << (8 * i);
+      } else {
+        hi[L] |= byte << (8 * (i - 4));
+      }
+    }
+  }
+  const int64_t at = row * blocks + b;
+  uint4* out = reinterpret_cast<uint4*>(digits + at * kDigitBytes + lane * 32);
+  out[0] = make_uint4(lo[0], hi[0], lo[1], hi[1]);
+  out[1] = make_uint4(lo[2], hi[2], lo[3], hi[3]);
+  if (lane == 0) scales[at] = bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 30);
+  if constexpr (SUMS) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += v[i];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);  // X_G of lanes 2G, 2G + 1
+    const float scaled = ldexpf(s, -e);        // |X_G| < 16 2^e: exact, |scaled| < 16
+    const __half h = __float2half_rn(scaled);
+    const __half l = __float2half_rn((scaled - __half2float(h)) * 2048.0f);
+    const uint32_t pair = static_cast<uint32_t>(__half_as_ushort(h)) | (static_cast<uint32_t>(__half_as_ushort(l)) << 16);
+    const int t = lane & 3;
+    const uint32_t p0 = __shfl_sync(0xffffffffu, pair, 4 * t);       // X_{2t}
+    const uint32_t p1 = __shfl_sync(0xffffffffu, pair, 4 * t + 2);   // X_{2t+1}
+    const uint32_t p2 = __shfl_sync(0xffffffffu, pair, 4 * t + 16);  // X_{2t+8}
+    const uint32_t p3 = __shfl_sync(0xffffffffu, pair, 4 * t + 18);  // X_{2t+9}
+    if (lane < 4) {
+      const uint4 words = make_uint4((p0 & 0xFFFFu) | (p1 << 16), (p2 & 0xFFFFu) | (p3 << 16),
+                                     (p0 >> 16) | (p1 & 0xFFFF0000u), (p2 >> 16) | (p3 & 0xFFFF0000u));
+      *reinterpret_cast<uint4*>(mins + at * kMinBytes + lane * 16) = words;
+    }
+  }
+}
+
+// ---- the product kernel --------------------------------------------------------------
+
+// Finds which group and which of its kBN-assignment tiles block `tile` is (tiles counted
+// per group, in group order). Whole block; *s_group = -1 when none.
+__device__ void find_group_tile(const Params& p, int tile, int* s_scan, int* s_group, int* s_tile) {
+  if (threadIdx.x == 0) *s_group = -1;
+  int carry = 0;
+  for (int base = 0; base < p.n_groups; base += kThreads) {
+    const int g = base + static_cast<int>(threadIdx.x);
+    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + kBN - 1) / kBN : 0;
+    s_scan[threadIdx.x] = count;
+    __syncthreads();
+    for (int off = 1; off < kThreads; off *= 2) {
+      const int v = threadIdx.x >= off ? s_scan[threadIdx.x - off] : 0;
+      __syncthreads();
+      s_scan[threadIdx.x] += v;
+      __syncthreads();
+    }
+    const int inclusive = s_scan[threadIdx.x] + carry;
+    const int exclusive = inclusive - count;
+    if (count > 0 && tile >= exclusive && tile < inclusive) {
+      *s_group = g;
+      *s_tile = tile - exclusive;
+    }
+    carry += s_scan[kThreads - 1];
+    __syncthreads();
+  }
+  __syncthreads();
+}
+
+// A fragment registers of one IQ2_XXS row and chunk: `lo` = weights 8t..8t+3, `hi` =
+// 8t+4..8t+7 as int8 (compact selector table in shared memory); returns 2S + 1.
+__device__ __forceinline__ int iq2_row_fragment(uint2 q, const uint32_t* table, uint32_t grid_byte, int sign_shift,
+                                                uint32_t* lo, uint32_t* hi) {
+  const uint32_t gi = prmt(q.x, 0, grid_byte);
+  const uint32_t si = (q.y >> sign_shift) & 127u;
+  const uint32_t s = table[gi] | table[256 + si];
+  *lo = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
+  *hi = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
+  return static_cast<int>((q.y >> 27) | 1u);
+}
+
+// The weight row `r` (0..kBM) of the block's tile: matrix `group`; paired, rows 0..63
+// from the gate stack and 64..127 from the up stack (the same output rows).
+template <bool PAIRED>
+__device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0, int r) {
+  return static_cast<int64_t>(group) * p.rows + row0 + (PAIRED ? (r & 63) : r);
+}
+
+template <GgmlType T, bool PAIRED>
+__global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
+  using S = StageLayout<T>;
+  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  extern __shared__ float4 smem4[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(smem4);
+  __shared__ uint32_t s_table[kIq2 ? kTableWords : 1];
+  __shared__ int s_scan[kThreads];
+  __shared__ int s_group, s_tile;
+  __shared__ int s_xrow[kBN];
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = warp & 3, wn = warp >> 2;
+  find_group_tile(p, blockIdx.x, s_scan, &s_group, &s_tile);
+  const int group = s_group;
+  if (group < 0) return;
+  const int a_begin = p.group_offsets[group] + s_tile * kBN;
+  const int a_end = min(a_begin + kBN, p.group_offsets[group + 1]);
+  const int row0 = blockIdx.y * (PAIRED ? kBM / 2 : kBM);
+  if (tid < kBN) {
+    const int a = a_begin + tid;
+    s_xrow[tid] = a < a_end ? (p.x_rows ? p.x_rows[a] : a) : -1;
+  }
+  if constexpr (kIq2) {
+    for (int i = tid; i < kTableWords; i += kThreads) s_table[i] = g_em_selectors[i];
+  }
+  __syncthreads();
+
+  // Copies of stage `b` (256-column block b) into buffer `buf`.
+  const auto load_stage = [&](int b, int buf) {
+    uint8_t* st = smem + buf * S::kBytes;
+    if constexpr (kIq2) {
+      for (int i = tid; i < kBM * 4; i += kThreads) {
+        const int r = i >> 2, q = i & 3;
+        const uint8_t* base = PAIRED && r >= 64 ? p.u_data : p.w_data;
+        cp_async16(st + S::kW + r * S::kWStride + q * 16,
+                   base + tile_row<PAIRED>(p, group, row0, r) * p.row_bytes + b * 64 + q * 16);
+      }
+    } else {
+      for (int i = tid; i < kBM * 21; i += kThreads) {
+        const int r = i / 21, q = i - r * 21;
+        cp_async4(st + S::kW + r * S::kWStride + q * 4,
+                  p.w_data + tile_row<PAIRED>(p, group, row0, r) * p.row_bytes + b * 84 + q * 4);
+      }
+    }
+    for (int i = tid; i < kBN * (kDigitBytes / 16); i += kThreads) {
+      const int n = i >> 6, q = i & 63;
+      const int xr = s_xrow[n];
+      if (xr >= 0) {
+        cp_async16(st + S::kX + n * kXRowStride + q * 16,
+                   p.digits + (static_cast<int64_t>(xr) * p.blocks + b) * kDigitBytes + q * 16);
+      }
+    }
+    if (tid < kBN) {
+      const int xr = s_xrow[tid];
+      if (xr >= 0) cp_async4(st + S::kXScales + tid * 4, p.xscales + static_cast<int64_t>(xr) * p.blocks + b);
+    }
+    if constexpr (!kIq2) {
+      if (tid < kBN * 4) {
+        const int n = tid >> 2, q = tid & 3;
+        const int xr = s_xrow[n];
+        if (xr >= 0) {
+          cp_async16(st + S::kXMins + n * kMinBytes + q * 16,
+                     p.xmins + (static_cast<int64_t>(xr) * p.blocks + b) * kMinBytes + q * 16);
+        }
+      }
+    }
+  };
+
+  // This lane's outputs: weight rows wm * 32 + 16 m + g + 8 (i >> 1), assignments
+  // wn * 16 + 8 nt + 2t + (i & 1) of the tile.
+  float sum[2][2][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sum[m][nt][i] = 0.0f;
+    }
+  }
+  const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
+  const int sign_shift = 7 * t;
+
+  load_stage(0, 0);
+  cp_async_commit();
+  for (int b = 0; b < p.blocks; ++b) {
+    if (b + 1 < p.blocks) load_stage(b + 1, (b + 1) & 1);
+    cp_async_commit();
+    // IQ2_XXS: the rows' f16 d of this block (read while the copies land).
+    float d_row[2][2];
+    if constexpr (kIq2) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int tr = wm * 32 + 16 * m + g + 8 * r;
+          const uint16_t* sc = PAIRED && tr >= 64 ? p.u_scales : p.w_scales;
+          d_row[m][r] = half_bits_to_float(__ldg(sc + tile_row<PAIRED>(p, group, row0, tr) * p.blocks + b)) * 0.125f;
+        }
+      }
+    }
+    cp_async_wait<1>();
+    __syncthreads();
+    const uint8_t* st = smem + (b & 1) * S::kBytes;
+    const uint8_t* wrow = st + S::kW + (wm * 32 + g) * S::kWStride;  // row g of the warp's first tile
+    const uint8_t* xrow = st + S::kX + (wn * 16 + g) * kXRowStride + t * 32;  // assignment g of the first n tile
+    int acc[2][2][4][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int L = 0; L < 4; ++L) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[m][nt][L][i] = 0;
+        }
+      }
+    }
+#pragma unroll(kIq2 ? 1 : 2)
+    for (int c = 0; c < 8; ++c) {
+      uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
+      int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
+          if constexpr (kIq2) {
+            const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
+            s2[m][r] = iq2_row_fragment(q, s_table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
+          } else {
+            const int hh = c >> 2, j = c & 3;
+            const uint2 q = *reinterpret_cast<const uint2*>(row + 16 + 32 * hh + 8 * t);
+            const uint32_t sc = row[8 * hh + 2 * j + (t >> 1)] & 0xFu;
+            a[m][r] = ((q.x >> (2 * j)) & 0x03030303u) * sc;  // level * sc <= 45: no carries
+            a[m][2 + r] = ((q.y >> (2 * j)) & 0x03030303u) * sc;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const uint8_t* xb = xrow + nt * 8 * kXRowStride + c * 128;
+        const uint4 d01 = *reinterpret_cast<const uint4*>(xb);
+        const uint4 d23 = *reinterpret_cast<const uint4*>(xb + 16);
+        const uint32_t bf[4][2] = {{d01.x, d01.y}, {d01.z, d01.w}, {d23.x, d23.y}, {d23.z, d23.w}};
+#pragma unroll
+        for (int L = 0; L < 4; ++L) {
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            if constexpr (kIq2) {
+              int d[4];
+              mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+              acc[m][nt][L][0] += s2[m][0] * d[0];
+              acc[m][nt][L][1] += s2[m][0] * d[1];
+              acc[m][nt][L][2] += s2[m][1] * d[2];
+              acc[m][nt][L][3] += s2[m][1] * d[3];
+            } else {
+              mma_s8(acc[m][nt][L], a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+            }
+          }
+        }
+      }
+    }
+    // The block's exact sums, converted once and scaled.
+    const float* xs = reinterpret_cast<const float*>(st + S::kXScales) + wn * 16 + 2 * t;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const float sb[2] = {xs[8 * nt], xs[8 * nt + 1]};
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        if constexpr (kIq2) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
+                                                   acc[m][nt][3][i]);
+            sum[m][nt][i] += __ll2float_rn(total) * (d_row[m][i >> 1] * sb[i & 1]);
+          }
+        } else {
+          // Minimums: sum_G m_G X'_G on f16 tensor cores (X' = hi + lo 2^-11).
+          const uint8_t* r0 = wrow + 16 * m * S::kWStride;
+          const uint8_t* r1 = r0 + 8 * S::kWStride;
+          const auto mins_h2 = [](uint32_t two_bytes) {
+            const uint32_t bits = 0x64006400u | ((two_bytes >> 4) & 0xFu) | (((two_bytes >> 12) & 0xFu) << 16);
+            const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6400)));
+            return *reinterpret_cast<const uint32_t*>(&v);
+          };
+          const uint32_t ma0 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 2 * t));
+          const uint32_t ma1 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 2 * t));
+          const uint32_t ma2 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 8 + 2 * t));
+          const uint32_t ma3 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 8 + 2 * t));
+          const uint4 xm = *reinterpret_cast<const uint4*>(st + S::kXMins + (wn * 16 + 8 * nt + g) * kMinBytes + 16 * t);
+          float dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_f16(dm, ma0, ma1, ma2, ma3, xm.z, xm.w);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) dm[i] *= 1.0f / 2048.0f;
+          mma_f16(dm, ma0, ma1, ma2, ma3, xm.x, xm.y);
+          const float dd[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 80)),
+                               half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 80))};
+          const float dmin[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 82)),
+                                 half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 82))};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
+                                                   acc[m][nt][3][i]);
+            const float s = sb[i & 1];
+            sum[m][nt][i] += fmaf(__ll2float_rn(total), dd[i >> 1] * s,
+                                  -(dmin[i >> 1] * (s * 1073741824.0f) * dm[i]));
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // The tile's sums through shared memory: out[weight row][assignment].
+  float* out = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = wm * 32 + 16 * m + g + 8 * (i >> 1);
+        const int n = wn * 16 + 8 * nt + 2 * t + (i & 1);
+        out[r * (kBN + 1) + n] = sum[m][nt][i];
+      }
+    }
+  }
+  __syncthreads();
+  constexpr int kOutRows = PAIRED ? kBM / 2 : kBM;
+  for (int i = tid; i < kOutRows * kBN; i += kThreads) {
+    const int r = i % kOutRows, n = i / kOutRows;
+    const int a = a_begin + n;
+    if (a >= a_end) continue;
+    float* dst = p.y + static_cast<int64_t>(a) * p.y_stride + row0 + r;
+    if constexpr (PAIRED) {
+      const float v = swiglu(out[r * (kBN + 1) + n], out[(r + kBM / 2) * (kBN + 1) + n], p.limit);
+      *dst = p.row_scale ? v * p.row_scale[a] : v;
+    } else {
+      const float v = out[r * (kBN + 1) + n];
+      *dst = p.accumulate ? *dst + v : v;
+    }
+  }
+}
+
+using ProductFn = void (*)(Params);
+constexpr ProductFn kGateUpKernel = expert_matmul_kernel<GgmlType::IQ2_XXS, true>;
+constexpr ProductFn kDownKernel = expert_matmul_kernel<GgmlType::Q2_K, false>;
+
+// One-time setup state: the kernels' static shared memory (read at init).
+struct InitState {
+  Status status;
+  int gate_up_static = 0;
+  int down_static = 0;
+};
+
+InitState& init_state() {
+  static InitState s;
+  return s;
+}
+
+Status init_once(InitState* s) {
+  uint32_t table[kTableWords];
+  DS4_RETURN_IF_ERROR(build_iq2xxs_compact_table(table));
+  // On a stream of its own (non-blocking): the legacy stream's implicit synchronisation
+  // never touches a stream being captured.
+  cudaStream_t stream = nullptr;
+  DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaError_t copied = cudaMemcpyToSymbolAsync(g_em_selectors, table, sizeof(table), 0, cudaMemcpyHostToDevice, stream);
+  if (copied == cudaSuccess) copied = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  DS4_RETURN_IF_ERROR(cuda_status(copied, "uploading the IQ2_XXS selector table (expert matmul)"));
+  cudaFuncAttributes a{};
+  DS4_CUDA_TRY(cudaFuncGetAttributes(&a, kGateUpKernel));
+  s->gate_up_static = static_cast<int>(a.sharedSizeBytes);
+  DS4_CUDA_TRY(cudaFuncGetAttributes(&a, kDownKernel));
+  s->down_static = static_cast<int>(a.sharedSizeBytes);
+  const int room = max_shared_per_block();
+  if (StageLayout<GgmlType::IQ2_XXS>::kTotal + s->gate_up_static <= room) {
+    DS4_CUDA_TRY(cudaFuncSetAttribute(kGateUpKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      StageLayout<GgmlType::IQ2_XXS>::kTotal));
+  }
+  if (StageLayout<GgmlType::Q2_K>::kTotal + s->down_static <= room) {
+    DS4_CUDA_TRY(cudaFuncSetAttribute(kDownKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      StageLayout<GgmlType::Q2_K>::kTotal));
+  }
+  return Status::Ok();
+}
+
+std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
+
+}  // namespace
+
+Status expert_matmul_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+    init_state().status = init_once(&init_state());
+    if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);
+  });
+  return init_state().status;
+}
+
+size_t expert_matmul_workspace_bytes(int64_t cols, int64_t rows) {
+  return static_cast<size_t>(workspace_layout(std::max<int64_t>(cols / 256, 0), std::max<int64_t>(rows, 0)).end);
+}
+
+Status expert_matmul_supported(const ExpertMatmulLaunch& l) {
+  if (!l.w) return Status::Error("expert matmul: weight matrix missing");
+  const DeviceMatrix& w = *l.w;
+  const bool paired = l.w_up != nullptr;
+  if (paired) {
+    const DeviceMatrix& u = *l.w_up;
+    if (w.type != GgmlType::IQ2_XXS || u.type != GgmlType::IQ2_XXS) {
+      return Status::Error("expert matmul: paired weights are " + type_name(w.type) + " / " + type_name(u.type) +
+                           " (expected IQ2_XXS)");
+    }
+    if (u.cols != w.cols || u.rows != w.rows || u.count != w.count) {
+      return Status::Error("expert matmul: gate and up stacks differ in shape");
+    }
+    if (w.rows % (kBM / 2) != 0) {
+      return Status::Error("expert matmul: " + std::to_string(w.rows) + " gate/up rows (expected a multiple of " +
+                           std::to_string(kBM / 2) + ")");
+    }
+  } else {
+    if (w.type != GgmlType::Q2_K) {
+      return Status::Error("expert matmul: unpaired weights are " + type_name(w.type) + " (expected Q2_K)");
+    }
+    if (w.rows % kBM != 0) {
+      return Status::Error("expert matmul: " + std::to_string(w.rows) + " rows (expected a multiple of " +
+                           std::to_string(kBM) + ")");
+    }
+  }
+  if (w.cols <= 0 || w.cols % 256 != 0 || w.cols > (int64_t{1} << 20)) {
+    return Status::Error("expert matmul: " + std::to_string(w.cols) + " columns (expected a multiple of 256)");
+  }
+  if (w.rows > (int64_t{1} << 24) || w.count * w.rows > (int64_t{1} << 30)) {
+    return Status::Error("expert matmul: " + std::to_string(w.count) + " x " + std::to_string(w.rows) +
+                         " rows are too many");
+  }
+  if (!l.group_offsets) return Status::Error("expert matmul: group_offsets missing (grouped mode only)");
+  if (l.n_groups <= 0 || l.n_groups > w.count) {
+    return Status::Error("expert matmul: " + std::to_string(l.n_groups) + " groups for " + std::to_string(w.count) +
+                         " matrices");
+  }
+  DS4_RETURN_IF_ERROR(expert_matmul_init());
+  const int need = paired ? StageLayout<GgmlType::IQ2_XXS>::kTotal + init_state().gate_up_static
+                          : StageLayout<GgmlType::Q2_K>::kTotal + init_state().down_static;
+  if (need > max_shared_per_block()) {
+    return Status::Error("expert matmul: " + std::to_string(need) + " bytes of shared memory needed, the device allows " +
+                         std::to_string(max_shared_per_block()));
+  }
+  return Status::Ok();
+}
+
+Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream) {
+  DS4_RETURN_IF_ERROR(expert_matmul_supported(l));
+  const DeviceMatrix& w = *l.w;
+  const bool paired = l.w_up != nullptr;
+  if (!l.x || !l.y) return Status::Error("expert matmul: x or y missing");
+  if (reinterpret_cast<uintptr_t>(l.x) % 16 != 0 || l.x_stride % 4 != 0 || l.x_stride < w.cols) {
+    return Status::Error("expert matmul: x rows are not 16-byte aligned with at least " + std::to_string(w.cols) +
+                         " columns (stride " + std::to_string(l.x_stride) + ")");
+  }
+  if (l.y_stride < w.rows) {
+    return Status::Error("expert matmul: y stride " + std::to_string(l.y_stride) + " is below the " +
+                         std::to_string(w.rows) + " output rows");
+  }
+  if (!l.workspace || reinterpret_cast<uintptr_t>(l.workspace) % 16 != 0) {
+    return Status::Error("expert matmul: workspace missing or not 16-byte aligned");
+  }
+  if (l.n_tokens < 0 || l.x_pool_rows < 0 || (!l.x_rows && l.x_pool_rows < l.n_tokens)) {
+    return Status::Error("expert matmul: " + std::to_string(l.x_pool_rows) + " workspace rows for " +
+                         std::to_string(l.n_tokens) + " assignments (without x_rows: at least n_tokens)");
+  }
+  if (l.n_tokens == 0 || l.x_pool_rows == 0) return Status::Ok();
+  const int64_t blocks = w.cols / 256;
+  const WorkspaceLayout wl = workspace_layout(blocks, l.x_pool_rows);
+  uint8_t* ws = static_cast<uint8_t*>(l.workspace);
+
+  // The pre-pass: every pool row (with x_rows), or the assignments present (without).
+  const int64_t units = l.x_pool_rows * blocks;
+  const int64_t split_blocks = (units * 32 + 255) / 256;
+  if (split_blocks > INT32_MAX) return Status::Error("expert matmul: too many rows of x for the pre-pass");
+  const int32_t* count = l.x_rows ? nullptr : l.group_offsets + l.n_groups;
+  uint8_t* digits = ws + wl.digits;
+  float* scales = reinterpret_cast<float*>(ws + wl.scales);
+  uint8_t* mins = ws + wl.mins;
+  if (paired) {
+    split_rows_kernel<false><<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
+        l.x, l.x_stride, l.x_pool_rows, count, static_cast<int>(blocks), digits, scales, mins);
+  } else {
+    split_rows_kernel<true><<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
+        l.x, l.x_stride, l.x_pool_rows, count, static_cast<int>(blocks), digits, scales, mins);
+  }
+  DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "expert matmul: launching the digit split"));
+
+  Params p{};
+  p.w_data = w.data;
+  p.w_scales = w.scales;
+  p.u_data = paired ? l.w_up->data : nullptr;
+  p.u_scales = paired ? l.w_up->scales : nullptr;
+  p.row_bytes = static_cast<int64_t>(w.data_row_bytes());
+  p.rows = static_cast<int>(w.rows);
+  p.blocks = static_cast<int>(blocks);
+  p.digits = digits;
+  p.xscales = scales;
+  p.xmins = mins;
+  p.y = l.y;
+  p.y_stride = l.y_stride;
+  p.limit = l.swiglu_limit;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.group_offsets = l.group_offsets;
+  p.n_groups = l.n_groups;
+  p.x_rows = l.x_rows;
+  p.row_scale = paired ? l.row_scale : nullptr;
+  // ceil(n_tokens / kBN) + n_groups tiles at most; the blocks past the last exit.
+  const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + kBN - 1) / kBN + l.n_groups;
+  const int64_t row_tiles = w.rows / (paired ? kBM / 2 : kBM);
+  if (token_tiles > INT32_MAX || row_tiles > 65535) return Status::Error("expert matmul: grid too large");
+  const dim3 grid(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles));
+  if (paired) {
+    kGateUpKernel<<<grid, kThreads, StageLayout<GgmlType::IQ2_XXS>::kTotal, stream>>>(p);
+  } else {
+    kDownKernel<<<grid, kThreads, StageLayout<GgmlType::Q2_K>::kTotal, stream>>>(p);
+  }
+  return cuda_status(cudaGetLastError(), paired ? "expert matmul: gate+up launch" : "expert matmul: down launch");
+}
+
+}  // namespace ds4

@@ -1,0 +1,100 @@
+// The prefill's routed-expert products for many tokens at once (spec/MODEL.md §2.6) on
+// integer tensor cores, with the arithmetic of the one-token kernels of
+// cuda/expert_matvec.h:
+//
+//   gate+up (paired, IQ2_XXS): y[a][r] = silu(min(G_g[r] . x_a, limit)) * clamp(U_g[r] . x_a,
+//            -limit, limit) * row_scale[a]
+//   down (unpaired, Q2_K):     y[a][r] = D_g[r] . x_a            (or y[a][r] += ..., accumulate)
+//
+// for every assignment a < group_offsets[n_groups] (read on the device), g the group with
+// group_offsets[g] <= a < group_offsets[g + 1] (matrix g of the stack), x_a = row x_rows[a]
+// of x (x_rows null: row a): the grouped-mode contract of cuda/matmul.h's MatmulLaunch.
+//
+// Arithmetic. A pre-pass writes each row of x that the launch reads, once, into the
+// workspace: per 256-column block b, x_e ~ s_b a_e with s_b = 2^(E_b - 30), max_b |x| <
+// 2^E_b (E_b at least -96), a_e = round(x_e / s_b), |a_e| < 2^30, as four signed base-256
+// digits (int8); for Q2_K also X_G = the f32 sum of x over each 16 columns G, scaled by
+// 2^-E_b and split into f16 hi + lo (lo = f16((X' - hi) 2^11)). The product kernel copies a
+// tile of weights (128 rows x 256 columns) and of digits (32 assignments) into shared
+// memory with cp.async, two stages deep, and every weight tile serves all the tile's
+// assignments. Weights are expanded to int8 straight into the A fragments of mma.sync
+// m16n8k32 s8.s8.s32, one mma per digit (B: 8 assignments x 32 columns of one digit):
+//   IQ2_XXS: the signed grid values (+-8, 25, 43); each 32-column product is exact in
+//            int32 and multiplied by (2S + 1) in int32; per 256-column block the four digit
+//            sums are combined exactly in int64, converted to f32 once and multiplied by
+//            d s_b / 8.
+//   Q2_K:    sc * level (<= 45) as int8; the digit sums of a 256-column block are exact in
+//            int32, combined in int64, converted once and multiplied by d s_b; the minimums
+//            -dmin sum_G m_G X_G come from one f16 mma pair per block (m_G exact in f16,
+//            X' as hi + lo, f32 accumulation), times dmin 2^E_b.
+// The blocks' f32 contributions are added in column order in f32. No atomics, no split-K:
+// results do not depend on scheduling (bit-identical repeats).
+//
+// Precision: with n = cols / 256 the 256-column terms added per output and u = 2^-24,
+//   |y - exact| <= sum_b (s_b / 2) sum_{e in b} |w_e|  +  (n + 24) u sum_e |w_e x_e|
+//                  [Q2_K: + sum_b |dmin_b| 2^(E_b - 16) sum_G m_G]
+// (Q2_K: |w_e| read as |d sc q| + |dmin m|), before the SwiGLU: the bound of
+// cuda/expert_matvec.h's tensor-core kernels, plus for Q2_K the minimums' hi + lo split
+// (2^-16 2^E_b <= 2^-15 max_b |x| per unit of m). A non-finite value in a 256-column
+// block of x makes every output that reads the block NaN.
+//
+// Launches never synchronise with the host and allocate nothing; the grid is sized on the
+// host from n_tokens (an upper bound of the assignments) and n_groups, blocks without
+// work exit: they can be captured in a CUDA graph (call expert_matmul_init() first).
+//
+// Thread-safety: launches on the caller's stream; the only host state is the one-time
+// setup of expert_matmul_init() (IQ2_XXS selector table, shared-memory limits), guarded
+// by std::call_once.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+#include "cuda/device_matrix.h"
+
+namespace ds4 {
+
+struct ExpertMatmulLaunch {
+  const DeviceMatrix* w = nullptr;      // IQ2_XXS gate (paired) or Q2_K down (unpaired)
+  const DeviceMatrix* w_up = nullptr;   // IQ2_XXS up: paired SwiGLU; nullptr: unpaired
+  const float* x = nullptr;             // activation row i at x + i * x_stride (w->cols floats)
+  int64_t x_stride = 0;                 // floats; x and x_stride 16-byte aligned
+  float* y = nullptr;                   // output row a at y + a * y_stride (w->rows floats)
+  int64_t y_stride = 0;
+  int n_tokens = 0;                     // an upper bound of the assignments
+  float swiglu_limit = INFINITY;        // paired: INFINITY, no clamp
+  bool accumulate = false;              // unpaired: y += instead of y =
+  const int32_t* group_offsets = nullptr;  // [n_groups + 1], non-decreasing, [0] == 0 (device)
+  int n_groups = 0;                     // at most w->count
+  const int32_t* x_rows = nullptr;      // [assignments] (device); nullptr: row a
+  const float* row_scale = nullptr;     // paired: [assignments] (device); nullptr: 1
+  // Device memory of expert_matmul_workspace_bytes(w->cols, x_pool_rows) bytes (16-byte
+  // aligned), written by the launch (stream-ordered; reusable by the next launch on the
+  // same stream). Every row the launch reads (x_rows[a], or a without x_rows) must be
+  // below x_pool_rows; without x_rows, x_pool_rows >= n_tokens.
+  void* workspace = nullptr;
+  int64_t x_pool_rows = 0;
+};
+
+// Bytes of the workspace for `rows` rows of x of `cols` columns.
+size_t expert_matmul_workspace_bytes(int64_t cols, int64_t rows);
+
+// Ok when these kernels handle the launch's types and shapes (paired IQ2_XXS gate and up
+// of one shape, or unpaired Q2_K; cols a multiple of 256; rows a multiple of 64 paired,
+// 128 unpaired; grouped mode; the device's shared memory holds the kernel), else an error
+// naming what does not fit. Callers fall back to cuda/matmul.h where it is not Ok.
+Status expert_matmul_supported(const ExpertMatmulLaunch& launch);
+
+// The products above: the pre-pass over x's rows, then the product kernel. Errors: an
+// unsupported launch (as expert_matmul_supported), missing or misaligned pointers, a
+// workspace missing, a failed launch.
+Status launch_expert_matmul(const ExpertMatmulLaunch& launch, cudaStream_t stream);
+
+// One-time setup (IQ2_XXS selector table to the device, shared-memory limits); idempotent.
+Status expert_matmul_init();
+
+}  // namespace ds4
