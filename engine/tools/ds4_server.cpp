@@ -2,6 +2,10 @@
 //
 //   ds4-server -m MODEL.gguf [--mtp MTP.gguf] [--host 127.0.0.1] [--port 8000]
 //              [--ctx N] [--cors [ORIGIN]] [--backend cpu|cuda] [--threads N]
+//              [--parallel N]
+//
+// --parallel N: up to N requests are generated at once, each on its own session,
+// their decode steps batched (runtime/batch_scheduler.h); the rest wait in order.
 //
 // The port is bound before the model is loaded, so a busy port fails at once;
 // until the model is ready /v1/models answers 503. SIGTERM / SIGINT: new requests
@@ -35,6 +39,7 @@ struct Flags {
   int mtp_draft = 0;
   size_t max_body_bytes = 32u << 20;
   int http_threads = 256;
+  int parallel = 4;
 };
 
 int parse_flags(int argc, char** argv, Flags* flags) {
@@ -57,6 +62,10 @@ int parse_flags(int argc, char** argv, Flags* flags) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--threads", flags->threads, "CPU threads (0 = all cores)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--parallel", flags->parallel,
+                 "requests generated at once (batched decode, one session each; 1 = one at a time)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--max-body-bytes", flags->max_body_bytes, "largest request body (413 above)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -141,7 +150,7 @@ int main(int argc, char** argv) {
     server.stop();
     std::_Exit(1);
   }
-  ds4::server::EngineWorker worker(engine.value().get());
+  ds4::server::EngineWorker worker(engine.value().get(), flags.parallel);
   if (ds4::Status started = worker.start(); !started.ok()) {
     std::fprintf(stderr, "ds4-server: %s\n", started.message().c_str());
     server.stop();
@@ -151,14 +160,14 @@ int main(int argc, char** argv) {
   server.set_ready(engine.value().get(), &worker);
   const std::string speculative =
       engine.value()->speculative_enabled()
-          ? "MTP drafts " + std::to_string(flags.mtp_draft) + " (greedy requests)"
+          ? "MTP drafts " + std::to_string(flags.mtp_draft) + " (greedy requests running alone)"
       : flags.mtp.empty() || flags.mtp_draft == 0
           ? "MTP off"
           : "MTP off (the " + std::string(engine.value()->backend().name()) + " backend has no MTP block)";
-  std::printf("ds4-server: ready: model %s, backend %s, context %d tokens, %s, http://%s:%d/v1\n",
+  std::printf("ds4-server: ready: model %s, backend %s, context %d tokens, %d parallel, %s, http://%s:%d/v1\n",
               ds4::server::kModelId,
               std::string(ds4::backend_kind_name(engine_options.backend)).c_str(), flags.ctx,
-              speculative.c_str(), flags.host.c_str(), server.port());
+              flags.parallel, speculative.c_str(), flags.host.c_str(), server.port());
   std::fflush(stdout);
 
   signal_waiter.join();  // returns on SIGTERM / SIGINT

@@ -1,6 +1,9 @@
 // EngineWorker with the real engine on the tiny trained chat model: streamed jobs
 // get one event per sampled token and a final result whose counts match; jobs
 // queue behind each other; cancel and shutdown end every job with one final event.
+// With parallel > 1: jobs run together and each gets the answer it gets alone, jobs
+// beyond the pool wait and complete, a refused job fails alone, and shutdown ends
+// running and queued jobs with 503.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -191,5 +194,125 @@ TEST_CASE("shutdown fails queued jobs with 503 and refuses new ones") {
     }
   }
   CHECK(failed >= 3);  // at most the one already running may have finished
+  CHECK_FALSE(worker.submit(make_job(kFranceNoThink, true)));
+}
+
+// --- several jobs at once (parallel > 1) -------------------------------------------
+
+namespace {
+
+std::string nothink_question(const std::string& question) {
+  return R"({"messages":[{"role":"user","content":")" + question +
+         R"("}],"thinking":{"type":"disabled"},"temperature":0})";
+}
+
+// Streamed ids and text of a finished streamed job.
+struct Streamed {
+  std::vector<int32_t> ids;
+  std::string content;
+};
+Streamed streamed_of(const std::vector<JobEvent>& events) {
+  Streamed s;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    s.ids.insert(s.ids.end(), events[i].token_ids.begin(), events[i].token_ids.end());
+    s.content += events[i].delta.content;
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("parallel 4: four different streamed jobs run together, each gets its own answer") {
+  EngineWorker worker(&engine(), 4);
+  REQUIRE(worker.start().ok());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"France", "00-server-nothink"}, {"Germany", "02-server-nothink"},
+      {"Japan", "04-server-nothink"}, {"Italy", "06-server-nothink"}};
+  std::vector<std::shared_ptr<GenerationJob>> jobs;
+  for (const auto& c : cases) {
+    jobs.push_back(make_job(nothink_question("What is the capital of " + c.first + "?"), true));
+    REQUIRE(worker.submit(jobs.back()));
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    std::vector<JobEvent> events = drain(*jobs[i]);
+    REQUIRE(events.back().kind == JobEvent::Kind::kDone);
+    const Streamed streamed = streamed_of(events);
+    INFO(cases[i].first);
+    CHECK(streamed.ids == golden_output_ids(cases[i].second));
+    CHECK(events.back().completion.content == streamed.content);
+    CHECK(streamed.content.find("is") != std::string::npos);
+    CHECK(events.back().completion.finish_reason == "stop");
+  }
+}
+
+TEST_CASE("parallel 3: twelve queued jobs all complete") {
+  EngineWorker worker(&engine(), 3);
+  REQUIRE(worker.start().ok());
+  std::vector<std::shared_ptr<GenerationJob>> jobs;
+  for (int i = 0; i < 12; ++i) {
+    jobs.push_back(make_job(kFranceNoThink, i % 2 == 0));
+    REQUIRE(worker.submit(jobs.back()));
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    std::vector<JobEvent> events = drain(*jobs[i]);
+    INFO("job " << i);
+    REQUIRE(events.back().kind == JobEvent::Kind::kDone);
+    CHECK(events.back().completion.content == "The capital of France is Paris.");
+  }
+}
+
+TEST_CASE("parallel 2: a job the engine refuses fails alone while the others finish") {
+  EngineWorker worker(&engine(), 2);
+  REQUIRE(worker.start().ok());
+  // Prepared for a larger context than the engine's 1024 tokens: the engine refuses it.
+  auto parsed = ds4::server::parse_request(
+      R"({"messages":[{"role":"user","content":"Hi"}],"max_tokens":5000,"thinking":{"type":"disabled"}})",
+      ds4::server::Endpoint::kChatCompletions);
+  REQUIRE(std::holds_alternative<ds4::server::CompletionRequest>(parsed));
+  auto prepared = ds4::server::prepare_request(std::get<ds4::server::CompletionRequest>(parsed),
+                                               engine().tokenizer(), 100000);
+  REQUIRE(std::holds_alternative<ds4::server::PreparedRequest>(prepared));
+  auto too_long = std::make_shared<GenerationJob>(std::get<ds4::server::PreparedRequest>(prepared), true);
+  auto before = make_job(kFranceNoThink, true);
+  auto after = make_job(nothink_question("What is the capital of Germany?"), true);
+  REQUIRE(worker.submit(before));
+  REQUIRE(worker.submit(too_long));
+  REQUIRE(worker.submit(after));
+  std::vector<JobEvent> failed = drain(*too_long);
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0].kind == JobEvent::Kind::kFailed);
+  CHECK_MESSAGE(failed[0].error.message.find("context overflow") != std::string::npos, failed[0].error.message);
+  std::vector<JobEvent> a = drain(*before), b = drain(*after);
+  REQUIRE(a.back().kind == JobEvent::Kind::kDone);
+  REQUIRE(b.back().kind == JobEvent::Kind::kDone);
+  CHECK(a.back().completion.content == "The capital of France is Paris.");
+  CHECK(streamed_of(b).ids == golden_output_ids("02-server-nothink"));
+}
+
+TEST_CASE("parallel 2: shutdown fails queued jobs and cancels the running ones, all with 503") {
+  EngineWorker worker(&engine(), 2);
+  REQUIRE(worker.start().ok());
+  std::vector<std::shared_ptr<GenerationJob>> jobs;
+  for (int i = 0; i < 6; ++i) {
+    // Long random generations: still running at shutdown.
+    jobs.push_back(make_job(
+        R"({"messages":[{"role":"user","content":"Write a poem"}],"thinking":{"type":"disabled"},"temperature":10,"min_p":0,"seed":)" +
+            std::to_string(11 + i) + R"(,"max_tokens":900})",
+        true));
+    REQUIRE(worker.submit(jobs.back()));
+  }
+  // Both running jobs have streamed something before the shutdown.
+  for (int i = 0; i < 2; ++i) {
+    auto first = jobs[i]->next(std::chrono::seconds(60));
+    REQUIRE(first.has_value());
+    REQUIRE(first->kind == JobEvent::Kind::kToken);
+  }
+  worker.shutdown();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    std::vector<JobEvent> events = drain(*jobs[i]);
+    INFO("job " << i);
+    REQUIRE(events.back().kind == JobEvent::Kind::kFailed);
+    CHECK(events.back().error.http_status == 503);
+  }
   CHECK_FALSE(worker.submit(make_job(kFranceNoThink, true)));
 }
