@@ -1,8 +1,14 @@
 #include "cuda/hyper_connections.h"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "cuda/column_tile.cuh"
 #include "cuda/cuda_check.h"
@@ -30,6 +36,72 @@ __global__ void embed_kernel(const void* embd, int is_f16, const int32_t* token,
 }
 
 __device__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// The 4 x 4 Sinkhorn of spec/MODEL.md §2.3 on one warp, in the CPU reference's order
+// (cpu::hc_split_sinkhorn): lane e (e < 16) holds entry (src i = e / 4, dst k = e % 4)
+// of the logits C0 and gets the final comb entry; lanes 16..31 mirror 0..15. Every
+// lane of the warp calls it. Row (over k) and column (over i) sums add the four
+// entries in index order, as the reference.
+__device__ float sinkhorn4_shuffle(float c, int lane, int iters, float eps) {
+  const int k = lane & 3;
+  auto row_sum = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+    a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 1);
+    a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 2);
+    return a + __shfl_sync(0xffffffffu, v, (lane & ~3) + 3);
+  };
+  auto row_max = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
+    a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 1));
+    a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 2));
+    return fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 3));
+  };
+  auto col_sum = [&](float v) {
+    float a = __shfl_sync(0xffffffffu, v, (lane & 16) + k);
+    a += __shfl_sync(0xffffffffu, v, (lane & 16) + 4 + k);
+    a += __shfl_sync(0xffffffffu, v, (lane & 16) + 8 + k);
+    return a + __shfl_sync(0xffffffffu, v, (lane & 16) + 12 + k);
+  };
+  c = expf(c - row_max(c));
+  c = c / row_sum(c) + eps;
+  for (int iter = 0; iter < iters; ++iter) {
+    if (iter > 0) c = c / (row_sum(c) + eps);
+    c = c / (col_sum(c) + eps);
+  }
+  return c;
+}
+
+// sinkhorn4_shuffle with all 16 entries in the registers of the calling thread (c[i * 4
+// + k], the logits in, the comb out): the same operations in the same order, without
+// shuffles, each division done by every lane that calls it.
+__device__ void sinkhorn4_registers(float (&c)[16], int iters, float eps) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float* r = c + 4 * i;
+    const float mx = fmaxf(fmaxf(fmaxf(r[0], r[1]), r[2]), r[3]);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = expf(r[k] - mx);
+    const float sum = r[0] + r[1] + r[2] + r[3];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = r[k] / sum + eps;
+  }
+  for (int iter = 0; iter < iters; ++iter) {
+    if (iter > 0) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float d = c[4 * i] + c[4 * i + 1] + c[4 * i + 2] + c[4 * i + 3] + eps;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) c[4 * i + k] = c[4 * i + k] / d;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float d = c[k] + c[4 + k] + c[8 + k] + c[12 + k] + eps;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[4 * i + k] = c[4 * i + k] / d;
+    }
+  }
+}
 
 // RMS factor 1/sqrt(mean(X^2) + eps) over all streams.
 __device__ float hc_rms_factor(const float* x, const HcShape& s, float*) {
@@ -98,39 +170,13 @@ __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float*
   if (m == 4 && threadIdx.x < 32) {
     // One lane per comb entry (src i = lane/4, dst k = lane%4); lanes 16..31 mirror.
     const int lane = threadIdx.x;
-    const int e = lane & 15, i = e >> 2;
+    const int e = lane & 15;
     if (lane < 4) {
       pre[lane] = sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[lane], factor), scale[0]), base[lane])) + s.hc_eps;
       post[lane] = 2.0f * sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[4 + lane], factor), scale[1]), base[4 + lane]));
     }
-    const int k = e & 3;
-    // Row (over k) and column (over i) reductions in the CPU reference's order.
-    auto row_sum = [&](float v) {
-      float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
-      a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 1);
-      a += __shfl_sync(0xffffffffu, v, (lane & ~3) + 2);
-      return a + __shfl_sync(0xffffffffu, v, (lane & ~3) + 3);
-    };
-    auto row_max = [&](float v) {
-      float a = __shfl_sync(0xffffffffu, v, (lane & ~3) + 0);
-      a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 1));
-      a = fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 2));
-      return fmaxf(a, __shfl_sync(0xffffffffu, v, (lane & ~3) + 3));
-    };
-    auto col_sum = [&](float v) {
-      float a = __shfl_sync(0xffffffffu, v, (lane & 16) + k);
-      a += __shfl_sync(0xffffffffu, v, (lane & 16) + 4 + k);
-      a += __shfl_sync(0xffffffffu, v, (lane & 16) + 8 + k);
-      return a + __shfl_sync(0xffffffffu, v, (lane & 16) + 12 + k);
-    };
-    float c = __fadd_rn(__fmul_rn(__fmul_rn(mix_raw[8 + e], factor), scale[2]), base[8 + e]);
-    c = expf(c - row_max(c));
-    c = c / row_sum(c) + s.hc_eps;
-    for (int iter = 0; iter < s.sinkhorn_iters; ++iter) {
-      if (iter > 0) c = c / (row_sum(c) + s.hc_eps);
-      c = c / (col_sum(c) + s.hc_eps);
-    }
-    (void)i;
+    const float c0 = __fadd_rn(__fmul_rn(__fmul_rn(mix_raw[8 + e], factor), scale[2]), base[8 + e]);
+    const float c = sinkhorn4_shuffle(c0, lane, s.sinkhorn_iters, s.hc_eps);
     if (lane < 16) comb[e] = c;
   } else if (threadIdx.x == 0) {
     float c[kMaxMult][kMaxMult];
@@ -202,6 +248,309 @@ __global__ void hc_head_kernel(const float* x, const float* mix_raw, const float
   }
   __syncthreads();
   weighted_stream_norm(x, w, norm_weight, s, ys, scratch, out);
+}
+
+// The cluster form of hc_pre (kHead false) and hc_head (kHead true) for 4 streams; see
+// the header. One cluster of C blocks; block r owns columns [r * dim / C, +dim / C) of
+// the sublayer input, 4 per thread (a float4 of each stream in registers).
+constexpr int kClusterMult = 4;
+
+struct HcClusterParams {
+  const float* x;
+  const float* mix_raw;      // the mixing values, or nullptr with mix_partial
+  const float* mix_partial;  // column-tile partial sums (launch_hc_pre_partials)
+  int mix_tiles;
+  const float* scale;
+  const float* base;
+  const float* norm_weight;
+  HcShape s;
+  float* post;
+  float* comb;
+  float* out;
+};
+
+// barrier.cluster in two halves: arrive (release: this thread's shared-memory writes
+// become visible to the cluster) and wait (acquire). Called by whole warps.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __syncwarp();
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __syncwarp();
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// The value at `local` (this block's shared memory) in block `rank` of the cluster.
+template <typename T>
+__device__ __forceinline__ T cluster_load(const T* local, int rank) {
+  return *cooperative_groups::this_cluster().map_shared_rank(const_cast<T*>(local), rank);
+}
+
+// The sum of the cluster's per-warp partials (slots[w] in each block, `warps` per
+// block), added in one fixed order: lane l takes slots l, l + 32, ... (block-major),
+// then the warp's shuffle tree. Every warp of every block gets the same bits.
+template <int C>
+__device__ __forceinline__ double cluster_sum(const double* slots, int warps, int lane) {
+  double v = 0.0;
+  for (int j = lane; j < C * warps; j += 32) v += cluster_load(slots + j % warps, j / warps);
+  return warp_sum_double(v);
+}
+
+__device__ __forceinline__ double sum_squares(const float4& v) {
+  return static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+         static_cast<double>(v.w) * v.w;
+}
+
+// y = sum_h w[h] X_h for one column, in hc_pre_kernel's order and roundings.
+__device__ __forceinline__ float weighted_column(const float (&w)[kClusterMult], float x0, float x1, float x2,
+                                                 float x3) {
+  float y = 0.0f;
+  y = __fadd_rn(y, __fmul_rn(w[0], x0));
+  y = __fadd_rn(y, __fmul_rn(w[1], x1));
+  y = __fadd_rn(y, __fmul_rn(w[2], x2));
+  return __fadd_rn(y, __fmul_rn(w[3], x3));
+}
+
+// post from the mixing values `mixv` (lane l holds value l, lanes 4..7 write) and the
+// RMS factor, as hc_pre_kernel computes it.
+__device__ __forceinline__ void cluster_post(const HcClusterParams& p, float mixv, float base_l, float factor,
+                                             float scale1, int lane) {
+  constexpr int M = kClusterMult;
+  if (lane >= M && lane < 2 * M) {
+    p.post[lane - M] = 2.0f * sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mixv, factor), scale1), base_l));
+  }
+}
+
+// Block 0's Sinkhorn warp: comb from the mixing values (as cluster_post), as
+// hc_pre_kernel computes it.
+template <HcSinkhorn K>
+__device__ void cluster_comb(const HcClusterParams& p, float mixv, float base_l, float factor, float scale2,
+                             int lane) {
+  constexpr int M = kClusterMult;
+  if constexpr (K == HcSinkhorn::kShuffle) {
+    const int e = lane & 15;
+    const float m = __shfl_sync(0xffffffffu, mixv, 2 * M + e);
+    const float b = __shfl_sync(0xffffffffu, base_l, 2 * M + e);
+    const float c = sinkhorn4_shuffle(__fadd_rn(__fmul_rn(__fmul_rn(m, factor), scale2), b), lane,
+                                      p.s.sinkhorn_iters, p.s.hc_eps);
+    if (lane < 16) p.comb[e] = c;
+  } else {
+    float c[16];
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      const float m = __shfl_sync(0xffffffffu, mixv, 2 * M + e);
+      const float b = __shfl_sync(0xffffffffu, base_l, 2 * M + e);
+      c[e] = __fadd_rn(__fmul_rn(__fmul_rn(m, factor), scale2), b);
+    }
+    sinkhorn4_registers(c, p.s.sinkhorn_iters, p.s.hc_eps);
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      if (lane == e) p.comb[e] = c[e];
+    }
+  }
+}
+
+template <int C, bool kHead, HcSinkhorn K>
+__global__ void hc_pre_cluster_kernel(HcClusterParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int M = kClusterMult;
+  constexpr int kMix = kHead ? M : (2 + M) * M;
+  __shared__ double ss_x[32], ss_y[32];  // per-warp partial sums of squares
+  __shared__ float mix_home[kMix];       // the mixing values this block's warps gathered
+  const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int dim = p.s.dim;
+  const int cols = dim / C;
+  const int col = rank * cols + 4 * threadIdx.x;
+  const bool have = 4 * static_cast<int>(threadIdx.x) < cols;
+  // Weights (immutable): before the wait.
+  float4 nw = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+  if (have && p.norm_weight) nw = *reinterpret_cast<const float4*>(p.norm_weight + col);
+  const float scale0 = p.scale[0];
+  const float scale1 = kHead ? 0.0f : p.scale[1];
+  const float scale2 = kHead ? 0.0f : p.scale[2];
+  const float base_l = lane < kMix ? p.base[lane] : 0.0f;
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  float4 xv[M];
+#pragma unroll
+  for (int h = 0; h < M; ++h) {
+    xv[h] = have ? *reinterpret_cast<const float4*>(p.x + static_cast<int64_t>(h) * dim + col)
+                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  // Mixing values from the partial sums: row i by warp i mod (C * warps) of the
+  // cluster, in the matvec's reduction order (the same bits as launch_matvec).
+  if (p.mix_partial) {
+    for (int i = rank * warps + warp; i < kMix; i += C * warps) {
+      const float v = tile_reduce_warp(p.mix_partial + static_cast<int64_t>(i) * p.mix_tiles, p.mix_tiles, lane);
+      if (lane == 0) mix_home[i] = v;
+    }
+  }
+  double sx = 0.0;
+#pragma unroll
+  for (int h = 0; h < M; ++h) sx += sum_squares(xv[h]);
+  sx = warp_sum_double(sx);
+  if (lane == 0) ss_x[warp] = sx;
+  cluster_arrive();
+  cluster_wait();
+  // Lane l < kMix holds mixing value l.
+  float mixv = 0.0f;
+  if (lane < kMix) {
+    mixv = p.mix_partial ? cluster_load(mix_home + lane, (lane % (C * warps)) / warps) : p.mix_raw[lane];
+  }
+  const float factor = rms_scale(cluster_sum<C>(ss_x, warps, lane), static_cast<int64_t>(M) * dim, p.s.norm_eps);
+  // The stream weights (pre, or the head's w) in lanes 0..3, then in every lane.
+  float wl;
+  if constexpr (kHead) {
+    wl = sigmoidf_(mixv * factor * scale0 + base_l) + p.s.hc_eps;
+  } else {
+    wl = sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mixv, factor), scale0), base_l)) + p.s.hc_eps;
+  }
+  float w[M];
+#pragma unroll
+  for (int h = 0; h < M; ++h) w[h] = __shfl_sync(0xffffffffu, wl, h);
+  float4 y;
+  y.x = weighted_column(w, xv[0].x, xv[1].x, xv[2].x, xv[3].x);
+  y.y = weighted_column(w, xv[0].y, xv[1].y, xv[2].y, xv[3].y);
+  y.z = weighted_column(w, xv[0].z, xv[1].z, xv[2].z, xv[3].z);
+  y.w = weighted_column(w, xv[0].w, xv[1].w, xv[2].w, xv[3].w);
+  double sy = have ? sum_squares(y) : 0.0;
+  sy = warp_sum_double(sy);
+  if (lane == 0) ss_y[warp] = sy;
+  cluster_arrive();
+  // Block 0's first warp runs the Sinkhorn while the cluster exchanges the sums; its
+  // second (or the first, alone) writes post.
+  if (!kHead && rank == 0 && warp == 0) cluster_comb<K>(p, mixv, base_l, factor, scale2, lane);
+  if (!kHead && rank == 0 && warp == (warps > 1 ? 1 : 0)) cluster_post(p, mixv, base_l, factor, scale1, lane);
+  cluster_wait();
+  const float f = rms_scale(cluster_sum<C>(ss_y, warps, lane), dim, p.s.norm_eps);
+  cluster_arrive();  // done reading other blocks' shared memory
+  if (have) {
+    float4 o;
+    o.x = y.x * f * nw.x;
+    o.y = y.y * f * nw.y;
+    o.z = y.z * f * nw.z;
+    o.w = y.w * f * nw.w;
+    *reinterpret_cast<float4*>(p.out + col) = o;
+  }
+  cluster_wait();  // no block leaves while another may still read its shared memory
+#endif
+}
+
+// Host: the cluster kernel of one (size, head, Sinkhorn) choice.
+using ClusterKernel = void (*)(HcClusterParams);
+
+template <bool kHead, HcSinkhorn K>
+ClusterKernel cluster_kernel_for(int cluster) {
+  switch (cluster) {
+    case 4: return hc_pre_cluster_kernel<4, kHead, K>;
+    case 8: return hc_pre_cluster_kernel<8, kHead, K>;
+    case 16: return hc_pre_cluster_kernel<16, kHead, K>;
+    default: return nullptr;
+  }
+}
+
+ClusterKernel cluster_kernel_for(int cluster, bool head, HcSinkhorn sinkhorn) {
+  if (head) return cluster_kernel_for<true, HcSinkhorn::kShuffle>(cluster);
+  return sinkhorn == HcSinkhorn::kRegisters ? cluster_kernel_for<false, HcSinkhorn::kRegisters>(cluster)
+                                            : cluster_kernel_for<false, HcSinkhorn::kShuffle>(cluster);
+}
+
+// Threads per block of the cluster kernel for `dim` over `cluster` blocks (0: it does not apply).
+int cluster_threads(int dim, int cluster) {
+  if (cluster <= 0 || dim <= 0 || dim % (4 * cluster) != 0) return 0;
+  const int threads = (dim / cluster / 4 + 31) / 32 * 32;
+  return threads <= 1024 ? threads : 0;
+}
+
+// DS4_CUDA_HC_PRE_CLUSTER: 0, 4, 8 or 16; anything else (or unset): 8.
+int default_cluster() {
+  static const int value = [] {
+    const char* v = std::getenv("DS4_CUDA_HC_PRE_CLUSTER");
+    if (v == nullptr) return 8;
+    for (int c : {0, 4, 8, 16}) {
+      if (std::strcmp(v, std::to_string(c).c_str()) == 0) return c;
+    }
+    return 8;
+  }();
+  return value;
+}
+
+// Whether the current device runs `kernel` as clusters of `cluster` blocks of `threads`
+// (sm_90 or newer, cluster launch, and at least one such cluster resident at a time;
+// 16 blocks only where non-portable cluster sizes are allowed). Cached per device.
+bool cluster_fits(ClusterKernel kernel, int cluster, int threads) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, uintptr_t, int>, bool> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  const auto key = std::make_tuple(device, reinterpret_cast<uintptr_t>(kernel), threads);
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  bool ok = false;
+  int major = 0, cluster_launch = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+      cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device) == cudaSuccess && cluster_launch) {
+    bool allowed = true;
+    if (cluster > 8) {
+      allowed = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+    }
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(cluster));
+    config.blockDim = dim3(static_cast<unsigned>(threads));
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const cudaError_t query = allowed ? cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) : cudaSuccess;
+    ok = allowed && query == cudaSuccess && clusters > 0;
+    if (!allowed || query != cudaSuccess) cudaGetLastError();  // a refused query leaves no error for later launches
+  }
+  cache.emplace(key, ok);
+  return ok;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// The cluster size for this launch (0: the single-block kernel).
+int pick_cluster(const HcShape& s, const HcPreOptions& o, bool head, const float* x, const float* out,
+                 const float* norm_weight) {
+  const int cluster = o.cluster < 0 ? default_cluster() : o.cluster;
+  if (s.mult != kClusterMult) return 0;
+  const int threads = cluster_threads(s.dim, cluster);
+  if (threads == 0) return 0;
+  if (!aligned16(x) || !aligned16(out) || !aligned16(norm_weight)) return 0;
+  const ClusterKernel kernel = cluster_kernel_for(cluster, head, o.sinkhorn);
+  return kernel && cluster_fits(kernel, cluster, threads) ? cluster : 0;
+}
+
+// Launches the cluster kernel (one cluster), with the PDL attribute as launch_kernel.
+Status launch_cluster(const HcClusterParams& p, int cluster, bool head, HcSinkhorn sinkhorn, cudaStream_t stream,
+                      const char* what) {
+  const ClusterKernel kernel = cluster_kernel_for(cluster, head, sinkhorn);
+  cudaLaunchAttribute attribute[2];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(cluster_threads(p.s.dim, cluster)));
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = pdl_enabled() ? 2 : 1;
+  return cuda_status(cudaLaunchKernelEx(&config, kernel, p), what);
 }
 
 // launch_hc_post_mix (see the header). Block (t, y): column tile t of the flattened new
@@ -277,25 +626,42 @@ Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, co
   return cuda_status(cudaGetLastError(), "hc_embed launch");
 }
 
-Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, const float* base,
-                     const float* norm_weight, const HcShape& s, float* post, float* comb,
-                     float* out, cudaStream_t stream) {
+int hc_pre_cluster_size(const HcShape& s, const HcPreOptions& options, const float* x, const float* out) {
+  return pick_cluster(s, options, false, x, out, nullptr);
+}
+
+namespace {
+
+// hc_pre from mix_raw or from column-tile partial sums (mix_partial, mix_tiles).
+Status hc_pre_any(const float* x, const float* mix_raw, const float* mix_partial, int mix_tiles, const float* scale,
+                  const float* base, const float* norm_weight, const HcShape& s, float* post, float* comb, float* out,
+                  cudaStream_t stream, const HcPreOptions& options, const char* what) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
+  if (const int cluster = pick_cluster(s, options, false, x, out, norm_weight); cluster > 0) {
+    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, post, comb, out};
+    return launch_cluster(p, cluster, false, options.sinkhorn, stream, what);
+  }
   launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
-                post, comb, out, nullptr, 0);
-  return cuda_status(cudaGetLastError(), "hc_pre launch");
+                post, comb, out, mix_partial, mix_tiles);
+  return cuda_status(cudaGetLastError(), what);
+}
+
+}  // namespace
+
+Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, const float* base,
+                     const float* norm_weight, const HcShape& s, float* post, float* comb,
+                     float* out, cudaStream_t stream, const HcPreOptions& options) {
+  return hc_pre_any(x, mix_raw, nullptr, 0, scale, base, norm_weight, s, post, comb, out, stream, options,
+                    "hc_pre launch");
 }
 
 Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
                               const float* base, const float* norm_weight, const HcShape& s, float* post,
-                              float* comb, float* out, cudaStream_t stream) {
-  DS4_RETURN_IF_ERROR(check_shape(s));
-  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
+                              float* comb, float* out, cudaStream_t stream, const HcPreOptions& options) {
   if (!mix_partial || mix_tiles < 1) return Status::Error("hc_pre: partial sums missing or tile count below 1");
-  launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, nullptr, scale, base, norm_weight, s,
-                post, comb, out, mix_partial, mix_tiles);
-  return cuda_status(cudaGetLastError(), "hc_pre (partial sums) launch");
+  return hc_pre_any(x, nullptr, mix_partial, mix_tiles, scale, base, norm_weight, s, post, comb, out, stream,
+                    options, "hc_pre (partial sums) launch");
 }
 
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
@@ -306,24 +672,37 @@ Status launch_hc_post(const float* x_in, const float* f, const float* post, cons
   return cuda_status(cudaGetLastError(), "hc_post launch");
 }
 
-Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
-                      const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream) {
+namespace {
+
+// hc_head from mix_raw or from column-tile partial sums (mix_partial, mix_tiles).
+Status hc_head_any(const float* x, const float* mix_raw, const float* mix_partial, int mix_tiles, const float* scale,
+                   const float* base, const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream,
+                   const HcPreOptions& options, const char* what) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
+  if (const int cluster = pick_cluster(s, options, true, x, out, norm_weight); cluster > 0) {
+    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, nullptr, nullptr, out};
+    return launch_cluster(p, cluster, true, HcSinkhorn::kShuffle, stream, what);
+  }
   launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
-                out, nullptr, 0);
-  return cuda_status(cudaGetLastError(), "hc_head launch");
+                out, mix_partial, mix_tiles);
+  return cuda_status(cudaGetLastError(), what);
+}
+
+}  // namespace
+
+Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
+                      const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream,
+                      const HcPreOptions& options) {
+  return hc_head_any(x, mix_raw, nullptr, 0, scale, base, norm_weight, s, out, stream, options, "hc_head launch");
 }
 
 Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
                                const float* base, const float* norm_weight, const HcShape& s, float* out,
-                               cudaStream_t stream) {
-  DS4_RETURN_IF_ERROR(check_shape(s));
-  if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
+                               cudaStream_t stream, const HcPreOptions& options) {
   if (!mix_partial || mix_tiles < 1) return Status::Error("hc_head: partial sums missing or tile count below 1");
-  launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, nullptr, scale, base, norm_weight, s,
-                out, mix_partial, mix_tiles);
-  return cuda_status(cudaGetLastError(), "hc_head (partial sums) launch");
+  return hc_head_any(x, nullptr, mix_partial, mix_tiles, scale, base, norm_weight, s, out, stream, options,
+                     "hc_head (partial sums) launch");
 }
 
 Result<int> hc_post_mix_tiles(const HcPostMixLaunch& l) {

@@ -3,7 +3,21 @@
 // Sinkhorn, weighted stream sum, sublayer RMSNorm), hc_post, and the final hc_head.
 // The 24 (or 4) mixing projections fn . X come from launch_matvec beforehand.
 //
-// Thread-safety: launches on the caller's stream; no host state.
+// hc_pre and hc_head run, where they can, as one thread-block cluster (4, 8 or 16
+// blocks, HcPreOptions): every block loads its slice of the state, the slices' sums of
+// squares meet through distributed shared memory and are added in a fixed order in
+// double, block 0 runs the Sinkhorn beside the weighted stream sum, and every block
+// writes its slice of the normalised sublayer input. Results are deterministic (no
+// atomics); they equal the single-block kernel's except where the differently ordered
+// double sums of squares round to another float (a relative difference of about 1e-7
+// or none). The single-block kernel runs where the cluster kernel does not apply: a
+// stream count other than 4, a dim not divisible by 4 x the cluster size or over
+// 4096 x the cluster size, state or output not 16-byte aligned, a device below sm_90 or
+// without cluster launch, or a cluster the device cannot hold (hc_pre_cluster_size).
+// scale, base and norm_weight are weights: read before the PDL wait (cuda/launch.h).
+//
+// Thread-safety: launches on the caller's stream; the cluster-support cache and the
+// DS4_CUDA_HC_PRE_CLUSTER default are process-wide and guarded.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,11 +48,30 @@ inline HcShape hc_shape(const ModelConfig& c) {
 Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, const HcShape& s,
                        float* x, cudaStream_t stream);
 
+// The Sinkhorn of the cluster kernel (both give the CPU reference's bits): one comb
+// entry per lane with shuffles for the row and column sums (kShuffle), or all 16
+// entries in every lane's registers, no shuffles (kRegisters).
+enum class HcSinkhorn { kShuffle, kRegisters };
+
+// Which hc_pre / hc_head kernel a launch runs.
+struct HcPreOptions {
+  // Blocks per cluster: 4, 8 or 16 (16 where the device allows non-portable clusters);
+  // 0: the single-block kernel; -1: the process default, DS4_CUDA_HC_PRE_CLUSTER
+  // (0, 4, 8 or 16) when set, else 8.
+  int cluster = -1;
+  HcSinkhorn sinkhorn = HcSinkhorn::kShuffle;
+};
+
+// The cluster size a launch of shape `s` with `options` runs on the current device
+// (0: the single-block kernel), for `x` and `out` (nullptr: taken as aligned).
+int hc_pre_cluster_size(const HcShape& s, const HcPreOptions& options = {}, const float* x = nullptr,
+                        const float* out = nullptr);
+
 // Given mix_raw = fn . X (hc_mix values), writes post (mult), comb (mult x mult, [src][dst])
 // and out = rmsw(sum_h pre_h X_h, norm_weight) (dim values).
 Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, const float* base,
                      const float* norm_weight, const HcShape& s, float* post, float* comb,
-                     float* out, cudaStream_t stream);
+                     float* out, cudaStream_t stream, const HcPreOptions& options = {});
 
 // launch_hc_pre with the mixing projections still split in column tiles: mix value i is
 // the sum over k < mix_tiles of mix_partial[i * mix_tiles + k], added in the order of
@@ -47,7 +80,7 @@ Status launch_hc_pre(const float* x, const float* mix_raw, const float* scale, c
 // mix_tiles: matvec_tile_columns() of that launch. Saves the reduction launch.
 Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
                               const float* base, const float* norm_weight, const HcShape& s, float* post,
-                              float* comb, float* out, cudaStream_t stream);
+                              float* comb, float* out, cudaStream_t stream, const HcPreOptions& options = {});
 
 // x_out[k] = post_k * f + sum_i comb[i][k] * x_in[i].
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
@@ -55,12 +88,13 @@ Status launch_hc_post(const float* x_in, const float* f, const float* post, cons
 
 // Given mix_raw = fn . X (mult values): out = rmsw(sum_h w_h X_h, norm_weight).
 Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
-                      const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream);
+                      const float* norm_weight, const HcShape& s, float* out, cudaStream_t stream,
+                      const HcPreOptions& options = {});
 
 // launch_hc_head from split partial sums, as launch_hc_pre_partials.
 Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix_tiles, const float* scale,
                                const float* base, const float* norm_weight, const HcShape& s, float* out,
-                               cudaStream_t stream);
+                               cudaStream_t stream, const HcPreOptions& options = {});
 
 // launch_hc_post fused with the next mixing projection's column tiles (one launch where
 // hc_post and a launch_matvec with tile_partials_only took two): block (t, y) computes

@@ -5,15 +5,18 @@
 // with sinks over raw and compressed rows (head-group and per-head kernels), the
 // indexer's scores and top-k selection (current and earlier kernels), and the greedy
 // argmax; and hc_post fused with the next mixing projection's column tiles
-// (launch_hc_post_mix) against the separate launches it replaces, bit for bit. Prints
-// "timing:" lines for decode attention and the indexer at real sizes, and for 40-step
-// CUDA graph chains of the fused and unfused HC launches.
+// (launch_hc_post_mix) against the separate launches it replaces, bit for bit; the
+// cluster hc_pre / hc_head kernels (every cluster size, both Sinkhorns) against the
+// single-block kernel within 1e-6 relative. Prints "timing:" lines for decode attention
+// and the indexer at real sizes, and for 40-step CUDA graph chains of the fused and
+// unfused HC launches and of each hc_pre kernel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -167,8 +170,11 @@ void test_row_post(std::mt19937& rng) {
   check(count_bad(dyi.host(), refi, 0.0, 0.0, "hadamard+fp4") == 0, "row_post: Hadamard + FP4 bit-exact");
 }
 
-void test_hyper_connections(std::mt19937& rng) {
-  const ModelConfig c = small_config();
+// hc_pre, hc_post and hc_head against the CPU reference at `dim` (the default kernels:
+// the cluster form where it applies, see hc_pre_cluster_size).
+void test_hyper_connections(std::mt19937& rng, int dim_in) {
+  ModelConfig c = small_config();
+  c.dim = dim_in;
   const int hc = c.hc_mult, dim = c.dim, mix = c.hc_mix();
   std::vector<float> x = random_floats(hc * dim, rng, -2.0f, 2.0f);
   std::vector<uint8_t> fn = random_blocks(GgmlType::F16, mix, hc * dim, rng);
@@ -186,24 +192,28 @@ void test_hyper_connections(std::mt19937& rng) {
   ml.y = dmix.get();
   check(launch_matvec(ml, nullptr).ok(), "hc mix launch");
   const HcShape s{dim, hc, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  const int cluster = hc_pre_cluster_size(s, {}, dx.get(), dout.get());
+  const std::string tag = " (dim " + std::to_string(dim) + ")";
+  std::printf("hyper-connections vs CPU: dim %d, hc_pre kernel: %s\n", dim,
+              cluster ? ("cluster of " + std::to_string(cluster)).c_str() : "single block");
   check(launch_hc_pre(dx.get(), dmix.get(), dsc.get(), db.get(), dnw.get(), s, dpost.get(), dcomb.get(),
                       dout.get(), nullptr).ok(), "hc_pre launch");
   std::vector<float> y(dim), yn(dim), scratch(hc * dim);
   cpu::HcMix m;
   cpu::hc_pre(c, x.data(), tfn.w, nullptr, tsc.w, tb.w, y.data(), &m, scratch.data());
   cpu::rms_norm(y.data(), norm_w.data(), dim, c.norm_eps, yn.data());
-  check(count_bad(dout.host(), yn, 1e-4, 1e-5, "hc_pre out") == 0, "hc_pre: sublayer input matches");
+  check(count_bad(dout.host(), yn, 1e-4, 1e-5, "hc_pre out") == 0, "hc_pre: sublayer input matches" + tag);
   check(count_bad(dpost.host(), std::vector<float>(m.post, m.post + hc), 1e-4, 1e-6, "post") == 0,
-        "hc_pre: post weights match");
+        "hc_pre: post weights match" + tag);
   std::vector<float> comb(m.comb, m.comb + hc * hc);
-  check(count_bad(dcomb.host(), comb, 1e-4, 1e-6, "comb") == 0, "hc_pre: Sinkhorn comb matches");
+  check(count_bad(dcomb.host(), comb, 1e-4, 1e-6, "comb") == 0, "hc_pre: Sinkhorn comb matches" + tag);
   // hc_post with the CPU's mix on both sides.
   std::vector<float> f = random_floats(dim, rng);
   DeviceVec<float> df(f), dxo(hc * dim), dpost2(std::vector<float>(m.post, m.post + hc)), dcomb2(comb);
   check(launch_hc_post(dx.get(), df.get(), dpost2.get(), dcomb2.get(), s, dxo.get(), nullptr).ok(), "hc_post launch");
   std::vector<float> xo(hc * dim);
   cpu::hc_post(c, f.data(), x.data(), m, xo.data());
-  check(count_bad(dxo.host(), xo, 1e-5, 1e-6, "hc_post") == 0, "hc_post matches");
+  check(count_bad(dxo.host(), xo, 1e-5, 1e-6, "hc_post") == 0, "hc_post matches" + tag);
   // hc_head.
   std::vector<uint8_t> hfn = random_blocks(GgmlType::F16, hc, hc * dim, rng);
   std::vector<float> hscale = {0.9f}, hbase = random_floats(hc, rng, -0.5f, 0.5f);
@@ -218,7 +228,7 @@ void test_hyper_connections(std::mt19937& rng) {
   std::vector<float> hy(dim), hyn(dim);
   cpu::hc_head(c, x.data(), thfn.w, nullptr, ths.w, thb.w, hy.data(), scratch.data());
   cpu::rms_norm(hy.data(), norm_w.data(), dim, c.norm_eps, hyn.data());
-  check(count_bad(dhead.host(), hyn, 1e-4, 1e-5, "hc_head") == 0, "hc_head matches");
+  check(count_bad(dhead.host(), hyn, 1e-4, 1e-5, "hc_head") == 0, "hc_head matches" + tag);
 }
 
 void test_router(std::mt19937& rng) {
@@ -780,85 +790,90 @@ void check_hc_post_mix_errors(std::mt19937& rng) {
         "hc_post_mix: a workspace of exactly rows x tiles is taken");
 }
 
+// Replay time of a recorded graph in microseconds (after warm-up replays).
+double graph_us(cudaGraphExec_t g, cudaStream_t stream, int reps = 50) {
+  for (int i = 0; i < 5; ++i) cudaGraphLaunch(g, stream);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0, stream);
+  for (int i = 0; i < reps; ++i) cudaGraphLaunch(g, stream);
+  cudaEventRecord(e1, stream);
+  cudaEventSynchronize(e1);
+  float ms = 0.0f;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 1000.0 * ms / reps;
+}
+
 // 40 dependent decode steps x <- hc_post(x, n, post, comb); (post, comb, n) <-
 // hc_pre(x), the mixing projections alternating between two matrices as attention and
-// MoE sublayers do, recorded as one CUDA graph per path (fused: 2 launches per step,
-// unfused: 3). The final state, post, comb and n must be bit-identical; prints the
-// replay time of each graph.
-void bench_hc_chain(std::mt19937& rng, int dim) {
-  const ModelConfig c = deepseek_v4_flash_config();
-  const int m = c.hc_mult, n = m * dim, mix = c.hc_mix(), steps = 40;
-  const HcShape s{dim, m, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
-  std::vector<uint8_t> fn0 = random_blocks(GgmlType::F16, mix, n, rng), fn1 = random_blocks(GgmlType::F16, mix, n, rng);
-  auto w0 = upload_matrix(GgmlType::F16, n, mix, 1, fn0.data());
-  auto w1 = upload_matrix(GgmlType::F16, n, mix, 1, fn1.data());
-  if (!w0.ok() || !w1.ok()) {
-    check(false, "hc chain: uploads");
-    return;
+// MoE sublayers do, recorded as one CUDA graph per path: fused (hc_post_mix +
+// hc_pre_partials, 2 launches per step) or unfused (hc_post + matvec + hc_pre_partials,
+// 3), with the hc_pre kernel HcPreOptions choose. Or hc_pre alone, 40 times on the same
+// state (pre_only).
+class HcChainBench {
+ public:
+  static constexpr int kSteps = 40;
+
+  HcChainBench(std::mt19937& rng, int dim) : dim_(dim) {
+    const ModelConfig c = deepseek_v4_flash_config();
+    m_ = c.hc_mult;
+    n_ = m_ * dim;
+    s_ = HcShape{dim, m_, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+    const int mix = c.hc_mix();
+    for (int i = 0; i < 2; ++i) {
+      std::vector<uint8_t> fn = random_blocks(GgmlType::F16, mix, n_, rng);
+      auto w = upload_matrix(GgmlType::F16, n_, mix, 1, fn.data());
+      ok_ = ok_ && w.ok();
+      if (w.ok()) w_[i] = std::move(*w);
+    }
+    x0_ = random_floats(n_, rng, -2.0f, 2.0f);
+    f0_ = random_floats(dim, rng);
+    post0_ = random_floats(m_, rng, 0.0f, 2.0f);
+    comb0_ = random_floats(m_ * m_, rng, 0.0f, 1.0f);
+    const std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(mix, rng, -0.5f, 0.5f);
+    const std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
+    scale_ = std::make_unique<DeviceVec<float>>(scale);
+    base_ = std::make_unique<DeviceVec<float>>(base);
+    norm_ = std::make_unique<DeviceVec<float>>(norm_w);
+    cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
   }
-  const DeviceMatrix* fns[2] = {&(*w0)->m, &(*w1)->m};
-  std::vector<float> x0 = random_floats(n, rng, -2.0f, 2.0f), f0 = random_floats(dim, rng);
-  std::vector<float> post0 = random_floats(m, rng, 0.0f, 2.0f), comb0 = random_floats(m * m, rng, 0.0f, 1.0f);
-  std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(mix, rng, -0.5f, 0.5f);
-  std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
-  DeviceVec<float> dsc(scale), db(base), dnw(norm_w);
+  ~HcChainBench() { cudaStreamDestroy(stream_); }
+
+  bool ok() const { return ok_; }
+  cudaStream_t stream() const { return stream_; }
+  const HcShape& shape() const { return s_; }
+
   struct Chain {
     DeviceVec<float> x, xb, split, mixv, post, comb, nrm;
     Chain(int n, int dim, int m) : x(n), xb(n), split(kHcSplitFloats), mixv(64), post(m), comb(m * m), nrm(dim) {}
   };
-  Chain a(n, dim, m), b(n, dim, m);
-  cudaStream_t stream;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  auto reset = [&](Chain& ch) {
-    cudaMemcpy(ch.x.get(), x0.data(), sizeof(float) * n, cudaMemcpyHostToDevice);
-    cudaMemcpy(ch.nrm.get(), f0.data(), sizeof(float) * dim, cudaMemcpyHostToDevice);
-    cudaMemcpy(ch.post.get(), post0.data(), sizeof(float) * m, cudaMemcpyHostToDevice);
-    cudaMemcpy(ch.comb.get(), comb0.data(), sizeof(float) * m * m, cudaMemcpyHostToDevice);
-  };
-  auto enqueue = [&](Chain& ch, bool fused) -> Status {
-    for (int t = 0; t < steps; ++t) {
-      float* from = t % 2 ? ch.xb.get() : ch.x.get();
-      float* to = t % 2 ? ch.x.get() : ch.xb.get();
-      int tiles = 0;
-      if (fused) {
-        HcPostMixLaunch pm;
-        pm.x_in = from;
-        pm.f = ch.nrm.get();
-        pm.post = ch.post.get();
-        pm.comb = ch.comb.get();
-        pm.shape = s;
-        pm.x_out = to;
-        pm.mix_fn = fns[t % 2];
-        pm.mix_partial = ch.split.get();
-        pm.mix_partial_floats = kHcSplitFloats;
-        Result<int> r = hc_post_mix_tiles(pm);
-        if (!r.ok()) return r.status();
-        tiles = *r;
-        DS4_RETURN_IF_ERROR(launch_hc_post_mix(pm, stream));
-      } else {
-        DS4_RETURN_IF_ERROR(launch_hc_post(from, ch.nrm.get(), ch.post.get(), ch.comb.get(), s, to, stream));
-        MatvecLaunch ml;
-        ml.w = fns[t % 2];
-        ml.x = to;
-        ml.y = ch.mixv.get();
-        ml.split_workspace = ch.split.get();
-        ml.split_workspace_floats = kHcSplitFloats;
-        ml.tile_partials_only = true;
-        Result<int> r = matvec_tile_columns(ml);
-        if (!r.ok()) return r.status();
-        tiles = *r;
-        DS4_RETURN_IF_ERROR(launch_matvec(ml, stream));
-      }
-      DS4_RETURN_IF_ERROR(launch_hc_pre_partials(to, ch.split.get(), tiles, dsc.get(), db.get(), dnw.get(), s,
-                                                 ch.post.get(), ch.comb.get(), ch.nrm.get(), stream));
-    }
-    return Status::Ok();
-  };
-  auto record = [&](Chain& ch, bool fused, cudaGraphExec_t* exec) -> Status {
+  std::unique_ptr<Chain> make_chain() const { return std::make_unique<Chain>(n_, dim_, m_); }
+
+  // The chain's starting state (and, for pre_only, the partial sums of its x).
+  void reset(Chain& ch) const {
+    cudaMemcpy(ch.x.get(), x0_.data(), sizeof(float) * n_, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.nrm.get(), f0_.data(), sizeof(float) * dim_, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.post.get(), post0_.data(), sizeof(float) * m_, cudaMemcpyHostToDevice);
+    cudaMemcpy(ch.comb.get(), comb0_.data(), sizeof(float) * m_ * m_, cudaMemcpyHostToDevice);
+  }
+
+  // Records the chain as a graph into *exec.
+  Status record(Chain& ch, bool fused, bool pre_only, const HcPreOptions& options, cudaGraphExec_t* exec) {
     cudaGraph_t graph;
-    DS4_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    Status st = enqueue(ch, fused);
-    cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    int tiles = 0;
+    if (pre_only) {  // the state and partial sums hc_pre reads, formed once before recording
+      reset(ch);
+      Result<int> r = post_mix(ch, 0, ch.x.get(), ch.xb.get(), nullptr);
+      if (!r.ok()) return r.status();
+      tiles = *r;
+      DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
+    }
+    DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    Status st = pre_only ? enqueue_pre_only(ch, tiles, options) : enqueue(ch, fused, options);
+    cudaError_t end = cudaStreamEndCapture(stream_, &graph);
     if (!st.ok() && end == cudaSuccess) cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(st);
     DS4_CUDA_TRY(end);
@@ -866,42 +881,102 @@ void bench_hc_chain(std::mt19937& rng, int dim) {
     cudaGraphDestroy(graph);
     DS4_CUDA_TRY(inst);
     return Status::Ok();
-  };
+  }
+
+ private:
+  // hc_post of step t from `from` into `to` with its mixing partials: fused (one launch)
+  // or, with `unfused` set, hc_post + the matvec. Returns the tile count.
+  Result<int> post_mix(Chain& ch, int t, const float* from, float* to, const bool* unfused) {
+    if (unfused && *unfused) {
+      DS4_RETURN_IF_ERROR(launch_hc_post(from, ch.nrm.get(), ch.post.get(), ch.comb.get(), s_, to, stream_));
+      MatvecLaunch ml;
+      ml.w = &w_[t % 2]->m;
+      ml.x = to;
+      ml.y = ch.mixv.get();
+      ml.split_workspace = ch.split.get();
+      ml.split_workspace_floats = kHcSplitFloats;
+      ml.tile_partials_only = true;
+      Result<int> r = matvec_tile_columns(ml);
+      if (!r.ok()) return r.status();
+      DS4_RETURN_IF_ERROR(launch_matvec(ml, stream_));
+      return *r;
+    }
+    HcPostMixLaunch pm;
+    pm.x_in = from;
+    pm.f = ch.nrm.get();
+    pm.post = ch.post.get();
+    pm.comb = ch.comb.get();
+    pm.shape = s_;
+    pm.x_out = to;
+    pm.mix_fn = &w_[t % 2]->m;
+    pm.mix_partial = ch.split.get();
+    pm.mix_partial_floats = kHcSplitFloats;
+    Result<int> r = hc_post_mix_tiles(pm);
+    if (!r.ok()) return r.status();
+    DS4_RETURN_IF_ERROR(launch_hc_post_mix(pm, stream_));
+    return *r;
+  }
+
+  Status enqueue(Chain& ch, bool fused, const HcPreOptions& options) {
+    const bool unfused = !fused;
+    for (int t = 0; t < kSteps; ++t) {
+      float* from = t % 2 ? ch.xb.get() : ch.x.get();
+      float* to = t % 2 ? ch.x.get() : ch.xb.get();
+      Result<int> tiles = post_mix(ch, t, from, to, &unfused);
+      if (!tiles.ok()) return tiles.status();
+      DS4_RETURN_IF_ERROR(launch_hc_pre_partials(to, ch.split.get(), *tiles, scale_->get(), base_->get(),
+                                                 norm_->get(), s_, ch.post.get(), ch.comb.get(), ch.nrm.get(),
+                                                 stream_, options));
+    }
+    return Status::Ok();
+  }
+
+  Status enqueue_pre_only(Chain& ch, int tiles, const HcPreOptions& options) {
+    for (int t = 0; t < kSteps; ++t) {
+      DS4_RETURN_IF_ERROR(launch_hc_pre_partials(ch.xb.get(), ch.split.get(), tiles, scale_->get(), base_->get(),
+                                                 norm_->get(), s_, ch.post.get(), ch.comb.get(), ch.nrm.get(),
+                                                 stream_, options));
+    }
+    return Status::Ok();
+  }
+
+  int dim_, m_ = 0, n_ = 0;
+  HcShape s_;
+  bool ok_ = true;
+  std::unique_ptr<OwnedDeviceMatrix> w_[2];
+  std::vector<float> x0_, f0_, post0_, comb0_;
+  std::unique_ptr<DeviceVec<float>> scale_, base_, norm_;
+  cudaStream_t stream_ = nullptr;
+};
+
+// The fused and unfused chains (default hc_pre kernel) must end bit-identical; prints
+// the replay time of each graph, with PDL on and off.
+void bench_hc_chain(std::mt19937& rng, int dim) {
+  HcChainBench bench(rng, dim);
+  check(bench.ok(), "hc chain: uploads");
+  if (!bench.ok()) return;
+  const int steps = HcChainBench::kSteps;
+  auto a = bench.make_chain(), b = bench.make_chain();
+  cudaStream_t stream = bench.stream();
   for (int pdl = 1; pdl >= 0; --pdl) {
     const bool was = pdl_enabled();
     const bool on = set_pdl_enabled(pdl == 1);
     cudaGraphExec_t ga = nullptr, gb = nullptr;
-    Status ra = record(a, false, &ga), rb = record(b, true, &gb);
+    Status ra = bench.record(*a, false, false, {}, &ga), rb = bench.record(*b, true, false, {}, &gb);
     check(ra.ok() && rb.ok(), "hc chain: graphs recorded (PDL " + std::string(on ? "on" : "off") + "): " +
                                   ra.message() + " " + rb.message());
     if (ra.ok() && rb.ok()) {
-      reset(a);
-      reset(b);
+      bench.reset(*a);
+      bench.reset(*b);
       cudaGraphLaunch(ga, stream);
       cudaGraphLaunch(gb, stream);
       check(cudaStreamSynchronize(stream) == cudaSuccess, "hc chain: graphs ran");
       const std::string tag = "hc chain dim " + std::to_string(dim) + (on ? " pdl" : " plain");
-      check(count_bits_differ(b.x.host(), a.x.host(), tag + " x") == 0, tag + ": state after 40 steps bit-identical");
-      check(count_bits_differ(b.post.host(), a.post.host(), tag + " post") == 0, tag + ": post bit-identical");
-      check(count_bits_differ(b.comb.host(), a.comb.host(), tag + " comb") == 0, tag + ": comb bit-identical");
-      check(count_bits_differ(b.nrm.host(), a.nrm.host(), tag + " n") == 0, tag + ": n bit-identical");
-      auto time_graph = [&](cudaGraphExec_t g) {
-        for (int i = 0; i < 5; ++i) cudaGraphLaunch(g, stream);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        const int reps = 50;
-        cudaEventRecord(e0, stream);
-        for (int i = 0; i < reps; ++i) cudaGraphLaunch(g, stream);
-        cudaEventRecord(e1, stream);
-        cudaEventSynchronize(e1);
-        float ms = 0.0f;
-        cudaEventElapsedTime(&ms, e0, e1);
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-        return 1000.0 * ms / reps;
-      };
-      const double ta = time_graph(ga), tb = time_graph(gb);
+      check(count_bits_differ(b->x.host(), a->x.host(), tag + " x") == 0, tag + ": state after 40 steps bit-identical");
+      check(count_bits_differ(b->post.host(), a->post.host(), tag + " post") == 0, tag + ": post bit-identical");
+      check(count_bits_differ(b->comb.host(), a->comb.host(), tag + " comb") == 0, tag + ": comb bit-identical");
+      check(count_bits_differ(b->nrm.host(), a->nrm.host(), tag + " n") == 0, tag + ": n bit-identical");
+      const double ta = graph_us(ga, stream), tb = graph_us(gb, stream);
       std::printf("timing: %s, %d steps (hc_post + mix + hc_pre): unfused %.1f us (%.2f us/step, 3 launches), "
                   "fused %.1f us (%.2f us/step, 2 launches), saved %.2f us/step\n",
                   tag.c_str(), steps, ta, ta / steps, tb, tb / steps, (ta - tb) / steps);
@@ -910,7 +985,222 @@ void bench_hc_chain(std::mt19937& rng, int dim) {
     if (gb) cudaGraphExecDestroy(gb);
     set_pdl_enabled(was);
   }
-  cudaStreamDestroy(stream);
+}
+
+// The hc_pre kernels under comparison: the cluster sizes and both Sinkhorns.
+struct HcKernelVariant {
+  const char* name;
+  HcPreOptions options;
+};
+const HcKernelVariant kHcKernelVariants[] = {
+    {"cluster 4", {4, HcSinkhorn::kShuffle}},
+    {"cluster 8", {8, HcSinkhorn::kShuffle}},
+    {"cluster 16", {16, HcSinkhorn::kShuffle}},
+    {"cluster 8, Sinkhorn in registers", {8, HcSinkhorn::kRegisters}},
+    {"cluster 16, Sinkhorn in registers", {16, HcSinkhorn::kRegisters}},
+};
+
+// The largest |got - want| / |want| (infinite where one is NaN and the other not, or
+// want is 0 and got is not); prints where it is.
+double max_rel_diff(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  double worst = 0.0;
+  size_t at = 0;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    double r = 0.0;
+    if (std::isnan(got[i]) != std::isnan(want[i])) {
+      r = INFINITY;
+    } else if (!std::isnan(want[i]) && got[i] != want[i]) {
+      r = want[i] == 0.0f ? INFINITY : std::fabs(static_cast<double>(got[i]) - want[i]) / std::fabs(want[i]);
+    }
+    if (r > worst) {
+      worst = r;
+      at = i;
+    }
+  }
+  if (worst > 0.0) {
+    std::printf("  %s: max relative difference %.3g at [%zu] (got %.9g, want %.9g)\n", what.c_str(), worst, at,
+                got[at], want[at]);
+  }
+  return worst;
+}
+
+// Every hc_pre / hc_head kernel variant against the single-block kernel on the same
+// random inputs, from mixing values (mix_raw) and from column-tile partial sums: post,
+// comb and the sublayer input elementwise within 1e-6 relative (max printed), every
+// output written (outputs start as NaN), the two Sinkhorns bit-identical.
+void compare_hc_kernels(std::mt19937& rng, int dim, int tiles) {
+  const ModelConfig c = deepseek_v4_flash_config();
+  const int m = c.hc_mult, n = m * dim;
+  const HcShape s{dim, m, c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps};
+  for (int head = 0; head < 2; ++head) {
+    const int rows = head ? m : c.hc_mix();
+    for (int partial = 0; partial < 2; ++partial) {
+      const std::string kind = std::string(head ? "hc_head" : "hc_pre") + (partial ? " partials" : " mix_raw") +
+                               " dim " + std::to_string(dim);
+      double worst[3] = {0.0, 0.0, 0.0};
+      for (int trial = 0; trial < 4; ++trial) {
+        const std::vector<float> x = random_floats(n, rng, -2.0f, 2.0f);
+        const std::vector<float> mix = partial ? random_floats(static_cast<size_t>(rows) * tiles, rng, -0.15f, 0.15f)
+                                               : random_floats(rows, rng, -1.5f, 1.5f);
+        const std::vector<float> scale = {0.7f, 1.3f, 2.1f}, base = random_floats(rows, rng, -0.5f, 0.5f);
+        const std::vector<float> norm_w = random_floats(dim, rng, 0.5f, 1.5f);
+        DeviceVec<float> dx(x), dmix(mix), dsc(scale), db(base), dnw(norm_w);
+        struct Outputs {
+          DeviceVec<float> post, comb, out;
+          Outputs(int m, int dim) : post(m), comb(m * m), out(dim) {}
+        };
+        auto run = [&](const HcPreOptions& o, Outputs* out) {
+          cudaMemset(out->post.get(), 0xFF, sizeof(float) * m);
+          cudaMemset(out->comb.get(), 0xFF, sizeof(float) * m * m);
+          cudaMemset(out->out.get(), 0xFF, sizeof(float) * dim);
+          Status st;
+          if (head) {
+            st = partial ? launch_hc_head_partials(dx.get(), dmix.get(), tiles, dsc.get(), db.get(), dnw.get(), s,
+                                                   out->out.get(), nullptr, o)
+                         : launch_hc_head(dx.get(), dmix.get(), dsc.get(), db.get(), dnw.get(), s, out->out.get(),
+                                          nullptr, o);
+          } else {
+            st = partial ? launch_hc_pre_partials(dx.get(), dmix.get(), tiles, dsc.get(), db.get(), dnw.get(), s,
+                                                  out->post.get(), out->comb.get(), out->out.get(), nullptr, o)
+                         : launch_hc_pre(dx.get(), dmix.get(), dsc.get(), db.get(), dnw.get(), s, out->post.get(),
+                                         out->comb.get(), out->out.get(), nullptr, o);
+          }
+          const cudaError_t ran = cudaDeviceSynchronize();
+          check(st.ok() && ran == cudaSuccess, kind + ": launch (" + st.message() + ", " + cudaGetErrorName(ran) + ")");
+        };
+        Outputs ref(m, dim);
+        run(HcPreOptions{0, HcSinkhorn::kShuffle}, &ref);
+        const std::vector<float> ref_post = ref.post.host(), ref_comb = ref.comb.host(), ref_out = ref.out.host();
+        std::vector<std::vector<float>> shuffle_results[17];
+        for (const HcKernelVariant& v : kHcKernelVariants) {
+          if (head && v.options.sinkhorn == HcSinkhorn::kRegisters) continue;  // no Sinkhorn in hc_head
+          const int used = hc_pre_cluster_size(s, v.options, dx.get(), ref.out.get());
+          const std::string name = kind + ", " + v.name + " (trial " + std::to_string(trial) + ")";
+          if (trial == 0) {
+            std::printf("%s, %s: %s\n", kind.c_str(), v.name,
+                        used ? ("runs as a cluster of " + std::to_string(used)).c_str()
+                             : "not available here: the single-block kernel runs");
+          }
+          Outputs got(m, dim);
+          run(v.options, &got);
+          const std::vector<float> out = got.out.host(), post = got.post.host(), comb = got.comb.host();
+          int nan = 0;
+          for (float f : out) nan += std::isnan(f) ? 1 : 0;
+          if (!head) for (float f : post) nan += std::isnan(f) ? 1 : 0;
+          if (!head) for (float f : comb) nan += std::isnan(f) ? 1 : 0;
+          check(nan == 0, name + ": every output written (" + std::to_string(nan) + " left NaN)");
+          const double r_out = max_rel_diff(out, ref_out, name + " out");
+          check(r_out <= 1e-6, name + ": sublayer input within 1e-6 of the single-block kernel");
+          worst[0] = std::max(worst[0], r_out);
+          if (!head) {
+            const double r_post = max_rel_diff(post, ref_post, name + " post");
+            const double r_comb = max_rel_diff(comb, ref_comb, name + " comb");
+            check(r_post <= 1e-6, name + ": post within 1e-6 of the single-block kernel");
+            check(r_comb <= 1e-6, name + ": comb within 1e-6 of the single-block kernel");
+            worst[1] = std::max(worst[1], r_post);
+            worst[2] = std::max(worst[2], r_comb);
+            std::vector<std::vector<float>>& same_size = shuffle_results[v.options.cluster];
+            if (v.options.sinkhorn == HcSinkhorn::kShuffle) {
+              same_size = {post, comb, out};
+            } else if (!same_size.empty()) {
+              check(count_bits_differ(post, same_size[0], name + " post") == 0 &&
+                        count_bits_differ(comb, same_size[1], name + " comb") == 0 &&
+                        count_bits_differ(out, same_size[2], name + " out") == 0,
+                    name + ": bit-identical to the shuffle Sinkhorn");
+            }
+          }
+        }
+      }
+      std::printf("%s: cluster kernels vs single block over 4 trials: max relative difference out %.3g, post %.3g, "
+                  "comb %.3g\n", kind.c_str(), worst[0], worst[1], worst[2]);
+    }
+  }
+}
+
+// Each hc_pre variant in the fused 40-step chain (and hc_pre alone, 40 launches),
+// timed against the single-block kernel; the chains' final state, post, comb and n
+// compared with the single-block chain (max relative difference printed).
+void bench_hc_pre_kernels(std::mt19937& rng, int dim) {
+  HcChainBench bench(rng, dim);
+  check(bench.ok(), "hc_pre kernels bench: uploads");
+  if (!bench.ok()) return;
+  const int steps = HcChainBench::kSteps;
+  cudaStream_t stream = bench.stream();
+  auto ref = bench.make_chain();
+  cudaGraphExec_t gref = nullptr, gref_pre = nullptr;
+  const HcPreOptions single{0, HcSinkhorn::kShuffle};
+  Status st = bench.record(*ref, true, false, single, &gref);
+  auto ref_pre = bench.make_chain();
+  if (st.ok()) st = bench.record(*ref_pre, true, true, single, &gref_pre);
+  check(st.ok(), "hc_pre kernels bench: single-block graphs recorded: " + st.message());
+  if (!st.ok()) return;
+  bench.reset(*ref);
+  cudaGraphLaunch(gref, stream);
+  check(cudaStreamSynchronize(stream) == cudaSuccess, "hc_pre kernels bench: single-block chain ran");
+  const double t_ref = graph_us(gref, stream), t_ref_pre = graph_us(gref_pre, stream);
+  std::printf("timing: hc_pre dim %d single block: chain (hc_post_mix + hc_pre) %.2f us/step; hc_pre alone "
+              "%.2f us/launch\n", dim, t_ref / steps, t_ref_pre / steps);
+  for (const HcKernelVariant& v : kHcKernelVariants) {
+    const int used = hc_pre_cluster_size(bench.shape(), v.options);
+    if (used != v.options.cluster) {
+      std::printf("timing: hc_pre dim %d %s: not available here\n", dim, v.name);
+      continue;
+    }
+    auto ch = bench.make_chain(), pre = bench.make_chain();
+    cudaGraphExec_t g = nullptr, gpre = nullptr;
+    st = bench.record(*ch, true, false, v.options, &g);
+    if (st.ok()) st = bench.record(*pre, true, true, v.options, &gpre);
+    check(st.ok(), std::string("hc_pre kernels bench: graphs recorded, ") + v.name + ": " + st.message());
+    if (st.ok()) {
+      bench.reset(*ch);
+      cudaGraphLaunch(g, stream);
+      check(cudaStreamSynchronize(stream) == cudaSuccess, std::string("hc_pre kernels bench: chain ran, ") + v.name);
+      const std::string tag = "hc_pre chain dim " + std::to_string(dim) + " " + v.name;
+      const double rx = max_rel_diff(ch->x.host(), ref->x.host(), tag + " x");
+      const double rp = max_rel_diff(ch->post.host(), ref->post.host(), tag + " post");
+      const double rc = max_rel_diff(ch->comb.host(), ref->comb.host(), tag + " comb");
+      const double rn = max_rel_diff(ch->nrm.host(), ref->nrm.host(), tag + " n");
+      check(std::max({rx, rp, rc, rn}) <= 1e-5, tag + ": 40 steps within 1e-5 of the single-block chain");
+      const double t = graph_us(g, stream), tpre = graph_us(gpre, stream);
+      std::printf("timing: hc_pre dim %d %s: chain %.2f us/step (single block %.2f, saved %.2f); hc_pre alone "
+                  "%.2f us/launch (single block %.2f); chain vs single block: max relative difference x %.3g "
+                  "post %.3g comb %.3g n %.3g\n", dim, v.name, t / steps, t_ref / steps, (t_ref - t) / steps,
+                  tpre / steps, t_ref_pre / steps, rx, rp, rc, rn);
+    }
+    if (g) cudaGraphExecDestroy(g);
+    if (gpre) cudaGraphExecDestroy(gpre);
+  }
+  cudaGraphExecDestroy(gref);
+  cudaGraphExecDestroy(gref_pre);
+}
+
+// Where the cluster kernel does not apply, the single-block kernel runs.
+void check_hc_cluster_fallbacks() {
+  const HcShape real{4096, 4, 20, 1e-6f, 1e-6f};
+  HcShape ragged = real, two = real;
+  ragged.dim = 200;  // 200 / 8 blocks: not a multiple of 4 columns
+  two.mult = 2;
+  const HcPreOptions eight{8, HcSinkhorn::kShuffle};
+  check(hc_pre_cluster_size(ragged, eight) == 0, "hc_pre: dim 200 runs the single-block kernel");
+  check(hc_pre_cluster_size(two, eight) == 0, "hc_pre: 2 streams run the single-block kernel");
+  check(hc_pre_cluster_size(real, HcPreOptions{0, HcSinkhorn::kShuffle}) == 0,
+        "hc_pre: cluster 0 asks for the single-block kernel");
+  DeviceVec<float> buf(64);
+  check(hc_pre_cluster_size(real, eight, buf.get() + 1, buf.get()) == 0,
+        "hc_pre: a state not 16-byte aligned runs the single-block kernel");
+  std::printf("hc_pre: default kernel for the model's shape here: %s\n",
+              hc_pre_cluster_size(real) ? ("cluster of " + std::to_string(hc_pre_cluster_size(real))).c_str()
+                                        : "single block");
+}
+
+// The hc_pre / hc_head kernels against each other at the model's size (4096, 128
+// column tiles) and the tiny fixtures' (256, 8 tiles), and their timing.
+void test_hc_pre_kernels(std::mt19937& rng) {
+  check_hc_cluster_fallbacks();
+  compare_hc_kernels(rng, 4096, 128);
+  compare_hc_kernels(rng, 256, 8);
+  bench_hc_pre_kernels(rng, 256);
+  bench_hc_pre_kernels(rng, 4096);
 }
 
 void test_hc_post_mix(std::mt19937& rng) {
@@ -946,7 +1236,9 @@ int main() {
   if (!gpu_present()) return 77;
   std::mt19937 rng(424242);
   test_row_post(rng);
-  test_hyper_connections(rng);
+  test_hyper_connections(rng, 256);
+  test_hyper_connections(rng, 4096);
+  test_hc_pre_kernels(rng);
   test_hc_post_mix(rng);
   test_router(rng);
   test_attention(rng);
