@@ -845,6 +845,8 @@ class HcChainBench {
   bool ok() const { return ok_; }
   cudaStream_t stream() const { return stream_; }
   const HcShape& shape() const { return s_; }
+  // For timing the Sinkhorn's share: graphs recorded afterwards run `iters` iterations.
+  void set_sinkhorn_iters(int iters) { s_.sinkhorn_iters = iters; }
 
   struct Chain {
     DeviceVec<float> x, xb, split, mixv, post, comb, nrm;
@@ -1169,6 +1171,20 @@ void bench_hc_pre_kernels(std::mt19937& rng, int dim) {
     }
     if (g) cudaGraphExecDestroy(g);
     if (gpre) cudaGraphExecDestroy(gpre);
+  }
+  // The Sinkhorn's share: hc_pre alone with 1 iteration instead of 20.
+  bench.set_sinkhorn_iters(1);
+  for (const HcPreOptions& o : {single, HcPreOptions{8, HcSinkhorn::kShuffle}, HcPreOptions{8, HcSinkhorn::kRegisters}}) {
+    auto pre = bench.make_chain();
+    cudaGraphExec_t gpre = nullptr;
+    st = bench.record(*pre, true, true, o, &gpre);
+    check(st.ok(), "hc_pre kernels bench: 1-iteration graph recorded: " + st.message());
+    if (st.ok()) {
+      std::printf("timing: hc_pre dim %d %s, 1 Sinkhorn iteration: hc_pre alone %.2f us/launch\n", dim,
+                  o.cluster == 0 ? "single block" : o.sinkhorn == HcSinkhorn::kShuffle ? "cluster 8" :
+                  "cluster 8, Sinkhorn in registers", graph_us(gpre, stream) / steps);
+      cudaGraphExecDestroy(gpre);
+    }
   }
   cudaGraphExecDestroy(gref);
   cudaGraphExecDestroy(gref_pre);
