@@ -1,5 +1,8 @@
 #include "cuda/attention.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/cuda_check.h"
 #include "cuda/launch.h"
 #include "cuda/device_math.cuh"
@@ -10,6 +13,12 @@ namespace {
 using namespace cuda_detail;
 
 constexpr int kThreads = 256;
+
+// The split partials follow the completion counters at the workspace's start
+// (attention_counter_floats in attention.h).
+__host__ __device__ __forceinline__ float* split_partials(const AttentionLaunch& p) {
+  return p.workspace + (static_cast<int64_t>(p.heads) + 3) / 4 * 4;
+}
 
 __device__ __forceinline__ const float* visible_row(const AttentionLaunch& p, int pos, int nraw,
                                                     bool use_selection, int r) {
@@ -63,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) attention_partial_kernel(AttentionLa
   const int r0 = j * chunk;
   const int r1 = min(vis.n, r0 + chunk);
   const int nr = max(0, r1 - r0);
-  float* ws = p.workspace + (static_cast<int64_t>(h) * p.splits + j) * (p.head_dim + 2);
+  float* ws = split_partials(p) + (static_cast<int64_t>(h) * p.splits + j) * (p.head_dim + 2);
 
   for (int i = threadIdx.x; i < p.head_dim; i += kThreads) q[i] = p.q[h * p.head_dim + i];
   __syncthreads();
@@ -138,6 +147,11 @@ size_t head_group_shared_bytes(const AttentionLaunch& p, int group) {
   return row_table_bytes(cap) + sizeof(float) * group * (p.head_dim + static_cast<size_t>(cap));
 }
 
+// The fused kernel's: the head-group kernel's, plus the group's combine factors.
+size_t fused_shared_bytes(const AttentionLaunch& p, int group) {
+  return head_group_shared_bytes(p, group) + sizeof(float) * group * static_cast<size_t>(p.splits);
+}
+
 // Dot products of one row (four float4 per lane at most: head_dim <= 512, a multiple of
 // 128) with every head of the group, summed over the warp.
 template <int kGroupHeads>
@@ -160,40 +174,15 @@ __device__ __forceinline__ void group_dots_vec4(const float4 (&v)[4], const floa
   }
 }
 
-// Block (split j, head group g): the rows of split j, read once for the group's heads.
-// Per head: dot products reduced over the warp (each lane's share in float4 pieces for
-// 128-multiple head dims up to 512, lane-strided otherwise), the split's max and sum of
-// exp(s - max), and the output sum over rows in row order. f32 throughout, no atomics.
-// Results go to the per-head kernel's workspace slots (head, split).
+// Scores of the split's nr rows for every head of the group into probs[g * cap + r]
+// (scale applied; absent tagged rows -INFINITY): a warp per row, every head of the group
+// from one read of the row.
 template <int kGroupHeads>
-__global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
-  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
-  pdl_launch_dependents();
-  extern __shared__ __align__(16) unsigned char group_shared[];
-  const int cap = split_capacity(p);
+__device__ __forceinline__ void group_scores(const AttentionLaunch& p, const float* const* rows, const float* q,
+                                             float* probs, int cap, int nr, int r0, int pos, const Visible& vis,
+                                             int lane, int warp) {
   const int D = p.head_dim;
-  const float** rows = reinterpret_cast<const float**>(group_shared);
-  float* q = reinterpret_cast<float*>(group_shared + row_table_bytes(cap));  // [G][D]
-  float* probs = q + kGroupHeads * D;                                               // [G][cap]
-  __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads];
-  const int j = blockIdx.x, h0 = blockIdx.y * kGroupHeads;
-  const int nh = min(kGroupHeads, p.heads - h0);
-  const int pos = *p.pos;
-  const Visible vis = visible_rows(p, pos);
-  const int chunk = (vis.n + p.splits - 1) / p.splits;
-  const int r0 = j * chunk;
-  const int nr = max(0, min(vis.n, r0 + chunk) - r0);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
-  for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
-    q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
-  }
-  for (int r = threadIdx.x; r < nr; r += kThreads) {
-    rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
-  }
-  __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
-  // Scores: a warp per row, every head of the group from one read of the row.
   const bool vec4 = D % 128 == 0 && D <= 512 && reinterpret_cast<uintptr_t>(p.raw) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(p.comp) % 16 == 0;
   if (vec4) {
@@ -240,8 +229,13 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
       }
     }
   }
-  __syncthreads();
-  // Softmax pieces: warp g owns head g of the group.
+}
+
+// Softmax pieces: warp g owns head g of the group; probs become exp(s - max), and
+// s_max / s_sum receive the split's max and sum.
+template <int kGroupHeads>
+__device__ __forceinline__ void group_softmax(float* probs, int cap, int nr, float* s_max, float* s_sum, int lane,
+                                              int warp) {
   if (warp < kGroupHeads) {
     float* pr = probs + warp * cap;
     float mx = -INFINITY;
@@ -259,49 +253,309 @@ __global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(Atten
       s_sum[warp] = sum;
     }
   }
+}
+
+// Output sums of dimensions (i, i + 1) for every head of the group over the split's
+// rows, in row order; each row pair is loaded once for all heads of the group.
+template <int kGroupHeads>
+__device__ __forceinline__ void group_accumulate(const float* const* rows, const float* probs, int cap, int nr,
+                                                 int i, float2 (&acc)[kGroupHeads]) {
+#pragma unroll
+  for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
+  int r = 0;
+  for (; r + 8 <= nr; r += 8) {
+    float2 a[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = *reinterpret_cast<const float2*>(rows[r + k] + i);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      const float* pr = probs + g * cap + r;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        acc[g].x += pr[k] * a[k].x;
+        acc[g].y += pr[k] * a[k].y;
+      }
+    }
+  }
+  for (; r < nr; ++r) {
+    const float2 a = *reinterpret_cast<const float2*>(rows[r] + i);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      acc[g].x += probs[g * cap + r] * a.x;
+      acc[g].y += probs[g * cap + r] * a.y;
+    }
+  }
+}
+
+// Block (split j, head group g): the rows of split j, read once for the group's heads.
+// Per head: dot products reduced over the warp (each lane's share in float4 pieces for
+// 128-multiple head dims up to 512, lane-strided otherwise), the split's max and sum of
+// exp(s - max), and the output sum over rows in row order. f32 throughout, no atomics.
+// Results go to the per-head kernel's workspace slots (head, split).
+template <int kGroupHeads>
+__global__ void __launch_bounds__(kThreads) attention_group_partial_kernel(AttentionLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  extern __shared__ __align__(16) unsigned char group_shared[];
+  const int cap = split_capacity(p);
+  const int D = p.head_dim;
+  const float** rows = reinterpret_cast<const float**>(group_shared);
+  float* q = reinterpret_cast<float*>(group_shared + row_table_bytes(cap));  // [G][D]
+  float* probs = q + kGroupHeads * D;                                               // [G][cap]
+  __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads];
+  const int j = blockIdx.x, h0 = blockIdx.y * kGroupHeads;
+  const int nh = min(kGroupHeads, p.heads - h0);
+  const int pos = *p.pos;
+  const Visible vis = visible_rows(p, pos);
+  const int chunk = (vis.n + p.splits - 1) / p.splits;
+  const int r0 = j * chunk;
+  const int nr = max(0, min(vis.n, r0 + chunk) - r0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
+    q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
+  }
+  for (int r = threadIdx.x; r < nr; r += kThreads) {
+    rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
+  }
   __syncthreads();
-  // Output sums: a thread per pair of dimensions; each row pair is loaded once for all
-  // heads of the group (head_dim is even: attention_uses_head_groups).
+  group_scores<kGroupHeads>(p, rows, q, probs, cap, nr, r0, pos, vis, lane, warp);
+  __syncthreads();
+  group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
+  __syncthreads();
+  // Output sums: a thread per pair of dimensions (head_dim is even: attention_uses_head_groups).
   for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
     float2 acc[kGroupHeads];
-#pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
-    int r = 0;
-    for (; r + 8 <= nr; r += 8) {
-      float2 a[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) a[k] = *reinterpret_cast<const float2*>(rows[r + k] + i);
-#pragma unroll
-      for (int g = 0; g < kGroupHeads; ++g) {
-        const float* pr = probs + g * cap + r;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          acc[g].x += pr[k] * a[k].x;
-          acc[g].y += pr[k] * a[k].y;
-        }
-      }
-    }
-    for (; r < nr; ++r) {
-      const float2 a = *reinterpret_cast<const float2*>(rows[r] + i);
-#pragma unroll
-      for (int g = 0; g < kGroupHeads; ++g) {
-        acc[g].x += probs[g * cap + r] * a.x;
-        acc[g].y += probs[g * cap + r] * a.y;
-      }
-    }
+    group_accumulate<kGroupHeads>(rows, probs, cap, nr, i, acc);
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
       if (g < nh) {
-        float* ws = p.workspace + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
+        float* ws = split_partials(p) + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
         ws[i] = acc[g].x;
         ws[i + 1] = acc[g].y;
       }
     }
   }
   if (threadIdx.x < nh) {
-    float* ws = p.workspace + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
+    float* ws = split_partials(p) + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
     ws[D] = s_max[threadIdx.x];
     ws[D + 1] = s_sum[threadIdx.x];
+  }
+}
+
+// Splits the fused kernel computes for n visible rows (attention_splits_in_use).
+__host__ __device__ __forceinline__ int splits_in_use(const AttentionLaunch& p, int n) {
+  if (!p.fit_splits) return p.splits;
+  const int cap = split_capacity(p);
+  const int used = cap > 0 ? (n + cap - 1) / cap : 1;
+  return used < 1 ? 1 : (used > p.splits ? p.splits : used);
+}
+
+constexpr int kQVecPerLane = 8;  // q rows of up to 8 * 32 * 4 = 1024 values
+
+// Head h's q row post by one warp into dst (and `also` when set): RMSNorm without weight
+// and RoPE of the tail, with row_post_warp_kernel's arithmetic (cuda/row_ops.cu): lane l
+// holds the float4s l, l + 32, ...; the sum of squares in double, reduced over the warp
+// in the same order; the same float expressions.
+__device__ __forceinline__ void q_row_post(const AttentionLaunch& p, int h, float rope_pos, int lane, float* dst,
+                                           float* also) {
+  const int D = p.head_dim, nvec = D / 4;
+  const float4* in = reinterpret_cast<const float4*>(p.q + static_cast<int64_t>(h) * D);
+  float4 v[kQVecPerLane];
+#pragma unroll
+  for (int j = 0; j < kQVecPerLane; ++j) {
+    const int i = lane + 32 * j;
+    if (i < nvec) v[j] = in[i];
+  }
+  double ss = 0.0;
+#pragma unroll
+  for (int j = 0; j < kQVecPerLane; ++j) {
+    if (lane + 32 * j < nvec) {
+      ss += static_cast<double>(v[j].x) * v[j].x + static_cast<double>(v[j].y) * v[j].y +
+            static_cast<double>(v[j].z) * v[j].z + static_cast<double>(v[j].w) * v[j].w;
+    }
+  }
+  ss = warp_sum_double(ss);
+  const float f = rms_scale(ss, D, p.q_norm_eps);
+  const float4 w = make_float4(1.0f, 1.0f, 1.0f, 1.0f);  // no learned weight
+#pragma unroll
+  for (int j = 0; j < kQVecPerLane; ++j) {
+    if (lane + 32 * j < nvec) {
+      v[j].x = v[j].x * f * w.x;
+      v[j].y = v[j].y * f * w.y;
+      v[j].z = v[j].z * f * w.z;
+      v[j].w = v[j].w * f * w.w;
+    }
+  }
+  if (p.rope_dim > 0) {
+    const int tail = D - p.rope_dim;  // even: the pairs lie inside one float4
+#pragma unroll
+    for (int j = 0; j < kQVecPerLane; ++j) {
+      const int i = lane + 32 * j;
+      if (i < nvec && 4 * i + 3 >= tail) {
+        const int e = 4 * i;
+        if (e >= tail) rope_pair(&v[j].x, &v[j].y, rope_pos, p.rope_freqs[(e - tail) / 2], false);
+        rope_pair(&v[j].z, &v[j].w, rope_pos, p.rope_freqs[(e + 2 - tail) / 2], false);
+      }
+    }
+  }
+  float4* out = reinterpret_cast<float4*>(dst);
+  float4* out2 = reinterpret_cast<float4*>(also);
+#pragma unroll
+  for (int j = 0; j < kQVecPerLane; ++j) {
+    const int i = lane + 32 * j;
+    if (i < nvec) {
+      out[i] = v[j];
+      if (out2) out2[i] = v[j];
+    }
+  }
+}
+
+// Head h's output pair (i, i + 1) from its combined sums: divided by the softmax total,
+// the inverse RoPE where the pair lies in the tail, stored. attention_combine_kernel's
+// arithmetic.
+__device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, int h, int i, float2 sum, float total,
+                                                  int pos) {
+  float2 o = make_float2(sum.x / total, sum.y / total);
+  const int tail = p.head_dim - p.rope_dim;  // even: attention_fused_applies
+  if (i >= tail) rope_pair(&o.x, &o.y, static_cast<float>(pos), p.rope_freqs[(i - tail) / 2], true);
+  *reinterpret_cast<float2*>(p.out + static_cast<int64_t>(h) * p.head_dim + i) = o;
+}
+
+// The fused form of the head-group kernel, block (split j, head group g): optionally the
+// q row post on load (q_norm_rope), the same scores, softmax pieces and output sums, then
+// (fold_combine) the combine: at once when one split is in use, else by the last block
+// of the group to finish (a completion counter per group, reset by that block), which
+// reads every split's partials in split order. Each step keeps the arithmetic of the
+// separate launches (row_post_warp_kernel, attention_group_partial_kernel,
+// attention_combine_kernel), so the results are the same bits.
+template <int kGroupHeads>
+__global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  extern __shared__ __align__(16) unsigned char group_shared[];
+  const int cap = split_capacity(p);
+  const int D = p.head_dim;
+  const float** rows = reinterpret_cast<const float**>(group_shared);
+  float* q = reinterpret_cast<float*>(group_shared + row_table_bytes(cap));  // [G][D]
+  float* probs = q + kGroupHeads * D;                                               // [G][cap]
+  float* factor = probs + kGroupHeads * cap;                                        // [G][splits]
+  __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads], s_total[kGroupHeads], s_factor[kGroupHeads];
+  __shared__ int s_last;
+  const int j = blockIdx.x, group = blockIdx.y, h0 = group * kGroupHeads;
+  const int nh = min(kGroupHeads, p.heads - h0);
+  const int pos = *p.pos;
+  const Visible vis = visible_rows(p, pos);
+  const int used = splits_in_use(p, vis.n);
+  if (j >= used) return;  // fit_splits: a split without rows
+  const int chunk = (vis.n + used - 1) / used;
+  const int r0 = j * chunk;
+  const int nr = max(0, min(vis.n, r0 + chunk) - r0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  if (p.q_norm_rope) {
+    if (warp < nh) {
+      float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
+      q_row_post(p, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
+    } else if (warp < kGroupHeads) {
+      for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
+    }
+  } else {
+    for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
+      q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
+    }
+  }
+  for (int r = threadIdx.x; r < nr; r += kThreads) {
+    rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
+  }
+  __syncthreads();
+  group_scores<kGroupHeads>(p, rows, q, probs, cap, nr, r0, pos, vis, lane, warp);
+  __syncthreads();
+  group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
+  const bool single = p.fold_combine && used == 1;
+  if (single && warp < nh && lane == 0) {
+    // attention_combine_kernel with one split.
+    const float sink = p.sinks[h0 + warp];
+    const float mj = s_max[warp];
+    const float m = fmaxf(sink, mj);
+    float z = expf(sink - m);
+    const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
+    z += f * s_sum[warp];
+    s_factor[warp] = f;
+    s_total[warp] = z;
+  }
+  __syncthreads();
+  float* partials = split_partials(p);
+  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+    float2 acc[kGroupHeads];
+    group_accumulate<kGroupHeads>(rows, probs, cap, nr, i, acc);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      if (g >= nh) continue;
+      if (single) {
+        const float f = s_factor[g];
+        float2 sum = make_float2(0.0f, 0.0f);
+        if (f != 0.0f) {
+          sum.x += f * acc[g].x;
+          sum.y += f * acc[g].y;
+        }
+        store_output_pair(p, h0 + g, i, sum, s_total[g], pos);
+      } else {
+        float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
+        ws[i] = acc[g].x;
+        ws[i + 1] = acc[g].y;
+      }
+    }
+  }
+  if (single) return;
+  if (threadIdx.x < nh) {
+    float* ws = partials + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
+    ws[D] = s_max[threadIdx.x];
+    ws[D + 1] = s_sum[threadIdx.x];
+  }
+  if (!p.fold_combine) return;
+  // The last block of the group to finish combines; the counter decides only which.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = reinterpret_cast<int*>(p.workspace) + group;
+    const int ticket = atomicAdd(counter, 1);
+    s_last = ticket == used - 1;
+    if (s_last) *counter = 0;  // every block of the group has counted: ready for the next launch
+    __threadfence();
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  if (warp < nh && lane == 0) {
+    // attention_combine_kernel's factors and total for head h0 + warp.
+    const float* ws = partials + static_cast<int64_t>(h0 + warp) * p.splits * (D + 2);
+    const float sink = p.sinks[h0 + warp];
+    float m = sink;
+    for (int s = 0; s < used; ++s) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
+    float z = expf(sink - m);
+    for (int s = 0; s < used; ++s) {
+      const float mj = __ldcg(ws + s * (D + 2) + D);
+      const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
+      factor[warp * p.splits + s] = f;
+      z += f * __ldcg(ws + s * (D + 2) + D + 1);
+    }
+    s_total[warp] = z;
+  }
+  __syncthreads();
+  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+    for (int g = 0; g < nh; ++g) {
+      const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
+      float2 sum = make_float2(0.0f, 0.0f);
+      for (int s = 0; s < used; ++s) {
+        const float f = factor[g * p.splits + s];
+        if (f != 0.0f) {
+          sum.x += f * __ldcg(ws + s * (D + 2) + i);
+          sum.y += f * __ldcg(ws + s * (D + 2) + i + 1);
+        }
+      }
+      store_output_pair(p, h0 + g, i, sum, s_total[g], pos);
+    }
   }
 }
 
@@ -315,7 +569,7 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLa
   __shared__ float total;
   const int h = blockIdx.x;
   const int pos = *p.pos;
-  const float* ws = p.workspace + static_cast<int64_t>(h) * p.splits * (p.head_dim + 2);
+  const float* ws = split_partials(p) + static_cast<int64_t>(h) * p.splits * (p.head_dim + 2);
   if (threadIdx.x == 0) {
     const float sink = p.sinks[h];
     float m = sink;
@@ -361,6 +615,13 @@ Status attention_init() {
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
           "raising the head-group attention kernel's shared memory limit"));
     }
+    for (const void* kernel : {reinterpret_cast<const void*>(attention_fused_kernel<2>),
+                               reinterpret_cast<const void*>(attention_fused_kernel<4>),
+                               reinterpret_cast<const void*>(attention_fused_kernel<8>)}) {
+      DS4_RETURN_IF_ERROR(cuda_status(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+          "raising the fused attention kernel's shared memory limit"));
+    }
     return Status::Ok();
   }();
   return status;
@@ -378,12 +639,71 @@ int attention_head_group(const AttentionLaunch& p) {
   return attention_uses_head_groups(p) ? group_heads(p) : 1;
 }
 
+bool attention_fused_applies(const AttentionLaunch& p) {
+  return attention_uses_head_groups(p) && p.rope_dim >= 0 && p.rope_dim % 2 == 0 && p.rope_dim <= p.head_dim &&
+         reinterpret_cast<uintptr_t>(p.out) % 8 == 0 && fused_shared_bytes(p, group_heads(p)) <= 96 * 1024;
+}
+
+bool attention_folds_q_post(const AttentionLaunch& p) {
+  auto aligned16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  return attention_fused_applies(p) && p.head_dim % 4 == 0 && p.head_dim <= 32 * 4 * kQVecPerLane &&
+         aligned16(p.q) && aligned16(p.q_out);
+}
+
+int attention_splits_in_use(const AttentionLaunch& p, int rows) { return splits_in_use(p, rows); }
+
+bool attention_fusion_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("DS4_CUDA_FUSED_ATTENTION");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+namespace {
+
+// The fused kernel for `p` (attention_fused_applies holds; the caller checked).
+Status launch_fused(const AttentionLaunch& p, cudaStream_t stream) {
+  const int g = group_heads(p);
+  const dim3 grid(p.splits, (p.heads + g - 1) / g);
+  const size_t bytes = fused_shared_bytes(p, g);
+  if (g == 8) {
+    launch_kernel(attention_fused_kernel<8>, grid, kThreads, bytes, stream, p);
+  } else if (g == 4) {
+    launch_kernel(attention_fused_kernel<4>, grid, kThreads, bytes, stream, p);
+  } else {
+    launch_kernel(attention_fused_kernel<2>, grid, kThreads, bytes, stream, p);
+  }
+  DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "fused attention launch"));
+  if (p.fold_combine) return Status::Ok();
+  launch_kernel(attention_combine_kernel, p.heads, kThreads, sizeof(float) * (p.head_dim + p.splits), stream, p);
+  return cuda_status(cudaGetLastError(), "attention combine launch");
+}
+
+}  // namespace
+
 Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   if (p.splits < 1 || !p.workspace) return Status::Error("attention: no split workspace");
   const int chunk = (p.max_visible + p.splits - 1) / p.splits;
   const size_t shared = sizeof(float) * (p.head_dim + chunk);
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
+  if (p.q_norm_rope || p.fold_combine || p.fit_splits) {
+    if (p.fit_splits && !p.fold_combine) return Status::Error("attention: fit_splits needs fold_combine");
+    if (!attention_fused_applies(p)) {
+      return Status::Error("attention: the fused kernel cannot run this launch (head_dim " +
+                           std::to_string(p.head_dim) + ", rope_dim " + std::to_string(p.rope_dim) +
+                           ", splits " + std::to_string(p.splits) +
+                           "): it needs the head-group kernel, an even rope_dim, an 8-byte aligned output "
+                           "and its shared memory within 96 KiB");
+    }
+    if (p.q_norm_rope && !attention_folds_q_post(p)) {
+      return Status::Error("attention: the q norm and RoPE cannot be folded in for head_dim " +
+                           std::to_string(p.head_dim) +
+                           " (needs a multiple of 4 up to 1024 and 16-byte aligned q and q_out)");
+    }
+    return launch_fused(p, stream);
+  }
   if (attention_uses_head_groups(p)) {
     const int g = group_heads(p);
     const dim3 grid(p.splits, (p.heads + g - 1) / g);

@@ -5,7 +5,15 @@
 // device memory, so the launch is graph-safe.
 //
 // Rows are split over `splits` blocks; each block reads its rows once for a group of
-// heads (up to kAttentionGroupHeads), so a row is read heads / group times in all. The partial softmax sums are combined per head in split order (deterministic).
+// heads (up to kAttentionGroupHeads), so a row is read heads / group times in all. The
+// partial softmax sums are combined per head in split order (deterministic): by a second
+// launch, or (fold_combine) by the last block of the head group to finish, found with a
+// completion counter; the counter only decides which block combines, never the order.
+//
+// With q_norm_rope the q row post (spec/MODEL.md §2.5.1: per-head RMSNorm without weight,
+// RoPE of the last rope_dim values at the position) runs inside the attention kernel, on
+// the heads each block loads, with the arithmetic of cuda/row_ops.h's warp kernel, so the
+// result is the same bits as launch_row_post followed by the attention launch.
 //
 // Thread-safety: launches on the caller's stream; no host state.
 #pragma once
@@ -50,6 +58,24 @@ struct AttentionLaunch {
   // Heads per block of the head-group kernel: 2, 4 or 8; 0 picks the most that still
   // gives the grid 64 blocks (splits x heads / group).
   int head_group = 0;
+  // q holds the q_b product (heads x head_dim, 16-byte aligned); each block normalises
+  // (RMSNorm without weight, eps q_norm_eps, the sum of squares in double) and rotates
+  // (RoPE of the last rope_dim values at *pos) the heads it uses. Needs
+  // attention_folds_q_post(); the fused head-group kernel runs.
+  bool q_norm_rope = false;
+  float q_norm_eps = 1e-6f;
+  // With q_norm_rope, optional: the normalised, rotated q is also written here (heads x
+  // head_dim, 16-byte aligned; by the blocks of split 0), for readers other than attention.
+  float* q_out = nullptr;
+  // The split combine runs in the partial kernel: the last block of each head group to
+  // finish combines the splits in split order. Uses the completion counters at the start
+  // of the workspace (attention_workspace_floats counts them): zero before the first such
+  // launch, left zero by every launch. Needs attention_fused_applies().
+  bool fold_combine = false;
+  // With fold_combine: a split holds up to ceil(max_visible / splits) rows and only the
+  // splits that hold rows run, so short contexts take one split, computed in a single
+  // pass without the workspace (the same bits as a launch with that many splits).
+  bool fit_splits = false;
 };
 
 // The most heads one block of the head-group kernel computes over its rows.
@@ -63,12 +89,34 @@ bool attention_uses_head_groups(const AttentionLaunch& launch);
 // Heads per block launch_attention_decode uses for `launch` (1: the per-head kernel).
 int attention_head_group(const AttentionLaunch& launch);
 
-// Workspace floats needed by launch_attention_decode.
+// Floats at the start of the workspace that hold the fold_combine completion counters
+// (one int32 per head group, rounded up to 16 bytes); the split partials follow them.
+inline int64_t attention_counter_floats(int heads) { return (static_cast<int64_t>(heads) + 3) / 4 * 4; }
+
+// Workspace floats needed by launch_attention_decode: the counters, then heads x splits
+// partial sums of head_dim + 2 floats.
 inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {
-  return static_cast<int64_t>(heads) * splits * (head_dim + 2);
+  return attention_counter_floats(heads) + static_cast<int64_t>(heads) * splits * (head_dim + 2);
 }
 
+// True when the fused head-group kernel (q_norm_rope, fold_combine, fit_splits) can run
+// `launch` (the head-group kernel applies, rope_dim is even, and q / out are 8-byte aligned).
+bool attention_fused_applies(const AttentionLaunch& launch);
+
+// True when attention_fused_applies() and the q row post can be folded in: head_dim a
+// multiple of 4 up to 1024, q (and q_out when set) 16-byte aligned.
+bool attention_folds_q_post(const AttentionLaunch& launch);
+
+// Splits the fused kernel computes for `rows` visible rows (fit_splits: those that hold
+// rows; else `splits`). Host-side mirror of the kernel's choice, for tests.
+int attention_splits_in_use(const AttentionLaunch& launch, int rows);
+
 Status launch_attention_decode(const AttentionLaunch& launch, cudaStream_t stream);
+
+// Whether the decode forward pass asks for the fused kernel (q_norm_rope, fold_combine,
+// fit_splits): yes unless the environment variable DS4_CUDA_FUSED_ATTENTION is 0 (read
+// once; for measurements and tests, the results are the same bits either way).
+bool attention_fusion_enabled();
 
 // Raises the kernel's shared-memory limit (call once before recording graphs).
 Status attention_init();

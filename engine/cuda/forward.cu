@@ -468,23 +468,6 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
   DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
-  RowPostLaunch q;
-  q.in = q.out = w.qf;
-  q.in_stride = q.out_stride = c.head_dim;
-  q.n_rows = c.n_heads;
-  q.d = c.head_dim;
-  q.norm = true;
-  q.eps = c.norm_eps;
-  q.rope_dim = c.rope_dim;
-  q.rope_freqs = freqs;
-  q.pos = pos;
-  DS4_RETURN_IF_ERROR(launch_row_post(q, st));
-  stage("q path");
-  DS4_RETURN_IF_ERROR(join(side_kv_, ev_join_kv_, st));
-  DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
-  DS4_RETURN_IF_ERROR(join(side_index_, ev_join_index_, st));
-  stage("kv, compressors, indexer (joined)");
-
   AttentionLaunch at;
   at.q = w.qf;
   at.out = w.heads;
@@ -510,6 +493,31 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   // ratio 4 at ctx 4k: 23 us against 38 us for groups of 8 and 52 us per head).
   at.head_group = 2;
   at.workspace = w.attention;
+  // The q row post (per-head RMSNorm without weight, RoPE of the tail; w.qf has no other
+  // reader) and the split combine run inside the attention kernel, with only the splits
+  // that hold rows; else the q row post is its own launch, and the combine too.
+  at.q_norm_rope = at.fold_combine = at.fit_splits = attention_fusion_enabled();
+  at.q_norm_eps = c.norm_eps;
+  if (!at.q_norm_rope || !attention_folds_q_post(at)) {
+    at.q_norm_rope = at.fold_combine = at.fit_splits = false;
+    RowPostLaunch q;
+    q.in = q.out = w.qf;
+    q.in_stride = q.out_stride = c.head_dim;
+    q.n_rows = c.n_heads;
+    q.d = c.head_dim;
+    q.norm = true;
+    q.eps = c.norm_eps;
+    q.rope_dim = c.rope_dim;
+    q.rope_freqs = freqs;
+    q.pos = pos;
+    DS4_RETURN_IF_ERROR(launch_row_post(q, st));
+  }
+  stage("q path");
+  DS4_RETURN_IF_ERROR(join(side_kv_, ev_join_kv_, st));
+  DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  DS4_RETURN_IF_ERROR(join(side_index_, ev_join_index_, st));
+  stage("kv, compressors, indexer (joined)");
+
   DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
   stage("attention");
   MatvecLaunch oa;

@@ -1,6 +1,7 @@
 // MoE routing on the GPU (spec/MODEL.md §2.6): scores sqrt(softplus(logit)), expert
 // choice by token id (hash layers, tid2eid) or by the top-k of score + bias (ties to
-// the lower expert index), weights = route_scale * score / sum(selected scores).
+// the lower expert index; NaN keys count as -infinity), weights = route_scale * score /
+// sum(selected scores), the sum over the chosen experts in selection order.
 // The expert products themselves run through launch_matvec (paired gate/up with the
 // SwiGLU clamp, then the down projection summed over the selected experts).
 //
@@ -27,6 +28,11 @@ struct RouterLaunch {
   bool route_norm = true;
   int32_t* ids = nullptr;          // out: n_used expert ids
   float* weights = nullptr;        // out: n_used weights
+  // Tests and benchmarks: the earlier selection by one warp (n_used rounds of a warp
+  // argmax) instead of the block-wide one (a thread per expert, ranks counted within each
+  // warp, then among the warps' candidates). Both give the same ids in the same order and
+  // the same weights, bit for bit.
+  bool single_warp = false;
 };
 
 Status launch_router(const RouterLaunch& launch, cudaStream_t stream);

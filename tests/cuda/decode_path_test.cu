@@ -1,0 +1,581 @@
+// The decode critical path after the q_b product, in its fused forms, against the
+// launches they replace and the CPU reference (engine/cpu/*):
+//   1. attention with the q row post folded in (q_norm_rope: per-head RMSNorm without
+//      weight, RoPE of the tail) and the split combine folded in (fold_combine: the last
+//      block of a head group combines; fit_splits: only the splits that hold rows run)
+//      against launch_row_post followed by the separate partial and combine launches:
+//      bit for bit (with fit_splits, against the separate launches with the splits the
+//      fused kernel used), and against the CPU reference within its tolerance; the q it
+//      writes (q_out) bit for bit against launch_row_post; the completion counters left
+//      zero; real shapes (64 heads x 512, rope 64, window 128, ratios 0 / 4 / 128 at
+//      contexts 10, 4096 and 16384, the indexer's 512 selected rows) and tiny ones
+//      (4 heads x 128, 20 heads x 192: partial head groups), a tagged raw ring;
+//   2. the block-wide router selection against the one-warp kernel (ids in order and
+//      weights bit for bit) and the CPU reference: 256 experts / 6 used with and
+//      without the selection bias, hash routing, exact ties, NaN logits, 8 and 64
+//      experts, several tokens per launch;
+//   3. bad launches refused with a message.
+// Every output buffer is NaN-filled before the launch under test. Prints "timing:" lines:
+// CUDA graphs of 40 chained launches (PDL as the forward pass uses it), old against new,
+// in microseconds per step. Exit 77 without a GPU.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/attention.h"
+#include "cpu/moe.h"
+#include "cpu/rope.h"
+#include "cpu/vector_ops.h"
+#include "cuda/attention.h"
+#include "cuda/cuda_check.h"
+#include "cuda/device_model.h"
+#include "cuda/launch.h"
+#include "cuda/moe.h"
+#include "cuda/row_ops.h"
+#include "cuda_test_util.h"
+#include "model/model.h"
+
+using namespace ds4;
+using namespace ds4::test;
+
+namespace {
+
+constexpr int kChain = 40;
+
+void fill_nan(float* p, size_t n) { cudaMemset(p, 0xff, sizeof(float) * n); }
+
+// Elements whose bits differ; prints the first few (index, got, want).
+int count_bits_differ(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      if (bad++ < 3) std::printf("  %s[%zu]: got %.9g want %.9g\n", what.c_str(), i, got[i], want[i]);
+    }
+  }
+  if (bad) std::printf("  %s: %d of %zu elements differ\n", what.c_str(), bad, want.size());
+  return bad;
+}
+
+int count_not_finite(const std::vector<float>& v, const std::string& what) {
+  int bad = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i]) && bad++ < 3) std::printf("  %s[%zu] = %g (not written?)\n", what.c_str(), i, v[i]);
+  }
+  return bad;
+}
+
+int count_bad(const std::vector<float>& gpu, const std::vector<float>& cpu, double rel, double abs_tol,
+              const std::string& what) {
+  int bad = 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(gpu[i]) - cpu[i]);
+    worst = std::max(worst, d);
+    if (!(d <= rel * std::fabs(cpu[i]) + abs_tol)) {
+      if (bad++ < 3) std::printf("  %s[%zu]: gpu %.9g cpu %.9g\n", what.c_str(), i, gpu[i], cpu[i]);
+    }
+  }
+  if (bad) std::printf("  %s: %d of %zu outside tolerance (max |d| %.3g)\n", what.c_str(), bad, cpu.size(), worst);
+  return bad;
+}
+
+// Microseconds per step of `steps` chained launches recorded as one CUDA graph (PDL as
+// the launches choose), replayed after warm-up; negative when recording failed.
+double graph_us_per_step(cudaStream_t stream, const std::function<Status(cudaStream_t)>& enqueue_steps,
+                         int steps, const std::string& what) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return -1.0;
+  const Status s = enqueue_steps(stream);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  check(s.ok() && end == cudaSuccess, what + ": graph recorded (" + s.message() + ")");
+  if (!s.ok() || end != cudaSuccess) {
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return -1.0;
+  }
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(inst == cudaSuccess, what + ": graph instantiated");
+  if (inst != cudaSuccess) return -1.0;
+  for (int i = 0; i < 3; ++i) cudaGraphLaunch(exec, stream);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  const int reps = 20;
+  cudaEventRecord(a, stream);
+  for (int i = 0; i < reps; ++i) cudaGraphLaunch(exec, stream);
+  cudaEventRecord(b, stream);
+  cudaEventSynchronize(b);
+  float ms = 0.0f;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  check(cudaStreamSynchronize(stream) == cudaSuccess, what + ": graph replays ran");
+  return 1000.0 * ms / reps / steps;
+}
+
+// ---------------------------------------------------------------- attention
+
+struct AttentionCase {
+  std::string name;
+  int heads, head_dim, window, ratio, pos;
+  int64_t max_comp;  // compressed rows stored
+  int topk;
+  bool tagged;       // raw ring with position tags (the MTP block's), some slots stale
+  bool time_it;
+};
+
+// Host inputs, device copies and the CPU reference of one case.
+struct AttentionData {
+  const AttentionCase& k;
+  ModelConfig c;
+  cpu::Rope rope;
+  int ring, nraw, nc, n_rows, max_visible, splits;
+  bool active;
+  std::vector<float> q, raw, comp, sinks;
+  std::vector<int32_t> sel, tags;
+  std::vector<float> q_ref;    // q after the CPU row post
+  std::vector<float> out_ref;  // CPU attention of q_ref
+  DeviceVec<float> dq, draw, dcomp, dsink, dfreq;
+  DeviceVec<int32_t> dsel, dact, dpos, dtags;
+
+  static ModelConfig config_for(const AttentionCase& k) {
+    ModelConfig c = deepseek_v4_flash_config();
+    c.n_heads = k.heads;
+    c.head_dim = k.head_dim;
+    return c;
+  }
+
+  AttentionData(const AttentionCase& kc, std::mt19937& rng)
+      : k(kc),
+        c(config_for(kc)),
+        rope(c, kc.ratio != 0),
+        ring(kc.window + 16),
+        nraw(std::min(kc.pos + 1, kc.window)),
+        nc(kc.ratio ? (kc.pos + 1) / kc.ratio : 0),
+        n_rows(0),
+        max_visible(kc.window + (kc.ratio == 4 ? std::min<int>(kc.topk, kc.max_comp)
+                                                : kc.ratio ? static_cast<int>(kc.max_comp) : 0)),
+        splits(std::clamp(max_visible / 64, 1, 16)),
+        active(kc.ratio == 4 && nc > kc.topk),
+        q(random_floats(static_cast<size_t>(kc.heads) * kc.head_dim, rng, -3.0f, 3.0f)),
+        raw(random_floats(static_cast<size_t>(ring) * kc.head_dim, rng)),
+        comp(random_floats(static_cast<size_t>(kc.max_comp) * kc.head_dim, rng)),
+        sinks(random_floats(kc.heads, rng, -1.0f, 2.0f)),
+        sel(pick_selection(kc, nc, active, rng)),
+        tags(ring_tags(kc, ring)),
+        dq(q),
+        draw(raw),
+        dcomp(comp),
+        dsink(sinks),
+        dfreq(rope.freqs()),
+        dsel(sel),
+        dact(std::vector<int32_t>{active ? 1 : 0}),
+        dpos(std::vector<int32_t>{kc.pos}),
+        dtags(tags) {
+    const int H = k.heads, D = k.head_dim;
+    q_ref.resize(q.size());
+    for (int h = 0; h < H; ++h) {
+      float* row = q_ref.data() + static_cast<size_t>(h) * D;
+      cpu::rms_norm(q.data() + static_cast<size_t>(h) * D, nullptr, D, c.norm_eps, row);
+      rope.rotate(row + D - c.rope_dim, k.pos);
+    }
+    std::vector<const float*> rows;
+    for (int r = 0; r < nraw; ++r) {
+      const int t = k.pos - nraw + 1 + r;
+      if (k.tagged && tags[t % ring] != t) continue;  // absent rows weigh nothing
+      rows.push_back(raw.data() + static_cast<size_t>(t % ring) * D);
+    }
+    if (active) {
+      for (int32_t s : sel) rows.push_back(comp.data() + static_cast<size_t>(s) * D);
+    } else {
+      for (int i = 0; i < std::min<int64_t>(nc, k.max_comp); ++i) rows.push_back(comp.data() + static_cast<size_t>(i) * D);
+    }
+    n_rows = nraw + (active ? k.topk : static_cast<int>(std::min<int64_t>(nc, k.max_comp)));
+    out_ref.resize(q.size());
+    std::vector<float> scores(rows.size() + 1);
+    for (int h = 0; h < H; ++h) {
+      float* o = out_ref.data() + static_cast<size_t>(h) * D;
+      cpu::attend_head(q_ref.data() + static_cast<size_t>(h) * D, rows.data(), static_cast<int64_t>(rows.size()), D,
+                       sinks[h], 1.0f / std::sqrt(static_cast<float>(D)), o, scores.data());
+      rope.rotate(o + D - c.rope_dim, k.pos, true);
+    }
+  }
+
+  // About half the compressed rows spread over the context, then the last ones to fill
+  // up, sorted (the indexer's selection is a set).
+  static std::vector<int32_t> pick_selection(const AttentionCase& k, int nc, bool active, std::mt19937& rng) {
+    if (!active) return {0};
+    std::vector<int32_t> sel;
+    std::vector<char> picked(nc, 0);
+    for (int i = 0; i < nc && static_cast<int>(sel.size()) < k.topk; ++i) {
+      if (rng() % 2) {
+        sel.push_back(i);
+        picked[i] = 1;
+      }
+    }
+    for (int i = nc - 1; static_cast<int>(sel.size()) < k.topk; --i) if (!picked[i]) sel.push_back(i);
+    std::sort(sel.begin(), sel.end());
+    return sel;
+  }
+
+  // Tags of the ring: every slot holds its position, except every fifth window row.
+  static std::vector<int32_t> ring_tags(const AttentionCase& k, int ring) {
+    std::vector<int32_t> tags(ring, -1);
+    if (!k.tagged) return tags;
+    for (int t = std::max(0, k.pos - k.window + 1); t <= k.pos; ++t) tags[t % ring] = (t % 5 == 3) ? -1 : t;
+    return tags;
+  }
+
+  AttentionLaunch launch(float* out, float* workspace) const {
+    AttentionLaunch a;
+    a.q = dq.get();
+    a.out = out;
+    a.raw = draw.get();
+    a.ring = ring;
+    a.raw_tags = k.tagged ? dtags.get() : nullptr;
+    a.window = k.window;
+    a.comp = dcomp.get();
+    a.max_comp_rows = k.max_comp;
+    a.ratio = k.ratio;
+    a.topk = k.topk;
+    a.selected = dsel.get();
+    a.active = dact.get();
+    a.sinks = dsink.get();
+    a.heads = k.heads;
+    a.head_dim = k.head_dim;
+    a.rope_dim = c.rope_dim;
+    a.rope_freqs = dfreq.get();
+    a.pos = dpos.get();
+    a.max_visible = max_visible;
+    a.splits = splits;
+    a.head_group = 2;
+    a.workspace = workspace;
+    a.q_norm_eps = c.norm_eps;
+    return a;
+  }
+
+  RowPostLaunch q_post(float* out) const {
+    RowPostLaunch r;
+    r.in = dq.get();
+    r.out = out;
+    r.in_stride = r.out_stride = k.head_dim;
+    r.n_rows = k.heads;
+    r.d = k.head_dim;
+    r.norm = true;
+    r.eps = c.norm_eps;
+    r.rope_dim = c.rope_dim;
+    r.rope_freqs = dfreq.get();
+    r.pos = dpos.get();
+    return r;
+  }
+};
+
+// The launches the fused kernel replaces: the q row post into q_post, then the
+// head-group partial kernel and the combine with `splits` splits.
+Status launch_old_path(const AttentionData& d, int splits, int group, float* q_post, float* out, float* ws,
+                       cudaStream_t st) {
+  DS4_RETURN_IF_ERROR(launch_row_post(d.q_post(q_post), st));
+  AttentionLaunch a = d.launch(out, ws);
+  a.q = q_post;
+  a.splits = splits;
+  a.head_group = group;
+  return launch_attention_decode(a, st);
+}
+
+int read_counters_nonzero(const float* ws, int heads) {
+  std::vector<int32_t> c(attention_counter_floats(heads));
+  cudaMemcpy(c.data(), ws, sizeof(int32_t) * c.size(), cudaMemcpyDeviceToHost);
+  int nonzero = 0;
+  for (int32_t v : c) nonzero += v != 0;
+  return nonzero;
+}
+
+void check_attention_case(const AttentionCase& k, std::mt19937& rng, cudaStream_t st) {
+  AttentionData d(k, rng);
+  const int H = k.heads, D = k.head_dim;
+  const size_t n = static_cast<size_t>(H) * D;
+  DeviceVec<float> q_post(n), q_out(n), out_old(n), out_new(n);
+  DeviceVec<float> ws_old(attention_workspace_floats(H, 16, D)), ws_new(attention_workspace_floats(H, 16, D));
+  const std::string at = k.name + " (" + std::to_string(H) + " heads x " + std::to_string(D) + ", ratio " +
+                         std::to_string(k.ratio) + ", pos " + std::to_string(k.pos) + ", rows " +
+                         std::to_string(d.n_rows) + ", splits " + std::to_string(d.splits) + ")";
+  const int used = attention_splits_in_use([&] {
+    AttentionLaunch a = d.launch(out_new.get(), ws_new.get());
+    a.fold_combine = a.fit_splits = true;
+    return a;
+  }(), d.n_rows);
+  for (int group : {2, 4, 8}) {
+    // The fused variants: q post only; + fold_combine; + fit_splits.
+    for (int variant = 0; variant < 3; ++variant) {
+      AttentionLaunch a = d.launch(out_new.get(), ws_new.get());
+      a.head_group = group;
+      a.q_norm_rope = true;
+      a.q_out = q_out.get();
+      a.fold_combine = variant >= 1;
+      a.fit_splits = variant == 2;
+      const int splits_ref = variant == 2 ? used : d.splits;
+      const std::string name = at + " group " + std::to_string(group) +
+                               (variant == 0 ? " q post folded" : variant == 1 ? " q post + combine folded"
+                                                                               : " q post + combine folded, fit splits");
+      check(attention_fused_applies(a) && attention_folds_q_post(a), name + ": the fused kernel applies");
+      for (float* p : {out_old.get(), out_new.get(), q_post.get(), q_out.get()}) fill_nan(p, n);
+      check(launch_old_path(d, splits_ref, group, q_post.get(), out_old.get(), ws_old.get(), st).ok(),
+            name + ": separate launches (splits " + std::to_string(splits_ref) + ")");
+      const Status s = launch_attention_decode(a, st);
+      check(s.ok(), name + ": launch (" + s.message() + ")");
+      check(cudaStreamSynchronize(st) == cudaSuccess, name + ": runs");
+      const std::vector<float> got = out_new.host(), want = out_old.host();
+      check(count_not_finite(got, name + " out") == 0, name + ": every output written");
+      check(count_bits_differ(got, want, name + " out") == 0, name + ": output bit-identical to the separate launches");
+      check(count_bad(got, d.out_ref, 1e-4, 2e-6, name + " vs cpu") == 0, name + ": output matches the CPU reference");
+      const std::vector<float> qo = q_out.host();
+      check(count_bits_differ(qo, q_post.host(), name + " q_out") == 0, name + ": q_out bit-identical to row_post");
+      check(count_bad(qo, d.q_ref, 2e-5, 1e-6, name + " q vs cpu") == 0, name + ": q matches the CPU row post");
+      if (a.fold_combine) {
+        check(read_counters_nonzero(ws_new.get(), H) == 0, name + ": completion counters left zero");
+        // A second launch reuses the counters: the same bits again.
+        fill_nan(out_new.get(), n);
+        check(launch_attention_decode(a, st).ok(), name + ": second launch");
+        check(cudaStreamSynchronize(st) == cudaSuccess, name + ": second launch runs");
+        check(count_bits_differ(out_new.host(), want, name + " out (again)") == 0, name + ": second launch, same bits");
+      }
+    }
+  }
+  std::printf("attention %s: fit_splits uses %d of %d splits\n", at.c_str(), used, d.splits);
+  if (!k.time_it) return;
+  // Timing: chains of kChain steps; each step's launches as the forward pass makes them.
+  auto chain = [&](int variant) {
+    return [&, variant](cudaStream_t s) -> Status {
+      for (int i = 0; i < kChain; ++i) {
+        if (variant == 0) {
+          DS4_RETURN_IF_ERROR(launch_old_path(d, d.splits, 2, q_post.get(), out_old.get(), ws_old.get(), s));
+        } else {
+          AttentionLaunch a = d.launch(out_new.get(), ws_new.get());
+          a.q_norm_rope = true;
+          a.fold_combine = variant >= 2;
+          a.fit_splits = variant == 3;
+          DS4_RETURN_IF_ERROR(launch_attention_decode(a, s));
+        }
+      }
+      return Status::Ok();
+    };
+  };
+  double us[4];
+  const char* names[4] = {"row_post + partial + combine", "fused q + combine", "fused q + folded combine",
+                          "fused q + folded combine + fit splits"};
+  for (int v = 0; v < 4; ++v) us[v] = graph_us_per_step(st, chain(v), kChain, at + " " + names[v]);
+  std::printf("timing: attention %s, graph of %d steps, us per step: old (%s) %.2f; %s %.2f; %s %.2f; "
+              "%s %.2f (%d splits in use)\n",
+              at.c_str(), kChain, names[0], us[0], names[1], us[1], names[2], us[2], names[3], us[3], used);
+  check(read_counters_nonzero(ws_new.get(), H) == 0, at + ": counters zero after the timed graphs");
+}
+
+void test_attention(std::mt19937& rng, cudaStream_t st) {
+  const int max_ctx = 16384;
+  std::vector<AttentionCase> cases;
+  for (int ctx : {10, 4096, 16384}) {
+    for (int ratio : {0, 4, 128}) {
+      const int64_t max_comp = ratio ? max_ctx / ratio + 1 : 1;
+      cases.push_back({"real ctx " + std::to_string(ctx), 64, 512, 128, ratio, ctx - 1, max_comp, 512, false, true});
+    }
+  }
+  // The MTP block's tagged window (ratio 0), real size.
+  cases.push_back({"real tagged ring", 64, 512, 128, 0, 300, 1, 512, true, false});
+  // Tiny shapes: the fixtures' 4 x 128 (window 16, top-k 8), partial head groups with the
+  // scalar score path (20 x 192), positions before the window fills.
+  for (int pos : {0, 5, 40, 213}) {
+    for (int ratio : {0, 4, 16}) {
+      cases.push_back({"tiny", 4, 128, 16, ratio, pos, 300 / (ratio ? ratio : 300) + 1, 8, false, false});
+    }
+  }
+  cases.push_back({"tiny tagged ring", 4, 128, 16, 0, 40, 1, 8, true, false});
+  for (int ratio : {0, 4, 128}) {
+    cases.push_back({"partial groups", 20, 192, 128, ratio, 2300, 3000 / (ratio ? ratio : 3000) + 1, 512, false, false});
+  }
+  for (const AttentionCase& k : cases) check_attention_case(k, rng, st);
+}
+
+// Launches the fused path refuses, with a message naming the cause.
+void test_attention_errors(std::mt19937& rng) {
+  const AttentionCase k{"errors", 4, 128, 16, 0, 20, 1, 8, false, false};
+  AttentionData d(k, rng);
+  DeviceVec<float> out(4 * 128), ws(attention_workspace_floats(4, 16, 128));
+  AttentionLaunch a = d.launch(out.get(), ws.get());
+  a.fit_splits = true;
+  Status s = launch_attention_decode(a, nullptr);
+  check(!s.ok() && s.message().find("fit_splits") != std::string::npos,
+        "fit_splits without fold_combine refused: " + s.message());
+  AttentionLaunch b = d.launch(out.get(), ws.get());
+  b.q_norm_rope = true;
+  b.q = d.dq.get() + 1;  // not 16-byte aligned
+  s = launch_attention_decode(b, nullptr);
+  check(!attention_folds_q_post(b) && !s.ok() && s.message().find("q norm") != std::string::npos,
+        "misaligned q refused for the q post: " + s.message());
+  AttentionLaunch c = d.launch(out.get(), ws.get());
+  c.fold_combine = true;
+  c.rope_dim = 63;
+  s = launch_attention_decode(c, nullptr);
+  check(!attention_fused_applies(c) && !s.ok() && s.message().find("rope_dim 63") != std::string::npos,
+        "odd rope_dim refused by the fused kernel: " + s.message());
+  check(cudaDeviceSynchronize() == cudaSuccess, "refused launches leave no error behind");
+}
+
+// ---------------------------------------------------------------- router
+
+struct RouterCase {
+  std::string name;
+  int n_experts, n_used, n_tokens;
+  bool bias, hash, ties, nans;
+  bool time_it;
+};
+
+void check_router_case(const RouterCase& k, std::mt19937& rng, cudaStream_t st) {
+  ModelConfig c = deepseek_v4_flash_config();
+  c.n_experts = k.n_experts;
+  c.n_experts_used = k.n_used;
+  const int ne = k.n_experts, nu = k.n_used, T = k.n_tokens, vocab = 97;
+  std::vector<float> logits = random_floats(static_cast<size_t>(T) * ne, rng, -4.0f, 4.0f);
+  std::vector<float> bias = random_floats(ne, rng, -0.3f, 0.3f);
+  if (k.ties) {
+    for (int t = 0; t < T; ++t) for (int e = 0; e < ne; e += 3) logits[t * ne + e] = logits[t * ne];
+    for (int e = 0; e < ne; e += 3) bias[e] = bias[0];
+  }
+  if (k.nans) {
+    for (int t = 0; t < T; ++t) for (int e = 1; e < ne; e += 7) logits[t * ne + e] = NAN;
+  }
+  std::vector<int32_t> tid(static_cast<size_t>(nu) * vocab);
+  for (size_t i = 0; i < tid.size(); ++i) tid[i] = static_cast<int32_t>((i * 7 + 3 * (i / nu)) % ne);
+  std::vector<int32_t> tokens(T);
+  for (int t = 0; t < T; ++t) tokens[t] = static_cast<int32_t>(rng() % vocab);
+  DeviceVec<float> dl(logits), db(bias), dw_old(static_cast<size_t>(T) * nu), dw_new(static_cast<size_t>(T) * nu);
+  DeviceVec<int32_t> dt(tid), dtok(tokens), dids_old(static_cast<size_t>(T) * nu), dids_new(static_cast<size_t>(T) * nu);
+  RouterLaunch rl;
+  rl.logits = dl.get();
+  rl.n_experts = ne;
+  rl.n_used = nu;
+  rl.bias = k.bias ? db.get() : nullptr;
+  rl.tid2eid = k.hash ? dt.get() : nullptr;
+  rl.token = dtok.get();
+  rl.route_scale = c.route_scale;
+  rl.route_norm = c.route_norm;
+  const std::string name = "router " + k.name + " (" + std::to_string(ne) + " experts, " + std::to_string(nu) +
+                           " used, " + std::to_string(T) + " tokens)";
+  RouterLaunch old_l = rl, new_l = rl;
+  old_l.single_warp = true;
+  old_l.ids = dids_old.get();
+  old_l.weights = dw_old.get();
+  new_l.ids = dids_new.get();
+  new_l.weights = dw_new.get();
+  fill_nan(dw_old.get(), static_cast<size_t>(T) * nu);
+  fill_nan(dw_new.get(), static_cast<size_t>(T) * nu);
+  cudaMemset(dids_old.get(), 0xff, sizeof(int32_t) * T * nu);
+  cudaMemset(dids_new.get(), 0xff, sizeof(int32_t) * T * nu);
+  check(launch_router(old_l, T, st).ok(), name + ": one-warp launch");
+  check(launch_router(new_l, T, st).ok(), name + ": block-wide launch");
+  check(cudaStreamSynchronize(st) == cudaSuccess, name + ": runs");
+  const std::vector<int32_t> ids_old = dids_old.host(), ids_new = dids_new.host();
+  const std::vector<float> w_old = dw_old.host(), w_new = dw_new.host();
+  int id_diff = 0;
+  for (size_t i = 0; i < ids_old.size(); ++i) {
+    if (ids_old[i] != ids_new[i] && id_diff++ < 3) {
+      std::printf("  %s: token %zu slot %zu: ids new %d old %d\n", name.c_str(), i / nu, i % nu, ids_new[i],
+                  ids_old[i]);
+    }
+  }
+  check(id_diff == 0, name + ": the same experts in the same order as the one-warp kernel");
+  check(count_not_finite(w_new, name + " weights") == 0, name + ": every weight written");
+  check(count_bits_differ(w_new, w_old, name + " weights") == 0, name + ": weights bit-identical to the one-warp kernel");
+  if (!k.nans) {
+    // The CPU reference (hash layers: tid2eid order; others: descending biased score).
+    GgufTensor tb_t, tt_t;
+    tb_t.name = "exp_probs_b";
+    tb_t.type = GgmlType::F32;
+    tb_t.ne = {ne};
+    tb_t.data = reinterpret_cast<const uint8_t*>(bias.data());
+    tt_t.name = "ffn_gate_tid2eid";
+    tt_t.type = GgmlType::I32;
+    tt_t.ne = {nu, vocab};
+    tt_t.data = reinterpret_cast<const uint8_t*>(tid.data());
+    LayerWeights lw;
+    lw.hash = k.hash;
+    if (k.hash) lw.ffn_gate_tid2eid.tensor = &tt_t;
+    if (k.bias && !k.hash) lw.exp_probs_b.tensor = &tb_t;
+    int bad = 0;
+    for (int t = 0; t < T; ++t) {
+      std::vector<int32_t> ids(nu);
+      std::vector<float> w(nu);
+      cpu::route_token(c, lw, logits.data() + static_cast<size_t>(t) * ne, tokens[t], ids.data(), w.data());
+      for (int i = 0; i < nu; ++i) {
+        const size_t at = static_cast<size_t>(t) * nu + i;
+        const bool ok = ids[i] == ids_new[at] && std::fabs(w[i] - w_new[at]) <= 1e-6f * std::fabs(w[i]) + 1e-7f;
+        if (!ok && bad++ < 3) {
+          std::printf("  %s: token %d slot %d: gpu expert %d weight %.9g, cpu expert %d weight %.9g\n", name.c_str(),
+                      t, i, ids_new[at], w_new[at], ids[i], w[i]);
+        }
+      }
+    }
+    check(bad == 0, name + ": experts (in order) and weights match the CPU reference");
+  }
+  if (!k.time_it) return;
+  auto chain = [&](const RouterLaunch& l) {
+    return [&, l](cudaStream_t s) -> Status {
+      for (int i = 0; i < kChain; ++i) DS4_RETURN_IF_ERROR(launch_router(l, T, s));
+      return Status::Ok();
+    };
+  };
+  const double us_old = graph_us_per_step(st, chain(old_l), kChain, name + " one warp");
+  const double us_new = graph_us_per_step(st, chain(new_l), kChain, name + " block-wide");
+  std::printf("timing: %s, graph of %d launches, us per launch: one warp %.2f, block-wide %.2f\n", name.c_str(),
+              kChain, us_old, us_new);
+}
+
+void test_router(std::mt19937& rng, cudaStream_t st) {
+  const std::vector<RouterCase> cases = {
+      {"real top-k with bias", 256, 6, 1, true, false, false, false, true},
+      {"real top-k without bias", 256, 6, 1, false, false, false, false, false},
+      {"real hash", 256, 6, 1, false, true, false, false, true},
+      {"real top-k ties", 256, 6, 1, true, false, true, false, false},
+      {"real top-k ties without bias", 256, 6, 1, false, false, true, false, false},
+      {"real top-k NaN logits", 256, 6, 1, true, false, false, true, false},
+      {"real top-k, 5 tokens", 256, 6, 5, true, false, false, false, false},
+      {"real hash, 5 tokens", 256, 6, 5, false, true, false, false, false},
+      {"tiny top-k", 8, 6, 3, true, false, false, false, false},
+      {"tiny hash", 8, 6, 3, false, true, false, false, false},
+      {"tiny ties", 8, 6, 2, true, false, true, false, false},
+      {"64 experts", 64, 6, 4, true, false, false, false, false},
+      {"40 experts, 16 used", 40, 16, 3, true, false, false, false, false},
+      {"1000 experts, 16 used", 1000, 16, 2, true, false, true, false, false},
+  };
+  for (int trial = 0; trial < 5; ++trial) {
+    for (const RouterCase& k : cases) {
+      RouterCase kk = k;
+      kk.time_it = k.time_it && trial == 0;
+      check_router_case(kk, rng, st);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  if (!gpu_present()) return 77;
+  std::printf("PDL %s\n", pdl_enabled() ? "on" : "off");
+  std::mt19937 rng(20261129);
+  cudaStream_t st;
+  cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+  test_router(rng, st);
+  test_attention_errors(rng);
+  test_attention(rng, st);
+  cudaStreamDestroy(st);
+  return finish("decode_path_test");
+}
