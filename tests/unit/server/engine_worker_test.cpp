@@ -308,11 +308,15 @@ TEST_CASE("parallel 2: shutdown fails queued jobs and cancels the running ones, 
     REQUIRE(first->kind == JobEvent::Kind::kToken);
   }
   worker.shutdown();
+  int cancelled_running = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
     std::vector<JobEvent> events = drain(*jobs[i]);
     INFO("job " << i);
+    if (i < 2 && events.back().kind == JobEvent::Kind::kDone) continue;  // ended (EOS) before the shutdown
     REQUIRE(events.back().kind == JobEvent::Kind::kFailed);
     CHECK(events.back().error.http_status == 503);
+    if (i < 2) ++cancelled_running;
   }
+  CHECK(cancelled_running >= 1);  // both ending by EOS within a few tokens is all but impossible
   CHECK_FALSE(worker.submit(make_job(kFranceNoThink, true)));
 }
