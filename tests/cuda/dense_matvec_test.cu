@@ -153,7 +153,8 @@ bool stream_fits_ring(bool paired, GgmlType type, int warps, int units) {
 
 // The stream kernel's variants: 8 or 16 consumer warps, 1, 2 or 4 units per warp (those
 // whose two stages fit the default ring), a ring of two stages (the most reuse of every
-// stage), the GB10's 99 KiB, and two blocks per multiprocessor where they fit.
+// stage), the GB10's 99 KiB, a deep ring (160 KiB: eight stages of 17 KiB on the H200), and
+// two blocks per multiprocessor where they fit.
 std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
   std::vector<DenseMatvecOptions> out;
   DenseMatvecOptions def;
@@ -175,6 +176,9 @@ std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
   DenseMatvecOptions gb10 = def;
   gb10.stream_ring_kib = 99;
   out.push_back(gb10);
+  DenseMatvecOptions deep = def;  // eight stages on the H200 (the device's limit elsewhere)
+  deep.stream_ring_kib = 160;
+  out.push_back(deep);
   DenseMatvecOptions two_blocks = def;
   two_blocks.blocks_per_sm = 2;
   out.push_back(two_blocks);
