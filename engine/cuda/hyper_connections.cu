@@ -355,15 +355,40 @@ __device__ void cluster_comb(const HcClusterParams& p, float mixv, float base_l,
   }
 }
 
+// hc_pre's Sinkhorn warp (the last warp of every block; it owns no columns): in block
+// 0 it computes comb as soon as the RMS factor is known, having signalled the second
+// barrier first (it adds no sum of squares of y), so the rest of the cluster does not
+// wait for it until the last barrier. In other blocks it only keeps the barrier count.
+template <int C, HcSinkhorn K>
+__device__ void cluster_sinkhorn_warp(const HcClusterParams& p, const float* mix_home, const double* ss_x,
+                                      int col_warps, float base_l, float scale2, int rank, int lane) {
+  cluster_arrive();
+  cluster_wait();
+  cluster_arrive();
+  if (rank == 0) {
+    const float mixv = lane < 2 * kClusterMult + kClusterMult * kClusterMult
+                           ? (p.mix_partial ? cluster_load(mix_home + lane, (lane % (C * col_warps)) / col_warps)
+                                            : p.mix_raw[lane])
+                           : 0.0f;
+    const float factor = rms_scale(cluster_sum<C>(ss_x, col_warps, lane), static_cast<int64_t>(kClusterMult) * p.s.dim,
+                                   p.s.norm_eps);
+    cluster_comb<K>(p, mixv, base_l, factor, scale2, lane);
+  }
+  cluster_wait();
+  cluster_arrive();
+  cluster_wait();
+}
+
 template <int C, bool kHead, HcSinkhorn K>
 __global__ void hc_pre_cluster_kernel(HcClusterParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int M = kClusterMult;
   constexpr int kMix = kHead ? M : (2 + M) * M;
-  __shared__ double ss_x[32], ss_y[32];  // per-warp partial sums of squares
+  __shared__ double ss_x[32], ss_y[32];  // per-warp partial sums of squares (column warps)
   __shared__ float mix_home[kMix];       // the mixing values this block's warps gathered
   const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
-  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int col_warps = (blockDim.x >> 5) - (kHead ? 0 : 1);  // hc_pre: the last warp runs the Sinkhorn
   const int dim = p.s.dim;
   const int cols = dim / C;
   const int col = rank * cols + 4 * threadIdx.x;
@@ -377,16 +402,20 @@ __global__ void hc_pre_cluster_kernel(HcClusterParams p) {
   const float base_l = lane < kMix ? p.base[lane] : 0.0f;
   pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
+  if (!kHead && warp == col_warps) {
+    cluster_sinkhorn_warp<C, K>(p, mix_home, ss_x, col_warps, base_l, scale2, rank, lane);
+    return;
+  }
   float4 xv[M];
 #pragma unroll
   for (int h = 0; h < M; ++h) {
     xv[h] = have ? *reinterpret_cast<const float4*>(p.x + static_cast<int64_t>(h) * dim + col)
                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
-  // Mixing values from the partial sums: row i by warp i mod (C * warps) of the
-  // cluster, in the matvec's reduction order (the same bits as launch_matvec).
+  // Mixing values from the partial sums: row i by column warp i mod (C * col_warps) of
+  // the cluster, in the matvec's reduction order (the same bits as launch_matvec).
   if (p.mix_partial) {
-    for (int i = rank * warps + warp; i < kMix; i += C * warps) {
+    for (int i = rank * col_warps + warp; i < kMix; i += C * col_warps) {
       const float v = tile_reduce_warp(p.mix_partial + static_cast<int64_t>(i) * p.mix_tiles, p.mix_tiles, lane);
       if (lane == 0) mix_home[i] = v;
     }
@@ -401,9 +430,9 @@ __global__ void hc_pre_cluster_kernel(HcClusterParams p) {
   // Lane l < kMix holds mixing value l.
   float mixv = 0.0f;
   if (lane < kMix) {
-    mixv = p.mix_partial ? cluster_load(mix_home + lane, (lane % (C * warps)) / warps) : p.mix_raw[lane];
+    mixv = p.mix_partial ? cluster_load(mix_home + lane, (lane % (C * col_warps)) / col_warps) : p.mix_raw[lane];
   }
-  const float factor = rms_scale(cluster_sum<C>(ss_x, warps, lane), static_cast<int64_t>(M) * dim, p.s.norm_eps);
+  const float factor = rms_scale(cluster_sum<C>(ss_x, col_warps, lane), static_cast<int64_t>(M) * dim, p.s.norm_eps);
   // The stream weights (pre, or the head's w) in lanes 0..3, then in every lane.
   float wl;
   if constexpr (kHead) {
@@ -423,12 +452,9 @@ __global__ void hc_pre_cluster_kernel(HcClusterParams p) {
   sy = warp_sum_double(sy);
   if (lane == 0) ss_y[warp] = sy;
   cluster_arrive();
-  // Block 0's first warp runs the Sinkhorn while the cluster exchanges the sums; its
-  // second (or the first, alone) writes post.
-  if (!kHead && rank == 0 && warp == 0) cluster_comb<K>(p, mixv, base_l, factor, scale2, lane);
-  if (!kHead && rank == 0 && warp == (warps > 1 ? 1 : 0)) cluster_post(p, mixv, base_l, factor, scale1, lane);
+  if (!kHead && rank == 0 && warp == 0) cluster_post(p, mixv, base_l, factor, scale1, lane);
   cluster_wait();
-  const float f = rms_scale(cluster_sum<C>(ss_y, warps, lane), dim, p.s.norm_eps);
+  const float f = rms_scale(cluster_sum<C>(ss_y, col_warps, lane), dim, p.s.norm_eps);
   cluster_arrive();  // done reading other blocks' shared memory
   if (have) {
     float4 o;
@@ -461,10 +487,11 @@ ClusterKernel cluster_kernel_for(int cluster, bool head, HcSinkhorn sinkhorn) {
                                             : cluster_kernel_for<false, HcSinkhorn::kShuffle>(cluster);
 }
 
-// Threads per block of the cluster kernel for `dim` over `cluster` blocks (0: it does not apply).
-int cluster_threads(int dim, int cluster) {
+// Threads per block of the cluster kernel for `dim` over `cluster` blocks: the column
+// warps, and for hc_pre the Sinkhorn warp (0: the kernel does not apply).
+int cluster_threads(int dim, int cluster, bool head) {
   if (cluster <= 0 || dim <= 0 || dim % (4 * cluster) != 0) return 0;
-  const int threads = (dim / cluster / 4 + 31) / 32 * 32;
+  const int threads = (dim / cluster / 4 + 31) / 32 * 32 + (head ? 0 : 32);
   return threads <= 1024 ? threads : 0;
 }
 
@@ -526,7 +553,7 @@ int pick_cluster(const HcShape& s, const HcPreOptions& o, bool head, const float
                  const float* norm_weight) {
   const int cluster = o.cluster < 0 ? default_cluster() : o.cluster;
   if (s.mult != kClusterMult) return 0;
-  const int threads = cluster_threads(s.dim, cluster);
+  const int threads = cluster_threads(s.dim, cluster, head);
   if (threads == 0) return 0;
   if (!aligned16(x) || !aligned16(out) || !aligned16(norm_weight)) return 0;
   const ClusterKernel kernel = cluster_kernel_for(cluster, head, o.sinkhorn);
@@ -546,7 +573,7 @@ Status launch_cluster(const HcClusterParams& p, int cluster, bool head, HcSinkho
   attribute[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(cluster));
-  config.blockDim = dim3(static_cast<unsigned>(cluster_threads(p.s.dim, cluster)));
+  config.blockDim = dim3(static_cast<unsigned>(cluster_threads(p.s.dim, cluster, head)));
   config.stream = stream;
   config.attrs = attribute;
   config.numAttrs = pdl_enabled() ? 2 : 1;

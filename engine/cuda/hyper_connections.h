@@ -6,13 +6,13 @@
 // hc_pre and hc_head run, where they can, as one thread-block cluster (4, 8 or 16
 // blocks, HcPreOptions): every block loads its slice of the state, the slices' sums of
 // squares meet through distributed shared memory and are added in a fixed order in
-// double, block 0 runs the Sinkhorn beside the weighted stream sum, and every block
+// double, a warp of block 0 runs the Sinkhorn beside the weighted stream sum, and every block
 // writes its slice of the normalised sublayer input. Results are deterministic (no
 // atomics); they equal the single-block kernel's except where the differently ordered
 // double sums of squares round to another float (a relative difference of about 1e-7
 // or none). The single-block kernel runs where the cluster kernel does not apply: a
 // stream count other than 4, a dim not divisible by 4 x the cluster size or over
-// 4096 x the cluster size, state or output not 16-byte aligned, a device below sm_90 or
+// 3968 x the cluster size, state, output or norm weight not 16-byte aligned, a device below sm_90 or
 // without cluster launch, or a cluster the device cannot hold (hc_pre_cluster_size).
 // scale, base and norm_weight are weights: read before the PDL wait (cuda/launch.h).
 //
@@ -48,9 +48,10 @@ inline HcShape hc_shape(const ModelConfig& c) {
 Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, const HcShape& s,
                        float* x, cudaStream_t stream);
 
-// The Sinkhorn of the cluster kernel (both give the CPU reference's bits): one comb
-// entry per lane with shuffles for the row and column sums (kShuffle), or all 16
-// entries in every lane's registers, no shuffles (kRegisters).
+// The Sinkhorn of the cluster kernel, both with the CPU reference's operations in its
+// order (the same bits as each other and as the single-block kernel's): one comb entry
+// per lane with shuffles for the row and column sums (kShuffle), or all 16 entries in
+// every lane's registers, no shuffles (kRegisters).
 enum class HcSinkhorn { kShuffle, kRegisters };
 
 // Which hc_pre / hc_head kernel a launch runs.

@@ -1174,7 +1174,8 @@ void bench_hc_pre_kernels(std::mt19937& rng, int dim) {
   }
   // The Sinkhorn's share: hc_pre alone with 1 iteration instead of 20.
   bench.set_sinkhorn_iters(1);
-  for (const HcPreOptions& o : {single, HcPreOptions{8, HcSinkhorn::kShuffle}, HcPreOptions{8, HcSinkhorn::kRegisters}}) {
+  const HcPreOptions one_iteration[] = {single, {8, HcSinkhorn::kShuffle}, {8, HcSinkhorn::kRegisters}};
+  for (const HcPreOptions& o : one_iteration) {
     auto pre = bench.make_chain();
     cudaGraphExec_t gpre = nullptr;
     st = bench.record(*pre, true, true, o, &gpre);
