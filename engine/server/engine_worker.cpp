@@ -140,6 +140,23 @@ void EngineWorker::admit(const std::shared_ptr<GenerationJob>& job) {
                                   : bad_request("request cancelled before it started")));
     return;
   }
+  Status submitted;
+  // Nothing may escape the worker thread: an exception would end the process.
+  try {
+    submitted = start_job(job);
+  } catch (const std::exception& error) {
+    submitted = Status::Error(std::string("internal error: ") + error.what());
+  }
+  if (!submitted.ok()) {
+    forget_running(job.get(), nullptr);
+    std::fprintf(stderr, "ds4-server: request failed: %s\n", submitted.message().c_str());
+    job->publish(failure(engine_failure(submitted.message())));
+  }
+}
+
+// Submits `job` to the scheduler with a sink that assembles and publishes its
+// output and a callback that completes it.
+Status EngineWorker::start_job(const std::shared_ptr<GenerationJob>& job) {
   auto running = std::make_shared<Running>(job);
   GenerateRequest request = job->prepared.generate;
   request.cancel = &job->cancel;
@@ -154,18 +171,7 @@ void EngineWorker::admit(const std::shared_ptr<GenerationJob>& job) {
     return !running->output.tool_calls_done() && !job.cancel.load();
   };
   auto done = [this, running](Result<GenerateResult> generated) { complete(*running, std::move(generated)); };
-  Status submitted;
-  // Nothing may escape the worker thread: an exception would end the process.
-  try {
-    submitted = scheduler_->submit(std::move(request), std::move(sink), std::move(done));
-  } catch (const std::exception& error) {
-    submitted = Status::Error(std::string("internal error: ") + error.what());
-  }
-  if (!submitted.ok()) {
-    forget_running(job.get(), nullptr);
-    std::fprintf(stderr, "ds4-server: request failed: %s\n", submitted.message().c_str());
-    job->publish(failure(engine_failure(submitted.message())));
-  }
+  return scheduler_->submit(std::move(request), std::move(sink), std::move(done));
 }
 
 // One scheduler step. An exception from a job's output handling ends every running

@@ -49,6 +49,7 @@ class EngineWorker {
   struct Running;
   void run();
   void admit(const std::shared_ptr<GenerationJob>& job);
+  Status start_job(const std::shared_ptr<GenerationJob>& job);
   void step();
   void complete(Running& running, Result<GenerateResult> generated);
   void forget_running(const GenerationJob* job, bool* stopping);
