@@ -39,14 +39,15 @@ struct Visible {
   bool use_selection;
 };
 
-__device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int pos) {
+// `active`: the indexer's gate flag (read only in ratio-4 layers).
+__device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int pos, int active) {
   Visible v;
   v.nraw = min(pos + 1, p.window);
   int ncomp = 0;
   v.use_selection = false;
   if (p.ratio == 4) {
     const int nc = (pos + 1) / 4;
-    v.use_selection = *p.active != 0;
+    v.use_selection = active != 0;
     ncomp = v.use_selection ? p.topk : nc;
   } else if (p.ratio > 0) {
     ncomp = (pos + 1) / p.ratio;
@@ -54,6 +55,10 @@ __device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int po
   if (ncomp > p.max_comp_rows) ncomp = static_cast<int>(p.max_comp_rows);
   v.n = min(v.nraw + ncomp, p.max_visible);
   return v;
+}
+
+__device__ __forceinline__ Visible visible_rows(const AttentionLaunch& p, int pos) {
+  return visible_rows(p, pos, p.ratio == 4 ? *p.active : 0);
 }
 
 // Block (head h, split j): scores of rows [j*chunk, (j+1)*chunk), their local max m,
@@ -352,13 +357,14 @@ __host__ __device__ __forceinline__ int splits_in_use(const AttentionLaunch& p, 
 }
 
 constexpr int kQVecPerLane = 8;  // q rows of up to 8 * 32 * 4 = 1024 values
+constexpr int kMaxRopePairs = 256;  // the fused kernel's RoPE frequencies in shared memory
 
 // Head h's q row post by one warp into dst (and `also` when set): RMSNorm without weight
 // and RoPE of the tail, with row_post_warp_kernel's arithmetic (cuda/row_ops.cu): lane l
 // holds the float4s l, l + 32, ...; the sum of squares in double, reduced over the warp
 // in the same order; the same float expressions.
-__device__ __forceinline__ void q_row_post(const AttentionLaunch& p, int h, float rope_pos, int lane, float* dst,
-                                           float* also) {
+__device__ __forceinline__ void q_row_post(const AttentionLaunch& p, const float* freqs, int h, float rope_pos,
+                                           int lane, float* dst, float* also) {
   const int D = p.head_dim, nvec = D / 4;
   const float4* in = reinterpret_cast<const float4*>(p.q + static_cast<int64_t>(h) * D);
   float4 v[kQVecPerLane];
@@ -394,8 +400,8 @@ __device__ __forceinline__ void q_row_post(const AttentionLaunch& p, int h, floa
       const int i = lane + 32 * j;
       if (i < nvec && 4 * i + 3 >= tail) {
         const int e = 4 * i;
-        if (e >= tail) rope_pair(&v[j].x, &v[j].y, rope_pos, p.rope_freqs[(e - tail) / 2], false);
-        rope_pair(&v[j].z, &v[j].w, rope_pos, p.rope_freqs[(e + 2 - tail) / 2], false);
+        if (e >= tail) rope_pair(&v[j].x, &v[j].y, rope_pos, freqs[(e - tail) / 2], false);
+        rope_pair(&v[j].z, &v[j].w, rope_pos, freqs[(e + 2 - tail) / 2], false);
       }
     }
   }
@@ -414,11 +420,11 @@ __device__ __forceinline__ void q_row_post(const AttentionLaunch& p, int h, floa
 // Head h's output pair (i, i + 1) from its combined sums: divided by the softmax total,
 // the inverse RoPE where the pair lies in the tail, stored. attention_combine_kernel's
 // arithmetic.
-__device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, int h, int i, float2 sum, float total,
-                                                  int pos) {
+__device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, const float* freqs, int h, int i,
+                                                  float2 sum, float total, int pos) {
   float2 o = make_float2(sum.x / total, sum.y / total);
   const int tail = p.head_dim - p.rope_dim;  // even: attention_fused_applies
-  if (i >= tail) rope_pair(&o.x, &o.y, static_cast<float>(pos), p.rope_freqs[(i - tail) / 2], true);
+  if (i >= tail) rope_pair(&o.x, &o.y, static_cast<float>(pos), freqs[(i - tail) / 2], true);
   *reinterpret_cast<float2*>(p.out + static_cast<int64_t>(h) * p.head_dim + i) = o;
 }
 
@@ -431,6 +437,14 @@ __device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, int 
 // attention_combine_kernel), so the results are the same bits.
 template <int kGroupHeads>
 __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaunch p) {
+  // Before the wait: weights only (the RoPE frequencies, the group's sinks).
+  __shared__ float s_freq[kMaxRopePairs];
+  for (int i = threadIdx.x; i < p.rope_dim / 2; i += kThreads) s_freq[i] = p.rope_freqs[i];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = blockIdx.x, group = blockIdx.y, h0 = group * kGroupHeads;
+  const int nh = min(kGroupHeads, p.heads - h0);
+  const float sink = warp < nh && lane == 0 ? p.sinks[h0 + warp] : 0.0f;
+  __syncthreads();  // s_freq complete
   pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char group_shared[];
@@ -442,21 +456,26 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
   float* factor = probs + kGroupHeads * cap;                                        // [G][splits]
   __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads], s_total[kGroupHeads], s_factor[kGroupHeads];
   __shared__ int s_last;
-  const int j = blockIdx.x, group = blockIdx.y, h0 = group * kGroupHeads;
-  const int nh = min(kGroupHeads, p.heads - h0);
   const int pos = *p.pos;
-  const Visible vis = visible_rows(p, pos);
+  const int active = p.ratio == 4 ? *p.active : 0;
+  const Visible vis = visible_rows(p, pos, active);
   const int used = splits_in_use(p, vis.n);
   if (j >= used) return;  // fit_splits: a split without rows
   const int chunk = (vis.n + used - 1) / used;
   const int r0 = j * chunk;
   const int nr = max(0, min(vis.n, r0 + chunk) - r0);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
+  // The row table first, each row's lines asked into L2 at once (the score loop then
+  // finds them there), while the q rows load and go through their post.
+  for (int r = threadIdx.x; r < nr; r += kThreads) {
+    const float* row = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
+    rows[r] = row;
+    prefetch_l2_range(row, sizeof(float) * static_cast<int64_t>(D), 0, 1, 64);
+  }
   if (p.q_norm_rope) {
     if (warp < nh) {
       float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
-      q_row_post(p, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
+      q_row_post(p, s_freq, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
     } else if (warp < kGroupHeads) {
       for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
     }
@@ -465,9 +484,6 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
       q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
     }
   }
-  for (int r = threadIdx.x; r < nr; r += kThreads) {
-    rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
-  }
   __syncthreads();
   group_scores<kGroupHeads>(p, rows, q, probs, cap, nr, r0, pos, vis, lane, warp);
   __syncthreads();
@@ -475,7 +491,6 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
   const bool single = p.fold_combine && used == 1;
   if (single && warp < nh && lane == 0) {
     // attention_combine_kernel with one split.
-    const float sink = p.sinks[h0 + warp];
     const float mj = s_max[warp];
     const float m = fmaxf(sink, mj);
     float z = expf(sink - m);
@@ -499,7 +514,7 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
           sum.x += f * acc[g].x;
           sum.y += f * acc[g].y;
         }
-        store_output_pair(p, h0 + g, i, sum, s_total[g], pos);
+        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
       } else {
         float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
         ws[i] = acc[g].x;
@@ -530,7 +545,6 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
   if (warp < nh && lane == 0) {
     // attention_combine_kernel's factors and total for head h0 + warp.
     const float* ws = partials + static_cast<int64_t>(h0 + warp) * p.splits * (D + 2);
-    const float sink = p.sinks[h0 + warp];
     float m = sink;
     for (int s = 0; s < used; ++s) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
     float z = expf(sink - m);
@@ -554,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
           sum.y += f * __ldcg(ws + s * (D + 2) + i + 1);
         }
       }
-      store_output_pair(p, h0 + g, i, sum, s_total[g], pos);
+      store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
     }
   }
 }
@@ -641,6 +655,7 @@ int attention_head_group(const AttentionLaunch& p) {
 
 bool attention_fused_applies(const AttentionLaunch& p) {
   return attention_uses_head_groups(p) && p.rope_dim >= 0 && p.rope_dim % 2 == 0 && p.rope_dim <= p.head_dim &&
+         p.rope_dim / 2 <= kMaxRopePairs &&
          reinterpret_cast<uintptr_t>(p.out) % 8 == 0 && fused_shared_bytes(p, group_heads(p)) <= 96 * 1024;
 }
 
@@ -694,7 +709,7 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
       return Status::Error("attention: the fused kernel cannot run this launch (head_dim " +
                            std::to_string(p.head_dim) + ", rope_dim " + std::to_string(p.rope_dim) +
                            ", splits " + std::to_string(p.splits) +
-                           "): it needs the head-group kernel, an even rope_dim, an 8-byte aligned output "
+                           "): it needs the head-group kernel, an even rope_dim up to 512, an 8-byte aligned output "
                            "and its shared memory within 96 KiB");
     }
     if (p.q_norm_rope && !attention_folds_q_post(p)) {

@@ -100,7 +100,8 @@ inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {
 }
 
 // True when the fused head-group kernel (q_norm_rope, fold_combine, fit_splits) can run
-// `launch` (the head-group kernel applies, rope_dim is even, and q / out are 8-byte aligned).
+// `launch` (the head-group kernel applies, rope_dim is even and at most 512, out is 8-byte
+// aligned, and its shared memory fits).
 bool attention_fused_applies(const AttentionLaunch& launch);
 
 // True when attention_fused_applies() and the q row post can be folded in: head_dim a
