@@ -30,6 +30,7 @@ constexpr int kDigitBytes = 1024;       // one row's digits of one 256-column bl
 constexpr int kMinBytes = 64;           // one row's Q2_K minimum sums of one block: [t][4 words]
 constexpr int kXRowStride = kDigitBytes + 16;  // shared memory: rows 16 bytes apart in banks
 constexpr int kTableWords = cuda_detail::kIq2xxsCompactWords;
+constexpr int kLaneTableBytes = kTableWords * 32 * 4;  // one copy of the table per bank
 
 // The workspace of `rows` rows of `blocks` 256-column blocks: digits, then the scales s_b
 // (f32), then the minimum sums (f16 hi / lo pairs).
@@ -256,11 +257,13 @@ __device__ void find_group_tile(const Params& p, int tile, int* s_scan, int* s_g
 
 // A fragment registers of one IQ2_XXS row and chunk: `lo` = weights 8t..8t+3, `hi` =
 // 8t+4..8t+7 as int8 (compact selector table in shared memory); returns 2S + 1.
+// STRIDE: 1 for the table itself, 32 for a lane's copy among per-bank copies.
+template <int STRIDE>
 __device__ __forceinline__ int iq2_row_fragment(uint2 q, const uint32_t* table, uint32_t grid_byte, int sign_shift,
                                                 uint32_t* lo, uint32_t* hi) {
   const uint32_t gi = prmt(q.x, 0, grid_byte);
   const uint32_t si = (q.y >> sign_shift) & 127u;
-  const uint32_t s = table[gi] | table[256 + si];
+  const uint32_t s = table[gi * STRIDE] | table[(256 + si) * STRIDE];
   *lo = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
   *hi = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
   return static_cast<int>((q.y >> 27) | 1u);
@@ -273,13 +276,18 @@ __device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0
   return static_cast<int64_t>(group) * p.rows + row0 + (PAIRED ? (r & 63) : r);
 }
 
-template <GgmlType T, bool PAIRED>
-__global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
+// LANE_TABLES: the IQ2_XXS selector table one copy per bank at the start of dynamic shared
+// memory (conflict-free lookups), else one compact copy in static shared memory.
+// MIN_BLOCKS: resident blocks per multiprocessor the kernel is compiled for (2: at most
+// 128 registers, the chunk loop partly unrolled; 1: unrolled).
+template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Params p) {
   using S = StageLayout<T>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  constexpr int kStride = LANE_TABLES ? 32 : 1;
   extern __shared__ float4 smem4[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>(smem4);
-  __shared__ uint32_t s_table[kIq2 ? kTableWords : 1];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(smem4) + (LANE_TABLES ? kLaneTableBytes : 0);
+  __shared__ uint32_t s_compact[kIq2 && !LANE_TABLES ? kTableWords : 1];
   __shared__ int s_scan[kThreads];
   __shared__ int s_group, s_tile;
   __shared__ int s_xrow[kBN];
@@ -297,8 +305,13 @@ __global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
     const int a = a_begin + tid;
     s_xrow[tid] = a < a_end ? (p.x_rows ? p.x_rows[a] : a) : -1;
   }
-  if constexpr (kIq2) {
-    for (int i = tid; i < kTableWords; i += kThreads) s_table[i] = g_em_selectors[i];
+  const uint32_t* table = s_compact;
+  if constexpr (kIq2 && LANE_TABLES) {
+    uint32_t* copies = reinterpret_cast<uint32_t*>(smem4);
+    for (int e = warp; e < kTableWords; e += kThreads / 32) copies[e * 32 + lane] = g_em_selectors[e];
+    table = copies + lane;
+  } else if constexpr (kIq2) {
+    for (int i = tid; i < kTableWords; i += kThreads) s_compact[i] = g_em_selectors[i];
   }
   __syncthreads();
 
@@ -392,7 +405,7 @@ __global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
         }
       }
     }
-#pragma unroll(kIq2 ? 1 : 2)
+#pragma unroll(MIN_BLOCKS == 1 ? 8 : kIq2 ? 1 : 2)
     for (int c = 0; c < 8; ++c) {
       uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
       int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
@@ -403,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
           const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
           if constexpr (kIq2) {
             const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
-            s2[m][r] = iq2_row_fragment(q, s_table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
+            s2[m][r] = iq2_row_fragment<kStride>(q, table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
           } else {
             const int hh = c >> 2, j = c & 3;
             const uint2 q = *reinterpret_cast<const uint2*>(row + 16 + 32 * hh + 8 * t);
@@ -522,18 +535,36 @@ __global__ void __launch_bounds__(kThreads, 2) expert_matmul_kernel(Params p) {
 }
 
 using ProductFn = void (*)(Params);
-constexpr ProductFn kGateUpKernel = expert_matmul_kernel<GgmlType::IQ2_XXS, true>;
-constexpr ProductFn kDownKernel = expert_matmul_kernel<GgmlType::Q2_K, false>;
 
-// One-time setup state: the kernels' static shared memory (read at init).
+// The kernel variants: [gate+up 0 / down 1][lane tables][one block per SM].
+struct Variant {
+  ProductFn fn;
+  int dynamic_shared;  // bytes
+  int static_shared;   // bytes (read at init)
+  bool usable;         // fits the device's shared memory
+};
+
+constexpr int kVariants = 6;
+
+int variant_index(bool paired, bool lane_tables, bool one_block) {
+  return paired ? (lane_tables ? 2 : 0) + (one_block ? 1 : 0) : 4 + (one_block ? 1 : 0);
+}
+
 struct InitState {
   Status status;
-  int gate_up_static = 0;
-  int down_static = 0;
+  Variant variants[kVariants];
 };
 
 InitState& init_state() {
-  static InitState s;
+  static InitState s{Status::Ok(),
+                     {{expert_matmul_kernel<GgmlType::IQ2_XXS, true, false, 2>, StageLayout<GgmlType::IQ2_XXS>::kTotal},
+                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, false, 1>, StageLayout<GgmlType::IQ2_XXS>::kTotal},
+                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, true, 2>,
+                       StageLayout<GgmlType::IQ2_XXS>::kTotal + kLaneTableBytes},
+                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, true, 1>,
+                       StageLayout<GgmlType::IQ2_XXS>::kTotal + kLaneTableBytes},
+                      {expert_matmul_kernel<GgmlType::Q2_K, false, false, 2>, StageLayout<GgmlType::Q2_K>::kTotal},
+                      {expert_matmul_kernel<GgmlType::Q2_K, false, false, 1>, StageLayout<GgmlType::Q2_K>::kTotal}}};
   return s;
 }
 
@@ -548,24 +579,31 @@ Status init_once(InitState* s) {
   if (copied == cudaSuccess) copied = cudaStreamSynchronize(stream);
   cudaStreamDestroy(stream);
   DS4_RETURN_IF_ERROR(cuda_status(copied, "uploading the IQ2_XXS selector table (expert matmul)"));
-  cudaFuncAttributes a{};
-  DS4_CUDA_TRY(cudaFuncGetAttributes(&a, kGateUpKernel));
-  s->gate_up_static = static_cast<int>(a.sharedSizeBytes);
-  DS4_CUDA_TRY(cudaFuncGetAttributes(&a, kDownKernel));
-  s->down_static = static_cast<int>(a.sharedSizeBytes);
-  const int room = max_shared_per_block();
-  if (StageLayout<GgmlType::IQ2_XXS>::kTotal + s->gate_up_static <= room) {
-    DS4_CUDA_TRY(cudaFuncSetAttribute(kGateUpKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      StageLayout<GgmlType::IQ2_XXS>::kTotal));
-  }
-  if (StageLayout<GgmlType::Q2_K>::kTotal + s->down_static <= room) {
-    DS4_CUDA_TRY(cudaFuncSetAttribute(kDownKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      StageLayout<GgmlType::Q2_K>::kTotal));
+  for (Variant& v : s->variants) {
+    cudaFuncAttributes a{};
+    DS4_CUDA_TRY(cudaFuncGetAttributes(&a, v.fn));
+    v.static_shared = static_cast<int>(a.sharedSizeBytes);
+    v.usable = v.dynamic_shared + v.static_shared <= max_shared_per_block();
+    if (v.usable) {
+      DS4_CUDA_TRY(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v.dynamic_shared));
+    }
   }
   return Status::Ok();
 }
 
 std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
+
+// The variant `options` select for the launch; an error naming the shared memory when it
+// does not fit the device.
+Result<const Variant*> pick_variant(bool paired, const ExpertMatmulOptions& o) {
+  DS4_RETURN_IF_ERROR(expert_matmul_init());
+  const Variant& v = init_state().variants[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm)];
+  if (!v.usable) {
+    return Status::Error("expert matmul: " + std::to_string(v.dynamic_shared + v.static_shared) +
+                         " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
+  }
+  return &v;
+}
 
 }  // namespace
 
@@ -584,7 +622,7 @@ size_t expert_matmul_workspace_bytes(int64_t cols, int64_t rows) {
   return static_cast<size_t>(workspace_layout(std::max<int64_t>(cols / 256, 0), std::max<int64_t>(rows, 0)).end);
 }
 
-Status expert_matmul_supported(const ExpertMatmulLaunch& l) {
+Status expert_matmul_supported(const ExpertMatmulLaunch& l, const ExpertMatmulOptions& options) {
   if (!l.w) return Status::Error("expert matmul: weight matrix missing");
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
@@ -617,30 +655,23 @@ Status expert_matmul_supported(const ExpertMatmulLaunch& l) {
     return Status::Error("expert matmul: " + std::to_string(w.count) + " x " + std::to_string(w.rows) +
                          " rows are too many");
   }
+  if (reinterpret_cast<uintptr_t>(l.x) % 16 != 0 || l.x_stride % 4 != 0 || l.x_stride < w.cols) {
+    return Status::Error("expert matmul: x rows are not 16-byte aligned with at least " + std::to_string(w.cols) +
+                         " columns (stride " + std::to_string(l.x_stride) + ")");
+  }
   if (!l.group_offsets) return Status::Error("expert matmul: group_offsets missing (grouped mode only)");
   if (l.n_groups <= 0 || l.n_groups > w.count) {
     return Status::Error("expert matmul: " + std::to_string(l.n_groups) + " groups for " + std::to_string(w.count) +
                          " matrices");
   }
-  DS4_RETURN_IF_ERROR(expert_matmul_init());
-  const int need = paired ? StageLayout<GgmlType::IQ2_XXS>::kTotal + init_state().gate_up_static
-                          : StageLayout<GgmlType::Q2_K>::kTotal + init_state().down_static;
-  if (need > max_shared_per_block()) {
-    return Status::Error("expert matmul: " + std::to_string(need) + " bytes of shared memory needed, the device allows " +
-                         std::to_string(max_shared_per_block()));
-  }
-  return Status::Ok();
+  return pick_variant(paired, options).status();
 }
 
-Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream) {
-  DS4_RETURN_IF_ERROR(expert_matmul_supported(l));
+Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, const ExpertMatmulOptions& options) {
+  DS4_RETURN_IF_ERROR(expert_matmul_supported(l, options));
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
   if (!l.x || !l.y) return Status::Error("expert matmul: x or y missing");
-  if (reinterpret_cast<uintptr_t>(l.x) % 16 != 0 || l.x_stride % 4 != 0 || l.x_stride < w.cols) {
-    return Status::Error("expert matmul: x rows are not 16-byte aligned with at least " + std::to_string(w.cols) +
-                         " columns (stride " + std::to_string(l.x_stride) + ")");
-  }
   if (l.y_stride < w.rows) {
     return Status::Error("expert matmul: y stride " + std::to_string(l.y_stride) + " is below the " +
                          std::to_string(w.rows) + " output rows");
@@ -653,6 +684,8 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream) {
                          std::to_string(l.n_tokens) + " assignments (without x_rows: at least n_tokens)");
   }
   if (l.n_tokens == 0 || l.x_pool_rows == 0) return Status::Ok();
+  auto variant = pick_variant(paired, options);
+  DS4_RETURN_IF_ERROR(variant.status());
   const int64_t blocks = w.cols / 256;
   const WorkspaceLayout wl = workspace_layout(blocks, l.x_pool_rows);
   uint8_t* ws = static_cast<uint8_t*>(l.workspace);
@@ -698,11 +731,7 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream) {
   const int64_t row_tiles = w.rows / (paired ? kBM / 2 : kBM);
   if (token_tiles > INT32_MAX || row_tiles > 65535) return Status::Error("expert matmul: grid too large");
   const dim3 grid(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles));
-  if (paired) {
-    kGateUpKernel<<<grid, kThreads, StageLayout<GgmlType::IQ2_XXS>::kTotal, stream>>>(p);
-  } else {
-    kDownKernel<<<grid, kThreads, StageLayout<GgmlType::Q2_K>::kTotal, stream>>>(p);
-  }
+  (*variant)->fn<<<grid, kThreads, (*variant)->dynamic_shared, stream>>>(p);
   return cuda_status(cudaGetLastError(), paired ? "expert matmul: gate+up launch" : "expert matmul: down launch");
 }
 

@@ -36,7 +36,8 @@
 // (Q2_K: |w_e| read as |d sc q| + |dmin m|), before the SwiGLU: the bound of
 // cuda/expert_matvec.h's tensor-core kernels, plus for Q2_K the minimums' hi + lo split
 // (2^-16 2^E_b <= 2^-15 max_b |x| per unit of m). A non-finite value in a 256-column
-// block of x makes every output that reads the block NaN.
+// block of x makes every product that reads the block NaN (down: the output; gate+up: the
+// SwiGLU then gives what it gives NaN inputs, e.g. -inf without a limit).
 //
 // Launches never synchronise with the host and allocate nothing; the grid is sized on the
 // host from n_tokens (an upper bound of the assignments) and n_groups, blocks without
@@ -80,19 +81,33 @@ struct ExpertMatmulLaunch {
   int64_t x_pool_rows = 0;
 };
 
+// Tuning variants (the benchmarks of tests/cuda/expert_matmul_test.cu compare them; the
+// defaults are the expected fastest). Every variant computes the same values in the same
+// order: outputs are bit-identical across variants.
+struct ExpertMatmulOptions {
+  // gate+up: the IQ2_XXS selector table one copy per shared-memory bank (48 KiB more per
+  // block, conflict-free lookups; refused where the device's shared memory is too small)
+  // instead of one compact 1.5 KiB copy.
+  bool lane_tables = false;
+  // Kernels compiled for one resident block per multiprocessor (up to 255 registers, the
+  // chunk loop unrolled) instead of two (128 registers).
+  bool one_block_per_sm = false;
+};
+
 // Bytes of the workspace for `rows` rows of x of `cols` columns.
 size_t expert_matmul_workspace_bytes(int64_t cols, int64_t rows);
 
 // Ok when these kernels handle the launch's types and shapes (paired IQ2_XXS gate and up
 // of one shape, or unpaired Q2_K; cols a multiple of 256; rows a multiple of 64 paired,
-// 128 unpaired; grouped mode; the device's shared memory holds the kernel), else an error
-// naming what does not fit. Callers fall back to cuda/matmul.h where it is not Ok.
-Status expert_matmul_supported(const ExpertMatmulLaunch& launch);
+// 128 unpaired; grouped mode; x and x_stride 16-byte aligned; the device's shared memory
+// holds the kernel), else an error naming what does not fit. Callers fall back to cuda/matmul.h where it is not Ok.
+Status expert_matmul_supported(const ExpertMatmulLaunch& launch, const ExpertMatmulOptions& options = {});
 
 // The products above: the pre-pass over x's rows, then the product kernel. Errors: an
 // unsupported launch (as expert_matmul_supported), missing or misaligned pointers, a
 // workspace missing, a failed launch.
-Status launch_expert_matmul(const ExpertMatmulLaunch& launch, cudaStream_t stream);
+Status launch_expert_matmul(const ExpertMatmulLaunch& launch, cudaStream_t stream,
+                            const ExpertMatmulOptions& options = {});
 
 // One-time setup (IQ2_XXS selector table to the device, shared-memory limits); idempotent.
 Status expert_matmul_init();

@@ -12,6 +12,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device_math.cuh"
 #include "cuda/device_sequence.h"
+#include "cuda/expert_matmul.h"
 #include "cuda/forward.h"
 #include "cuda/hyper_connections.h"
 #include "cuda/matmul.h"
@@ -82,6 +83,22 @@ bool use_staged() {
   static const bool on = [] {
     const char* v = std::getenv("DS4_CUDA_PREFILL_STAGED");
     return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+
+// Whether the routed experts' grouped products run the integer tensor-core kernels of
+// cuda/expert_matmul.h (where their shapes apply: IQ2_XXS gate/up, Q2_K down, columns a
+// multiple of 256; else the tensor-core matmul as before): DS4_CUDA_PREFILL_EXPERTS unset,
+// empty or "int8" selects them (the default), "exact" keeps the matmul kernels (kExact, or
+// DS4_CUDA_PREFILL_PRECISION's). Read once; another value fails the prefill with an error
+// naming it.
+Result<bool> use_int8_experts() {
+  static const Result<bool> on = []() -> Result<bool> {
+    const char* v = std::getenv("DS4_CUDA_PREFILL_EXPERTS");
+    if (v == nullptr || *v == '\0' || std::string(v) == "int8") return true;
+    if (std::string(v) == "exact") return false;
+    return Status::Error("DS4_CUDA_PREFILL_EXPERTS: '" + std::string(v) + "' (expected int8 or exact)");
   }();
   return on;
 }
@@ -173,6 +190,39 @@ Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st
   return cuda_status(cudaGetLastError(), "SwiGLU of the split gate/up products");
 }
 
+// A routed-expert grouped product (paired gate/up, or down): on the integer tensor-core
+// kernels where selected and applicable (their digits in `workspace`, for `pool_rows`
+// rows of x), else as before: paired through paired_matmul (`up_rows` for its unpaired
+// fallback), unpaired through launch_matmul.
+Status expert_product(const MatmulLaunch& l, void* workspace, int64_t pool_rows, float* up_rows, cudaStream_t st) {
+  const Result<bool> int8_experts = use_int8_experts();
+  DS4_RETURN_IF_ERROR(int8_experts.status());
+  if (int8_experts.value() && workspace) {
+    ExpertMatmulLaunch e;
+    e.w = l.w;
+    e.w_up = l.w_up;
+    e.x = l.x;
+    e.x_stride = l.x_stride;
+    e.y = l.y;
+    e.y_stride = l.y_stride;
+    e.n_tokens = l.n_tokens;
+    e.swiglu_limit = l.swiglu_limit;
+    e.accumulate = l.accumulate;
+    e.group_offsets = l.group_offsets;
+    e.n_groups = l.n_groups;
+    e.x_rows = l.x_rows;
+    e.row_scale = l.row_scale;
+    e.workspace = workspace;
+    e.x_pool_rows = pool_rows;
+    if (expert_matmul_supported(e).ok()) return launch_expert_matmul(e, st);
+  }
+  if (l.w_up) return paired_matmul(l, up_rows, st);
+  MatmulLaunch d = l;
+  DS4_RETURN_IF_ERROR(set_precision(&d));
+  if (!matmul_fits(d)) d.token_tile = 32;
+  return launch_matmul(d, st);
+}
+
 }  // namespace
 
 Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
@@ -220,10 +270,19 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
     k.take(&w.hs, T * c.expert_ffn);
     k.take(&w.hs_up, T * c.expert_ffn);
     k.take(&w.ya, A * c.dim);
+    // One workspace for the routed experts' products, which run one after the other on
+    // one stream: the staged kernels' split activations and the integer kernels' digits.
+    size_t split_bytes = 0;
     if (use_staged()) {
-      const size_t split_bytes = std::max(matmul_split_workspace_bytes(c.dim, T), matmul_split_workspace_bytes(c.expert_ffn, A));
-      k.take(&w.split, static_cast<int64_t>(split_bytes / sizeof(float)) + 1);
+      split_bytes = std::max(matmul_split_workspace_bytes(c.dim, T), matmul_split_workspace_bytes(c.expert_ffn, A));
     }
+    const Result<bool> int8_experts = use_int8_experts();
+    DS4_RETURN_IF_ERROR(int8_experts.status());
+    if (int8_experts.value()) {
+      split_bytes = std::max({split_bytes, expert_matmul_workspace_bytes(c.dim, T),
+                              expert_matmul_workspace_bytes(c.expert_ffn, A)});
+    }
+    if (split_bytes > 0) k.take(&w.split, static_cast<int64_t>(split_bytes / sizeof(float)) + 1);
     k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
     k.take(&w.head_mix, static_cast<int64_t>(H) * c.hc_mult);
     k.take(&w.head, static_cast<int64_t>(H) * c.dim);
@@ -600,11 +659,11 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   gu.n_groups = c.n_experts;
   gu.x_rows = w.x_rows;
   gu.row_scale = w.row_scale;
-  if (w.split) {
+  if (use_staged()) {
     gu.split_workspace = w.split;
     gu.x_pool_rows = n;
   }
-  DS4_RETURN_IF_ERROR(paired_matmul(gu, w.h_up, st));
+  DS4_RETURN_IF_ERROR(expert_product(gu, w.split, n, w.h_up, st));
   stage("experts gate/up");
   MatmulLaunch dn;
   dn.w = &L.down_exps;
@@ -615,13 +674,11 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   dn.n_tokens = assignments;
   dn.group_offsets = w.group_offsets;
   dn.n_groups = c.n_experts;
-  if (w.split) {
+  if (use_staged()) {
     dn.split_workspace = w.split;
     dn.x_pool_rows = assignments;
   }
-  DS4_RETURN_IF_ERROR(set_precision(&dn));
-  if (!matmul_fits(dn)) dn.token_tile = 32;
-  DS4_RETURN_IF_ERROR(launch_matmul(dn, st));
+  DS4_RETURN_IF_ERROR(expert_product(dn, w.split, assignments, nullptr, st));
   stage("experts down");
   DS4_RETURN_IF_ERROR(join(sd, ev_join_, st));
   stage("shared expert (joined)");

@@ -8,12 +8,13 @@
 // assignments: gate/up 2048 x 4096 IQ2_XXS, down 4096 x 2048 Q2_K) with a skewed expert
 // popularity (empty groups, small and large ones) and with one expert in every token.
 // Outputs are NaN-filled before each launch (an unwritten element fails), the row after
-// the last assignment must stay untouched, repeats must agree bit for bit, a non-finite x
+// the last assignment must stay untouched, repeats and the tuning variants
+// (ExpertMatmulOptions) must agree with the default bit for bit, a non-finite x
 // block must give NaN exactly in the outputs that read it, and bad launches are refused
 // with a message. At the real shapes every output is compared with kExact and a sample
 // of assignments (all rows) with the CPU. Then benchmarks at the real shapes: us and
 // effective TOPS (2 rows cols assignments per product) of the new kernels (digit split
-// included) against kExact.
+// included) against kExact, and of each tuning variant.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -289,7 +290,7 @@ struct Case {
 
 // Runs the launch into y (filled with NaN first, or with y0 when accumulating).
 Status run_new(const Case& c, float* y, const float* dx, const int32_t* doff, const int32_t* drows,
-               const float* dscale) {
+               const float* dscale, const ExpertMatmulOptions& options = {}) {
   const bool paired = c.up != nullptr;
   ExpertMatmulLaunch l;
   l.w = &c.w->dev->m;
@@ -308,7 +309,27 @@ Status run_new(const Case& c, float* y, const float* dx, const int32_t* doff, co
   l.x_pool_rows = paired ? c.routing->n_tokens : l.n_tokens;
   l.workspace = workspace(expert_matmul_workspace_bytes(c.w->cols, l.x_pool_rows));
   if (!l.workspace) return Status::Error("workspace allocation failed");
-  return launch_expert_matmul(l, nullptr);
+  return launch_expert_matmul(l, nullptr, options);
+}
+
+// The tuning variants (cuda/expert_matmul.h) other than the default; with `usable`, only
+// those the device holds for this launch's kind (paired or not).
+std::vector<ExpertMatmulOptions> other_variants() {
+  std::vector<ExpertMatmulOptions> out;
+  for (bool lane : {false, true}) {
+    for (bool one : {false, true}) {
+      if (!lane && !one) continue;
+      ExpertMatmulOptions o;
+      o.lane_tables = lane;
+      o.one_block_per_sm = one;
+      out.push_back(o);
+    }
+  }
+  return out;
+}
+
+std::string variant_name(const ExpertMatmulOptions& o) {
+  return std::string(o.lane_tables ? "lane tables" : "compact table") + (o.one_block_per_sm ? ", one block/SM" : "");
 }
 
 Status run_exact(const Case& c, float* y, const float* dx, const int32_t* doff, const int32_t* drows,
@@ -423,6 +444,32 @@ void test_case(const Case& c, int cpu_assignments, std::mt19937& rng) {
     }
     check(differ == 0, name + ": repeated launch differs in " + std::to_string(differ) + " outputs");
   }
+  // The tuning variants: the same bits (down: lane tables do not apply, the same kernel).
+  for (const ExpertMatmulOptions& o : other_variants()) {
+    if (!paired && o.lane_tables) continue;
+    fill(dy2.get());
+    cudaMemcpy(dy2.get() + static_cast<size_t>(total) * rows, sentinel.data(), sizeof(float) * rows,
+               cudaMemcpyHostToDevice);
+    s = run_new(c, dy2.get(), dx.get(), doff.get(), drows.get(), dscale.get(), o);
+    e = cudaDeviceSynchronize();
+    if (!s.ok() && o.lane_tables && max_shared_per_block() < 160 * 1024) {
+      std::printf("  %s: variant %s refused on this device (%s)\n", name.c_str(), variant_name(o).c_str(),
+                  s.message().c_str());
+      continue;
+    }
+    check(s.ok() && e == cudaSuccess, name + ": variant " + variant_name(o) + " failed: " + s.message());
+    if (!s.ok() || e != cudaSuccess) continue;
+    const std::vector<float> y2 = dy2.host();
+    int differ = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      if (std::memcmp(&y[i], &y2[i], 4) != 0 && differ++ < 3) {
+        std::printf("  %s: variant %s differs at assignment %zu row %zu: %.9g, default %.9g\n", name.c_str(),
+                    variant_name(o).c_str(), i / rows, i % rows, y2[i], y[i]);
+      }
+    }
+    check(differ == 0, name + ": variant " + variant_name(o) + " differs from the default in " +
+                           std::to_string(differ) + " outputs");
+  }
 
   // Against the CPU (sampled assignments at the real shapes, all rows).
   const std::vector<int> sample = cpu_sample(r, cpu_assignments);
@@ -496,7 +543,8 @@ void test_case(const Case& c, int cpu_assignments, std::mt19937& rng) {
 }
 
 // A non-finite value in one 256-column block of one x row: exactly the outputs that read
-// that row become NaN (every row of them), the others stay finite.
+// that row become NaN (down) or not finite (gate+up without a limit: the SwiGLU of NaN),
+// every row of them; the others stay finite.
 void test_non_finite(Stack* gate, Stack* up, Stack* down, std::mt19937& rng) {
   const Routing r = routing_from_sizes({3, 0, 5, 1, 0, 2, 4, 1}, 6, rng);
   for (bool paired : {true, false}) {
@@ -523,13 +571,15 @@ void test_non_finite(Stack* gate, Stack* up, Stack* down, std::mt19937& rng) {
       const bool reads = (paired ? r.x_rows[a] : a) == bad_row;
       for (int64_t row = 0; row < rows; ++row) {
         const float v = y[static_cast<size_t>(a) * rows + row];
-        if (reads != std::isnan(v) && wrong++ < 3) {
+        // down: NaN; gate+up (no limit): the SwiGLU of NaN products, not finite.
+        const bool flagged = paired ? !std::isfinite(v) : std::isnan(v);
+        if (reads != flagged && wrong++ < 3) {
           std::printf("  %s: assignment %d row %lld is %g (%s x row %d)\n", name.c_str(), a, static_cast<long long>(row),
                       v, reads ? "reads" : "does not read", bad_row);
         }
       }
     }
-    check(wrong == 0, name + ": " + std::to_string(wrong) + " outputs NaN where they should not be, or not NaN");
+    check(wrong == 0, name + ": " + std::to_string(wrong) + " outputs flagged where they should not be, or not flagged");
   }
 }
 
@@ -622,6 +672,19 @@ void bench(const Case& c) {
   Status s;
   const double us_new = time_us([&] { s = run_new(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get()); }, 10);
   check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench " + c.name + ": " + s.message());
+  for (const ExpertMatmulOptions& o : other_variants()) {
+    if (!paired && o.lane_tables) continue;
+    Status sv;
+    const double us =
+        time_us([&] { sv = run_new(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get(), o); }, 10);
+    cudaDeviceSynchronize();
+    if (!sv.ok()) {
+      std::printf("bench %s variant %s: not run (%s)\n", c.name.c_str(), variant_name(o).c_str(), sv.message().c_str());
+      continue;
+    }
+    std::printf("bench %s variant %s: %.1f us, %.1f TOPS (default %.1f us)\n", c.name.c_str(), variant_name(o).c_str(),
+                us, ops / us * 1e-6, us_new);
+  }
   bool ran = false;
   const double us_exact =
       time_us([&] { s = run_exact(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get(), &ran); }, 10);
