@@ -370,18 +370,14 @@ TcXLayout tc_x_layout(int offset, int64_t values, bool sums) {
   return l;
 }
 
-// x (blocks * 256 values, 16-byte aligned) into the layout above; one warp per block of x.
-// s_b = 2^(E - 30) with max|x| < 2^E (E at least -96, so s_b stays a normal float), a_e =
-// round(x_e / s_b) (x_e / s_b is an exact power-of-two scaling), digits d_L in [-128, 127]
-// with a_e = sum_L d_L 256^L (|a_e| < 2^30 leaves the top digit within [-65, 65]).
-__device__ void tc_quantize_x(const float* x, int blocks, uint8_t* shared, const TcXLayout& l, int warp,
-                              int n_warps, int lane) {
+// Quantizes block b of x (as tc_quantize_x below): this lane's 8 values v0, v1 (x[256 b +
+// 8 lane ..]) into the layout.
+__device__ __forceinline__ void tc_quantize_block(float4 v0, float4 v1, int b, uint8_t* shared, const TcXLayout& l,
+                                                  int lane) {
   uint8_t* planes = shared + l.planes;
   float* scales = reinterpret_cast<float*>(shared + l.scales);
   float* sums = l.sums >= 0 ? reinterpret_cast<float*>(shared + l.sums) : nullptr;
-  for (int b = warp; b < blocks; b += n_warps) {
-    const float4* src = reinterpret_cast<const float4*>(x + b * 256 + lane * 8);
-    const float4 v0 = src[0], v1 = src[1];
+  {
     const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
     float m = 0.0f;
     bool bad = false;
@@ -426,6 +422,26 @@ __device__ void tc_quantize_x(const float* x, int blocks, uint8_t* shared, const
       s += __shfl_xor_sync(0xffffffffu, s, 1);  // the 16 columns of lanes 2G, 2G + 1
       if ((lane & 1) == 0) sums[b * 16 + (lane >> 1)] = s;
     }
+  }
+}
+
+// This lane's 8 values of block b of x.
+__device__ __forceinline__ void tc_load_x_block(const float* x, int b, int lane, float4* v0, float4* v1) {
+  const float4* src = reinterpret_cast<const float4*>(x + b * 256 + lane * 8);
+  *v0 = src[0];
+  *v1 = src[1];
+}
+
+// x (blocks * 256 values, 16-byte aligned) into the layout above; one warp per block of x.
+// s_b = 2^(E - 30) with max|x| < 2^E (E at least -96, so s_b stays a normal float), a_e =
+// round(x_e / s_b) (x_e / s_b is an exact power-of-two scaling), digits d_L in [-128, 127]
+// with a_e = sum_L d_L 256^L (|a_e| < 2^30 leaves the top digit within [-65, 65]).
+__device__ void tc_quantize_x(const float* x, int blocks, uint8_t* shared, const TcXLayout& l, int warp,
+                              int n_warps, int lane) {
+  for (int b = warp; b < blocks; b += n_warps) {
+    float4 v0, v1;
+    tc_load_x_block(x, b, lane, &v0, &v1);
+    tc_quantize_block(v0, v1, b, shared, l, lane);
   }
 }
 
@@ -684,6 +700,54 @@ struct Q2kUnit {
   uint32_t dd[2];        // [row] d | dmin << 16
 };
 
+// One 256-column block xg of x against rows g and g + 8 of a tile (`cur`): the exact integer
+// sum of products, scaled once, minus the minimums' term, added to sum[row] (both down kernels).
+__device__ __forceinline__ void tc_down_block(const Q2kUnit& cur, const uint8_t* bbase, int xg, const float* xsums,
+                                              const float* xscale, int t, int h8, float (&sum)[2]) {
+  // Scale codes of this lane's sub-blocks (t / 2 selects the byte of each pair): bytes 0 and
+  // 2 of scw[r][k] hold the codes of chunks jj = 2 (k & 1) and 2 (k & 1) + 1 of half hh = k / 2.
+  uint32_t scw[2][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) scw[r][k] = (cur.sc[r][k] >> h8) & 0x000F000Fu;
+  }
+  int acc[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    const int hh = c >> 2, jj = c & 3;
+    const uint2 b = tc_b_fragment(bbase, xg * 8 + c);
+    uint32_t a[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // Sub-block 8 hh + 2 jj + t / 2: scale byte 8 hh + 2 jj + t / 2 = word 2 hh + jj / 2,
+      // byte 2 (jj & 1) + t / 2.
+      const uint32_t word = scw[r][2 * hh + (jj >> 1)];
+      const uint32_t sc = (jj & 1) ? (word >> 16) : (word & 0xFFFFu);
+      a[r][0] = ((cur.qs[r][hh][0] >> (2 * jj)) & 0x03030303u) * sc;  // q sc <= 45: no carries
+      a[r][1] = ((cur.qs[r][hh][1] >> (2 * jj)) & 0x03030303u) * sc;
+    }
+    mma_s8(acc, a[0][0], a[1][0], a[0][1], a[1][1], b.x, b.y);
+  }
+  // Minimums: sum over the 16 sub-blocks G of m_G X_G, lane t taking G = 4t..4t+3.
+  const float4 xs4 = *reinterpret_cast<const float4*>(xsums + xg * 16 + 4 * t);
+  const float xs = xscale[xg];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const uint32_t m = (cur.mins[r] >> 4) & 0x0F0F0F0Fu;
+    float msum = cuda_detail::byte_to_float(m, 0) * xs4.x;
+    msum = fmaf(cuda_detail::byte_to_float(m, 1), xs4.y, msum);
+    msum = fmaf(cuda_detail::byte_to_float(m, 2), xs4.z, msum);
+    msum = fmaf(cuda_detail::byte_to_float(m, 3), xs4.w, msum);
+    msum += __shfl_xor_sync(0xffffffffu, msum, 1);
+    msum += __shfl_xor_sync(0xffffffffu, msum, 2);
+    const long long total = tc_row_total(acc[2 * r], acc[2 * r + 1], t);
+    const float d = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] & 0xFFFFu));
+    const float dmin = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] >> 16));
+    sum[r] += fmaf(__ll2float_rn(total), d * xs, -(dmin * msum));
+  }
+}
+
 template <int CB, bool PREFETCH>
 __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDownParams p) {
   extern __shared__ float4 dynamic4[];
@@ -770,50 +834,7 @@ __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDown
       } else {
         fetch(it, j, &cur);
       }
-      // Scale codes of this lane's sub-blocks (t / 2 selects the byte of each pair): bytes
-      // 0 and 2 of scw[r][k] hold the codes of chunks jj = 2 (k & 1) and 2 (k & 1) + 1 of
-      // half hh = k / 2.
-      uint32_t scw[2][4];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) scw[r][k] = (cur.sc[r][k] >> h8) & 0x000F000Fu;
-      }
-      int acc[4] = {0, 0, 0, 0};
-      const int xg = xg0 + j;
-#pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        const int hh = c >> 2, jj = c & 3;
-        const uint2 b = tc_b_fragment(bbase, xg * 8 + c);
-        uint32_t a[2][2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          // Sub-block 8 hh + 2 jj + t / 2: scale byte 8 hh + 2 jj + t / 2 = word 2 hh + jj / 2,
-          // byte 2 (jj & 1) + t / 2.
-          const uint32_t word = scw[r][2 * hh + (jj >> 1)];
-          const uint32_t sc = (jj & 1) ? (word >> 16) : (word & 0xFFFFu);
-          a[r][0] = ((cur.qs[r][hh][0] >> (2 * jj)) & 0x03030303u) * sc;  // q sc <= 45: no carries
-          a[r][1] = ((cur.qs[r][hh][1] >> (2 * jj)) & 0x03030303u) * sc;
-        }
-        mma_s8(acc, a[0][0], a[1][0], a[0][1], a[1][1], b.x, b.y);
-      }
-      // Minimums: sum over the 16 sub-blocks G of m_G X_G, lane t taking G = 4t..4t+3.
-      const float4 xs4 = *reinterpret_cast<const float4*>(xsums + xg * 16 + 4 * t);
-      const float xs = xscale[xg];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t m = (cur.mins[r] >> 4) & 0x0F0F0F0Fu;
-        float msum = cuda_detail::byte_to_float(m, 0) * xs4.x;
-        msum = fmaf(cuda_detail::byte_to_float(m, 1), xs4.y, msum);
-        msum = fmaf(cuda_detail::byte_to_float(m, 2), xs4.z, msum);
-        msum = fmaf(cuda_detail::byte_to_float(m, 3), xs4.w, msum);
-        msum += __shfl_xor_sync(0xffffffffu, msum, 1);
-        msum += __shfl_xor_sync(0xffffffffu, msum, 2);
-        const long long total = tc_row_total(acc[2 * r], acc[2 * r + 1], t);
-        const float d = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] & 0xFFFFu));
-        const float dmin = cuda_detail::half_bits_to_float(static_cast<uint16_t>(cur.dd[r] >> 16));
-        sum[r] += fmaf(__ll2float_rn(total), d * xs, -(dmin * msum));
-      }
+      tc_down_block(cur, bbase, xg0 + j, xsums, xscale, t, h8, sum);
     }
     const int buf = it & 1;
     float* sets = partial + buf * p.rowsets * p.warps * 16;
@@ -830,6 +851,371 @@ __global__ void __launch_bounds__(kTcDownMaxWarps * 32, 2) tc_down_kernel(TcDown
       float* out = p.y + tile * 16 + lane;
       *out = p.accumulate ? *out + v : v;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Staged kernels (ExpertMatvecOptions::staged): the tensor-core kernels' exact integer
+// arithmetic, with each warp streaming its weights into its own shared-memory buffer by
+// cp.async right after the expert ids are known, so that many loads are in flight per
+// multiprocessor at all times and no warp waits for memory between its products.
+//
+// Gate+up: a warp's unit is 8 output rows of one slot, both matrices, all columns. The A
+// fragment's rows g take the gate row g, its rows g + 8 the up row g (lane quad g, as in the
+// tensor-core kernel), so one mma serves both matrices and the warp ends with a row's gate
+// and up sums together: no reduction over warps. The unit streams through a ring of S steps
+// of one 256-column block (8 rows x 64 bytes per matrix, rows padded to 80 bytes so the 8
+// rows a quad column reads fall in distinct banks); the unit's f16 scales (16 bytes per row
+// and 8 blocks) go in with its first step. A row's 256-column block sums are added in
+// column order, starting from zero: the order of the tensor-core kernel with one
+// 256-column block per warp, so the outputs are bit for bit the same.
+// Down: a warp's unit is the tensor-core kernel's (16 rows, CB blocks of one slot); it copies
+// the whole unit at once, one commit group per block, and starts each block's products
+// when that block has landed. Its sums are added exactly as in the tensor-core kernel (same
+// CB, same warp order): bit for bit the same outputs.
+
+constexpr int kStagedMaxWarps = 16;      // gate+up: warps per block
+constexpr int kStagedRowPitch = 80;      // bytes per staged row of one 256-column IQ2_XXS block
+constexpr int kStagedSlotBytes = 2 * 8 * kStagedRowPitch;  // one ring step: gate and up, 8 rows
+constexpr int kStagedMaxBlocks = 32;     // gate+up: 256-column blocks per row (the scale copy: 2 per lane)
+constexpr int kStagedDownMaxWarps = 24;  // down: warps per block (85 registers)
+constexpr int kStagedStaticBytes = 2048;  // room left for the kernels' static shared memory (at most 1792 bytes)
+
+__device__ __forceinline__ uint32_t staged_shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies BYTES (4 or 16) from global memory to shared memory, asynchronously (16-byte copies
+// bypass L1).
+template <int BYTES>
+__device__ __forceinline__ void staged_copy(void* shared, const void* global) {
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(staged_shared_address(shared)), "l"(global)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(staged_shared_address(shared)), "l"(global)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void staged_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most `pending` of this thread's commit groups are still in flight (0..7;
+// a constant wherever the callers' loops are unrolled).
+__device__ __forceinline__ void staged_wait(int pending) {
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+}
+
+// ---- staged gate+up --------------------------------------------------------------------
+
+struct StagedGateUpParams {
+  const uint8_t* g_data;
+  const uint16_t* g_scales;
+  const uint8_t* u_data;
+  const uint16_t* u_scales;
+  int64_t row_bytes;
+  int blocks;       // 256-column blocks per row
+  int rows;         // per expert
+  const float* x;
+  const int32_t* ids;
+  const float* weights;
+  int n_used;
+  float limit;
+  float* y;
+  int units;        // n_used * rows / 8
+  int scale_bufs;   // per warp: 1 + ceil((S - 1) / blocks) (a unit's scales outlive S - 1 steps)
+  TcXLayout xl;
+  int ring_offset;  // bytes into dynamic shared memory: [warps][S][kStagedSlotBytes]
+  int scale_offset; // [warps][scale_bufs][gate, up][8 rows][blocks] f16
+};
+
+template <int S, bool LANE_TABLES>
+__global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel(StagedGateUpParams p) {
+  extern __shared__ float4 dynamic4[];
+  uint8_t* dynamic = reinterpret_cast<uint8_t*>(dynamic4);
+  __shared__ uint32_t compact[LANE_TABLES ? 1 : kTableWords];
+  __shared__ int32_t s_ids[kMaxUsed];
+  __shared__ float s_weights[kMaxUsed];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_warps = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+
+  // The selector table is immutable: staged before the dependency wait.
+  constexpr int kShift = LANE_TABLES ? 7 : 2;
+  const uint8_t* table;
+  if constexpr (LANE_TABLES) {
+    uint32_t* copies = reinterpret_cast<uint32_t*>(dynamic);
+    for (int e = warp; e < kTableWords; e += n_warps) copies[e * 32 + lane] = g_selectors[e];
+    table = reinterpret_cast<const uint8_t*>(copies + lane);
+  } else {
+    for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) compact[i] = g_selectors[i];
+    table = reinterpret_cast<const uint8_t*>(compact);
+  }
+  pdl_wait();
+  // This warp's first block of x is read together with the ids (the two latencies overlap).
+  float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
+  if (warp < p.blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
+  for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
+    s_ids[i] = p.ids[i];
+    s_weights[i] = p.weights ? p.weights[i] : 1.0f;
+  }
+  __syncthreads();
+
+  const int units_per_slot = p.rows / 8;
+  const int total_warps = gridDim.x * n_warps;
+  const int first = warp * gridDim.x + blockIdx.x;  // this warp's first unit; then + total_warps
+  const int my_units = first < p.units ? (p.units - first + total_warps - 1) / total_warps : 0;
+  const int steps = my_units * p.blocks;
+  uint8_t* ring = dynamic + p.ring_offset + warp * (S * kStagedSlotBytes);
+  const int scale_buf_bytes = 32 * p.blocks;
+  uint8_t* scale_bufs = dynamic + p.scale_offset + warp * (p.scale_bufs * scale_buf_bytes);
+
+  // The copies of the next step (unit issue_k, block issue_j) into ring slot `slot`; one
+  // commit group per step, empty past the last.
+  int issue_k = 0, issue_j = 0, issue_buf = 0;
+  int64_t issue_row = 0;  // the unit's first row among all of the stack's rows
+  const int copy_row = lane >> 2, copy_part = lane & 3;
+  const auto issue = [&](int slot) {
+    if (issue_k < my_units) {
+      if (issue_j == 0) {
+        const int u = first + issue_k * total_warps;
+        const int s = u / units_per_slot;
+        issue_row = static_cast<int64_t>(s_ids[s]) * p.rows + (u - s * units_per_slot) * 8;
+        uint8_t* sb = scale_bufs + issue_buf * scale_buf_bytes;
+        for (int q = lane; q < 2 * p.blocks; q += 32) {  // 8 rows x blocks f16 per matrix: blocks x 16 bytes
+          const int m = q >= p.blocks ? 1 : 0;
+          const int piece = q - m * p.blocks;
+          staged_copy<16>(sb + m * 16 * p.blocks + piece * 16,
+                          (m ? p.u_scales : p.g_scales) + issue_row * p.blocks + piece * 8);
+        }
+        issue_buf = issue_buf + 1 == p.scale_bufs ? 0 : issue_buf + 1;
+      }
+      const int64_t off = (issue_row + copy_row) * p.row_bytes + issue_j * 64 + copy_part * 16;
+      uint8_t* dst = ring + slot * kStagedSlotBytes + copy_row * kStagedRowPitch + copy_part * 16;
+      staged_copy<16>(dst, p.g_data + off);
+      staged_copy<16>(dst + 8 * kStagedRowPitch, p.u_data + off);
+      if (++issue_j == p.blocks) {
+        issue_j = 0;
+        ++issue_k;
+      }
+    }
+    staged_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(s);
+
+  // x is quantized while the first steps are in flight.
+  for (int b = warp; b < p.blocks; b += n_warps) {
+    if (b != warp) tc_load_x_block(p.x, b, lane, &xv0, &xv1);
+    tc_quantize_block(xv0, xv1, b, dynamic, p.xl, lane);
+  }
+  __syncthreads();
+
+  const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
+  const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
+  const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
+  const int sign_shift = 7 * t;
+  float gsum = 0.0f, usum = 0.0f;
+  int k = 0, j = 0, buf = 0;  // the step being computed: unit k, block j, its scale buffer
+  for (int i = 0; i < steps; ++i) {
+    staged_wait(S - 2);  // step i has landed (this lane's copies) ...
+    __syncwarp();        // ... and every lane's; every lane is done with step i - 1's slot
+    issue((i + S - 1) % S);
+    const uint8_t* st = ring + (i % S) * kStagedSlotBytes;
+    int acc[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int c2 = 0; c2 < 4; ++c2) {
+      const uint4 gq = *reinterpret_cast<const uint4*>(st + g * kStagedRowPitch + c2 * 16);
+      const uint4 uq = *reinterpret_cast<const uint4*>(st + (8 + g) * kStagedRowPitch + c2 * 16);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint2 b = tc_b_fragment(bbase, j * 8 + c2 * 2 + h);
+        uint32_t lo0, hi0, lo1, hi1;
+        const int s0 = iq2_row_fragment<kShift>(h ? gq.z : gq.x, h ? gq.w : gq.y, table, grid_byte, sign_shift,
+                                                &lo0, &hi0);
+        const int s1 = iq2_row_fragment<kShift>(h ? uq.z : uq.x, h ? uq.w : uq.y, table, grid_byte, sign_shift,
+                                                &lo1, &hi1);
+        int d[4];
+        mma_s8_zero(d, lo0, lo1, hi0, hi1, b.x, b.y);
+        acc[0] += s0 * d[0];
+        acc[1] += s0 * d[1];
+        acc[2] += s1 * d[2];
+        acc[3] += s1 * d[3];
+      }
+    }
+    // The block's exact sums, scaled once (the tensor-core kernel's operations, unfused).
+    const uint16_t* sc = reinterpret_cast<const uint16_t*>(scale_bufs + buf * scale_buf_bytes);
+    const float xs = __fmul_rn(xscale[j], 0.125f);
+    const long long gt = tc_row_total(acc[0], acc[1], t);
+    const long long ut = tc_row_total(acc[2], acc[3], t);
+    const float gf = __fmul_rn(cuda_detail::half_bits_to_float(sc[g * p.blocks + j]), xs);
+    const float uf = __fmul_rn(cuda_detail::half_bits_to_float(sc[(8 + g) * p.blocks + j]), xs);
+    gsum = __fadd_rn(gsum, __fmul_rn(__ll2float_rn(gt), gf));
+    usum = __fadd_rn(usum, __fmul_rn(__ll2float_rn(ut), uf));
+    if (++j == p.blocks) {  // the unit's last block: its 8 outputs
+      const int u = first + k * total_warps;
+      if (t == 0) p.y[static_cast<int64_t>(u) * 8 + g] = swiglu(gsum, usum, p.limit) * s_weights[u / units_per_slot];
+      gsum = usum = 0.0f;
+      j = 0;
+      ++k;
+      buf = buf + 1 == p.scale_bufs ? 0 : buf + 1;
+    }
+  }
+  staged_wait(0);  // only empty groups can be left; none outlives the block
+}
+
+// ---- staged down -----------------------------------------------------------------------
+
+struct StagedDownParams {
+  const uint8_t* data;
+  int64_t row_bytes;
+  int blocks;     // 256-column blocks per row (per slot of x)
+  int rows;
+  const float* x;
+  const int32_t* ids;
+  int n_used;
+  float* y;
+  int accumulate;
+  int warps;      // per row set: n_used * blocks / CB
+  int per_slot;   // warps per slot: blocks / CB
+  int rowsets;
+  int tiles;      // rows / 16
+  int iters;
+  TcXLayout xl;
+  int partial_offset;
+  int buffer_offset;  // [rowsets * warps][16 rows][CB * 84 bytes]
+};
+
+// CB: 256-column blocks per warp; V: bytes per copy (16 where a row's CB blocks start and end
+// 16-byte aligned, CB a multiple of 4; else 4).
+template <int CB, int V>
+__global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kernel(StagedDownParams p) {
+  constexpr int kRowBytes = CB * 84;
+  constexpr int kWarpBytes = (16 * kRowBytes + 15) & ~15;
+  extern __shared__ float4 dynamic4[];
+  uint8_t* dynamic = reinterpret_cast<uint8_t*>(dynamic4);
+  __shared__ int32_t s_ids[kMaxUsed];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_warps = blockDim.x >> 5;
+  const int w = warp % p.warps, rowset = warp / p.warps;
+  const int g = lane >> 2, t = lane & 3;
+  const int x_blocks = p.n_used * p.blocks;
+  pdl_wait();
+  float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
+  if (warp < x_blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
+  for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) s_ids[i] = p.ids[i];
+  __syncthreads();
+
+  const int slot = w / p.per_slot;
+  const int xb0 = (w - slot * p.per_slot) * CB;  // within the slot
+  const int xg0 = slot * p.blocks + xb0;         // among all of x's blocks
+  const uint8_t* matrix = p.data + static_cast<int64_t>(s_ids[slot]) * p.rows * p.row_bytes + xb0 * 84;
+  uint8_t* mine = dynamic + p.buffer_offset + warp * kWarpBytes;
+  const int workers = gridDim.x * p.rowsets;
+  const int worker = blockIdx.x * p.rowsets + rowset;
+
+  // The tile's 16 rows x CB blocks of this warp, one commit group per block: group j holds
+  // the copies that start in block j (a block needs only its own group and earlier ones).
+  const auto issue = [&](int tile) {
+#pragma unroll
+    for (int j = 0; j < CB; ++j) {
+      constexpr int kFirst[9] = {0, (84 + V - 1) / V, (168 + V - 1) / V, (252 + V - 1) / V, (336 + V - 1) / V,
+                                 (420 + V - 1) / V, (504 + V - 1) / V, (588 + V - 1) / V, (672 + V - 1) / V};
+      const int q0 = kFirst[j], n = kFirst[j + 1] - kFirst[j];
+      if (tile < p.tiles) {
+        const uint8_t* src = matrix + static_cast<int64_t>(tile) * 16 * p.row_bytes;
+        for (int q = lane; q < 16 * n; q += 32) {
+          const int row = q / n, piece = q0 + (q - row * n);
+          staged_copy<V>(mine + row * kRowBytes + piece * V, src + row * p.row_bytes + piece * V);
+        }
+      }
+      staged_commit();
+    }
+  };
+  issue(worker);
+  for (int b = warp; b < x_blocks; b += n_warps) {
+    if (b != warp) tc_load_x_block(p.x, b, lane, &xv0, &xv1);
+    tc_quantize_block(xv0, xv1, b, dynamic, p.xl, lane);
+  }
+  __syncthreads();
+
+  const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
+  const float* xsums = reinterpret_cast<const float*>(dynamic + p.xl.sums);
+  const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
+  const int h8 = (t >> 1) * 8;
+  float* partial = reinterpret_cast<float*>(dynamic + p.partial_offset);  // [2][rowsets][warps][16]
+  for (int it = 0; it < p.iters; ++it) {
+    const int tile = worker + it * workers;
+    const bool active = tile < p.tiles;
+    if (it > 0) {
+      __syncwarp();  // every lane is done with the previous tile's buffer
+      issue(tile);
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < CB; ++j) {
+      staged_wait(CB - 1 - j);
+      __syncwarp();
+      Q2kUnit cur;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(mine + (g + 8 * r) * kRowBytes + j * 84);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          cur.qs[r][hh][0] = words[4 + 8 * hh + 2 * t];
+          cur.qs[r][hh][1] = words[4 + 8 * hh + 2 * t + 1];
+        }
+#pragma unroll
+        for (int q = 0; q < 4; ++q) cur.sc[r][q] = words[q];
+        cur.mins[r] = words[t];
+        cur.dd[r] = words[20];
+      }
+      tc_down_block(cur, bbase, xg0 + j, xsums, xscale, t, h8, sum);
+    }
+    const int pbuf = it & 1;
+    float* sets = partial + pbuf * p.rowsets * p.warps * 16;
+    if (t == 0) {
+      float* out = sets + (rowset * p.warps + w) * 16;
+      out[g] = sum[0];
+      out[g + 8] = sum[1];
+    }
+    rowset_barrier(rowset, p.warps * 32);
+    if (w == 0 && lane < 16 && active) {
+      const float* set = sets + rowset * p.warps * 16;
+      float v = 0.0f;
+      for (int q = 0; q < p.warps; ++q) v += set[q * 16 + lane];
+      float* out = p.y + tile * 16 + lane;
+      *out = p.accumulate ? *out + v : v;
+    }
+  }
+}
+
+using StagedGateUpFn = void (*)(StagedGateUpParams);
+using StagedDownFn = void (*)(StagedDownParams);
+
+StagedGateUpFn pick_staged_gate_up(int stages, bool lane_tables) {
+  switch (stages) {
+    case 8: return lane_tables ? staged_gate_up_kernel<8, true> : staged_gate_up_kernel<8, false>;
+    case 4: return lane_tables ? staged_gate_up_kernel<4, true> : staged_gate_up_kernel<4, false>;
+    default: return lane_tables ? staged_gate_up_kernel<2, true> : staged_gate_up_kernel<2, false>;
+  }
+}
+
+StagedDownFn pick_staged_down(int cb, bool wide) {
+  switch (cb) {
+    case 8: return wide ? staged_down_kernel<8, 16> : staged_down_kernel<8, 4>;
+    case 4: return wide ? staged_down_kernel<4, 16> : staged_down_kernel<4, 4>;
+    case 2: return staged_down_kernel<2, 4>;
+    default: return staged_down_kernel<1, 4>;
   }
 }
 
@@ -909,6 +1295,12 @@ Status init_once() {
       for (bool lane : {false, true}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_tc_gate_up(cb, lane, prefetch)));
     }
     for (int cb : {1, 2, 4, 8}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_tc_down(cb, prefetch)));
+  }
+  for (int stages : {2, 4, 8}) {
+    for (bool lane : {false, true}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_staged_gate_up(stages, lane)));
+  }
+  for (int cb : {1, 2, 4, 8}) {
+    for (bool wide : {false, true}) DS4_RETURN_IF_ERROR(allow_dynamic_shared(pick_staged_down(cb, wide)));
   }
   return Status::Ok();
 }
@@ -1156,6 +1548,168 @@ Status launch_tc_down(const ExpertDownLaunch& l, const TcPlan& plan, cudaStream_
                      "expert down launch (tensor cores)");
 }
 
+// The staged launches' shapes and dynamic shared memory layout.
+struct StagedPlan {
+  int cb = 1;           // down: 256-column blocks per warp
+  bool wide = false;    // down: 16-byte copies
+  int stages = 2;       // gate+up: ring steps per warp
+  bool lane_tables = false;
+  int warps = 1;        // gate+up: per block; down: per row set
+  int rowsets = 1;      // down
+  int threads = 32;
+  int scale_bufs = 1;   // gate+up
+  TcXLayout xl;
+  int ring_offset = 0;  // gate+up: ring; down: per-warp buffers
+  int scale_offset = 0; // gate+up
+  int partial_offset = 0;  // down
+  size_t shared = 0;
+};
+
+int align16(int bytes) { return (bytes + 15) & ~15; }
+
+Result<StagedPlan> plan_staged_gate_up(const ExpertGateUpLaunch& l, const ExpertMatvecOptions& o) {
+  const DeviceMatrix& g = *l.gate;
+  if (g.cols % 256 != 0 || g.cols <= 0 || g.cols / 256 > kStagedMaxBlocks) {
+    return Status::Error("expert gate+up (staged): " + std::to_string(g.cols) +
+                         " columns (expected a multiple of 256 up to " + std::to_string(256 * kStagedMaxBlocks) + ")");
+  }
+  if (g.rows % 8 != 0 || g.rows <= 0) {
+    return Status::Error("expert gate+up (staged): " + std::to_string(g.rows) + " rows (expected a multiple of 8)");
+  }
+  if (!aligned16(g.data) || !aligned16(l.up->data) || !aligned16(g.scales) || !aligned16(l.up->scales)) {
+    return Status::Error("expert gate+up (staged): weights or scales not 16-byte aligned");
+  }
+  if (o.staged_stages != 0 && o.staged_stages != 2 && o.staged_stages != 4 && o.staged_stages != 8) {
+    return Status::Error("expert gate+up (staged): staged_stages " + std::to_string(o.staged_stages) +
+                         " (expected 0, 2, 4 or 8)");
+  }
+  if (o.staged_warps < 0 || o.staged_warps > kStagedMaxWarps) {
+    return Status::Error("expert gate+up (staged): staged_warps " + std::to_string(o.staged_warps) +
+                         " (expected 0.." + std::to_string(kStagedMaxWarps) + ")");
+  }
+  auto res = kernel_residency(reinterpret_cast<const void*>(pick_staged_gate_up(2, false)), 32, 0);
+  DS4_RETURN_IF_ERROR(res.status());
+  const int blocks = static_cast<int>(g.cols / 256);
+  const int64_t units = l.n_used * g.rows / 8;
+  StagedPlan plan;
+  // One unit per warp over one wave where the units allow it (the units of 8 rows spread
+  // over every multiprocessor), at most kStagedMaxWarps.
+  plan.warps = o.staged_warps > 0 ? o.staged_warps
+                                  : static_cast<int>(std::clamp<int64_t>(
+                                        (units + res->multiprocessors - 1) / res->multiprocessors, 1, kStagedMaxWarps));
+  plan.threads = plan.warps * 32;
+  std::string tried;
+  for (int stages : {8, 4, 2}) {
+    if (o.staged_stages != 0 && stages != o.staged_stages) continue;
+    for (bool lane : {o.tc_lane_tables, false}) {
+      plan.stages = stages;
+      plan.lane_tables = lane;
+      plan.scale_bufs = 1 + (stages - 1 + blocks - 1) / blocks;
+      plan.xl = tc_x_layout(lane ? kLaneTableBytes : 0, g.cols, false);
+      plan.ring_offset = align16(plan.xl.end);
+      plan.scale_offset = plan.ring_offset + plan.warps * stages * kStagedSlotBytes;
+      plan.shared = static_cast<size_t>(plan.scale_offset) + static_cast<size_t>(plan.warps) * plan.scale_bufs * 32 * blocks;
+      if (plan.shared + kStagedStaticBytes <= static_cast<size_t>(max_shared_per_block())) return plan;
+      tried = std::to_string(plan.shared);
+    }
+  }
+  return Status::Error("expert gate+up (staged): " + tried + " bytes of shared memory needed, the device allows " +
+                       std::to_string(max_shared_per_block()));
+}
+
+Result<StagedPlan> plan_staged_down(const ExpertDownLaunch& l, const ExpertMatvecOptions& o) {
+  const DeviceMatrix& d = *l.down;
+  // The tensor-core kernel's split of the columns over warps (the same sums in the same order).
+  auto tc = plan_tc_down(d, l.n_used, o.tc_blocks_per_warp);
+  DS4_RETURN_IF_ERROR(tc.status());
+  if (o.staged_tiles < 0 || o.staged_tiles > kMaxRowsets) {
+    return Status::Error("expert down (staged): staged_tiles " + std::to_string(o.staged_tiles) + " (expected 0.." +
+                         std::to_string(kMaxRowsets) + ")");
+  }
+  StagedPlan plan;
+  plan.cb = tc->cb;
+  plan.wide = plan.cb % 4 == 0 && d.data_row_bytes() % 16 == 0 && aligned16(d.data);
+  plan.warps = tc->warps;
+  plan.xl = tc->xl;
+  plan.partial_offset = plan.xl.end;
+  const int warp_bytes = align16(16 * plan.cb * 84);
+  int rowsets = o.staged_tiles > 0 ? o.staged_tiles : std::clamp(kStagedDownMaxWarps / plan.warps, 1, kMaxRowsets);
+  for (; rowsets >= 1; --rowsets) {
+    plan.rowsets = rowsets;
+    plan.threads = rowsets * plan.warps * 32;
+    plan.ring_offset = align16(plan.partial_offset + 2 * rowsets * plan.warps * 16 * static_cast<int>(sizeof(float)));
+    plan.shared = static_cast<size_t>(plan.ring_offset) + static_cast<size_t>(rowsets) * plan.warps * warp_bytes;
+    if (plan.threads <= kStagedDownMaxWarps * 32 &&
+        plan.shared + kStagedStaticBytes <= static_cast<size_t>(max_shared_per_block())) {
+      return plan;
+    }
+    if (o.staged_tiles > 0) break;
+  }
+  return Status::Error("expert down (staged): " + std::to_string(plan.shared) + " bytes of shared memory and " +
+                       std::to_string(plan.threads) + " threads needed, the device allows " +
+                       std::to_string(max_shared_per_block()) + " and " +
+                       std::to_string(kStagedDownMaxWarps * 32));
+}
+
+Status launch_staged_gate_up(const ExpertGateUpLaunch& l, const StagedPlan& plan, cudaStream_t stream,
+                             const ExpertMatvecOptions& o) {
+  const DeviceMatrix& g = *l.gate;
+  StagedGateUpParams p{};
+  p.g_data = g.data;
+  p.g_scales = g.scales;
+  p.u_data = l.up->data;
+  p.u_scales = l.up->scales;
+  p.row_bytes = static_cast<int64_t>(g.data_row_bytes());
+  p.blocks = static_cast<int>(g.cols / 256);
+  p.rows = static_cast<int>(g.rows);
+  p.x = l.x;
+  p.ids = l.ids;
+  p.weights = l.weights;
+  p.n_used = l.n_used;
+  p.limit = l.swiglu_limit;
+  p.y = l.y;
+  p.units = static_cast<int>(l.n_used * g.rows / 8);
+  p.scale_bufs = plan.scale_bufs;
+  p.xl = plan.xl;
+  p.ring_offset = plan.ring_offset;
+  p.scale_offset = plan.scale_offset;
+  StagedGateUpFn fn = pick_staged_gate_up(plan.stages, plan.lane_tables);
+  const int units_per_block = plan.warps;
+  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, units_per_block, p.units, o);
+  DS4_RETURN_IF_ERROR(grid.status());
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
+                     "expert gate+up launch (staged)");
+}
+
+Status launch_staged_down(const ExpertDownLaunch& l, const StagedPlan& plan, cudaStream_t stream,
+                          const ExpertMatvecOptions& o) {
+  const DeviceMatrix& d = *l.down;
+  StagedDownParams p{};
+  p.data = d.data;
+  p.row_bytes = static_cast<int64_t>(d.data_row_bytes());
+  p.blocks = static_cast<int>(d.cols / 256);
+  p.rows = static_cast<int>(d.rows);
+  p.x = l.x;
+  p.ids = l.ids;
+  p.n_used = l.n_used;
+  p.y = l.y;
+  p.accumulate = l.accumulate ? 1 : 0;
+  p.warps = plan.warps;
+  p.per_slot = p.blocks / plan.cb;
+  p.rowsets = plan.rowsets;
+  p.tiles = p.rows / 16;
+  p.xl = plan.xl;
+  p.partial_offset = plan.partial_offset;
+  p.buffer_offset = plan.ring_offset;
+  StagedDownFn fn = pick_staged_down(plan.cb, plan.wide);
+  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
+  DS4_RETURN_IF_ERROR(grid.status());
+  const int workers = *grid * p.rowsets;
+  p.iters = (p.tiles + workers - 1) / workers;
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
+                     "expert down launch (staged)");
+}
+
 }  // namespace
 
 Status expert_matvec_init() {
@@ -1196,6 +1750,11 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   DS4_RETURN_IF_ERROR(gate_up_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert gate+up: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert gate+up: x is not 16-byte aligned");
+  if (o.tensor_cores && o.staged) {
+    auto plan = plan_staged_gate_up(l, o);
+    if (plan.ok()) return launch_staged_gate_up(l, *plan, stream, o);
+    if (o.staged_stages != 0 || o.staged_warps != 0) return plan.status();  // asked for a shape that does not fit
+  }
   if (o.tensor_cores) {
     auto plan = plan_tc_gate_up(*l.gate, o.tc_lane_tables, o.tc_blocks_per_warp);
     if (plan.ok()) return launch_tc_gate_up(l, *plan, stream, o);
@@ -1244,6 +1803,11 @@ Status launch_expert_down(const ExpertDownLaunch& l, cudaStream_t stream, const 
   DS4_RETURN_IF_ERROR(down_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert down: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert down: x is not 16-byte aligned");
+  if (o.tensor_cores && o.staged) {
+    auto plan = plan_staged_down(l, o);
+    if (plan.ok()) return launch_staged_down(l, *plan, stream, o);
+    if (o.staged_tiles != 0) return plan.status();
+  }
   if (o.tensor_cores) {
     auto plan = plan_tc_down(*l.down, l.n_used, o.tc_blocks_per_warp);
     if (plan.ok()) return launch_tc_down(l, *plan, stream, o);

@@ -36,6 +36,15 @@
 // about 128 u sum_e |w_e x_e|. A non-finite value in a block of x makes every output
 // that reads the block NaN.
 //
+// The staged kernels (ExpertMatvecOptions::staged) do the tensor-core kernels' integer
+// arithmetic with the weights streamed into shared memory by asynchronous copies (cp.async)
+// issued as soon as the ids are read, so that every multiprocessor keeps many weight loads
+// in flight: gate+up gives each warp 8 output rows of both matrices (A fragment rows 0-7 the
+// gate rows, 8-15 the up rows) and a ring of 256-column steps; down gives each warp the
+// tensor-core kernel's share of a 16-row tile, copied at once. They add the same f32 terms
+// in the same order as the tensor-core kernels (gate+up: as with one 256-column block per
+// warp), so their outputs are the same bits and the precision statement above holds as is.
+//
 // The launches read ids and weights only on the device, never synchronise with the host
 // and allocate nothing: they can be captured in a CUDA graph after the router kernel. They
 // go through launch_kernel (cuda/launch.h): under programmatic dependent launch a kernel
@@ -80,6 +89,23 @@ struct ExpertMatvecOptions {
   // Tensor-core kernels: 256-column blocks of x per warp (gate+up 1 or 2, down 1, 2, 4 or 8);
   // 0: the fewest that fit (gate+up at most 16 warps per tile, down at most 12).
   int tc_blocks_per_warp = 0;
+  // With tensor_cores: the staged kernels, the same integer arithmetic with every warp
+  // streaming its weights into shared memory by asynchronous copies issued as soon as the
+  // ids are read (gate+up: a ring of steps per warp, a warp owning 8 output rows of both
+  // matrices; down: a warp's whole share of a 16-row tile at once). Outputs bit for bit those
+  // of the tensor-core kernels with tc_blocks_per_warp = 0 (gate+up: where that gives one
+  // 256-column block per warp, as at 4096 columns). Where the shape or the device's shared
+  // memory does not allow them, the tensor-core kernels run. The tensor-core kernels'
+  // options apply, except prefetch and (gate+up) tc_blocks_per_warp.
+  bool staged = false;
+  // Staged gate+up: ring steps (256-column blocks) per warp, 2, 4 or 8; 0: the deepest that fits.
+  int staged_stages = 0;
+  // Staged gate+up: warps per block, 1..16; 0: enough for one unit of 8 rows per warp over
+  // the multiprocessors (at most 16).
+  int staged_warps = 0;
+  // Staged down: 16-row tiles per block at once, 1..8; 0: as many as 24 warps and the
+  // shared memory allow.
+  int staged_tiles = 0;
 };
 
 struct ExpertGateUpLaunch {

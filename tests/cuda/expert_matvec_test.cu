@@ -11,12 +11,15 @@
 // bounds. The down projection is checked adding into y and storing. The worst error of
 // each variant is printed against its bound and, for the tensor-core kernels, also
 // against the f32 kernels' bound.
+// The staged kernels (ExpertMatvecOptions::staged) are also checked bit for bit against the
+// tensor-core kernels' default split, at both shapes, every output element.
 // Then the process's first launch made inside a graph capture, the bad launches the API
-// refuses, bit-identical repeats (direct and graph), and timings: each launch captured in
-// a CUDA graph over the full 256-expert stacks (eight launches on disjoint expert sets
-// per graph, so weights come from device memory, not L2), replayed for 200 launches, in
-// us per launch and % of the read bandwidth measured in the same run, beside
-// launch_matvec's time for the same launch.
+// refuses, bit-identical repeats (direct and graph), and timings: each variant as a chain of
+// 40 launches in one CUDA graph (PDL edges) over the full 256-expert stacks (eight disjoint
+// expert sets in turn, so weights come from device memory, not L2), replayed for 200
+// launches, in us per launch, GB/s and % of the read bandwidth measured in the same run,
+// beside launch_matvec's time for the same launch; a summary line per kernel compares the
+// staged kernel with the tensor-core kernel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -147,6 +150,13 @@ double swiglu_bound(double g, double u, double tg, double tu, double limit, doub
 }
 
 std::string options_name(const ExpertMatvecOptions& o) {
+  if (o.tensor_cores && o.staged) {
+    return std::string("staged") + (o.tc_lane_tables ? " lane tables" : " compact table") +
+           (o.staged_stages ? " stages=" + std::to_string(o.staged_stages) : "") +
+           (o.staged_warps ? " warps=" + std::to_string(o.staged_warps) : "") +
+           (o.staged_tiles ? " tiles/block=" + std::to_string(o.staged_tiles) : "") +
+           (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
+  }
   if (o.tensor_cores) {
     return std::string("tensor cores") + (o.tc_lane_tables ? " lane tables" : " compact table") +
            (o.prefetch ? " prefetch" : "") + (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "") +
@@ -157,9 +167,49 @@ std::string options_name(const ExpertMatvecOptions& o) {
          (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
 }
 
-// Every variant: the f32 kernels' (when `f32`) and the tensor-core kernels' (with
-// `tc_blocks_per_warp`, when not 0, as one more).
-std::vector<ExpertMatvecOptions> all_options(bool f32 = true, int tc_blocks_per_warp = 0) {
+// The staged kernels' variants: for gate+up every ring depth with and without the per-bank
+// tables and two block sizes; for down the default and one tile per block.
+std::vector<ExpertMatvecOptions> staged_options(bool gate_up) {
+  std::vector<ExpertMatvecOptions> out;
+  ExpertMatvecOptions base;
+  base.tensor_cores = true;
+  base.staged = true;
+  if (!gate_up) {
+    out.push_back(base);
+    ExpertMatvecOptions one = base;
+    one.staged_tiles = 1;
+    out.push_back(one);
+    return out;
+  }
+  for (bool lane : {true, false}) {
+    for (int stages : {0, 2, 4, 8}) {
+      ExpertMatvecOptions o = base;
+      o.tc_lane_tables = lane;
+      o.staged_stages = stages;
+      out.push_back(o);
+    }
+  }
+  for (int warps : {8, 16}) {
+    ExpertMatvecOptions o = base;
+    o.staged_warps = warps;
+    out.push_back(o);
+  }
+  return out;
+}
+
+// The tensor-core kernels' default split (staged off): what the staged kernels must match bit
+// for bit.
+ExpertMatvecOptions tc_reference_options() {
+  ExpertMatvecOptions o;
+  o.tensor_cores = true;
+  o.staged = false;
+  o.tc_blocks_per_warp = 0;
+  return o;
+}
+
+// Every variant: the f32 kernels' (when `f32`), the tensor-core kernels' (with
+// `tc_blocks_per_warp`, when not 0, as one more) and the staged kernels' (gate+up's or down's).
+std::vector<ExpertMatvecOptions> all_options(bool f32, int tc_blocks_per_warp, bool gate_up) {
   std::vector<ExpertMatvecOptions> out;
   if (f32) {
     for (int r : {4, 8}) {
@@ -183,6 +233,7 @@ std::vector<ExpertMatvecOptions> all_options(bool f32 = true, int tc_blocks_per_
     for (bool prefetch : {true, false}) {
       ExpertMatvecOptions o;
       o.tensor_cores = true;
+      o.staged = false;
       o.tc_lane_tables = lane;
       o.prefetch = prefetch;
       out.push_back(o);
@@ -190,21 +241,24 @@ std::vector<ExpertMatvecOptions> all_options(bool f32 = true, int tc_blocks_per_
   }
   ExpertMatvecOptions one;
   one.tensor_cores = true;
+  one.staged = false;
   one.blocks_per_sm = 1;
   out.push_back(one);
   if (tc_blocks_per_warp) {
     ExpertMatvecOptions cb;
     cb.tensor_cores = true;
+    cb.staged = false;
     cb.tc_blocks_per_warp = tc_blocks_per_warp;
     out.push_back(cb);
   }
+  for (const ExpertMatvecOptions& o : staged_options(gate_up)) out.push_back(o);
   return out;
 }
 
 // The variants of each kernel at the real shapes: gate+up also with 512 columns per warp,
 // down also with 2048 (one warp per expert).
-std::vector<ExpertMatvecOptions> gate_up_options() { return all_options(true, 2); }
-std::vector<ExpertMatvecOptions> down_options() { return all_options(true, 8); }
+std::vector<ExpertMatvecOptions> gate_up_options() { return all_options(true, 2, true); }
+std::vector<ExpertMatvecOptions> down_options() { return all_options(true, 8, false); }
 
 struct Fixture {
   int64_t dim = kDim, ffn = kFfn;
@@ -413,6 +467,90 @@ void test_down(const Fixture& f, const std::vector<ExpertMatvecOptions>& options
   }
 }
 
+// Elements of `got` whose bits differ from `want`; the first few printed with their index.
+int bit_differences(const std::vector<float>& got, const std::vector<float>& want, const std::string& name,
+                    int64_t row_length) {
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    uint32_t a, b;
+    std::memcpy(&a, &got[i], 4);
+    std::memcpy(&b, &want[i], 4);
+    if (a != b && bad++ < 4) {
+      std::printf("  %s: element %zu (slot %lld row %lld): got %.9g (0x%08x), tensor-core kernel %.9g (0x%08x)\n",
+                  name.c_str(), i, static_cast<long long>(i / row_length), static_cast<long long>(i % row_length),
+                  got[i], a, want[i], b);
+    }
+  }
+  return bad + static_cast<int>(got.size() != want.size());
+}
+
+// The staged kernels against the tensor-core kernels' default split (down without early
+// loads, as the decode runs it): every output bit for bit, gate+up at two limits, down adding
+// and storing.
+void test_staged_bits(const Fixture& f, const std::string& label) {
+  const int64_t n_out = kUsed * f.ffn;
+  DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(n_out), dz(f.dim);
+  DeviceVec<int32_t> dids(f.ids);
+  for (float limit : {INFINITY, 0.5f}) {
+    ExpertGateUpLaunch l;
+    l.gate = &f.dg->m;
+    l.up = &f.du->m;
+    l.x = dx.get();
+    l.ids = dids.get();
+    l.weights = dw.get();
+    l.n_used = kUsed;
+    l.swiglu_limit = limit;
+    l.y = dy.get();
+    const auto run = [&](const ExpertMatvecOptions& o, const std::string& name) {
+      cudaMemset(dy.get(), 0xFF, sizeof(float) * n_out);
+      const Status st = launch_expert_gate_up(l, nullptr, o);
+      check(st.ok(), name + ": launch: " + st.message());
+      check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
+      return dy.host();
+    };
+    const std::string what = label + "gate+up limit " + std::to_string(limit) + " ";
+    const std::vector<float> want = run(tc_reference_options(), what + "tensor cores");
+    for (const ExpertMatvecOptions& o : staged_options(true)) {
+      const std::string name = what + options_name(o);
+      const int bad = bit_differences(run(o, name), want, name, f.ffn);
+      check(bad == 0, name + ": bit for bit the tensor-core kernel's outputs (" + std::to_string(bad) + " of " +
+                          std::to_string(n_out) + " differ)");
+    }
+  }
+  std::mt19937 rng(5);
+  const std::vector<float> y0 = random_floats(f.dim, rng, -1.0f, 1.0f);
+  for (bool accumulate : {true, false}) {
+    ExpertDownLaunch l;
+    l.down = &f.dd->m;
+    l.x = dh.get();
+    l.ids = dids.get();
+    l.n_used = kUsed;
+    l.accumulate = accumulate;
+    l.y = dz.get();
+    const auto run = [&](const ExpertMatvecOptions& o, const std::string& name) {
+      if (accumulate) {
+        cudaMemcpy(dz.get(), y0.data(), sizeof(float) * f.dim, cudaMemcpyHostToDevice);
+      } else {
+        cudaMemset(dz.get(), 0xFF, sizeof(float) * f.dim);
+      }
+      const Status st = launch_expert_down(l, nullptr, o);
+      check(st.ok(), name + ": launch: " + st.message());
+      check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
+      return dz.host();
+    };
+    const std::string what = label + "down " + (accumulate ? "y += " : "y = ");
+    ExpertMatvecOptions reference = tc_reference_options();
+    reference.prefetch = false;
+    const std::vector<float> want = run(reference, what + "tensor cores");
+    for (const ExpertMatvecOptions& o : staged_options(false)) {
+      const std::string name = what + options_name(o);
+      const int bad = bit_differences(run(o, name), want, name, f.dim);
+      check(bad == 0, name + ": bit for bit the tensor-core kernel's outputs (" + std::to_string(bad) + " of " +
+                          std::to_string(f.dim) + " differ)");
+    }
+  }
+}
+
 // The tiny fixtures' shapes: the tensor-core kernels serve them (expert_*_supported Ok with
 // the default options); the f32 kernels alone refuse them with a message.
 void test_tiny_support(const Fixture& f) {
@@ -591,17 +729,19 @@ void test_repeat(const Fixture& f, const ExpertMatvecOptions& o, const std::stri
   cudaStreamDestroy(stream);
 }
 
-// Microseconds per launch: `launch(k)` for k = 0..7 captured in one graph, replayed until
-// 200 launches have run (after one warm-up replay). Negative when anything failed.
+// Microseconds per launch: a chain of 40 launches `launch(k % 8)` (eight disjoint expert
+// sets, so weights come from device memory, not L2) captured in one graph (PDL edges where
+// PDL is on), replayed until 200 launches have run (after one warm-up replay). Negative when
+// anything failed.
 template <typename F>
 double time_graph(F launch) {
-  constexpr int kPerGraph = 8, kReplays = 25;
+  constexpr int kPerGraph = 40, kReplays = 5;
   cudaStream_t stream;
   cudaStreamCreate(&stream);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess;
-  for (int k = 0; k < kPerGraph && ok; ++k) ok = launch(k, stream).ok();
+  for (int k = 0; k < kPerGraph && ok; ++k) ok = launch(k % 8, stream).ok();
   ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
   ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
   float ms = -1;
@@ -624,25 +764,40 @@ double time_graph(F launch) {
   return ok ? ms * 1e3 / (kPerGraph * kReplays) : -1.0;
 }
 
-// The fastest variant of one kernel and the default's time, for the summary lines.
+bool same_options(const ExpertMatvecOptions& a, const ExpertMatvecOptions& b) {
+  return a.tensor_cores == b.tensor_cores && a.staged == b.staged && a.tc_lane_tables == b.tc_lane_tables &&
+         a.prefetch == b.prefetch && a.blocks_per_sm == b.blocks_per_sm &&
+         a.tc_blocks_per_warp == b.tc_blocks_per_warp && a.staged_stages == b.staged_stages &&
+         a.staged_warps == b.staged_warps && a.staged_tiles == b.staged_tiles &&
+         (a.tensor_cores || (a.rows_per_batch == b.rows_per_batch && a.lane_tables == b.lane_tables));
+}
+
+// The fastest variant of one kernel, the default's time and the two kernels compared (the
+// tensor-core kernel as the decode ran it before the staged kernels, and the staged
+// kernel's default), for the summary lines.
 struct Fastest {
-  double us = -1, default_us = -1;
+  double us = -1, default_us = -1, current_us = -1, staged_us = -1;
   std::string name;
+  ExpertMatvecOptions current;  // the tensor-core kernel as routed_experts ran it
   void add(const ExpertMatvecOptions& o, double t) {
     if (t >= 0 && (us < 0 || t < us)) {
       us = t;
       name = options_name(o);
     }
-    const ExpertMatvecOptions d;
-    if (o.tensor_cores == d.tensor_cores && o.tc_lane_tables == d.tc_lane_tables && o.prefetch == d.prefetch &&
-        o.blocks_per_sm == d.blocks_per_sm && o.tc_blocks_per_warp == d.tc_blocks_per_warp &&
-        (o.tensor_cores || (o.rows_per_batch == d.rows_per_batch && o.lane_tables == d.lane_tables))) {
-      default_us = t;
-    }
+    if (same_options(o, ExpertMatvecOptions{})) default_us = t;
+    if (same_options(o, current)) current_us = t;
+    ExpertMatvecOptions staged;
+    staged.tensor_cores = true;
+    staged.staged = true;
+    if (same_options(o, staged)) staged_us = t;
   }
-  void print(const char* kernel) const {
-    std::printf("bench expert %s summary: default %.2f us, fastest %.2f us (%s)\n", kernel, default_us, us,
-                name.c_str());
+  void print(const char* kernel, double bytes, double bandwidth) const {
+    const auto rate = [&](double t) { return t > 0 ? bytes / (t * 1e-6) / 1e9 : 0.0; };
+    std::printf("bench expert %s summary: default %.2f us, fastest %.2f us (%s); staged %.2f us (%.0f GB/s, %.0f%%) "
+                "against the tensor-core kernel %.2f us (%.0f GB/s, %.0f%%): %.2fx\n",
+                kernel, default_us, us, name.c_str(), staged_us, rate(staged_us),
+                100.0 * rate(staged_us) * 1e9 / bandwidth, current_us, rate(current_us),
+                100.0 * rate(current_us) * 1e9 / bandwidth, staged_us > 0 ? current_us / staged_us : 0.0);
   }
 };
 
@@ -694,6 +849,7 @@ void bench(double bandwidth) {
       return launch_matvec(mv, s);
     });
     Fastest fastest;
+    fastest.current = tc_reference_options();
     for (const ExpertMatvecOptions& o : gate_up_options()) {
       const double us = time_graph([&](int k, cudaStream_t s) {
         ExpertGateUpLaunch l;
@@ -710,7 +866,7 @@ void bench(double bandwidth) {
       bench_line("gate+up", "limit " + std::to_string(limit) + " " + options_name(o), gu_bytes, us, bandwidth, mv_us);
       fastest.add(o, us);
     }
-    fastest.print(std::isfinite(limit) ? "gate+up (limit 10)" : "gate+up (no limit)");
+    fastest.print(std::isfinite(limit) ? "gate+up (limit 10)" : "gate+up (no limit)", gu_bytes, bandwidth);
   }
   const double mv_us = time_graph([&](int k, cudaStream_t s) {
     MatvecLaunch mv;
@@ -726,6 +882,8 @@ void bench(double bandwidth) {
     return launch_matvec(mv, s);
   });
   Fastest fastest;
+  fastest.current = tc_reference_options();
+  fastest.current.prefetch = false;
   for (const ExpertMatvecOptions& o : down_options()) {
     const double us = time_graph([&](int k, cudaStream_t s) {
       ExpertDownLaunch l;
@@ -739,7 +897,7 @@ void bench(double bandwidth) {
     bench_line("down", "y += " + options_name(o), dn_bytes, us, bandwidth, mv_us);
     fastest.add(o, us);
   }
-  fastest.print("down");
+  fastest.print("down", dn_bytes, bandwidth);
 }
 
 }  // namespace
@@ -756,11 +914,15 @@ int main() {
       test_first_launch_captured(f);  // first: no expert launch may run before it
       test_gate_up(f, gate_up_options(), "");
       test_down(f, down_options(), "", rng);
+      test_staged_bits(f, "");
       test_refusals(f);
       test_repeat(f, ExpertMatvecOptions{}, "default: ");
       ExpertMatvecOptions f32;
       f32.tensor_cores = false;
       test_repeat(f, f32, "f32: ");
+      ExpertMatvecOptions staged;
+      staged.staged = true;
+      test_repeat(f, staged, "staged: ");
     }
   }
   {
@@ -771,9 +933,13 @@ int main() {
       for (int32_t id : f.ids) std::printf(" %d", id);
       std::printf("\n");
       test_tiny_support(f);
-      test_gate_up(f, all_options(false), "tiny ");
-      test_down(f, all_options(false), "tiny ", rng);
+      test_gate_up(f, all_options(false, 0, true), "tiny ");
+      test_down(f, all_options(false, 0, false), "tiny ", rng);
+      test_staged_bits(f, "tiny ");
       test_repeat(f, ExpertMatvecOptions{}, "tiny default: ");
+      ExpertMatvecOptions staged;
+      staged.staged = true;
+      test_repeat(f, staged, "tiny staged: ");
     }
   }
   auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
