@@ -514,31 +514,29 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
     return;
   }
 
-  pdl_wait();  // everything below reads earlier kernels' results or writes
-  pdl_launch_dependents();
-
   const int wpr = 1 << p.warp_shift;
   const int groups = CW >> p.warp_shift;
   const int group = warp >> p.warp_shift;
   const int wi = warp & (wpr - 1);
   const int segment = wi;
 
-  // x normalised as launch_matvec normalises it: the same 256-thread strided double sum
-  // (threads from 256 on add nothing) and the same final butterfly.
-  float norm_scale = 1.0f;
-  if (p.x_norm_weight) {  // one slot (checked on the host)
-    __shared__ double red[32];
-    double ss = 0.0;
-    if (threadIdx.x < 256) {
-      for (int i = threadIdx.x; i < p.cols; i += 256) ss += static_cast<double>(p.x[i]) * p.x[i];
+  // The norm weights (immutable) are read before the wait; x after it, in flight
+  // together with the strided loads of the sum of squares.
+  float gw[32];
+  if (p.x_norm_weight) {
+#pragma unroll
+    for (int k = 0; k < 32; k += 4) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k)));
+      gw[k] = v.x;
+      gw[k + 1] = v.y;
+      gw[k + 2] = v.z;
+      gw[k + 3] = v.w;
     }
-    ss = cuda_detail::warp_sum_double(ss);
-    if (lane == 0) red[warp] = ss;
-    consumer_barrier(kConsumers);
-    double t = lane < CW ? red[lane] : 0.0;
-    t = cuda_detail::warp_sum_double(t);
-    norm_scale = cuda_detail::rms_scale(t, p.cols, p.x_norm_eps);
   }
+
+  pdl_wait();  // everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+
   float xr[32];
   int64_t x_slot = -1;
   const auto load_x = [&](int64_t slot) {
@@ -551,17 +549,26 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
       xr[k + 2] = v.z;
       xr[k + 3] = v.w;
     }
-    if (p.x_norm_weight) {
-#pragma unroll
-      for (int k = 0; k < 32; k += 4) {
-        const float4 gv = *reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k));
-        xr[k] = xr[k] * norm_scale * gv.x;
-        xr[k + 1] = xr[k + 1] * norm_scale * gv.y;
-        xr[k + 2] = xr[k + 2] * norm_scale * gv.z;
-        xr[k + 3] = xr[k + 3] * norm_scale * gv.w;
-      }
-    }
   };
+  // x normalised as launch_matvec normalises it: the same 256-thread strided double sum
+  // (threads from 256 on add nothing), the same final butterfly, then x * scale * weight.
+  if (p.x_norm_weight) {  // one slot (checked on the host)
+    load_x(0);
+    x_slot = 0;
+    __shared__ double red[32];
+    double ss = 0.0;
+    if (threadIdx.x < 256) {
+      for (int i = threadIdx.x; i < p.cols; i += 256) ss += static_cast<double>(p.x[i]) * p.x[i];
+    }
+    ss = cuda_detail::warp_sum_double(ss);
+    if (lane == 0) red[warp] = ss;
+    consumer_barrier(kConsumers);
+    double t = lane < CW ? red[lane] : 0.0;
+    t = cuda_detail::warp_sum_double(t);
+    const float scale = cuda_detail::rms_scale(t, p.cols, p.x_norm_eps);
+#pragma unroll
+    for (int k = 0; k < 32; ++k) xr[k] = xr[k] * scale * gw[k];
+  }
 
   // Per-warp row sums of a stage (rows of several segments), double-buffered by chunk
   // parity as in kRegisters: one consumer barrier per stage.
