@@ -157,7 +157,8 @@ __device__ const float* gather_mix(const float* mix_raw, const float* partial, i
 
 __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float* scale,
                               const float* base, const float* norm_weight, HcShape s, float* post,
-                              float* comb, float* out, const float* mix_partial, int mix_tiles) {
+                              float* comb, float* out, const float* mix_partial, int mix_tiles,
+                              int comb_logits_only) {
   pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
   extern __shared__ float ys[];
@@ -176,7 +177,7 @@ __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float*
       post[lane] = 2.0f * sigmoidf_(__fadd_rn(__fmul_rn(__fmul_rn(mix_raw[4 + lane], factor), scale[1]), base[4 + lane]));
     }
     const float c0 = __fadd_rn(__fmul_rn(__fmul_rn(mix_raw[8 + e], factor), scale[2]), base[8 + e]);
-    const float c = sinkhorn4_shuffle(c0, lane, s.sinkhorn_iters, s.hc_eps);
+    const float c = comb_logits_only ? c0 : sinkhorn4_shuffle(c0, lane, s.sinkhorn_iters, s.hc_eps);
     if (lane < 16) comb[e] = c;
   } else if (threadIdx.x == 0) {
     float c[kMaxMult][kMaxMult];
@@ -267,6 +268,7 @@ struct HcClusterParams {
   float* post;
   float* comb;
   float* out;
+  int comb_logits_only;  // comb receives the Sinkhorn's input (launch_hc_sinkhorn finishes it)
 };
 
 // barrier.cluster in two halves: arrive (release: this thread's shared-memory writes
@@ -372,7 +374,13 @@ __device__ void cluster_sinkhorn_warp(const HcClusterParams& p, const float* mix
                            : 0.0f;
     const float factor = rms_scale(cluster_sum<C>(ss_x, col_warps, lane), static_cast<int64_t>(kClusterMult) * p.s.dim,
                                    p.s.norm_eps);
-    cluster_comb<K>(p, mixv, base_l, factor, scale2, lane);
+    if (p.comb_logits_only) {
+      const float m = __shfl_sync(0xffffffffu, mixv, 2 * kClusterMult + (lane & 15));
+      const float b = __shfl_sync(0xffffffffu, base_l, 2 * kClusterMult + (lane & 15));
+      if (lane < 16) p.comb[lane] = __fadd_rn(__fmul_rn(__fmul_rn(m, factor), scale2), b);
+    } else {
+      cluster_comb<K>(p, mixv, base_l, factor, scale2, lane);
+    }
   }
   cluster_wait();
   cluster_arrive();
@@ -466,6 +474,29 @@ __global__ void hc_pre_cluster_kernel(HcClusterParams p) {
   }
   cluster_wait();  // no block leaves while another may still read its shared memory
 #endif
+}
+
+// launch_hc_sinkhorn: one warp turns the logits in comb into the Sinkhorn's result, in place.
+template <HcSinkhorn K>
+__global__ void hc_sinkhorn_kernel(float* comb, HcShape s) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  const int lane = threadIdx.x;
+  if constexpr (K == HcSinkhorn::kShuffle) {
+    const float c = sinkhorn4_shuffle(comb[lane & 15], lane, s.sinkhorn_iters, s.hc_eps);
+    __syncwarp();
+    if (lane < 16) comb[lane] = c;
+  } else {
+    float c[16];
+#pragma unroll
+    for (int e = 0; e < 16; ++e) c[e] = comb[e];
+    sinkhorn4_registers(c, s.sinkhorn_iters, s.hc_eps);
+    __syncwarp();
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      if (lane == e) comb[e] = c[e];
+    }
+  }
 }
 
 // Host: the cluster kernel of one (size, head, Sinkhorn) choice.
@@ -665,12 +696,17 @@ Status hc_pre_any(const float* x, const float* mix_raw, const float* mix_partial
                   cudaStream_t stream, const HcPreOptions& options, const char* what) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_pre: state size must be a multiple of 4");
+  const int logits_only = options.comb_logits_only ? 1 : 0;
+  if (logits_only && s.mult != kClusterMult) {
+    return Status::Error("hc_pre: comb_logits_only needs 4 streams, got " + std::to_string(s.mult));
+  }
   if (const int cluster = pick_cluster(s, options, false, x, out, norm_weight); cluster > 0) {
-    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, post, comb, out};
+    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, post, comb, out,
+                            logits_only};
     return launch_cluster(p, cluster, false, options.sinkhorn, stream, what);
   }
   launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
-                post, comb, out, mix_partial, mix_tiles);
+                post, comb, out, mix_partial, mix_tiles, logits_only);
   return cuda_status(cudaGetLastError(), what);
 }
 
@@ -691,6 +727,17 @@ Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_
                     options, "hc_pre (partial sums) launch");
 }
 
+Status launch_hc_sinkhorn(float* comb, const HcShape& s, cudaStream_t stream, HcSinkhorn sinkhorn) {
+  DS4_RETURN_IF_ERROR(check_shape(s));
+  if (s.mult != kClusterMult) return Status::Error("hc_sinkhorn: needs 4 streams, got " + std::to_string(s.mult));
+  if (sinkhorn == HcSinkhorn::kRegisters) {
+    launch_kernel(hc_sinkhorn_kernel<HcSinkhorn::kRegisters>, 1, 32, 0, stream, comb, s);
+  } else {
+    launch_kernel(hc_sinkhorn_kernel<HcSinkhorn::kShuffle>, 1, 32, 0, stream, comb, s);
+  }
+  return cuda_status(cudaGetLastError(), "hc_sinkhorn launch");
+}
+
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
                       const HcShape& s, float* x_out, cudaStream_t stream) {
   DS4_RETURN_IF_ERROR(check_shape(s));
@@ -708,7 +755,7 @@ Status hc_head_any(const float* x, const float* mix_raw, const float* mix_partia
   DS4_RETURN_IF_ERROR(check_shape(s));
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
   if (const int cluster = pick_cluster(s, options, true, x, out, norm_weight); cluster > 0) {
-    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, nullptr, nullptr, out};
+    const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, nullptr, nullptr, out, 0};
     return launch_cluster(p, cluster, true, HcSinkhorn::kShuffle, stream, what);
   }
   launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,

@@ -61,12 +61,22 @@ struct HcPreOptions {
   // (0, 4, 8 or 16) when set, else 8.
   int cluster = -1;
   HcSinkhorn sinkhorn = HcSinkhorn::kShuffle;
+  // hc_pre only, 4 streams: comb receives the Sinkhorn's input logits C0 (spec/MODEL.md
+  // §2.3 step 3) instead of its result, and launch_hc_sinkhorn finishes it in place,
+  // the same bits. Takes the Sinkhorn off the launch: it can run on another stream
+  // beside the sublayer, since comb is first read by the hc_post after it.
+  bool comb_logits_only = false;
 };
 
 // The cluster size a launch of shape `s` with `options` runs on the current device
 // (0: the single-block kernel), for `x` and `out` (nullptr: taken as aligned).
 int hc_pre_cluster_size(const HcShape& s, const HcPreOptions& options = {}, const float* x = nullptr,
                         const float* out = nullptr);
+
+// comb (mult x mult logits from an hc_pre with HcPreOptions::comb_logits_only) <-
+// the Sinkhorn of them, in place, one warp. 4 streams only.
+Status launch_hc_sinkhorn(float* comb, const HcShape& s, cudaStream_t stream,
+                          HcSinkhorn sinkhorn = HcSinkhorn::kShuffle);
 
 // Given mix_raw = fn . X (hc_mix values), writes post (mult), comb (mult x mult, [src][dst])
 // and out = rmsw(sum_h pre_h X_h, norm_weight) (dim values).

@@ -864,7 +864,6 @@ class HcChainBench {
 
   // Records the chain as a graph into *exec.
   Status record(Chain& ch, bool fused, bool pre_only, const HcPreOptions& options, cudaGraphExec_t* exec) {
-    cudaGraph_t graph;
     int tiles = 0;
     if (pre_only) {  // the state and partial sums hc_pre reads, formed once before recording
       reset(ch);
@@ -873,8 +872,25 @@ class HcChainBench {
       tiles = *r;
       DS4_CUDA_TRY(cudaStreamSynchronize(stream_));
     }
+    return capture([&] { return pre_only ? enqueue_pre_only(ch, tiles, options) : enqueue(ch, fused, options); },
+                   exec);
+  }
+
+  // 40 launch_hc_sinkhorn on the chain's comb (in place), as a graph.
+  Status record_sinkhorn(Chain& ch, HcSinkhorn sinkhorn, cudaGraphExec_t* exec) {
+    reset(ch);
+    return capture([&]() -> Status {
+      for (int t = 0; t < kSteps; ++t) DS4_RETURN_IF_ERROR(launch_hc_sinkhorn(ch.comb.get(), s_, stream_, sinkhorn));
+      return Status::Ok();
+    }, exec);
+  }
+
+ private:
+  template <typename Enqueue>
+  Status capture(Enqueue enqueue_all, cudaGraphExec_t* exec) {
+    cudaGraph_t graph;
     DS4_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    Status st = pre_only ? enqueue_pre_only(ch, tiles, options) : enqueue(ch, fused, options);
+    Status st = enqueue_all();
     cudaError_t end = cudaStreamEndCapture(stream_, &graph);
     if (!st.ok() && end == cudaSuccess) cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(st);
@@ -885,7 +901,6 @@ class HcChainBench {
     return Status::Ok();
   }
 
- private:
   // hc_post of step t from `from` into `to` with its mixing partials: fused (one launch)
   // or, with `unfused` set, hc_post + the matvec. Returns the tile count.
   Result<int> post_mix(Chain& ch, int t, const float* from, float* to, const bool* unfused) {
@@ -1070,8 +1085,22 @@ void compare_hc_kernels(std::mt19937& rng, int dim, int tiles) {
           const cudaError_t ran = cudaDeviceSynchronize();
           check(st.ok() && ran == cudaSuccess, kind + ": launch (" + st.message() + ", " + cudaGetErrorName(ran) + ")");
         };
+        // With comb_logits_only, hc_pre then launch_hc_sinkhorn: the same bits as `direct`.
+        auto check_deferred = [&](const HcPreOptions& o, const Outputs& direct, const std::string& name) {
+          HcPreOptions deferred = o;
+          deferred.comb_logits_only = true;
+          Outputs got(m, dim);
+          run(deferred, &got);
+          const Status st = launch_hc_sinkhorn(got.comb.get(), s, nullptr, o.sinkhorn);
+          check(st.ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": hc_sinkhorn launch " + st.message());
+          check(count_bits_differ(got.post.host(), direct.post.host(), name + " deferred post") == 0 &&
+                    count_bits_differ(got.comb.host(), direct.comb.host(), name + " deferred comb") == 0 &&
+                    count_bits_differ(got.out.host(), direct.out.host(), name + " deferred out") == 0,
+                name + ": Sinkhorn deferred to launch_hc_sinkhorn gives the same bits");
+        };
         Outputs ref(m, dim);
         run(HcPreOptions{0, HcSinkhorn::kShuffle}, &ref);
+        if (!head) check_deferred(HcPreOptions{0, HcSinkhorn::kShuffle}, ref, kind + ", single block");
         const std::vector<float> ref_post = ref.post.host(), ref_comb = ref.comb.host(), ref_out = ref.out.host();
         std::vector<std::vector<float>> shuffle_results[17];
         for (const HcKernelVariant& v : kHcKernelVariants) {
@@ -1085,6 +1114,7 @@ void compare_hc_kernels(std::mt19937& rng, int dim, int tiles) {
           }
           Outputs got(m, dim);
           run(v.options, &got);
+          if (!head) check_deferred(v.options, got, name);
           const std::vector<float> out = got.out.host(), post = got.post.host(), comb = got.comb.host();
           int nan = 0;
           for (float f : out) nan += std::isnan(f) ? 1 : 0;
@@ -1171,6 +1201,32 @@ void bench_hc_pre_kernels(std::mt19937& rng, int dim) {
     }
     if (g) cudaGraphExecDestroy(g);
     if (gpre) cudaGraphExecDestroy(gpre);
+  }
+  // hc_pre without the Sinkhorn (comb_logits_only) and the Sinkhorn launch alone.
+  for (int cluster : {0, 8}) {
+    auto pre = bench.make_chain();
+    cudaGraphExec_t gpre = nullptr;
+    HcPreOptions o{cluster, HcSinkhorn::kShuffle};
+    o.comb_logits_only = true;
+    st = bench.record(*pre, true, true, o, &gpre);
+    check(st.ok(), "hc_pre kernels bench: comb_logits_only graph recorded: " + st.message());
+    if (st.ok()) {
+      std::printf("timing: hc_pre dim %d %s, Sinkhorn deferred (comb_logits_only): hc_pre alone %.2f us/launch\n",
+                  dim, cluster ? "cluster 8" : "single block", graph_us(gpre, stream) / steps);
+      cudaGraphExecDestroy(gpre);
+    }
+  }
+  for (HcSinkhorn k : {HcSinkhorn::kShuffle, HcSinkhorn::kRegisters}) {
+    auto sk = bench.make_chain();
+    cudaGraphExec_t gs = nullptr;
+    st = bench.record_sinkhorn(*sk, k, &gs);
+    check(st.ok(), "hc_pre kernels bench: Sinkhorn graph recorded: " + st.message());
+    if (st.ok()) {
+      std::printf("timing: hc_sinkhorn (%s), %d iterations: %.2f us/launch\n",
+                  k == HcSinkhorn::kShuffle ? "shuffles" : "registers", bench.shape().sinkhorn_iters,
+                  graph_us(gs, stream) / steps);
+      cudaGraphExecDestroy(gs);
+    }
   }
   // The Sinkhorn's share: hc_pre alone with 1 iteration instead of 20.
   bench.set_sinkhorn_iters(1);
