@@ -542,30 +542,59 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  if (warp < nh && lane == 0) {
-    // attention_combine_kernel's factors and total for head h0 + warp.
+  if (warp < nh) {
+    // attention_combine_kernel's factors and total for head h0 + warp: the splits' maxima
+    // and sums loaded by the lanes at once (the max does not depend on the order), the
+    // total summed in split order as there.
     const float* ws = partials + static_cast<int64_t>(h0 + warp) * p.splits * (D + 2);
-    float m = sink;
-    for (int s = 0; s < used; ++s) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
-    float z = expf(sink - m);
-    for (int s = 0; s < used; ++s) {
-      const float mj = __ldcg(ws + s * (D + 2) + D);
-      const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
-      factor[warp * p.splits + s] = f;
-      z += f * __ldcg(ws + s * (D + 2) + D + 1);
+    const float sk = __shfl_sync(0xffffffffu, sink, 0);
+    float m = sk;
+    for (int s = lane; s < used; s += 32) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
+    m = warp_max(m);
+    float z = expf(sk - m);
+    for (int s0 = 0; s0 < used; s0 += 32) {
+      const int s = s0 + lane;
+      float f = 0.0f, l = 0.0f;
+      if (s < used) {
+        const float mj = __ldcg(ws + s * (D + 2) + D);
+        l = __ldcg(ws + s * (D + 2) + D + 1);
+        f = mj == -INFINITY ? 0.0f : expf(mj - m);
+        factor[warp * p.splits + s] = f;
+      }
+      const int n = min(32, used - s0);
+      for (int k = 0; k < n; ++k) {
+        const float fk = __shfl_sync(0xffffffffu, f, k);
+        const float lk = __shfl_sync(0xffffffffu, l, k);
+        z += fk * lk;
+      }
     }
-    s_total[warp] = z;
+    if (lane == 0) s_total[warp] = z;
   }
   __syncthreads();
+  // Each thread's pair of every split loaded eight splits at a time before the sums
+  // (in split order, as attention_combine_kernel's).
+  constexpr int kSplitBatch = 8;
   for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
-    for (int g = 0; g < nh; ++g) {
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      if (g >= nh) continue;
       const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
       float2 sum = make_float2(0.0f, 0.0f);
-      for (int s = 0; s < used; ++s) {
-        const float f = factor[g * p.splits + s];
-        if (f != 0.0f) {
-          sum.x += f * __ldcg(ws + s * (D + 2) + i);
-          sum.y += f * __ldcg(ws + s * (D + 2) + i + 1);
+      for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
+        float2 v[kSplitBatch];
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k) {
+          if (s0 + k < used) v[k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
+        }
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k) {
+          if (s0 + k < used) {
+            const float f = factor[g * p.splits + s0 + k];
+            if (f != 0.0f) {
+              sum.x += f * v[k].x;
+              sum.y += f * v[k].y;
+            }
+          }
         }
       }
       store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
