@@ -211,7 +211,8 @@ __global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict
     const float scaled = ldexpf(s, -e);        // |X_G| < 16 2^e: exact, |scaled| < 16
     const __half h = __float2half_rn(scaled);
     const __half l = __float2half_rn((scaled - __half2float(h)) * 2048.0f);
-    const uint32_t pair = static_cast<uint32_t>(__half_as_ushort(h)) | (static_cast<uint32_t>(__half_as_ushort(l)) << 16);
+    const uint32_t pair =
+        static_cast<uint32_t>(__half_as_ushort(h)) | (static_cast<uint32_t>(__half_as_ushort(l)) << 16);
     const int t = lane & 3;
     const uint32_t p0 = __shfl_sync(0xffffffffu, pair, 4 * t);       // X_{2t}
     const uint32_t p1 = __shfl_sync(0xffffffffu, pair, 4 * t + 2);   // X_{2t+1}
@@ -295,12 +296,15 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
   const int wm = warp & 3, wn = warp >> 2;
-  find_group_tile(p, blockIdx.x, s_scan, &s_group, &s_tile);
+  find_group_tile(p, blockIdx.y, s_scan, &s_group, &s_tile);
   const int group = s_group;
   if (group < 0) return;
   const int a_begin = p.group_offsets[group] + s_tile * kBN;
   const int a_end = min(a_begin + kBN, p.group_offsets[group + 1]);
-  const int row0 = blockIdx.y * (PAIRED ? kBM / 2 : kBM);
+  const int row0 = blockIdx.x * (PAIRED ? kBM / 2 : kBM);
+  // This warp's 8-assignment tiles that hold an assignment (0..2; warp-uniform): the
+  // products of the others are skipped (a group's last tile is often partly empty).
+  const int warp_tiles = min(max((a_end - a_begin - wn * 16 + 7) >> 3, 0), 2);
   if (tid < kBN) {
     const int a = a_begin + tid;
     s_xrow[tid] = a < a_end ? (p.x_rows ? p.x_rows[a] : a) : -1;
@@ -394,110 +398,116 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
     const uint8_t* wrow = st + S::kW + (wm * 32 + g) * S::kWStride;  // row g of the warp's first tile
     const uint8_t* xrow = st + S::kX + (wn * 16 + g) * kXRowStride + t * 32;  // assignment g of the first n tile
     int acc[2][2][4][4];
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int L = 0; L < 4; ++L) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[m][nt][L][i] = 0;
-        }
-      }
-    }
-#pragma unroll(MIN_BLOCKS == 1 ? 8 : kIq2 ? 1 : 2)
-    for (int c = 0; c < 8; ++c) {
-      uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
-      int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
+    if (warp_tiles > 0) {
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
-          if constexpr (kIq2) {
-            const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
-            s2[m][r] = iq2_row_fragment<kStride>(q, table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
-          } else {
-            const int hh = c >> 2, j = c & 3;
-            const uint2 q = *reinterpret_cast<const uint2*>(row + 16 + 32 * hh + 8 * t);
-            const uint32_t sc = row[8 * hh + 2 * j + (t >> 1)] & 0xFu;
-            a[m][r] = ((q.x >> (2 * j)) & 0x03030303u) * sc;  // level * sc <= 45: no carries
-            a[m][2 + r] = ((q.y >> (2 * j)) & 0x03030303u) * sc;
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int L = 0; L < 4; ++L) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][nt][L][i] = 0;
           }
         }
       }
+#pragma unroll(MIN_BLOCKS == 1 ? 8 : kIq2 ? 1 : 2)
+      for (int c = 0; c < 8; ++c) {
+        uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
+        int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        const uint8_t* xb = xrow + nt * 8 * kXRowStride + c * 128;
-        const uint4 d01 = *reinterpret_cast<const uint4*>(xb);
-        const uint4 d23 = *reinterpret_cast<const uint4*>(xb + 16);
-        const uint32_t bf[4][2] = {{d01.x, d01.y}, {d01.z, d01.w}, {d23.x, d23.y}, {d23.z, d23.w}};
+        for (int m = 0; m < 2; ++m) {
 #pragma unroll
-        for (int L = 0; L < 4; ++L) {
-#pragma unroll
-          for (int m = 0; m < 2; ++m) {
+          for (int r = 0; r < 2; ++r) {
+            const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
             if constexpr (kIq2) {
-              int d[4];
-              mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
-              acc[m][nt][L][0] += s2[m][0] * d[0];
-              acc[m][nt][L][1] += s2[m][0] * d[1];
-              acc[m][nt][L][2] += s2[m][1] * d[2];
-              acc[m][nt][L][3] += s2[m][1] * d[3];
+              const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
+              s2[m][r] = iq2_row_fragment<kStride>(q, table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
             } else {
-              mma_s8(acc[m][nt][L], a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+              const int hh = c >> 2, j = c & 3;
+              const uint2 q = *reinterpret_cast<const uint2*>(row + 16 + 32 * hh + 8 * t);
+              const uint32_t sc = row[8 * hh + 2 * j + (t >> 1)] & 0xFu;
+              a[m][r] = ((q.x >> (2 * j)) & 0x03030303u) * sc;  // level * sc <= 45: no carries
+              a[m][2 + r] = ((q.y >> (2 * j)) & 0x03030303u) * sc;
+            }
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          if (nt >= warp_tiles) break;
+          const uint8_t* xb = xrow + nt * 8 * kXRowStride + c * 128;
+          const uint4 d01 = *reinterpret_cast<const uint4*>(xb);
+          const uint4 d23 = *reinterpret_cast<const uint4*>(xb + 16);
+          const uint32_t bf[4][2] = {{d01.x, d01.y}, {d01.z, d01.w}, {d23.x, d23.y}, {d23.z, d23.w}};
+#pragma unroll
+          for (int L = 0; L < 4; ++L) {
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+              if constexpr (kIq2) {
+                int d[4];
+                mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+                acc[m][nt][L][0] += s2[m][0] * d[0];
+                acc[m][nt][L][1] += s2[m][0] * d[1];
+                acc[m][nt][L][2] += s2[m][1] * d[2];
+                acc[m][nt][L][3] += s2[m][1] * d[3];
+              } else {
+                mma_s8(acc[m][nt][L], a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+              }
             }
           }
         }
       }
-    }
-    // The block's exact sums, converted once and scaled.
-    const float* xs = reinterpret_cast<const float*>(st + S::kXScales) + wn * 16 + 2 * t;
+      // The block's exact sums, converted once and scaled.
+      const float* xs = reinterpret_cast<const float*>(st + S::kXScales) + wn * 16 + 2 * t;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const float sb[2] = {xs[8 * nt], xs[8 * nt + 1]};
+      for (int nt = 0; nt < 2; ++nt) {
+        if (nt >= warp_tiles) break;
+        const float sb[2] = {xs[8 * nt], xs[8 * nt + 1]};
 #pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        if constexpr (kIq2) {
+        for (int m = 0; m < 2; ++m) {
+          if constexpr (kIq2) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
-                                                   acc[m][nt][3][i]);
-            sum[m][nt][i] += __ll2float_rn(total) * (d_row[m][i >> 1] * sb[i & 1]);
-          }
-        } else {
-          // Minimums: sum_G m_G X'_G on f16 tensor cores (X' = hi + lo 2^-11).
-          const uint8_t* r0 = wrow + 16 * m * S::kWStride;
-          const uint8_t* r1 = r0 + 8 * S::kWStride;
-          const auto mins_h2 = [](uint32_t two_bytes) {
-            const uint32_t bits = 0x64006400u | ((two_bytes >> 4) & 0xFu) | (((two_bytes >> 12) & 0xFu) << 16);
-            const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6400)));
-            return *reinterpret_cast<const uint32_t*>(&v);
-          };
-          const uint32_t ma0 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 2 * t));
-          const uint32_t ma1 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 2 * t));
-          const uint32_t ma2 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 8 + 2 * t));
-          const uint32_t ma3 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 8 + 2 * t));
-          const uint4 xm = *reinterpret_cast<const uint4*>(st + S::kXMins + (wn * 16 + 8 * nt + g) * kMinBytes + 16 * t);
-          float dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          mma_f16(dm, ma0, ma1, ma2, ma3, xm.z, xm.w);
+            for (int i = 0; i < 4; ++i) {
+              const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
+                                                     acc[m][nt][3][i]);
+              sum[m][nt][i] += __ll2float_rn(total) * (d_row[m][i >> 1] * sb[i & 1]);
+            }
+          } else {
+            // Minimums: sum_G m_G X'_G on f16 tensor cores (X' = hi + lo 2^-11).
+            const uint8_t* r0 = wrow + 16 * m * S::kWStride;
+            const uint8_t* r1 = r0 + 8 * S::kWStride;
+            const auto mins_h2 = [](uint32_t two_bytes) {
+              const uint32_t bits = 0x64006400u | ((two_bytes >> 4) & 0xFu) | (((two_bytes >> 12) & 0xFu) << 16);
+              const __half2 v =
+                  __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6400)));
+              return *reinterpret_cast<const uint32_t*>(&v);
+            };
+            const uint32_t ma0 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 2 * t));
+            const uint32_t ma1 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 2 * t));
+            const uint32_t ma2 = mins_h2(*reinterpret_cast<const uint16_t*>(r0 + 8 + 2 * t));
+            const uint32_t ma3 = mins_h2(*reinterpret_cast<const uint16_t*>(r1 + 8 + 2 * t));
+            const uint4 xm =
+                *reinterpret_cast<const uint4*>(st + S::kXMins + (wn * 16 + 8 * nt + g) * kMinBytes + 16 * t);
+            float dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma_f16(dm, ma0, ma1, ma2, ma3, xm.z, xm.w);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) dm[i] *= 1.0f / 2048.0f;
-          mma_f16(dm, ma0, ma1, ma2, ma3, xm.x, xm.y);
-          const float dd[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 80)),
-                               half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 80))};
-          const float dmin[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 82)),
-                                 half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 82))};
+            for (int i = 0; i < 4; ++i) dm[i] *= 1.0f / 2048.0f;
+            mma_f16(dm, ma0, ma1, ma2, ma3, xm.x, xm.y);
+            const float dd[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 80)),
+                                 half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 80))};
+            const float dmin[2] = {half_bits_to_float(*reinterpret_cast<const uint16_t*>(r0 + 82)),
+                                   half_bits_to_float(*reinterpret_cast<const uint16_t*>(r1 + 82))};
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
-                                                   acc[m][nt][3][i]);
-            const float s = sb[i & 1];
-            sum[m][nt][i] += fmaf(__ll2float_rn(total), dd[i >> 1] * s,
-                                  -(dmin[i >> 1] * (s * 1073741824.0f) * dm[i]));
+            for (int i = 0; i < 4; ++i) {
+              const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
+                                                     acc[m][nt][3][i]);
+              const float s = sb[i & 1];
+              sum[m][nt][i] += fmaf(__ll2float_rn(total), dd[i >> 1] * s,
+                                    -(dmin[i >> 1] * (s * 1073741824.0f) * dm[i]));
+            }
           }
         }
       }
-    }
+    }  // warp_tiles > 0
     __syncthreads();
   }
   cp_async_wait<0>();
@@ -729,8 +739,10 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, co
   // ceil(n_tokens / kBN) + n_groups tiles at most; the blocks past the last exit.
   const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + kBN - 1) / kBN + l.n_groups;
   const int64_t row_tiles = w.rows / (paired ? kBM / 2 : kBM);
-  if (token_tiles > INT32_MAX || row_tiles > 65535) return Status::Error("expert matmul: grid too large");
-  const dim3 grid(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles));
+  if (token_tiles > 65535 || row_tiles > INT32_MAX) return Status::Error("expert matmul: grid too large");
+  // Row tiles vary fastest: the blocks of one assignment tile run together and read its
+  // digits from L2 (the down products' digits, ~100 MB at the real shapes, exceed it).
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles));
   (*variant)->fn<<<grid, kThreads, (*variant)->dynamic_shared, stream>>>(p);
   return cuda_status(cudaGetLastError(), paired ? "expert matmul: gate+up launch" : "expert matmul: down launch");
 }

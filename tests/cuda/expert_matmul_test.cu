@@ -249,9 +249,10 @@ std::string routing_summary(const Routing& r) {
     }
     largest = std::max(largest, n);
   }
+  const bool all_empty = empty == static_cast<int>(r.offsets.size()) - 1;
   return std::to_string(r.offsets.size() - 1) + " groups, " + std::to_string(r.total()) + " assignments, " +
-         std::to_string(empty) + " empty, smallest " + std::to_string(empty == static_cast<int>(r.offsets.size()) - 1 ? 0 : smallest) +
-         ", largest " + std::to_string(largest);
+         std::to_string(empty) + " empty, smallest " + std::to_string(all_empty ? 0 : smallest) + ", largest " +
+         std::to_string(largest);
 }
 
 // Activations: uniform in [-3, 3]; in every third row one 256-column block scaled by 1e-3
@@ -574,12 +575,13 @@ void test_non_finite(Stack* gate, Stack* up, Stack* down, std::mt19937& rng) {
         // down: NaN; gate+up (no limit): the SwiGLU of NaN products, not finite.
         const bool flagged = paired ? !std::isfinite(v) : std::isnan(v);
         if (reads != flagged && wrong++ < 3) {
-          std::printf("  %s: assignment %d row %lld is %g (%s x row %d)\n", name.c_str(), a, static_cast<long long>(row),
-                      v, reads ? "reads" : "does not read", bad_row);
+          std::printf("  %s: assignment %d row %lld is %g (%s x row %d)\n", name.c_str(), a,
+                      static_cast<long long>(row), v, reads ? "reads" : "does not read", bad_row);
         }
       }
     }
-    check(wrong == 0, name + ": " + std::to_string(wrong) + " outputs flagged where they should not be, or not flagged");
+    check(wrong == 0,
+          name + ": " + std::to_string(wrong) + " outputs flagged where they should not be, or not flagged");
   }
 }
 
