@@ -377,6 +377,25 @@ void check_attention_case(const AttentionCase& k, std::mt19937& rng, cudaStream_
   std::printf("timing: attention %s, graph of %d steps, us per step: old (%s) %.2f; %s %.2f; %s %.2f; "
               "%s %.2f (%d splits in use)\n",
               at.c_str(), kChain, names[0], us[0], names[1], us[1], names[2], us[2], names[3], us[3], used);
+  // The fused kernel's other shapes: more heads per block, and the most splits.
+  auto fused_chain = [&](int group, int splits) {
+    return [&, group, splits](cudaStream_t s) -> Status {
+      for (int i = 0; i < kChain; ++i) {
+        AttentionLaunch a = d.launch(out_new.get(), ws_new.get());
+        a.q_norm_rope = a.fold_combine = a.fit_splits = true;
+        a.head_group = group;
+        a.splits = splits;
+        DS4_RETURN_IF_ERROR(launch_attention_decode(a, s));
+      }
+      return Status::Ok();
+    };
+  };
+  const double g4 = graph_us_per_step(st, fused_chain(4, d.splits), kChain, at + " fused, groups of 4");
+  const double g8 = graph_us_per_step(st, fused_chain(8, d.splits), kChain, at + " fused, groups of 8");
+  const double s16 = graph_us_per_step(st, fused_chain(2, 16), kChain, at + " fused, 16 splits");
+  std::printf("timing: attention %s, fused q + folded combine + fit splits, us per step: groups of 2 %.2f, "
+              "groups of 4 %.2f, groups of 8 %.2f; groups of 2 with 16 splits %.2f\n",
+              at.c_str(), us[3], g4, g8, s16);
   check(read_counters_nonzero(ws_new.get(), H) == 0, at + ": counters zero after the timed graphs");
 }
 
