@@ -1750,7 +1750,7 @@ Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, c
   DS4_RETURN_IF_ERROR(gate_up_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert gate+up: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert gate+up: x is not 16-byte aligned");
-  if (o.tensor_cores && o.staged) {
+  if (o.tensor_cores && o.staged && o.tc_blocks_per_warp == 0) {  // a column split asked for: the tensor-core kernel
     auto plan = plan_staged_gate_up(l, o);
     if (plan.ok()) return launch_staged_gate_up(l, *plan, stream, o);
     if (o.staged_stages != 0 || o.staged_warps != 0) return plan.status();  // asked for a shape that does not fit

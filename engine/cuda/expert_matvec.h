@@ -95,8 +95,9 @@ struct ExpertMatvecOptions {
   // matrices; down: a warp's whole share of a 16-row tile at once). Outputs bit for bit those
   // of the tensor-core kernels with tc_blocks_per_warp = 0 (gate+up: where that gives one
   // 256-column block per warp, as at 4096 columns). Where the shape or the device's shared
-  // memory does not allow them, the tensor-core kernels run. The tensor-core kernels'
-  // options apply, except prefetch and (gate+up) tc_blocks_per_warp.
+  // memory does not allow them, the tensor-core kernels run. Of the tensor-core kernels'
+  // options, tc_lane_tables applies to gate+up and tc_blocks_per_warp to down (gate+up with
+  // tc_blocks_per_warp set runs the tensor-core kernel); prefetch does not apply.
   bool staged = false;
   // Staged gate+up: ring steps (256-column blocks) per warp, 2, 4 or 8; 0: the deepest that fits.
   int staged_stages = 0;
