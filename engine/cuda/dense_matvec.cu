@@ -245,6 +245,16 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
   }
   static_assert(kPer % 4 == 0, "pieces of whole float4s");
   if (p.x_norm_weight) {  // one slot (checked on the host); the generic kernel's sum order
+    // Plain Q8_0 launches (q_b) load the weights with the sum's loads (one L2 round trip,
+    // not two); the others have no registers to spare for them (ptxas -v: spills).
+    constexpr bool kEarly = T == GgmlType::Q8_0 && !PAIRED;
+    float4 gv[kEarly ? 8 : 1];
+    if constexpr (kEarly) {
+#pragma unroll
+      for (int k = 0; k < 32; k += 4) {
+        gv[k / 4] = __ldg(reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k)));
+      }
+    }
     __shared__ double red[32];
     double ss = 0.0;
     for (int i = threadIdx.x; i < p.cols; i += kThreads) ss += static_cast<double>(p.x[i]) * p.x[i];
@@ -252,11 +262,16 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<T, R, PREFETCH, PAIRED>)
     const float scale = cuda_detail::rms_scale(ss, p.cols, p.x_norm_eps);
 #pragma unroll
     for (int k = 0; k < 32; k += 4) {
-      const float4 gv = *reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k));
-      xr[k] = xr[k] * scale * gv.x;
-      xr[k + 1] = xr[k + 1] * scale * gv.y;
-      xr[k + 2] = xr[k + 2] * scale * gv.z;
-      xr[k + 3] = xr[k + 3] * scale * gv.w;
+      float4 g;
+      if constexpr (kEarly) {
+        g = gv[k / 4];
+      } else {
+        g = *reinterpret_cast<const float4*>(p.x_norm_weight + column_of<T>(segment, lane, k));
+      }
+      xr[k] = xr[k] * scale * g.x;
+      xr[k + 1] = xr[k + 1] * scale * g.y;
+      xr[k + 2] = xr[k + 2] * scale * g.z;
+      xr[k + 3] = xr[k + 3] * scale * g.w;
     }
   }
 
