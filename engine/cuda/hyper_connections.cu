@@ -3,6 +3,7 @@
 #include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -542,13 +543,18 @@ int default_cluster() {
 // Whether the current device runs `kernel` as clusters of `cluster` blocks of `threads`
 // (sm_90 or newer, cluster launch, and at least one such cluster resident at a time;
 // 16 blocks only where non-portable cluster sizes are allowed). Cached per device.
-bool cluster_fits(ClusterKernel kernel, int cluster, int threads) {
+// refuse: records that a launch of it failed (false from then on).
+bool cluster_fits(ClusterKernel kernel, int cluster, int threads, bool refuse = false) {
   static std::mutex mu;
   static std::map<std::tuple<int, uintptr_t, int>, bool> cache;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   const auto key = std::make_tuple(device, reinterpret_cast<uintptr_t>(kernel), threads);
   std::lock_guard<std::mutex> lock(mu);
+  if (refuse) {
+    cache[key] = false;
+    return false;
+  }
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   bool ok = false;
   int major = 0, cluster_launch = 0;
@@ -592,8 +598,9 @@ int pick_cluster(const HcShape& s, const HcPreOptions& o, bool head, const float
 }
 
 // Launches the cluster kernel (one cluster), with the PDL attribute as launch_kernel.
-Status launch_cluster(const HcClusterParams& p, int cluster, bool head, HcSinkhorn sinkhorn, cudaStream_t stream,
-                      const char* what) {
+// False where the launch was refused: the kernel is then marked as not fitting (the
+// single-block kernel runs from then on), and stderr says so once.
+bool launch_cluster(const HcClusterParams& p, int cluster, bool head, HcSinkhorn sinkhorn, cudaStream_t stream) {
   const ClusterKernel kernel = cluster_kernel_for(cluster, head, sinkhorn);
   cudaLaunchAttribute attribute[2];
   attribute[0].id = cudaLaunchAttributeClusterDimension;
@@ -608,7 +615,16 @@ Status launch_cluster(const HcClusterParams& p, int cluster, bool head, HcSinkho
   config.stream = stream;
   config.attrs = attribute;
   config.numAttrs = pdl_enabled() ? 2 : 1;
-  return cuda_status(cudaLaunchKernelEx(&config, kernel, p), what);
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, p);
+  if (err == cudaSuccess) return true;
+  (void)cudaGetLastError();
+  cluster_fits(kernel, cluster, static_cast<int>(config.blockDim.x), true);
+  static std::once_flag said;
+  std::call_once(said, [&] {
+    std::fprintf(stderr, "ds4: CUDA: the %d-block cluster form of hc_pre / hc_head was refused (%s); using the "
+                 "single-block kernel\n", cluster, cudaGetErrorName(err));
+  });
+  return false;
 }
 
 // launch_hc_post_mix (see the header). Block (t, y): column tile t of the flattened new
@@ -703,7 +719,7 @@ Status hc_pre_any(const float* x, const float* mix_raw, const float* mix_partial
   if (const int cluster = pick_cluster(s, options, false, x, out, norm_weight); cluster > 0) {
     const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, post, comb, out,
                             logits_only};
-    return launch_cluster(p, cluster, false, options.sinkhorn, stream, what);
+    if (launch_cluster(p, cluster, false, options.sinkhorn, stream)) return Status::Ok();
   }
   launch_kernel(hc_pre_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
                 post, comb, out, mix_partial, mix_tiles, logits_only);
@@ -756,7 +772,7 @@ Status hc_head_any(const float* x, const float* mix_raw, const float* mix_partia
   if ((s.dim * s.mult) % 4 != 0) return Status::Error("hc_head: state size must be a multiple of 4");
   if (const int cluster = pick_cluster(s, options, true, x, out, norm_weight); cluster > 0) {
     const HcClusterParams p{x, mix_raw, mix_partial, mix_tiles, scale, base, norm_weight, s, nullptr, nullptr, out, 0};
-    return launch_cluster(p, cluster, true, HcSinkhorn::kShuffle, stream, what);
+    if (launch_cluster(p, cluster, true, HcSinkhorn::kShuffle, stream)) return Status::Ok();
   }
   launch_kernel(hc_head_kernel, 1, 1024, s.dim * sizeof(float), stream, x, mix_raw, scale, base, norm_weight, s,
                 out, mix_partial, mix_tiles);

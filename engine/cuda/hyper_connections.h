@@ -13,7 +13,8 @@
 // or none). The single-block kernel runs where the cluster kernel does not apply: a
 // stream count other than 4, a dim not divisible by 4 x the cluster size or over
 // 3968 x the cluster size, state, output or norm weight not 16-byte aligned, a device below sm_90 or
-// without cluster launch, or a cluster the device cannot hold (hc_pre_cluster_size).
+// without cluster launch, a cluster the device cannot hold (hc_pre_cluster_size), or
+// a cluster launch the runtime refused once (said on stderr).
 // scale, base and norm_weight are weights: read before the PDL wait (cuda/launch.h).
 //
 // Thread-safety: launches on the caller's stream; the cluster-support cache and the
