@@ -898,6 +898,38 @@ void bench(double bandwidth) {
     fastest.add(o, us);
   }
   fastest.print("down", dn_bytes, bandwidth);
+  // gate+up then down, as the decode runs them (limit 10, down adding): the pair's time per
+  // token for the tensor-core kernels and the staged ones.
+  for (bool staged : {false, true}) {
+    ExpertMatvecOptions o = tc_reference_options();
+    o.staged = staged;
+    ExpertMatvecOptions od = o;
+    od.prefetch = false;
+    const double us = time_graph([&](int k, cudaStream_t s) {
+      ExpertGateUpLaunch l;
+      l.gate = &(*g)->m;
+      l.up = &(*u)->m;
+      l.x = dx.get();
+      l.ids = dids.get() + k * kUsed;
+      l.weights = dw.get();
+      l.n_used = kUsed;
+      l.swiglu_limit = 10.0f;
+      l.y = dy.get();
+      DS4_RETURN_IF_ERROR(launch_expert_gate_up(l, s, o));
+      ExpertDownLaunch dl;
+      dl.down = &(*d)->m;
+      dl.x = dy.get();
+      dl.ids = dids.get() + k * kUsed;
+      dl.n_used = kUsed;
+      dl.y = dz.get();
+      return launch_expert_down(dl, s, od);
+    });
+    const double bytes = gu_bytes + dn_bytes;
+    std::printf("bench expert gate+up then down (%s): %.2f us per pair, %.1f MB, %.0f GB/s (%.0f%% of read "
+                "bandwidth)\n",
+                staged ? "staged" : "tensor cores", us, bytes / 1e6, us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0,
+                us > 0 ? 100.0 * bytes / (us * 1e-6) / bandwidth : 0.0);
+  }
 }
 
 }  // namespace
