@@ -52,7 +52,8 @@ Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, co
 // The Sinkhorn of the cluster kernel, both with the CPU reference's operations in its
 // order (the same bits as each other and as the single-block kernel's): one comb entry
 // per lane with shuffles for the row and column sums (kShuffle), or all 16 entries in
-// every lane's registers, no shuffles (kRegisters).
+// every lane's registers, no shuffles (kRegisters: measured 4x slower on the H200, 23.8
+// against 5.8 us per hc_pre, the 16 divisions per pass running one after another).
 enum class HcSinkhorn { kShuffle, kRegisters };
 
 // Which hc_pre / hc_head kernel a launch runs.
