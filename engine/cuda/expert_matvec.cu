@@ -953,14 +953,23 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
   constexpr int kShift = LANE_TABLES ? 7 : 2;
   const uint8_t* table;
   if constexpr (LANE_TABLES) {
+    // 32 entries per warp and pass: one load each, then handed to every lane by shuffles.
     uint32_t* copies = reinterpret_cast<uint32_t*>(dynamic);
-    for (int e = warp; e < kTableWords; e += n_warps) copies[e * 32 + lane] = g_selectors[e];
+    for (int base = warp * 32; base < kTableWords; base += n_warps * 32) {
+      const uint32_t v = base + lane < kTableWords ? g_selectors[base + lane] : 0u;
+#pragma unroll 8
+      for (int i = 0; i < 32; ++i) {
+        const uint32_t e = __shfl_sync(0xffffffffu, v, i);
+        if (base + i < kTableWords) copies[(base + i) * 32 + lane] = e;
+      }
+    }
     table = reinterpret_cast<const uint8_t*>(copies + lane);
   } else {
     for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) compact[i] = g_selectors[i];
     table = reinterpret_cast<const uint8_t*>(compact);
   }
   pdl_wait();
+  pdl_launch_dependents();  // the next kernel may be scheduled once every block has come here
   // This warp's first block of x is read together with the ids (the two latencies overlap).
   float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
   if (warp < p.blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
@@ -1110,6 +1119,7 @@ __global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kerne
   const int g = lane >> 2, t = lane & 3;
   const int x_blocks = p.n_used * p.blocks;
   pdl_wait();
+  pdl_launch_dependents();
   float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
   if (warp < x_blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) s_ids[i] = p.ids[i];
