@@ -19,13 +19,13 @@ using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
 
 // Block tile: kBM weight rows (paired: 64 gate rows and the same 64 up rows) x kBN
-// assignments, one 256-column block of the weights per pipeline stage. 8 warps: warp w
+// assignments, one 256-column block of the weights per pipeline stage (2 to 4 stages).
+// 8 warps: warp w
 // owns weight rows [32 (w % 4), +32) (two 16-row mma tiles) and assignments
 // [16 (w / 4), +16) (two 8-column mma tiles).
 constexpr int kThreads = 256;
 constexpr int kBM = 128;
 constexpr int kBN = 32;
-constexpr int kStages = 2;
 constexpr int kDigitBytes = 1024;       // one row's digits of one 256-column block: [chunk][t][digit][8]
 constexpr int kMinBytes = 64;           // one row's Q2_K minimum sums of one block: [t][4 words]
 constexpr int kXRowStride = kDigitBytes + 16;  // shared memory: rows 16 bytes apart in banks
@@ -57,9 +57,9 @@ struct StageLayout {
   static constexpr int kXScales = kX + kBN * kXRowStride;
   static constexpr int kXMins = kXScales + kBN * 4;
   static constexpr int kBytes = kXMins + (T == GgmlType::Q2_K ? kBN * kMinBytes : 0);
-  static constexpr int kTotal = kStages * kBytes;
+  static constexpr int total(int stages) { return stages * kBytes; }
   static_assert(kX % 16 == 0 && kXScales % 16 == 0 && kXMins % 16 == 0 && kBytes % 16 == 0, "16-byte alignment");
-  static_assert(kBM * (kBN + 1) * 4 <= kTotal, "the output tile reuses the stages");
+  static_assert(kBM * (kBN + 1) * 4 <= 2 * kBytes, "the output tile reuses the stages");
 };
 
 // The compact IQ2_XXS selector table of cuda/dequant_chunk.cuh (Iq2xxsCompact).
@@ -279,9 +279,10 @@ __device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0
 
 // LANE_TABLES: the IQ2_XXS selector table one copy per bank at the start of dynamic shared
 // memory (conflict-free lookups), else one compact copy in static shared memory.
+// STAGES: 256-column blocks in the cp.async ring (copies run STAGES - 1 blocks ahead).
 // MIN_BLOCKS: resident blocks per multiprocessor the kernel is compiled for (2: at most
 // 128 registers, the chunk loop partly unrolled; 1: unrolled).
-template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS>
+template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Params p) {
   using S = StageLayout<T>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
@@ -374,10 +375,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
   const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
   const int sign_shift = 7 * t;
 
-  load_stage(0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int k = 0; k < STAGES - 1; ++k) {
+    if (k < p.blocks) load_stage(k, k);
+    cp_async_commit();
+  }
   for (int b = 0; b < p.blocks; ++b) {
-    if (b + 1 < p.blocks) load_stage(b + 1, (b + 1) & 1);
+    if (b + STAGES - 1 < p.blocks) load_stage(b + STAGES - 1, (b + STAGES - 1) % STAGES);
     cp_async_commit();
     // IQ2_XXS: the rows' f16 d of this block (read while the copies land).
     float d_row[2][2];
@@ -392,9 +396,9 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
         }
       }
     }
-    cp_async_wait<1>();
+    cp_async_wait<STAGES - 1>();
     __syncthreads();
-    const uint8_t* st = smem + (b & 1) * S::kBytes;
+    const uint8_t* st = smem + (b % STAGES) * S::kBytes;
     const uint8_t* wrow = st + S::kW + (wm * 32 + g) * S::kWStride;  // row g of the warp's first tile
     const uint8_t* xrow = st + S::kX + (wn * 16 + g) * kXRowStride + t * 32;  // assignment g of the first n tile
     int acc[2][2][4][4];
@@ -546,7 +550,8 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
 
 using ProductFn = void (*)(Params);
 
-// The kernel variants: [gate+up 0 / down 1][lane tables][one block per SM].
+// The kernel variants: gate+up [lane tables][one block per SM][stages 2, 3, 4], then down
+// [one block per SM][stages 2, 3, 4].
 struct Variant {
   ProductFn fn;
   int dynamic_shared;  // bytes
@@ -554,10 +559,19 @@ struct Variant {
   bool usable;         // fits the device's shared memory
 };
 
-constexpr int kVariants = 6;
+constexpr int kVariants = 18;
 
-int variant_index(bool paired, bool lane_tables, bool one_block) {
-  return paired ? (lane_tables ? 2 : 0) + (one_block ? 1 : 0) : 4 + (one_block ? 1 : 0);
+int variant_index(bool paired, bool lane_tables, bool one_block, int stages) {
+  const int s = stages - 2;
+  return paired ? ((lane_tables ? 2 : 0) + (one_block ? 1 : 0)) * 3 + s : 12 + (one_block ? 1 : 0) * 3 + s;
+}
+
+template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS>
+void add_variants(Variant* v) {
+  constexpr int extra = LANE ? kLaneTableBytes : 0;
+  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2>, StageLayout<T>::total(2) + extra, 0, false};
+  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3>, StageLayout<T>::total(3) + extra, 0, false};
+  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4>, StageLayout<T>::total(4) + extra, 0, false};
 }
 
 struct InitState {
@@ -566,15 +580,16 @@ struct InitState {
 };
 
 InitState& init_state() {
-  static InitState s{Status::Ok(),
-                     {{expert_matmul_kernel<GgmlType::IQ2_XXS, true, false, 2>, StageLayout<GgmlType::IQ2_XXS>::kTotal},
-                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, false, 1>, StageLayout<GgmlType::IQ2_XXS>::kTotal},
-                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, true, 2>,
-                       StageLayout<GgmlType::IQ2_XXS>::kTotal + kLaneTableBytes},
-                      {expert_matmul_kernel<GgmlType::IQ2_XXS, true, true, 1>,
-                       StageLayout<GgmlType::IQ2_XXS>::kTotal + kLaneTableBytes},
-                      {expert_matmul_kernel<GgmlType::Q2_K, false, false, 2>, StageLayout<GgmlType::Q2_K>::kTotal},
-                      {expert_matmul_kernel<GgmlType::Q2_K, false, false, 1>, StageLayout<GgmlType::Q2_K>::kTotal}}};
+  static InitState s = [] {
+    InitState st;
+    add_variants<GgmlType::IQ2_XXS, true, false, 2>(st.variants + variant_index(true, false, false, 2));
+    add_variants<GgmlType::IQ2_XXS, true, false, 1>(st.variants + variant_index(true, false, true, 2));
+    add_variants<GgmlType::IQ2_XXS, true, true, 2>(st.variants + variant_index(true, true, false, 2));
+    add_variants<GgmlType::IQ2_XXS, true, true, 1>(st.variants + variant_index(true, true, true, 2));
+    add_variants<GgmlType::Q2_K, false, false, 2>(st.variants + variant_index(false, false, false, 2));
+    add_variants<GgmlType::Q2_K, false, false, 1>(st.variants + variant_index(false, false, true, 2));
+    return st;
+  }();
   return s;
 }
 
@@ -607,7 +622,11 @@ std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
 // does not fit the device.
 Result<const Variant*> pick_variant(bool paired, const ExpertMatmulOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matmul_init());
-  const Variant& v = init_state().variants[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm)];
+  if (o.stages < 2 || o.stages > 4) {
+    return Status::Error("expert matmul: " + std::to_string(o.stages) + " pipeline stages (expected 2, 3 or 4)");
+  }
+  const Variant& v =
+      init_state().variants[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
   if (!v.usable) {
     return Status::Error("expert matmul: " + std::to_string(v.dynamic_shared + v.static_shared) +
                          " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));

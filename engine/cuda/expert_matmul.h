@@ -92,6 +92,10 @@ struct ExpertMatmulOptions {
   // Kernels compiled for one resident block per multiprocessor (up to 255 registers, the
   // chunk loop unrolled) instead of two (128 registers).
   bool one_block_per_sm = false;
+  // 256-column blocks in the shared-memory ring of copies: 2, 3 or 4 (copies run stages - 1
+  // blocks ahead; about 44-47 KB each, so more than 2 fit the H200, not the GB10: refused
+  // where they do not fit).
+  int stages = 2;
 };
 
 // Bytes of the workspace for `rows` rows of x of `cols` columns.

@@ -317,20 +317,32 @@ Status run_new(const Case& c, float* y, const float* dx, const int32_t* doff, co
 // those the device holds for this launch's kind (paired or not).
 std::vector<ExpertMatmulOptions> other_variants() {
   std::vector<ExpertMatmulOptions> out;
+  const ExpertMatmulOptions def;
   for (bool lane : {false, true}) {
     for (bool one : {false, true}) {
-      if (!lane && !one) continue;
-      ExpertMatmulOptions o;
-      o.lane_tables = lane;
-      o.one_block_per_sm = one;
-      out.push_back(o);
+      for (int stages : {2, 3, 4}) {
+        ExpertMatmulOptions o;
+        o.lane_tables = lane;
+        o.one_block_per_sm = one;
+        o.stages = stages;
+        if (o.lane_tables == def.lane_tables && o.one_block_per_sm == def.one_block_per_sm && o.stages == def.stages) {
+          continue;
+        }
+        out.push_back(o);
+      }
     }
   }
   return out;
 }
 
 std::string variant_name(const ExpertMatmulOptions& o) {
-  return std::string(o.lane_tables ? "lane tables" : "compact table") + (o.one_block_per_sm ? ", one block/SM" : "");
+  return std::string(o.lane_tables ? "lane tables" : "compact table") + (o.one_block_per_sm ? ", one block/SM" : "") +
+         ", " + std::to_string(o.stages) + " stages";
+}
+
+// Whether a launch was refused for the device's shared memory (variants that do not fit).
+bool refused_for_shared_memory(const Status& s) {
+  return !s.ok() && s.message().find("shared memory") != std::string::npos;
 }
 
 Status run_exact(const Case& c, float* y, const float* dx, const int32_t* doff, const int32_t* drows,
@@ -453,7 +465,7 @@ void test_case(const Case& c, int cpu_assignments, std::mt19937& rng) {
                cudaMemcpyHostToDevice);
     s = run_new(c, dy2.get(), dx.get(), doff.get(), drows.get(), dscale.get(), o);
     e = cudaDeviceSynchronize();
-    if (!s.ok() && o.lane_tables && max_shared_per_block() < 160 * 1024) {
+    if (refused_for_shared_memory(s)) {
       std::printf("  %s: variant %s refused on this device (%s)\n", name.c_str(), variant_name(o).c_str(),
                   s.message().c_str());
       continue;
@@ -645,6 +657,11 @@ void test_refused(Stack* gate, Stack* up, Stack* down) {
   l.x_rows = nullptr;
   l.x_pool_rows = 0;
   refused(l, "pool rows below n_tokens without x_rows");
+  ExpertMatmulOptions five;
+  five.stages = 5;
+  const Status s5 = launch_expert_matmul(base(false), nullptr, five);
+  check(!s5.ok(), "refused: 5 pipeline stages (got: " + (s5.ok() ? std::string("ok") : s5.message()) + ")");
+  if (!s5.ok()) std::printf("refused as expected: 5 stages: %s\n", s5.message().c_str());
 }
 
 template <typename F>
