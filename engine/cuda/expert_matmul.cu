@@ -618,20 +618,23 @@ Status init_once(InitState* s) {
 
 std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
 
-// The variant `options` select for the launch; an error naming the shared memory when it
-// does not fit the device.
+// The variant `options` select for the launch, or where the device's shared memory cannot
+// hold it the nearest that fits (the compact table, then fewer stages); an error naming
+// the shared memory when none does.
 Result<const Variant*> pick_variant(bool paired, const ExpertMatmulOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matmul_init());
   if (o.stages < 2 || o.stages > 4) {
     return Status::Error("expert matmul: " + std::to_string(o.stages) + " pipeline stages (expected 2, 3 or 4)");
   }
-  const Variant& v =
-      init_state().variants[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
-  if (!v.usable) {
-    return Status::Error("expert matmul: " + std::to_string(v.dynamic_shared + v.static_shared) +
-                         " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
+  const Variant* all = init_state().variants;
+  const Variant& asked = all[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
+  if (asked.usable) return &asked;
+  for (int stages = o.stages; stages >= 2; --stages) {
+    const Variant& v = all[variant_index(paired, false, o.one_block_per_sm, stages)];
+    if (v.usable) return &v;
   }
-  return &v;
+  return Status::Error("expert matmul: " + std::to_string(asked.dynamic_shared + asked.static_shared) +
+                       " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
 }
 
 }  // namespace

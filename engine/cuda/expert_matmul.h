@@ -83,18 +83,18 @@ struct ExpertMatmulLaunch {
 
 // Tuning variants (the benchmarks of tests/cuda/expert_matmul_test.cu compare them; the
 // defaults are the expected fastest). Every variant computes the same values in the same
-// order: outputs are bit-identical across variants.
+// order: outputs are bit-identical across variants. Where the device's shared memory
+// cannot hold the variant asked for, the launch runs the nearest one that fits (the
+// compact table, then fewer stages).
 struct ExpertMatmulOptions {
   // gate+up: the IQ2_XXS selector table one copy per shared-memory bank (48 KiB more per
-  // block, conflict-free lookups; refused where the device's shared memory is too small)
-  // instead of one compact 1.5 KiB copy.
+  // block, conflict-free lookups) instead of one compact 1.5 KiB copy.
   bool lane_tables = false;
   // Kernels compiled for one resident block per multiprocessor (up to 255 registers, the
   // chunk loop unrolled) instead of two (128 registers).
   bool one_block_per_sm = false;
   // 256-column blocks in the shared-memory ring of copies: 2, 3 or 4 (copies run stages - 1
-  // blocks ahead; about 44-47 KB each, so more than 2 fit the H200, not the GB10: refused
-  // where they do not fit).
+  // blocks ahead; about 44-47 KB each: more than 2 fit the H200, not the GB10).
   int stages = 2;
 };
 
