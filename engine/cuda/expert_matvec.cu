@@ -917,6 +917,22 @@ __device__ __forceinline__ void staged_wait(int pending) {
 
 // ---- staged gate+up --------------------------------------------------------------------
 
+// iq2_row_fragment with the sign index's table offset taken by one rotation: `sign_rotation`
+// = (7 t - SHIFT) mod 32 brings the lane's 7 sign bits (bits 7t..7t+6 of qy) to bits
+// SHIFT..SHIFT+6, which the mask keeps (the same entry, one instruction fewer).
+template <int SHIFT>
+__device__ __forceinline__ int iq2_row_fragment_rotated(uint32_t qx, uint32_t qy, const uint8_t* table,
+                                                        uint32_t grid_byte, uint32_t sign_rotation, uint32_t* lo,
+                                                        uint32_t* hi) {
+  const uint32_t gi = prmt(qx, 0, grid_byte);
+  const uint32_t sign_offset = __funnelshift_r(qy, qy, sign_rotation) & (127u << SHIFT);
+  const uint32_t s = *reinterpret_cast<const uint32_t*>(table + (gi << SHIFT)) |
+                     *reinterpret_cast<const uint32_t*>(table + (256u << SHIFT) + sign_offset);
+  *lo = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s);
+  *hi = prmt(cuda_detail::kIq2xxsPositive, cuda_detail::kIq2xxsNegative, s >> 16);
+  return static_cast<int>((qy >> 27) | 1u);
+}
+
 struct StagedGateUpParams {
   const uint8_t* g_data;
   const uint16_t* g_scales;
@@ -1032,7 +1048,7 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
   const uint8_t* bbase = dynamic + p.xl.planes + (3 - (g & 3)) * p.xl.stride + 8 * t;
   const uint32_t grid_byte = 0x4440u | static_cast<uint32_t>(t);
-  const int sign_shift = 7 * t;
+  const uint32_t sign_rotation = static_cast<uint32_t>(7 * t - kShift) & 31u;
   float gsum = 0.0f, usum = 0.0f;
   int k = 0, j = 0, buf = 0;  // the step being computed: unit k, block j, its scale buffer
   for (int i = 0; i < steps; ++i) {
@@ -1049,10 +1065,10 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
       for (int h = 0; h < 2; ++h) {
         const uint2 b = tc_b_fragment(bbase, j * 8 + c2 * 2 + h);
         uint32_t lo0, hi0, lo1, hi1;
-        const int s0 = iq2_row_fragment<kShift>(h ? gq.z : gq.x, h ? gq.w : gq.y, table, grid_byte, sign_shift,
-                                                &lo0, &hi0);
-        const int s1 = iq2_row_fragment<kShift>(h ? uq.z : uq.x, h ? uq.w : uq.y, table, grid_byte, sign_shift,
-                                                &lo1, &hi1);
+        const int s0 = iq2_row_fragment_rotated<kShift>(h ? gq.z : gq.x, h ? gq.w : gq.y, table, grid_byte,
+                                                        sign_rotation, &lo0, &hi0);
+        const int s1 = iq2_row_fragment_rotated<kShift>(h ? uq.z : uq.x, h ? uq.w : uq.y, table, grid_byte,
+                                                        sign_rotation, &lo1, &hi1);
         int d[4];
         mma_s8_zero(d, lo0, lo1, hi0, hi1, b.x, b.y);
         acc[0] += s0 * d[0];
