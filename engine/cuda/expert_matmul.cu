@@ -18,13 +18,10 @@ namespace {
 using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
 
-// Block tile: kBM weight rows (paired: 64 gate rows and the same 64 up rows) x kBN
-// assignments, one 256-column block of the weights per pipeline stage (2 to 4 stages).
-// 8 warps: warp w
-// owns weight rows [32 (w % 4), +32) (two 16-row mma tiles) and assignments
-// [16 (w / 4), +16) (two 8-column mma tiles).
-constexpr int kThreads = 256;
-constexpr int kBM = 128;
+// Block tile: BM weight rows (128 or 256; paired: BM / 2 gate rows and the same up rows)
+// x kBN assignments, one 256-column block of the weights per pipeline stage (2 to 4
+// stages). 2 BM / 32 warps: warp w owns weight rows [32 (w % (BM / 32)), +32) (two 16-row
+// mma tiles) and assignments [16 (w / (BM / 32)), +16) (two 8-column mma tiles).
 constexpr int kBN = 32;
 constexpr int kDigitBytes = 1024;       // one row's digits of one 256-column block: [chunk][t][digit][8]
 constexpr int kMinBytes = 64;           // one row's Q2_K minimum sums of one block: [t][4 words]
@@ -48,18 +45,18 @@ WorkspaceLayout workspace_layout(int64_t blocks, int64_t rows) {
   return l;
 }
 
-// Shared memory of one stage, per weight format.
-template <GgmlType T>
+// Shared memory of one stage, per weight format and block rows.
+template <GgmlType T, int BM>
 struct StageLayout {
   static constexpr int kWStride = T == GgmlType::IQ2_XXS ? 80 : 88;  // bytes per weight row (bank-spread)
   static constexpr int kW = 0;
-  static constexpr int kX = kBM * kWStride;
+  static constexpr int kX = BM * kWStride;
   static constexpr int kXScales = kX + kBN * kXRowStride;
   static constexpr int kXMins = kXScales + kBN * 4;
   static constexpr int kBytes = kXMins + (T == GgmlType::Q2_K ? kBN * kMinBytes : 0);
   static constexpr int total(int stages) { return stages * kBytes; }
   static_assert(kX % 16 == 0 && kXScales % 16 == 0 && kXMins % 16 == 0 && kBytes % 16 == 0, "16-byte alignment");
-  static_assert(kBM * (kBN + 1) * 4 <= 2 * kBytes, "the output tile reuses the stages");
+  static_assert(BM * (kBN + 1) * 4 <= 2 * kBytes, "the output tile reuses the stages");
 };
 
 // The compact IQ2_XXS selector table of cuda/dequant_chunk.cuh (Iq2xxsCompact).
@@ -229,7 +226,8 @@ __global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict
 // ---- the product kernel --------------------------------------------------------------
 
 // Finds which group and which of its kBN-assignment tiles block `tile` is (tiles counted
-// per group, in group order). Whole block; *s_group = -1 when none.
+// per group, in group order). Whole block of kThreads; *s_group = -1 when none.
+template <int kThreads>
 __device__ void find_group_tile(const Params& p, int tile, int* s_scan, int* s_group, int* s_tile) {
   if (threadIdx.x == 0) *s_group = -1;
   int carry = 0;
@@ -270,21 +268,25 @@ __device__ __forceinline__ int iq2_row_fragment(uint2 q, const uint32_t* table, 
   return static_cast<int>((q.y >> 27) | 1u);
 }
 
-// The weight row `r` (0..kBM) of the block's tile: matrix `group`; paired, rows 0..63
-// from the gate stack and 64..127 from the up stack (the same output rows).
-template <bool PAIRED>
+// The weight row `r` (0..BM) of the block's tile: matrix `group`; paired, rows 0..BM/2-1
+// from the gate stack and BM/2..BM-1 from the up stack (the same output rows).
+template <bool PAIRED, int BM>
 __device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0, int r) {
-  return static_cast<int64_t>(group) * p.rows + row0 + (PAIRED ? (r & 63) : r);
+  return static_cast<int64_t>(group) * p.rows + row0 + (PAIRED ? (r & (BM / 2 - 1)) : r);
 }
 
 // LANE_TABLES: the IQ2_XXS selector table one copy per bank at the start of dynamic shared
 // memory (conflict-free lookups), else one compact copy in static shared memory.
 // STAGES: 256-column blocks in the cp.async ring (copies run STAGES - 1 blocks ahead).
-// MIN_BLOCKS: resident blocks per multiprocessor the kernel is compiled for (2: at most
-// 128 registers, the chunk loop partly unrolled; 1: unrolled).
-template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Params p) {
-  using S = StageLayout<T>;
+// MIN_BLOCKS: resident blocks per multiprocessor the kernel is compiled for (2 x 256 or
+// 1 x 512 threads: at most 128 registers, the chunk loop partly unrolled; 1 x 256: up to
+// 255 registers, unrolled).
+template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES, int BM>
+__global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Params p) {
+  constexpr int kThreads = 2 * BM;
+  constexpr int kRowWarps = BM / 32;
+  constexpr bool kUnrolled = MIN_BLOCKS == 1 && BM == 128;
+  using S = StageLayout<T, BM>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
   constexpr int kStride = LANE_TABLES ? 32 : 1;
   extern __shared__ float4 smem4[];
@@ -296,13 +298,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
-  find_group_tile(p, blockIdx.y, s_scan, &s_group, &s_tile);
+  const int wm = warp % kRowWarps, wn = warp / kRowWarps;
+  find_group_tile<kThreads>(p, blockIdx.y, s_scan, &s_group, &s_tile);
   const int group = s_group;
   if (group < 0) return;
   const int a_begin = p.group_offsets[group] + s_tile * kBN;
   const int a_end = min(a_begin + kBN, p.group_offsets[group + 1]);
-  const int row0 = blockIdx.x * (PAIRED ? kBM / 2 : kBM);
+  const int row0 = blockIdx.x * (PAIRED ? BM / 2 : BM);
   // This warp's 8-assignment tiles that hold an assignment (0..2; warp-uniform): the
   // products of the others are skipped (a group's last tile is often partly empty).
   const int warp_tiles = min(max((a_end - a_begin - wn * 16 + 7) >> 3, 0), 2);
@@ -324,17 +326,17 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
   const auto load_stage = [&](int b, int buf) {
     uint8_t* st = smem + buf * S::kBytes;
     if constexpr (kIq2) {
-      for (int i = tid; i < kBM * 4; i += kThreads) {
+      for (int i = tid; i < BM * 4; i += kThreads) {
         const int r = i >> 2, q = i & 3;
-        const uint8_t* base = PAIRED && r >= 64 ? p.u_data : p.w_data;
+        const uint8_t* base = PAIRED && r >= BM / 2 ? p.u_data : p.w_data;
         cp_async16(st + S::kW + r * S::kWStride + q * 16,
-                   base + tile_row<PAIRED>(p, group, row0, r) * p.row_bytes + b * 64 + q * 16);
+                   base + tile_row<PAIRED, BM>(p, group, row0, r) * p.row_bytes + b * 64 + q * 16);
       }
     } else {
-      for (int i = tid; i < kBM * 21; i += kThreads) {
+      for (int i = tid; i < BM * 21; i += kThreads) {
         const int r = i / 21, q = i - r * 21;
         cp_async4(st + S::kW + r * S::kWStride + q * 4,
-                  p.w_data + tile_row<PAIRED>(p, group, row0, r) * p.row_bytes + b * 84 + q * 4);
+                  p.w_data + tile_row<PAIRED, BM>(p, group, row0, r) * p.row_bytes + b * 84 + q * 4);
       }
     }
     for (int i = tid; i < kBN * (kDigitBytes / 16); i += kThreads) {
@@ -391,8 +393,9 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int tr = wm * 32 + 16 * m + g + 8 * r;
-          const uint16_t* sc = PAIRED && tr >= 64 ? p.u_scales : p.w_scales;
-          d_row[m][r] = half_bits_to_float(__ldg(sc + tile_row<PAIRED>(p, group, row0, tr) * p.blocks + b)) * 0.125f;
+          const uint16_t* sc = PAIRED && tr >= BM / 2 ? p.u_scales : p.w_scales;
+          d_row[m][r] =
+              half_bits_to_float(__ldg(sc + tile_row<PAIRED, BM>(p, group, row0, tr) * p.blocks + b)) * 0.125f;
         }
       }
     }
@@ -414,7 +417,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
           }
         }
       }
-#pragma unroll(MIN_BLOCKS == 1 ? 8 : kIq2 ? 1 : 2)
+#pragma unroll(kUnrolled ? 8 : kIq2 ? 1 : 2)
       for (int c = 0; c < 8; ++c) {
         uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
         int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
@@ -532,14 +535,14 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
     }
   }
   __syncthreads();
-  constexpr int kOutRows = PAIRED ? kBM / 2 : kBM;
+  constexpr int kOutRows = PAIRED ? BM / 2 : BM;
   for (int i = tid; i < kOutRows * kBN; i += kThreads) {
     const int r = i % kOutRows, n = i / kOutRows;
     const int a = a_begin + n;
     if (a >= a_end) continue;
     float* dst = p.y + static_cast<int64_t>(a) * p.y_stride + row0 + r;
     if constexpr (PAIRED) {
-      const float v = swiglu(out[r * (kBN + 1) + n], out[(r + kBM / 2) * (kBN + 1) + n], p.limit);
+      const float v = swiglu(out[r * (kBN + 1) + n], out[(r + BM / 2) * (kBN + 1) + n], p.limit);
       *dst = p.row_scale ? v * p.row_scale[a] : v;
     } else {
       const float v = out[r * (kBN + 1) + n];
@@ -550,28 +553,33 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) expert_matmul_kernel(Par
 
 using ProductFn = void (*)(Params);
 
-// The kernel variants: gate+up [lane tables][one block per SM][stages 2, 3, 4], then down
-// [one block per SM][stages 2, 3, 4].
+// The kernel variants: gate+up [256 rows][lane tables][one block per SM][stages 2, 3, 4],
+// then down [256 rows][one block per SM][stages 2, 3, 4]. The 256-row kernels (512
+// threads) have one register budget: their "one block per SM" slots hold the same kernel.
 struct Variant {
   ProductFn fn;
   int dynamic_shared;  // bytes
+  int threads;
+  int bm;              // weight rows per block
   int static_shared;   // bytes (read at init)
   bool usable;         // fits the device's shared memory
 };
 
-constexpr int kVariants = 18;
+constexpr int kVariants = 36;
 
-int variant_index(bool paired, bool lane_tables, bool one_block, int stages) {
-  const int s = stages - 2;
-  return paired ? ((lane_tables ? 2 : 0) + (one_block ? 1 : 0)) * 3 + s : 12 + (one_block ? 1 : 0) * 3 + s;
+int variant_index(bool paired, int bm, bool lane_tables, bool one_block, int stages) {
+  const int s = stages - 2, big = bm == 256 ? 1 : 0;
+  return paired ? ((big * 2 + (lane_tables ? 1 : 0)) * 2 + (one_block ? 1 : 0)) * 3 + s
+                : 24 + (big * 2 + (one_block ? 1 : 0)) * 3 + s;
 }
 
-template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS>
+template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS, int BM>
 void add_variants(Variant* v) {
   constexpr int extra = LANE ? kLaneTableBytes : 0;
-  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2>, StageLayout<T>::total(2) + extra, 0, false};
-  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3>, StageLayout<T>::total(3) + extra, 0, false};
-  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4>, StageLayout<T>::total(4) + extra, 0, false};
+  using S = StageLayout<T, BM>;
+  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2, BM>, S::total(2) + extra, 2 * BM, BM, 0, false};
+  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3, BM>, S::total(3) + extra, 2 * BM, BM, 0, false};
+  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4, BM>, S::total(4) + extra, 2 * BM, BM, 0, false};
 }
 
 struct InitState {
@@ -582,12 +590,20 @@ struct InitState {
 InitState& init_state() {
   static InitState s = [] {
     InitState st;
-    add_variants<GgmlType::IQ2_XXS, true, false, 2>(st.variants + variant_index(true, false, false, 2));
-    add_variants<GgmlType::IQ2_XXS, true, false, 1>(st.variants + variant_index(true, false, true, 2));
-    add_variants<GgmlType::IQ2_XXS, true, true, 2>(st.variants + variant_index(true, true, false, 2));
-    add_variants<GgmlType::IQ2_XXS, true, true, 1>(st.variants + variant_index(true, true, true, 2));
-    add_variants<GgmlType::Q2_K, false, false, 2>(st.variants + variant_index(false, false, false, 2));
-    add_variants<GgmlType::Q2_K, false, false, 1>(st.variants + variant_index(false, false, true, 2));
+    constexpr auto kIq2 = GgmlType::IQ2_XXS;
+    constexpr auto kQ2k = GgmlType::Q2_K;
+    add_variants<kIq2, true, false, 2, 128>(st.variants + variant_index(true, 128, false, false, 2));
+    add_variants<kIq2, true, false, 1, 128>(st.variants + variant_index(true, 128, false, true, 2));
+    add_variants<kIq2, true, true, 2, 128>(st.variants + variant_index(true, 128, true, false, 2));
+    add_variants<kIq2, true, true, 1, 128>(st.variants + variant_index(true, 128, true, true, 2));
+    add_variants<kIq2, true, false, 1, 256>(st.variants + variant_index(true, 256, false, false, 2));
+    add_variants<kIq2, true, false, 1, 256>(st.variants + variant_index(true, 256, false, true, 2));
+    add_variants<kIq2, true, true, 1, 256>(st.variants + variant_index(true, 256, true, false, 2));
+    add_variants<kIq2, true, true, 1, 256>(st.variants + variant_index(true, 256, true, true, 2));
+    add_variants<kQ2k, false, false, 2, 128>(st.variants + variant_index(false, 128, false, false, 2));
+    add_variants<kQ2k, false, false, 1, 128>(st.variants + variant_index(false, 128, false, true, 2));
+    add_variants<kQ2k, false, false, 1, 256>(st.variants + variant_index(false, 256, false, false, 2));
+    add_variants<kQ2k, false, false, 1, 256>(st.variants + variant_index(false, 256, false, true, 2));
     return st;
   }();
   return s;
@@ -618,20 +634,29 @@ Status init_once(InitState* s) {
 
 std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
 
-// The variant `options` select for the launch, or where the device's shared memory cannot
-// hold it the nearest that fits (the compact table, then fewer stages); an error naming
-// the shared memory when none does.
-Result<const Variant*> pick_variant(bool paired, const ExpertMatmulOptions& o) {
+// The variant `options` select for a launch of `rows` rows per matrix, or where the
+// device's shared memory cannot hold it (or the rows are not a multiple of its tile) the
+// nearest that fits (128 rows, the compact table, fewer stages); an error naming the
+// shared memory when none does.
+Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmulOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matmul_init());
   if (o.stages < 2 || o.stages > 4) {
     return Status::Error("expert matmul: " + std::to_string(o.stages) + " pipeline stages (expected 2, 3 or 4)");
   }
+  if (o.rows_per_block != 128 && o.rows_per_block != 256) {
+    return Status::Error("expert matmul: " + std::to_string(o.rows_per_block) +
+                         " rows per block (expected 128 or 256)");
+  }
   const Variant* all = init_state().variants;
-  const Variant& asked = all[variant_index(paired, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
-  if (asked.usable) return &asked;
-  for (int stages = o.stages; stages >= 2; --stages) {
-    const Variant& v = all[variant_index(paired, false, o.one_block_per_sm, stages)];
-    if (v.usable) return &v;
+  const auto fits = [&](const Variant& v) { return v.usable && rows % (paired ? v.bm / 2 : v.bm) == 0; };
+  const Variant& asked =
+      all[variant_index(paired, o.rows_per_block, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
+  if (fits(asked)) return &asked;
+  for (int bm : {o.rows_per_block, 128}) {
+    for (int stages = o.stages; stages >= 2; --stages) {
+      const Variant& v = all[variant_index(paired, bm, false, o.one_block_per_sm, stages)];
+      if (fits(v)) return &v;
+    }
   }
   return Status::Error("expert matmul: " + std::to_string(asked.dynamic_shared + asked.static_shared) +
                        " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
@@ -667,17 +692,15 @@ Status expert_matmul_supported(const ExpertMatmulLaunch& l, const ExpertMatmulOp
     if (u.cols != w.cols || u.rows != w.rows || u.count != w.count) {
       return Status::Error("expert matmul: gate and up stacks differ in shape");
     }
-    if (w.rows % (kBM / 2) != 0) {
-      return Status::Error("expert matmul: " + std::to_string(w.rows) + " gate/up rows (expected a multiple of " +
-                           std::to_string(kBM / 2) + ")");
+    if (w.rows % 64 != 0) {
+      return Status::Error("expert matmul: " + std::to_string(w.rows) + " gate/up rows (expected a multiple of 64)");
     }
   } else {
     if (w.type != GgmlType::Q2_K) {
       return Status::Error("expert matmul: unpaired weights are " + type_name(w.type) + " (expected Q2_K)");
     }
-    if (w.rows % kBM != 0) {
-      return Status::Error("expert matmul: " + std::to_string(w.rows) + " rows (expected a multiple of " +
-                           std::to_string(kBM) + ")");
+    if (w.rows % 128 != 0) {
+      return Status::Error("expert matmul: " + std::to_string(w.rows) + " rows (expected a multiple of 128)");
     }
   }
   if (w.cols <= 0 || w.cols % 256 != 0 || w.cols > (int64_t{1} << 20)) {
@@ -696,7 +719,7 @@ Status expert_matmul_supported(const ExpertMatmulLaunch& l, const ExpertMatmulOp
     return Status::Error("expert matmul: " + std::to_string(l.n_groups) + " groups for " + std::to_string(w.count) +
                          " matrices");
   }
-  return pick_variant(paired, options).status();
+  return pick_variant(paired, w.rows, options).status();
 }
 
 Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, const ExpertMatmulOptions& options) {
@@ -716,7 +739,7 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, co
                          std::to_string(l.n_tokens) + " assignments (without x_rows: at least n_tokens)");
   }
   if (l.n_tokens == 0 || l.x_pool_rows == 0) return Status::Ok();
-  auto variant = pick_variant(paired, options);
+  auto variant = pick_variant(paired, w.rows, options);
   DS4_RETURN_IF_ERROR(variant.status());
   const int64_t blocks = w.cols / 256;
   const WorkspaceLayout wl = workspace_layout(blocks, l.x_pool_rows);
@@ -760,12 +783,13 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, co
   p.row_scale = paired ? l.row_scale : nullptr;
   // ceil(n_tokens / kBN) + n_groups tiles at most; the blocks past the last exit.
   const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + kBN - 1) / kBN + l.n_groups;
-  const int64_t row_tiles = w.rows / (paired ? kBM / 2 : kBM);
+  const int bm = (*variant)->bm;
+  const int64_t row_tiles = w.rows / (paired ? bm / 2 : bm);
   if (token_tiles > 65535 || row_tiles > INT32_MAX) return Status::Error("expert matmul: grid too large");
   // Row tiles vary fastest: the blocks of one assignment tile run together and read its
   // digits from L2 (the down products' digits, ~100 MB at the real shapes, exceed it).
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles));
-  (*variant)->fn<<<grid, kThreads, (*variant)->dynamic_shared, stream>>>(p);
+  (*variant)->fn<<<grid, (*variant)->threads, (*variant)->dynamic_shared, stream>>>(p);
   return cuda_status(cudaGetLastError(), paired ? "expert matmul: gate+up launch" : "expert matmul: down launch");
 }
 

@@ -96,6 +96,9 @@ struct ExpertMatmulOptions {
   // 256-column blocks in the shared-memory ring of copies: 2, 3 or 4 (copies run stages - 1
   // blocks ahead; about 44-47 KB each: more than 2 fit the H200, not the GB10).
   int stages = 2;
+  // Weight rows per block: 128 (8 warps) or 256 (16 warps; each assignment tile's digits
+  // copied half as often; about 53 KB per stage, so the H200, not the GB10).
+  int rows_per_block = 128;
 };
 
 // Bytes of the workspace for `rows` rows of x of `cols` columns.

@@ -318,17 +318,22 @@ Status run_new(const Case& c, float* y, const float* dx, const int32_t* doff, co
 std::vector<ExpertMatmulOptions> other_variants() {
   std::vector<ExpertMatmulOptions> out;
   const ExpertMatmulOptions def;
-  for (bool lane : {false, true}) {
-    for (bool one : {false, true}) {
-      for (int stages : {2, 3, 4}) {
-        ExpertMatmulOptions o;
-        o.lane_tables = lane;
-        o.one_block_per_sm = one;
-        o.stages = stages;
-        if (o.lane_tables == def.lane_tables && o.one_block_per_sm == def.one_block_per_sm && o.stages == def.stages) {
-          continue;
+  for (int bm : {128, 256}) {
+    for (bool lane : {false, true}) {
+      for (bool one : {false, true}) {
+        if (bm == 256 && one) continue;  // one register budget at 256 rows
+        for (int stages : {2, 3, 4}) {
+          ExpertMatmulOptions o;
+          o.rows_per_block = bm;
+          o.lane_tables = lane;
+          o.one_block_per_sm = one;
+          o.stages = stages;
+          if (o.rows_per_block == def.rows_per_block && o.lane_tables == def.lane_tables &&
+              o.one_block_per_sm == def.one_block_per_sm && o.stages == def.stages) {
+            continue;
+          }
+          out.push_back(o);
         }
-        out.push_back(o);
       }
     }
   }
@@ -336,8 +341,8 @@ std::vector<ExpertMatmulOptions> other_variants() {
 }
 
 std::string variant_name(const ExpertMatmulOptions& o) {
-  return std::string(o.lane_tables ? "lane tables" : "compact table") + (o.one_block_per_sm ? ", one block/SM" : "") +
-         ", " + std::to_string(o.stages) + " stages";
+  return std::to_string(o.rows_per_block) + " rows, " + (o.lane_tables ? "lane tables" : "compact table") +
+         (o.one_block_per_sm ? ", one block/SM" : "") + ", " + std::to_string(o.stages) + " stages";
 }
 
 // Whether a launch was refused for the device's shared memory (variants that do not fit).
@@ -662,6 +667,11 @@ void test_refused(Stack* gate, Stack* up, Stack* down) {
   const Status s5 = launch_expert_matmul(base(false), nullptr, five);
   check(!s5.ok(), "refused: 5 pipeline stages (got: " + (s5.ok() ? std::string("ok") : s5.message()) + ")");
   if (!s5.ok()) std::printf("refused as expected: 5 stages: %s\n", s5.message().c_str());
+  ExpertMatmulOptions rows64;
+  rows64.rows_per_block = 64;
+  const Status s64 = launch_expert_matmul(base(false), nullptr, rows64);
+  check(!s64.ok(), "refused: 64 rows per block (got: " + (s64.ok() ? std::string("ok") : s64.message()) + ")");
+  if (!s64.ok()) std::printf("refused as expected: 64 rows per block: %s\n", s64.message().c_str());
 }
 
 template <typename F>
