@@ -15,9 +15,10 @@
 // 2^E_b (E_b at least -96), a_e = round(x_e / s_b), |a_e| < 2^30, as four signed base-256
 // digits (int8); for Q2_K also X_G = the f32 sum of x over each 16 columns G, scaled by
 // 2^-E_b and split into f16 hi + lo (lo = f16((X' - hi) 2^11)). The product kernel copies a
-// tile of weights (128 rows x 256 columns) and of digits (32 assignments) into shared
-// memory with cp.async, two stages deep, and every weight tile serves all the tile's
-// assignments. Weights are expanded to int8 straight into the A fragments of mma.sync
+// tile of weights (128 or 256 rows x 256 columns) and of digits (32 assignments of one
+// group) into shared memory with cp.async, two to four stages deep, and every weight tile
+// serves all the tile's assignments (a warp skips its 8-assignment tiles that hold none).
+// Weights are expanded to int8 straight into the A fragments of mma.sync
 // m16n8k32 s8.s8.s32, one mma per digit (B: 8 assignments x 32 columns of one digit):
 //   IQ2_XXS: the signed grid values (+-8, 25, 43); each 32-column product is exact in
 //            int32 and multiplied by (2S + 1) in int32; per 256-column block the four digit
