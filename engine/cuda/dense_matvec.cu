@@ -455,27 +455,34 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
       : "memory");
 }
 
-__device__ __forceinline__ void consumer_barrier(int threads) {
-  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
+// Named barrier `id` (1..15; 0 is __syncthreads) of `threads` threads.
+__device__ __forceinline__ void consumer_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 #endif
 
-// Consumer warps w < CW, one producer warp (CW). Consumer warp w takes segment
-// w & (warps per row - 1) of the rows of row group w >> warp_shift: rows i * groups + group
-// of each stage, i < U, like kRegisters' batches of U rows.
-template <GgmlType T, int CW, int U, bool PAIRED>
-__global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamParams p) {
+// TEAMS teams of CW consumer warps, then one producer warp. Team t takes the chunks
+// c with c % TEAMS == t (teams work on different stages at once: a stage's products,
+// reductions and stores form a chain of dependent steps that one team alone would
+// leave the multiprocessor idle through). Warp w of a team takes segment
+// w & (warps per row - 1) of the rows of row group w >> warp_shift: rows
+// i * groups + group of each stage, i < U, like kRegisters' batches of U rows.
+template <GgmlType T, int CW, int U, bool PAIRED, int TEAMS>
+__global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(StreamParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Slice<T>;
   using Raw = typename C::Raw;
   constexpr bool kScaled = T == GgmlType::Q8_0;
-  constexpr int kConsumers = CW * 32;
+  constexpr int kTeamThreads = CW * 32;
+  constexpr int kConsumers = CW * TEAMS * 32;
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t full0 = shared_address(smem);
   const uint32_t empty0 = full0 + 8 * kMaxStages;
   uint8_t* ring = smem + kBarrierBytes;
-  const int warp = threadIdx.x >> 5;
+  const int block_warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
+  const int team = block_warp / CW;
+  const int warp = block_warp % CW;  // within the team
   const int64_t begin = p.total_rows * blockIdx.x / gridDim.x;
   const int64_t end = p.total_rows * (blockIdx.x + 1) / gridDim.x;
   const int64_t quant_bytes = static_cast<int64_t>(p.chunk_rows) * p.row_bytes;  // scales follow
@@ -490,7 +497,7 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
   }
   __syncthreads();
 
-  if (warp == CW) {  // the producer
+  if (team == TEAMS) {  // the producer
     bool waited = false;
     if (lane == 0) {
       int c = 0;
@@ -576,9 +583,9 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
       for (int i = threadIdx.x; i < p.cols; i += 256) ss += static_cast<double>(p.x[i]) * p.x[i];
     }
     ss = cuda_detail::warp_sum_double(ss);
-    if (lane == 0) red[warp] = ss;
-    consumer_barrier(kConsumers);
-    double t = lane < CW ? red[lane] : 0.0;
+    if (lane == 0) red[block_warp] = ss;
+    consumer_barrier(2 + TEAMS, kConsumers);
+    double t = lane < CW * TEAMS ? red[lane] : 0.0;
     t = cuda_detail::warp_sum_double(t);
     const float scale = cuda_detail::rms_scale(t, p.cols, p.x_norm_eps);
 #pragma unroll
@@ -587,7 +594,7 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
 
   // Per-warp row sums of a stage (rows of several segments), double-buffered by chunk
   // parity as in kRegisters: one consumer barrier per stage.
-  __shared__ float partial[2][CW][2 * U];
+  __shared__ float partials[TEAMS][2][CW][2 * U];
   const auto store = [&](const Chunk& ch, int64_t r, float g, float u) {
     float v = g;
     if constexpr (PAIRED) v = swiglu(g, u, p.swiglu_limit);
@@ -599,13 +606,14 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
   for (int64_t cur = begin; cur < end; ++c) {
     const Chunk ch = chunk_at(p, cur, end);
     cur += ch.len;
+    if (c % TEAMS != team) continue;  // another team's stage
     if (ch.slot != x_slot) {
       load_x(ch.slot);
       x_slot = ch.slot;
     }
     const int stage = c % p.stages;
     const uint8_t* base = ring + static_cast<int64_t>(stage) * p.stage_bytes;
-    barrier_wait(full0 + 8 * stage, (c / p.stages) & 1, warp, c);
+    barrier_wait(full0 + 8 * stage, (c / p.stages) & 1, block_warp, c);
     float acc[U];
     float acc_up[PAIRED ? U : 1];
 #pragma unroll
@@ -633,12 +641,12 @@ __global__ void __launch_bounds__((CW + 1) * 32, 1) dense_stream_kernel(StreamPa
       if (holder && r < ch.len) store(ch, r, g, u);
       continue;
     }
-    float* buf = &partial[c & 1][0][0];
+    float* buf = &partials[team][(c / TEAMS) & 1][0][0];
     if (holder) {
       buf[warp * 2 * U + index] = g;
       if constexpr (PAIRED) buf[warp * 2 * U + U + index] = u;
     }
-    consumer_barrier(kConsumers);
+    consumer_barrier(1 + team, kTeamThreads);
     if (wi == 0 && lane < U) {
       const int r = lane * groups + group;
       if (r < ch.len) {
@@ -693,26 +701,33 @@ KernelFn pick_kernel(GgmlType type, int rows_per_batch, bool prefetch, bool pair
 
 using StreamFn = void (*)(StreamParams);
 
-template <GgmlType T, int CW, bool PAIRED>
+template <GgmlType T, int CW, bool PAIRED, int TEAMS>
 StreamFn pick_stream_units(int units) {
   switch (units) {
-    case 1: return dense_stream_kernel<T, CW, 1, PAIRED>;
-    case 2: return dense_stream_kernel<T, CW, 2, PAIRED>;
-    case 4: return dense_stream_kernel<T, CW, 4, PAIRED>;
+    case 1: return dense_stream_kernel<T, CW, 1, PAIRED, TEAMS>;
+    case 2: return dense_stream_kernel<T, CW, 2, PAIRED, TEAMS>;
+    case 4: return dense_stream_kernel<T, CW, 4, PAIRED, TEAMS>;
     default: return nullptr;
   }
 }
 
-template <GgmlType T>
-StreamFn pick_stream_type(int warps, int units, bool paired) {
-  if (warps == 8) return paired ? pick_stream_units<T, 8, true>(units) : pick_stream_units<T, 8, false>(units);
-  if (warps == 16) return paired ? pick_stream_units<T, 16, true>(units) : pick_stream_units<T, 16, false>(units);
-  return nullptr;
+template <GgmlType T, bool PAIRED>
+StreamFn pick_stream_shape(int warps, int units, int teams) {
+  if (warps == 8 && teams == 1) return pick_stream_units<T, 8, PAIRED, 1>(units);
+  if (warps == 8 && teams == 2) return pick_stream_units<T, 8, PAIRED, 2>(units);
+  if (warps == 16 && teams == 1) return pick_stream_units<T, 16, PAIRED, 1>(units);
+  return nullptr;  // 16 warps in two teams: more threads than registers allow
 }
 
-StreamFn pick_stream(GgmlType type, int warps, int units, bool paired) {
-  if (type == GgmlType::Q8_0) return pick_stream_type<GgmlType::Q8_0>(warps, units, paired);
-  if (type == GgmlType::F16) return pick_stream_type<GgmlType::F16>(warps, units, paired);
+StreamFn pick_stream(GgmlType type, int warps, int units, int teams, bool paired) {
+  if (type == GgmlType::Q8_0) {
+    return paired ? pick_stream_shape<GgmlType::Q8_0, true>(warps, units, teams)
+                  : pick_stream_shape<GgmlType::Q8_0, false>(warps, units, teams);
+  }
+  if (type == GgmlType::F16) {
+    return paired ? pick_stream_shape<GgmlType::F16, true>(warps, units, teams)
+                  : pick_stream_shape<GgmlType::F16, false>(warps, units, teams);
+  }
   return nullptr;
 }
 
@@ -897,10 +912,12 @@ Status launch_stream(const DenseMatvecLaunch& l, int64_t n_rows, cudaStream_t st
   const bool paired = l.w_up != nullptr;
   const int warps = o.stream_warps != 0 ? o.stream_warps : 8;
   const int units = o.stream_units != 0 ? o.stream_units : paired ? 1 : 2;
-  StreamFn fn = pick_stream(w.type, warps, units, paired);
+  const int teams = o.stream_teams != 0 ? o.stream_teams : 1;
+  StreamFn fn = pick_stream(w.type, warps, units, teams, paired);
   if (!fn) {
     return Status::Error("dense_matvec: no stream kernel with stream_warps " + std::to_string(warps) +
-                         " and stream_units " + std::to_string(units) + " (8 or 16 warps; 1, 2 or 4 units)");
+                         ", stream_units " + std::to_string(units) + " and stream_teams " + std::to_string(teams) +
+                         " (8 or 16 warps; 1, 2 or 4 units; two teams of 8 warps at most)");
   }
   Result<int> room = stream_shared_room(fn);
   DS4_RETURN_IF_ERROR(room.status());
@@ -921,7 +938,7 @@ Status launch_stream(const DenseMatvecLaunch& l, int64_t n_rows, cudaStream_t st
                          " bytes of shared memory (stream_ring_kib, stream_warps, stream_units)");
   }
   const size_t shared = static_cast<size_t>(kBarrierBytes + p.stages * p.stage_bytes);
-  const int threads = (warps + 1) * 32;
+  const int threads = (warps * teams + 1) * 32;
   auto res = kernel_residency(reinterpret_cast<const void*>(fn), threads, shared);
   DS4_RETURN_IF_ERROR(res.status());
 

@@ -91,6 +91,10 @@ struct DenseMatvecOptions {
   // matrix): 1, 2 or 4; 0: 2, or 1 for paired launches. A stage holds
   // stream_warps * stream_units pieces (Q8_0: 1 KiB of quants each, plus scales).
   int stream_units = 0;
+  // kStream only. Teams of stream_warps consumer warps, each team taking every
+  // stream_teams-th stage (teams work on different stages at once): 1 or 2 (two only
+  // with 8 warps); 0: 1.
+  int stream_teams = 0;
   // kStream only. Shared memory for the ring in KiB (at least two stages, at most eight,
   // within the device's per-block limit); 0: up to 96 KiB.
   int stream_ring_kib = 0;

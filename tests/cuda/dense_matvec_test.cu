@@ -152,9 +152,10 @@ bool stream_fits_ring(bool paired, GgmlType type, int warps, int units) {
 }
 
 // The stream kernel's variants: 8 or 16 consumer warps, 1, 2 or 4 units per warp (those
-// whose two stages fit the default ring), a ring of two stages (the most reuse of every
-// stage), the GB10's 99 KiB, a deep ring (160 KiB: eight stages of 17 KiB on the H200), and
-// two blocks per multiprocessor where they fit.
+// whose two stages fit the default ring), two teams of 8 warps (default and 160 KiB
+// rings), a ring of two stages (the most reuse of every stage), the GB10's 99 KiB, a deep
+// ring (160 KiB: eight stages of 17 KiB on the H200), and two blocks per multiprocessor
+// where they fit.
 std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
   std::vector<DenseMatvecOptions> out;
   DenseMatvecOptions def;
@@ -166,6 +167,17 @@ std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
       DenseMatvecOptions o = def;
       o.stream_warps = warps;
       o.stream_units = units;
+      out.push_back(o);
+    }
+  }
+  for (int units : {1, 2, 4}) {  // two teams of 8 warps, each on its own stages
+    if (!stream_fits_ring(paired, type, 8, units)) continue;
+    for (int ring : {0, 160}) {
+      DenseMatvecOptions o = def;
+      o.stream_warps = 8;
+      o.stream_units = units;
+      o.stream_teams = 2;
+      o.stream_ring_kib = ring;
       out.push_back(o);
     }
   }
@@ -219,6 +231,7 @@ std::string options_name(const DenseMatvecOptions& o) {
   if (o.kernel == DenseKernel::kStream) {
     std::string s = "stream warps=" + (o.stream_warps ? std::to_string(o.stream_warps) : std::string("auto"));
     s += " units=" + (o.stream_units ? std::to_string(o.stream_units) : std::string("auto"));
+    if (o.stream_teams) s += " teams=" + std::to_string(o.stream_teams);
     s += " ring=" + (o.stream_ring_kib ? std::to_string(o.stream_ring_kib) + "KiB" : std::string("auto"));
     if (o.blocks_per_sm) s += " blocks/SM=" + std::to_string(o.blocks_per_sm);
     return s;
@@ -646,6 +659,10 @@ void test_refusals() {
   bad = stream;
   bad.stream_units = 3;
   expect_refused(good, bad, "stream_units 3");
+  bad = stream;
+  bad.stream_warps = 16;
+  bad.stream_teams = 2;
+  expect_refused(good, bad, "two teams of 16 warps");
   bad = stream;
   bad.stream_ring_kib = 20;  // one 17 KiB stage
   expect_refused(good, bad, "stream ring of one stage");
