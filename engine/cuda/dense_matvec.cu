@@ -371,24 +371,42 @@ struct StreamParams {
   int cols;
 };
 
-// The rows of one stage: `len` rows of slot `slot` from row `row` on. Producer and
-// consumers walk the block's range [begin, end) of (slot, row) pairs the same way.
+// The rows of one stage: `len` rows of slot `slot` from row `row` on, in ring stage
+// `stage`, whose use `phase` & 1 it is. Producer and consumers walk the block's range
+// [begin, end) of (slot, row) pairs the same way, one division at the start.
 struct Chunk {
   int64_t slot;
   int64_t row;
   int len;
+  int stage;
+  uint32_t phase;
 };
 
-__device__ __forceinline__ Chunk chunk_at(const StreamParams& p, int64_t cur, int64_t end) {
-  Chunk c;
-  c.slot = cur / p.n_rows;
-  c.row = cur - c.slot * p.n_rows;
-  int64_t len = p.chunk_rows;
-  len = len < p.n_rows - c.row ? len : p.n_rows - c.row;
-  len = len < end - cur ? len : end - cur;
-  c.len = static_cast<int>(len);
-  return c;
-}
+struct ChunkWalk {
+  int64_t cur, end, slot, row;
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ ChunkWalk(const StreamParams& p, int64_t begin, int64_t end_)
+      : cur(begin), end(end_), slot(begin / p.n_rows), row(begin - slot * p.n_rows) {}
+  __device__ bool more() const { return cur < end; }
+  __device__ Chunk next(const StreamParams& p) {
+    int64_t len = p.chunk_rows;
+    len = len < p.n_rows - row ? len : p.n_rows - row;
+    len = len < end - cur ? len : end - cur;
+    const Chunk c{slot, row, static_cast<int>(len), stage, phase};
+    cur += len;
+    row += len;
+    if (row == p.n_rows) {
+      ++slot;
+      row = 0;
+    }
+    if (++stage == p.stages) {
+      stage = 0;
+      ++phase;
+    }
+    return c;
+  }
+};
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -500,11 +518,10 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
   if (team == TEAMS) {  // the producer
     bool waited = false;
     if (lane == 0) {
-      int c = 0;
-      for (int64_t cur = begin; cur < end; ++c) {
-        const Chunk ch = chunk_at(p, cur, end);
-        cur += ch.len;
-        const int stage = c % p.stages;
+      ChunkWalk walk(p, begin, end);
+      for (int c = 0; walk.more(); ++c) {
+        const Chunk ch = walk.next(p);
+        const int stage = ch.stage;
         // The first `stages` chunks are requested before the PDL wait (weights only);
         // later stages are reused once every consumer warp has handed them back.
         if (c == p.stages) {
@@ -512,7 +529,7 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
           pdl_launch_dependents();
           waited = true;
         }
-        if (c >= p.stages) barrier_wait(empty0 + 8 * stage, ((c / p.stages) - 1) & 1, -1, c);
+        if (c >= p.stages) barrier_wait(empty0 + 8 * stage, (ch.phase - 1) & 1, -1, c);
         const int64_t s = p.first_row + ch.slot * p.slot_row_stride + ch.row;
         const uint32_t q_bytes = static_cast<uint32_t>(ch.len * p.row_bytes);
         const uint32_t d_bytes = kScaled ? static_cast<uint32_t>(ch.len * p.scales_per_row * 2) : 0u;
@@ -602,18 +619,17 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
     *out = p.accumulate ? *out + v : v;
   };
 
-  int c = 0;
-  for (int64_t cur = begin; cur < end; ++c) {
-    const Chunk ch = chunk_at(p, cur, end);
-    cur += ch.len;
-    if (c % TEAMS != team) continue;  // another team's stage
+  ChunkWalk walk(p, begin, end);
+  for (int c = 0; walk.more(); ++c) {
+    const Chunk ch = walk.next(p);
+    if (TEAMS > 1 && c % TEAMS != team) continue;  // another team's stage
     if (ch.slot != x_slot) {
       load_x(ch.slot);
       x_slot = ch.slot;
     }
-    const int stage = c % p.stages;
+    const int stage = ch.stage;
     const uint8_t* base = ring + static_cast<int64_t>(stage) * p.stage_bytes;
-    barrier_wait(full0 + 8 * stage, (c / p.stages) & 1, block_warp, c);
+    barrier_wait(full0 + 8 * stage, ch.phase & 1, block_warp, c);
     float acc[U];
     float acc_up[PAIRED ? U : 1];
 #pragma unroll
