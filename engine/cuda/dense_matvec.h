@@ -99,7 +99,8 @@ struct DenseMatvecOptions {
   // within the device's per-block limit); 0: up to 96 KiB.
   int stream_ring_kib = 0;
   // Rows each lane loads before any of their products: 2, 4 or 8; 0: 4, or 2 for
-  // paired launches (two blocks per multiprocessor without spilling). 8 is refused for
+  // paired launches (two blocks per multiprocessor without spilling) and for plain F16
+  // launches of up to 4 MB of weights (measured fastest: the router). 8 is refused for
   // paired launches, and with prefetch for F16 (too many registers); so is F16 paired
   // with 4 and prefetch.
   int rows_per_batch = 0;
@@ -110,7 +111,9 @@ struct DenseMatvecOptions {
   // by default: on the H200 (graph chains with PDL) the L2 requests made every 35 MB
   // launch slower (q_b 32768 x 1024: 13.9 us without, 16.9 us with the whole share).
   int l2_prefetch_kib = 0;
-  // Blocks per multiprocessor; 0: as many as fit at once (kRegisters), one (kStream).
+  // Blocks per multiprocessor; 0: kRegisters as many as fit at once, or one for launches
+  // of up to 12 MB of weights (measured fastest: q_a, kv, the shared expert's down);
+  // kStream one.
   int blocks_per_sm = 0;
 };
 

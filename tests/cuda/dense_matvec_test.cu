@@ -218,6 +218,9 @@ std::vector<DenseMatvecOptions> all_options(bool paired, GgmlType type) {
   DenseMatvecOptions one = registers;
   one.blocks_per_sm = 1;
   out.push_back(one);
+  DenseMatvecOptions two_blocks = registers;  // the default before small launches took one
+  two_blocks.blocks_per_sm = 2;
+  out.push_back(two_blocks);
   for (int kib : {16, 64}) {
     DenseMatvecOptions some = registers;
     some.l2_prefetch_kib = kib;
