@@ -369,6 +369,7 @@ struct StreamParams {
   const float* x_norm_weight;
   float x_norm_eps;
   int cols;
+  int lane_copies;          // the producer warp's lanes copy with cp.async (else bulk copies)
 };
 
 // The rows of one stage: `len` rows of slot `slot` from row `row` on, in ring stage
@@ -473,6 +474,21 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
       : "memory");
 }
 
+// dst (shared) <- bytes of src (global) in 16-byte asynchronous copies, lane `lane` of
+// a warp taking every 32nd piece. All 16-byte aligned.
+__device__ __forceinline__ void lane_copy(uint32_t dst, const void* src, uint32_t bytes, int lane) {
+  const char* from = static_cast<const char*>(src);
+  for (uint32_t at = 16u * lane; at < bytes; at += 512u) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + at), "l"(from + at) : "memory");
+  }
+}
+
+// One arrival on `bar` once every asynchronous copy this thread issued so far is done
+// (the barrier's count includes it: noinc).
+__device__ __forceinline__ void barrier_arrive_on_copies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) of `threads` threads.
 __device__ __forceinline__ void consumer_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -507,7 +523,7 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
-      barrier_init(full0 + 8 * s, 1);
+      barrier_init(full0 + 8 * s, p.lane_copies ? 32 : 1);
       barrier_init(empty0 + 8 * s, CW);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -517,7 +533,10 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
 
   if (team == TEAMS) {  // the producer
     bool waited = false;
-    if (lane == 0) {
+    // Bulk copies: lane 0 issues one per array and stage. Lane copies: every lane
+    // issues 16-byte asynchronous copies (cp.async) and has the stage's barrier count
+    // their completion (32 arrivals).
+    if (p.lane_copies || lane == 0) {
       ChunkWalk walk(p, begin, end);
       for (int c = 0; walk.more(); ++c) {
         const Chunk ch = walk.next(p);
@@ -534,13 +553,23 @@ __global__ void __launch_bounds__((CW * TEAMS + 1) * 32, 1) dense_stream_kernel(
         const uint32_t q_bytes = static_cast<uint32_t>(ch.len * p.row_bytes);
         const uint32_t d_bytes = kScaled ? static_cast<uint32_t>(ch.len * p.scales_per_row * 2) : 0u;
         const uint32_t bar = full0 + 8 * stage;
-        barrier_arrive_expect(bar, (q_bytes + d_bytes) * (PAIRED ? 2u : 1u));
         const uint32_t dst = shared_address(ring + static_cast<int64_t>(stage) * p.stage_bytes);
-        bulk_copy(dst, p.w_data + s * p.row_bytes, q_bytes, bar);
         const uint32_t scales_at = static_cast<uint32_t>(quant_bytes);
+        const uint32_t up = dst + static_cast<uint32_t>(p.matrix_bytes);
+        if (p.lane_copies) {
+          lane_copy(dst, p.w_data + s * p.row_bytes, q_bytes, lane);
+          if (kScaled) lane_copy(dst + scales_at, p.w_scales + s * p.scales_per_row, d_bytes, lane);
+          if constexpr (PAIRED) {
+            lane_copy(up, p.u_data + s * p.row_bytes, q_bytes, lane);
+            if (kScaled) lane_copy(up + scales_at, p.u_scales + s * p.scales_per_row, d_bytes, lane);
+          }
+          barrier_arrive_on_copies(bar);
+          continue;
+        }
+        barrier_arrive_expect(bar, (q_bytes + d_bytes) * (PAIRED ? 2u : 1u));
+        bulk_copy(dst, p.w_data + s * p.row_bytes, q_bytes, bar);
         if (kScaled) bulk_copy(dst + scales_at, p.w_scales + s * p.scales_per_row, d_bytes, bar);
         if constexpr (PAIRED) {
-          const uint32_t up = dst + static_cast<uint32_t>(p.matrix_bytes);
           bulk_copy(up, p.u_data + s * p.row_bytes, q_bytes, bar);
           if (kScaled) bulk_copy(up + scales_at, p.u_scales + s * p.scales_per_row, d_bytes, bar);
         }
@@ -975,6 +1004,7 @@ Status launch_stream(const DenseMatvecLaunch& l, int64_t n_rows, cudaStream_t st
   p.x_norm_weight = l.x_norm_weight;
   p.x_norm_eps = l.x_norm_eps;
   p.cols = static_cast<int>(w.cols);
+  p.lane_copies = o.stream_lane_copies ? 1 : 0;
 
   // One block per multiprocessor unless asked: the next launch's block then fits beside
   // it and requests its first stages while this one drains (PDL).

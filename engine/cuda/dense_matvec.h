@@ -95,6 +95,9 @@ struct DenseMatvecOptions {
   // stream_teams-th stage (teams work on different stages at once): 1 or 2 (two only
   // with 8 warps); 0: 1.
   int stream_teams = 0;
+  // kStream only. The producer warp's 32 lanes fill the stages with 16-byte asynchronous
+  // copies (cp.async) instead of one lane's bulk copies.
+  bool stream_lane_copies = false;
   // kStream only. Shared memory for the ring in KiB (at least two stages, at most eight,
   // within the device's per-block limit); 0: up to 96 KiB.
   int stream_ring_kib = 0;

@@ -153,9 +153,9 @@ bool stream_fits_ring(bool paired, GgmlType type, int warps, int units) {
 
 // The stream kernel's variants: 8 or 16 consumer warps, 1, 2 or 4 units per warp (those
 // whose two stages fit the default ring), two teams of 8 warps (default and 160 KiB
-// rings), a ring of two stages (the most reuse of every stage), the GB10's 99 KiB, a deep
-// ring (160 KiB: eight stages of 17 KiB on the H200), and two blocks per multiprocessor
-// where they fit.
+// rings), the producer warp's lanes copying with cp.async, a ring of two stages (the
+// most reuse of every stage), the GB10's 99 KiB, a deep ring (160 KiB: eight stages of
+// 17 KiB on the H200), and two blocks per multiprocessor where they fit.
 std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
   std::vector<DenseMatvecOptions> out;
   DenseMatvecOptions def;
@@ -178,6 +178,16 @@ std::vector<DenseMatvecOptions> stream_options(bool paired, GgmlType type) {
       o.stream_units = units;
       o.stream_teams = 2;
       o.stream_ring_kib = ring;
+      out.push_back(o);
+    }
+  }
+  for (int units : {0, 4}) {  // the producer warp's lanes copying with cp.async
+    if (units && !stream_fits_ring(paired, type, 8, units)) continue;
+    for (int teams : {1, 2}) {
+      DenseMatvecOptions o = def;
+      o.stream_lane_copies = true;
+      o.stream_units = units;
+      o.stream_teams = teams;
       out.push_back(o);
     }
   }
@@ -235,6 +245,7 @@ std::string options_name(const DenseMatvecOptions& o) {
     std::string s = "stream warps=" + (o.stream_warps ? std::to_string(o.stream_warps) : std::string("auto"));
     s += " units=" + (o.stream_units ? std::to_string(o.stream_units) : std::string("auto"));
     if (o.stream_teams) s += " teams=" + std::to_string(o.stream_teams);
+    if (o.stream_lane_copies) s += " lane-copies";
     s += " ring=" + (o.stream_ring_kib ? std::to_string(o.stream_ring_kib) + "KiB" : std::string("auto"));
     if (o.blocks_per_sm) s += " blocks/SM=" + std::to_string(o.blocks_per_sm);
     return s;
