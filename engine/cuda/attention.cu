@@ -358,6 +358,10 @@ __host__ __device__ __forceinline__ int splits_in_use(const AttentionLaunch& p, 
 
 constexpr int kQVecPerLane = 8;  // q rows of up to 8 * 32 * 4 = 1024 values
 constexpr int kMaxRopePairs = 256;  // the fused kernel's RoPE frequencies in shared memory
+// Three blocks per SM (at most 85 registers a thread): the 320 blocks of a ratio-4 layer
+// (10 splits x 32 head pairs) then fit in one wave on the H200's 132 SMs (two blocks per
+// SM, at 125 registers, took two waves: 32 us against 22 us for the separate launches).
+constexpr int kFusedBlocksPerSm = 3;
 
 // Head h's q row post by one warp into dst (and `also` when set): RMSNorm without weight
 // and RoPE of the tail, with row_post_warp_kernel's arithmetic (cuda/row_ops.cu): lane l
@@ -436,7 +440,7 @@ __device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, cons
 // separate launches (row_post_warp_kernel, attention_group_partial_kernel,
 // attention_combine_kernel), so the results are the same bits.
 template <int kGroupHeads>
-__global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaunch p) {
+__global__ void __launch_bounds__(kThreads, kFusedBlocksPerSm) attention_fused_kernel(AttentionLaunch p) {
   // Before the wait: weights only (the RoPE frequencies, the group's sinks).
   __shared__ float s_freq[kMaxRopePairs];
   for (int i = threadIdx.x; i < p.rope_dim / 2; i += kThreads) s_freq[i] = p.rope_freqs[i];
@@ -488,14 +492,14 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
   group_scores<kGroupHeads>(p, rows, q, probs, cap, nr, r0, pos, vis, lane, warp);
   __syncthreads();
   group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
-  const bool single = p.fold_combine && used == 1;
+  const bool single = used == 1 && (p.fold_combine || p.fit_splits);
   if (single && warp < nh && lane == 0) {
     // attention_combine_kernel with one split.
     const float mj = s_max[warp];
     const float m = fmaxf(sink, mj);
     float z = expf(sink - m);
     const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
-    z += f * s_sum[warp];
+    z = __fmaf_rn(f, s_sum[warp], z);  // as the combine kernel compiles it (no fusing into expf)
     s_factor[warp] = f;
     s_total[warp] = z;
   }
@@ -511,8 +515,8 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
         const float f = s_factor[g];
         float2 sum = make_float2(0.0f, 0.0f);
         if (f != 0.0f) {
-          sum.x += f * acc[g].x;
-          sum.y += f * acc[g].y;
+          sum.x = __fmaf_rn(f, acc[g].x, sum.x);
+          sum.y = __fmaf_rn(f, acc[g].y, sum.y);
         }
         store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
       } else {
@@ -565,7 +569,7 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
       for (int k = 0; k < n; ++k) {
         const float fk = __shfl_sync(0xffffffffu, f, k);
         const float lk = __shfl_sync(0xffffffffu, l, k);
-        z += fk * lk;
+        z = __fmaf_rn(fk, lk, z);
       }
     }
     if (lane == 0) s_total[warp] = z;
@@ -591,8 +595,8 @@ __global__ void __launch_bounds__(kThreads) attention_fused_kernel(AttentionLaun
           if (s0 + k < used) {
             const float f = factor[g * p.splits + s0 + k];
             if (f != 0.0f) {
-              sum.x += f * v[k].x;
-              sum.y += f * v[k].y;
+              sum.x = __fmaf_rn(f, v[k].x, sum.x);
+              sum.y = __fmaf_rn(f, v[k].y, sum.y);
             }
           }
         }
@@ -612,25 +616,28 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionLa
   __shared__ float total;
   const int h = blockIdx.x;
   const int pos = *p.pos;
+  // fit_splits (fused kernel): the splits in use; with one, that kernel wrote the output.
+  const int used = p.fit_splits ? splits_in_use(p, visible_rows(p, pos).n) : p.splits;
+  if (p.fit_splits && used == 1) return;
   const float* ws = split_partials(p) + static_cast<int64_t>(h) * p.splits * (p.head_dim + 2);
   if (threadIdx.x == 0) {
     const float sink = p.sinks[h];
     float m = sink;
-    for (int j = 0; j < p.splits; ++j) m = fmaxf(m, ws[j * (p.head_dim + 2) + p.head_dim]);
+    for (int j = 0; j < used; ++j) m = fmaxf(m, ws[j * (p.head_dim + 2) + p.head_dim]);
     float z = expf(sink - m);
-    for (int j = 0; j < p.splits; ++j) {
+    for (int j = 0; j < used; ++j) {
       const float mj = ws[j * (p.head_dim + 2) + p.head_dim];
       const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
       factor[j] = f;
-      z += f * ws[j * (p.head_dim + 2) + p.head_dim + 1];
+      z = __fmaf_rn(f, ws[j * (p.head_dim + 2) + p.head_dim + 1], z);  // fused as written
     }
     total = z;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < p.head_dim; i += kThreads) {
     float acc = 0.0f;
-    for (int j = 0; j < p.splits; ++j) {
-      if (factor[j] != 0.0f) acc += factor[j] * ws[j * (p.head_dim + 2) + i];
+    for (int j = 0; j < used; ++j) {
+      if (factor[j] != 0.0f) acc = __fmaf_rn(factor[j], ws[j * (p.head_dim + 2) + i], acc);
     }
     o[i] = acc / total;
   }
@@ -733,7 +740,6 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
   if (p.q_norm_rope || p.fold_combine || p.fit_splits) {
-    if (p.fit_splits && !p.fold_combine) return Status::Error("attention: fit_splits needs fold_combine");
     if (!attention_fused_applies(p)) {
       return Status::Error("attention: the fused kernel cannot run this launch (head_dim " +
                            std::to_string(p.head_dim) + ", rope_dim " + std::to_string(p.rope_dim) +

@@ -72,9 +72,10 @@ struct AttentionLaunch {
   // of the workspace (attention_workspace_floats counts them): zero before the first such
   // launch, left zero by every launch. Needs attention_fused_applies().
   bool fold_combine = false;
-  // With fold_combine: a split holds up to ceil(max_visible / splits) rows and only the
-  // splits that hold rows run, so short contexts take one split, computed in a single
-  // pass without the workspace (the same bits as a launch with that many splits).
+  // A split holds up to ceil(max_visible / splits) rows and only the splits that hold
+  // rows run (the same bits as a launch with that many splits), so short contexts take
+  // one split, computed in a single pass without the workspace (the combine launch, when
+  // fold_combine is off, then returns at once). Needs attention_fused_applies().
   bool fit_splits = false;
 };
 
