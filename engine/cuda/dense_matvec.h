@@ -103,7 +103,8 @@ struct DenseMatvecOptions {
   int stream_ring_kib = 0;
   // Rows each lane loads before any of their products: 2, 4 or 8; 0: 4, or 2 for
   // paired launches (two blocks per multiprocessor without spilling) and for plain F16
-  // launches of up to 4 MB of weights (measured fastest: the router). 8 is refused for
+  // launches of up to 4 MB of weights (measured fastest: the router), 8 for plain Q8_0
+  // launches of 1024 columns and more than 12 MB with prefetch (q_b). 8 is refused for
   // paired launches, and with prefetch for F16 (too many registers); so is F16 paired
   // with 4 and prefetch.
   int rows_per_batch = 0;
