@@ -1625,7 +1625,7 @@ Result<StagedPlan> plan_staged_gate_up(const ExpertGateUpLaunch& l, const Expert
                                         (units + res->multiprocessors - 1) / res->multiprocessors, 1, kStagedMaxWarps));
   plan.threads = plan.warps * 32;
   std::string tried;
-  for (int stages : {8, 4, 2}) {
+  for (int stages : {2, 4, 8}) {
     if (o.staged_stages != 0 && stages != o.staged_stages) continue;
     for (bool lane : {o.tc_lane_tables, false}) {
       plan.stages = stages;
