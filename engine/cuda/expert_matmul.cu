@@ -19,10 +19,9 @@ using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
 
 // Block tile: BM weight rows (128 or 256; paired: BM / 2 gate rows and the same up rows)
-// x kBN assignments, one 256-column block of the weights per pipeline stage (2 to 4
+// x BN assignments (32, or 16 for the small tiles), one 256-column block of the weights per pipeline stage (2 to 4
 // stages). 2 BM / 32 warps: warp w owns weight rows [32 (w % (BM / 32)), +32) (two 16-row
 // mma tiles) and assignments [16 (w / (BM / 32)), +16) (two 8-column mma tiles).
-constexpr int kBN = 32;
 constexpr int kDigitBytes = 1024;       // one row's digits of one 256-column block: [chunk][t][digit][8]
 constexpr int kMinBytes = 64;           // one row's Q2_K minimum sums of one block: [t][4 words]
 constexpr int kXRowStride = kDigitBytes + 16;  // shared memory: rows 16 bytes apart in banks
@@ -46,17 +45,17 @@ WorkspaceLayout workspace_layout(int64_t blocks, int64_t rows) {
 }
 
 // Shared memory of one stage, per weight format and block rows.
-template <GgmlType T, int BM>
+template <GgmlType T, int BM, int BN>
 struct StageLayout {
   static constexpr int kWStride = T == GgmlType::IQ2_XXS ? 80 : 88;  // bytes per weight row (bank-spread)
   static constexpr int kW = 0;
   static constexpr int kX = BM * kWStride;
-  static constexpr int kXScales = kX + kBN * kXRowStride;
-  static constexpr int kXMins = kXScales + kBN * 4;
-  static constexpr int kBytes = kXMins + (T == GgmlType::Q2_K ? kBN * kMinBytes : 0);
+  static constexpr int kXScales = kX + BN * kXRowStride;
+  static constexpr int kXMins = kXScales + 32 * 4;
+  static constexpr int kBytes = kXMins + (T == GgmlType::Q2_K ? BN * kMinBytes : 0);
   static constexpr int total(int stages) { return stages * kBytes; }
   static_assert(kX % 16 == 0 && kXScales % 16 == 0 && kXMins % 16 == 0 && kBytes % 16 == 0, "16-byte alignment");
-  static_assert(BM * (kBN + 1) * 4 <= 2 * kBytes, "the output tile reuses the stages");
+  static_assert(BM * (BN + 1) * 4 <= 2 * kBytes, "the output tile reuses the stages");
 };
 
 // The compact IQ2_XXS selector table of cuda/dequant_chunk.cuh (Iq2xxsCompact).
@@ -225,15 +224,15 @@ __global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict
 
 // ---- the product kernel --------------------------------------------------------------
 
-// Finds which group and which of its kBN-assignment tiles block `tile` is (tiles counted
+// Finds which group and which of its BN-assignment tiles block `tile` is (tiles counted
 // per group, in group order). Whole block of kThreads; *s_group = -1 when none.
-template <int kThreads>
+template <int kThreads, int BN>
 __device__ void find_group_tile(const Params& p, int tile, int* s_scan, int* s_group, int* s_tile) {
   if (threadIdx.x == 0) *s_group = -1;
   int carry = 0;
   for (int base = 0; base < p.n_groups; base += kThreads) {
     const int g = base + static_cast<int>(threadIdx.x);
-    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + kBN - 1) / kBN : 0;
+    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + BN - 1) / BN : 0;
     s_scan[threadIdx.x] = count;
     __syncthreads();
     for (int off = 1; off < kThreads; off *= 2) {
@@ -280,13 +279,16 @@ __device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0
 // STAGES: 256-column blocks in the cp.async ring (copies run STAGES - 1 blocks ahead).
 // MIN_BLOCKS: resident blocks per multiprocessor the kernel is compiled for (2 x 256 or
 // 1 x 512 threads: at most 128 registers, the chunk loop partly unrolled; 1 x 256: up to
-// 255 registers, unrolled).
-template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES, int BM>
-__global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Params p) {
-  constexpr int kThreads = 2 * BM;
-  constexpr int kRowWarps = BM / 32;
-  constexpr bool kUnrolled = MIN_BLOCKS == 1 && BM == 128;
-  using S = StageLayout<T, BM>;
+// 255 registers, unrolled; 3 x 256, the small tiles: at most 85 registers).
+// MR: 16-row mma tiles per warp (2; 1 for the small tiles, BN = 16). Warps: BM / (16 MR)
+// along the rows times BN / 16 along the assignments.
+template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES, int BM, int BN, int MR>
+__global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS) expert_matmul_kernel(Params p) {
+  constexpr int kRowWarps = BM / (16 * MR);
+  constexpr int kThreads = 32 * kRowWarps * (BN / 16);
+  constexpr int kWarpRows = 16 * MR;
+  constexpr bool kUnrolled = MIN_BLOCKS == 1 && kThreads == 256;
+  using S = StageLayout<T, BM, BN>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
   constexpr int kStride = LANE_TABLES ? 32 : 1;
   extern __shared__ float4 smem4[];
@@ -294,21 +296,21 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
   __shared__ uint32_t s_compact[kIq2 && !LANE_TABLES ? kTableWords : 1];
   __shared__ int s_scan[kThreads];
   __shared__ int s_group, s_tile;
-  __shared__ int s_xrow[kBN];
+  __shared__ int s_xrow[BN];
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
   const int wm = warp % kRowWarps, wn = warp / kRowWarps;
-  find_group_tile<kThreads>(p, blockIdx.y, s_scan, &s_group, &s_tile);
+  find_group_tile<kThreads, BN>(p, blockIdx.y, s_scan, &s_group, &s_tile);
   const int group = s_group;
   if (group < 0) return;
-  const int a_begin = p.group_offsets[group] + s_tile * kBN;
-  const int a_end = min(a_begin + kBN, p.group_offsets[group + 1]);
+  const int a_begin = p.group_offsets[group] + s_tile * BN;
+  const int a_end = min(a_begin + BN, p.group_offsets[group + 1]);
   const int row0 = blockIdx.x * (PAIRED ? BM / 2 : BM);
   // This warp's 8-assignment tiles that hold an assignment (0..2; warp-uniform): the
   // products of the others are skipped (a group's last tile is often partly empty).
   const int warp_tiles = min(max((a_end - a_begin - wn * 16 + 7) >> 3, 0), 2);
-  if (tid < kBN) {
+  if (tid < BN) {
     const int a = a_begin + tid;
     s_xrow[tid] = a < a_end ? (p.x_rows ? p.x_rows[a] : a) : -1;
   }
@@ -339,7 +341,7 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
                   p.w_data + tile_row<PAIRED, BM>(p, group, row0, r) * p.row_bytes + b * 84 + q * 4);
       }
     }
-    for (int i = tid; i < kBN * (kDigitBytes / 16); i += kThreads) {
+    for (int i = tid; i < BN * (kDigitBytes / 16); i += kThreads) {
       const int n = i >> 6, q = i & 63;
       const int xr = s_xrow[n];
       if (xr >= 0) {
@@ -347,12 +349,12 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
                    p.digits + (static_cast<int64_t>(xr) * p.blocks + b) * kDigitBytes + q * 16);
       }
     }
-    if (tid < kBN) {
+    if (tid < BN) {
       const int xr = s_xrow[tid];
       if (xr >= 0) cp_async4(st + S::kXScales + tid * 4, p.xscales + static_cast<int64_t>(xr) * p.blocks + b);
     }
     if constexpr (!kIq2) {
-      if (tid < kBN * 4) {
+      if (tid < BN * 4) {
         const int n = tid >> 2, q = tid & 3;
         const int xr = s_xrow[n];
         if (xr >= 0) {
@@ -363,11 +365,11 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
     }
   };
 
-  // This lane's outputs: weight rows wm * 32 + 16 m + g + 8 (i >> 1), assignments
+  // This lane's outputs: weight rows wm * kWarpRows + 16 m + g + 8 (i >> 1), assignments
   // wn * 16 + 8 nt + 2t + (i & 1) of the tile.
-  float sum[2][2][4];
+  float sum[MR][2][4];
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < MR; ++m) {
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -386,13 +388,13 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
     if (b + STAGES - 1 < p.blocks) load_stage(b + STAGES - 1, (b + STAGES - 1) % STAGES);
     cp_async_commit();
     // IQ2_XXS: the rows' f16 d of this block (read while the copies land).
-    float d_row[2][2];
+    float d_row[MR][2];
     if constexpr (kIq2) {
 #pragma unroll
-      for (int m = 0; m < 2; ++m) {
+      for (int m = 0; m < MR; ++m) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int tr = wm * 32 + 16 * m + g + 8 * r;
+          const int tr = wm * kWarpRows + 16 * m + g + 8 * r;
           const uint16_t* sc = PAIRED && tr >= BM / 2 ? p.u_scales : p.w_scales;
           d_row[m][r] =
               half_bits_to_float(__ldg(sc + tile_row<PAIRED, BM>(p, group, row0, tr) * p.blocks + b)) * 0.125f;
@@ -402,12 +404,12 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
     cp_async_wait<STAGES - 1>();
     __syncthreads();
     const uint8_t* st = smem + (b % STAGES) * S::kBytes;
-    const uint8_t* wrow = st + S::kW + (wm * 32 + g) * S::kWStride;  // row g of the warp's first tile
+    const uint8_t* wrow = st + S::kW + (wm * kWarpRows + g) * S::kWStride;  // row g of the warp's first tile
     const uint8_t* xrow = st + S::kX + (wn * 16 + g) * kXRowStride + t * 32;  // assignment g of the first n tile
-    int acc[2][2][4][4];
+    int acc[MR][2][4][4];
     if (warp_tiles > 0) {
 #pragma unroll
-      for (int m = 0; m < 2; ++m) {
+      for (int m = 0; m < MR; ++m) {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -419,10 +421,10 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
       }
 #pragma unroll(kUnrolled ? 8 : kIq2 ? 1 : 2)
       for (int c = 0; c < 8; ++c) {
-        uint32_t a[2][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
-        int s2[2][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
+        uint32_t a[MR][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
+        int s2[MR][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < MR; ++m) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
@@ -448,7 +450,7 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
 #pragma unroll
           for (int L = 0; L < 4; ++L) {
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
+            for (int m = 0; m < MR; ++m) {
               if constexpr (kIq2) {
                 int d[4];
                 mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
@@ -470,7 +472,7 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
         if (nt >= warp_tiles) break;
         const float sb[2] = {xs[8 * nt], xs[8 * nt + 1]};
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < MR; ++m) {
           if constexpr (kIq2) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -523,29 +525,29 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
   // The tile's sums through shared memory: out[weight row][assignment].
   float* out = reinterpret_cast<float*>(smem);
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < MR; ++m) {
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = wm * 32 + 16 * m + g + 8 * (i >> 1);
+        const int r = wm * kWarpRows + 16 * m + g + 8 * (i >> 1);
         const int n = wn * 16 + 8 * nt + 2 * t + (i & 1);
-        out[r * (kBN + 1) + n] = sum[m][nt][i];
+        out[r * (BN + 1) + n] = sum[m][nt][i];
       }
     }
   }
   __syncthreads();
   constexpr int kOutRows = PAIRED ? BM / 2 : BM;
-  for (int i = tid; i < kOutRows * kBN; i += kThreads) {
+  for (int i = tid; i < kOutRows * BN; i += kThreads) {
     const int r = i % kOutRows, n = i / kOutRows;
     const int a = a_begin + n;
     if (a >= a_end) continue;
     float* dst = p.y + static_cast<int64_t>(a) * p.y_stride + row0 + r;
     if constexpr (PAIRED) {
-      const float v = swiglu(out[r * (kBN + 1) + n], out[(r + BM / 2) * (kBN + 1) + n], p.limit);
+      const float v = swiglu(out[r * (BN + 1) + n], out[(r + BM / 2) * (BN + 1) + n], p.limit);
       *dst = p.row_scale ? v * p.row_scale[a] : v;
     } else {
-      const float v = out[r * (kBN + 1) + n];
+      const float v = out[r * (BN + 1) + n];
       *dst = p.accumulate ? *dst + v : v;
     }
   }
@@ -554,18 +556,21 @@ __global__ void __launch_bounds__(2 * BM, MIN_BLOCKS) expert_matmul_kernel(Param
 using ProductFn = void (*)(Params);
 
 // The kernel variants: gate+up [256 rows][lane tables][one block per SM][stages 2, 3, 4],
-// then down [256 rows][one block per SM][stages 2, 3, 4]. The 256-row kernels (512
-// threads) have one register budget: their "one block per SM" slots hold the same kernel.
+// then down [256 rows][one block per SM][stages 2, 3, 4], then the small tiles (128 rows x
+// 16 assignments, compact table, three blocks per SM): gate+up [stages], down [stages].
+// The 256-row kernels (512 threads) have one register budget: their "one block per SM"
+// slots hold the same kernel.
 struct Variant {
   ProductFn fn;
   int dynamic_shared;  // bytes
   int threads;
   int bm;              // weight rows per block
+  int bn;              // assignments per block
   int static_shared;   // bytes (read at init)
   bool usable;         // fits the device's shared memory
 };
 
-constexpr int kVariants = 36;
+constexpr int kVariants = 42;
 
 int variant_index(bool paired, int bm, bool lane_tables, bool one_block, int stages) {
   const int s = stages - 2, big = bm == 256 ? 1 : 0;
@@ -573,13 +578,19 @@ int variant_index(bool paired, int bm, bool lane_tables, bool one_block, int sta
                 : 24 + (big * 2 + (one_block ? 1 : 0)) * 3 + s;
 }
 
-template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS, int BM>
+int small_variant_index(bool paired, int stages) { return (paired ? 36 : 39) + stages - 2; }
+
+template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS, int BM, int BN = 32, int MR = 2>
 void add_variants(Variant* v) {
-  constexpr int extra = LANE ? kLaneTableBytes : 0;
-  using S = StageLayout<T, BM>;
-  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2, BM>, S::total(2) + extra, 2 * BM, BM, 0, false};
-  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3, BM>, S::total(3) + extra, 2 * BM, BM, 0, false};
-  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4, BM>, S::total(4) + extra, 2 * BM, BM, 0, false};
+  [[maybe_unused]] constexpr int extra = LANE ? kLaneTableBytes : 0;
+  [[maybe_unused]] constexpr int threads = 32 * (BM / (16 * MR)) * (BN / 16);
+  using S = StageLayout<T, BM, BN>;
+  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2, BM, BN, MR>, S::total(2) + extra, threads, BM, BN, 0,
+          false};
+  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3, BM, BN, MR>, S::total(3) + extra, threads, BM, BN, 0,
+          false};
+  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4, BM, BN, MR>, S::total(4) + extra, threads, BM, BN, 0,
+          false};
 }
 
 struct InitState {
@@ -604,6 +615,8 @@ InitState& init_state() {
     add_variants<kQ2k, false, false, 1, 128>(st.variants + variant_index(false, 128, false, true, 2));
     add_variants<kQ2k, false, false, 1, 256>(st.variants + variant_index(false, 256, false, false, 2));
     add_variants<kQ2k, false, false, 1, 256>(st.variants + variant_index(false, 256, false, true, 2));
+    add_variants<kIq2, true, false, 3, 128, 16, 1>(st.variants + small_variant_index(true, 2));
+    add_variants<kQ2k, false, false, 3, 128, 16, 1>(st.variants + small_variant_index(false, 2));
     return st;
   }();
   return s;
@@ -649,6 +662,12 @@ Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmu
   }
   const Variant* all = init_state().variants;
   const auto fits = [&](const Variant& v) { return v.usable && rows % (paired ? v.bm / 2 : v.bm) == 0; };
+  if (o.small_tiles) {
+    for (int stages = o.stages; stages >= 2; --stages) {
+      const Variant& v = all[small_variant_index(paired, stages)];
+      if (fits(v)) return &v;
+    }
+  }
   const Variant& asked =
       all[variant_index(paired, o.rows_per_block, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
   if (fits(asked)) return &asked;
@@ -781,8 +800,9 @@ Status launch_expert_matmul(const ExpertMatmulLaunch& l, cudaStream_t stream, co
   p.n_groups = l.n_groups;
   p.x_rows = l.x_rows;
   p.row_scale = paired ? l.row_scale : nullptr;
-  // ceil(n_tokens / kBN) + n_groups tiles at most; the blocks past the last exit.
-  const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + kBN - 1) / kBN + l.n_groups;
+  // ceil(n_tokens / bn) + n_groups tiles at most; the blocks past the last exit.
+  const int bn = (*variant)->bn;
+  const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + bn - 1) / bn + l.n_groups;
   const int bm = (*variant)->bm;
   const int64_t row_tiles = w.rows / (paired ? bm / 2 : bm);
   if (token_tiles > 65535 || row_tiles > INT32_MAX) return Status::Error("expert matmul: grid too large");

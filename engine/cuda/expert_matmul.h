@@ -104,6 +104,11 @@ struct ExpertMatmulOptions {
   // Weight rows per block: 128 (8 warps) or 256 (16 warps; each assignment tile's digits
   // copied half as often; about 53 KB per stage, so the H200, not the GB10).
   int rows_per_block = 256;
+  // Small tiles: 128 rows x 16 assignments per block, one 16-row mma tile per warp, at
+  // most 85 registers: three blocks per multiprocessor (more warps in flight, the weights
+  // copied twice as often). Compact table; rows_per_block, lane_tables and
+  // one_block_per_sm do not apply.
+  bool small_tiles = false;
 };
 
 // Bytes of the workspace for `rows` rows of x of `cols` columns.

@@ -337,10 +337,18 @@ std::vector<ExpertMatmulOptions> other_variants() {
       }
     }
   }
+  for (int stages : {2, 3, 4}) {
+    ExpertMatmulOptions o;
+    o.small_tiles = true;
+    o.lane_tables = false;  // does not apply
+    o.stages = stages;
+    out.push_back(o);
+  }
   return out;
 }
 
 std::string variant_name(const ExpertMatmulOptions& o) {
+  if (o.small_tiles) return "small tiles (128 rows x 16), " + std::to_string(o.stages) + " stages";
   return std::to_string(o.rows_per_block) + " rows, " + (o.lane_tables ? "lane tables" : "compact table") +
          (o.one_block_per_sm ? ", one block/SM" : "") + ", " + std::to_string(o.stages) + " stages";
 }
