@@ -915,6 +915,20 @@ __device__ __forceinline__ void staged_wait(int pending) {
   }
 }
 
+// x into the layout (as tc_quantize_x) with this warp's first two blocks already in `xv`
+// (xv[r] = block warp + r n_warps, where that is below `blocks`).
+__device__ __forceinline__ void staged_quantize_x(const float* x, int blocks, const float4 (&xv)[2][2],
+                                                  uint8_t* shared, const TcXLayout& l, int warp, int n_warps,
+                                                  int lane) {
+  if (warp < blocks) tc_quantize_block(xv[0][0], xv[0][1], warp, shared, l, lane);
+  if (warp + n_warps < blocks) tc_quantize_block(xv[1][0], xv[1][1], warp + n_warps, shared, l, lane);
+  for (int b = warp + 2 * n_warps; b < blocks; b += n_warps) {
+    float4 v0, v1;
+    tc_load_x_block(x, b, lane, &v0, &v1);
+    tc_quantize_block(v0, v1, b, shared, l, lane);
+  }
+}
+
 // ---- staged gate+up --------------------------------------------------------------------
 
 // iq2_row_fragment with the sign index's table offset taken by one rotation: `sign_rotation`
@@ -986,9 +1000,10 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
   }
   pdl_wait();
   pdl_launch_dependents();  // the next kernel may be scheduled once every block has come here
-  // This warp's first block of x is read together with the ids (the two latencies overlap).
-  float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
-  if (warp < p.blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
+  // This warp's first two blocks of x are read together with the ids (the latencies overlap).
+  float4 xv[2][2];
+  if (warp < p.blocks) tc_load_x_block(p.x, warp, lane, &xv[0][0], &xv[0][1]);
+  if (warp + n_warps < p.blocks) tc_load_x_block(p.x, warp + n_warps, lane, &xv[1][0], &xv[1][1]);
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
     s_ids[i] = p.ids[i];
     s_weights[i] = p.weights ? p.weights[i] : 1.0f;
@@ -1039,10 +1054,7 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
   for (int s = 0; s < S - 1; ++s) issue(s);
 
   // x is quantized while the first steps are in flight.
-  for (int b = warp; b < p.blocks; b += n_warps) {
-    if (b != warp) tc_load_x_block(p.x, b, lane, &xv0, &xv1);
-    tc_quantize_block(xv0, xv1, b, dynamic, p.xl, lane);
-  }
+  staged_quantize_x(p.x, p.blocks, xv, dynamic, p.xl, warp, n_warps, lane);
   __syncthreads();
 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
@@ -1136,8 +1148,9 @@ __global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kerne
   const int x_blocks = p.n_used * p.blocks;
   pdl_wait();
   pdl_launch_dependents();
-  float4 xv0 = make_float4(0, 0, 0, 0), xv1 = xv0;
-  if (warp < x_blocks) tc_load_x_block(p.x, warp, lane, &xv0, &xv1);
+  float4 xv[2][2];  // this warp's first two blocks of x, read together with the ids
+  if (warp < x_blocks) tc_load_x_block(p.x, warp, lane, &xv[0][0], &xv[0][1]);
+  if (warp + n_warps < x_blocks) tc_load_x_block(p.x, warp + n_warps, lane, &xv[1][0], &xv[1][1]);
   for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) s_ids[i] = p.ids[i];
   __syncthreads();
 
@@ -1168,10 +1181,7 @@ __global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kerne
     }
   };
   issue(worker);
-  for (int b = warp; b < x_blocks; b += n_warps) {
-    if (b != warp) tc_load_x_block(p.x, b, lane, &xv0, &xv1);
-    tc_quantize_block(xv0, xv1, b, dynamic, p.xl, lane);
-  }
+  staged_quantize_x(p.x, x_blocks, xv, dynamic, p.xl, warp, n_warps, lane);
   __syncthreads();
 
   const float* xscale = reinterpret_cast<const float*>(dynamic + p.xl.scales);
