@@ -682,6 +682,66 @@ void test_refused(Stack* gate, Stack* up, Stack* down) {
   if (!s64.ok()) std::printf("refused as expected: 64 rows per block: %s\n", s64.message().c_str());
 }
 
+// The tensor cores' own rate for the products above, with operands in registers (no
+// memory): mma.sync m16n8k32 s8 (what these kernels issue, four per 32 columns and 8
+// assignments) and m16n8k16 f16 (kExact's), eight independent accumulators per warp.
+// Sums are written out so that the work is not removed. The ceiling of the integer
+// kernels' effective rate is the s8 rate / 4 (four digits).
+__global__ void mma_s8_peak_kernel(int iters, int* out) {
+  int acc[8][4] = {};
+  const uint32_t a = 0x01020304u + threadIdx.x, b = 0x05060708u ^ threadIdx.x;
+  for (int i = 0; i < iters; ++i) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+          : "+r"(acc[k][0]), "+r"(acc[k][1]), "+r"(acc[k][2]), "+r"(acc[k][3])
+          : "r"(a), "r"(a + k), "r"(b), "r"(b + k), "r"(a ^ b), "r"(b));
+    }
+  }
+  int sum = 0;
+  for (int k = 0; k < 8; ++k) sum += acc[k][0] + acc[k][1] + acc[k][2] + acc[k][3];
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sum;
+}
+
+__global__ void mma_f16_peak_kernel(int iters, float* out) {
+  float acc[8][4] = {};
+  const uint32_t a = 0x3c003c00u, b = 0x38003800u;  // 1.0, 0.5 in f16
+  for (int i = 0; i < iters; ++i) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+          : "+f"(acc[k][0]), "+f"(acc[k][1]), "+f"(acc[k][2]), "+f"(acc[k][3])
+          : "r"(a), "r"(a), "r"(b), "r"(b), "r"(a), "r"(b));
+    }
+  }
+  float sum = 0;
+  for (int k = 0; k < 8; ++k) sum += acc[k][0] + acc[k][1] + acc[k][2] + acc[k][3];
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sum;
+}
+
+template <typename F>
+double time_us(F&& launch, int reps);
+
+void bench_mma_peak() {
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  const int blocks = sms * 4, threads = 256, iters = 4096;
+  DeviceVec<int> di(static_cast<size_t>(blocks) * threads);
+  DeviceVec<float> df(static_cast<size_t>(blocks) * threads);
+  const double us_s8 = time_us([&] { mma_s8_peak_kernel<<<blocks, threads>>>(iters, di.get()); }, 3);
+  const double us_f16 = time_us([&] { mma_f16_peak_kernel<<<blocks, threads>>>(iters, df.get()); }, 3);
+  check(cudaDeviceSynchronize() == cudaSuccess, "mma peak kernels");
+  const double mmas = static_cast<double>(blocks) * (threads / 32) * iters * 8;
+  const double s8_tops = mmas * 2 * 16 * 8 * 32 / us_s8 * 1e-6;
+  const double f16_tflops = mmas * 2 * 16 * 8 * 16 / us_f16 * 1e-6;
+  std::printf("bench tensor-core rate, operands in registers: mma.sync s8 m16n8k32 %.0f TOPS (four digits: %.0f TOPS "
+              "effective at most); f16 m16n8k16 %.0f TFLOP/s (kExact's two per 16 columns: %.0f effective at most); "
+              "%.1f / %.1f us\n",
+              s8_tops, s8_tops / 4, f16_tflops, f16_tflops / 2, us_s8, us_f16);
+}
+
 template <typename F>
 double time_us(F&& launch, int reps) {
   launch();
@@ -796,6 +856,7 @@ int main() {
             rng);
   test_case({"real down, one expert in every token", rd.get(), nullptr, &huge, &h_rows, INFINITY, false}, 12, rng);
 
+  bench_mma_peak();
   bench({"gate+up 2x 2048x4096 IQ2_XXS", rg.get(), ru.get(), &skewed, &x_tokens, 10.0f, false});
   bench({"down 4096x2048 Q2_K", rd.get(), nullptr, &skewed, &h_rows, INFINITY, false});
   bench({"gate+up, one expert in every token", rg.get(), ru.get(), &huge, &x_tokens, 10.0f, false});
