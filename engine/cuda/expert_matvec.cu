@@ -1130,6 +1130,7 @@ struct StagedDownParams {
   TcXLayout xl;
   int partial_offset;
   int buffer_offset;  // [rowsets * warps][16 rows][CB * 84 bytes]
+  int ahead;          // 256-column blocks whose copies a warp keeps in flight (1..CB)
 };
 
 // CB: 256-column blocks per warp; V: bytes per copy (16 where a row's CB blocks start and end
@@ -1162,25 +1163,24 @@ __global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kerne
   const int workers = gridDim.x * p.rowsets;
   const int worker = blockIdx.x * p.rowsets + rowset;
 
-  // The tile's 16 rows x CB blocks of this warp, one commit group per block: group j holds
-  // the copies that start in block j (a block needs only its own group and earlier ones).
-  const auto issue = [&](int tile) {
-#pragma unroll
-    for (int j = 0; j < CB; ++j) {
-      constexpr int kFirst[9] = {0, (84 + V - 1) / V, (168 + V - 1) / V, (252 + V - 1) / V, (336 + V - 1) / V,
-                                 (420 + V - 1) / V, (504 + V - 1) / V, (588 + V - 1) / V, (672 + V - 1) / V};
-      const int q0 = kFirst[j], n = kFirst[j + 1] - kFirst[j];
-      if (tile < p.tiles) {
-        const uint8_t* src = matrix + static_cast<int64_t>(tile) * 16 * p.row_bytes;
-        for (int q = lane; q < 16 * n; q += 32) {
-          const int row = q / n, piece = q0 + (q - row * n);
-          staged_copy<V>(mine + row * kRowBytes + piece * V, src + row * p.row_bytes + piece * V);
-        }
+  // Block j of the tile's 16 rows x CB blocks of this warp as one commit group: the copies
+  // that start in block j (a block needs only its own group and earlier ones).
+  const int ahead = p.ahead;  // groups in flight per warp
+  const auto issue = [&](int tile, int j) {
+    const int q0 = (84 * j + V - 1) / V, n = (84 * (j + 1) + V - 1) / V - q0;  // the first piece starting in block j
+    if (tile < p.tiles) {
+      const uint8_t* src = matrix + static_cast<int64_t>(tile) * 16 * p.row_bytes;
+      for (int q = lane; q < 16 * n; q += 32) {
+        const int row = q / n, piece = q0 + (q - row * n);
+        staged_copy<V>(mine + row * kRowBytes + piece * V, src + row * p.row_bytes + piece * V);
       }
-      staged_commit();
     }
+    staged_commit();
   };
-  issue(worker);
+#pragma unroll
+  for (int j = 0; j < CB; ++j) {
+    if (j < ahead) issue(worker, j);
+  }
   staged_quantize_x(p.x, x_blocks, xv, dynamic, p.xl, warp, n_warps, lane);
   __syncthreads();
 
@@ -1194,13 +1194,18 @@ __global__ void __launch_bounds__(kStagedDownMaxWarps * 32, 1) staged_down_kerne
     const bool active = tile < p.tiles;
     if (it > 0) {
       __syncwarp();  // every lane is done with the previous tile's buffer
-      issue(tile);
+#pragma unroll
+      for (int j = 0; j < CB; ++j) {
+        if (j < ahead) issue(tile, j);
+      }
     }
     float sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int j = 0; j < CB; ++j) {
-      staged_wait(CB - 1 - j);
+      // Groups of this tile committed: min(CB, ahead + j); block j's is the (j + 1)-th.
+      staged_wait(min(CB, ahead + j) - (j + 1));
       __syncwarp();
+      if (j + ahead < CB) issue(tile, j + ahead);
       Q2kUnit cur;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -1658,6 +1663,10 @@ Result<StagedPlan> plan_staged_down(const ExpertDownLaunch& l, const ExpertMatve
   // The tensor-core kernel's split of the columns over warps (the same sums in the same order).
   auto tc = plan_tc_down(d, l.n_used, o.tc_blocks_per_warp);
   DS4_RETURN_IF_ERROR(tc.status());
+  if (o.staged_blocks_ahead < 0) {
+    return Status::Error("expert down (staged): staged_blocks_ahead " + std::to_string(o.staged_blocks_ahead) +
+                         " is negative");
+  }
   if (o.staged_tiles < 0 || o.staged_tiles > kMaxRowsets) {
     return Status::Error("expert down (staged): staged_tiles " + std::to_string(o.staged_tiles) + " (expected 0.." +
                          std::to_string(kMaxRowsets) + ")");
@@ -1737,6 +1746,7 @@ Status launch_staged_down(const ExpertDownLaunch& l, const StagedPlan& plan, cud
   p.xl = plan.xl;
   p.partial_offset = plan.partial_offset;
   p.buffer_offset = plan.ring_offset;
+  p.ahead = o.staged_blocks_ahead > 0 ? std::min(o.staged_blocks_ahead, plan.cb) : plan.cb;
   StagedDownFn fn = pick_staged_down(plan.cb, plan.wide);
   auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
   DS4_RETURN_IF_ERROR(grid.status());

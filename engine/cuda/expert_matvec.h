@@ -110,6 +110,9 @@ struct ExpertMatvecOptions {
   // Staged down: 16-row tiles per block at once, 1..8; 0: as many as 24 warps and the
   // shared memory allow.
   int staged_tiles = 0;
+  // Staged down: 256-column blocks of its share whose copies a warp keeps in flight (the
+  // next one issued as one lands); 0: all of them at once.
+  int staged_blocks_ahead = 0;
 };
 
 struct ExpertGateUpLaunch {

@@ -155,6 +155,7 @@ std::string options_name(const ExpertMatvecOptions& o) {
            (o.staged_stages ? " stages=" + std::to_string(o.staged_stages) : "") +
            (o.staged_warps ? " warps=" + std::to_string(o.staged_warps) : "") +
            (o.staged_tiles ? " tiles/block=" + std::to_string(o.staged_tiles) : "") +
+           (o.staged_blocks_ahead ? " blocks ahead=" + std::to_string(o.staged_blocks_ahead) : "") +
            (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
   }
   if (o.tensor_cores) {
@@ -179,6 +180,11 @@ std::vector<ExpertMatvecOptions> staged_options(bool gate_up) {
     ExpertMatvecOptions one = base;
     one.staged_tiles = 1;
     out.push_back(one);
+    for (int ahead : {1, 2}) {
+      ExpertMatvecOptions o = base;
+      o.staged_blocks_ahead = ahead;
+      out.push_back(o);
+    }
     return out;
   }
   for (bool lane : {true, false}) {
@@ -769,6 +775,7 @@ bool same_options(const ExpertMatvecOptions& a, const ExpertMatvecOptions& b) {
          a.prefetch == b.prefetch && a.blocks_per_sm == b.blocks_per_sm &&
          a.tc_blocks_per_warp == b.tc_blocks_per_warp && a.staged_stages == b.staged_stages &&
          a.staged_warps == b.staged_warps && a.staged_tiles == b.staged_tiles &&
+         a.staged_blocks_ahead == b.staged_blocks_ahead &&
          (a.tensor_cores || (a.rows_per_batch == b.rows_per_batch && a.lane_tables == b.lane_tables));
 }
 
