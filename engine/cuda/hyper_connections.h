@@ -10,9 +10,9 @@
 // block writes its slice of the normalised sublayer input. Results are deterministic
 // (no atomics); they equal the single-block kernel's except where the differently
 // ordered double sums of squares round to another float (a relative difference of
-// about 1e-7, or none). Measured on the H200 (dim 4096, graphs of 40 launches): 5.8 us
-// per hc_pre against 9.1 for the single-block kernel, of which 19 of the Sinkhorn's 20
-// iterations take 2.35 (see HcPreOptions::comb_logits_only). The single-block kernel
+// about 1e-7, or none). Measured on the H200 (dim 4096, graphs of 40 launches): 4.9 us
+// per hc_pre against 9.0 for the single-block kernel; 3.4 with the Sinkhorn deferred
+// (HcPreOptions::comb_logits_only; launch_hc_sinkhorn alone 2.9). The single-block kernel
 // runs where the cluster kernel does not apply: a stream count other than 4, a dim not
 // divisible by 4 x the cluster size or over 3968 x the cluster size, state, output or
 // norm weight not 16-byte aligned, a device below sm_90 or without cluster launch, a
@@ -55,8 +55,8 @@ Status launch_hc_embed(const void* embd, GgmlType type, const int32_t* token, co
 // The Sinkhorn of the cluster kernel, both with the CPU reference's operations in its
 // order (the same bits as each other and as the single-block kernel's): one comb entry
 // per lane with shuffles for the row and column sums (kShuffle), or all 16 entries in
-// every lane's registers, no shuffles (kRegisters: measured 4x slower on the H200, 23.8
-// against 5.8 us per hc_pre, the 16 divisions per pass running one after another).
+// every lane's registers, no shuffles (kRegisters: measured 4.7x slower on the H200,
+// 23.3 against 4.9 us per hc_pre, the 16 divisions per pass running one after another).
 enum class HcSinkhorn { kShuffle, kRegisters };
 
 // Which hc_pre / hc_head kernel a launch runs.
