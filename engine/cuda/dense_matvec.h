@@ -34,10 +34,10 @@
 // same lane slices, x registers and reductions as kRegisters, and hand the stage back.
 // Needs sm_90 or newer and 16-byte aligned weight and scale arrays (else the launch
 // runs kRegisters); the ring fits the GB10's 99 KiB per block. Slower than kRegisters on
-// the H200 in every shape measured (graph chains with PDL, its fastest variants: q_b
-// 12.4 against 11.6 us, out_a / out_b 12.7 / 12.6 against 10.4; its time follows the
-// number of stages, not the ring depth), so kRegisters is the default; kept for
-// measurements.
+// the H200 in every shape measured (graph chains with PDL, its fastest variants against
+// kRegisters' defaults: q_b 12.0 against 11.6 us, out_a / out_b 12.8 / 12.3 against 10.4;
+// its time follows the number of stages, not the ring depth), so kRegisters is the
+// default; kept for measurements.
 //
 // Sums (both kernels): f32 activations, f32 accumulation (fixtures/README.md §4); per
 // row, each lane's pieces in column order (each Q8_0 piece's sum times its block scale),
