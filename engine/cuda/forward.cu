@@ -330,10 +330,19 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   // hc_pre adds them itself (in the matvec's reduction order: the same bits, one
   // launch fewer on the critical path); falls back to the two-launch form. When the
   // hc_post before it already left those partials (pending_mix_tiles_), only hc_pre runs.
+  // With four streams hc_pre leaves the Sinkhorn's input logits in w.comb and the
+  // Sinkhorn runs on a side branch (finish_comb), off the critical path: w.comb is
+  // first read by the hc_post after the sublayer, once the branches have joined.
+  HcPreOptions pre_options;
+  pre_options.comb_logits_only = hc.mult == 4;
+  auto finish_comb = [&](cudaStream_t s) -> Status {
+    return pre_options.comb_logits_only ? launch_hc_sinkhorn(w.comb, hc, s) : Status::Ok();
+  };
   auto hc_pre = [&](const DeviceMatrix& fn, const float* x, const float* scale, const float* base,
                     const float* norm) -> Status {
     if (const int tiles = std::exchange(pending_mix_tiles_, 0); tiles > 0) {
-      return launch_hc_pre_partials(x, w.split, tiles, scale, base, norm, hc, w.post, w.comb, w.n, st);
+      return launch_hc_pre_partials(x, w.split, tiles, scale, base, norm, hc, w.post, w.comb, w.n, st,
+                                    pre_options);
     }
     MatvecLaunch ml;
     ml.w = &fn;
@@ -345,10 +354,11 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     Result<int> tiles = matvec_tile_columns(ml);
     if (!tiles.ok()) {
       DS4_RETURN_IF_ERROR(mv(fn, x, w.mix, st, w.split));
-      return launch_hc_pre(x, w.mix, scale, base, norm, hc, w.post, w.comb, w.n, st);
+      return launch_hc_pre(x, w.mix, scale, base, norm, hc, w.post, w.comb, w.n, st, pre_options);
     }
     DS4_RETURN_IF_ERROR(launch_matvec(ml, st));
-    return launch_hc_pre_partials(x, w.split, *tiles, scale, base, norm, hc, w.post, w.comb, w.n, st);
+    return launch_hc_pre_partials(x, w.split, *tiles, scale, base, norm, hc, w.post, w.comb, w.n, st,
+                                  pre_options);
   };
 
   // Attention sublayer.
@@ -356,7 +366,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   stage("hc_pre attn");
   DS4_CUDA_TRY(cudaEventRecord(ev_fork_, st));
   for (cudaStream_t s : {side_kv_, side, side_index_}) DS4_CUDA_TRY(cudaStreamWaitEvent(s, ev_fork_, 0));
-  // Branch: the kv row.
+  // Branch: the Sinkhorn of this sublayer's comb, then the kv row.
+  DS4_RETURN_IF_ERROR(finish_comb(side_kv_));
   DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side_kv_, w.split_kv));
   RowPostLaunch kv;
   kv.in = w.kv;
@@ -538,8 +549,10 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_ffn_fn, w.xb, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm));
   stage("hc_pre ffn");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
-  // Side: the shared expert, stored into w.moe; the routed sum is added to it below.
+  // Side: the Sinkhorn of this sublayer's comb, then the shared expert, stored into
+  // w.moe; the routed sum is added to it below.
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
+  DS4_RETURN_IF_ERROR(finish_comb(side));
   MatvecLaunch sgu;
   sgu.w = &L.gate_shexp;
   sgu.w_up = &L.up_shexp;
