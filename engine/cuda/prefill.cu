@@ -214,7 +214,14 @@ Status expert_product(const MatmulLaunch& l, void* workspace, int64_t pool_rows,
     e.row_scale = l.row_scale;
     e.workspace = workspace;
     e.x_pool_rows = pool_rows;
-    if (expert_matmul_supported(e).ok()) return launch_expert_matmul(e, st);
+    // gate+up: the small tiles, two stages (H200, 2048 tokens x 6 of 256 experts: 6.47 ms
+    // against 6.63 for the defaults); down: the defaults (256 rows, 3 stages: 2.64 ms).
+    ExpertMatmulOptions o;
+    if (e.w_up) {
+      o.small_tiles = true;
+      o.stages = 2;
+    }
+    if (expert_matmul_supported(e, o).ok()) return launch_expert_matmul(e, st, o);
   }
   if (l.w_up) return paired_matmul(l, up_rows, st);
   MatmulLaunch d = l;
