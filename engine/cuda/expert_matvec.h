@@ -98,11 +98,11 @@ struct ExpertMatvecOptions {
   // memory does not allow them, the tensor-core kernels run. Of the tensor-core kernels'
   // options, tc_lane_tables applies to gate+up and tc_blocks_per_warp to down (gate+up with
   // tc_blocks_per_warp set runs the tensor-core kernel); prefetch does not apply.
-  // Measured on the H200 (6 experts, graph chains of 40 with PDL): gate+up 17.9 us against
-  // 28.6 us for the tensor-core kernel, down 14.2 us against 14.5 us.
+  // Measured on the H200 (6 experts, graph chains of 40 with PDL): gate+up 17.5 us against
+  // 28.7 us for the tensor-core kernel, down 12.3 us against 14.5 us.
   bool staged = true;
   // Staged gate+up: ring steps (256-column blocks) per warp, 2, 4 or 8; 0: the shallowest that
-  // fits (measured on the H200: 2 steps 17.9 us, 4 steps 18.9 us, 8 steps 20.9 us).
+  // fits (measured on the H200: 2 steps 17.5 us, 4 steps 17.8 us, 8 steps 19.3 us).
   int staged_stages = 0;
   // Staged gate+up: warps per block, 1..16; 0: enough for one unit of 8 rows per warp over
   // the multiprocessors (at most 16).
@@ -111,8 +111,9 @@ struct ExpertMatvecOptions {
   // shared memory allow.
   int staged_tiles = 0;
   // Staged down: 256-column blocks of its share whose copies a warp keeps in flight (the
-  // next one issued as one lands); 0: all of them at once.
-  int staged_blocks_ahead = 0;
+  // next one issued as one lands); 0: all of them at once. Measured on the H200: 1 block
+  // 12.3 us, 2 blocks 12.9 us, all (4) 14.4 us.
+  int staged_blocks_ahead = 1;
 };
 
 struct ExpertGateUpLaunch {

@@ -155,7 +155,9 @@ std::string options_name(const ExpertMatvecOptions& o) {
            (o.staged_stages ? " stages=" + std::to_string(o.staged_stages) : "") +
            (o.staged_warps ? " warps=" + std::to_string(o.staged_warps) : "") +
            (o.staged_tiles ? " tiles/block=" + std::to_string(o.staged_tiles) : "") +
-           (o.staged_blocks_ahead ? " blocks ahead=" + std::to_string(o.staged_blocks_ahead) : "") +
+           (o.staged_blocks_ahead == 1 ? std::string()
+            : o.staged_blocks_ahead ? " blocks ahead=" + std::to_string(o.staged_blocks_ahead)
+                                    : std::string(" blocks ahead=all")) +
            (o.blocks_per_sm ? " blocks/SM=" + std::to_string(o.blocks_per_sm) : "");
   }
   if (o.tensor_cores) {
@@ -180,7 +182,7 @@ std::vector<ExpertMatvecOptions> staged_options(bool gate_up) {
     ExpertMatvecOptions one = base;
     one.staged_tiles = 1;
     out.push_back(one);
-    for (int ahead : {1, 2}) {
+    for (int ahead : {0, 2}) {  // all of a warp's blocks at once, two (the default: one)
       ExpertMatvecOptions o = base;
       o.staged_blocks_ahead = ahead;
       out.push_back(o);
