@@ -44,8 +44,10 @@ struct CudaForward::PrefillWorkspace {
   float* hs = nullptr;         // [T][expert_ffn] shared expert
   float* hs_up = nullptr;      // [T][expert_ffn] its up rows where gate/up run unpaired
   float* ya = nullptr;         // [T*n_used][dim] routed expert outputs per assignment
-  float* split = nullptr;      // the staged expert products' split activations (cuda/matmul.h
-                               // split_workspace; the larger of gate/up's and down's), or null
+  float* split = nullptr;      // the routed expert products' activation workspace, sized for the
+                               // larger of gate/up's and down's: the integer kernels' digits
+                               // (cuda/expert_matmul.h) and/or the staged kExact kernels' split
+                               // activations (cuda/matmul.h split_workspace); null when neither runs
   float* attention = nullptr;  // attention_chunk_workspace_floats
   float* head_mix = nullptr;   // [kHeadRows][hc_mult]
   float* head = nullptr;       // [kHeadRows][dim]
