@@ -30,6 +30,7 @@
 #include "runtime/engine.h"
 #include "runtime/generator.h"
 #include "text/tokenizer.h"
+#include "scripted_backend.h"
 
 namespace {
 
@@ -40,123 +41,10 @@ using ds4::GenerateRequest;
 using ds4::GenerateResult;
 using ds4::SeqId;
 
-std::string data_path(const std::string& rel) { return std::string(DS4_TEST_DATA) + "/" + rel; }
-
-// A history-dependent token in [100, 1100): ordinary text tokens of tiny-chat.
-int32_t hash_script(const std::vector<int32_t>& h) {
-  uint64_t x = 1469598103934665603ull;
-  for (int32_t t : h) x = (x ^ static_cast<uint64_t>(t)) * 1099511628211ull;
-  return 100 + static_cast<int32_t>(x % 1000);
-}
-
-// A Backend keeping each sequence's token history; logits have one clear maximum at
-// hash_script(history). Records every forward() call's batch. The MTP block guesses
-// right (it sees the same script).
-class ScriptedBackend : public ds4::Backend {
- public:
-  explicit ScriptedBackend(int32_t vocab) : vocab_(vocab) {}
-
-  std::string_view name() const override { return "scripted"; }
-  ds4::Result<SeqId> new_sequence(int32_t max_ctx) override {
-    const SeqId id = next_id_++;
-    seqs_[id] = {};
-    max_ctx_[id] = max_ctx;
-    return id;
-  }
-  void free_sequence(SeqId seq) override { seqs_.erase(seq); }
-  int32_t sequence_length(SeqId seq) const override { return static_cast<int32_t>(seqs_.at(seq).size()); }
-  ds4::Status truncate(SeqId seq, int32_t n) override {
-    auto& h = seqs_.at(seq);
-    const int32_t len = static_cast<int32_t>(h.size());
-    if (n > len || (n != 0 && n < len - kMaxRollback)) {
-      return ds4::Status::Error("scripted: cannot truncate " + std::to_string(len) + " to " + std::to_string(n));
-    }
-    h.resize(n);
-    return ds4::Status::Ok();
-  }
-  ds4::Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override {
-    calls.emplace_back(batch.begin(), batch.end());
-    out->logits.clear();
-    out->hidden.clear();
-    // Check the whole batch first: on error no sequence advances (Backend contract).
-    std::map<SeqId, int32_t> next_pos;
-    for (const BatchToken& t : batch) {
-      if (fail_seq && *fail_seq == t.seq && t.pos >= fail_from_pos) {
-        return ds4::Status::Error("scripted: injected failure of sequence " + std::to_string(t.seq));
-      }
-      auto it = next_pos.find(t.seq);
-      const int32_t expected = it == next_pos.end() ? sequence_length(t.seq) : it->second;
-      if (t.pos != expected) {
-        return ds4::Status::Error("scripted: sequence " + std::to_string(t.seq) + " token at position " +
-                                  std::to_string(t.pos) + ", expected " + std::to_string(expected));
-      }
-      if (t.pos >= max_ctx_.at(t.seq)) return ds4::Status::Error("scripted: beyond max_ctx");
-      next_pos[t.seq] = t.pos + 1;
-    }
-    for (const BatchToken& t : batch) {
-      auto& h = seqs_.at(t.seq);
-      h.push_back(t.token);
-      if (t.want_logits) push_row(hash_script(h), out);
-      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, static_cast<float>(t.pos));
-    }
-    return ds4::Status::Ok();
-  }
-
-  bool has_mtp() const override { return mtp_enabled; }
-  ds4::Status forward_mtp(std::span<const ds4::MtpToken> batch, ForwardOutput* out) override {
-    out->logits.clear();
-    out->hidden.clear();
-    for (const ds4::MtpToken& t : batch) {
-      ++mtp_calls;
-      if (t.hidden == nullptr) return ds4::Status::Error("scripted: MTP token without HC state");
-      auto& h = seqs_.at(t.seq);
-      auto& next = mtp_next_[t.seq];
-      next[t.pos + 1] = t.token;
-      std::vector<int32_t> known;
-      for (int32_t j = 0; j <= t.pos + 1; ++j) {
-        if (j < static_cast<int32_t>(h.size())) {
-          known.push_back(h[j]);
-        } else if (next.count(j)) {
-          known.push_back(next[j]);
-        } else {
-          return ds4::Status::Error("scripted: MTP at position " + std::to_string(t.pos) + " has no token at " +
-                                    std::to_string(j));
-        }
-      }
-      if (t.want_logits) push_row(hash_script(known), out);
-      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, -1.0f);
-    }
-    return ds4::Status::Ok();
-  }
-
-  static constexpr size_t kHidden = 4;
-  std::vector<std::vector<BatchToken>> calls;  // every forward() batch, in order
-  std::optional<SeqId> fail_seq;
-  int32_t fail_from_pos = 0;
-  bool mtp_enabled = false;
-  int64_t mtp_calls = 0;
-
- private:
-  void push_row(int32_t argmax, ForwardOutput* out) const {
-    std::vector<float> row(vocab_, 0.0f);
-    row[argmax] = 10.0f;
-    out->logits.insert(out->logits.end(), row.begin(), row.end());
-  }
-
-  int32_t vocab_;
-  SeqId next_id_ = 0;
-  std::map<SeqId, std::vector<int32_t>> seqs_;
-  std::map<SeqId, int32_t> max_ctx_;
-  std::map<SeqId, std::map<int32_t, int32_t>> mtp_next_;
-};
-
-std::unique_ptr<ds4::Tokenizer> load_tokenizer() {
-  auto gguf = ds4::GgufFile::Open(data_path("tiny-chat/model.gguf"));
-  REQUIRE_MESSAGE(gguf.ok(), gguf.status().message());
-  auto tok = ds4::Tokenizer::FromGguf(**gguf);
-  REQUIRE_MESSAGE(tok.ok(), tok.status().message());
-  return std::make_unique<ds4::Tokenizer>(std::move(*tok));
-}
+using ds4::test::data_path;
+using ds4::test::hash_script;
+using ds4::test::load_tokenizer;
+using ds4::test::ScriptedBackend;
 
 struct Scripted {
   explicit Scripted(int32_t chunk = 512, int32_t ctx = 256, int32_t mtp_draft = 0) {

@@ -18,6 +18,7 @@
 #include "runtime/bench.h"
 #include "runtime/engine.h"
 #include "text/tokenizer.h"
+#include "scripted_backend.h"
 
 namespace {
 
@@ -25,140 +26,10 @@ using ds4::BatchToken;
 using ds4::ForwardOutput;
 using ds4::SeqId;
 
-// The next token after `history`.
-using Script = std::function<int32_t(const std::vector<int32_t>& history)>;
-
-// A Backend that keeps each sequence's token history and returns logits with a
-// single clear maximum at script(history). Records what it was fed.
-class ScriptedBackend : public ds4::Backend {
- public:
-  ScriptedBackend(int32_t vocab, Script script) : vocab_(vocab), script_(std::move(script)) {}
-
-  std::string_view name() const override { return "scripted"; }
-  ds4::Result<SeqId> new_sequence(int32_t max_ctx) override {
-    const SeqId id = next_id_++;
-    seqs_[id] = {};
-    max_ctx_[id] = max_ctx;
-    return id;
-  }
-  void free_sequence(SeqId seq) override { seqs_.erase(seq); }
-  int32_t sequence_length(SeqId seq) const override {
-    return static_cast<int32_t>(seqs_.at(seq).size());
-  }
-  ds4::Status truncate(SeqId seq, int32_t n) override {
-    auto& h = seqs_.at(seq);
-    const int32_t len = static_cast<int32_t>(h.size());
-    if (n > len || (n != 0 && n < len - kMaxRollback)) {
-      return ds4::Status::Error("scripted: cannot truncate " + std::to_string(len) + " to " +
-                                std::to_string(n));
-    }
-    h.resize(n);
-    ++truncations;
-    return ds4::Status::Ok();
-  }
-  ds4::Status forward(std::span<const BatchToken> batch, ForwardOutput* out) override {
-    ++forward_calls;
-    if (fail_next_forward) {
-      fail_next_forward = false;
-      return ds4::Status::Error("scripted: injected failure");
-    }
-    out->logits.clear();
-    out->hidden.clear();
-    max_batch_seen = std::max<int32_t>(max_batch_seen, static_cast<int32_t>(batch.size()));
-    for (const BatchToken& t : batch) {
-      auto& h = seqs_.at(t.seq);
-      if (t.pos != static_cast<int32_t>(h.size())) {
-        return ds4::Status::Error("scripted: token at position " + std::to_string(t.pos) +
-                                  " but the sequence holds " + std::to_string(h.size()));
-      }
-      if (t.pos >= max_ctx_.at(t.seq)) return ds4::Status::Error("scripted: beyond max_ctx");
-      h.push_back(t.token);
-      ++tokens_fed;
-      if (t.want_logits) {
-        ++logits_requested;
-        push_row(script_(h), out);
-      }
-      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, static_cast<float>(t.pos));
-    }
-    if (after_forward) after_forward();
-    return ds4::Status::Ok();
-  }
-
-  // The MTP block: a call with token t at position q states that t sits at q + 1 and
-  // predicts q + 2 from the main history plus the earlier draft inputs. `mtp_wrong`
-  // decides which predictions are deliberately wrong.
-  bool has_mtp() const override { return mtp_enabled; }
-  ds4::Status forward_mtp(std::span<const ds4::MtpToken> batch, ForwardOutput* out) override {
-    out->logits.clear();
-    out->hidden.clear();
-    for (const ds4::MtpToken& t : batch) {
-      ++mtp_calls;
-      if (t.hidden == nullptr) return ds4::Status::Error("scripted: MTP token without HC state");
-      auto& h = seqs_.at(t.seq);
-      auto& next = mtp_next_[t.seq];
-      next[t.pos + 1] = t.token;
-      std::vector<int32_t> known;
-      for (int32_t j = 0; j <= t.pos + 1; ++j) {
-        if (j < static_cast<int32_t>(h.size())) {
-          known.push_back(h[j]);
-        } else if (next.count(j)) {
-          known.push_back(next[j]);
-        } else {
-          return ds4::Status::Error("scripted: MTP at position " + std::to_string(t.pos) +
-                                    " has no token for position " + std::to_string(j));
-        }
-      }
-      int32_t guess = script_(known);
-      if (mtp_wrong && mtp_wrong(t.pos)) guess = guess == 100 ? 101 : 100;
-      if (t.want_logits) push_row(guess, out);
-      if (t.want_hidden) out->hidden.insert(out->hidden.end(), kHidden, -1.0f);
-    }
-    return ds4::Status::Ok();
-  }
-
-  static constexpr size_t kHidden = 4;
-  bool mtp_enabled = false;
-  std::function<bool(int32_t pos)> mtp_wrong;
-  int64_t mtp_calls = 0;
-
-  size_t live_sequences() const { return seqs_.size(); }
-
-  int64_t forward_calls = 0, tokens_fed = 0, logits_requested = 0, truncations = 0;
-  int32_t max_batch_seen = 0;
-  bool fail_next_forward = false;
-  std::function<void()> after_forward;
-
- private:
-  void push_row(int32_t argmax, ForwardOutput* out) const {
-    std::vector<float> row(vocab_, 0.0f);
-    row[argmax] = 10.0f;
-    out->logits.insert(out->logits.end(), row.begin(), row.end());
-  }
-
-  int32_t vocab_;
-  Script script_;
-  std::map<SeqId, std::map<int32_t, int32_t>> mtp_next_;
-  SeqId next_id_ = 0;
-  std::map<SeqId, std::vector<int32_t>> seqs_;
-  std::map<SeqId, int32_t> max_ctx_;
-};
-
-std::string data_path(const std::string& rel) { return std::string(DS4_TEST_DATA) + "/" + rel; }
-
-std::unique_ptr<ds4::Tokenizer> load_tokenizer() {
-  auto gguf = ds4::GgufFile::Open(data_path("tiny-chat/model.gguf"));
-  REQUIRE_MESSAGE(gguf.ok(), gguf.status().message());
-  auto tok = ds4::Tokenizer::FromGguf(**gguf);
-  REQUIRE_MESSAGE(tok.ok(), tok.status().message());
-  return std::make_unique<ds4::Tokenizer>(std::move(*tok));
-}
-
-// A history-dependent token in [100, 1100): ordinary text tokens of tiny-chat.
-int32_t hash_script(const std::vector<int32_t>& h) {
-  uint64_t x = 1469598103934665603ull;
-  for (int32_t t : h) x = (x ^ static_cast<uint64_t>(t)) * 1099511628211ull;
-  return 100 + static_cast<int32_t>(x % 1000);
-}
+using ds4::test::hash_script;
+using ds4::test::load_tokenizer;
+using ds4::test::Script;
+using ds4::test::ScriptedBackend;
 
 struct Fixture {
   explicit Fixture(Script script = hash_script, int32_t ctx = 256, int32_t chunk = 512,
