@@ -10,11 +10,14 @@
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_limits.h"
 #include "cuda/device_math.cuh"
+#include "cuda/group_tiles.cuh"
+#include "cuda/int8_digits.cuh"
 #include "cuda/iq2xxs_compact_table.h"
 
 namespace ds4 {
 namespace {
 
+using cuda_detail::find_group_tile;
 using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
 
@@ -164,47 +167,18 @@ __global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict
   const float4* src = reinterpret_cast<const float4*>(x + row * x_stride + b * 256 + lane * 8);
   const float4 v0 = src[0], v1 = src[1];
   const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-  float m = 0.0f;
-  bool bad = false;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float a = fabsf(v[i]);
-    bad |= !(a <= 3.402823466e38f);  // NaN or infinite
-    m = fmaxf(m, a);
-  }
-  m = cuda_detail::warp_max(m);
-  bad = __any_sync(0xffffffffu, bad);
-  int e = 0;
-  frexpf(m, &e);  // m = f 2^e, f in [0.5, 1) (e = 0 for m = 0)
-  e = max(e, -96);
-  const float inv = ldexpf(1.0f, 30 - e);
-  uint32_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, 0, 0, 0};
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    int a = bad ? 0 : __float2int_rn(v[i] * inv);
-#pragma unroll
-    for (int L = 0; L < 4; ++L) {
-      const int digit = L < 3 ? (a << 24) >> 24 : a;
-      if (L < 3) a = (a - digit) >> 8;
-      const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
-      if (i < 4) {
-        lo[L] |= byte << (8 * i);
-      } else {
-        hi[L] |= byte << (8 * (i - 4));
-      }
-    }
-  }
+  const cuda_detail::DigitBlock d = cuda_detail::split_block_digits(v);
   const int64_t at = row * blocks + b;
   uint4* out = reinterpret_cast<uint4*>(digits + at * kDigitBytes + lane * 32);
-  out[0] = make_uint4(lo[0], hi[0], lo[1], hi[1]);
-  out[1] = make_uint4(lo[2], hi[2], lo[3], hi[3]);
-  if (lane == 0) scales[at] = bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 30);
+  out[0] = make_uint4(d.lo[0], d.hi[0], d.lo[1], d.hi[1]);
+  out[1] = make_uint4(d.lo[2], d.hi[2], d.lo[3], d.hi[3]);
+  if (lane == 0) scales[at] = d.scale();
   if constexpr (SUMS) {
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) s += v[i];
     s += __shfl_xor_sync(0xffffffffu, s, 1);  // X_G of lanes 2G, 2G + 1
-    const float scaled = ldexpf(s, -e);        // |X_G| < 16 2^e: exact, |scaled| < 16
+    const float scaled = ldexpf(s, -d.e);      // |X_G| < 16 2^e: exact, |scaled| < 16
     const __half h = __float2half_rn(scaled);
     const __half l = __float2half_rn((scaled - __half2float(h)) * 2048.0f);
     const uint32_t pair =
@@ -223,35 +197,6 @@ __global__ void __launch_bounds__(256) split_rows_kernel(const float* __restrict
 }
 
 // ---- the product kernel --------------------------------------------------------------
-
-// Finds which group and which of its BN-assignment tiles block `tile` is (tiles counted
-// per group, in group order). Whole block of kThreads; *s_group = -1 when none.
-template <int kThreads, int BN>
-__device__ void find_group_tile(const Params& p, int tile, int* s_scan, int* s_group, int* s_tile) {
-  if (threadIdx.x == 0) *s_group = -1;
-  int carry = 0;
-  for (int base = 0; base < p.n_groups; base += kThreads) {
-    const int g = base + static_cast<int>(threadIdx.x);
-    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + BN - 1) / BN : 0;
-    s_scan[threadIdx.x] = count;
-    __syncthreads();
-    for (int off = 1; off < kThreads; off *= 2) {
-      const int v = threadIdx.x >= off ? s_scan[threadIdx.x - off] : 0;
-      __syncthreads();
-      s_scan[threadIdx.x] += v;
-      __syncthreads();
-    }
-    const int inclusive = s_scan[threadIdx.x] + carry;
-    const int exclusive = inclusive - count;
-    if (count > 0 && tile >= exclusive && tile < inclusive) {
-      *s_group = g;
-      *s_tile = tile - exclusive;
-    }
-    carry += s_scan[kThreads - 1];
-    __syncthreads();
-  }
-  __syncthreads();
-}
 
 // A fragment registers of one IQ2_XXS row and chunk: `lo` = weights 8t..8t+3, `hi` =
 // 8t+4..8t+7 as int8 (compact selector table in shared memory); returns 2S + 1.

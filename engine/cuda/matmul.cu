@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
+#include "cuda/group_tiles.cuh"
 #include "cuda/device_math.cuh"
 #include "cuda/device_limits.h"
 #include "format/iq2xxs_grid.h"
@@ -16,6 +17,7 @@ namespace ds4 {
 namespace {
 
 using cuda_detail::Chunk;
+using cuda_detail::find_group_tile;
 using cuda_detail::swiglu;
 
 // Block tile: kBlockRows weight rows x BN tokens (assignments), kBlockK columns per
@@ -70,35 +72,6 @@ __device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uin
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Grouped mode: finds which group and which of its BN-assignment tiles block `tile`
-// is (tiles counted per group, in group order). Whole block; -1 when none.
-template <int BN>
-__device__ void find_group_tile(const MatmulParams& p, int tile, int* s_scan, int* s_group, int* s_tile) {
-  if (threadIdx.x == 0) *s_group = -1;
-  int carry = 0;
-  for (int base = 0; base < p.n_groups; base += kThreads) {
-    const int g = base + static_cast<int>(threadIdx.x);
-    const int count = g < p.n_groups ? (p.group_offsets[g + 1] - p.group_offsets[g] + BN - 1) / BN : 0;
-    s_scan[threadIdx.x] = count;
-    __syncthreads();
-    for (int off = 1; off < kThreads; off *= 2) {
-      const int v = threadIdx.x >= off ? s_scan[threadIdx.x - off] : 0;
-      __syncthreads();
-      s_scan[threadIdx.x] += v;
-      __syncthreads();
-    }
-    const int inclusive = s_scan[threadIdx.x] + carry;
-    const int exclusive = inclusive - count;
-    if (count > 0 && tile >= exclusive && tile < inclusive) {
-      *s_group = g;
-      *s_tile = tile - exclusive;
-    }
-    carry += s_scan[kThreads - 1];
-    __syncthreads();
-  }
-  __syncthreads();
 }
 
 template <GgmlType T>
@@ -321,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) matmul_kernel(MatmulPara
   int matrix = p.matrix;
   int a_begin, a_end;
   if (p.group_offsets) {
-    find_group_tile<BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
+    find_group_tile<kThreads, BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
     if (s_group < 0) return;
     matrix = s_group;
     a_begin = p.group_offsets[s_group] + s_tile * BN;
@@ -944,7 +917,7 @@ __global__ void __launch_bounds__(kThreads, 1) staged_matmul_kernel(MatmulParams
   int matrix = p.matrix;
   int a_begin, a_end;
   if (p.group_offsets) {
-    find_group_tile<BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
+    find_group_tile<kThreads, BN>(p, blockIdx.x, s_scan, &s_group, &s_tile);
     if (s_group < 0) return;
     matrix = s_group;
     a_begin = p.group_offsets[s_group] + s_tile * BN;
