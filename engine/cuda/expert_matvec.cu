@@ -9,6 +9,7 @@
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_math.cuh"
 #include "cuda/device_limits.h"
+#include "cuda/int8_digits.cuh"
 #include "cuda/iq2xxs_compact_table.h"
 #include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
@@ -379,42 +380,12 @@ __device__ __forceinline__ void tc_quantize_block(float4 v0, float4 v1, int b, u
   float* sums = l.sums >= 0 ? reinterpret_cast<float*>(shared + l.sums) : nullptr;
   {
     const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-    float m = 0.0f;
-    bool bad = false;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float a = fabsf(v[i]);
-      bad |= !(a <= 3.402823466e38f);  // NaN or infinite
-      m = fmaxf(m, a);
-    }
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    bad = __any_sync(0xffffffffu, bad);
-    int e = 0;
-    frexpf(m, &e);  // m = f 2^e, f in [0.5, 1) (e = 0 for m = 0)
-    e = max(e, -96);
-    const float inv = ldexpf(1.0f, 30 - e);
-    uint32_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      int a = bad ? 0 : __float2int_rn(v[i] * inv);
-#pragma unroll
-      for (int L = 0; L < 4; ++L) {
-        const int digit = L < 3 ? (a << 24) >> 24 : a;
-        if (L < 3) a = (a - digit) >> 8;
-        const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
-        if (i < 4) {
-          lo[L] |= byte << (8 * i);
-        } else {
-          hi[L] |= byte << (8 * (i - 4));
-        }
-      }
-    }
+    const cuda_detail::DigitBlock d = cuda_detail::split_block_digits(v);
 #pragma unroll
     for (int L = 0; L < 4; ++L) {
-      *reinterpret_cast<uint2*>(planes + L * l.stride + b * 256 + lane * 8) = make_uint2(lo[L], hi[L]);
+      *reinterpret_cast<uint2*>(planes + L * l.stride + b * 256 + lane * 8) = make_uint2(d.lo[L], d.hi[L]);
     }
-    if (lane == 0) scales[b] = bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 30);
+    if (lane == 0) scales[b] = d.scale();
     if (sums) {
       float s = 0.0f;
 #pragma unroll
@@ -1530,63 +1501,78 @@ Status down_f32_supported(const ExpertDownLaunch& l) {
   return Status::Ok();
 }
 
+// The launch's inputs and outputs, as both gate+up kernels' parameters name them.
+template <typename Params>
+void fill_gate_up_inputs(const ExpertGateUpLaunch& l, Params* p) {
+  const DeviceMatrix& g = *l.gate;
+  p->g_data = g.data;
+  p->g_scales = g.scales;
+  p->u_data = l.up->data;
+  p->u_scales = l.up->scales;
+  p->row_bytes = static_cast<int64_t>(g.data_row_bytes());
+  p->blocks = static_cast<int>(g.cols / 256);
+  p->rows = static_cast<int>(g.rows);
+  p->x = l.x;
+  p->ids = l.ids;
+  p->weights = l.weights;
+  p->n_used = l.n_used;
+  p->limit = l.swiglu_limit;
+  p->y = l.y;
+}
+
+// The parameters both down kernels share (TcDownParams, StagedDownParams), from the
+// launch and a plan (TcPlan or StagedPlan).
+template <typename Plan, typename Params>
+void fill_down_params(const ExpertDownLaunch& l, const Plan& plan, Params* p) {
+  const DeviceMatrix& d = *l.down;
+  p->data = d.data;
+  p->row_bytes = static_cast<int64_t>(d.data_row_bytes());
+  p->blocks = static_cast<int>(d.cols / 256);
+  p->rows = static_cast<int>(d.rows);
+  p->x = l.x;
+  p->ids = l.ids;
+  p->n_used = l.n_used;
+  p->y = l.y;
+  p->accumulate = l.accumulate ? 1 : 0;
+  p->warps = plan.warps;
+  p->per_slot = p->blocks / plan.cb;
+  p->rowsets = plan.rowsets;
+  p->tiles = p->rows / 16;
+  p->xl = plan.xl;
+  p->partial_offset = plan.partial_offset;
+}
+
+// Launches a tensor-core or staged down kernel, or the tensor-core gate+up kernel: a
+// one-wave grid whose row sets walk the tiles.
+template <typename Fn, typename Params>
+Status launch_rowset_kernel(Fn fn, Params p, int threads, size_t shared, cudaStream_t stream,
+                          const ExpertMatvecOptions& o, const char* what) {
+  auto grid = grid_for(reinterpret_cast<const void*>(fn), threads, shared, p.rowsets, p.tiles, o);
+  DS4_RETURN_IF_ERROR(grid.status());
+  const int workers = *grid * p.rowsets;
+  p.iters = (p.tiles + workers - 1) / workers;
+  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(threads), shared, stream, p), what);
+}
+
 Status launch_tc_gate_up(const ExpertGateUpLaunch& l, const TcPlan& plan, cudaStream_t stream,
                          const ExpertMatvecOptions& o) {
-  const DeviceMatrix& g = *l.gate;
   TcGateUpParams p{};
-  p.g_data = g.data;
-  p.g_scales = g.scales;
-  p.u_data = l.up->data;
-  p.u_scales = l.up->scales;
-  p.row_bytes = static_cast<int64_t>(g.data_row_bytes());
-  p.blocks = static_cast<int>(g.cols / 256);
-  p.rows = static_cast<int>(g.rows);
-  p.x = l.x;
-  p.ids = l.ids;
-  p.weights = l.weights;
-  p.n_used = l.n_used;
-  p.limit = l.swiglu_limit;
-  p.y = l.y;
+  fill_gate_up_inputs(l, &p);
   p.warps = plan.warps;
   p.rowsets = plan.rowsets;
   p.tiles = l.n_used * p.rows / 16;
   p.xl = plan.xl;
   p.partial_offset = plan.partial_offset;
-  TcGateUpFn fn = pick_tc_gate_up(plan.cb, plan.lane_tables, o.prefetch);
-  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
-  DS4_RETURN_IF_ERROR(grid.status());
-  const int workers = *grid * p.rowsets;
-  p.iters = (p.tiles + workers - 1) / workers;
-  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
-                     "expert gate+up launch (tensor cores)");
+  return launch_rowset_kernel(pick_tc_gate_up(plan.cb, plan.lane_tables, o.prefetch), p, plan.threads, plan.shared,
+                              stream, o, "expert gate+up launch (tensor cores)");
 }
 
 Status launch_tc_down(const ExpertDownLaunch& l, const TcPlan& plan, cudaStream_t stream,
                       const ExpertMatvecOptions& o) {
-  const DeviceMatrix& d = *l.down;
   TcDownParams p{};
-  p.data = d.data;
-  p.row_bytes = static_cast<int64_t>(d.data_row_bytes());
-  p.blocks = static_cast<int>(d.cols / 256);
-  p.rows = static_cast<int>(d.rows);
-  p.x = l.x;
-  p.ids = l.ids;
-  p.n_used = l.n_used;
-  p.y = l.y;
-  p.accumulate = l.accumulate ? 1 : 0;
-  p.warps = plan.warps;
-  p.per_slot = p.blocks / plan.cb;
-  p.rowsets = plan.rowsets;
-  p.tiles = p.rows / 16;
-  p.xl = plan.xl;
-  p.partial_offset = plan.partial_offset;
-  TcDownFn fn = pick_tc_down(plan.cb, o.prefetch);
-  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
-  DS4_RETURN_IF_ERROR(grid.status());
-  const int workers = *grid * p.rowsets;
-  p.iters = (p.tiles + workers - 1) / workers;
-  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
-                     "expert down launch (tensor cores)");
+  fill_down_params(l, plan, &p);
+  return launch_rowset_kernel(pick_tc_down(plan.cb, o.prefetch), p, plan.threads, plan.shared, stream, o,
+                              "expert down launch (tensor cores)");
 }
 
 // The staged launches' shapes and dynamic shared memory layout.
@@ -1700,19 +1686,7 @@ Status launch_staged_gate_up(const ExpertGateUpLaunch& l, const StagedPlan& plan
                              const ExpertMatvecOptions& o) {
   const DeviceMatrix& g = *l.gate;
   StagedGateUpParams p{};
-  p.g_data = g.data;
-  p.g_scales = g.scales;
-  p.u_data = l.up->data;
-  p.u_scales = l.up->scales;
-  p.row_bytes = static_cast<int64_t>(g.data_row_bytes());
-  p.blocks = static_cast<int>(g.cols / 256);
-  p.rows = static_cast<int>(g.rows);
-  p.x = l.x;
-  p.ids = l.ids;
-  p.weights = l.weights;
-  p.n_used = l.n_used;
-  p.limit = l.swiglu_limit;
-  p.y = l.y;
+  fill_gate_up_inputs(l, &p);
   p.units = static_cast<int>(l.n_used * g.rows / 8);
   p.scale_bufs = plan.scale_bufs;
   p.xl = plan.xl;
@@ -1728,32 +1702,12 @@ Status launch_staged_gate_up(const ExpertGateUpLaunch& l, const StagedPlan& plan
 
 Status launch_staged_down(const ExpertDownLaunch& l, const StagedPlan& plan, cudaStream_t stream,
                           const ExpertMatvecOptions& o) {
-  const DeviceMatrix& d = *l.down;
   StagedDownParams p{};
-  p.data = d.data;
-  p.row_bytes = static_cast<int64_t>(d.data_row_bytes());
-  p.blocks = static_cast<int>(d.cols / 256);
-  p.rows = static_cast<int>(d.rows);
-  p.x = l.x;
-  p.ids = l.ids;
-  p.n_used = l.n_used;
-  p.y = l.y;
-  p.accumulate = l.accumulate ? 1 : 0;
-  p.warps = plan.warps;
-  p.per_slot = p.blocks / plan.cb;
-  p.rowsets = plan.rowsets;
-  p.tiles = p.rows / 16;
-  p.xl = plan.xl;
-  p.partial_offset = plan.partial_offset;
+  fill_down_params(l, plan, &p);
   p.buffer_offset = plan.ring_offset;
   p.ahead = o.staged_blocks_ahead > 0 ? std::min(o.staged_blocks_ahead, plan.cb) : plan.cb;
-  StagedDownFn fn = pick_staged_down(plan.cb, plan.wide);
-  auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, p.rowsets, p.tiles, o);
-  DS4_RETURN_IF_ERROR(grid.status());
-  const int workers = *grid * p.rowsets;
-  p.iters = (p.tiles + workers - 1) / workers;
-  return cuda_status(launch_kernel(fn, dim3(*grid), dim3(plan.threads), plan.shared, stream, p),
-                     "expert down launch (staged)");
+  return launch_rowset_kernel(pick_staged_down(plan.cb, plan.wide), p, plan.threads, plan.shared, stream, o,
+                              "expert down launch (staged)");
 }
 
 }  // namespace
