@@ -17,6 +17,7 @@
 #include "cuda/matmul.h"
 #include "cuda/matvec.h"
 #include "cuda/moe.h"
+#include "cuda/l2_prefetch.h"
 #include "cuda/mtp.h"
 #include "cuda/row_ops.h"
 #include "cuda/sampling.h"
@@ -66,6 +67,40 @@ bool fall_back_to_plain_launches(const Status& failed, const char* graph) {
   return true;
 }
 
+// DS4_CUDA_L2_PREFETCH: a comma list of q_b, out_a, out_b, gate_up, down, or "all" /
+// "none"; unknown items are named on stderr and ignored. Unset: the default plan.
+CudaForward::L2Prefetch l2_prefetch_from_environment() {
+  CudaForward::L2Prefetch plan;
+  const char* v = std::getenv("DS4_CUDA_L2_PREFETCH");
+  if (v == nullptr) return plan;
+  plan = {};
+  std::string text(v);
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t comma = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, comma - at);
+    if (item == "all") {
+      plan = {true, true, true, true, true};
+    } else if (item == "none" || item.empty()) {
+    } else if (item == "q_b") {
+      plan.q_b = true;
+    } else if (item == "out_a") {
+      plan.out_a = true;
+    } else if (item == "out_b") {
+      plan.out_b = true;
+    } else if (item == "gate_up") {
+      plan.gate_up = true;
+    } else if (item == "down") {
+      plan.down = true;
+    } else {
+      std::fprintf(stderr, "ds4: DS4_CUDA_L2_PREFETCH: unknown item '%s' ignored (q_b, out_a, out_b, gate_up, down, all, none)\n",
+                   item.c_str());
+    }
+    at = comma + 1;
+  }
+  return plan;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& model, bool qat) {
@@ -74,15 +109,16 @@ Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& mode
   return std::move(f);
 }
 
-CudaForward::CudaForward(const DeviceModel& model, bool qat) : model_(model), qat_(qat) {}
+CudaForward::CudaForward(const DeviceModel& model, bool qat)
+    : model_(model), qat_(qat), l2_prefetch_(l2_prefetch_from_environment()) {}
 
 CudaForward::~CudaForward() {
   seqs_.clear();
   ws_.reset();
-  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_, ev_join_kv_, ev_join_index_}) {
+  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_, ev_join_kv_, ev_join_index_, ev_prefetch_}) {
     if (e) cudaEventDestroy(e);
   }
-  for (cudaStream_t s : {side_, side_kv_, side_index_}) {
+  for (cudaStream_t s : {side_, side_kv_, side_index_, side_prefetch_}) {
     if (s) cudaStreamDestroy(s);
   }
   if (stream_) cudaStreamDestroy(stream_);
@@ -95,10 +131,10 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  for (cudaStream_t* s : {&side_, &side_kv_, &side_index_}) {
+  for (cudaStream_t* s : {&side_, &side_kv_, &side_index_, &side_prefetch_}) {
     DS4_CUDA_TRY(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
   }
-  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_}) {
+  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_, &ev_prefetch_}) {
     DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
   const ModelConfig& c = model_.config();
@@ -326,6 +362,20 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     return Status::Ok();
   };
 
+  // Asks weights into L2 on side_prefetch_, from this point of the main stream on.
+  auto prefetch = [&](const L2PrefetchLaunch& pl) -> Status {
+    if (!l2_prefetch_supported()) return Status::Ok();
+    DS4_CUDA_TRY(cudaEventRecord(ev_prefetch_, st));
+    DS4_CUDA_TRY(cudaStreamWaitEvent(side_prefetch_, ev_prefetch_, 0));
+    prefetch_pending_ = true;
+    return launch_l2_prefetch(pl, side_prefetch_);
+  };
+  if (l2_prefetch_.q_b) {
+    L2PrefetchLaunch pl;
+    pl.add_matrix(L.q_b);
+    DS4_RETURN_IF_ERROR(prefetch(pl));
+  }
+
   // The HC mixing projection leaves per-column-tile partial sums in w.split, and
   // hc_pre adds them itself (in the matvec's reduction order: the same bits, one
   // launch fewer on the critical path); falls back to the two-launch form. When the
@@ -479,6 +529,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
   DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
+  if (l2_prefetch_.out_a || l2_prefetch_.out_b) {
+    L2PrefetchLaunch pl;
+    if (l2_prefetch_.out_a) pl.add_matrix(L.out_a);
+    if (l2_prefetch_.out_b) pl.add_matrix(L.out_b);
+    DS4_RETURN_IF_ERROR(prefetch(pl));
+  }
   AttentionLaunch at;
   at.q = w.qf;
   at.out = w.heads;
@@ -579,6 +635,17 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   rl.ids = w.route_ids;
   rl.weights = w.route_w;
   DS4_RETURN_IF_ERROR(launch_router(rl, st));
+  if (l2_prefetch_.gate_up || l2_prefetch_.down) {
+    L2PrefetchLaunch pl;
+    pl.ids = w.route_ids;
+    pl.n_ids = c.n_experts_used;
+    if (l2_prefetch_.gate_up) {
+      pl.experts[pl.n_experts++] = &L.gate_exps;
+      pl.experts[pl.n_experts++] = &L.up_exps;
+    }
+    if (l2_prefetch_.down) pl.experts[pl.n_experts++] = &L.down_exps;
+    DS4_RETURN_IF_ERROR(prefetch(pl));
+  }
   stage("router");
   RoutedExpertsLaunch re;
   re.layer = &L;
@@ -597,6 +664,15 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   stage("experts down (+ shared, joined)");
   DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st));
   stage("hc_post ffn");
+  return Status::Ok();
+}
+
+// The prefetch branch ends with the token or MTP step, joined to the main stream after
+// its last launch (the prefetches themselves finished long before).
+Status CudaForward::join_prefetch() {
+  if (!std::exchange(prefetch_pending_, false)) return Status::Ok();
+  DS4_CUDA_TRY(cudaEventRecord(ev_prefetch_, side_prefetch_));
+  DS4_CUDA_TRY(cudaStreamWaitEvent(stream_, ev_prefetch_, 0));
   return Status::Ok();
 }
 
@@ -632,7 +708,7 @@ Status CudaForward::enqueue_token(DeviceSequence& seq, bool advance) {
   if (advance) {
     DS4_CUDA_TRY(launch_kernel(advance_kernel, 1, 1, 0, stream_, seq.step, w.argmax));
   }
-  return Status::Ok();
+  return join_prefetch();
 }
 
 Status CudaForward::record(DeviceSequence& seq, bool advance) {
@@ -824,7 +900,7 @@ Status CudaForward::enqueue_mtp(DeviceSequence& seq) {
   DS4_RETURN_IF_ERROR(launch_dense_or_matvec(lm, st));
   DS4_RETURN_IF_ERROR(launch_argmax(w.logits, c.vocab, w.argmax, st));
   stage("mtp head + argmax");
-  return Status::Ok();
+  return join_prefetch();
 }
 
 Status CudaForward::record_mtp(DeviceSequence& seq) {

@@ -63,6 +63,17 @@ class CudaForward {
   // projection's partial sums in the same launch (cuda/hyper_connections.h,
   // launch_hc_post_mix); off, separate launches. Takes effect for graphs recorded later.
   void set_fused_hc(bool on) { fused_hc_ = on; }
+  // Which weights a side branch of the decode graph asks into L2 ahead of their
+  // kernels (cuda/l2_prefetch.h): q_b at the start of each layer (during hc_pre and
+  // q_a), out_a and out_b once q_b is done (during attention), the selected experts'
+  // gate and up and/or down once the router has chosen them. Results do not change.
+  // The default comes from DS4_CUDA_L2_PREFETCH (a comma list of q_b, out_a, out_b,
+  // gate_up, down; "none"; "all"). Takes effect for graphs recorded later.
+  struct L2Prefetch {
+    bool q_b = false, out_a = false, out_b = false, gate_up = false, down = false;
+  };
+  void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
+  const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
@@ -111,6 +122,7 @@ class CudaForward {
   Status hc_head(const DeviceMatrix& fn, const float* scale, const float* base, const float* norm,
                  cudaStream_t st);
   Status enqueue_mtp(DeviceSequence& seq);
+  Status join_prefetch();  // joins side_prefetch_ to stream_ when it holds launches
   Status record_mtp(DeviceSequence& seq);
   Status ensure_prefill_workspace(int64_t index_rows);
   Status prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos0);
@@ -126,6 +138,9 @@ class CudaForward {
   bool f32_prefill_ = false;
   bool expert_kernels_ = true;
   bool fused_hc_ = true;
+  L2Prefetch l2_prefetch_;
+  // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
+  bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in
   // the workspace for the next hc_pre / hc_head (0: none).
   int pending_mix_tiles_ = 0;
@@ -134,6 +149,8 @@ class CudaForward {
   cudaStream_t side_ = nullptr, side_kv_ = nullptr, side_index_ = nullptr;
   cudaEvent_t ev_fork_ = nullptr, ev_latent_ = nullptr, ev_join_ = nullptr;
   cudaEvent_t ev_join_kv_ = nullptr, ev_join_index_ = nullptr;
+  cudaStream_t side_prefetch_ = nullptr;  // L2 prefetches (joined once per token)
+  cudaEvent_t ev_prefetch_ = nullptr;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
   struct PrefillWorkspace;  // allocated by the first prefill()

@@ -11,6 +11,8 @@
 //    Every logit must be bit-identical between PDL on and off (and between the two
 //    off runs: the baseline is deterministic); the greedy tokens must agree. Printed:
 //    max |d| and the first differing logit (step, index, values) of each pair.
+//    A fourth run with PDL on and every L2 prefetch of the decode graph
+//    (CudaForward::set_l2_prefetch) must match the PDL-on run bit for bit too.
 // 2. Timing (reported, not asserted): CUDA graphs of 40 chained matrix-vector
 //    products, Q8_0 32768x1024 (35.7 MB, six matrices cycled so they come from device
 //    memory), F32 24x16384 (1.6 MB, 40 matrices) and the two alternating, with PDL
@@ -55,9 +57,10 @@ struct DecodeRun {
   std::vector<int32_t> greedy;  // replay_greedy tokens
 };
 
-// One run of the decode paths above with PDL `pdl`.
+// One run of the decode paths above with PDL `pdl` and the L2 prefetch side branch
+// `l2` (default: none).
 DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vector<int32_t>& tokens,
-                     const std::string& what) {
+                     const std::string& what, const CudaForward::L2Prefetch& l2 = {}) {
   DecodeRun out;
   const bool in_force = set_pdl_enabled(pdl);
   if (pdl && !in_force) std::printf("  %s: the device does not support PDL; the \"on\" run is plain\n", what.c_str());
@@ -65,6 +68,7 @@ DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vecto
   check(fw.ok(), what + ": forward: " + (fw.ok() ? std::string() : fw.status().message()));
   if (!fw.ok()) return out;
   CudaForward& f = **fw;
+  f.set_l2_prefetch(l2);
   const int vocab = dm.config().vocab;
   std::vector<float> logits(vocab);
 
@@ -174,12 +178,15 @@ void check_fixture(const std::string& dir) {
     const DecodeRun off = run_decode(**dm, qat, false, tokens, name + ", PDL off");
     const DecodeRun on = run_decode(**dm, qat, true, tokens, name + ", PDL on");
     const DecodeRun off2 = run_decode(**dm, qat, false, tokens, name + ", PDL off again");
-    if (!off.ok || !on.ok || !off2.ok) continue;
+    const DecodeRun prefetch = run_decode(**dm, qat, true, tokens, name + ", PDL on, every L2 prefetch",
+                                          CudaForward::L2Prefetch{true, true, true, true, true});
+    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok) continue;
     if (pdl_supported()) {
       check(on.pdl, name + ": PDL was turned off while recording a graph (see the message on stderr)");
     }
     compare_runs(off, off2, vocab, name + ": PDL off vs PDL off (baseline determinism)");
     compare_runs(off, on, vocab, name + ": PDL off vs PDL on");
+    compare_runs(on, prefetch, vocab, name + ": PDL on vs PDL on with every L2 prefetch");
   }
 }
 
