@@ -101,6 +101,22 @@ CudaForward::L2Prefetch l2_prefetch_from_environment() {
   return plan;
 }
 
+// DS4_CUDA_DECODE_SCHEDULE: branches, moe_serial or serial; anything else is named on
+// stderr and the default kept.
+CudaForward::DecodeSchedule decode_schedule_from_environment() {
+  using S = CudaForward::DecodeSchedule;
+  const S fallback = S::kBranches;
+  const char* v = std::getenv("DS4_CUDA_DECODE_SCHEDULE");
+  if (v == nullptr) return fallback;
+  const std::string text(v);
+  if (text == "branches") return S::kBranches;
+  if (text == "moe_serial") return S::kMoeSerial;
+  if (text == "serial") return S::kSerial;
+  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, moe_serial, serial)\n",
+               text.c_str());
+  return fallback;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& model, bool qat) {
@@ -110,7 +126,10 @@ Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& mode
 }
 
 CudaForward::CudaForward(const DeviceModel& model, bool qat)
-    : model_(model), qat_(qat), l2_prefetch_(l2_prefetch_from_environment()) {}
+    : model_(model),
+      qat_(qat),
+      l2_prefetch_(l2_prefetch_from_environment()),
+      schedule_(decode_schedule_from_environment()) {}
 
 CudaForward::~CudaForward() {
   seqs_.clear();
@@ -341,7 +360,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   const DeviceSequence::Layer& S = seq.layers[l];
   Workspace& w = *ws_;
   cudaStream_t st = stream_;
-  cudaStream_t side = side_;
+  // DecodeSchedule::kSerial: every launch on the main stream (one chain of
+  // programmatic dependent launches, no joins), the Sinkhorn inside hc_pre.
+  const bool serial = schedule_ == DecodeSchedule::kSerial;
+  cudaStream_t side = serial ? st : side_;
+  cudaStream_t side_kv = serial ? st : side_kv_;
+  cudaStream_t side_index = serial ? st : side_index_;
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
@@ -357,6 +381,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   };
   // `to` continues after everything enqueued so far on `from`.
   auto join = [&](cudaStream_t from, cudaEvent_t e, cudaStream_t to) -> Status {
+    if (from == to) return Status::Ok();
     DS4_CUDA_TRY(cudaEventRecord(e, from));
     DS4_CUDA_TRY(cudaStreamWaitEvent(to, e, 0));
     return Status::Ok();
@@ -384,7 +409,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   // Sinkhorn runs on a side branch (finish_comb), off the critical path: w.comb is
   // first read by the hc_post after the sublayer, once the branches have joined.
   HcPreOptions pre_options;
-  pre_options.comb_logits_only = hc.mult == 4;
+  pre_options.comb_logits_only = hc.mult == 4 && !serial;
   auto finish_comb = [&](cudaStream_t s) -> Status {
     return pre_options.comb_logits_only ? launch_hc_sinkhorn(w.comb, hc, s) : Status::Ok();
   };
@@ -414,11 +439,13 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   // Attention sublayer.
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_attn_fn, w.x, L.hc_attn_scale, L.hc_attn_base, L.attn_norm));
   stage("hc_pre attn");
-  DS4_CUDA_TRY(cudaEventRecord(ev_fork_, st));
-  for (cudaStream_t s : {side_kv_, side, side_index_}) DS4_CUDA_TRY(cudaStreamWaitEvent(s, ev_fork_, 0));
+  if (!serial) {
+    DS4_CUDA_TRY(cudaEventRecord(ev_fork_, st));
+    for (cudaStream_t s : {side_kv, side, side_index}) DS4_CUDA_TRY(cudaStreamWaitEvent(s, ev_fork_, 0));
+  }
   // Branch: the Sinkhorn of this sublayer's comb, then the kv row.
-  DS4_RETURN_IF_ERROR(finish_comb(side_kv_));
-  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side_kv_, w.split_kv));
+  DS4_RETURN_IF_ERROR(finish_comb(side_kv));
+  DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side_kv, w.split_kv));
   RowPostLaunch kv;
   kv.in = w.kv;
   kv.in_stride = kv.out_stride = c.head_dim;
@@ -433,7 +460,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   kv.norm_weight = L.kv_a_norm;
   kv.qat = qat_ ? RowQat::kFp8Nope : RowQat::kNone;
   kv.ring = seq.ring;
-  DS4_RETURN_IF_ERROR(launch_row_post(kv, side_kv_));
+  DS4_RETURN_IF_ERROR(launch_row_post(kv, side_kv));
   // Branch: the attention compressor.
   CompressorLaunch cl;
   if (L.ratio != 0) {
@@ -458,7 +485,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     if (L.ratio == 4) {
       // Branch: the indexer's compressor (it writes the indexer's gate) and weights.
       DS4_RETURN_IF_ERROR(project_compressor(L.index_compressor, w.n, w.ick, w.split_index, kSplitFloats,
-                                             side_index_));
+                                             side_index));
       CompressorLaunch il = cl;
       il.k = w.ick;
       il.z = w.ick + L.index_compressor.kv.rows;
@@ -472,7 +499,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
       il.rows = S.index_rows;
       il.d = c.index_head_dim;
       il.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-      DS4_RETURN_IF_ERROR(launch_compressor_update(il, side_index_));
+      DS4_RETURN_IF_ERROR(launch_compressor_update(il, side_index));
       MatvecLaunch iwm;
       iwm.w = &L.index_proj;
       iwm.x = w.n;
@@ -480,7 +507,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
       iwm.enable = w.index_active;
       iwm.split_workspace = w.split_index;
       iwm.split_workspace_floats = kSplitFloats;
-      DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iwm, side_index_));
+      DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iwm, side_index));
     }
   }
   // Main: the q path. w.a holds the q LoRA latent before its norm; every reader
@@ -488,7 +515,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(mv(L.q_a, w.n, w.a, st, w.split));
   if (L.ratio == 4) {
     // The indexer's branch, once the latent exists: its queries and its selection.
-    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side_index_));
+    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side_index));
     MatvecLaunch iqm;
     iqm.w = &L.index_q_b;
     iqm.x = w.a;
@@ -496,7 +523,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     iqm.enable = w.index_active;
     iqm.x_norm_weight = L.q_a_norm;
     iqm.x_norm_eps = c.norm_eps;
-    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iqm, side_index_));
+    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(iqm, side_index));
     RowPostLaunch iq;
     iq.in = iq.out = w.iq;
     iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -506,7 +533,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     iq.rope_freqs = freqs;
     iq.pos = pos;
     iq.qat = qat_ ? RowQat::kHadamardFp4 : RowQat::kNone;
-    DS4_RETURN_IF_ERROR(launch_row_post(iq, side_index_));
+    DS4_RETURN_IF_ERROR(launch_row_post(iq, side_index));
     IndexerLaunch ix;
     ix.q = w.iq;
     ix.weights = w.iw;
@@ -520,7 +547,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     ix.active = w.index_active;
     ix.scores = seq.scores;
     ix.selected = w.selected;
-    DS4_RETURN_IF_ERROR(launch_indexer_select(ix, side_index_));
+    DS4_RETURN_IF_ERROR(launch_indexer_select(ix, side_index));
   }
   MatvecLaunch qb;
   qb.w = &L.q_b;
@@ -580,9 +607,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     DS4_RETURN_IF_ERROR(launch_row_post(q, st));
   }
   stage("q path");
-  DS4_RETURN_IF_ERROR(join(side_kv_, ev_join_kv_, st));
+  DS4_RETURN_IF_ERROR(join(side_kv, ev_join_kv_, st));
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
-  DS4_RETURN_IF_ERROR(join(side_index_, ev_join_index_, st));
+  DS4_RETURN_IF_ERROR(join(side_index, ev_join_index_, st));
   stage("kv, compressors, indexer (joined)");
 
   DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
@@ -605,22 +632,27 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_ffn_fn, w.xb, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm));
   stage("hc_pre ffn");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
-  // Side: the Sinkhorn of this sublayer's comb, then the shared expert, stored into
-  // w.moe; the routed sum is added to it below.
+  // The shared expert, stored into w.moe; the routed sum is added to it below.
+  auto shared_expert = [&](cudaStream_t s) -> Status {
+    MatvecLaunch sgu;
+    sgu.w = &L.gate_shexp;
+    sgu.w_up = &L.up_shexp;
+    sgu.x = w.n;
+    sgu.y = w.hs;
+    sgu.swiglu_limit = limit;
+    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sgu, s));
+    MatvecLaunch sd;
+    sd.w = &L.down_shexp;
+    sd.x = w.hs;
+    sd.y = w.moe;
+    return launch_dense_or_matvec(sd, s);
+  };
+  // Branches: the Sinkhorn of this sublayer's comb, then the shared expert, on the side.
+  // Otherwise the Sinkhorn (if deferred) on the side and the shared expert on the main
+  // stream after the router (see DecodeSchedule).
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
   DS4_RETURN_IF_ERROR(finish_comb(side));
-  MatvecLaunch sgu;
-  sgu.w = &L.gate_shexp;
-  sgu.w_up = &L.up_shexp;
-  sgu.x = w.n;
-  sgu.y = w.hs;
-  sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sgu, side));
-  MatvecLaunch sd;
-  sd.w = &L.down_shexp;
-  sd.x = w.hs;
-  sd.y = w.moe;
-  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sd, side));
+  if (schedule_ == DecodeSchedule::kBranches) DS4_RETURN_IF_ERROR(shared_expert(side));
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
@@ -646,6 +678,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     if (l2_prefetch_.down) pl.experts[pl.n_experts++] = &L.down_exps;
     DS4_RETURN_IF_ERROR(prefetch(pl));
   }
+  if (schedule_ != DecodeSchedule::kBranches) DS4_RETURN_IF_ERROR(shared_expert(st));
   stage("router");
   RoutedExpertsLaunch re;
   re.layer = &L;

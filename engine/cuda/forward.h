@@ -73,6 +73,17 @@ class CudaForward {
     bool q_b = false, out_a = false, out_b = false, gate_up = false, down = false;
   };
   void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
+  // How a decode layer's launches are spread over streams (results are the same bits):
+  //   kBranches:  the kv row, the compressors and the indexer on side branches beside the
+  //               q path, the shared expert beside the router and routed experts;
+  //   kMoeSerial: the same, but the shared expert on the main stream after the router;
+  //   kSerial:    everything on the main stream, one chain of programmatic dependent
+  //               launches without joins, the Sinkhorn inside hc_pre.
+  // The dense kernels fill every multiprocessor, so side branches mostly wait for room
+  // rather than run beside them. Default from DS4_CUDA_DECODE_SCHEDULE (branches,
+  // moe_serial, serial). Takes effect for graphs recorded later.
+  enum class DecodeSchedule { kBranches, kMoeSerial, kSerial };
+  void set_decode_schedule(DecodeSchedule s) { schedule_ = s; }
   const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
@@ -139,6 +150,7 @@ class CudaForward {
   bool expert_kernels_ = true;
   bool fused_hc_ = true;
   L2Prefetch l2_prefetch_;
+  DecodeSchedule schedule_;
   // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
   bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in

@@ -12,7 +12,8 @@
 //    off runs: the baseline is deterministic); the greedy tokens must agree. Printed:
 //    max |d| and the first differing logit (step, index, values) of each pair.
 //    A fourth run with PDL on and every L2 prefetch of the decode graph
-//    (CudaForward::set_l2_prefetch) must match the PDL-on run bit for bit too.
+//    (CudaForward::set_l2_prefetch) must match the PDL-on run bit for bit too, and so
+//    must runs with the other decode schedules (CudaForward::set_decode_schedule).
 // 2. Timing (reported, not asserted): CUDA graphs of 40 chained matrix-vector
 //    products, Q8_0 32768x1024 (35.7 MB, six matrices cycled so they come from device
 //    memory), F32 24x16384 (1.6 MB, 40 matrices) and the two alternating, with PDL
@@ -57,10 +58,11 @@ struct DecodeRun {
   std::vector<int32_t> greedy;  // replay_greedy tokens
 };
 
-// One run of the decode paths above with PDL `pdl` and the L2 prefetch side branch
-// `l2` (default: none).
+// One run of the decode paths above with PDL `pdl`, the L2 prefetch side branch `l2`
+// (default: none) and the decode schedule `schedule`.
 DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vector<int32_t>& tokens,
-                     const std::string& what, const CudaForward::L2Prefetch& l2 = {}) {
+                     const std::string& what, const CudaForward::L2Prefetch& l2 = {},
+                     CudaForward::DecodeSchedule schedule = CudaForward::DecodeSchedule::kBranches) {
   DecodeRun out;
   const bool in_force = set_pdl_enabled(pdl);
   if (pdl && !in_force) std::printf("  %s: the device does not support PDL; the \"on\" run is plain\n", what.c_str());
@@ -69,6 +71,7 @@ DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vecto
   if (!fw.ok()) return out;
   CudaForward& f = **fw;
   f.set_l2_prefetch(l2);
+  f.set_decode_schedule(schedule);
   const int vocab = dm.config().vocab;
   std::vector<float> logits(vocab);
 
@@ -180,13 +183,19 @@ void check_fixture(const std::string& dir) {
     const DecodeRun off2 = run_decode(**dm, qat, false, tokens, name + ", PDL off again");
     const DecodeRun prefetch = run_decode(**dm, qat, true, tokens, name + ", PDL on, every L2 prefetch",
                                           CudaForward::L2Prefetch{true, true, true, true, true});
-    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok) continue;
+    using Schedule = CudaForward::DecodeSchedule;
+    const DecodeRun moe_serial = run_decode(**dm, qat, true, tokens, name + ", PDL on, shared expert on the main stream",
+                                            {}, Schedule::kMoeSerial);
+    const DecodeRun serial = run_decode(**dm, qat, true, tokens, name + ", PDL on, one stream", {}, Schedule::kSerial);
+    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok) continue;
     if (pdl_supported()) {
       check(on.pdl, name + ": PDL was turned off while recording a graph (see the message on stderr)");
     }
     compare_runs(off, off2, vocab, name + ": PDL off vs PDL off (baseline determinism)");
     compare_runs(off, on, vocab, name + ": PDL off vs PDL on");
     compare_runs(on, prefetch, vocab, name + ": PDL on vs PDL on with every L2 prefetch");
+    compare_runs(on, moe_serial, vocab, name + ": branches vs the shared expert on the main stream");
+    compare_runs(on, serial, vocab, name + ": branches vs one stream");
   }
 }
 
