@@ -212,6 +212,50 @@ __device__ __forceinline__ int iq2_row_fragment(uint2 q, const uint32_t* table, 
   return static_cast<int>((q.y >> 27) | 1u);
 }
 
+// The scaled-digit form of the IQ2_XXS weights: w (2S + 1), |w (2S + 1)| <= 43 * 31 = 1333,
+// as two int8 digits lo + 256 hi (lo in [-128, 128), hi in [-5, 5]). Entry S holds the
+// bytes of lo and of hi for the magnitudes 8, 25, 43 (bytes 0..2; byte 3 zero), positive
+// then negative: the byte order the compact table's selector nibbles pick from (level, or
+// 4 + level when negated), as kIq2xxsPositive / kIq2xxsNegative.
+__device__ __forceinline__ uint4 scaled_digit_entry(int S) {
+  const int s2 = 2 * S + 1;
+  const int magnitudes[3] = {8, 25, 43};
+  uint32_t words[4] = {0, 0, 0, 0};  // lo positive, lo negative, hi positive, hi negative
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+#pragma unroll
+    for (int neg = 0; neg < 2; ++neg) {
+      const int v = (neg ? -magnitudes[k] : magnitudes[k]) * s2;
+      const int lo = static_cast<int>(static_cast<int8_t>(v & 0xFF));
+      const int hi = (v - lo) / 256;  // exact
+      words[neg] |= (static_cast<uint32_t>(lo) & 0xFFu) << (8 * k);
+      words[2 + neg] |= (static_cast<uint32_t>(hi) & 0xFFu) << (8 * k);
+    }
+  }
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+// A fragment registers of one IQ2_XXS row and chunk in the scaled-digit form: `lo0`, `hi0`
+// for weights 8t..8t+3, `lo1`, `hi1` for 8t+4..8t+7 (the same slots as iq2_row_fragment).
+template <int STRIDE>
+__device__ __forceinline__ void iq2_row_scaled_fragment(uint2 q, const uint32_t* table, const uint4* entries,
+                                                        uint32_t grid_byte, int sign_shift, uint32_t* lo0,
+                                                        uint32_t* lo1, uint32_t* hi0, uint32_t* hi1) {
+  const uint32_t gi = prmt(q.x, 0, grid_byte);
+  const uint32_t si = (q.y >> sign_shift) & 127u;
+  const uint32_t s = table[gi * STRIDE] | table[(256 + si) * STRIDE];
+  const uint4 e = entries[q.y >> 28];
+  *lo0 = prmt(e.x, e.y, s);
+  *lo1 = prmt(e.x, e.y, s >> 16);
+  *hi0 = prmt(e.z, e.w, s);
+  *hi1 = prmt(e.z, e.w, s >> 16);
+}
+
+// The exact sum of a block's five scaled-digit sums: sum_k acc[k] 256^k.
+__device__ __forceinline__ long long combine_scaled(int a0, int a1, int a2, int a3, int a4) {
+  return (((static_cast<long long>(a4) * 256 + a3) * 256 + a2) * 256 + a1) * 256 + a0;
+}
+
 // The weight row `r` (0..BM) of the block's tile: matrix `group`; paired, rows 0..BM/2-1
 // from the gate stack and BM/2..BM-1 from the up stack (the same output rows).
 template <bool PAIRED, int BM>
@@ -227,7 +271,12 @@ __device__ __forceinline__ int64_t tile_row(const Params& p, int group, int row0
 // 255 registers, unrolled; 3 x 256, the small tiles: at most 85 registers).
 // MR: 16-row mma tiles per warp (2; 1 for the small tiles, BN = 16). Warps: BM / (16 MR)
 // along the rows times BN / 16 along the assignments.
-template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES, int BM, int BN, int MR>
+// SCALED (IQ2_XXS): the scaled-digit form (iq2_row_scaled_fragment): per digit L of x two
+// mma, lo into sum k = L and hi into k = L + 1, accumulated by the tensor cores over the
+// block's 8 chunks (no integer multiply per product); the five sums of a block give the
+// same exact integer as the four digit sums of the plain form, hence the same outputs.
+template <GgmlType T, bool PAIRED, bool LANE_TABLES, int MIN_BLOCKS, int STAGES, int BM, int BN, int MR,
+          bool SCALED = false>
 __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS) expert_matmul_kernel(Params p) {
   constexpr int kRowWarps = BM / (16 * MR);
   constexpr int kThreads = 32 * kRowWarps * (BN / 16);
@@ -235,6 +284,8 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
   constexpr bool kUnrolled = MIN_BLOCKS == 1 && kThreads == 256;
   using S = StageLayout<T, BM, BN>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  static_assert(!SCALED || kIq2, "the scaled-digit form is IQ2_XXS's");
+  constexpr int kSums = SCALED ? 5 : 4;  // integer sums per output and block
   constexpr int kStride = LANE_TABLES ? 32 : 1;
   extern __shared__ float4 smem4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem4) + (LANE_TABLES ? kLaneTableBytes : 0);
@@ -242,6 +293,7 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
   __shared__ int s_scan[kThreads];
   __shared__ int s_group, s_tile;
   __shared__ int s_xrow[BN];
+  __shared__ uint4 s_scaled[SCALED ? 16 : 1];
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -266,6 +318,9 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
     table = copies + lane;
   } else if constexpr (kIq2) {
     for (int i = tid; i < kTableWords; i += kThreads) s_compact[i] = g_em_selectors[i];
+  }
+  if constexpr (SCALED) {
+    if (tid < 16) s_scaled[tid] = scaled_digit_entry(tid);
   }
   __syncthreads();
 
@@ -351,14 +406,14 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
     const uint8_t* st = smem + (b % STAGES) * S::kBytes;
     const uint8_t* wrow = st + S::kW + (wm * kWarpRows + g) * S::kWStride;  // row g of the warp's first tile
     const uint8_t* xrow = st + S::kX + (wn * 16 + g) * kXRowStride + t * 32;  // assignment g of the first n tile
-    int acc[MR][2][4][4];
+    int acc[MR][2][kSums][4];
     if (warp_tiles > 0) {
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-          for (int L = 0; L < 4; ++L) {
+          for (int L = 0; L < kSums; ++L) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][nt][L][i] = 0;
           }
@@ -367,13 +422,18 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
 #pragma unroll(kUnrolled ? 8 : kIq2 ? 1 : 2)
       for (int c = 0; c < 8; ++c) {
         uint32_t a[MR][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
-        int s2[MR][2];      // IQ2_XXS: 2S + 1 of rows g, g + 8
+        [[maybe_unused]] int s2[MR][2];  // IQ2_XXS: 2S + 1 of rows g, g + 8
+        [[maybe_unused]] uint32_t ah[SCALED ? MR : 1][4];  // SCALED: a holds the low digits, ah the high ones
 #pragma unroll
         for (int m = 0; m < MR; ++m) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const uint8_t* row = wrow + (16 * m + 8 * r) * S::kWStride;
-            if constexpr (kIq2) {
+            if constexpr (SCALED) {
+              const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
+              iq2_row_scaled_fragment<kStride>(q, table, s_scaled, grid_byte, sign_shift, &a[m][r], &a[m][2 + r],
+                                               &ah[m][r], &ah[m][2 + r]);
+            } else if constexpr (kIq2) {
               const uint2 q = *reinterpret_cast<const uint2*>(row + c * 8);
               s2[m][r] = iq2_row_fragment<kStride>(q, table, grid_byte, sign_shift, &a[m][r], &a[m][2 + r]);
             } else {
@@ -392,19 +452,38 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
           const uint4 d01 = *reinterpret_cast<const uint4*>(xb);
           const uint4 d23 = *reinterpret_cast<const uint4*>(xb + 16);
           const uint32_t bf[4][2] = {{d01.x, d01.y}, {d01.z, d01.w}, {d23.x, d23.y}, {d23.z, d23.w}};
+          if constexpr (SCALED) {
+            // The low digits first, then the high ones: an accumulator's two products are
+            // 4 MR mma apart.
 #pragma unroll
-          for (int L = 0; L < 4; ++L) {
+            for (int L = 0; L < 4; ++L) {
 #pragma unroll
-            for (int m = 0; m < MR; ++m) {
-              if constexpr (kIq2) {
-                int d[4];
-                mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
-                acc[m][nt][L][0] += s2[m][0] * d[0];
-                acc[m][nt][L][1] += s2[m][0] * d[1];
-                acc[m][nt][L][2] += s2[m][1] * d[2];
-                acc[m][nt][L][3] += s2[m][1] * d[3];
-              } else {
+              for (int m = 0; m < MR; ++m) {
                 mma_s8(acc[m][nt][L], a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+              }
+            }
+#pragma unroll
+            for (int L = 0; L < 4; ++L) {
+#pragma unroll
+              for (int m = 0; m < MR; ++m) {
+                mma_s8(acc[m][nt][L + 1], ah[m][0], ah[m][1], ah[m][2], ah[m][3], bf[L][0], bf[L][1]);
+              }
+            }
+          } else {
+#pragma unroll
+            for (int L = 0; L < 4; ++L) {
+#pragma unroll
+              for (int m = 0; m < MR; ++m) {
+                if constexpr (kIq2) {
+                  int d[4];
+                  mma_s8_zero(d, a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+                  acc[m][nt][L][0] += s2[m][0] * d[0];
+                  acc[m][nt][L][1] += s2[m][0] * d[1];
+                  acc[m][nt][L][2] += s2[m][1] * d[2];
+                  acc[m][nt][L][3] += s2[m][1] * d[3];
+                } else {
+                  mma_s8(acc[m][nt][L], a[m][0], a[m][1], a[m][2], a[m][3], bf[L][0], bf[L][1]);
+                }
               }
             }
           }
@@ -418,7 +497,14 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
         const float sb[2] = {xs[8 * nt], xs[8 * nt + 1]};
 #pragma unroll
         for (int m = 0; m < MR; ++m) {
-          if constexpr (kIq2) {
+          if constexpr (SCALED) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const long long total = combine_scaled(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
+                                                     acc[m][nt][3][i], acc[m][nt][kSums - 1][i]);
+              sum[m][nt][i] += __ll2float_rn(total) * (d_row[m][i >> 1] * sb[i & 1]);
+            }
+          } else if constexpr (kIq2) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
               const long long total = combine_digits(acc[m][nt][0][i], acc[m][nt][1][i], acc[m][nt][2][i],
@@ -502,7 +588,12 @@ using ProductFn = void (*)(Params);
 
 // The kernel variants: gate+up [256 rows][lane tables][one block per SM][stages 2, 3, 4],
 // then down [256 rows][one block per SM][stages 2, 3, 4], then the small tiles (128 rows x
-// 16 assignments, compact table, three blocks per SM): gate+up [stages], down [stages].
+// 16 assignments, compact table, three blocks per SM): gate+up [stages], down [stages];
+// then gate+up in the scaled-digit form (32 assignments per block): [shape: 128 rows, one
+// 16-row mma tile per warp (16 warps, 128 registers); 128 rows, two tiles per warp, one
+// block per SM (8 warps, up to 255 registers); the same, two blocks per SM (128
+// registers); 256 rows, two tiles per warp (16 warps, 128 registers)][lane tables][stages],
+// and its small tiles (128 rows x 16, two blocks per SM, 128 registers) [stages].
 // The 256-row kernels (512 threads) have one register budget: their "one block per SM"
 // slots hold the same kernel.
 struct Variant {
@@ -515,7 +606,7 @@ struct Variant {
   bool usable;         // fits the device's shared memory
 };
 
-constexpr int kVariants = 42;
+constexpr int kVariants = 69;
 
 int variant_index(bool paired, int bm, bool lane_tables, bool one_block, int stages) {
   const int s = stages - 2, big = bm == 256 ? 1 : 0;
@@ -525,17 +616,24 @@ int variant_index(bool paired, int bm, bool lane_tables, bool one_block, int sta
 
 int small_variant_index(bool paired, int stages) { return (paired ? 36 : 39) + stages - 2; }
 
-template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS, int BM, int BN = 32, int MR = 2>
+// Gate+up in the scaled-digit form: `shape` as listed above (0..3).
+int scaled_variant_index(int shape, bool lane_tables, int stages) {
+  return 42 + (shape * 2 + (lane_tables ? 1 : 0)) * 3 + stages - 2;
+}
+
+int scaled_small_variant_index(int stages) { return 66 + stages - 2; }
+
+template <GgmlType T, bool PAIRED, bool LANE, int MIN_BLOCKS, int BM, int BN = 32, int MR = 2, bool SCALED = false>
 void add_variants(Variant* v) {
   [[maybe_unused]] constexpr int extra = LANE ? kLaneTableBytes : 0;
   [[maybe_unused]] constexpr int threads = 32 * (BM / (16 * MR)) * (BN / 16);
   using S = StageLayout<T, BM, BN>;
-  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2, BM, BN, MR>, S::total(2) + extra, threads, BM, BN, 0,
-          false};
-  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3, BM, BN, MR>, S::total(3) + extra, threads, BM, BN, 0,
-          false};
-  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4, BM, BN, MR>, S::total(4) + extra, threads, BM, BN, 0,
-          false};
+  v[0] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 2, BM, BN, MR, SCALED>, S::total(2) + extra, threads, BM,
+          BN, 0, false};
+  v[1] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 3, BM, BN, MR, SCALED>, S::total(3) + extra, threads, BM,
+          BN, 0, false};
+  v[2] = {expert_matmul_kernel<T, PAIRED, LANE, MIN_BLOCKS, 4, BM, BN, MR, SCALED>, S::total(4) + extra, threads, BM,
+          BN, 0, false};
 }
 
 struct InitState {
@@ -562,6 +660,15 @@ InitState& init_state() {
     add_variants<kQ2k, false, false, 1, 256>(st.variants + variant_index(false, 256, false, true, 2));
     add_variants<kIq2, true, false, 3, 128, 16, 1>(st.variants + small_variant_index(true, 2));
     add_variants<kQ2k, false, false, 3, 128, 16, 1>(st.variants + small_variant_index(false, 2));
+    add_variants<kIq2, true, false, 1, 128, 32, 1, true>(st.variants + scaled_variant_index(0, false, 2));
+    add_variants<kIq2, true, true, 1, 128, 32, 1, true>(st.variants + scaled_variant_index(0, true, 2));
+    add_variants<kIq2, true, false, 1, 128, 32, 2, true>(st.variants + scaled_variant_index(1, false, 2));
+    add_variants<kIq2, true, true, 1, 128, 32, 2, true>(st.variants + scaled_variant_index(1, true, 2));
+    add_variants<kIq2, true, false, 2, 128, 32, 2, true>(st.variants + scaled_variant_index(2, false, 2));
+    add_variants<kIq2, true, true, 2, 128, 32, 2, true>(st.variants + scaled_variant_index(2, true, 2));
+    add_variants<kIq2, true, false, 1, 256, 32, 2, true>(st.variants + scaled_variant_index(3, false, 2));
+    add_variants<kIq2, true, true, 1, 256, 32, 2, true>(st.variants + scaled_variant_index(3, true, 2));
+    add_variants<kIq2, true, false, 2, 128, 16, 1, true>(st.variants + scaled_small_variant_index(2));
     return st;
   }();
   return s;
@@ -592,38 +699,81 @@ Status init_once(InitState* s) {
 
 std::string type_name(GgmlType t) { return std::string(ggml_type_name(t)); }
 
-// The variant `options` select for a launch of `rows` rows per matrix, or where the
-// device's shared memory cannot hold it (or the rows are not a multiple of its tile) the
-// nearest that fits (128 rows, the compact table, fewer stages); an error naming the
-// shared memory when none does.
-Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmulOptions& o) {
-  DS4_RETURN_IF_ERROR(expert_matmul_init());
-  if (o.stages < 2 || o.stages > 4) {
-    return Status::Error("expert matmul: " + std::to_string(o.stages) + " pipeline stages (expected 2, 3 or 4)");
+// A kernel shape of ExpertMatmulOptions (the digit-scale fields, or the scaled-digit ones).
+struct Shape {
+  bool small_tiles;
+  int rows_per_block;
+  bool lane_tables;
+  bool one_block_per_sm;
+  int stages;
+};
+
+Status check_shape(const Shape& s, const char* what) {
+  if (s.stages < 2 || s.stages > 4) {
+    return Status::Error(std::string("expert matmul: ") + std::to_string(s.stages) + " " + what +
+                         "pipeline stages (expected 2, 3 or 4)");
   }
-  if (o.rows_per_block != 128 && o.rows_per_block != 256) {
-    return Status::Error("expert matmul: " + std::to_string(o.rows_per_block) +
-                         " rows per block (expected 128 or 256)");
+  if (s.rows_per_block != 128 && s.rows_per_block != 256) {
+    return Status::Error(std::string("expert matmul: ") + std::to_string(s.rows_per_block) + " " + what +
+                         "rows per block (expected 128 or 256)");
   }
+  return Status::Ok();
+}
+
+// The variant of shape `s` (index(bm, lane tables, one block, stages), small(stages) into
+// the table) for a launch of `rows` rows per matrix, or where the device's shared memory
+// cannot hold it (or the rows are not a multiple of its tile) the nearest that fits (128
+// rows, the compact table, fewer stages); an error naming the shared memory when none does.
+template <typename Index, typename SmallIndex>
+Result<const Variant*> pick_shape(bool paired, int64_t rows, const Shape& s, Index index, SmallIndex small) {
   const Variant* all = init_state().variants;
   const auto fits = [&](const Variant& v) { return v.usable && rows % (paired ? v.bm / 2 : v.bm) == 0; };
-  if (o.small_tiles) {
-    for (int stages = o.stages; stages >= 2; --stages) {
-      const Variant& v = all[small_variant_index(paired, stages)];
+  if (s.small_tiles) {
+    for (int stages = s.stages; stages >= 2; --stages) {
+      const Variant& v = all[small(stages)];
       if (fits(v)) return &v;
     }
   }
-  const Variant& asked =
-      all[variant_index(paired, o.rows_per_block, paired && o.lane_tables, o.one_block_per_sm, o.stages)];
+  const Variant& asked = all[index(s.rows_per_block, paired && s.lane_tables, s.one_block_per_sm, s.stages)];
   if (fits(asked)) return &asked;
-  for (int bm : {o.rows_per_block, 128}) {
-    for (int stages = o.stages; stages >= 2; --stages) {
-      const Variant& v = all[variant_index(paired, bm, false, o.one_block_per_sm, stages)];
+  for (int bm : {s.rows_per_block, 128}) {
+    for (int stages = s.stages; stages >= 2; --stages) {
+      const Variant& v = all[index(bm, false, s.one_block_per_sm, stages)];
       if (fits(v)) return &v;
     }
   }
   return Status::Error("expert matmul: " + std::to_string(asked.dynamic_shared + asked.static_shared) +
                        " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
+}
+
+// The variant `options` select for a launch (paired: the scaled-digit form where
+// o.scaled_digits); errors for options out of range.
+Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmulOptions& o) {
+  DS4_RETURN_IF_ERROR(expert_matmul_init());
+  const Shape plain{o.small_tiles, o.rows_per_block, o.lane_tables, o.one_block_per_sm, o.stages};
+  DS4_RETURN_IF_ERROR(check_shape(plain, ""));
+  if (paired && o.scaled_digits) {
+    const Shape scaled{o.scaled_small_tiles, o.scaled_rows_per_block, o.scaled_lane_tables,
+                       o.scaled_one_block_per_sm, o.scaled_stages};
+    DS4_RETURN_IF_ERROR(check_shape(scaled, "scaled-digit "));
+    if (o.scaled_warp_tiles != 1 && o.scaled_warp_tiles != 2) {
+      return Status::Error("expert matmul: " + std::to_string(o.scaled_warp_tiles) +
+                           " scaled-digit mma row tiles per warp (expected 1 or 2)");
+    }
+    const int warp_tiles = o.scaled_warp_tiles;
+    // The fallbacks (fewer rows, the compact table, fewer stages) keep the warp tiles.
+    return pick_shape(
+        true, rows, scaled,
+        [warp_tiles](int bm, bool lane, bool one, int stages) {
+          const int shape = bm == 256 ? 3 : warp_tiles == 1 ? 0 : one ? 1 : 2;
+          return scaled_variant_index(shape, lane, stages);
+        },
+        scaled_small_variant_index);
+  }
+  return pick_shape(
+      paired, rows, plain,
+      [paired](int bm, bool lane, bool one, int stages) { return variant_index(paired, bm, lane, one, stages); },
+      [paired](int stages) { return small_variant_index(paired, stages); });
 }
 
 }  // namespace

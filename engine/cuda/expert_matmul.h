@@ -23,7 +23,9 @@
 //   IQ2_XXS: the signed grid values (+-8, 25, 43); each 32-column product is exact in
 //            int32 and multiplied by (2S + 1) in int32; per 256-column block the four digit
 //            sums are combined exactly in int64, converted to f32 once and multiplied by
-//            d s_b / 8.
+//            d s_b / 8. (Or, ExpertMatmulOptions::scaled_digits, the weights times
+//            (2S + 1) as two int8 digits, two mma per digit of x accumulating five exact
+//            sums over the block: the same int64 per block, the same outputs.)
 //   Q2_K:    sc * level (<= 45) as int8; the digit sums of a 256-column block are exact in
 //            int32, combined in int64, converted once and multiplied by d s_b; the minimums
 //            -dmin sum_G m_G X_G come from one f16 mma pair per block (m_G exact in f16,
@@ -111,6 +113,29 @@ struct ExpertMatmulOptions {
   // copied twice as often). Compact table; rows_per_block, lane_tables and
   // one_block_per_sm do not apply.
   bool small_tiles = false;
+
+  // gate+up in the scaled-digit form: each weight times its 32-column scale, w (2S + 1)
+  // (|.| <= 1333), as two int8 digits lo + 256 hi; per digit L of x one mma of lo into sum
+  // L and one of hi into sum L + 1, accumulated by the tensor cores over the 256-column
+  // block (twice the mma, none of the four integer multiply-adds per mma of the form
+  // above). The five exact sums give the same integer per block as the four above: the
+  // same outputs, bit for bit. down (Q2_K) has no such multiply: not affected.
+  bool scaled_digits = false;
+  // The scaled-digit kernels' own shape (the fields above, which callers set for the
+  // digit-scale kernels, do not apply to them); 32 assignments per block:
+  //   rows_per_block 128, warp_tiles 1: 16 warps of one 16-row mma tile (128 registers);
+  //   rows_per_block 128, warp_tiles 2: 8 warps of two tiles; one_block_per_sm: up to 255
+  //     registers, else 128 (the five sums then partly spill);
+  //   rows_per_block 256 (two tiles per warp, 16 warps, 128 registers, partly spilling).
+  // small_tiles: 128 rows x 16 assignments, 8 warps of one tile, two blocks per
+  // multiprocessor (128 registers); the fields but stages do not apply. lane_tables,
+  // stages: as above.
+  bool scaled_small_tiles = false;
+  int scaled_rows_per_block = 128;
+  int scaled_warp_tiles = 2;
+  bool scaled_one_block_per_sm = true;
+  bool scaled_lane_tables = false;
+  int scaled_stages = 2;
 };
 
 // Bytes of the workspace for `rows` rows of x of `cols` columns.

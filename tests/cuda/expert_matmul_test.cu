@@ -9,12 +9,14 @@
 // popularity (empty groups, small and large ones) and with one expert in every token.
 // Outputs are NaN-filled before each launch (an unwritten element fails), the row after
 // the last assignment must stay untouched, repeats and the tuning variants
-// (ExpertMatmulOptions) must agree with the default bit for bit, a non-finite x
+// (ExpertMatmulOptions, the scaled-digit gate+up kernels included) must agree with the
+// default bit for bit, a non-finite x
 // block must give NaN exactly in the outputs that read it, and bad launches are refused
 // with a message. At the real shapes every output is compared with kExact and a sample
-// of assignments (all rows) with the CPU. Then benchmarks at the real shapes: us and
-// effective TOPS (2 rows cols assignments per product) of the new kernels (digit split
-// included) against kExact, and of each tuning variant.
+// of assignments (all rows) with the CPU. Then benchmarks at the real shapes: one table
+// per product of us and effective TOPS (2 rows cols assignments per product; digit split
+// included) of every variant, with its ratio to the prefill's options of today and to the
+// defaults; and kExact.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,6 +35,8 @@
 #include "cuda/expert_matmul.h"
 #include "cuda/matmul.h"
 #include "cuda_test_util.h"
+#include "format/iq2xxs_grid.h"
+#include "format/quant.h"
 
 using namespace ds4;
 using namespace ds4::test;
@@ -344,10 +348,60 @@ std::vector<ExpertMatmulOptions> other_variants() {
     o.stages = stages;
     out.push_back(o);
   }
+  // The scaled-digit form (gate+up only), with the prefill's settings of the fields it
+  // ignores (small tiles, 2 stages).
+  // Shapes: 128 rows with one or two mma tiles per warp (two: one or two blocks per SM),
+  // 256 rows, small tiles.
+  for (int shape = 0; shape < 5; ++shape) {
+    for (bool lane : {false, true}) {
+      if (shape == 4 && lane) continue;  // small tiles: compact table only
+      for (int stages : {2, 3, 4}) {
+        ExpertMatmulOptions o;
+        o.small_tiles = true;
+        o.stages = 2;
+        o.scaled_digits = true;
+        o.scaled_rows_per_block = shape == 3 ? 256 : 128;
+        o.scaled_warp_tiles = shape == 0 ? 1 : 2;
+        o.scaled_one_block_per_sm = shape != 2;
+        o.scaled_small_tiles = shape == 4;
+        o.scaled_lane_tables = lane;
+        o.scaled_stages = stages;
+        out.push_back(o);
+      }
+    }
+  }
   return out;
 }
 
+// The options the prefill (cuda/prefill.cu) passes today: gate+up on the small tiles with
+// two stages, down on the defaults.
+ExpertMatmulOptions prefill_options(bool paired) {
+  ExpertMatmulOptions o;
+  if (paired) {
+    o.small_tiles = true;
+    o.stages = 2;
+  }
+  return o;
+}
+
+// Whether variant `o` runs a kernel of its own for this kind of launch (the scaled-digit
+// form and the lane tables are gate+up's).
+bool applies(const ExpertMatmulOptions& o, bool paired) { return paired || (!o.lane_tables && !o.scaled_digits); }
+
 std::string variant_name(const ExpertMatmulOptions& o) {
+  if (o.scaled_digits) {
+    if (o.scaled_small_tiles) return "scaled digits, small tiles (128 x 16), " + std::to_string(o.scaled_stages) + " stages";
+    std::string shape;
+    if (o.scaled_rows_per_block == 256) {
+      shape = "256 x 32, 16 warps x 32 rows";
+    } else if (o.scaled_warp_tiles == 1) {
+      shape = "128 x 32, 16 warps x 16 rows";
+    } else {
+      shape = std::string("128 x 32, 8 warps x 32 rows, ") + (o.scaled_one_block_per_sm ? "1" : "2") + " blocks/SM";
+    }
+    return "scaled digits, " + shape + (o.scaled_lane_tables ? ", lane tables" : ", compact table") + ", " +
+           std::to_string(o.scaled_stages) + " stages";
+  }
   if (o.small_tiles) return "small tiles (128 rows x 16), " + std::to_string(o.stages) + " stages";
   return std::to_string(o.rows_per_block) + " rows, " + (o.lane_tables ? "lane tables" : "compact table") +
          (o.one_block_per_sm ? ", one block/SM" : "") + ", " + std::to_string(o.stages) + " stages";
@@ -472,7 +526,7 @@ void test_case(const Case& c, int cpu_assignments, std::mt19937& rng) {
   }
   // The tuning variants: the same bits (down: lane tables do not apply, the same kernel).
   for (const ExpertMatmulOptions& o : other_variants()) {
-    if (!paired && o.lane_tables) continue;
+    if (!applies(o, paired)) continue;
     fill(dy2.get());
     cudaMemcpy(dy2.get() + static_cast<size_t>(total) * rows, sentinel.data(), sizeof(float) * rows,
                cudaMemcpyHostToDevice);
@@ -566,6 +620,77 @@ void test_case(const Case& c, int cpu_assignments, std::mt19937& rng) {
   check(far == 0, name + ": " + std::to_string(far) + " outputs differ from kExact by more than 2e-4 of the row rms");
   std::printf("%s %s: against kExact (all %lld outputs): max |d| %.3g, max |d|/row rms %.3g\n", far ? "FAIL" : "ok  ",
               name.c_str(), static_cast<long long>(total) * rows, max_abs, max_rel);
+}
+
+// The integer sums at their largest: IQ2_XXS weights of the grid entries with the most
+// 43s, every 32-column scale S = 15 (2S + 1 = 31), and activations whose digits are at
+// their extremes (127 or -128 in the low three), so that the
+// digit-scale sums and the scaled-digit sums reach their bounds; every variant must agree
+// with the default bit for bit (test_case), and the CPU within the bound.
+void test_extreme_sums(std::mt19937& rng) {
+  constexpr int64_t kCols = 512, kRows = 128, kCount = 4;
+  std::vector<int> heavy;  // grid entries with the most 43s
+  int most = 0;
+  for (int gi = 0; gi < 256; ++gi) {
+    int n43 = 0;
+    for (int i = 0; i < 8; ++i) n43 += ((kIq2xxsGrid[gi] >> (8 * i)) & 0xFF) == 43;
+    if (n43 > most) {
+      most = n43;
+      heavy.clear();
+    }
+    if (n43 == most) heavy.push_back(gi);
+  }
+  std::printf("extreme sums: %zu grid entries with %d of 8 elements 43\n", heavy.size(), most);
+  std::uniform_int_distribution<int> pick(0, static_cast<int>(heavy.size()) - 1), sign(0, 127), coin(0, 1);
+  const auto make_stack = [&](const std::string& name) -> std::unique_ptr<Stack> {
+    const size_t row_bytes = ggml_row_bytes(GgmlType::IQ2_XXS, kCols);
+    std::vector<uint8_t> bytes(row_bytes * kRows * kCount);
+    for (int64_t r = 0; r < kRows * kCount; ++r) {
+      for (int64_t b = 0; b < kCols / 256; ++b) {
+        uint8_t* blk = bytes.data() + r * row_bytes + b * 66;
+        const uint16_t d = f32_to_fp16(coin(rng) ? 0.01f : -0.02f);
+        std::memcpy(blk, &d, 2);
+        for (int c = 0; c < 8; ++c) {
+          uint32_t grid = 0, signs = 15u << 28;
+          for (int k = 0; k < 4; ++k) {
+            grid |= static_cast<uint32_t>(heavy[pick(rng)]) << (8 * k);
+            // all positive, all "negative" (index 127), or random signs
+            const int sk = r % 3 == 0 ? 0 : r % 3 == 1 ? 127 : sign(rng);
+            signs |= static_cast<uint32_t>(sk) << (7 * k);
+          }
+          std::memcpy(blk + 2 + 8 * c, &grid, 4);
+          std::memcpy(blk + 6 + 8 * c, &signs, 4);
+        }
+      }
+    }
+    auto st = std::make_unique<Stack>();
+    st->type = GgmlType::IQ2_XXS;
+    st->cols = kCols;
+    st->rows = kRows;
+    st->count = kCount;
+    auto dm = upload_matrix(GgmlType::IQ2_XXS, kCols, kRows, kCount, bytes.data());
+    check(dm.ok(), name + ": upload: " + (dm.ok() ? std::string() : dm.status().message()));
+    if (!dm.ok()) return nullptr;
+    st->dev = std::move(*dm);
+    return st;
+  };
+  auto gate = make_stack("extreme gate");
+  auto up = make_stack("extreme up");
+  if (!gate || !up) return;
+  const Routing r = routing_from_sizes({5, 40, 0, 17}, 24, rng);
+  // x = a 2^(E - 30) with E = 1 (max |x| in [1, 2); half the values at least 2^29): a of
+  // at most 24 significant bits (exact in f32) with digits at their extremes: (0, 127,
+  // 127, 63), (0, -128, -127, 64), (127, 127, 127, 0), (-128, -127, -127, 1).
+  const int32_t extremes[4] = {0x3F7F7F00, 0x3F808000, 0x007F7F7F, 0x00808080};
+  std::vector<float> x(static_cast<size_t>(r.n_tokens) * kCols);
+  for (float& v : x) {
+    const int32_t a = extremes[coin(rng) * 2 + coin(rng)];
+    v = std::ldexp(static_cast<float>(coin(rng) ? a : -a), -29);
+  }
+  for (float limit : {INFINITY, 10.0f}) {
+    test_case({"extreme sums gate+up limit " + std::to_string(limit), gate.get(), up.get(), &r, &x, limit, false}, 0,
+              rng);
+  }
 }
 
 // A non-finite value in one 256-column block of one x row: exactly the outputs that read
@@ -680,6 +805,12 @@ void test_refused(Stack* gate, Stack* up, Stack* down) {
   const Status s64 = launch_expert_matmul(base(false), nullptr, rows64);
   check(!s64.ok(), "refused: 64 rows per block (got: " + (s64.ok() ? std::string("ok") : s64.message()) + ")");
   if (!s64.ok()) std::printf("refused as expected: 64 rows per block: %s\n", s64.message().c_str());
+  ExpertMatmulOptions scaled5;
+  scaled5.scaled_digits = true;
+  scaled5.scaled_stages = 5;
+  const Status ss5 = launch_expert_matmul(base(true), nullptr, scaled5);
+  check(!ss5.ok(), "refused: 5 scaled-digit stages (got: " + (ss5.ok() ? std::string("ok") : ss5.message()) + ")");
+  if (!ss5.ok()) std::printf("refused as expected: 5 scaled-digit stages: %s\n", ss5.message().c_str());
 }
 
 // The tensor cores' own rate for the products above, with operands in registers (no
@@ -760,35 +891,55 @@ double time_us(F&& launch, int reps) {
   return ms * 1000.0 / reps;
 }
 
+// One benchmark: us per launch (digit split included) of every variant, printed as one
+// table with effective TOPS and the ratio to what the prefill runs today
+// (prefill_options) and to the options' defaults; then kExact.
 void bench(const Case& c) {
   const Routing& r = *c.routing;
   const bool paired = c.up != nullptr;
   DeviceVec<float> dx(*c.x), dscale(r.scale), dy(static_cast<size_t>(c.w->rows) * r.total());
   DeviceVec<int32_t> doff(r.offsets), drows(r.x_rows);
   const double ops = 2.0 * c.w->rows * c.w->cols * r.total() * (paired ? 2 : 1);
+  const auto measure = [&](const ExpertMatmulOptions& o, Status* status) {
+    return time_us([&] { *status = run_new(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get(), o); }, 10);
+  };
+  struct Row {
+    std::string name;
+    double us;
+  };
+  std::vector<Row> rows;
   Status s;
-  const double us_new = time_us([&] { s = run_new(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get()); }, 10);
+  const double us_default = measure(ExpertMatmulOptions{}, &s);
   check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench " + c.name + ": " + s.message());
+  const double us_today = measure(prefill_options(paired), &s);
+  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench " + c.name + " (prefill's options): " + s.message());
+  rows.push_back({"defaults (" + variant_name(ExpertMatmulOptions{}) + ")", us_default});
+  rows.push_back({"the prefill's today (" + variant_name(prefill_options(paired)) + ")", us_today});
   for (const ExpertMatmulOptions& o : other_variants()) {
-    if (!paired && o.lane_tables) continue;
+    if (!applies(o, paired)) continue;
     Status sv;
-    const double us =
-        time_us([&] { sv = run_new(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get(), o); }, 10);
+    const double us = measure(o, &sv);
     cudaDeviceSynchronize();
     if (!sv.ok()) {
       std::printf("bench %s variant %s: not run (%s)\n", c.name.c_str(), variant_name(o).c_str(), sv.message().c_str());
       continue;
     }
-    std::printf("bench %s variant %s: %.1f us, %.1f TOPS (default %.1f us)\n", c.name.c_str(), variant_name(o).c_str(),
-                us, ops / us * 1e-6, us_new);
+    rows.push_back({variant_name(o), us});
+  }
+  std::printf("bench table: %s (%s)\n", c.name.c_str(), routing_summary(r).c_str());
+  std::printf("bench   %-62s %10s %8s %10s %10s\n", "variant", "us", "TOPS", "vs today", "vs default");
+  for (const Row& row : rows) {
+    std::printf("bench   %-62s %10.1f %8.1f %9.2fx %9.2fx\n", row.name.c_str(), row.us, ops / row.us * 1e-6,
+                us_today / row.us, us_default / row.us);
   }
   bool ran = false;
   const double us_exact =
       time_us([&] { s = run_exact(c, dy.get(), dx.get(), doff.get(), drows.get(), dscale.get(), &ran); }, 10);
   check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench kExact " + c.name + ": " + s.message());
-  std::printf("bench %s (%s): integer tensor cores %.1f us, %.1f TOPS; kExact %s%.1f us, %.1f TOPS; speed-up %.2f\n",
-              c.name.c_str(), routing_summary(r).c_str(), us_new, ops / us_new * 1e-6, ran ? "" : "(not run) ",
-              us_exact, ops / us_exact * 1e-6, us_exact / us_new);
+  std::printf("bench %s (%s): integer tensor cores (defaults) %.1f us, %.1f TOPS; kExact %s%.1f us, %.1f TOPS; "
+              "speed-up %.2f\n",
+              c.name.c_str(), routing_summary(r).c_str(), us_default, ops / us_default * 1e-6, ran ? "" : "(not run) ",
+              us_exact, ops / us_exact * 1e-6, us_exact / us_default);
 }
 
 }  // namespace
@@ -837,6 +988,7 @@ int main() {
     test_case({"small gate+up 192x512 limit 0.5", wg.get(), wu.get(), &r, &xt, 0.5f, false}, 0, rng);
     test_case({"small down 256x768", wd.get(), nullptr, &r, &xa, INFINITY, false}, 0, rng);
   }
+  test_extreme_sums(rng);
   test_non_finite(tg.get(), tu.get(), td.get(), rng);
   test_refused(tg.get(), tu.get(), td.get());
 
