@@ -21,6 +21,7 @@
 #include "cuda/prefill_attention.h"
 #include "cuda/prefill_ops.h"
 #include "cuda/prefill_workspace.h"
+#include "cuda/q8_matmul.h"
 #include "cuda/routed_experts.h"
 #include "cuda/row_ops.h"
 
@@ -103,10 +104,47 @@ Result<bool> use_int8_experts() {
   return on;
 }
 
+// Whether the dense Q8_0 products (the attention projections, the shared expert) run the
+// integer tensor-core kernels of cuda/q8_matmul.h where their shapes apply (columns a
+// multiple of 256; else the tensor-core matmul as before): DS4_CUDA_PREFILL_DENSE unset,
+// empty or "int8" selects them (the default), "exact" keeps the matmul kernels (kExact, or
+// DS4_CUDA_PREFILL_PRECISION's). Read once; another value fails the prefill with an error
+// naming it.
+Result<bool> use_int8_dense() {
+  static const Result<bool> on = []() -> Result<bool> {
+    const char* v = std::getenv("DS4_CUDA_PREFILL_DENSE");
+    if (v == nullptr || *v == '\0' || std::string(v) == "int8") return true;
+    if (std::string(v) == "exact") return false;
+    return Status::Error("DS4_CUDA_PREFILL_DENSE: '" + std::string(v) + "' (expected int8 or exact)");
+  }();
+  return on;
+}
+
+// A stream of the prefill and the digit workspace of the integer dense products that run
+// on it (null: none; cuda/q8_matmul.h).
+struct DenseStream {
+  cudaStream_t stream = nullptr;
+  void* digits = nullptr;
+};
+
+// The integer kernel for launch `l` when selected and applicable (Q8_0, dense, columns a
+// multiple of 256, a workspace): *ran tells whether it ran.
+Status try_q8_matmul(const MatmulLaunch& l, void* digits, cudaStream_t st, bool* ran) {
+  *ran = false;
+  const Result<bool> int8_dense = use_int8_dense();
+  DS4_RETURN_IF_ERROR(int8_dense.status());
+  if (!int8_dense.value() || digits == nullptr || !q8_matmul_supported(l).ok()) return Status::Ok();
+  *ran = true;
+  return launch_q8_matmul(l, digits, st);
+}
+
 // Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
-// on tensor cores, or (f32) through the decode path's matrix-vector kernel over n tokens.
+// on tensor cores (Q8_0 on the integer kernels where selected and applicable, with the
+// digits in `on.digits`), or (f32) through the decode path's matrix-vector kernel over n
+// tokens.
 Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride, int n,
-              cudaStream_t st, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false) {
+              const DenseStream& on, int64_t row_begin = 0, int64_t n_rows = -1, bool accumulate = false) {
+  const cudaStream_t st = on.stream;
   if (f32) {
     if (row_begin != 0) return Status::Error("prefill: f32 products take whole matrices");
     return matvec_f32(w, x, x_stride, y, y_stride, n, st, n_rows, accumulate);
@@ -121,6 +159,9 @@ Status matmul(bool f32, const DeviceMatrix& w, const float* x, int64_t x_stride,
   m.row_begin = row_begin;
   m.n_rows = n_rows;
   m.accumulate = accumulate;
+  bool ran = false;
+  DS4_RETURN_IF_ERROR(try_q8_matmul(m, on.digits, st, &ran));
+  if (ran) return Status::Ok();
   DS4_RETURN_IF_ERROR(set_precision(&m));
   // Two blocks per multiprocessor: faster for the dense products on the H200
   // (Q8_0 32768 x 1024: 1.28 ms against 1.46 ms for 2048 tokens).
@@ -160,11 +201,15 @@ __global__ void swiglu_rows_kernel(float* h, const float* u, int64_t stride, int
   }
 }
 
-// A paired (gate/up SwiGLU) product. Where the device cannot hold the paired kernel's
-// tiles (the GB10's ~99 KiB of shared memory per block against the kExact paired
-// kernels' ~105-123 KiB), gate and up run as two unpaired products (the second into
-// `up_rows`, same layout as the output) and a pass applies the SwiGLU.
-Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st) {
+// A paired (gate/up SwiGLU) product: dense Q8_0 on the integer kernels where selected and
+// applicable (their digits in `digits`; null: never). Otherwise, where the device cannot
+// hold the paired kernel's tiles (the GB10's ~99 KiB of shared memory per block against
+// the kExact paired kernels' ~105-123 KiB), gate and up run as two unpaired products (the
+// second into `up_rows`, same layout as the output) and a pass applies the SwiGLU.
+Status paired_matmul(const MatmulLaunch& launch, float* up_rows, cudaStream_t st, void* digits = nullptr) {
+  bool ran = false;
+  DS4_RETURN_IF_ERROR(try_q8_matmul(launch, digits, st, &ran));
+  if (ran) return Status::Ok();
   MatmulLaunch l = launch;
   DS4_RETURN_IF_ERROR(set_precision(&l));
   if (matmul_fits(l)) return launch_matmul(l, st);
@@ -290,6 +335,19 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
                               expert_matmul_workspace_bytes(c.expert_ffn, A)});
     }
     if (split_bytes > 0) k.take(&w.split, static_cast<int64_t>(split_bytes / sizeof(float)) + 1);
+    // The integer dense products' digits, one workspace per stream: the main stream's
+    // widest input is the output projection's (out_groups * out_lora columns), the side's
+    // the sublayer input (dim; the shared expert's down reads expert_ffn).
+    const Result<bool> int8_dense = use_int8_dense();
+    DS4_RETURN_IF_ERROR(int8_dense.status());
+    if (int8_dense.value()) {
+      const int64_t main_cols = std::max({static_cast<int64_t>(c.dim), static_cast<int64_t>(c.q_lora),
+                                          static_cast<int64_t>(c.out_groups) * c.out_lora, qdim / c.out_groups});
+      const int64_t side_cols = std::max({static_cast<int64_t>(c.dim), static_cast<int64_t>(c.q_lora),
+                                          static_cast<int64_t>(c.expert_ffn)});
+      k.take(&w.dense, static_cast<int64_t>(q8_matmul_workspace_bytes(main_cols, T) / sizeof(float)) + 1);
+      k.take(&w.dense_side, static_cast<int64_t>(q8_matmul_workspace_bytes(side_cols, T) / sizeof(float)) + 1);
+    }
     k.take(&w.attention, attention_chunk_workspace_floats(static_cast<int>(T), c.n_heads, c.head_dim));
     k.take(&w.head_mix, static_cast<int64_t>(H) * c.hc_mult);
     k.take(&w.head, static_cast<int64_t>(H) * c.dim);
@@ -404,8 +462,9 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     DS4_CUDA_TRY(cudaStreamWaitEvent(to, e, 0));
     return Status::Ok();
   };
+  const DenseStream on_main{st, w.dense}, on_side{sd, w.dense_side};
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, sd));
-  DS4_RETURN_IF_ERROR(matmul(f32, L.q_a, w.n, c.dim, w.a, c.q_lora, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.q_a, w.n, c.dim, w.a, c.q_lora, n, on_main));
   RowPostLaunch an;
   an.in = w.a;
   an.in_stride = c.q_lora;
@@ -418,7 +477,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   an.eps = c.norm_eps;
   DS4_RETURN_IF_ERROR(launch_row_post(an, st));
   DS4_CUDA_TRY(cudaEventRecord(ev_latent_, st));  // the indexer (side) reads w.an
-  DS4_RETURN_IF_ERROR(matmul(f32, L.q_b, w.an, c.q_lora, w.qf, qdim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.q_b, w.an, c.q_lora, w.qf, qdim, n, on_main));
   RowPostLaunch q;
   q.in = q.out = w.qf;
   q.in_stride = q.out_stride = c.head_dim;
@@ -432,7 +491,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   q.rows_per_pos = c.n_heads;
   DS4_RETURN_IF_ERROR(launch_row_post(q, st));
   stage("q path");
-  DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, sd));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.kv, w.n, c.dim, w.kv_raw, c.head_dim, n, on_side));
   RowPostLaunch kv = q;
   kv.in = w.kv_raw;
   kv.out = w.kv;
@@ -446,8 +505,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   const bool index_active = L.ratio == 4 && (last + 1) / 4 > c.index_topk;
   if (L.ratio != 0) {
     const int64_t cw = L.compressor.kv.rows;
-    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.kv, w.n, c.dim, w.ck, cw, n, sd));
-    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.gate, w.n, c.dim, w.cz, cw, n, sd));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.kv, w.n, c.dim, w.ck, cw, n, on_side));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.compressor.gate, w.n, c.dim, w.cz, cw, n, on_side));
     CompressorChunkLaunch cl;
     cl.k = w.ck;
     cl.z = w.cz;
@@ -470,8 +529,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     DS4_RETURN_IF_ERROR(launch_compressor_chunk(cl, sd));
     if (L.ratio == 4) {
       const int64_t iw = L.index_compressor.kv.rows;
-      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, sd));
-      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, sd));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.kv, w.n, c.dim, w.ck, iw, n, on_side));
+      DS4_RETURN_IF_ERROR(matmul(f32, L.index_compressor.gate, w.n, c.dim, w.cz, iw, n, on_side));
       CompressorChunkLaunch il = cl;
       il.kz_stride = iw;
       il.ape = L.index_compressor.ape;
@@ -486,7 +545,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
       if (index_active) {
         DS4_CUDA_TRY(cudaStreamWaitEvent(sd, ev_latent_, 0));
         const int64_t iqd = static_cast<int64_t>(c.index_heads) * c.index_head_dim;
-        DS4_RETURN_IF_ERROR(matmul(f32, L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, sd));
+        DS4_RETURN_IF_ERROR(matmul(f32, L.index_q_b, w.an, c.q_lora, w.iq, iqd, n, on_side));
         RowPostLaunch iq;
         iq.in = iq.out = w.iq;
         iq.in_stride = iq.out_stride = c.index_head_dim;
@@ -569,10 +628,10 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   } else {
     for (int g = 0; g < c.out_groups; ++g) {
       DS4_RETURN_IF_ERROR(matmul(f32, L.out_a, w.heads + g * group_in, qdim, w.u + static_cast<int64_t>(g) * c.out_lora,
-                                 ug, n, st, static_cast<int64_t>(g) * c.out_lora, c.out_lora));
+                                 ug, n, on_main, static_cast<int64_t>(g) * c.out_lora, c.out_lora));
     }
   }
-  DS4_RETURN_IF_ERROR(matmul(f32, L.out_b, w.u, ug, w.out, c.dim, n, st));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.out_b, w.u, ug, w.out, c.dim, n, on_main));
   DS4_RETURN_IF_ERROR(launch_hc_post_tokens(w.x, w.out, w.post, w.comb, hc, n, w.xb, st));
   stage("output proj + hc_post");
 
@@ -608,7 +667,7 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
     sgu.n_tokens = n;
     sgu.swiglu_limit = limit;
     DS4_RETURN_IF_ERROR(launch_matvec(sgu, st));
-    DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, st));
+    DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, on_main));
     const int k = c.n_experts_used;
     for (int t = 0; t < n; ++t) {
       RoutedExpertsLaunch re;
@@ -638,8 +697,8 @@ Status CudaForward::prefill_layer(DeviceSequence& seq, int l, int n, int32_t pos
   sgu.y_stride = c.expert_ffn;
   sgu.n_tokens = n;
   sgu.swiglu_limit = limit;
-  DS4_RETURN_IF_ERROR(paired_matmul(sgu, w.hs_up, sd));
-  DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, sd));
+  DS4_RETURN_IF_ERROR(paired_matmul(sgu, w.hs_up, sd, w.dense_side));
+  DS4_RETURN_IF_ERROR(matmul(f32, L.down_shexp, w.hs, c.expert_ffn, w.out, c.dim, n, on_side));
   MoeGroupLaunch gl;
   gl.ids = w.route_ids;
   gl.weights = w.route_w;

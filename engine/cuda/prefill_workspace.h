@@ -48,6 +48,9 @@ struct CudaForward::PrefillWorkspace {
                                // larger of gate/up's and down's: the integer kernels' digits
                                // (cuda/expert_matmul.h) and/or the staged kExact kernels' split
                                // activations (cuda/matmul.h split_workspace); null when neither runs
+  float* dense = nullptr;       // the integer dense Q8_0 products' digits (cuda/q8_matmul.h) of the
+  float* dense_side = nullptr;  // main and of the side stream, which run at the same time; null
+                                // when those products run the kExact kernels
   float* attention = nullptr;  // attention_chunk_workspace_floats
   float* head_mix = nullptr;   // [kHeadRows][hc_mult]
   float* head = nullptr;       // [kHeadRows][dim]

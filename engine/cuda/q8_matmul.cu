@@ -212,7 +212,15 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params 
     const uint8_t* x_tile = st + S::kX + (wn * (BN / 2) + (lane & 7)) * kXStride + (lane >> 4) * 32 +
                             ((lane >> 3) & 1) * 16;
     const uint16_t* d_tile = reinterpret_cast<const uint16_t*>(st + S::kScales) + (wm * 32 + g) * 4;
-    float part[2][kNT][4];
+    float part[2][kNT][4];  // p of the step (fma with a zero addend: the rounded product)
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[m][nt][i] = 0.0f;
+      }
+    }
 #pragma unroll 1
     for (int j = 0; j < 4; ++j) {
       uint32_t a[2][4];
@@ -241,8 +249,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params 
             float sj = fmaf(digit_sum(r3[i]), 256.0f, digit_sum(r2[i]));
             sj = fmaf(sj, 256.0f, digit_sum(r1[i]));
             sj = fmaf(sj, 256.0f, digit_sum(r0[i]));
-            const float d = dj[m][i >> 1];
-            part[m][nt][i] = j == 0 ? d * sj : fmaf(d, sj, part[m][nt][i]);
+            part[m][nt][i] = fmaf(dj[m][i >> 1], sj, part[m][nt][i]);
           }
         }
       }
@@ -295,15 +302,15 @@ struct Variant {
   bool usable;
 };
 
-// [paired][variant]: 64 tokens with 3 and 2 stages (the H200), 32 tokens with 3 and 2
-// (less shared memory: the GB10 runs 32 tokens with 2 stages, about 73 KB), in order of
-// preference.
+// [paired][variant], in order of preference: 64 tokens with 2 stages (about 107 KB: two
+// blocks per multiprocessor on the H200) and with 3 (one block), 32 tokens with 3 and
+// with 2 (about 73 KB: what the GB10 runs).
 constexpr int kVariants = 4;
 
 template <bool PAIRED>
 void add_variants(Variant* v) {
-  v[0] = {q8_matmul_kernel<PAIRED, 64, 3, 1>, 64, 3, 3 * Stage<64>::kBytes, false};
-  v[1] = {q8_matmul_kernel<PAIRED, 64, 2, 1>, 64, 2, 2 * Stage<64>::kBytes, false};
+  v[0] = {q8_matmul_kernel<PAIRED, 64, 2, 2>, 64, 2, 2 * Stage<64>::kBytes, false};
+  v[1] = {q8_matmul_kernel<PAIRED, 64, 3, 1>, 64, 3, 3 * Stage<64>::kBytes, false};
   v[2] = {q8_matmul_kernel<PAIRED, 32, 3, 1>, 32, 3, 3 * Stage<32>::kBytes, false};
   v[3] = {q8_matmul_kernel<PAIRED, 32, 2, 2>, 32, 2, 2 * Stage<32>::kBytes, false};
 }
@@ -337,11 +344,15 @@ Status init_once(InitState* s) {
   return Status::Ok();
 }
 
-// The first variant the device's shared memory holds.
-Result<const Variant*> pick_variant(bool paired) {
+// Variant `forced` (0 <= forced < kVariants) when the device's shared memory holds it,
+// else (or with forced < 0) the first variant it holds.
+Result<const Variant*> pick_variant(bool paired, int forced = -1) {
   DS4_RETURN_IF_ERROR(q8_matmul_init());
-  for (const Variant& v : init_state().variants[paired ? 1 : 0]) {
-    if (v.usable) return &v;
+  const Variant* set = init_state().variants[paired ? 1 : 0];
+  if (forced >= kVariants) return Status::Error("q8 matmul: variant " + std::to_string(forced) + " does not exist");
+  if (forced >= 0 && set[forced].usable) return &set[forced];
+  for (int i = 0; i < kVariants; ++i) {
+    if (set[i].usable) return &set[i];
   }
   const Variant& smallest = init_state().variants[paired ? 1 : 0][kVariants - 1];
   return Status::Error("q8 matmul: " + std::to_string(smallest.dynamic_shared) +
@@ -408,7 +419,20 @@ Status q8_matmul_supported(const MatmulLaunch& l) {
   return pick_variant(l.w_up != nullptr).status();
 }
 
-Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t stream) {
+int q8_matmul_variant_count() { return kVariants; }
+
+std::string q8_matmul_variant_name(int variant) {
+  if (variant < 0 || variant >= kVariants) return "(no such variant)";
+  const Variant& v = init_state().variants[0][variant];
+  return std::to_string(v.bn) + " tokens, " + std::to_string(v.stages) + " stages";
+}
+
+bool q8_matmul_variant_usable(int variant, bool paired) {
+  if (variant < 0 || variant >= kVariants || !q8_matmul_init().ok()) return false;
+  return init_state().variants[paired ? 1 : 0][variant].usable;
+}
+
+Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t stream, int variant) {
   DS4_RETURN_IF_ERROR(q8_matmul_supported(l));
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
@@ -421,8 +445,9 @@ Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t str
   }
   if (!workspace || !aligned(workspace, 16)) return Status::Error("q8 matmul: workspace missing or not 16-byte aligned");
   if (n_rows == 0 || l.n_tokens == 0) return Status::Ok();
-  auto variant = pick_variant(paired);
-  DS4_RETURN_IF_ERROR(variant.status());
+  auto chosen = pick_variant(paired, variant);
+  DS4_RETURN_IF_ERROR(chosen.status());
+  const Variant& kernel = **chosen;
   const int64_t blocks = w.cols / 256;
   const int64_t units = static_cast<int64_t>(l.n_tokens) * blocks;
   uint8_t* digits = static_cast<uint8_t*>(workspace);
@@ -450,14 +475,14 @@ Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t str
   p.n_tokens = l.n_tokens;
   p.limit = l.swiglu_limit;
   p.accumulate = l.accumulate ? 1 : 0;
-  const int bn = (*variant)->bn;
+  const int bn = kernel.bn;
   const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + bn - 1) / bn;
   const int64_t row_tiles = (n_rows + (paired ? kRows / 2 : kRows) - 1) / (paired ? kRows / 2 : kRows);
   if (row_tiles > 65535 || token_tiles > INT32_MAX) return Status::Error("q8 matmul: grid too large");
   // Token tiles vary fastest: the blocks sharing a weight tile run together and read it
   // from L2 after the first.
   const dim3 grid(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles));
-  (*variant)->fn<<<grid, kThreads, (*variant)->dynamic_shared, stream>>>(p);
+  kernel.fn<<<grid, kThreads, kernel.dynamic_shared, stream>>>(p);
   return cuda_status(cudaGetLastError(), paired ? "q8 matmul: paired launch" : "q8 matmul: launch");
 }
 

@@ -47,6 +47,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "common/status.h"
 #include "cuda/matmul.h"
@@ -68,7 +69,17 @@ Status q8_matmul_supported(const MatmulLaunch& launch);
 // launch on the same stream), then the product kernel. Errors: an unsupported launch
 // (as q8_matmul_supported), missing pointers, a workspace missing or misaligned, a
 // failed launch.
-Status launch_q8_matmul(const MatmulLaunch& launch, void* workspace, cudaStream_t stream);
+// `variant` (benchmarks): a tuning variant, 0 <= variant < q8_matmul_variant_count(),
+// run where the device's shared memory holds it; -1 (and a variant it cannot hold): the
+// first that fits, in the order of preference. Every variant computes the same values in
+// the same order: outputs are bit-identical across variants.
+Status launch_q8_matmul(const MatmulLaunch& launch, void* workspace, cudaStream_t stream, int variant = -1);
+
+// The tuning variants: how many, a name for each (token tile and pipeline stages), and
+// whether this device's shared memory holds variant `variant` (paired or not).
+int q8_matmul_variant_count();
+std::string q8_matmul_variant_name(int variant);
+bool q8_matmul_variant_usable(int variant, bool paired);
 
 // One-time setup (shared-memory limits of the kernel variants); idempotent.
 Status q8_matmul_init();
