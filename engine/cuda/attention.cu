@@ -1,9 +1,11 @@
 #include "cuda/attention.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_limits.h"
 #include "cuda/launch.h"
 #include "cuda/device_math.cuh"
 
@@ -432,6 +434,89 @@ __device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, cons
   *reinterpret_cast<float2*>(p.out + static_cast<int64_t>(h) * p.head_dim + i) = o;
 }
 
+// The fold_combine step of a block that has written its split's partials: the block
+// counts itself in its group's completion counter, and the last of the group's `used`
+// blocks to finish (the counter decides only which) combines every split in split order
+// with attention_combine_kernel's arithmetic, then resets the counter. `factor` holds
+// kGroupHeads x splits floats of shared memory; s_total and s_last are shared.
+template <int kGroupHeads, int kSplitBatch>
+__device__ __forceinline__ void combine_splits_if_last(const AttentionLaunch& p, const float* s_freq, float* factor,
+                                                       float* s_total, int* s_last, int group, int h0, int nh,
+                                                       int used, float sink, int pos, int lane, int warp) {
+  const int D = p.head_dim;
+  const float* partials = split_partials(p);
+  // The last block of the group to finish combines; the counter decides only which.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = reinterpret_cast<int*>(p.workspace) + group;
+    const int ticket = atomicAdd(counter, 1);
+    *s_last = ticket == used - 1;
+    if (*s_last) *counter = 0;  // every block of the group has counted: ready for the next launch
+    __threadfence();
+  }
+  __syncthreads();
+  if (!*s_last) return;
+  __threadfence();
+  if (warp < nh) {
+    // attention_combine_kernel's factors and total for head h0 + warp: the splits' maxima
+    // and sums loaded by the lanes at once (the max does not depend on the order), the
+    // total summed in split order as there.
+    const float* ws = partials + static_cast<int64_t>(h0 + warp) * p.splits * (D + 2);
+    const float sk = __shfl_sync(0xffffffffu, sink, 0);
+    float m = sk;
+    for (int s = lane; s < used; s += 32) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
+    m = warp_max(m);
+    float z = expf(sk - m);
+    for (int s0 = 0; s0 < used; s0 += 32) {
+      const int s = s0 + lane;
+      float f = 0.0f, l = 0.0f;
+      if (s < used) {
+        const float mj = __ldcg(ws + s * (D + 2) + D);
+        l = __ldcg(ws + s * (D + 2) + D + 1);
+        f = mj == -INFINITY ? 0.0f : expf(mj - m);
+        factor[warp * p.splits + s] = f;
+      }
+      const int n = min(32, used - s0);
+      for (int k = 0; k < n; ++k) {
+        const float fk = __shfl_sync(0xffffffffu, f, k);
+        const float lk = __shfl_sync(0xffffffffu, l, k);
+        z = __fmaf_rn(fk, lk, z);
+      }
+    }
+    if (lane == 0) s_total[warp] = z;
+  }
+  __syncthreads();
+  // Each thread's pair of every split loaded kSplitBatch splits at a time before the sums
+  // (in split order, as attention_combine_kernel's).
+  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      if (g >= nh) continue;
+      const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
+      float2 sum = make_float2(0.0f, 0.0f);
+      for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
+        float2 v[kSplitBatch];
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k) {
+          if (s0 + k < used) v[k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
+        }
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k) {
+          if (s0 + k < used) {
+            const float f = factor[g * p.splits + s0 + k];
+            if (f != 0.0f) {
+              sum.x = __fmaf_rn(f, v[k].x, sum.x);
+              sum.y = __fmaf_rn(f, v[k].y, sum.y);
+            }
+          }
+        }
+      }
+      store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
+    }
+  }
+}
+
 // The fused form of the head-group kernel, block (split j, head group g): optionally the
 // q row post on load (q_norm_rope), the same scores, softmax pieces and output sums, then
 // (fold_combine) the combine: at once when one split is in use, else by the last block
@@ -533,77 +618,241 @@ __global__ void __launch_bounds__(kThreads, kFusedBlocksPerSm) attention_fused_k
     ws[D + 1] = s_sum[threadIdx.x];
   }
   if (!p.fold_combine) return;
-  // The last block of the group to finish combines; the counter decides only which.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = reinterpret_cast<int*>(p.workspace) + group;
-    const int ticket = atomicAdd(counter, 1);
-    s_last = ticket == used - 1;
-    if (s_last) *counter = 0;  // every block of the group has counted: ready for the next launch
-    __threadfence();
+  combine_splits_if_last<kGroupHeads, 8>(p, s_freq, factor, s_total, &s_last, group, h0, nh, used, sink, pos,
+                                         lane, warp);
+}
+
+// ---------------------------------------------------------------- staged kernel
+
+// Two blocks per SM (at most 128 registers a thread): the scores hold up to four heads'
+// q slices in registers.
+constexpr int kStagedBlocksPerSm = 2;
+
+__device__ __forceinline__ void staged_copy16(void* shared, const void* global) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global) : "memory");
+}
+
+__device__ __forceinline__ void staged_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+__device__ __forceinline__ void staged_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// Shared memory of the staged kernel: the split's rows [cap][D], the group's q [G][D],
+// the row table, the scores [G][cap] and the combine factors [G][splits].
+__host__ __device__ __forceinline__ size_t staged_rows_bytes(int cap, int D) {
+  return sizeof(float) * static_cast<size_t>(cap) * D;
+}
+
+size_t staged_shared_bytes(const AttentionLaunch& p, int group) {
+  const int cap = split_capacity(p);
+  return staged_rows_bytes(cap, p.head_dim) + sizeof(float) * static_cast<size_t>(group) * p.head_dim +
+         row_table_bytes(cap) + sizeof(float) * static_cast<size_t>(group) * (cap + p.splits);
+}
+
+// q . row over one lane's four float4 slices (k * 128 + 4 * lane), in the order of
+// group_dots_vec4 (the same expressions, so the same fused multiply-adds).
+__device__ __forceinline__ float lane_dot_vec4(const float4 (&qv)[4], const float4 (&v)[4], int D) {
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (k * 128 < D) {
+      s += qv[k].x * v[k].x;
+      s += qv[k].y * v[k].y;
+      s += qv[k].z * v[k].z;
+      s += qv[k].w * v[k].w;
+    }
   }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  if (warp < nh) {
-    // attention_combine_kernel's factors and total for head h0 + warp: the splits' maxima
-    // and sums loaded by the lanes at once (the max does not depend on the order), the
-    // total summed in split order as there.
-    const float* ws = partials + static_cast<int64_t>(h0 + warp) * p.splits * (D + 2);
-    const float sk = __shfl_sync(0xffffffffu, sink, 0);
-    float m = sk;
-    for (int s = lane; s < used; s += 32) m = fmaxf(m, __ldcg(ws + s * (D + 2) + D));
-    m = warp_max(m);
-    float z = expf(sk - m);
-    for (int s0 = 0; s0 < used; s0 += 32) {
-      const int s = s0 + lane;
-      float f = 0.0f, l = 0.0f;
-      if (s < used) {
-        const float mj = __ldcg(ws + s * (D + 2) + D);
-        l = __ldcg(ws + s * (D + 2) + D + 1);
-        f = mj == -INFINITY ? 0.0f : expf(mj - m);
-        factor[warp * p.splits + s] = f;
-      }
-      const int n = min(32, used - s0);
-      for (int k = 0; k < n; ++k) {
-        const float fk = __shfl_sync(0xffffffffu, f, k);
-        const float lk = __shfl_sync(0xffffffffu, l, k);
-        z = __fmaf_rn(fk, lk, z);
+  return s;
+}
+
+// Scores of the split's nr staged rows for every head of the group into probs[g * cap + r]
+// (scale applied; absent tagged rows -INFINITY), group_scores' values bit for bit: the
+// warps form teams of up to four heads each, a warp holds its team's q slices in
+// registers and takes two rows at a time; the per-lane sums of all the (row, head) pairs
+// are reduced together (warp_reduce_scatter: the pairings of warp_sum, so the same sums).
+template <int kGroupHeads>
+__device__ __forceinline__ void staged_scores(const AttentionLaunch& p, const float* stage, const float* q,
+                                              float* probs, int cap, int nr, int r0, int pos, const Visible& vis,
+                                              int lane, int warp) {
+  constexpr int kHeadsPerWarp = kGroupHeads < 4 ? kGroupHeads : 4;
+  constexpr int kTeams = kGroupHeads / kHeadsPerWarp;
+  constexpr int kTeamWarps = (kThreads / 32) / kTeams;
+  constexpr int kValues = 2 * kHeadsPerWarp;
+  constexpr int kShift = kReduceScatterShift<kValues>;
+  const int D = p.head_dim;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+  const int team = warp / kTeamWarps, team_warp = warp % kTeamWarps;
+  const int head0 = team * kHeadsPerWarp;
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 qv[kHeadsPerWarp][4];
+#pragma unroll
+  for (int g = 0; g < kHeadsPerWarp; ++g) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      qv[g][k] = k * 128 < D ? *reinterpret_cast<const float4*>(q + (head0 + g) * D + k * 128 + 4 * lane) : zero;
+    }
+  }
+  for (int r = 2 * team_warp; r < nr; r += 2 * kTeamWarps) {
+    const bool second = r + 1 < nr;
+    float4 v0[4], v1[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      v0[k] = k * 128 < D ? *reinterpret_cast<const float4*>(stage + r * D + k * 128 + 4 * lane) : zero;
+      v1[k] = second && k * 128 < D ? *reinterpret_cast<const float4*>(stage + (r + 1) * D + k * 128 + 4 * lane)
+                                     : zero;
+    }
+    float sums[kValues];
+#pragma unroll
+    for (int g = 0; g < kHeadsPerWarp; ++g) {
+      sums[g] = lane_dot_vec4(qv[g], v0, D);
+      sums[kHeadsPerWarp + g] = lane_dot_vec4(qv[g], v1, D);
+    }
+    const float d = warp_reduce_scatter<kValues>(sums, lane);
+    if ((lane & ((1 << kShift) - 1)) == 0) {
+      const int value = lane >> kShift;
+      const int row = r + value / kHeadsPerWarp, g = head0 + value % kHeadsPerWarp;
+      if (row < nr) probs[g * cap + row] = raw_row_absent(p, pos, vis.nraw, r0 + row) ? -INFINITY : d * scale;
+    }
+  }
+}
+
+// Output sums of dimensions (i, i + 1) for every head of the group over the staged rows,
+// in row order: group_accumulate's sums.
+template <int kGroupHeads>
+__device__ __forceinline__ void staged_accumulate(const float* stage, int D, const float* probs, int cap, int nr,
+                                                  int i, float2 (&acc)[kGroupHeads]) {
+#pragma unroll
+  for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
+  int r = 0;
+  for (; r + 4 <= nr; r += 4) {
+    float2 a[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a[k] = *reinterpret_cast<const float2*>(stage + (r + k) * D + i);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      const float* pr = probs + g * cap + r;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        acc[g].x += pr[k] * a[k].x;
+        acc[g].y += pr[k] * a[k].y;
       }
     }
-    if (lane == 0) s_total[warp] = z;
+  }
+  for (; r < nr; ++r) {
+    const float2 a = *reinterpret_cast<const float2*>(stage + r * D + i);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      acc[g].x += probs[g * cap + r] * a.x;
+      acc[g].y += probs[g * cap + r] * a.y;
+    }
+  }
+}
+
+// Block (split j, head group g) of the staged kernel: attention_fused_kernel's steps and
+// arithmetic (q row post on load, scores, softmax pieces, output sums, the single-split
+// output or the partials and the folded combine), with the split's rows copied into
+// shared memory first, every copy in flight at once, while the q post runs. Both passes
+// read the rows from shared memory.
+template <int kGroupHeads>
+__global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged_kernel(AttentionLaunch p) {
+  // Before the wait: weights only (the RoPE frequencies, the group's sinks).
+  __shared__ float s_freq[kMaxRopePairs];
+  for (int i = threadIdx.x; i < p.rope_dim / 2; i += kThreads) s_freq[i] = p.rope_freqs[i];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = blockIdx.x, group = blockIdx.y, h0 = group * kGroupHeads;
+  const int nh = min(kGroupHeads, p.heads - h0);
+  const float sink = warp < nh && lane == 0 ? p.sinks[h0 + warp] : 0.0f;
+  __syncthreads();  // s_freq complete
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  extern __shared__ __align__(16) unsigned char staged_shared[];
+  const int cap = split_capacity(p);
+  const int D = p.head_dim;
+  float* stage = reinterpret_cast<float*>(staged_shared);                                    // [cap][D]
+  float* q = stage + static_cast<size_t>(cap) * D;                                          // [G][D]
+  const float** rows = reinterpret_cast<const float**>(q + kGroupHeads * D);                // [cap]
+  float* probs = reinterpret_cast<float*>(staged_shared + staged_rows_bytes(cap, D) +
+                                          sizeof(float) * kGroupHeads * D + row_table_bytes(cap));  // [G][cap]
+  float* factor = probs + kGroupHeads * cap;                                                 // [G][splits]
+  __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads], s_total[kGroupHeads], s_factor[kGroupHeads];
+  __shared__ int s_last;
+  const int pos = *p.pos;
+  const int active = p.ratio == 4 ? *p.active : 0;
+  const Visible vis = visible_rows(p, pos, active);
+  const int used = splits_in_use(p, vis.n);
+  if (j >= used) return;  // fit_splits: a split without rows
+  const int chunk = (vis.n + used - 1) / used;
+  const int r0 = j * chunk;
+  const int nr = max(0, min(vis.n, r0 + chunk) - r0);
+
+  for (int r = threadIdx.x; r < nr; r += kThreads) rows[r] = visible_row(p, pos, vis.nraw, vis.use_selection, r0 + r);
+  __syncthreads();
+  const int vecs = D / 4;
+  for (int e = threadIdx.x; e < nr * vecs; e += kThreads) {
+    const int r = e / vecs, c = e - r * vecs;
+    staged_copy16(stage + r * D + 4 * c, rows[r] + 4 * c);
+  }
+  staged_commit();
+  if (p.q_norm_rope) {
+    if (warp < nh) {
+      float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
+      q_row_post(p, s_freq, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
+    } else if (warp < kGroupHeads) {
+      for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
+    }
+  } else {
+    for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
+      q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
+    }
+  }
+  staged_wait_all();
+  __syncthreads();
+  staged_scores<kGroupHeads>(p, stage, q, probs, cap, nr, r0, pos, vis, lane, warp);
+  __syncthreads();
+  group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
+  const bool single = used == 1 && (p.fold_combine || p.fit_splits);
+  if (single && warp < nh && lane == 0) {
+    // attention_combine_kernel with one split (as the fused kernel).
+    const float mj = s_max[warp];
+    const float m = fmaxf(sink, mj);
+    float z = expf(sink - m);
+    const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
+    z = __fmaf_rn(f, s_sum[warp], z);
+    s_factor[warp] = f;
+    s_total[warp] = z;
   }
   __syncthreads();
-  // Each thread's pair of every split loaded eight splits at a time before the sums
-  // (in split order, as attention_combine_kernel's).
-  constexpr int kSplitBatch = 8;
+  float* partials = split_partials(p);
   for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+    float2 acc[kGroupHeads];
+    staged_accumulate<kGroupHeads>(stage, D, probs, cap, nr, i, acc);
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
       if (g >= nh) continue;
-      const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
-      float2 sum = make_float2(0.0f, 0.0f);
-      for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
-        float2 v[kSplitBatch];
-#pragma unroll
-        for (int k = 0; k < kSplitBatch; ++k) {
-          if (s0 + k < used) v[k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
+      if (single) {
+        const float f = s_factor[g];
+        float2 sum = make_float2(0.0f, 0.0f);
+        if (f != 0.0f) {
+          sum.x = __fmaf_rn(f, acc[g].x, sum.x);
+          sum.y = __fmaf_rn(f, acc[g].y, sum.y);
         }
-#pragma unroll
-        for (int k = 0; k < kSplitBatch; ++k) {
-          if (s0 + k < used) {
-            const float f = factor[g * p.splits + s0 + k];
-            if (f != 0.0f) {
-              sum.x = __fmaf_rn(f, v[k].x, sum.x);
-              sum.y = __fmaf_rn(f, v[k].y, sum.y);
-            }
-          }
-        }
+        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
+      } else {
+        float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
+        ws[i] = acc[g].x;
+        ws[i + 1] = acc[g].y;
       }
-      store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
     }
   }
+  if (single) return;
+  if (threadIdx.x < nh) {
+    float* ws = partials + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
+    ws[D] = s_max[threadIdx.x];
+    ws[D + 1] = s_sum[threadIdx.x];
+  }
+  if (!p.fold_combine) return;
+  combine_splits_if_last<kGroupHeads, 16>(p, s_freq, factor, s_total, &s_last, group, h0, nh, used, sink, pos,
+                                          lane, warp);
 }
 
 // Block h: combines the splits with the sink, normalises, applies the inverse RoPE.
@@ -672,6 +921,17 @@ Status attention_init() {
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
           "raising the fused attention kernel's shared memory limit"));
     }
+    for (const void* kernel : {reinterpret_cast<const void*>(attention_staged_kernel<2>),
+                               reinterpret_cast<const void*>(attention_staged_kernel<4>),
+                               reinterpret_cast<const void*>(attention_staged_kernel<8>)}) {
+      cudaFuncAttributes attributes{};
+      DS4_RETURN_IF_ERROR(cuda_status(cudaFuncGetAttributes(&attributes, kernel),
+                                      "reading the staged attention kernel's attributes"));
+      const int room = max_shared_per_block() - static_cast<int>(attributes.sharedSizeBytes);
+      DS4_RETURN_IF_ERROR(cuda_status(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(room, 0)),
+          "raising the staged attention kernel's shared memory limit"));
+    }
     return Status::Ok();
   }();
   return status;
@@ -689,7 +949,22 @@ int attention_head_group(const AttentionLaunch& p) {
   return attention_uses_head_groups(p) ? group_heads(p) : 1;
 }
 
+// Static shared memory of the staged kernel (the RoPE frequencies and the per-head
+// values): an upper bound, so the check needs no device query per launch.
+constexpr int kStagedStaticShared = sizeof(float) * (kMaxRopePairs + 4 * kAttentionGroupHeads) + 64;
+
+bool attention_staged_applies(const AttentionLaunch& p) {
+  const int g = p.head_group;
+  auto aligned = [](const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
+  if (p.per_head_blocks || p.splits < 1 || (g != 2 && g != 4 && g != 8)) return false;
+  if (p.head_dim <= 0 || p.head_dim % 128 != 0 || p.head_dim > 512) return false;
+  if (p.rope_dim < 0 || p.rope_dim % 2 != 0 || p.rope_dim > p.head_dim || p.rope_dim / 2 > kMaxRopePairs) return false;
+  if (!aligned(p.raw, 16) || !aligned(p.comp, 16) || !aligned(p.out, 8)) return false;
+  return static_cast<int64_t>(staged_shared_bytes(p, g)) + kStagedStaticShared <= max_shared_per_block();
+}
+
 bool attention_fused_applies(const AttentionLaunch& p) {
+  if (p.staged) return attention_staged_applies(p);
   return attention_uses_head_groups(p) && p.rope_dim >= 0 && p.rope_dim % 2 == 0 && p.rope_dim <= p.head_dim &&
          p.rope_dim / 2 <= kMaxRopePairs &&
          reinterpret_cast<uintptr_t>(p.out) % 8 == 0 && fused_shared_bytes(p, group_heads(p)) <= 96 * 1024;
@@ -703,6 +978,37 @@ bool attention_folds_q_post(const AttentionLaunch& p) {
 
 int attention_splits_in_use(const AttentionLaunch& p, int rows) { return splits_in_use(p, rows); }
 
+AttentionPlan attention_staged_plan(int max_visible, int rows_per_split, int head_group, int max_splits) {
+  AttentionPlan plan;
+  const int rows = std::max(max_visible, 1), per_split = std::max(rows_per_split, 1);
+  plan.splits = std::clamp((rows + per_split - 1) / per_split, 1, std::max(max_splits, 1));
+  plan.head_group = head_group;
+  plan.staged = true;
+  return plan;
+}
+
+AttentionPlan attention_decode_plan(int heads, int head_dim, int max_visible, int ratio, int max_splits) {
+  // Ratio 4 (640 rows from 2k context on): 16 splits of 40 rows for groups of four heads,
+  // 256 blocks of two per SM in one wave on the H200, each row read by 16 blocks. The
+  // others (128 raw rows, plus one compressed row per 128 tokens): splits of 32 rows and
+  // head pairs, so that the few rows present still spread over many blocks.
+  const AttentionPlan staged =
+      ratio == 4 ? attention_staged_plan(max_visible, 40, 4, max_splits) : attention_staged_plan(max_visible, 32, 2, max_splits);
+  AttentionLaunch probe;
+  probe.heads = heads;
+  probe.head_dim = head_dim;
+  probe.rope_dim = 0;
+  probe.max_visible = max_visible;
+  probe.splits = staged.splits;
+  probe.head_group = staged.head_group;
+  probe.staged = true;
+  if (attention_staged_applies(probe)) return staged;
+  AttentionPlan fused;
+  fused.splits = std::clamp(max_visible / 64, 1, std::max(max_splits, 1));
+  fused.head_group = 2;
+  return fused;
+}
+
 bool attention_fusion_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("DS4_CUDA_FUSED_ATTENTION");
@@ -713,12 +1019,28 @@ bool attention_fusion_enabled() {
 
 namespace {
 
+// The staged kernel for `p` (attention_staged_applies holds; the caller checked).
+void launch_staged(const AttentionLaunch& p, cudaStream_t stream) {
+  const int g = p.head_group;
+  const dim3 grid(p.splits, (p.heads + g - 1) / g);
+  const size_t bytes = staged_shared_bytes(p, g);
+  if (g == 8) {
+    launch_kernel(attention_staged_kernel<8>, grid, kThreads, bytes, stream, p);
+  } else if (g == 4) {
+    launch_kernel(attention_staged_kernel<4>, grid, kThreads, bytes, stream, p);
+  } else {
+    launch_kernel(attention_staged_kernel<2>, grid, kThreads, bytes, stream, p);
+  }
+}
+
 // The fused kernel for `p` (attention_fused_applies holds; the caller checked).
 Status launch_fused(const AttentionLaunch& p, cudaStream_t stream) {
   const int g = group_heads(p);
   const dim3 grid(p.splits, (p.heads + g - 1) / g);
   const size_t bytes = fused_shared_bytes(p, g);
-  if (g == 8) {
+  if (p.staged) {
+    launch_staged(p, stream);
+  } else if (g == 8) {
     launch_kernel(attention_fused_kernel<8>, grid, kThreads, bytes, stream, p);
   } else if (g == 4) {
     launch_kernel(attention_fused_kernel<4>, grid, kThreads, bytes, stream, p);
@@ -739,7 +1061,14 @@ Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   const size_t shared = sizeof(float) * (p.head_dim + chunk);
   if (shared > 96 * 1024) return Status::Error("attention: too many visible rows for shared memory");
   DS4_RETURN_IF_ERROR(attention_init());
-  if (p.q_norm_rope || p.fold_combine || p.fit_splits) {
+  if (p.staged && !attention_staged_applies(p)) {
+    return Status::Error("attention: the staged kernel cannot run this launch (head_dim " +
+                         std::to_string(p.head_dim) + ", head_group " + std::to_string(p.head_group) + ", splits " +
+                         std::to_string(p.splits) + ", up to " + std::to_string(chunk) +
+                         " rows a split): it needs head_dim a multiple of 128 up to 512, head_group 2, 4 or 8, "
+                         "16-byte aligned rows and the split's rows within the device's shared memory");
+  }
+  if (p.q_norm_rope || p.fold_combine || p.fit_splits || p.staged) {
     if (!attention_fused_applies(p)) {
       return Status::Error("attention: the fused kernel cannot run this launch (head_dim " +
                            std::to_string(p.head_dim) + ", rope_dim " + std::to_string(p.rope_dim) +

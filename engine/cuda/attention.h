@@ -77,7 +77,34 @@ struct AttentionLaunch {
   // one split, computed in a single pass without the workspace (the combine launch, when
   // fold_combine is off, then returns at once). Needs attention_fused_applies().
   bool fit_splits = false;
+  // The staged form of the fused kernel (same flags, same arithmetic, so the same bits as
+  // the fused kernel and the separate launches with the same splits): each block first
+  // copies its split's rows into shared memory with asynchronous 16-byte copies, all in
+  // flight at once, while the q row post runs; both passes (scores, output sums) then
+  // read the rows from there, the scores with the group's q held in registers. Needs
+  // attention_staged_applies(); attention_decode_plan() says when and with which shape.
+  bool staged = false;
 };
+
+// The launch shape of decode attention for a layer: what the forward pass puts in
+// AttentionLaunch::splits, head_group and staged.
+struct AttentionPlan {
+  int splits = 1;
+  int head_group = 2;
+  bool staged = false;
+};
+
+// The plan for a layer whose launches see at most `max_visible` rows (raw window plus
+// compressed or selected rows; the rows present at a position are counted on the device
+// and only the splits that hold rows run, so one plan serves every position), `ratio`
+// the layer's compression ratio (0, 4 or 128), with a workspace for `max_splits` splits.
+// Staged when the rows of a split fit the device's shared memory; else the fused kernel
+// with the forward pass's earlier shape (max_visible / 64 splits, two heads per block).
+AttentionPlan attention_decode_plan(int heads, int head_dim, int max_visible, int ratio, int max_splits);
+
+// The plan for a split of at most `rows_per_split` rows and `head_group` heads per block
+// (tests and benchmarks: the shapes the plan chooses between).
+AttentionPlan attention_staged_plan(int max_visible, int rows_per_split, int head_group, int max_splits);
 
 // The most heads one block of the head-group kernel computes over its rows.
 inline constexpr int kAttentionGroupHeads = 8;
@@ -102,8 +129,14 @@ inline int64_t attention_workspace_floats(int heads, int splits, int head_dim) {
 
 // True when the fused head-group kernel (q_norm_rope, fold_combine, fit_splits) can run
 // `launch` (the head-group kernel applies, rope_dim is even and at most 512, out is 8-byte
-// aligned, and its shared memory fits).
+// aligned, and its shared memory fits); for a staged launch, attention_staged_applies().
 bool attention_fused_applies(const AttentionLaunch& launch);
+
+// True when the staged kernel can run `launch` (whatever its `staged` flag): head_dim a
+// multiple of 128 up to 512, head_group 2, 4 or 8, the row bases 16-byte aligned, the
+// output 8-byte aligned, an even rope_dim up to head_dim, and the split's rows with the
+// group's q and scores within the device's shared memory per block.
+bool attention_staged_applies(const AttentionLaunch& launch);
 
 // True when attention_fused_applies() and the q row post can be folded in: head_dim a
 // multiple of 4 up to 1024, q (and q_out when set) 16-byte aligned.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_limits.h"
 #include "cuda/launch.h"
 #include "cuda/row_post.cuh"
 
@@ -250,37 +251,24 @@ __device__ __forceinline__ int shared_prefix(const int* counts, int n) {
   return s;
 }
 
-// Radix select of the topk largest scores in one block. Each pass histograms 8 bits
-// of the keys that match the prefix chosen so far (warp-aggregated shared-memory
-// counts: integer sums, so the order of the adds does not matter), then 256 threads
-// find the boundary bin with a scan. When the boundary bin is taken whole, the prefix
-// already splits the keys exactly and the passes stop. The output pass walks the
-// scores in index order, 1024 at a time, and takes every key above the prefix plus
-// the first `remaining` keys equal to it: the same set, in the same order, as
-// indexer_topk_kernel.
-__global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(IndexerLaunch p) {
-  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
-  pdl_launch_dependents();
-  if (!*p.active || p.topk <= 0) return;
-  constexpr int kWarps = kSelectThreads / 32;
-  __shared__ int hist[256];
-  __shared__ int warp_counts[kWarps];
-  __shared__ int warp_counts2[kWarps];
-  __shared__ uint32_t s_prefix;
-  __shared__ int s_remaining, s_whole;
-  int nc = (*p.pos + 1) / p.ratio;
-  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+// The radix passes of the top-k select (kSelectThreads threads, every thread calls):
+// each pass histograms 8 bits of the keys that match the prefix chosen so far
+// (warp-aggregated shared-memory counts: integer sums, so the order of the adds does not
+// matter), then 256 threads find the boundary bin with a scan. When the boundary bin is
+// taken whole, the prefix already splits the keys exactly and the passes stop. Leaves the
+// boundary prefix, the mask of the bits it fixes and how many keys equal to it to take.
+template <typename KeyAt>
+__device__ __forceinline__ void radix_select_boundary(const KeyAt& key_at, int nc, int* hist, int* warp_counts,
+                                                      uint32_t* s_prefix, int* s_remaining, int* s_whole,
+                                                      uint32_t* prefix, uint32_t* mask, int* remaining) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const unsigned lanes_below = (1u << lane) - 1u;
-  uint32_t prefix = 0, mask = 0;
-  int remaining = p.topk;
   for (int shift = 24; shift >= 0; shift -= 8) {
     if (threadIdx.x < 256) hist[threadIdx.x] = 0;
     __syncthreads();
     for (int base = 0; base < nc; base += kSelectThreads) {
       const int i = base + threadIdx.x;
-      const uint32_t key = i < nc ? order_key(p.scores[i]) : 0u;
-      const bool in = i < nc && (key & mask) == prefix;
+      const uint32_t key = i < nc ? key_at(i) : 0u;
+      const bool in = i < nc && (key & *mask) == *prefix;
       const uint32_t bin = (key >> shift) & 255u;
       const unsigned peers = __match_any_sync(0xffffffffu, in ? bin : 0xffffffffu);
       if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
@@ -305,20 +293,48 @@ __global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(Inde
       const int above = inclusive - count;  // keys in higher bins
       // The boundary bin: the first from the top that reaches `remaining` (bin 0 when
       // none does, as the serial search).
-      if (above < remaining && (inclusive >= remaining || b == 0)) {
-        s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
-        s_remaining = remaining - above;
-        s_whole = count == remaining - above;
+      if (above < *remaining && (inclusive >= *remaining || b == 0)) {
+        *s_prefix = *prefix | (static_cast<uint32_t>(b) << shift);
+        *s_remaining = *remaining - above;
+        *s_whole = count == *remaining - above;
       }
     }
     __syncthreads();
-    prefix = s_prefix;
-    remaining = s_remaining;
-    mask |= 255u << shift;
-    const bool whole = s_whole != 0;
+    *prefix = *s_prefix;
+    *remaining = *s_remaining;
+    *mask |= 255u << shift;
+    const bool whole = *s_whole != 0;
     __syncthreads();
     if (whole) break;
   }
+}
+
+// Radix select of the topk largest scores in one block. Each pass histograms 8 bits
+// of the keys that match the prefix chosen so far (warp-aggregated shared-memory
+// counts: integer sums, so the order of the adds does not matter), then 256 threads
+// find the boundary bin with a scan. When the boundary bin is taken whole, the prefix
+// already splits the keys exactly and the passes stop. The output pass walks the
+// scores in index order, 1024 at a time, and takes every key above the prefix plus
+// the first `remaining` keys equal to it: the same set, in the same order, as
+// indexer_topk_kernel.
+__global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  if (!*p.active || p.topk <= 0) return;
+  constexpr int kWarps = kSelectThreads / 32;
+  __shared__ int hist[256];
+  __shared__ int warp_counts[kWarps];
+  __shared__ int warp_counts2[kWarps];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining, s_whole;
+  int nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  uint32_t prefix = 0, mask = 0;
+  int remaining = p.topk;
+  radix_select_boundary([&](int i) { return order_key(p.scores[i]); }, nc, hist, warp_counts, &s_prefix,
+                        &s_remaining, &s_whole, &prefix, &mask, &remaining);
   // Output: keys above the prefix, and the first `remaining` equal to it, in index order.
   int taken = 0, equal_seen = 0;
   for (int base = 0; base < nc && taken < p.topk; base += kSelectThreads) {
@@ -342,6 +358,160 @@ __global__ void __launch_bounds__(kSelectThreads) indexer_radix_topk_kernel(Inde
   }
 }
 
+// ---------------------------------------------------------------- current indexer kernels
+
+constexpr int kScoreThreads = 256;
+constexpr int kScoreWarps = kScoreThreads / 32;
+constexpr int kScoreHeadsPerWarp = 8;       // the most heads one warp holds in registers
+constexpr int kScoreMaxHeads = kScoreWarps * kScoreHeadsPerWarp;
+constexpr int kScoreTileRows = 32;          // rows whose relu'd products meet in shared memory at once
+constexpr int kScoreMinRowsPerBlock = 8;
+constexpr int kScoreMaxBlocks = 264;        // two per SM on the H200
+
+// Row c's relu'd products with this warp's heads (q slices in registers, 128-dim rows):
+// each head's dot product as the previous kernel's (lane l sums its values l, l + 32,
+// l + 64, l + 96 in order, then warp_sum's pairings through warp_reduce_scatter); lanes
+// 4g (g < heads of the warp) write head g's max(0, dot) into `relu`.
+__device__ __forceinline__ void score_row_heads(const float (&qv)[kScoreHeadsPerWarp][4], const float* row,
+                                                int lane, int warp_heads, float* relu) {
+  const float r0 = row[lane], r1 = row[lane + 32], r2 = row[lane + 64], r3 = row[lane + 96];
+  float sums[kScoreHeadsPerWarp];
+#pragma unroll
+  for (int g = 0; g < kScoreHeadsPerWarp; ++g) {
+    float d = 0.0f;
+    d += qv[g][0] * r0;
+    d += qv[g][1] * r1;
+    d += qv[g][2] * r2;
+    d += qv[g][3] * r3;
+    sums[g] = d;
+  }
+  const float d = warp_reduce_scatter<kScoreHeadsPerWarp>(sums, lane);
+  const int g = lane >> kReduceScatterShift<kScoreHeadsPerWarp>;
+  if ((lane & 3) == 0 && g < warp_heads) relu[g] = fmaxf(d, 0.0f);
+}
+
+// Scores of the visible rows, spread evenly over the grid (at least kScoreMinRowsPerBlock
+// a block). Warp w holds heads [w * heads / 8, (w + 1) * heads / 8) in registers and
+// takes every row of the block; per tile of rows the relu'd products meet in shared
+// memory and thread r sums row r's over the heads in head order with the scaled weights:
+// indexer_score_rows_kernel's expressions in its order, so the same scores.
+__global__ void __launch_bounds__(kScoreThreads) indexer_score_heads_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  if (!*p.active) return;
+  int64_t nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = p.max_rows;
+  const int64_t per_block =
+      max(static_cast<int64_t>(kScoreMinRowsPerBlock), (nc + gridDim.x - 1) / static_cast<int64_t>(gridDim.x));
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * per_block;
+  if (c0 >= nc) return;
+  const int64_t c1 = min(nc, c0 + per_block);
+  __shared__ float s_w[kScoreMaxHeads];
+  __shared__ float s_relu[kScoreTileRows][kScoreMaxHeads + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warp_heads = p.heads / kScoreWarps;
+  const int head0 = warp * warp_heads;
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(p.head_dim))) *
+                      static_cast<float>(1.0 / sqrt(static_cast<double>(p.heads)));
+  if (threadIdx.x < p.heads) s_w[threadIdx.x] = p.weights[threadIdx.x] * scale;
+  float qv[kScoreHeadsPerWarp][4];
+#pragma unroll
+  for (int g = 0; g < kScoreHeadsPerWarp; ++g) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) qv[g][k] = g < warp_heads ? p.q[(head0 + g) * 128 + lane + 32 * k] : 0.0f;
+  }
+  for (int64_t t0 = c0; t0 < c1; t0 += kScoreTileRows) {
+    const int tile = static_cast<int>(min(static_cast<int64_t>(kScoreTileRows), c1 - t0));
+    int r = 0;
+    for (; r + 2 <= tile; r += 2) {
+      score_row_heads(qv, p.rows + (t0 + r) * 128, lane, warp_heads, &s_relu[r][head0]);
+      score_row_heads(qv, p.rows + (t0 + r + 1) * 128, lane, warp_heads, &s_relu[r + 1][head0]);
+    }
+    if (r < tile) score_row_heads(qv, p.rows + (t0 + r) * 128, lane, warp_heads, &s_relu[r][head0]);
+    __syncthreads();
+    if (threadIdx.x < tile) {
+      float score = 0.0f;
+      for (int h = 0; h < p.heads; ++h) score += s_relu[threadIdx.x][h] * s_w[h];
+      p.scores[t0 + threadIdx.x] = score;
+    }
+    __syncthreads();
+  }
+}
+
+// Exclusive prefix sum over the kSelectThreads threads of the block (integers, so the
+// order of the additions does not matter); `warp_sums` holds 32 ints of shared memory.
+__device__ __forceinline__ int block_exclusive_scan_warps(int v, int* warp_sums) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inclusive = v;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inclusive, off);
+    if (lane >= off) inclusive += n;
+  }
+  if (lane == 31) warp_sums[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    const int w = lane < kSelectThreads / 32 ? warp_sums[lane] : 0;
+    int winc = w;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, winc, off);
+      if (lane >= off) winc += n;
+    }
+    if (lane < kSelectThreads / 32) warp_sums[lane] = winc - w;
+  }
+  __syncthreads();
+  const int result = warp_sums[warp] + inclusive - v;
+  __syncthreads();  // warp_sums free for the next scan
+  return result;
+}
+
+// indexer_radix_topk_kernel with the keys read once into shared memory (every pass and
+// the output read them there), and the output written by contiguous chunks: each thread
+// counts its chunk's keys above the prefix and equal to it, two block scans give the
+// equal keys it takes (the first `remaining` in index order) and where its chunk's
+// selection starts. The same selection in the same order.
+__global__ void __launch_bounds__(kSelectThreads) indexer_shared_topk_kernel(IndexerLaunch p) {
+  pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
+  pdl_launch_dependents();
+  if (!*p.active || p.topk <= 0) return;
+  extern __shared__ uint32_t keys[];  // [max_rows]
+  __shared__ int hist[256];
+  __shared__ int warp_counts[kSelectThreads / 32];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining, s_whole;
+  int nc = (*p.pos + 1) / p.ratio;
+  if (nc > p.max_rows) nc = static_cast<int>(p.max_rows);
+  for (int i = threadIdx.x; i < nc; i += kSelectThreads) keys[i] = order_key(p.scores[i]);
+  __syncthreads();
+  uint32_t prefix = 0, mask = 0;
+  int remaining = p.topk;
+  radix_select_boundary([&](int i) { return keys[i]; }, nc, hist, warp_counts, &s_prefix, &s_remaining, &s_whole,
+                        &prefix, &mask, &remaining);
+  const int chunk = (nc + kSelectThreads - 1) / kSelectThreads;
+  const int begin = min(nc, static_cast<int>(threadIdx.x) * chunk);
+  const int end = min(nc, begin + chunk);
+  int gt = 0, eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = keys[i] & mask;
+    gt += key > prefix;
+    eq += key == prefix;
+  }
+  const int eq_before = block_exclusive_scan_warps(eq, warp_counts);
+  const int take_eq = max(0, min(eq, remaining - eq_before));
+  int offset = block_exclusive_scan_warps(gt + take_eq, warp_counts);
+  int taken_eq = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = keys[i] & mask;
+    const bool take = key > prefix || (key == prefix && taken_eq < take_eq);
+    if (take) {
+      if (key == prefix) ++taken_eq;
+      if (offset < p.topk) p.selected[offset] = i;
+      ++offset;
+    }
+  }
+}
+
 int pow2_threads(int n) {
   int t = 32;
   while (t < n && t < 1024) t *= 2;
@@ -356,11 +526,30 @@ Status indexer_init() {
         cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              96 * 1024),
         "raising the indexer kernel's shared memory limit"));
-    return cuda_status(cudaFuncSetAttribute(indexer_score_rows_kernel,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
-                       "raising the indexer row-scoring kernel's shared memory limit");
+    DS4_RETURN_IF_ERROR(cuda_status(cudaFuncSetAttribute(indexer_score_rows_kernel,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+                                    "raising the indexer row-scoring kernel's shared memory limit"));
+    cudaFuncAttributes attributes{};
+    DS4_RETURN_IF_ERROR(cuda_status(cudaFuncGetAttributes(&attributes, indexer_shared_topk_kernel),
+                                    "reading the indexer select kernel's attributes"));
+    const int room = max_shared_per_block() - static_cast<int>(attributes.sharedSizeBytes);
+    return cuda_status(cudaFuncSetAttribute(indexer_shared_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            std::max(room, 0)),
+                       "raising the indexer select kernel's shared memory limit");
   }();
   return status;
+}
+
+// Static shared memory of indexer_shared_topk_kernel, bounded from above.
+constexpr int64_t kSharedTopkStatic = sizeof(int) * (256 + kSelectThreads / 32 + 4) + 256;
+
+bool indexer_current_scoring_applies(const IndexerLaunch& p) {
+  return p.heads >= 8 && p.heads % 8 == 0 && p.heads <= kScoreMaxHeads && p.head_dim == 128 && p.ratio > 0;
+}
+
+bool indexer_shared_select_applies(const IndexerLaunch& p) {
+  return p.max_rows > 0 && p.ratio > 0 &&
+         static_cast<int64_t>(sizeof(uint32_t)) * p.max_rows + kSharedTopkStatic <= max_shared_per_block();
 }
 
 Status launch_compressor_update(const CompressorLaunch& p, cudaStream_t stream) {
@@ -389,9 +578,20 @@ Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
     launch_kernel(indexer_score_kernel, grid, 256, shared, stream, p);
     DS4_CUDA_TRY(cudaGetLastError());
     launch_kernel(indexer_topk_kernel, 1, kSelectThreads, 0, stream, p);
+    return cuda_status(cudaGetLastError(), "indexer top-k launch");
+  }
+  if (!p.previous_kernels && indexer_current_scoring_applies(p)) {
+    const int64_t blocks = std::min<int64_t>((p.max_rows + kScoreMinRowsPerBlock - 1) / kScoreMinRowsPerBlock,
+                                             kScoreMaxBlocks);
+    launch_kernel(indexer_score_heads_kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kScoreThreads, 0,
+                  stream, p);
   } else {
     launch_kernel(indexer_score_rows_kernel, grid, 256, shared, stream, p);
-    DS4_CUDA_TRY(cudaGetLastError());
+  }
+  DS4_CUDA_TRY(cudaGetLastError());
+  if (!p.previous_kernels && indexer_shared_select_applies(p)) {
+    launch_kernel(indexer_shared_topk_kernel, 1, kSelectThreads, sizeof(uint32_t) * p.max_rows, stream, p);
+  } else {
     launch_kernel(indexer_radix_topk_kernel, 1, kSelectThreads, 0, stream, p);
   }
   return cuda_status(cudaGetLastError(), "indexer top-k launch");

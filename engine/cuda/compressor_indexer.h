@@ -65,13 +65,30 @@ struct IndexerLaunch {
   // past the visible rows; top-k by a serial bin search and a chunked two-scan output)
   // instead of the current ones. Same scores and selections.
   bool baseline_kernels = false;
+  // Tests and benchmarks: the previous kernels (a warp per row over every head, the query
+  // loaded into each scoring block's shared memory; the radix select reading the scores
+  // from global memory on every pass) instead of the current ones. Same scores and
+  // selections.
+  bool previous_kernels = false;
 };
+
+// True when launch_indexer_select runs the current kernels for `launch` (the head-split
+// scoring needs a multiple of 8 heads up to 64 and 128-dim rows; the shared-memory select
+// needs max_rows scores within the device's shared memory per block); otherwise the
+// previous kernels run.
+bool indexer_current_scoring_applies(const IndexerLaunch& launch);
+bool indexer_shared_select_applies(const IndexerLaunch& launch);
 
 // score_c = sum_h w_h / sqrt(head_dim * heads) * relu(q_h . row_c) for every visible
 // row, then the topk largest (ties to the lower index). Does nothing when !*active.
-// The selection is a radix select on the scores' order-preserving bit patterns (8 bits
-// a pass, stopping once the boundary bin is taken whole), then one ordered pass that
-// writes the selected indices in increasing order.
+// Scoring: the visible rows are spread evenly over a fixed grid (read on the device, so
+// graph-safe); in a block each warp holds the query slices of eight heads in registers
+// and takes every row of the block, the relu'd dot products meet in shared memory and
+// each row's score is summed over the heads in head order (the previous kernels' sums,
+// bit for bit). The selection is a radix select on the scores' order-preserving bit
+// patterns held in shared memory (8 bits a pass, stopping once the boundary bin is taken
+// whole), then one ordered pass over contiguous chunks that writes the selected indices
+// in increasing order.
 Status launch_indexer_select(const IndexerLaunch& launch, cudaStream_t stream);
 
 // Raises the scoring kernel's shared-memory limit (call once before recording graphs).

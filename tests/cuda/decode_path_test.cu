@@ -30,10 +30,12 @@
 #include <vector>
 
 #include "cpu/attention.h"
+#include "cpu/indexer.h"
 #include "cpu/moe.h"
 #include "cpu/rope.h"
 #include "cpu/vector_ops.h"
 #include "cuda/attention.h"
+#include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device_model.h"
 #include "cuda/launch.h"
@@ -300,6 +302,166 @@ int read_counters_nonzero(const float* ws, int heads) {
   return nonzero;
 }
 
+// ------------------------------------------------ staged attention (attention.h `staged`)
+
+// Splits the workspaces of the staged checks hold.
+constexpr int kStagedMaxSplits = 64;
+
+// The staged shapes checked and timed: heads per block, rows per split.
+struct StagedShape {
+  int group, rows_per_split;
+};
+constexpr StagedShape kStagedShapes[] = {{2, 32}, {4, 32}, {4, 40}, {8, 40}, {2, 64}, {4, 64}, {8, 64}};
+
+std::string staged_name(int group, int rows_per_split) {
+  return "staged g" + std::to_string(group) + " r" + std::to_string(rows_per_split);
+}
+
+// A staged launch of `d` with `plan`, q post and combine folded, fit_splits.
+AttentionLaunch staged_launch(const AttentionData& d, const AttentionPlan& plan, float* out, float* ws, float* q_out) {
+  AttentionLaunch a = d.launch(out, ws);
+  a.splits = plan.splits;
+  a.head_group = plan.head_group;
+  a.staged = plan.staged;
+  a.q_norm_rope = a.fold_combine = a.fit_splits = true;
+  a.q_out = q_out;
+  return a;
+}
+
+// One staged launch (variant: 0 q post + combine folded + fit splits; 1 the combine
+// launch instead of the fold; 2 the q already post-processed (q_norm_rope off); 3 every
+// split runs (fit_splits off)) against the separate launches with the splits it used,
+// bit for bit, and against the CPU reference.
+void check_staged_launch(const AttentionData& d, const std::string& at, const AttentionPlan& plan, int variant,
+                         cudaStream_t st) {
+  const int H = d.k.heads, D = d.k.head_dim;
+  const size_t n = static_cast<size_t>(H) * D;
+  DeviceVec<float> q_post(n), q_out(n), out_old(n), out_new(n);
+  DeviceVec<float> ws_old(attention_workspace_floats(H, kStagedMaxSplits, D)),
+      ws_new(attention_workspace_floats(H, kStagedMaxSplits, D));
+  const char* variants[4] = {"", ", combine launch", ", q post separate", ", every split"};
+  const std::string name = at + " " + staged_name(plan.head_group, (d.max_visible + plan.splits - 1) / plan.splits) +
+                           " (" + std::to_string(plan.splits) + " splits" + variants[variant] + ")";
+  AttentionLaunch a = staged_launch(d, plan, out_new.get(), ws_new.get(), q_out.get());
+  a.fold_combine = variant != 1;
+  a.fit_splits = variant != 3;
+  if (variant == 2) {
+    a.q_norm_rope = false;
+    a.q_out = nullptr;
+    a.q = q_post.get();
+  }
+  if (!attention_staged_applies(a)) {
+    // Only shapes the kernel does not take (head_dim not a multiple of 128) may be refused.
+    check(D % 128 != 0, name + ": the staged kernel applies");
+    const Status s = launch_attention_decode(a, st);
+    check(!s.ok() && s.message().find("staged") != std::string::npos, name + ": refused with a message: " + s.message());
+    return;
+  }
+  const int used = attention_splits_in_use(a, d.n_rows);
+  for (float* p : {out_old.get(), out_new.get(), q_post.get(), q_out.get()}) fill_nan(p, n);
+  check(launch_old_path(d, used, plan.head_group, q_post.get(), out_old.get(), ws_old.get(), st).ok(),
+        name + ": separate launches (splits " + std::to_string(used) + ")");
+  check(cudaStreamSynchronize(st) == cudaSuccess, name + ": separate launches run");
+  const Status s = launch_attention_decode(a, st);
+  check(s.ok(), name + ": launch (" + s.message() + ")");
+  check(cudaStreamSynchronize(st) == cudaSuccess, name + ": runs");
+  const std::vector<float> got = out_new.host(), want = out_old.host();
+  check(count_not_finite(got, name + " out") == 0, name + ": every output written");
+  check(count_bits_differ(got, want, name + " out") == 0,
+        name + ": output bit-identical to the separate launches with " + std::to_string(used) + " splits");
+  check(count_bad(got, d.out_ref, 1e-4, 2e-6, name + " vs cpu") == 0, name + ": output matches the CPU reference");
+  if (a.q_norm_rope) {
+    check(count_bits_differ(q_out.host(), q_post.host(), name + " q_out") == 0, name + ": q_out bit-identical to row_post");
+  }
+  if (a.fold_combine) {
+    check(read_counters_nonzero(ws_new.get(), H) == 0, name + ": completion counters left zero");
+    fill_nan(out_new.get(), n);
+    check(launch_attention_decode(a, st).ok(), name + ": second launch");
+    check(cudaStreamSynchronize(st) == cudaSuccess, name + ": second launch runs");
+    check(count_bits_differ(out_new.host(), want, name + " out (again)") == 0, name + ": second launch, same bits");
+  }
+}
+
+void check_staged_attention(const AttentionData& d, const std::string& at, cudaStream_t st) {
+  for (const StagedShape& shape : kStagedShapes) {
+    const AttentionPlan plan = attention_staged_plan(d.max_visible, shape.rows_per_split, shape.group, kStagedMaxSplits);
+    check(plan.staged && plan.head_group == shape.group && plan.splits >= 1 &&
+              (d.max_visible + plan.splits - 1) / plan.splits <= shape.rows_per_split,
+          at + " " + staged_name(shape.group, shape.rows_per_split) + ": the staged plan's splits hold the rows");
+    check_staged_launch(d, at, plan, 0, st);
+  }
+  const AttentionPlan plan = attention_decode_plan(d.k.heads, d.k.head_dim, d.max_visible, d.k.ratio, 16);
+  check(plan.splits >= 1 && plan.splits <= 16, at + ": the decode plan's splits within the workspace");
+  if (d.k.head_dim % 128 == 0 && d.k.head_dim <= 512) check(plan.staged, at + ": the decode plan is staged");
+  if (plan.staged) {
+    for (int variant = 0; variant < 4; ++variant) check_staged_launch(d, at + " plan", plan, variant, st);
+  }
+}
+
+// One row of the timing table: microseconds per step for each column.
+struct TimingRow {
+  std::string name;
+  std::vector<double> us;
+};
+std::vector<std::string> g_timing_columns;
+std::vector<TimingRow> g_timing_rows;
+std::vector<TimingRow> g_indexer_timings;
+
+void time_staged_attention(const AttentionData& d, const std::string& at, double us_default, cudaStream_t st) {
+  const int H = d.k.heads, D = d.k.head_dim;
+  DeviceVec<float> out(static_cast<size_t>(H) * D), ws(attention_workspace_floats(H, kStagedMaxSplits, D));
+  std::vector<std::string> columns = {"fused (now)"};
+  TimingRow row{at, {us_default}};
+  auto time_plan = [&](const AttentionPlan& plan, const std::string& column) {
+    AttentionLaunch a = staged_launch(d, plan, out.get(), ws.get(), nullptr);
+    double us = -1.0;
+    if (attention_staged_applies(a)) {
+      us = graph_us_per_step(
+          st,
+          [&](cudaStream_t s) -> Status {
+            for (int i = 0; i < kChain; ++i) DS4_RETURN_IF_ERROR(launch_attention_decode(a, s));
+            return Status::Ok();
+          },
+          kChain, at + " " + column);
+    }
+    columns.push_back(column);
+    row.us.push_back(us);
+  };
+  for (const StagedShape& shape : kStagedShapes) {
+    time_plan(attention_staged_plan(d.max_visible, shape.rows_per_split, shape.group, kStagedMaxSplits),
+              staged_name(shape.group, shape.rows_per_split));
+  }
+  const AttentionPlan plan = attention_decode_plan(H, D, d.max_visible, d.k.ratio, 16);
+  time_plan(plan, "plan (" + std::to_string(plan.splits) + " splits, g" + std::to_string(plan.head_group) + ")");
+  std::string line = "timing: attention " + at + ", graph of " + std::to_string(kChain) + " steps, us per step:";
+  for (size_t c = 0; c < columns.size(); ++c) {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%s %s %.2f", c ? ";" : "", columns[c].c_str(), row.us[c]);
+    line += buf;
+  }
+  std::printf("%s\n", line.c_str());
+  columns.back() = "plan";
+  if (g_timing_columns.empty()) g_timing_columns = columns;
+  g_timing_rows.push_back(row);
+}
+
+void print_timing_table() {
+  if (g_timing_rows.empty()) return;
+  std::printf("\ntiming table: decode attention, graphs of %d chained launches, us per launch "
+              "(fused (now): the forward pass's launch before the staged kernel; -1: not applicable)\n",
+              kChain);
+  std::printf("| case |");
+  for (const std::string& c : g_timing_columns) std::printf(" %s |", c.c_str());
+  std::printf("\n|---|");
+  for (size_t c = 0; c < g_timing_columns.size(); ++c) std::printf("---|");
+  std::printf("\n");
+  for (const TimingRow& r : g_timing_rows) {
+    std::printf("| %s |", r.name.c_str());
+    for (double us : r.us) std::printf(" %.2f |", us);
+    std::printf("\n");
+  }
+}
+
 void check_attention_case(const AttentionCase& k, std::mt19937& rng, cudaStream_t st) {
   AttentionData d(k, rng);
   const int H = k.heads, D = k.head_dim;
@@ -351,6 +513,7 @@ void check_attention_case(const AttentionCase& k, std::mt19937& rng, cudaStream_
       }
     }
   }
+  check_staged_attention(d, at, st);
   std::printf("attention %s: fit_splits uses %d of %d splits\n", at.c_str(), used, d.splits);
   if (!k.time_it) return;
   // Timing: chains of kChain steps; each step's launches as the forward pass makes them.
@@ -397,6 +560,7 @@ void check_attention_case(const AttentionCase& k, std::mt19937& rng, cudaStream_
   std::printf("timing: attention %s, fused q + folded combine + fit splits, us per step: groups of 2 %.2f, "
               "groups of 4 %.2f, groups of 8 %.2f; groups of 2 with 16 splits %.2f\n",
               at.c_str(), us[3], g4, g8, s16);
+  time_staged_attention(d, at, us[3], st);
   check(read_counters_nonzero(ws_new.get(), H) == 0, at + ": counters zero after the timed graphs");
 }
 
@@ -408,6 +572,11 @@ void test_attention(std::mt19937& rng, cudaStream_t st) {
       const int64_t max_comp = ratio ? max_ctx / ratio + 1 : 1;
       cases.push_back({"real ctx " + std::to_string(ctx), 64, 512, 128, ratio, ctx - 1, max_comp, 512, false, true});
     }
+  }
+  // A 64k-token sequence's ratio-128 layer (513 compressed rows stored) at 4k and 16k.
+  for (int ctx : {4096, 16384}) {
+    cases.push_back({"real ctx " + std::to_string(ctx) + " (64k sequence)", 64, 512, 128, 128, ctx - 1, 65536 / 128 + 1,
+                     512, false, true});
   }
   // The MTP block's tagged window (ratio 0), real size.
   cases.push_back({"real tagged ring", 64, 512, 128, 0, 300, 1, 512, true, false});
@@ -422,6 +591,12 @@ void test_attention(std::mt19937& rng, cudaStream_t st) {
   for (int ratio : {0, 4, 128}) {
     cases.push_back({"partial groups", 20, 192, 128, ratio, 2300, 3000 / (ratio ? ratio : 3000) + 1, 512, false, false});
   }
+  // Partial head groups the staged kernel takes (20 heads: groups of 8, 8 and 4), and a
+  // tagged window of 256-dim rows.
+  for (int ratio : {0, 4, 128}) {
+    cases.push_back({"partial groups 128", 20, 128, 128, ratio, 2300, 3000 / (ratio ? ratio : 3000) + 1, 512, false, false});
+  }
+  cases.push_back({"tagged ring 256", 12, 256, 128, 0, 300, 1, 512, true, false});
   for (const AttentionCase& k : cases) check_attention_case(k, rng, st);
 }
 
@@ -444,6 +619,138 @@ void test_attention_errors(std::mt19937& rng) {
   check(!attention_fused_applies(c) && !s.ok() && s.message().find("rope_dim 63") != std::string::npos,
         "odd rope_dim refused by the fused kernel: " + s.message());
   check(cudaDeviceSynchronize() == cudaSuccess, "refused launches leave no error behind");
+}
+
+// ---------------------------------------------------------------- indexer select
+
+struct IndexerCase {
+  std::string name;
+  int heads, head_dim, topk, pos;
+  int64_t max_rows;  // index rows stored (the score buffer's and the select's bound)
+  bool tie_rows;     // some rows repeat row 0 exactly (equal scores)
+  bool time_it;
+};
+
+// The current indexer kernels against the previous ones (scores bit for bit, the same
+// selection) and the CPU reference (scores within tolerance; the selection the CPU makes
+// from the GPU's scores), every output NaN- or -1-filled first.
+void check_indexer_case(const IndexerCase& k, std::mt19937& rng, cudaStream_t st) {
+  const int H = k.heads, D = k.head_dim;
+  const int nc = static_cast<int>(std::min<int64_t>((k.pos + 1) / 4, k.max_rows));
+  const bool active = nc > k.topk;
+  const std::string at = "indexer " + k.name + " (" + std::to_string(H) + " heads x " + std::to_string(D) + ", top " +
+                         std::to_string(k.topk) + ", pos " + std::to_string(k.pos) + ", " + std::to_string(nc) +
+                         " index rows, " + std::to_string(k.max_rows) + " stored)";
+  std::vector<float> q = random_floats(static_cast<size_t>(H) * D, rng), w = random_floats(H, rng);
+  std::vector<float> rows = random_floats(static_cast<size_t>(k.max_rows) * D, rng);
+  if (k.tie_rows) {
+    for (int64_t r = 10; r < k.max_rows; r += 37) std::copy(rows.begin(), rows.begin() + D, rows.begin() + r * D);
+  }
+  DeviceVec<float> dq(q), dw(w), drows(rows), dscores(k.max_rows);
+  DeviceVec<int32_t> dpos(std::vector<int32_t>{k.pos}), dact(std::vector<int32_t>{active ? 1 : 0}), dsel(k.topk);
+  IndexerLaunch ix;
+  ix.q = dq.get();
+  ix.weights = dw.get();
+  ix.rows = drows.get();
+  ix.max_rows = k.max_rows;
+  ix.heads = H;
+  ix.head_dim = D;
+  ix.ratio = 4;
+  ix.topk = k.topk;
+  ix.pos = dpos.get();
+  ix.active = dact.get();
+  ix.scores = dscores.get();
+  ix.selected = dsel.get();
+  std::printf("%s: current scoring %s, shared-memory select %s\n", at.c_str(),
+              indexer_current_scoring_applies(ix) ? "applies" : "does not apply",
+              indexer_shared_select_applies(ix) ? "applies" : "does not apply");
+  std::vector<float> scores_of[2];
+  std::vector<int32_t> selected_of[2];
+  for (int previous = 0; previous < 2; ++previous) {
+    const std::string name = at + (previous ? " previous kernels" : " current kernels");
+    ix.previous_kernels = previous != 0;
+    fill_nan(dscores.get(), k.max_rows);
+    cudaMemset(dsel.get(), 0xff, sizeof(int32_t) * k.topk);
+    const Status s = launch_indexer_select(ix, st);
+    check(s.ok(), name + ": launch (" + s.message() + ")");
+    check(cudaStreamSynchronize(st) == cudaSuccess, name + ": runs");
+    scores_of[previous] = dscores.host();
+    scores_of[previous].resize(nc);
+    selected_of[previous] = dsel.host();
+    if (!active) {
+      // Gate closed: nothing written.
+      int written = 0;
+      for (int32_t v : selected_of[previous]) written += v != -1;
+      check(written == 0, name + ": gate closed, no selection written");
+      continue;
+    }
+    check(count_not_finite(scores_of[previous], name + " scores") == 0, name + ": every visible row scored");
+  }
+  if (!active) return;
+  std::vector<float> ws(H), ref_scores(nc);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))) *
+                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(H)));
+  for (int h = 0; h < H; ++h) ws[h] = w[h] * scale;
+  cpu::indexer_scores(q.data(), ws.data(), H, D, rows.data(), nc, ref_scores.data());
+  check(count_bad(scores_of[0], ref_scores, 1e-4, 1e-5, at + " scores vs cpu") == 0, at + ": scores match the CPU");
+  check(count_bits_differ(scores_of[0], scores_of[1], at + " scores") == 0,
+        at + ": scores bit for bit the previous kernels'");
+  std::vector<int32_t> ref;
+  cpu::select_top_k(scores_of[0].data(), nc, k.topk, &ref);
+  for (int v = 0; v < 2; ++v) {
+    const std::vector<int32_t>& got = selected_of[v];
+    int bad = 0;
+    for (int i = 0; i < k.topk; ++i) {
+      if (got[i] != ref[i] && bad++ < 3) {
+        std::printf("  %s %s selection[%d]: got %d expected %d\n", at.c_str(), v ? "previous" : "current", i, got[i],
+                    ref[i]);
+      }
+    }
+    check(bad == 0, at + (v ? " previous" : " current") + ": top-k in increasing order, ties to the lower index");
+  }
+  if (!k.time_it) return;
+  double us[2];
+  for (int previous = 0; previous < 2; ++previous) {
+    ix.previous_kernels = previous != 0;
+    us[previous] = graph_us_per_step(
+        st,
+        [&](cudaStream_t s) -> Status {
+          for (int i = 0; i < kChain; ++i) DS4_RETURN_IF_ERROR(launch_indexer_select(ix, s));
+          return Status::Ok();
+        },
+        kChain, at + (previous ? " previous" : " current"));
+  }
+  std::printf("timing: %s, graph of %d selects (scores + top-k), us per select: previous %.2f, current %.2f\n",
+              at.c_str(), kChain, us[1], us[0]);
+  g_indexer_timings.push_back({at, {us[1], us[0]}});
+}
+
+void test_indexer(std::mt19937& rng, cudaStream_t st) {
+  const std::vector<IndexerCase> cases = {
+      // Real shapes: 64 heads x 128, top 512, index rows stored for 16k and 64k contexts.
+      {"real ctx 4096", 64, 128, 512, 4095, 16384 / 4 + 1, true, true},
+      {"real ctx 4096 (64k sequence)", 64, 128, 512, 4095, 65536 / 4 + 1, true, true},
+      {"real ctx 16384", 64, 128, 512, 16383, 16384 / 4 + 1, true, true},
+      {"real ctx 16384 (64k sequence)", 64, 128, 512, 16383, 65536 / 4 + 1, true, true},
+      {"real ctx 2052 (first select)", 64, 128, 512, 2051, 16384 / 4 + 1, false, false},
+      {"real ctx 2048 (gate closed)", 64, 128, 512, 2047, 16384 / 4 + 1, false, false},
+      {"real ctx 65536", 64, 128, 512, 65535, 65536 / 4 + 1, true, false},
+      // Beyond the select's shared memory (a 1M-token sequence): the previous select.
+      {"real ctx 4096 (1M sequence)", 64, 128, 512, 4095, 1048576 / 4 + 1, true, false},
+      // Fewer heads (16: two a warp), a head count the current scoring does not take (20).
+      {"16 heads", 16, 128, 64, 1999, 600, true, false},
+      {"16 heads, rows not a multiple of 8", 16, 128, 64, 4 * 517 + 2, 600, true, false},
+      {"20 heads", 20, 128, 64, 1999, 600, true, false},
+      {"8 heads, top 1", 8, 128, 1, 103, 100, false, false},
+  };
+  for (const IndexerCase& k : cases) check_indexer_case(k, rng, st);
+}
+
+void print_indexer_timing_table() {
+  if (g_indexer_timings.empty()) return;
+  std::printf("\ntiming table: indexer select (scores + top-k), graphs of %d chained selects, us per select\n", kChain);
+  std::printf("| case | previous | current |\n|---|---|---|\n");
+  for (const TimingRow& r : g_indexer_timings) std::printf("| %s | %.2f | %.2f |\n", r.name.c_str(), r.us[0], r.us[1]);
 }
 
 // ---------------------------------------------------------------- router
@@ -592,6 +899,9 @@ int main() {
   test_router(rng, st);
   test_attention_errors(rng);
   test_attention(rng, st);
+  test_indexer(rng, st);
+  print_timing_table();
+  print_indexer_timing_table();
   cudaStreamDestroy(st);
   return finish("decode_path_test");
 }
