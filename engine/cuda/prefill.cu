@@ -133,7 +133,10 @@ Status try_q8_matmul(const MatmulLaunch& l, void* digits, cudaStream_t st, bool*
   *ran = false;
   const Result<bool> int8_dense = use_int8_dense();
   DS4_RETURN_IF_ERROR(int8_dense.status());
-  if (!int8_dense.value() || digits == nullptr || !q8_matmul_supported(l).ok()) return Status::Ok();
+  if (!int8_dense.value() || digits == nullptr || l.w == nullptr || l.w->type != GgmlType::Q8_0 ||
+      !q8_matmul_supported(l).ok()) {
+    return Status::Ok();
+  }
   *ran = true;
   return launch_q8_matmul(l, digits, st);
 }
