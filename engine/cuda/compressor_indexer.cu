@@ -1,6 +1,8 @@
 #include "cuda/compressor_indexer.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_limits.h"
@@ -580,7 +582,12 @@ Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
     launch_kernel(indexer_topk_kernel, 1, kSelectThreads, 0, stream, p);
     return cuda_status(cudaGetLastError(), "indexer top-k launch");
   }
-  if (!p.previous_kernels && indexer_current_scoring_applies(p)) {
+  static const bool previous_by_env = [] {
+    const char* v = std::getenv("DS4_CUDA_INDEXER_KERNELS");
+    return v != nullptr && std::strcmp(v, "previous") == 0;
+  }();
+  const bool previous = p.previous_kernels || previous_by_env;
+  if (!previous && indexer_current_scoring_applies(p)) {
     const int64_t blocks = std::min<int64_t>((p.max_rows + kScoreMinRowsPerBlock - 1) / kScoreMinRowsPerBlock,
                                              kScoreMaxBlocks);
     launch_kernel(indexer_score_heads_kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kScoreThreads, 0,
@@ -589,7 +596,7 @@ Status launch_indexer_select(const IndexerLaunch& p, cudaStream_t stream) {
     launch_kernel(indexer_score_rows_kernel, grid, 256, shared, stream, p);
   }
   DS4_CUDA_TRY(cudaGetLastError());
-  if (!p.previous_kernels && indexer_shared_select_applies(p)) {
+  if (!previous && !p.previous_select && indexer_shared_select_applies(p)) {
     launch_kernel(indexer_shared_topk_kernel, 1, kSelectThreads, sizeof(uint32_t) * p.max_rows, stream, p);
   } else {
     launch_kernel(indexer_radix_topk_kernel, 1, kSelectThreads, 0, stream, p);

@@ -68,8 +68,12 @@ struct IndexerLaunch {
   // Tests and benchmarks: the previous kernels (a warp per row over every head, the query
   // loaded into each scoring block's shared memory; the radix select reading the scores
   // from global memory on every pass) instead of the current ones. Same scores and
-  // selections.
+  // selections. The environment variable DS4_CUDA_INDEXER_KERNELS=previous (read once)
+  // makes every launch use them.
   bool previous_kernels = false;
+  // Tests and benchmarks: the previous select (scores from global memory on every pass)
+  // after the current scoring.
+  bool previous_select = false;
 };
 
 // True when launch_indexer_select runs the current kernels for `launch` (the head-split
