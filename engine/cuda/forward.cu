@@ -110,9 +110,10 @@ CudaForward::DecodeSchedule decode_schedule_from_environment() {
   if (v == nullptr) return fallback;
   const std::string text(v);
   if (text == "branches") return S::kBranches;
+  if (text == "branches_kv_sinkhorn") return S::kBranchesKvSinkhorn;
   if (text == "moe_serial") return S::kMoeSerial;
   if (text == "serial") return S::kSerial;
-  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, moe_serial, serial)\n",
+  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, branches_kv_sinkhorn, moe_serial, serial)\n",
                text.c_str());
   return fallback;
 }
@@ -134,10 +135,10 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat)
 CudaForward::~CudaForward() {
   seqs_.clear();
   ws_.reset();
-  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_, ev_join_kv_, ev_join_index_, ev_prefetch_}) {
+  for (cudaEvent_t e : {ev_fork_, ev_latent_, ev_join_, ev_join_kv_, ev_join_index_, ev_prefetch_, ev_join_comb_}) {
     if (e) cudaEventDestroy(e);
   }
-  for (cudaStream_t s : {side_, side_kv_, side_index_, side_prefetch_}) {
+  for (cudaStream_t s : {side_, side_kv_, side_index_, side_prefetch_, side_comb_}) {
     if (s) cudaStreamDestroy(s);
   }
   if (stream_) cudaStreamDestroy(stream_);
@@ -150,10 +151,10 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  for (cudaStream_t* s : {&side_, &side_kv_, &side_index_, &side_prefetch_}) {
+  for (cudaStream_t* s : {&side_, &side_kv_, &side_index_, &side_prefetch_, &side_comb_}) {
     DS4_CUDA_TRY(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
   }
-  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_, &ev_prefetch_}) {
+  for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_, &ev_prefetch_, &ev_join_comb_}) {
     DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
   const ModelConfig& c = model_.config();
@@ -366,6 +367,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   cudaStream_t side = serial ? st : side_;
   cudaStream_t side_kv = serial ? st : side_kv_;
   cudaStream_t side_index = serial ? st : side_index_;
+  // The Sinkhorn's own branch (kBranches), or the kv branch's / shared expert's head.
+  const bool comb_apart = schedule_ == DecodeSchedule::kBranches;
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
@@ -442,9 +445,11 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   if (!serial) {
     DS4_CUDA_TRY(cudaEventRecord(ev_fork_, st));
     for (cudaStream_t s : {side_kv, side, side_index}) DS4_CUDA_TRY(cudaStreamWaitEvent(s, ev_fork_, 0));
+    if (comb_apart) DS4_CUDA_TRY(cudaStreamWaitEvent(side_comb_, ev_fork_, 0));
   }
-  // Branch: the Sinkhorn of this sublayer's comb, then the kv row.
-  DS4_RETURN_IF_ERROR(finish_comb(side_kv));
+  // Branch: the Sinkhorn of this sublayer's comb (on its own branch, or first on this
+  // one), then the kv row.
+  DS4_RETURN_IF_ERROR(finish_comb(comb_apart ? side_comb_ : side_kv));
   DS4_RETURN_IF_ERROR(mv(L.kv, w.n, w.kv, side_kv, w.split_kv));
   RowPostLaunch kv;
   kv.in = w.kv;
@@ -610,6 +615,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(join(side_kv, ev_join_kv_, st));
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
   DS4_RETURN_IF_ERROR(join(side_index, ev_join_index_, st));
+  if (comb_apart) DS4_RETURN_IF_ERROR(join(side_comb_, ev_join_comb_, st));
   stage("kv, compressors, indexer (joined)");
 
   DS4_RETURN_IF_ERROR(launch_attention_decode(at, st));
@@ -647,12 +653,19 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     sd.y = w.moe;
     return launch_dense_or_matvec(sd, s);
   };
-  // Branches: the Sinkhorn of this sublayer's comb, then the shared expert, on the side.
-  // Otherwise the Sinkhorn (if deferred) on the side and the shared expert on the main
-  // stream after the router (see DecodeSchedule).
+  // The Sinkhorn of this sublayer's comb on its own branch (kBranches) or first on the
+  // shared expert's; the shared expert on a branch, or on the main stream after the
+  // router (kMoeSerial, kSerial; see DecodeSchedule).
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
-  DS4_RETURN_IF_ERROR(finish_comb(side));
-  if (schedule_ == DecodeSchedule::kBranches) DS4_RETURN_IF_ERROR(shared_expert(side));
+  if (comb_apart) {
+    DS4_CUDA_TRY(cudaStreamWaitEvent(side_comb_, ev_fork_, 0));
+    DS4_RETURN_IF_ERROR(finish_comb(side_comb_));
+  } else {
+    DS4_RETURN_IF_ERROR(finish_comb(side));
+  }
+  const bool shared_on_side =
+      schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kBranchesKvSinkhorn;
+  if (shared_on_side) DS4_RETURN_IF_ERROR(shared_expert(side));
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
@@ -678,7 +691,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     if (l2_prefetch_.down) pl.experts[pl.n_experts++] = &L.down_exps;
     DS4_RETURN_IF_ERROR(prefetch(pl));
   }
-  if (schedule_ != DecodeSchedule::kBranches) DS4_RETURN_IF_ERROR(shared_expert(st));
+  if (!shared_on_side) DS4_RETURN_IF_ERROR(shared_expert(st));
   stage("router");
   RoutedExpertsLaunch re;
   re.layer = &L;
@@ -693,6 +706,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
   stage("experts gate/up");
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  if (comb_apart) DS4_RETURN_IF_ERROR(join(side_comb_, ev_join_comb_, st));
   DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
   stage("experts down (+ shared, joined)");
   DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st));

@@ -75,14 +75,18 @@ class CudaForward {
   void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
   // How a decode layer's launches are spread over streams (results are the same bits):
   //   kBranches:  the kv row, the compressors and the indexer on side branches beside the
-  //               q path, the shared expert beside the router and routed experts;
-  //   kMoeSerial: the same, but the shared expert on the main stream after the router;
+  //               q path, the shared expert beside the router and routed experts, each
+  //               sublayer's Sinkhorn on a branch of its own;
+  //   kBranchesKvSinkhorn: the same, the Sinkhorn first on the kv (attention) and shared
+  //               expert (MoE) branches;
+  //   kMoeSerial: as kBranchesKvSinkhorn, but the shared expert on the main stream after
+  //               the router;
   //   kSerial:    everything on the main stream, one chain of programmatic dependent
   //               launches without joins, the Sinkhorn inside hc_pre.
   // The dense kernels fill every multiprocessor, so side branches mostly wait for room
   // rather than run beside them. Default from DS4_CUDA_DECODE_SCHEDULE (branches,
-  // moe_serial, serial). Takes effect for graphs recorded later.
-  enum class DecodeSchedule { kBranches, kMoeSerial, kSerial };
+  // branches_kv_sinkhorn, moe_serial, serial). Takes effect for graphs recorded later.
+  enum class DecodeSchedule { kBranches, kBranchesKvSinkhorn, kMoeSerial, kSerial };
   void set_decode_schedule(DecodeSchedule s) { schedule_ = s; }
   const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
@@ -162,6 +166,8 @@ class CudaForward {
   cudaEvent_t ev_fork_ = nullptr, ev_latent_ = nullptr, ev_join_ = nullptr;
   cudaEvent_t ev_join_kv_ = nullptr, ev_join_index_ = nullptr;
   cudaStream_t side_prefetch_ = nullptr;  // L2 prefetches (joined once per token)
+  cudaStream_t side_comb_ = nullptr;      // the Sinkhorn (DecodeSchedule::kBranches)
+  cudaEvent_t ev_join_comb_ = nullptr;
   cudaEvent_t ev_prefetch_ = nullptr;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;

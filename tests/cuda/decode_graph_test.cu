@@ -187,7 +187,9 @@ void check_fixture(const std::string& dir) {
     const DecodeRun moe_serial = run_decode(**dm, qat, true, tokens, name + ", PDL on, shared expert on the main stream",
                                             {}, Schedule::kMoeSerial);
     const DecodeRun serial = run_decode(**dm, qat, true, tokens, name + ", PDL on, one stream", {}, Schedule::kSerial);
-    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok) continue;
+    const DecodeRun kv_sinkhorn = run_decode(**dm, qat, true, tokens, name + ", PDL on, Sinkhorn on the kv branch",
+                                             {}, Schedule::kBranchesKvSinkhorn);
+    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok || !kv_sinkhorn.ok) continue;
     if (pdl_supported()) {
       check(on.pdl, name + ": PDL was turned off while recording a graph (see the message on stderr)");
     }
@@ -196,6 +198,7 @@ void check_fixture(const std::string& dir) {
     compare_runs(on, prefetch, vocab, name + ": PDL on vs PDL on with every L2 prefetch");
     compare_runs(on, moe_serial, vocab, name + ": branches vs the shared expert on the main stream");
     compare_runs(on, serial, vocab, name + ": branches vs one stream");
+    compare_runs(on, kv_sinkhorn, vocab, name + ": Sinkhorn on its own branch vs on the kv branch");
   }
 }
 
