@@ -643,10 +643,13 @@ __host__ __device__ __forceinline__ size_t staged_rows_bytes(int cap, int D) {
   return sizeof(float) * static_cast<size_t>(cap) * D;
 }
 
+// The stride of a head's scores: the split capacity rounded up to whole float4s.
+__host__ __device__ __forceinline__ int staged_score_stride(int cap) { return (cap + 3) / 4 * 4; }
+
 size_t staged_shared_bytes(const AttentionLaunch& p, int group) {
   const int cap = split_capacity(p);
   return staged_rows_bytes(cap, p.head_dim) + sizeof(float) * static_cast<size_t>(group) * p.head_dim +
-         row_table_bytes(cap) + sizeof(float) * static_cast<size_t>(group) * (cap + p.splits);
+         row_table_bytes(cap) + sizeof(float) * static_cast<size_t>(group) * (staged_score_stride(cap) + p.splits);
 }
 
 // q . row over one lane's four float4 slices (k * 128 + 4 * lane), in the order of
@@ -666,7 +669,8 @@ __device__ __forceinline__ float lane_dot_vec4(const float4 (&qv)[4], const floa
 }
 
 // Scores of the split's nr staged rows for every head of the group into probs[g * cap + r]
-// (scale applied; absent tagged rows -INFINITY), group_scores' values bit for bit: the
+// (cap: the heads' stride; scale applied; absent tagged rows -INFINITY), group_scores'
+// values bit for bit: the
 // warps form teams of up to four heads each, a warp holds its team's q slices in
 // registers and takes two rows at a time; the per-lane sums of all the (row, head) pairs
 // are reduced together (warp_reduce_scatter: the pairings of warp_sum, so the same sums).
@@ -717,9 +721,10 @@ __device__ __forceinline__ void staged_scores(const AttentionLaunch& p, const fl
 }
 
 // Output sums of dimensions (i, i + 1) for every head of the group over the staged rows,
-// in row order: group_accumulate's sums.
+// in row order: group_accumulate's sums. `stride` (a multiple of 4) separates the heads'
+// scores, read four rows at a time.
 template <int kGroupHeads>
-__device__ __forceinline__ void staged_accumulate(const float* stage, int D, const float* probs, int cap, int nr,
+__device__ __forceinline__ void staged_accumulate(const float* stage, int D, const float* probs, int stride, int nr,
                                                   int i, float2 (&acc)[kGroupHeads]) {
 #pragma unroll
   for (int g = 0; g < kGroupHeads; ++g) acc[g] = make_float2(0.0f, 0.0f);
@@ -730,7 +735,8 @@ __device__ __forceinline__ void staged_accumulate(const float* stage, int D, con
     for (int k = 0; k < 4; ++k) a[k] = *reinterpret_cast<const float2*>(stage + (r + k) * D + i);
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
-      const float* pr = probs + g * cap + r;
+      const float4 p4 = *reinterpret_cast<const float4*>(probs + g * stride + r);
+      const float pr[4] = {p4.x, p4.y, p4.z, p4.w};
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         acc[g].x += pr[k] * a[k].x;
@@ -742,8 +748,8 @@ __device__ __forceinline__ void staged_accumulate(const float* stage, int D, con
     const float2 a = *reinterpret_cast<const float2*>(stage + r * D + i);
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
-      acc[g].x += probs[g * cap + r] * a.x;
-      acc[g].y += probs[g * cap + r] * a.y;
+      acc[g].x += probs[g * stride + r] * a.x;
+      acc[g].y += probs[g * stride + r] * a.y;
     }
   }
 }
@@ -767,13 +773,14 @@ __global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged
   pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char staged_shared[];
   const int cap = split_capacity(p);
+  const int stride = staged_score_stride(cap);
   const int D = p.head_dim;
   float* stage = reinterpret_cast<float*>(staged_shared);                                    // [cap][D]
   float* q = stage + static_cast<size_t>(cap) * D;                                          // [G][D]
   const float** rows = reinterpret_cast<const float**>(q + kGroupHeads * D);                // [cap]
   float* probs = reinterpret_cast<float*>(staged_shared + staged_rows_bytes(cap, D) +
                                           sizeof(float) * kGroupHeads * D + row_table_bytes(cap));  // [G][cap]
-  float* factor = probs + kGroupHeads * cap;                                                 // [G][splits]
+  float* factor = probs + kGroupHeads * stride;                                              // [G][splits]
   __shared__ float s_max[kGroupHeads], s_sum[kGroupHeads], s_total[kGroupHeads], s_factor[kGroupHeads];
   __shared__ int s_last;
   const int pos = *p.pos;
@@ -807,9 +814,9 @@ __global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged
   }
   staged_wait_all();
   __syncthreads();
-  staged_scores<kGroupHeads>(p, stage, q, probs, cap, nr, r0, pos, vis, lane, warp);
+  staged_scores<kGroupHeads>(p, stage, q, probs, stride, nr, r0, pos, vis, lane, warp);
   __syncthreads();
-  group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
+  group_softmax<kGroupHeads>(probs, stride, nr, s_max, s_sum, lane, warp);
   const bool single = used == 1 && (p.fold_combine || p.fit_splits);
   if (single && warp < nh && lane == 0) {
     // attention_combine_kernel with one split (as the fused kernel).
@@ -825,7 +832,7 @@ __global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged
   float* partials = split_partials(p);
   for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
     float2 acc[kGroupHeads];
-    staged_accumulate<kGroupHeads>(stage, D, probs, cap, nr, i, acc);
+    staged_accumulate<kGroupHeads>(stage, D, probs, stride, nr, i, acc);
 #pragma unroll
     for (int g = 0; g < kGroupHeads; ++g) {
       if (g >= nh) continue;
