@@ -1001,6 +1001,10 @@ AttentionPlan attention_decode_plan(int heads, int head_dim, int max_visible, in
   // head pairs, so that the few rows present still spread over many blocks.
   const AttentionPlan staged =
       ratio == 4 ? attention_staged_plan(max_visible, 40, 4, max_splits) : attention_staged_plan(max_visible, 32, 2, max_splits);
+  static const bool staged_enabled = [] {
+    const char* v = std::getenv("DS4_CUDA_STAGED_ATTENTION");
+    return v == nullptr || std::string(v) != "0";
+  }();
   AttentionLaunch probe;
   probe.heads = heads;
   probe.head_dim = head_dim;
@@ -1009,7 +1013,7 @@ AttentionPlan attention_decode_plan(int heads, int head_dim, int max_visible, in
   probe.splits = staged.splits;
   probe.head_group = staged.head_group;
   probe.staged = true;
-  if (attention_staged_applies(probe)) return staged;
+  if (staged_enabled && attention_staged_applies(probe)) return staged;
   AttentionPlan fused;
   fused.splits = std::clamp(max_visible / 64, 1, std::max(max_splits, 1));
   fused.head_group = 2;
