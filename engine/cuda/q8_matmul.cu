@@ -105,6 +105,47 @@ __device__ __forceinline__ float digit_sum(int r) { return __int_as_float(r) - k
 // columns 8 (l % 4).. of it) and writes their four digits at bytes 128 j + 32 L + 8 (l % 4)
 // of the row's block: per j and digit L the 32 digits in column order (the rows that
 // ldmatrix reads as B fragments).
+// Three digits (Q8MatmulOptions::digits): x_e ~ s a_e with s = 2^(E - 22), |a_e| <= 2^22,
+// a_e as d0, d1 in [-128, 128) and d2 the rest (|d2| <= 65); digit plane 3 left zero. A
+// block holding a NaN or an infinity: digits 0 and a NaN scale (as split_block_digits).
+__device__ __forceinline__ cuda_detail::DigitBlock split_block_three_digits(const float (&v)[8]) {
+  float m = 0.0f;
+  bool bad = false;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float a = fabsf(v[i]);
+    bad |= !(a <= 3.402823466e38f);
+    m = fmaxf(m, a);
+  }
+  m = cuda_detail::warp_max(m);
+  cuda_detail::DigitBlock d;
+  d.bad = __any_sync(0xffffffffu, bad);
+  int e = 0;
+  frexpf(m, &e);
+  e = max(e, -96);
+  d.e = e + 8;  // scale() = 2^(e.d - 30) = 2^(e - 22)
+  const float inv = ldexpf(1.0f, 22 - e);
+#pragma unroll
+  for (int L = 0; L < 4; ++L) d.lo[L] = d.hi[L] = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    int a = d.bad ? 0 : __float2int_rn(v[i] * inv);
+#pragma unroll
+    for (int L = 0; L < 3; ++L) {
+      const int digit = L < 2 ? (a << 24) >> 24 : a;
+      if (L < 2) a = (a - digit) >> 8;
+      const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
+      if (i < 4) {
+        d.lo[L] |= byte << (8 * i);
+      } else {
+        d.hi[L] |= byte << (8 * (i - 4));
+      }
+    }
+  }
+  return d;
+}
+
+template <int DIGITS>
 __global__ void __launch_bounds__(256) q8_split_rows_kernel(const float* __restrict__ x, int64_t x_stride,
                                                             int64_t rows, int blocks, uint8_t* __restrict__ digits,
                                                             float* __restrict__ scales) {
@@ -116,7 +157,8 @@ __global__ void __launch_bounds__(256) q8_split_rows_kernel(const float* __restr
   const float4* src = reinterpret_cast<const float4*>(x + row * x_stride + b * 256 + lane * 8);
   const float4 v0 = src[0], v1 = src[1];
   const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-  const cuda_detail::DigitBlock d = cuda_detail::split_block_digits(v);
+  const cuda_detail::DigitBlock d =
+      DIGITS == 4 ? cuda_detail::split_block_digits(v) : split_block_three_digits(v);
   const int64_t at = row * blocks + b;
   uint8_t* out = digits + at * kDigitBlockBytes + (lane >> 2) * 128 + (lane & 3) * 8;
 #pragma unroll
@@ -139,7 +181,7 @@ __device__ __forceinline__ int tile_output_row(int row0, int r, bool* up) {
   }
 }
 
-template <bool PAIRED, int BN, int STAGES, int MIN_BLOCKS>
+template <bool PAIRED, int BN, int STAGES, int MIN_BLOCKS, int DIGITS>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params p) {
   using S = Stage<BN>;
   constexpr int kNT = BN / 16;  // 8-token mma tiles per warp
@@ -212,15 +254,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params 
     const uint8_t* x_tile = st + S::kX + (wn * (BN / 2) + (lane & 7)) * kXStride + (lane >> 4) * 32 +
                             ((lane >> 3) & 1) * 16;
     const uint16_t* d_tile = reinterpret_cast<const uint16_t*>(st + S::kScales) + (wm * 32 + g) * 4;
-    float part[2][kNT][4];  // p of the step (fma with a zero addend: the rounded product)
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) part[m][nt][i] = 0.0f;
-      }
-    }
+    float part[2][kNT][4];  // p of the step
 #pragma unroll 1
     for (int j = 0; j < 4; ++j) {
       uint32_t a[2][4];
@@ -239,17 +273,23 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params 
         ldmatrix_x4(b23, xb + 64);
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-          int r0[4], r1[4], r2[4], r3[4];
-          mma_s8_magic(r3, a[m], b23[2], b23[3]);
+          int r0[4], r1[4], r2[4], r3[4] = {0, 0, 0, 0};
+          if constexpr (DIGITS == 4) mma_s8_magic(r3, a[m], b23[2], b23[3]);
           mma_s8_magic(r2, a[m], b23[0], b23[1]);
           mma_s8_magic(r1, a[m], b01[2], b01[3]);
           mma_s8_magic(r0, a[m], b01[0], b01[1]);
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            float sj = fmaf(digit_sum(r3[i]), 256.0f, digit_sum(r2[i]));
-            sj = fmaf(sj, 256.0f, digit_sum(r1[i]));
+            float sj;
+            if constexpr (DIGITS == 4) {
+              sj = fmaf(digit_sum(r3[i]), 256.0f, digit_sum(r2[i]));
+              sj = fmaf(sj, 256.0f, digit_sum(r1[i]));
+            } else {
+              sj = fmaf(digit_sum(r2[i]), 256.0f, digit_sum(r1[i]));
+            }
             sj = fmaf(sj, 256.0f, digit_sum(r0[i]));
-            part[m][nt][i] = fmaf(dj[m][i >> 1], sj, part[m][nt][i]);
+            const float d = dj[m][i >> 1];
+            part[m][nt][i] = j == 0 ? d * sj : fmaf(d, sj, part[m][nt][i]);
           }
         }
       }
@@ -307,37 +347,42 @@ struct Variant {
 // with 2 (about 73 KB: what the GB10 runs).
 constexpr int kVariants = 4;
 
-template <bool PAIRED>
+template <bool PAIRED, int DIGITS>
 void add_variants(Variant* v) {
-  v[0] = {q8_matmul_kernel<PAIRED, 64, 2, 2>, 64, 2, 2 * Stage<64>::kBytes, false};
-  v[1] = {q8_matmul_kernel<PAIRED, 64, 3, 1>, 64, 3, 3 * Stage<64>::kBytes, false};
-  v[2] = {q8_matmul_kernel<PAIRED, 32, 3, 1>, 32, 3, 3 * Stage<32>::kBytes, false};
-  v[3] = {q8_matmul_kernel<PAIRED, 32, 2, 2>, 32, 2, 2 * Stage<32>::kBytes, false};
+  v[0] = {q8_matmul_kernel<PAIRED, 64, 2, 2, DIGITS>, 64, 2, 2 * Stage<64>::kBytes, false};
+  v[1] = {q8_matmul_kernel<PAIRED, 64, 3, 1, DIGITS>, 64, 3, 3 * Stage<64>::kBytes, false};
+  v[2] = {q8_matmul_kernel<PAIRED, 32, 3, 1, DIGITS>, 32, 3, 3 * Stage<32>::kBytes, false};
+  v[3] = {q8_matmul_kernel<PAIRED, 32, 2, 2, DIGITS>, 32, 2, 2 * Stage<32>::kBytes, false};
 }
 
+// variants[digits == 3][paired][variant]
 struct InitState {
   Status status;
-  Variant variants[2][kVariants];
+  Variant variants[2][2][kVariants];
 };
 
 InitState& init_state() {
   static InitState s = [] {
     InitState st;
-    add_variants<false>(st.variants[0]);
-    add_variants<true>(st.variants[1]);
+    add_variants<false, 4>(st.variants[0][0]);
+    add_variants<true, 4>(st.variants[0][1]);
+    add_variants<false, 3>(st.variants[1][0]);
+    add_variants<true, 3>(st.variants[1][1]);
     return st;
   }();
   return s;
 }
 
 Status init_once(InitState* s) {
-  for (auto& set : s->variants) {
-    for (Variant& v : set) {
+  for (auto& by_digits : s->variants) {
+    for (auto& set : by_digits) {
+      for (Variant& v : set) {
       cudaFuncAttributes a{};
       DS4_CUDA_TRY(cudaFuncGetAttributes(&a, v.fn));
       v.usable = v.dynamic_shared + static_cast<int>(a.sharedSizeBytes) <= max_shared_per_block();
       if (v.usable) {
         DS4_CUDA_TRY(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v.dynamic_shared));
+      }
       }
     }
   }
@@ -346,15 +391,18 @@ Status init_once(InitState* s) {
 
 // Variant `forced` (0 <= forced < kVariants) when the device's shared memory holds it,
 // else (or with forced < 0) the first variant it holds.
-Result<const Variant*> pick_variant(bool paired, int forced = -1) {
+Result<const Variant*> pick_variant(bool paired, int forced = -1, int digits = 4) {
   DS4_RETURN_IF_ERROR(q8_matmul_init());
-  const Variant* set = init_state().variants[paired ? 1 : 0];
+  if (digits != 3 && digits != 4) {
+    return Status::Error("q8 matmul: " + std::to_string(digits) + " activation digits (expected 3 or 4)");
+  }
+  const Variant* set = init_state().variants[digits == 3 ? 1 : 0][paired ? 1 : 0];
   if (forced >= kVariants) return Status::Error("q8 matmul: variant " + std::to_string(forced) + " does not exist");
   if (forced >= 0 && set[forced].usable) return &set[forced];
   for (int i = 0; i < kVariants; ++i) {
     if (set[i].usable) return &set[i];
   }
-  const Variant& smallest = init_state().variants[paired ? 1 : 0][kVariants - 1];
+  const Variant& smallest = set[kVariants - 1];
   return Status::Error("q8 matmul: " + std::to_string(smallest.dynamic_shared) +
                        " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
 }
@@ -423,16 +471,16 @@ int q8_matmul_variant_count() { return kVariants; }
 
 std::string q8_matmul_variant_name(int variant) {
   if (variant < 0 || variant >= kVariants) return "(no such variant)";
-  const Variant& v = init_state().variants[0][variant];
+  const Variant& v = init_state().variants[0][0][variant];
   return std::to_string(v.bn) + " tokens, " + std::to_string(v.stages) + " stages";
 }
 
 bool q8_matmul_variant_usable(int variant, bool paired) {
   if (variant < 0 || variant >= kVariants || !q8_matmul_init().ok()) return false;
-  return init_state().variants[paired ? 1 : 0][variant].usable;
+  return init_state().variants[0][paired ? 1 : 0][variant].usable;
 }
 
-Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t stream, int variant) {
+Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t stream, const Q8MatmulOptions& options) {
   DS4_RETURN_IF_ERROR(q8_matmul_supported(l));
   const DeviceMatrix& w = *l.w;
   const bool paired = l.w_up != nullptr;
@@ -445,7 +493,7 @@ Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t str
   }
   if (!workspace || !aligned(workspace, 16)) return Status::Error("q8 matmul: workspace missing or not 16-byte aligned");
   if (n_rows == 0 || l.n_tokens == 0) return Status::Ok();
-  auto chosen = pick_variant(paired, variant);
+  auto chosen = pick_variant(paired, options.variant, options.digits);
   DS4_RETURN_IF_ERROR(chosen.status());
   const Variant& kernel = **chosen;
   const int64_t blocks = w.cols / 256;
@@ -454,8 +502,13 @@ Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t str
   float* scales = reinterpret_cast<float*>(digits + units * kDigitBlockBytes);
   const int64_t split_blocks = (units * 32 + 255) / 256;
   if (split_blocks > INT32_MAX) return Status::Error("q8 matmul: too many rows of x for the pre-pass");
-  q8_split_rows_kernel<<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
-      l.x, l.x_stride, l.n_tokens, static_cast<int>(blocks), digits, scales);
+  if (options.digits == 3) {
+    q8_split_rows_kernel<3><<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
+        l.x, l.x_stride, l.n_tokens, static_cast<int>(blocks), digits, scales);
+  } else {
+    q8_split_rows_kernel<4><<<static_cast<unsigned>(split_blocks), 256, 0, stream>>>(
+        l.x, l.x_stride, l.n_tokens, static_cast<int>(blocks), digits, scales);
+  }
   DS4_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "q8 matmul: launching the digit split"));
 
   const int64_t matrix_offset = static_cast<int64_t>(l.matrix) * w.rows;

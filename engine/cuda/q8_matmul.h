@@ -69,11 +69,24 @@ Status q8_matmul_supported(const MatmulLaunch& launch);
 // launch on the same stream), then the product kernel. Errors: an unsupported launch
 // (as q8_matmul_supported), missing pointers, a workspace missing or misaligned, a
 // failed launch.
-// `variant` (benchmarks): a tuning variant, 0 <= variant < q8_matmul_variant_count(),
-// run where the device's shared memory holds it; -1 (and a variant it cannot hold): the
-// first that fits, in the order of preference. Every variant computes the same values in
-// the same order: outputs are bit-identical across variants.
-Status launch_q8_matmul(const MatmulLaunch& launch, void* workspace, cudaStream_t stream, int variant = -1);
+// Options of a launch (benchmarks and precision studies; the defaults are what the
+// prefill runs).
+struct Q8MatmulOptions {
+  // A tuning variant, 0 <= variant < q8_matmul_variant_count(), run where the device's
+  // shared memory holds it; -1 (and a variant it cannot hold): the first that fits, in the
+  // order of preference. Every variant computes the same values in the same order:
+  // outputs are bit-identical across variants.
+  int variant = -1;
+  // Activation digits: 4 (the arithmetic above) or 3: s_b = 2^(E_b - 22), |a_e| <= 2^22,
+  // digits d0, d1, d2 (one mma and two f32 operations fewer per 32 columns; S_j =
+  // (D2 256 + D1) 256 + D0). The bound above holds with that s_b: 2^8 times looser in its
+  // first term (~2^-21 of max_b |x| per weight magnitude, about kExact's activation split
+  // for the values near a block's largest, looser for the smaller ones).
+  int digits = 4;
+};
+
+Status launch_q8_matmul(const MatmulLaunch& launch, void* workspace, cudaStream_t stream,
+                        const Q8MatmulOptions& options = {});
 
 // The tuning variants: how many, a name for each (token tile and pipeline stages), and
 // whether this device's shared memory holds variant `variant` (paired or not).

@@ -36,14 +36,15 @@ namespace {
 
 constexpr double kUnit = 1.0 / 16777216.0;  // 2^-24
 
-// The scale s_b of 256 values of x (header): 2^(E - 30), max |x| < 2^E, E >= -96.
-double block_scale(const float* x) {
+// The scale s_b of 256 values of x (header): 2^(E - 30) with four digits, 2^(E - 22) with
+// three, max |x| < 2^E, E >= -96.
+double block_scale(const float* x, int digits) {
   float m = 0.0f;
   for (int i = 0; i < 256; ++i) m = std::max(m, std::fabs(x[i]));
   int e = 0;
   std::frexp(m, &e);
   e = std::max(e, -96);
-  return std::ldexp(1.0, e - 30);
+  return std::ldexp(1.0, e - (digits == 3 ? 22 : 30));
 }
 
 // A stacked Q8_0 matrix on the device with its file-layout bytes on the host.
@@ -90,13 +91,13 @@ struct Ref {
   double v = 0, bound = 0;
 };
 
-Ref reference(const Matrix& m, int64_t matrix, int64_t row, const float* x, std::vector<float>& w) {
+Ref reference(const Matrix& m, int64_t matrix, int64_t row, const float* x, std::vector<float>& w, int digits) {
   w.resize(m.cols);
   dequantize_row(GgmlType::Q8_0, m.row(matrix, row), w.data(), m.cols);
   Ref r;
   double abs_wx = 0;
   for (int64_t b = 0; b < m.cols / 256; ++b) {
-    const double s = block_scale(x + b * 256);
+    const double s = block_scale(x + b * 256, digits);
     double abs_w = 0;
     for (int64_t e = b * 256; e < b * 256 + 256; ++e) {
       const double p = static_cast<double>(w[e]) * x[e];
@@ -160,9 +161,12 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// Runs case c on the new kernel (every variant, twice for the default) and kExact, checks
-// them as the file's comment says.
-void run_case(const Case& c, std::mt19937& rng) {
+// Runs case c on the new kernel with `digits` activation digits (every variant, twice for
+// the default) and kExact, checks them as the file's comment says.
+void run_case(const Case& c, std::mt19937& rng, int digits = 4) {
+  Q8MatmulOptions options;
+  options.digits = digits;
+  const std::string name = c.name + (digits == 3 ? " [3 digits]" : "");
   const int64_t y_stride = c.n_rows + 3;  // three guard columns per token
   const std::vector<float> x = make_x(c.n_tokens, c.x_stride, rng);
   DeviceVec<float> dx(x);
@@ -175,8 +179,8 @@ void run_case(const Case& c, std::mt19937& rng) {
   }
   DeviceVec<float> dy(y0);
   const MatmulLaunch l = launch_of(c, dx.get(), dy.get(), y_stride);
-  Status s = launch_q8_matmul(l, ws.get(), nullptr);
-  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, c.name + ": launch: " + s.message());
+  Status s = launch_q8_matmul(l, ws.get(), nullptr, options);
+  check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": launch: " + s.message());
   if (!s.ok()) return;
   const std::vector<float> y = dy.host();
 
@@ -188,14 +192,14 @@ void run_case(const Case& c, std::mt19937& rng) {
       const bool same = std::memcmp(&y[i], &y0[i], sizeof(float)) == 0;
       if (r >= c.n_rows && !same) ++guard;
       if (r < c.n_rows && !std::isfinite(y[i])) {
-        if (unwritten < 3) std::printf("  %s: token %d row %lld not written or not finite: %g\n", c.name.c_str(), t,
+        if (unwritten < 3) std::printf("  %s: token %d row %lld not written or not finite: %g\n", name.c_str(), t,
                                        static_cast<long long>(r), y[i]);
         ++unwritten;
       }
     }
   }
-  check(unwritten == 0, c.name + ": " + std::to_string(unwritten) + " outputs not written or not finite");
-  check(guard == 0, c.name + ": " + std::to_string(guard) + " guard columns past n_rows changed");
+  check(unwritten == 0, name + ": " + std::to_string(unwritten) + " outputs not written or not finite");
+  check(guard == 0, name + ": " + std::to_string(guard) + " guard columns past n_rows changed");
 
   // Against the CPU within the bound.
   std::vector<int> tokens = c.check_tokens;
@@ -208,8 +212,8 @@ void run_case(const Case& c, std::mt19937& rng) {
   for (int t : tokens) {
     const float* xt = x.data() + static_cast<int64_t>(t) * c.x_stride + c.x_offset;
     for (int64_t r = 0; r < c.n_rows; ++r) {
-      Ref e = reference(*c.w, c.matrix, c.row_begin + r, xt, wbuf);
-      if (c.up) e = swiglu_ref(e, reference(*c.up, c.matrix, c.row_begin + r, xt, ubuf), c.limit);
+      Ref e = reference(*c.w, c.matrix, c.row_begin + r, xt, wbuf, digits);
+      if (c.up) e = swiglu_ref(e, reference(*c.up, c.matrix, c.row_begin + r, xt, ubuf, digits), c.limit);
       const size_t i = static_cast<size_t>(t) * y_stride + r;
       const double got = c.accumulate ? static_cast<double>(y[i]) - base[i] : y[i];
       const double bound = e.bound + (c.accumulate ? 2 * kUnit * std::fabs(y[i]) : 0.0);
@@ -217,27 +221,29 @@ void run_case(const Case& c, std::mt19937& rng) {
       worst = std::max(worst, d / bound);
       if (!(d <= bound)) {
         if (bad < 5) {
-          std::printf("  %s: token %d row %lld: got %.9g expected %.9g (|d| %.3g > bound %.3g)\n", c.name.c_str(), t,
+          std::printf("  %s: token %d row %lld: got %.9g expected %.9g (|d| %.3g > bound %.3g)\n", name.c_str(), t,
                       static_cast<long long>(r), got, e.v, d, bound);
         }
         ++bad;
       }
     }
   }
-  check(bad == 0, c.name + ": " + std::to_string(bad) + " outputs outside the bound of the CPU reference");
+  check(bad == 0, name + ": " + std::to_string(bad) + " outputs outside the bound of the CPU reference");
 
   // Repeat and variants: bit for bit.
   for (int v = -1; v < q8_matmul_variant_count(); ++v) {
     if (v >= 0 && !q8_matmul_variant_usable(v, c.up != nullptr)) continue;
     DeviceVec<float> dy2(y0);
     const MatmulLaunch l2 = launch_of(c, dx.get(), dy2.get(), y_stride);
-    Status s2 = launch_q8_matmul(l2, ws.get(), nullptr, v);
-    check(s2.ok() && cudaDeviceSynchronize() == cudaSuccess, c.name + ": variant launch: " + s2.message());
+    Q8MatmulOptions o = options;
+    o.variant = v;
+    Status s2 = launch_q8_matmul(l2, ws.get(), nullptr, o);
+    check(s2.ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": variant launch: " + s2.message());
     const std::vector<float> y2 = dy2.host();
     const std::string what = v < 0 ? std::string("repeat") : "variant " + q8_matmul_variant_name(v);
     size_t first = 0;
     while (first < y.size() && std::memcmp(&y[first], &y2[first], sizeof(float)) == 0) ++first;
-    check(same_bits(y, y2), c.name + ": " + what + " differs from the first launch" +
+    check(same_bits(y, y2), name + ": " + what + " differs from the first launch" +
                                 (first < y.size() ? " at " + std::to_string(first) + ": " + std::to_string(y2[first]) +
                                                         " vs " + std::to_string(y[first])
                                                   : std::string()));
@@ -250,7 +256,7 @@ void run_case(const Case& c, std::mt19937& rng) {
   le.precision = MatmulPrecision::kExact;
   if (!matmul_fits(le)) le.token_tile = 32;
   Status se = launch_matmul(le, nullptr);
-  check(se.ok() && cudaDeviceSynchronize() == cudaSuccess, c.name + ": kExact launch: " + se.message());
+  check(se.ok() && cudaDeviceSynchronize() == cudaSuccess, name + ": kExact launch: " + se.message());
   if (!se.ok()) return;
   const std::vector<float> ye = dye.host();
   double max_rel = 0;
@@ -267,9 +273,10 @@ void run_case(const Case& c, std::mt19937& rng) {
       max_rel = std::max(max_rel, std::fabs(static_cast<double>(y[i]) - ye[i]) / rms);
     }
   }
-  std::printf("  %-40s CPU: worst |d|/bound %.3g over %zu tokens; kExact: max |d| / row rms %.3g\n", c.name.c_str(),
+  std::printf("  %-40s CPU: worst |d|/bound %.3g over %zu tokens; kExact: max |d| / row rms %.3g\n", name.c_str(),
               worst, tokens.size(), max_rel);
-  check(max_rel < 1e-4, c.name + ": differs from kExact by " + std::to_string(max_rel) + " of a row's rms");
+  const double limit = digits == 3 ? 1e-3 : 1e-4;
+  check(max_rel < limit, name + ": differs from kExact by " + std::to_string(max_rel) + " of a row's rms");
 }
 
 // A non-finite value in one 256-column block of token 1 makes all of token 1's outputs
@@ -384,10 +391,20 @@ void bench(const Case& c, std::mt19937& rng) {
   for (int v = -1; v < q8_matmul_variant_count(); ++v) {
     if (v >= 0 && !q8_matmul_variant_usable(v, c.up != nullptr)) continue;
     Status s;
-    const double us = time_us([&] { s = launch_q8_matmul(l, ws.get(), nullptr, v); }, 10);
+    Q8MatmulOptions o;
+    o.variant = v;
+    const double us = time_us([&] { s = launch_q8_matmul(l, ws.get(), nullptr, o); }, 10);
     check(s.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench " + c.name + ": " + s.message());
     std::printf(" | %s %9.1f us %6.1f TOPS %.2fx", v < 0 ? "int8 default" : q8_matmul_variant_name(v).c_str(), us,
                 ops / us * 1e-6, us_exact / us);
+  }
+  {
+    Q8MatmulOptions three;
+    three.digits = 3;
+    Status s3;
+    const double us = time_us([&] { s3 = launch_q8_matmul(l, ws.get(), nullptr, three); }, 10);
+    check(s3.ok() && cudaDeviceSynchronize() == cudaSuccess, "bench " + c.name + " 3 digits: " + s3.message());
+    std::printf(" | 3 digits %9.1f us %6.1f TOPS %.2fx", us, ops / us * 1e-6, us_exact / us);
   }
   // The digit split alone (a launch of one output row costs little more).
   MatmulLaunch one = l;
@@ -490,6 +507,7 @@ int main() {
     tiny.push_back(p);
   }
   for (const Case& c : tiny) run_case(c, rng);
+  for (const Case& c : tiny) run_case(c, rng, 3);
   check_non_finite(*t512, rng);
   check_refusals(*t256, rng);
 
@@ -537,6 +555,7 @@ int main() {
     real.push_back(c);
   }
   for (const Case& c : real) run_case(c, rng);
+  for (const Case& c : real) run_case(c, rng, 3);
 
   for (const Case& c : real) bench(c, rng);
   return finish("q8_matmul_test");
