@@ -106,18 +106,20 @@ Result<bool> use_int8_experts() {
 
 // Whether the dense Q8_0 products (the attention projections, the shared expert) run the
 // integer tensor-core kernels of cuda/q8_matmul.h where their shapes apply (columns a
-// multiple of 256; else the tensor-core matmul as before): DS4_CUDA_PREFILL_DENSE unset,
-// empty or "int8" selects them (the default), "exact" keeps the matmul kernels (kExact, or
-// DS4_CUDA_PREFILL_PRECISION's). Read once; another value fails the prefill with an error
-// naming it.
-Result<bool> use_int8_dense() {
-  static const Result<bool> on = []() -> Result<bool> {
+// multiple of 256; else the tensor-core matmul as before), and with how many activation
+// digits: DS4_CUDA_PREFILL_DENSE unset, empty or "int8" selects them with four digits (the
+// default), "int8x3" with three (Q8MatmulOptions::digits: faster, a looser bound),
+// "exact" keeps the matmul kernels (kExact, or DS4_CUDA_PREFILL_PRECISION's): 4, 3 or 0.
+// Read once; another value fails the prefill with an error naming it.
+Result<int> int8_dense_digits() {
+  static const Result<int> digits = []() -> Result<int> {
     const char* v = std::getenv("DS4_CUDA_PREFILL_DENSE");
-    if (v == nullptr || *v == '\0' || std::string(v) == "int8") return true;
-    if (std::string(v) == "exact") return false;
-    return Status::Error("DS4_CUDA_PREFILL_DENSE: '" + std::string(v) + "' (expected int8 or exact)");
+    if (v == nullptr || *v == '\0' || std::string(v) == "int8") return 4;
+    if (std::string(v) == "int8x3") return 3;
+    if (std::string(v) == "exact") return 0;
+    return Status::Error("DS4_CUDA_PREFILL_DENSE: '" + std::string(v) + "' (expected int8, int8x3 or exact)");
   }();
-  return on;
+  return digits;
 }
 
 // A stream of the prefill and the digit workspace of the integer dense products that run
@@ -128,17 +130,19 @@ struct DenseStream {
 };
 
 // The integer kernel for launch `l` when selected and applicable (Q8_0, dense, columns a
-// multiple of 256, a workspace): *ran tells whether it ran.
-Status try_q8_matmul(const MatmulLaunch& l, void* digits, cudaStream_t st, bool* ran) {
+// multiple of 256, a digit workspace): *ran tells whether it ran.
+Status try_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t st, bool* ran) {
   *ran = false;
-  const Result<bool> int8_dense = use_int8_dense();
-  DS4_RETURN_IF_ERROR(int8_dense.status());
-  if (!int8_dense.value() || digits == nullptr || l.w == nullptr || l.w->type != GgmlType::Q8_0 ||
+  const Result<int> digits = int8_dense_digits();
+  DS4_RETURN_IF_ERROR(digits.status());
+  if (digits.value() == 0 || workspace == nullptr || l.w == nullptr || l.w->type != GgmlType::Q8_0 ||
       !q8_matmul_supported(l).ok()) {
     return Status::Ok();
   }
   *ran = true;
-  return launch_q8_matmul(l, digits, st);
+  Q8MatmulOptions options;
+  options.digits = digits.value();
+  return launch_q8_matmul(l, workspace, st, options);
 }
 
 // Dense product of `n` activation rows through rows [row_begin, row_begin + n_rows) of `w`:
@@ -341,9 +345,9 @@ Status CudaForward::ensure_prefill_workspace(int64_t index_rows) {
     // The integer dense products' digits, one workspace per stream: the main stream's
     // widest input is the output projection's (out_groups * out_lora columns), the side's
     // the sublayer input (dim; the shared expert's down reads expert_ffn).
-    const Result<bool> int8_dense = use_int8_dense();
+    const Result<int> int8_dense = int8_dense_digits();
     DS4_RETURN_IF_ERROR(int8_dense.status());
-    if (int8_dense.value()) {
+    if (int8_dense.value() != 0) {
       const int64_t main_cols = std::max({static_cast<int64_t>(c.dim), static_cast<int64_t>(c.q_lora),
                                           static_cast<int64_t>(c.out_groups) * c.out_lora, qdim / c.out_groups});
       const int64_t side_cols = std::max({static_cast<int64_t>(c.dim), static_cast<int64_t>(c.q_lora),
