@@ -260,6 +260,8 @@ void run_case(const Case& c, std::mt19937& rng, int digits = 4) {
   if (!se.ok()) return;
   const std::vector<float> ye = dye.host();
   double max_rel = 0;
+  int worst_t = 0;
+  int64_t worst_r = 0;
   for (int t = 0; t < c.n_tokens; ++t) {
     double ss = 0;
     for (int64_t r = 0; r < c.n_rows; ++r) {
@@ -270,11 +272,18 @@ void run_case(const Case& c, std::mt19937& rng, int digits = 4) {
     const double rms = std::sqrt(ss / std::max<int64_t>(c.n_rows, 1)) + 1e-30;
     for (int64_t r = 0; r < c.n_rows; ++r) {
       const size_t i = static_cast<size_t>(t) * y_stride + r;
-      max_rel = std::max(max_rel, std::fabs(static_cast<double>(y[i]) - ye[i]) / rms);
+      const double rel = std::fabs(static_cast<double>(y[i]) - ye[i]) / rms;
+      if (rel > max_rel) {
+        max_rel = rel;
+        worst_t = t;
+        worst_r = r;
+      }
     }
   }
-  std::printf("  %-40s CPU: worst |d|/bound %.3g over %zu tokens; kExact: max |d| / row rms %.3g\n", name.c_str(),
-              worst, tokens.size(), max_rel);
+  const size_t wi = static_cast<size_t>(worst_t) * y_stride + worst_r;
+  std::printf("  %-52s CPU: worst |d|/bound %.3g over %zu tokens; kExact: max |d| / row rms %.3g (token %d row %lld: "
+              "%.9g vs %.9g)\n",
+              name.c_str(), worst, tokens.size(), max_rel, worst_t, static_cast<long long>(worst_r), y[wi], ye[wi]);
   const double limit = digits == 3 ? 1e-3 : 1e-4;
   check(max_rel < limit, name + ": differs from kExact by " + std::to_string(max_rel) + " of a row's rms");
 }
