@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -251,9 +252,14 @@ __device__ __forceinline__ void iq2_row_scaled_fragment(uint2 q, const uint32_t*
   *hi1 = prmt(e.z, e.w, s >> 16);
 }
 
-// The exact sum of a block's five scaled-digit sums: sum_k acc[k] 256^k.
+// The exact sum of a block's five scaled-digit sums: sum_k acc[k] 256^k. Over a block
+// (256 columns, |lo| <= 128, |hi| <= 5, |x digit| <= 128, the top one <= 64): |a0| <= 2^22,
+// |a1|, |a2| <= 2^22 + 163840, |a3| <= 2^21 + 163840, |a4| <= 81920, so a0 + 256 a1 and
+// a2 + 256 a3 (below 1.12e9) are exact in int32.
 __device__ __forceinline__ long long combine_scaled(int a0, int a1, int a2, int a3, int a4) {
-  return (((static_cast<long long>(a4) * 256 + a3) * 256 + a2) * 256 + a1) * 256 + a0;
+  const int low = a0 + a1 * 256;
+  const int mid = a2 + a3 * 256;
+  return (static_cast<long long>(a4) << 32) + static_cast<long long>(mid) * 65536 + low;
 }
 
 // The weight row `r` (0..BM) of the block's tile: matrix `group`; paired, rows 0..BM/2-1
@@ -423,7 +429,8 @@ __global__ void __launch_bounds__(32 * (BM / (16 * MR)) * (BN / 16), MIN_BLOCKS)
       for (int c = 0; c < 8; ++c) {
         uint32_t a[MR][4];  // [m] the A fragment: lo(g), lo(g + 8), hi(g), hi(g + 8)
         [[maybe_unused]] int s2[MR][2];  // IQ2_XXS: 2S + 1 of rows g, g + 8
-        [[maybe_unused]] uint32_t ah[SCALED ? MR : 1][4];  // SCALED: a holds the low digits, ah the high ones
+        // SCALED: a holds the low digits lo of w (2S + 1), ah the high ones hi (same slots).
+        [[maybe_unused]] uint32_t ah[SCALED ? MR : 1][4];
 #pragma unroll
         for (int m = 0; m < MR; ++m) {
 #pragma unroll
@@ -746,10 +753,22 @@ Result<const Variant*> pick_shape(bool paired, int64_t rows, const Shape& s, Ind
                        " bytes of shared memory needed, the device allows " + std::to_string(max_shared_per_block()));
 }
 
+// DS4_CUDA_EXPERT_SCALED_DIGITS: 1 (on), 0 (off), or an error naming a bad value.
+const Result<bool>& scaled_digits_switch() {
+  static const Result<bool> on = []() -> Result<bool> {
+    const char* v = std::getenv("DS4_CUDA_EXPERT_SCALED_DIGITS");
+    if (v == nullptr || *v == '\0' || std::string(v) == "0") return false;
+    if (std::string(v) == "1") return true;
+    return Status::Error("DS4_CUDA_EXPERT_SCALED_DIGITS: '" + std::string(v) + "' (expected 0 or 1)");
+  }();
+  return on;
+}
+
 // The variant `options` select for a launch (paired: the scaled-digit form where
 // o.scaled_digits); errors for options out of range.
 Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmulOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matmul_init());
+  DS4_RETURN_IF_ERROR(scaled_digits_switch().status());
   const Shape plain{o.small_tiles, o.rows_per_block, o.lane_tables, o.one_block_per_sm, o.stages};
   DS4_RETURN_IF_ERROR(check_shape(plain, ""));
   if (paired && o.scaled_digits) {
@@ -777,6 +796,11 @@ Result<const Variant*> pick_variant(bool paired, int64_t rows, const ExpertMatmu
 }
 
 }  // namespace
+
+bool expert_matmul_scaled_digits_default() {
+  const Result<bool>& on = scaled_digits_switch();
+  return on.ok() && on.value();
+}
 
 Status expert_matmul_init() {
   static std::once_flag once;

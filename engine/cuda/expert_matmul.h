@@ -84,6 +84,11 @@ struct ExpertMatmulLaunch {
   int64_t x_pool_rows = 0;
 };
 
+// The default of ExpertMatmulOptions::scaled_digits: DS4_CUDA_EXPERT_SCALED_DIGITS "1"
+// on, unset, empty or "0" off (read once). Any other value: off, and every launch fails
+// with an error naming the variable.
+bool expert_matmul_scaled_digits_default();
+
 // Tuning variants (the benchmarks of tests/cuda/expert_matmul_test.cu compare them; the
 // defaults are the expected fastest). Every variant computes the same values in the same
 // order: outputs are bit-identical across variants. Where the device's shared memory
@@ -120,7 +125,7 @@ struct ExpertMatmulOptions {
   // block (twice the mma, none of the four integer multiply-adds per mma of the form
   // above). The five exact sums give the same integer per block as the four above: the
   // same outputs, bit for bit. down (Q2_K) has no such multiply: not affected.
-  bool scaled_digits = false;
+  bool scaled_digits = expert_matmul_scaled_digits_default();
   // The scaled-digit kernels' own shape (the fields above, which callers set for the
   // digit-scale kernels, do not apply to them); 32 assignments per block:
   //   rows_per_block 128, warp_tiles 1: 16 warps of one 16-row mma tile (128 registers);
