@@ -36,6 +36,17 @@
 // within 2^7 of its largest. A non-finite value in a 256-column block of x makes every
 // product that reads the block NaN.
 //
+// Work per 32 columns and 16 x 8 outputs: four mma (one per digit) and, per output, four
+// f32 subtractions and four fused multiply-adds, about as many issue slots as the four
+// mma take on the tensor cores; no weight expansion (kExact converts every weight to
+// f16 and splits every activation tile into two f16 halves per block of rows).
+//
+// Tiles: 128 weight rows (paired: 64 gate and the same 64 up rows) x 64 or 32 tokens, 128
+// columns per pipeline stage (cp.async), 8 warps of 32 rows x 32 or 16 tokens. Variants
+// (bit-identical): 64 tokens with 2 stages (about 107 KB of shared memory, two blocks
+// per multiprocessor on the H200; the default where it fits) or 3 (160 KB), 32 tokens with
+// 3 (109 KB) or 2 (73 KB: the GB10). The order of preference is not measured yet.
+//
 // Launches never synchronise with the host and allocate nothing (graph-safe; call
 // q8_matmul_init() before capturing one).
 //
