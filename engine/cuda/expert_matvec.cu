@@ -13,6 +13,7 @@
 #include "cuda/iq2xxs_compact_table.h"
 #include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
+#include "cuda/router_select.cuh"
 
 namespace ds4 {
 namespace {
@@ -937,7 +938,16 @@ struct StagedGateUpParams {
   TcXLayout xl;
   int ring_offset;  // bytes into dynamic shared memory: [warps][S][kStagedSlotBytes]
   int scale_offset; // [warps][scale_bufs][gate, up][8 rows][blocks] f16
+  // Routing inside the kernel (route.logits set): every block selects the experts from the
+  // router logits itself (cuda/router_select.cuh, in the ring's shared memory before its
+  // first copies) instead of reading ids and weights; block 0 writes them to route.ids and
+  // route.weights for the down kernel.
+  RouterLaunch route;
 };
+
+// Experts a staged gate+up can route for itself (its scratch lives in the ring).
+constexpr int kFoldMaxExperts = 256;
+using FoldScratch = cuda_detail::RouteScratch<kFoldMaxExperts>;
 
 template <int S, bool LANE_TABLES>
 __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel(StagedGateUpParams p) {
@@ -969,15 +979,29 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, 1) staged_gate_up_kernel
     for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) compact[i] = g_selectors[i];
     table = reinterpret_cast<const uint8_t*>(compact);
   }
+  const bool routes = p.route.logits != nullptr;
+  // The selection bias is a weight (immutable): read before the wait.
+  const float route_bias =
+      routes && static_cast<int>(threadIdx.x) < p.route.n_experts && p.route.bias ? p.route.bias[threadIdx.x] : 0.0f;
   pdl_wait();
   pdl_launch_dependents();  // the next kernel may be scheduled once every block has come here
   // This warp's first two blocks of x are read together with the ids (the latencies overlap).
   float4 xv[2][2];
   if (warp < p.blocks) tc_load_x_block(p.x, warp, lane, &xv[0][0], &xv[0][1]);
   if (warp + n_warps < p.blocks) tc_load_x_block(p.x, warp + n_warps, lane, &xv[1][0], &xv[1][1]);
-  for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
-    s_ids[i] = p.ids[i];
-    s_weights[i] = p.weights ? p.weights[i] : 1.0f;
+  if (routes) {
+    FoldScratch& scratch = *reinterpret_cast<FoldScratch*>(dynamic + p.ring_offset);
+    cuda_detail::route_select_block(p.route, 0, route_bias, scratch, s_ids, s_weights);
+    __syncthreads();
+    if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < p.n_used) {
+      p.route.ids[threadIdx.x] = s_ids[threadIdx.x];
+      p.route.weights[threadIdx.x] = s_weights[threadIdx.x];
+    }
+  } else {
+    for (int i = threadIdx.x; i < p.n_used; i += blockDim.x) {
+      s_ids[i] = p.ids[i];
+      s_weights[i] = p.weights ? p.weights[i] : 1.0f;
+    }
   }
   __syncthreads();
 
@@ -1682,6 +1706,19 @@ Result<StagedPlan> plan_staged_down(const ExpertDownLaunch& l, const ExpertMatve
                        std::to_string(kStagedDownMaxWarps * 32));
 }
 
+// Whether the staged kernel of `plan` routes the launch's token itself (its block has a
+// thread per expert, the scratch fits the ring, the counts are the router's).
+bool staged_gate_up_routes(const ExpertGateUpLaunch& l, const StagedPlan& plan) {
+  if (l.route == nullptr) return false;
+  const RouterLaunch& r = *l.route;
+  const int64_t ring_bytes = static_cast<int64_t>(plan.warps) * plan.stages * kStagedSlotBytes;
+  return r.logits != nullptr && r.ids != nullptr && r.weights != nullptr && r.n_experts > 0 &&
+         r.n_experts <= kFoldMaxExperts && r.n_used == l.n_used && r.n_used <= cuda_detail::kRouteMaxUsed &&
+         r.n_used <= r.n_experts && (r.tid2eid == nullptr || r.token != nullptr) &&
+         plan.threads >= (r.n_experts + 31) / 32 * 32 && ring_bytes >= static_cast<int64_t>(sizeof(FoldScratch)) &&
+         plan.ring_offset % 16 == 0;
+}
+
 Status launch_staged_gate_up(const ExpertGateUpLaunch& l, const StagedPlan& plan, cudaStream_t stream,
                              const ExpertMatvecOptions& o) {
   const DeviceMatrix& g = *l.gate;
@@ -1692,6 +1729,7 @@ Status launch_staged_gate_up(const ExpertGateUpLaunch& l, const StagedPlan& plan
   p.xl = plan.xl;
   p.ring_offset = plan.ring_offset;
   p.scale_offset = plan.scale_offset;
+  if (staged_gate_up_routes(l, plan)) p.route = *l.route;
   StagedGateUpFn fn = pick_staged_gate_up(plan.stages, plan.lane_tables);
   const int units_per_block = plan.warps;
   auto grid = grid_for(reinterpret_cast<const void*>(fn), plan.threads, plan.shared, units_per_block, p.units, o);
@@ -1744,9 +1782,43 @@ Status expert_down_supported(const ExpertDownLaunch& l) {
   return Status::Error(tc.status().message() + "; " + f32.message());
 }
 
+// The staged plan of a launch that routes inside the staged kernel, else an error.
+Result<StagedPlan> routing_plan(const ExpertGateUpLaunch& r, const ExpertMatvecOptions& o) {
+  if (r.route == nullptr || !o.tensor_cores || !o.staged || o.tc_blocks_per_warp != 0 || !r.x || !r.y ||
+      !aligned16(r.x)) {
+    return Status::Error("expert gate+up: no routing inside the kernel");
+  }
+  DS4_RETURN_IF_ERROR(gate_up_common(r));
+  auto plan = plan_staged_gate_up(r, o);
+  DS4_RETURN_IF_ERROR(plan.status());
+  if (!staged_gate_up_routes(r, *plan)) return Status::Error("expert gate+up: the staged kernel cannot route here");
+  return plan;
+}
+
+// A launch that routes its token first (ExpertGateUpLaunch::route): inside the staged
+// kernel where it can, else through the router kernel before the products.
+Status launch_gate_up_routing(const ExpertGateUpLaunch& l, cudaStream_t stream, const ExpertMatvecOptions& o) {
+  ExpertGateUpLaunch r = l;
+  r.ids = l.route->ids;
+  r.weights = l.route->weights;
+  if (auto plan = routing_plan(r, o); plan.ok()) return launch_staged_gate_up(r, *plan, stream, o);
+  DS4_RETURN_IF_ERROR(launch_router(*l.route, stream));
+  r.route = nullptr;
+  return launch_expert_gate_up(r, stream, o);
+}
+
+bool expert_gate_up_routes_inside(const ExpertGateUpLaunch& l, const ExpertMatvecOptions& o) {
+  if (l.route == nullptr || !expert_matvec_init().ok() || !check_options(o).ok()) return false;
+  ExpertGateUpLaunch r = l;
+  r.ids = l.route->ids;
+  r.weights = l.route->weights;
+  return routing_plan(r, o).ok();
+}
+
 Status launch_expert_gate_up(const ExpertGateUpLaunch& l, cudaStream_t stream, const ExpertMatvecOptions& o) {
   DS4_RETURN_IF_ERROR(expert_matvec_init());
   DS4_RETURN_IF_ERROR(check_options(o));
+  if (l.route != nullptr) return launch_gate_up_routing(l, stream, o);
   DS4_RETURN_IF_ERROR(gate_up_common(l));
   if (!l.x || !l.y || !l.ids) return Status::Error("expert gate+up: x, y or ids missing");
   if (!aligned16(l.x)) return Status::Error("expert gate+up: x is not 16-byte aligned");

@@ -62,6 +62,7 @@
 
 #include "common/status.h"
 #include "cuda/device_matrix.h"
+#include "cuda/moe.h"
 
 namespace ds4 {
 
@@ -125,6 +126,13 @@ struct ExpertGateUpLaunch {
   int n_used = 0;
   float swiglu_limit = INFINITY;       // INFINITY: no clamp
   float* y = nullptr;                  // n_used x rows values
+  // Set: the launch routes the token first, as launch_router(*route) would (one token: the
+  // router's logits, bias or hash table, scale; its ids and weights are written to
+  // route->ids and route->weights, which then serve as `ids` and `weights`, both ignored
+  // here). The staged kernel does it itself, each block selecting from the 256 logits
+  // (cuda/router_select.cuh: the same ids and weights bit for bit) where its block has a
+  // thread per expert (at most 256 experts); otherwise the router kernel runs first.
+  const RouterLaunch* route = nullptr;
 };
 
 struct ExpertDownLaunch {
@@ -148,6 +156,10 @@ Status expert_down_supported(const ExpertDownLaunch& launch);
 
 Status launch_expert_gate_up(const ExpertGateUpLaunch& launch, cudaStream_t stream,
                              const ExpertMatvecOptions& options = {});
+// Whether launch_expert_gate_up(launch, options) routes inside its kernel (launch.route set
+// and the staged kernel applies with a thread per expert), rather than after the router
+// kernel. Tests use it to know which path they check.
+bool expert_gate_up_routes_inside(const ExpertGateUpLaunch& launch, const ExpertMatvecOptions& options = {});
 Status launch_expert_down(const ExpertDownLaunch& launch, cudaStream_t stream,
                           const ExpertMatvecOptions& options = {});
 

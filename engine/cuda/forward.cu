@@ -118,6 +118,12 @@ CudaForward::DecodeSchedule decode_schedule_from_environment() {
   return fallback;
 }
 
+// DS4_CUDA_ROUTER_FOLD=0 routes in a kernel of its own; default: inside the gate+up.
+bool router_fold_from_environment() {
+  const char* v = std::getenv("DS4_CUDA_ROUTER_FOLD");
+  return v == nullptr || std::string(v) != "0";
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& model, bool qat) {
@@ -130,7 +136,8 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat)
     : model_(model),
       qat_(qat),
       l2_prefetch_(l2_prefetch_from_environment()),
-      schedule_(decode_schedule_from_environment()) {}
+      schedule_(decode_schedule_from_environment()),
+      router_fold_(router_fold_from_environment()) {}
 
 CudaForward::~CudaForward() {
   seqs_.clear();
@@ -679,8 +686,10 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   rl.route_norm = c.route_norm;
   rl.ids = w.route_ids;
   rl.weights = w.route_w;
-  DS4_RETURN_IF_ERROR(launch_router(rl, st));
-  if (l2_prefetch_.gate_up || l2_prefetch_.down) {
+  // Folded: the routed gate+up selects the experts itself (one launch fewer on the
+  // critical path); the L2 prefetch of the chosen experts then has no ids to wait for.
+  if (!router_fold_) DS4_RETURN_IF_ERROR(launch_router(rl, st));
+  if (!router_fold_ && (l2_prefetch_.gate_up || l2_prefetch_.down)) {
     L2PrefetchLaunch pl;
     pl.ids = w.route_ids;
     pl.n_ids = c.n_experts_used;
@@ -703,6 +712,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   re.h = w.h;
   re.y = w.moe;
   re.fast = expert_kernels_;
+  if (router_fold_) re.route = &rl;
   DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
   stage("experts gate/up");
   DS4_RETURN_IF_ERROR(join(side, ev_join_, st));

@@ -88,6 +88,10 @@ class CudaForward {
   // branches_kv_sinkhorn, moe_serial, serial). Takes effect for graphs recorded later.
   enum class DecodeSchedule { kBranches, kBranchesKvSinkhorn, kMoeSerial, kSerial };
   void set_decode_schedule(DecodeSchedule s) { schedule_ = s; }
+  // With `on` (the default; DS4_CUDA_ROUTER_FOLD=0 turns it off) the decode's routed
+  // gate+up selects the experts itself instead of after a router kernel (the same ids
+  // and weights). Takes effect for graphs recorded later.
+  void set_router_fold(bool on) { router_fold_ = on; }
   const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
@@ -155,6 +159,7 @@ class CudaForward {
   bool fused_hc_ = true;
   L2Prefetch l2_prefetch_;
   DecodeSchedule schedule_;
+  bool router_fold_;
   // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
   bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in

@@ -7,6 +7,9 @@ namespace ds4 {
 
 Status launch_routed_gate_up(const RoutedExpertsLaunch& r, cudaStream_t stream) {
   const DeviceLayer& L = *r.layer;
+  if (r.route != nullptr && (r.route->ids != r.ids || r.route->weights != r.weights)) {
+    return Status::Error("routed experts: the router's ids and weights are not the launch's");
+  }
   ExpertGateUpLaunch eg;
   eg.gate = &L.gate_exps;
   eg.up = &L.up_exps;
@@ -16,7 +19,9 @@ Status launch_routed_gate_up(const RoutedExpertsLaunch& r, cudaStream_t stream) 
   eg.n_used = r.n_used;
   eg.swiglu_limit = r.swiglu_limit;
   eg.y = r.h;
+  eg.route = r.route;
   if (r.fast && expert_gate_up_supported(eg).ok()) return launch_expert_gate_up(eg, stream);
+  if (r.route != nullptr) DS4_RETURN_IF_ERROR(launch_router(*r.route, stream));
   MatvecLaunch gu;
   gu.w = &L.gate_exps;
   gu.w_up = &L.up_exps;

@@ -13,6 +13,7 @@
 
 #include "common/status.h"
 #include "cuda/device_model.h"
+#include "cuda/moe.h"
 
 namespace ds4 {
 
@@ -26,9 +27,14 @@ struct RoutedExpertsLaunch {
   float* h = nullptr;              // n_used x expert_ffn: the gate+up output, the down input
   float* y = nullptr;              // dim floats: the down projections are added here
   bool fast = true;                // the one-token expert kernels where they apply
+  // Set: gate+up routes the token first (as launch_router(*route)), writing route->ids and
+  // route->weights, which must be `ids` and `weights`; with the one-token kernels the
+  // staged gate+up does it inside its own launch (cuda/expert_matvec.h).
+  const RouterLaunch* route = nullptr;
 };
 
-// h[s] = silu(min(G_s x, limit)) * clamp(U_s x, -limit, limit) * weights[s].
+// h[s] = silu(min(G_s x, limit)) * clamp(U_s x, -limit, limit) * weights[s] (after routing,
+// when `route` is set). Errors: route's ids or weights not the launch's.
 Status launch_routed_gate_up(const RoutedExpertsLaunch& launch, cudaStream_t stream);
 // y += sum over s of D_s h[s].
 Status launch_routed_down(const RoutedExpertsLaunch& launch, cudaStream_t stream);

@@ -13,7 +13,8 @@
 //    max |d| and the first differing logit (step, index, values) of each pair.
 //    A fourth run with PDL on and every L2 prefetch of the decode graph
 //    (CudaForward::set_l2_prefetch) must match the PDL-on run bit for bit too, and so
-//    must runs with the other decode schedules (CudaForward::set_decode_schedule).
+//    must runs with the other decode schedules (CudaForward::set_decode_schedule) and
+//    with the router in a kernel of its own (CudaForward::set_router_fold).
 // 2. Timing (reported, not asserted): CUDA graphs of 40 chained matrix-vector
 //    products, Q8_0 32768x1024 (35.7 MB, six matrices cycled so they come from device
 //    memory), F32 24x16384 (1.6 MB, 40 matrices) and the two alternating, with PDL
@@ -62,7 +63,8 @@ struct DecodeRun {
 // (default: none) and the decode schedule `schedule`.
 DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vector<int32_t>& tokens,
                      const std::string& what, const CudaForward::L2Prefetch& l2 = {},
-                     CudaForward::DecodeSchedule schedule = CudaForward::DecodeSchedule::kBranches) {
+                     CudaForward::DecodeSchedule schedule = CudaForward::DecodeSchedule::kBranches,
+                     bool router_fold = true) {
   DecodeRun out;
   const bool in_force = set_pdl_enabled(pdl);
   if (pdl && !in_force) std::printf("  %s: the device does not support PDL; the \"on\" run is plain\n", what.c_str());
@@ -72,6 +74,7 @@ DecodeRun run_decode(const DeviceModel& dm, bool qat, bool pdl, const std::vecto
   CudaForward& f = **fw;
   f.set_l2_prefetch(l2);
   f.set_decode_schedule(schedule);
+  f.set_router_fold(router_fold);
   const int vocab = dm.config().vocab;
   std::vector<float> logits(vocab);
 
@@ -189,7 +192,12 @@ void check_fixture(const std::string& dir) {
     const DecodeRun serial = run_decode(**dm, qat, true, tokens, name + ", PDL on, one stream", {}, Schedule::kSerial);
     const DecodeRun kv_sinkhorn = run_decode(**dm, qat, true, tokens, name + ", PDL on, Sinkhorn on the kv branch",
                                              {}, Schedule::kBranchesKvSinkhorn);
-    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok || !kv_sinkhorn.ok) continue;
+    const DecodeRun router_apart = run_decode(**dm, qat, true, tokens, name + ", PDL on, router kernel of its own", {},
+                                              Schedule::kBranches, false);
+    if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok || !kv_sinkhorn.ok ||
+        !router_apart.ok) {
+      continue;
+    }
     if (pdl_supported()) {
       check(on.pdl, name + ": PDL was turned off while recording a graph (see the message on stderr)");
     }
@@ -199,6 +207,7 @@ void check_fixture(const std::string& dir) {
     compare_runs(on, moe_serial, vocab, name + ": branches vs the shared expert on the main stream");
     compare_runs(on, serial, vocab, name + ": branches vs one stream");
     compare_runs(on, kv_sinkhorn, vocab, name + ": Sinkhorn on its own branch vs on the kv branch");
+    compare_runs(on, router_apart, vocab, name + ": routing inside gate+up vs a router kernel");
   }
 }
 

@@ -12,7 +12,9 @@
 // each variant is printed against its bound and, for the tensor-core kernels, also
 // against the f32 kernels' bound.
 // The staged kernels (ExpertMatvecOptions::staged) are also checked bit for bit against the
-// tensor-core kernels' default split, at both shapes, every output element.
+// tensor-core kernels' default split, at both shapes, every output element, and routing
+// inside the staged gate+up against the router kernel then the same launch (16 and 256
+// experts, biased and hash routing).
 // Then the process's first launch made inside a graph capture, the bad launches the API
 // refuses, bit-identical repeats (direct and graph), and timings: each variant as a chain of
 // 40 launches in one CUDA graph (PDL edges) over the full 256-expert stacks (eight disjoint
@@ -492,6 +494,83 @@ int bit_differences(const std::vector<float>& got, const std::vector<float>& wan
   return bad + static_cast<int>(got.size() != want.size());
 }
 
+// Routing inside the staged gate+up (ExpertGateUpLaunch::route) against the router kernel
+// followed by the same launch: ids, weights and every output bit for bit, for biased top-k
+// (a tie and a NaN among the logits) and hash routing, at two SwiGLU limits, over
+// `n_experts` experts of the fixture's stacks. `inside`: whether these options must route
+// inside the kernel (else the launch must take the router kernel first).
+void test_router_fold(const Fixture& f, int n_experts, const ExpertMatvecOptions& o, bool inside,
+                      const std::string& label) {
+  std::mt19937 rng(11);
+  std::vector<float> logits = random_floats(n_experts, rng, -4.0f, 4.0f);
+  std::vector<float> bias = random_floats(n_experts, rng, -0.5f, 0.5f);
+  logits[3] = logits[5];  // a tie: the lower index first
+  bias[3] = bias[5];
+  logits[n_experts - 1] = NAN;  // never chosen
+  constexpr int kVocab = 4;
+  std::vector<int32_t> table;
+  for (int t = 0; t < kVocab; ++t) {
+    const std::vector<int32_t> row = distinct_ids(kUsed, n_experts, rng);
+    table.insert(table.end(), row.begin(), row.end());
+  }
+  const int64_t n_out = kUsed * f.ffn;
+  DeviceVec<float> dlogits(logits), dbias(bias), dx(f.x), dya(n_out), dyb(n_out), dwa(kUsed), dwb(kUsed);
+  DeviceVec<int32_t> dtable(table), dtoken(std::vector<int32_t>{2}), dia(kUsed), dib(kUsed);
+  for (bool hash : {false, true}) {
+    for (float limit : {INFINITY, 0.5f}) {
+      const std::string name = label + "routing inside gate+up, " + std::to_string(n_experts) + " experts, " +
+                               (hash ? "hash" : "biased top-k") + ", limit " + std::to_string(limit) + ", " +
+                               options_name(o);
+      RouterLaunch r;
+      r.logits = dlogits.get();
+      r.n_experts = n_experts;
+      r.n_used = kUsed;
+      r.bias = hash ? nullptr : dbias.get();
+      r.tid2eid = hash ? dtable.get() : nullptr;
+      r.token = dtoken.get();
+      r.route_scale = 2.5f;
+      r.route_norm = true;
+      RouterLaunch ra = r, rb = r;
+      ra.ids = dia.get();
+      ra.weights = dwa.get();
+      rb.ids = dib.get();
+      rb.weights = dwb.get();
+      ExpertGateUpLaunch a;
+      a.gate = &f.dg->m;
+      a.up = &f.du->m;
+      a.x = dx.get();
+      a.ids = dia.get();
+      a.weights = dwa.get();
+      a.n_used = kUsed;
+      a.swiglu_limit = limit;
+      a.y = dya.get();
+      ExpertGateUpLaunch b = a;
+      b.ids = nullptr;
+      b.weights = nullptr;
+      b.route = &rb;
+      b.y = dyb.get();
+      check(expert_gate_up_routes_inside(b, o) == inside,
+            name + (inside ? ": expected to route inside the kernel" : ": expected the router kernel first"));
+      for (DeviceVec<float>* y : {&dya, &dyb}) cudaMemset(y->get(), 0xFF, sizeof(float) * n_out);
+      cudaMemset(dib.get(), 0xFF, sizeof(int32_t) * kUsed);
+      cudaMemset(dwb.get(), 0xFF, sizeof(float) * kUsed);
+      Status st = launch_router(ra, nullptr);
+      if (st.ok()) st = launch_expert_gate_up(a, nullptr, o);
+      check(st.ok(), name + ": router kernel then gate+up: " + st.message());
+      st = launch_expert_gate_up(b, nullptr, o);
+      check(st.ok(), name + ": gate+up routing itself: " + st.message());
+      check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernels failed");
+      const std::vector<int32_t> ids_a = dia.host(), ids_b = dib.host();
+      check(ids_a == ids_b, name + ": expert ids differ (first: " + std::to_string(ids_a[0]) + " vs " +
+                                std::to_string(ids_b[0]) + ")");
+      check(bit_differences(dwb.host(), dwa.host(), name + " weights", kUsed) == 0, name + ": routing weights differ");
+      const int bad = bit_differences(dyb.host(), dya.host(), name, f.ffn);
+      check(bad == 0, name + ": outputs differ from the router kernel's path (" + std::to_string(bad) + " of " +
+                          std::to_string(n_out) + ")");
+    }
+  }
+}
+
 // The staged kernels against the tensor-core kernels' default split (down without early
 // loads, as the decode runs it): every output bit for bit, gate+up at two limits, down adding
 // and storing.
@@ -956,6 +1035,7 @@ int main() {
       test_gate_up(f, gate_up_options(), "");
       test_down(f, down_options(), "", rng);
       test_staged_bits(f, "");
+      test_router_fold(f, 16, ExpertMatvecOptions{}, true, "");
       test_refusals(f);
       test_repeat(f, ExpertMatvecOptions{}, "default: ");
       ExpertMatvecOptions f32;
@@ -981,6 +1061,17 @@ int main() {
       ExpertMatvecOptions staged;
       staged.staged = true;
       test_repeat(f, staged, "tiny staged: ");
+    }
+  }
+  {
+    // 256 experts of the tiny shape: the real router width, inside the kernel with 8 warps
+    // per block (a thread per expert) and through the router kernel with the default 2.
+    Fixture f;
+    if (make_fixture(kTinyDim, kTinyFfn, 256, rng, &f)) {
+      ExpertMatvecOptions eight;
+      eight.staged_warps = 8;
+      test_router_fold(f, 256, eight, true, "tiny ");
+      test_router_fold(f, 256, ExpertMatvecOptions{}, false, "tiny ");
     }
   }
   auto bw = measure_read_bandwidth(size_t{4} << 30, 5);
