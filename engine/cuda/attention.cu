@@ -439,7 +439,9 @@ __device__ __forceinline__ void store_output_pair(const AttentionLaunch& p, cons
 // blocks to finish (the counter decides only which) combines every split in split order
 // with attention_combine_kernel's arithmetic, then resets the counter. `factor` holds
 // kGroupHeads x splits floats of shared memory; s_total and s_last are shared.
-template <int kGroupHeads, int kSplitBatch>
+// kHeadsTogether: the sums of all the group's heads load their batch of splits together
+// (else head after head).
+template <int kGroupHeads, int kSplitBatch, bool kHeadsTogether = false>
 __device__ __forceinline__ void combine_splits_if_last(const AttentionLaunch& p, const float* s_freq, float* factor,
                                                        float* s_total, int* s_last, int group, int h0, int nh,
                                                        int used, float sink, int pos, int lane, int warp) {
@@ -487,6 +489,45 @@ __device__ __forceinline__ void combine_splits_if_last(const AttentionLaunch& p,
     if (lane == 0) s_total[warp] = z;
   }
   __syncthreads();
+  if constexpr (kHeadsTogether) {
+    // Each thread's pair of every head and kSplitBatch splits loaded before their sums (in
+    // split order per head, as attention_combine_kernel's), the outputs stored after the
+    // last batch: one round of loads per batch for all the group's heads.
+    for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+      float2 sum[kGroupHeads];
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) sum[g] = make_float2(0.0f, 0.0f);
+      for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
+        float2 v[kGroupHeads][kSplitBatch];
+#pragma unroll
+        for (int g = 0; g < kGroupHeads; ++g) {
+          const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
+#pragma unroll
+          for (int k = 0; k < kSplitBatch; ++k) {
+            if (g < nh && s0 + k < used) v[g][k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < kGroupHeads; ++g) {
+#pragma unroll
+          for (int k = 0; k < kSplitBatch; ++k) {
+            if (g < nh && s0 + k < used) {
+              const float f = factor[g * p.splits + s0 + k];
+              if (f != 0.0f) {
+                sum[g].x = __fmaf_rn(f, v[g][k].x, sum[g].x);
+                sum[g].y = __fmaf_rn(f, v[g][k].y, sum[g].y);
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < kGroupHeads; ++g) {
+        if (g < nh) store_output_pair(p, s_freq, h0 + g, i, sum[g], s_total[g], pos);
+      }
+    }
+    return;
+  }
   // Each thread's pair of every split loaded kSplitBatch splits at a time before the sums
   // (in split order, as attention_combine_kernel's).
   for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
@@ -670,10 +711,10 @@ __device__ __forceinline__ float lane_dot_vec4(const float4 (&qv)[4], const floa
 
 // Scores of the split's nr staged rows for every head of the group into probs[g * cap + r]
 // (cap: the heads' stride; scale applied; absent tagged rows -INFINITY), group_scores'
-// values bit for bit: the
-// warps form teams of up to four heads each, a warp holds its team's q slices in
-// registers and takes two rows at a time; the per-lane sums of all the (row, head) pairs
-// are reduced together (warp_reduce_scatter: the pairings of warp_sum, so the same sums).
+// values bit for bit: the warps form teams of up to four heads each, a warp holds its
+// team's q slices in registers and takes two rows at a time; the per-lane sums of all the
+// (row, head) pairs are reduced together (warp_reduce_scatter: the pairings of warp_sum,
+// so the same sums).
 template <int kGroupHeads>
 __device__ __forceinline__ void staged_scores(const AttentionLaunch& p, const float* stage, const float* q,
                                               float* probs, int cap, int nr, int r0, int pos, const Visible& vis,
@@ -858,8 +899,9 @@ __global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged
     ws[D + 1] = s_sum[threadIdx.x];
   }
   if (!p.fold_combine) return;
-  combine_splits_if_last<kGroupHeads, 16>(p, s_freq, factor, s_total, &s_last, group, h0, nh, used, sink, pos,
-                                          lane, warp);
+  // Batches of 24 / G splits: 48 registers of loads in flight for every head of the group.
+  combine_splits_if_last<kGroupHeads, 24 / kGroupHeads, true>(p, s_freq, factor, s_total, &s_last, group, h0, nh,
+                                                              used, sink, pos, lane, warp);
 }
 
 // Block h: combines the splits with the sink, normalises, applies the inverse RoPE.
