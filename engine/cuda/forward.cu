@@ -124,6 +124,12 @@ bool router_fold_from_environment() {
   return v == nullptr || std::string(v) != "0";
 }
 
+// DS4_CUDA_SIDE_PRIORITY=1 gives the decode branches' streams the greatest priority.
+bool side_priority_from_environment() {
+  const char* v = std::getenv("DS4_CUDA_SIDE_PRIORITY");
+  return v != nullptr && std::string(v) == "1";
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaForward>> CudaForward::Create(const DeviceModel& model, bool qat) {
@@ -137,7 +143,12 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat)
       qat_(qat),
       l2_prefetch_(l2_prefetch_from_environment()),
       schedule_(decode_schedule_from_environment()),
-      router_fold_(router_fold_from_environment()) {}
+      router_fold_(router_fold_from_environment()),
+      side_priority_(side_priority_from_environment()) {}
+
+unsigned long long CudaForward::graph_flags() const {
+  return side_priority_ ? cudaGraphInstantiateFlagUseNodePriority : 0;
+}
 
 CudaForward::~CudaForward() {
   seqs_.clear();
@@ -158,8 +169,13 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // With side_priority_ the branches' streams get the device's greatest priority: their
+  // kernels are captured with it, and the graphs are instantiated to honour node
+  // priorities, so their blocks take multiprocessors before the main stream's waiting ones.
+  int least = 0, greatest = 0;
+  DS4_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   for (cudaStream_t* s : {&side_, &side_kv_, &side_index_, &side_prefetch_, &side_comb_}) {
-    DS4_CUDA_TRY(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
+    DS4_CUDA_TRY(cudaStreamCreateWithPriority(s, cudaStreamNonBlocking, side_priority_ ? greatest : least));
   }
   for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_, &ev_prefetch_, &ev_join_comb_}) {
     DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -777,7 +793,7 @@ Status CudaForward::record(DeviceSequence& seq, bool advance) {
     DS4_RETURN_IF_ERROR(s);
     DS4_RETURN_IF_ERROR(cuda_status(end, "recording the decode graph"));
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, graph_flags());
     cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the decode graph"));
     (advance ? seq.graph_advance : seq.graph) = exec;
@@ -969,7 +985,7 @@ Status CudaForward::record_mtp(DeviceSequence& seq) {
     DS4_RETURN_IF_ERROR(s);
     DS4_RETURN_IF_ERROR(cuda_status(end, "recording the MTP graph"));
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, graph_flags());
     cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the MTP graph"));
     seq.graph_mtp = exec;

@@ -160,6 +160,10 @@ class CudaForward {
   L2Prefetch l2_prefetch_;
   DecodeSchedule schedule_;
   bool router_fold_;
+  // The decode branches' streams at the device's greatest priority, honoured by the
+  // graphs (DS4_CUDA_SIDE_PRIORITY=1; fixed when the streams are created).
+  bool side_priority_;
+  unsigned long long graph_flags() const;  // cudaGraphInstantiate flags
   // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
   bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in
