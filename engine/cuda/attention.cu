@@ -526,34 +526,34 @@ __device__ __forceinline__ void combine_splits_if_last(const AttentionLaunch& p,
         if (g < nh) store_output_pair(p, s_freq, h0 + g, i, sum[g], s_total[g], pos);
       }
     }
-    return;
-  }
-  // Each thread's pair of every split loaded kSplitBatch splits at a time before the sums
-  // (in split order, as attention_combine_kernel's).
-  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+  } else {
+    // Each thread's pair of every split loaded kSplitBatch splits at a time before the sums
+    // (in split order, as attention_combine_kernel's).
+    for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
 #pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) {
-      if (g >= nh) continue;
-      const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
-      float2 sum = make_float2(0.0f, 0.0f);
-      for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
-        float2 v[kSplitBatch];
+      for (int g = 0; g < kGroupHeads; ++g) {
+        if (g >= nh) continue;
+        const float* ws = partials + static_cast<int64_t>(h0 + g) * p.splits * (D + 2);
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int s0 = 0; s0 < used; s0 += kSplitBatch) {
+          float2 v[kSplitBatch];
 #pragma unroll
-        for (int k = 0; k < kSplitBatch; ++k) {
-          if (s0 + k < used) v[k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
-        }
+          for (int k = 0; k < kSplitBatch; ++k) {
+            if (s0 + k < used) v[k] = __ldcg(reinterpret_cast<const float2*>(ws + (s0 + k) * (D + 2) + i));
+          }
 #pragma unroll
-        for (int k = 0; k < kSplitBatch; ++k) {
-          if (s0 + k < used) {
-            const float f = factor[g * p.splits + s0 + k];
-            if (f != 0.0f) {
-              sum.x = __fmaf_rn(f, v[k].x, sum.x);
-              sum.y = __fmaf_rn(f, v[k].y, sum.y);
+          for (int k = 0; k < kSplitBatch; ++k) {
+            if (s0 + k < used) {
+              const float f = factor[g * p.splits + s0 + k];
+              if (f != 0.0f) {
+                sum.x = __fmaf_rn(f, v[k].x, sum.x);
+                sum.y = __fmaf_rn(f, v[k].y, sum.y);
+              }
             }
           }
         }
+        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
       }
-      store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
     }
   }
 }
