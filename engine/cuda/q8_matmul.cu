@@ -16,12 +16,11 @@ namespace {
 using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
 
-// Block tile: 128 weight rows (paired: 64 gate rows and the same 64 up rows) x BN tokens,
-// 128 columns (four Q8_0 blocks, half a digit block) per pipeline stage. 8 warps: 4 along
-// the rows (32 weight rows each: two 16-row mma tiles; paired, tile 0 the gate rows and
-// tile 1 the up rows of the same 16 outputs) x 2 along the tokens (BN / 2 each).
-constexpr int kThreads = 256;
-constexpr int kRows = 128;
+// Block tile: ROWS weight rows (128 or 256; paired: ROWS / 2 gate rows and the same up
+// rows) x BN tokens, 128 columns (four Q8_0 blocks, half a digit block) per pipeline
+// stage. ROWS / 16 warps: ROWS / 32 along the rows (32 weight rows each: two 16-row mma
+// tiles; paired, tile 0 the gate rows and tile 1 the up rows of the same 16 outputs) x 2
+// along the tokens (BN / 2 each).
 constexpr int kStepCols = 128;
 constexpr int kDigitBlockBytes = 1024;  // one row's digits of a 256-column block: [j 8][digit 4][32]
 constexpr int kStepDigitBytes = 512;    // of one step: [j 4][digit 4][32]
@@ -30,11 +29,11 @@ constexpr int kXStride = kStepDigitBytes + 16;   // shared digit row
 constexpr uint32_t kMagic = 0x4B400000u;         // the bits of 1.5 * 2^23
 constexpr float kMagicValue = 12582912.0f;
 
-template <int BN>
+template <int ROWS, int BN>
 struct Stage {
   static constexpr int kW = 0;
-  static constexpr int kScales = kW + kRows * kWStride;       // f16 d [row][4]
-  static constexpr int kX = kScales + kRows * 8;              // digits [token][kXStride]
+  static constexpr int kScales = kW + ROWS * kWStride;        // f16 d [row][4]
+  static constexpr int kX = kScales + ROWS * 8;               // digits [token][kXStride]
   static constexpr int kXScales = kX + BN * kXStride;         // f32 s_b [token]
   static constexpr int kBytes = (kXScales + BN * 4 + 15) & ~15;
   static_assert(kScales % 16 == 0 && kX % 16 == 0 && kXScales % 16 == 0, "16-byte alignment");
@@ -174,22 +173,26 @@ template <bool PAIRED>
 __device__ __forceinline__ int tile_output_row(int row0, int r, bool* up) {
   if constexpr (PAIRED) {
     *up = ((r >> 4) & 1) != 0;
-    return row0 + (r >> 5) * 16 + (r & 15);
+    return row0 + (r >> 5) * 16 + (r & 15);  // warp r / 32: rows 16 (r / 32).. of the block's outputs
   } else {
     *up = false;
     return row0 + r;
   }
 }
 
-template <bool PAIRED, int BN, int STAGES, int MIN_BLOCKS, int DIGITS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) q8_matmul_kernel(Params p) {
-  using S = Stage<BN>;
+// ROWS: weight rows per block (128 or 256; 256 or 512 threads, 8 warps per 128 rows).
+template <bool PAIRED, int ROWS, int BN, int STAGES, int MIN_BLOCKS, int DIGITS>
+__global__ void __launch_bounds__(ROWS * 2, MIN_BLOCKS) q8_matmul_kernel(Params p) {
+  using S = Stage<ROWS, BN>;
+  constexpr int kRows = ROWS;
+  constexpr int kThreads = ROWS * 2;
+  constexpr int kRowWarps = ROWS / 32;
   constexpr int kNT = BN / 16;  // 8-token mma tiles per warp
   extern __shared__ float4 smem4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem4);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
+  const int wm = warp % kRowWarps, wn = warp / kRowWarps;
   const int token0 = blockIdx.x * BN;
   const int row0 = blockIdx.y * (PAIRED ? kRows / 2 : kRows);
   const int last_token = p.n_tokens - 1;
@@ -336,6 +339,7 @@ using ProductFn = void (*)(Params);
 
 struct Variant {
   ProductFn fn;
+  int rows;
   int bn;
   int stages;
   int dynamic_shared;
@@ -345,14 +349,15 @@ struct Variant {
 // [paired][variant], in order of preference: 64 tokens with 2 stages (about 107 KB: two
 // blocks per multiprocessor on the H200) and with 3 (one block), 32 tokens with 3 and
 // with 2 (about 73 KB: what the GB10 runs).
-constexpr int kVariants = 4;
+constexpr int kVariants = 5;
 
 template <bool PAIRED, int DIGITS>
 void add_variants(Variant* v) {
-  v[0] = {q8_matmul_kernel<PAIRED, 64, 2, 2, DIGITS>, 64, 2, 2 * Stage<64>::kBytes, false};
-  v[1] = {q8_matmul_kernel<PAIRED, 64, 3, 1, DIGITS>, 64, 3, 3 * Stage<64>::kBytes, false};
-  v[2] = {q8_matmul_kernel<PAIRED, 32, 3, 1, DIGITS>, 32, 3, 3 * Stage<32>::kBytes, false};
-  v[3] = {q8_matmul_kernel<PAIRED, 32, 2, 2, DIGITS>, 32, 2, 2 * Stage<32>::kBytes, false};
+  v[0] = {q8_matmul_kernel<PAIRED, 128, 64, 2, 2, DIGITS>, 128, 64, 2, 2 * Stage<128, 64>::kBytes, false};
+  v[1] = {q8_matmul_kernel<PAIRED, 128, 64, 3, 1, DIGITS>, 128, 64, 3, 3 * Stage<128, 64>::kBytes, false};
+  v[2] = {q8_matmul_kernel<PAIRED, 128, 32, 3, 1, DIGITS>, 128, 32, 3, 3 * Stage<128, 32>::kBytes, false};
+  v[3] = {q8_matmul_kernel<PAIRED, 128, 32, 2, 2, DIGITS>, 128, 32, 2, 2 * Stage<128, 32>::kBytes, false};
+  v[4] = {q8_matmul_kernel<PAIRED, 256, 64, 2, 1, DIGITS>, 256, 64, 2, 2 * Stage<256, 64>::kBytes, false};
 }
 
 // variants[digits == 3][paired][variant]
@@ -472,7 +477,8 @@ int q8_matmul_variant_count() { return kVariants; }
 std::string q8_matmul_variant_name(int variant) {
   if (variant < 0 || variant >= kVariants) return "(no such variant)";
   const Variant& v = init_state().variants[0][0][variant];
-  return std::to_string(v.bn) + " tokens, " + std::to_string(v.stages) + " stages";
+  return std::to_string(v.rows) + " rows x " + std::to_string(v.bn) + " tokens, " + std::to_string(v.stages) +
+         " stages";
 }
 
 bool q8_matmul_variant_usable(int variant, bool paired) {
@@ -530,12 +536,13 @@ Status launch_q8_matmul(const MatmulLaunch& l, void* workspace, cudaStream_t str
   p.accumulate = l.accumulate ? 1 : 0;
   const int bn = kernel.bn;
   const int64_t token_tiles = (static_cast<int64_t>(l.n_tokens) + bn - 1) / bn;
-  const int64_t row_tiles = (n_rows + (paired ? kRows / 2 : kRows) - 1) / (paired ? kRows / 2 : kRows);
+  const int64_t tile_rows = paired ? kernel.rows / 2 : kernel.rows;
+  const int64_t row_tiles = (n_rows + tile_rows - 1) / tile_rows;
   if (row_tiles > 65535 || token_tiles > INT32_MAX) return Status::Error("q8 matmul: grid too large");
   // Token tiles vary fastest: the blocks sharing a weight tile run together and read it
   // from L2 after the first.
   const dim3 grid(static_cast<unsigned>(token_tiles), static_cast<unsigned>(row_tiles));
-  kernel.fn<<<grid, kThreads, kernel.dynamic_shared, stream>>>(p);
+  kernel.fn<<<grid, kernel.rows * 2, kernel.dynamic_shared, stream>>>(p);
   return cuda_status(cudaGetLastError(), paired ? "q8 matmul: paired launch" : "q8 matmul: launch");
 }
 

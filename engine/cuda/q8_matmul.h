@@ -42,10 +42,12 @@
 // f16 and splits every activation tile into two f16 halves per block of rows).
 //
 // Tiles: 128 weight rows (paired: 64 gate and the same 64 up rows) x 64 or 32 tokens, 128
-// columns per pipeline stage (cp.async), 8 warps of 32 rows x 32 or 16 tokens. Variants
-// (bit-identical): 64 tokens with 2 stages (about 107 KB of shared memory, two blocks
-// per multiprocessor on the H200; the default where it fits) or 3 (160 KB), 32 tokens with
-// 3 (109 KB) or 2 (73 KB: the GB10). The order of preference is not measured yet.
+// columns per pipeline stage (cp.async), 8 warps of 32 rows x 32 or 16 tokens; or 256
+// rows x 64 tokens with 16 warps (each digit tile serves twice the rows). Variants
+// (bit-identical), in order of preference: 128 x 64 with 2 stages (about 107 KB of shared
+// memory, two blocks per multiprocessor on the H200) or 3 (160 KB), 128 x 32 with 3 (109
+// KB) or 2 (73 KB: what the GB10 runs), 256 x 64 with 2 (146 KB). The order is not
+// measured yet.
 //
 // Launches never synchronise with the host and allocate nothing (graph-safe; call
 // q8_matmul_init() before capturing one).
