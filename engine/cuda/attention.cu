@@ -980,6 +980,10 @@ Status attention_init() {
       DS4_RETURN_IF_ERROR(cuda_status(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(room, 0)),
           "raising the staged attention kernel's shared memory limit"));
+      // Two blocks of ~90 KiB per SM need the largest shared-memory carveout.
+      DS4_RETURN_IF_ERROR(cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                           cudaSharedmemCarveoutMaxShared),
+                                      "preferring shared memory for the staged attention kernel"));
     }
     return Status::Ok();
   }();
