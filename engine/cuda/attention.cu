@@ -1112,6 +1112,21 @@ Status launch_fused(const AttentionLaunch& p, cudaStream_t stream) {
 
 }  // namespace
 
+int attention_staged_blocks_per_sm(const AttentionLaunch& p) {
+  if (!attention_init().ok() || !attention_staged_applies(p)) return 0;
+  const size_t bytes = staged_shared_bytes(p, p.head_group);
+  int blocks = 0;
+  cudaError_t e = cudaSuccess;
+  if (p.head_group == 8) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_staged_kernel<8>, kThreads, bytes);
+  } else if (p.head_group == 4) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_staged_kernel<4>, kThreads, bytes);
+  } else {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_staged_kernel<2>, kThreads, bytes);
+  }
+  return e == cudaSuccess ? blocks : 0;
+}
+
 Status launch_attention_decode(const AttentionLaunch& p, cudaStream_t stream) {
   if (p.splits < 1 || !p.workspace) return Status::Error("attention: no split workspace");
   const int chunk = (p.max_visible + p.splits - 1) / p.splits;

@@ -149,6 +149,10 @@ int attention_splits_in_use(const AttentionLaunch& launch, int rows);
 
 Status launch_attention_decode(const AttentionLaunch& launch, cudaStream_t stream);
 
+// Blocks per SM the device keeps resident for the staged kernel of `launch` (its
+// registers and shared memory; 0 when it cannot run it): for tests and benchmarks.
+int attention_staged_blocks_per_sm(const AttentionLaunch& launch);
+
 // Whether the decode forward pass asks for the fused kernel (q_norm_rope, fold_combine,
 // fit_splits): yes unless the environment variable DS4_CUDA_FUSED_ATTENTION is 0 (read
 // once; for measurements and tests, the results are the same bits either way).

@@ -419,6 +419,9 @@ void time_staged_attention(const AttentionData& d, const std::string& at, double
     AttentionLaunch a = staged_launch(d, plan, out.get(), ws.get(), nullptr);
     double us = -1.0;
     if (attention_staged_applies(a)) {
+      std::printf("staged shape %s for %s: %d splits of up to %d rows, %d in use, %d blocks per SM resident\n",
+                  column.c_str(), at.c_str(), a.splits, (d.max_visible + a.splits - 1) / a.splits,
+                  attention_splits_in_use(a, d.n_rows), attention_staged_blocks_per_sm(a));
       us = graph_us_per_step(
           st,
           [&](cudaStream_t s) -> Status {
