@@ -10,6 +10,15 @@
 //      zero; real shapes (64 heads x 512, rope 64, window 128, ratios 0 / 4 / 128 at
 //      contexts 10, 4096 and 16384, the indexer's 512 selected rows) and tiny ones
 //      (4 heads x 128, 20 heads x 192: partial head groups), a tagged raw ring;
+//   1b. the staged attention kernel (attention.h `staged`: rows copied into shared memory
+//      first) for several shapes (heads per block 2 / 4 / 8, rows per split 24 to 64) and
+//      attention_decode_plan()'s, against the separate launches with the splits it used,
+//      bit for bit, and the CPU reference; with the combine launch, the q post separate and
+//      every split running; shapes it does not take refused with a message;
+//   1c. the indexer select (scores and top-k) with the current kernels against the
+//      previous ones (scores bit for bit, the same selection) and the CPU reference, at
+//      1024, 4096 and 16384 index rows, score buffers for 16k, 64k and 1M contexts, the
+//      gate closed, 8 / 16 / 20 heads;
 //   2. the block-wide router selection against the one-warp kernel (ids in order and
 //      weights bit for bit) and the CPU reference: 256 experts / 6 used with and
 //      without the selection bias, hash routing, exact ties, NaN logits, 8 and 64
@@ -17,7 +26,9 @@
 //   3. bad launches refused with a message.
 // Every output buffer is NaN-filled before the launch under test. Prints "timing:" lines:
 // CUDA graphs of 40 chained launches (PDL as the forward pass uses it), old against new,
-// in microseconds per step. Exit 77 without a GPU.
+// in microseconds per step, and at the end one table for attention (the forward pass's
+// launch now against each staged shape and the plan) and one for the indexer select.
+// Exit 77 without a GPU.
 #include <cuda_runtime.h>
 
 #include <algorithm>
