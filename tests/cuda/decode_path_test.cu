@@ -49,6 +49,7 @@
 #include "cuda/attention.h"
 #include "cuda/compressor_indexer.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_limits.h"
 #include "cuda/device_model.h"
 #include "cuda/launch.h"
 #include "cuda/moe.h"
@@ -363,8 +364,14 @@ void check_staged_launch(const AttentionData& d, const std::string& at, const At
     a.q = q_post.get();
   }
   if (!attention_staged_applies(a)) {
-    // Only shapes the kernel does not take (head_dim not a multiple of 128) may be refused.
-    check(D % 128 != 0, name + ": the staged kernel applies");
+    // Only shapes the kernel does not take (head_dim not a multiple of 128, or rows beyond
+    // the device's shared memory per block, with a margin) may be refused.
+    const int cap = (d.max_visible + a.splits - 1) / a.splits, G = a.head_group;
+    const int64_t estimate = 4LL * cap * D + 4LL * G * D + 8LL * cap + 4LL * G * (cap + 4 + a.splits);
+    const bool expected = D % 128 == 0 && D <= 512 && estimate + 4096 <= max_shared_per_block();
+    std::printf("%s: the staged kernel does not apply (about %lld bytes of shared memory, %d allowed)\n",
+                name.c_str(), static_cast<long long>(estimate), max_shared_per_block());
+    check(!expected, name + ": the staged kernel applies");
     const Status s = launch_attention_decode(a, st);
     check(!s.ok() && s.message().find("staged") != std::string::npos, name + ": refused with a message: " + s.message());
     return;
@@ -404,7 +411,8 @@ void check_staged_attention(const AttentionData& d, const std::string& at, cudaS
   }
   const AttentionPlan plan = attention_decode_plan(d.k.heads, d.k.head_dim, d.max_visible, d.k.ratio, 16);
   check(plan.splits >= 1 && plan.splits <= 16, at + ": the decode plan's splits within the workspace");
-  if (std::getenv("DS4_CUDA_STAGED_ATTENTION") == nullptr && d.k.head_dim % 128 == 0 && d.k.head_dim <= 512) {
+  if (std::getenv("DS4_CUDA_STAGED_ATTENTION") == nullptr && std::getenv("DS4_CUDA_MAX_SHARED_PER_BLOCK") == nullptr &&
+      d.k.head_dim % 128 == 0 && d.k.head_dim <= 512) {
     check(plan.staged, at + ": the decode plan is staged");
   }
   if (plan.staged) {
