@@ -610,10 +610,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   at.rope_freqs = freqs;
   at.pos = pos;
   at.max_visible = S.max_visible;
-  at.splits = std::clamp(S.max_visible / 64, 1, kAttentionMaxSplits);
-  // Two heads per block: fastest measured at these splits on the H200 (64 heads x 512,
-  // ratio 4 at ctx 4k: 23 us against 38 us for groups of 8 and 52 us per head).
-  at.head_group = 2;
+  // The split and head grouping for this context (cuda/attention.h): the staged kernel
+  // (every row of a split copied into shared memory at once) where its rows fit.
+  const AttentionPlan plan = attention_decode_plan(c.n_heads, c.head_dim, S.max_visible, L.ratio, kAttentionMaxSplits);
+  at.splits = plan.splits;
+  at.head_group = plan.head_group;
+  at.staged = plan.staged;
   at.workspace = w.attention;
   // The q row post (per-head RMSNorm without weight, RoPE of the tail; w.qf has no other
   // reader) and the split combine run inside the attention kernel, with only the splits
