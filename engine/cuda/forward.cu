@@ -110,10 +110,11 @@ CudaForward::DecodeSchedule decode_schedule_from_environment() {
   if (v == nullptr) return fallback;
   const std::string text(v);
   if (text == "branches") return S::kBranches;
+  if (text == "shared_first") return S::kSharedFirst;
   if (text == "branches_kv_sinkhorn") return S::kBranchesKvSinkhorn;
   if (text == "moe_serial") return S::kMoeSerial;
   if (text == "serial") return S::kSerial;
-  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, branches_kv_sinkhorn, moe_serial, serial)\n",
+  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, shared_first, branches_kv_sinkhorn, moe_serial, serial)\n",
                text.c_str());
   return fallback;
 }
@@ -390,8 +391,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   cudaStream_t side = serial ? st : side_;
   cudaStream_t side_kv = serial ? st : side_kv_;
   cudaStream_t side_index = serial ? st : side_index_;
-  // The Sinkhorn's own branch (kBranches), or the kv branch's / shared expert's head.
-  const bool comb_apart = schedule_ == DecodeSchedule::kBranches;
+  // The Sinkhorn's own branch (kBranches, kSharedFirst), or the kv branch's / shared
+  // expert's head.
+  const bool comb_apart = schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kSharedFirst;
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
   const float* freqs = model_.rope_freqs(L.ratio != 0);
@@ -663,24 +665,30 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_ffn_fn, w.xb, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm));
   stage("hc_pre ffn");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
-  // The shared expert, stored into w.moe; the routed sum is added to it below.
-  auto shared_expert = [&](cudaStream_t s) -> Status {
+  // The shared expert: gate+up into w.hs, then its down projection stored into w.moe (the
+  // routed sum is added to it) or, with kBranches, added to the routed sum already there
+  // (shared + routed == routed + shared: one f32 addition either way, the same bits).
+  const bool shared_after = schedule_ == DecodeSchedule::kBranches;
+  auto shared_gate_up = [&](cudaStream_t s) -> Status {
     MatvecLaunch sgu;
     sgu.w = &L.gate_shexp;
     sgu.w_up = &L.up_shexp;
     sgu.x = w.n;
     sgu.y = w.hs;
     sgu.swiglu_limit = limit;
-    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(sgu, s));
+    return launch_dense_or_matvec(sgu, s);
+  };
+  auto shared_down = [&](cudaStream_t s) -> Status {
     MatvecLaunch sd;
     sd.w = &L.down_shexp;
     sd.x = w.hs;
     sd.y = w.moe;
+    sd.accumulate = shared_after;
     return launch_dense_or_matvec(sd, s);
   };
-  // The Sinkhorn of this sublayer's comb on its own branch (kBranches) or first on the
-  // shared expert's; the shared expert on a branch, or on the main stream after the
-  // router (kMoeSerial, kSerial; see DecodeSchedule).
+  // The Sinkhorn of this sublayer's comb on its own branch or first on the shared
+  // expert's; the shared expert on a branch, or on the main stream after the router
+  // (kMoeSerial, kSerial; see DecodeSchedule).
   DS4_RETURN_IF_ERROR(join(st, ev_fork_, side));
   if (comb_apart) {
     DS4_CUDA_TRY(cudaStreamWaitEvent(side_comb_, ev_fork_, 0));
@@ -688,9 +696,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   } else {
     DS4_RETURN_IF_ERROR(finish_comb(side));
   }
-  const bool shared_on_side =
-      schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kBranchesKvSinkhorn;
-  if (shared_on_side) DS4_RETURN_IF_ERROR(shared_expert(side));
+  const bool shared_on_side = schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kSharedFirst ||
+                              schedule_ == DecodeSchedule::kBranchesKvSinkhorn;
+  if (shared_on_side) {
+    DS4_RETURN_IF_ERROR(shared_gate_up(side));
+    if (!shared_after) DS4_RETURN_IF_ERROR(shared_down(side));
+  }
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
   RouterLaunch rl;
@@ -718,7 +729,10 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     if (l2_prefetch_.down) pl.experts[pl.n_experts++] = &L.down_exps;
     DS4_RETURN_IF_ERROR(prefetch(pl));
   }
-  if (!shared_on_side) DS4_RETURN_IF_ERROR(shared_expert(st));
+  if (!shared_on_side) {
+    DS4_RETURN_IF_ERROR(shared_gate_up(st));
+    DS4_RETURN_IF_ERROR(shared_down(st));
+  }
   stage("router");
   RoutedExpertsLaunch re;
   re.layer = &L;
@@ -733,9 +747,19 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   if (router_fold_) re.route = &rl;
   DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
   stage("experts gate/up");
-  DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  if (shared_after) {
+    // The routed sum is stored first; the shared expert's down projection, on its branch
+    // once both that sum and its own gate+up are there, adds to it.
+    re.accumulate = false;
+    DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
+    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side));
+    DS4_RETURN_IF_ERROR(shared_down(side));
+    DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+  } else {
+    DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
+    DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
+  }
   if (comb_apart) DS4_RETURN_IF_ERROR(join(side_comb_, ev_join_comb_, st));
-  DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
   stage("experts down (+ shared, joined)");
   DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st));
   stage("hc_post ffn");

@@ -75,18 +75,22 @@ class CudaForward {
   void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
   // How a decode layer's launches are spread over streams (results are the same bits):
   //   kBranches:  the kv row, the compressors and the indexer on side branches beside the
-  //               q path, the shared expert beside the router and routed experts, each
+  //               q path; the shared expert's gate+up beside the router and routed
+  //               experts, its down projection added after the routed sum is stored; each
   //               sublayer's Sinkhorn on a branch of its own;
-  //   kBranchesKvSinkhorn: the same, the Sinkhorn first on the kv (attention) and shared
-  //               expert (MoE) branches;
+  //   kSharedFirst: the same, but the whole shared expert beside them, stored first, and the
+  //               routed down projection adding to it (it waits for the shared branch);
+  //   kBranchesKvSinkhorn: as kSharedFirst, the Sinkhorn first on the kv (attention) and
+  //               shared expert (MoE) branches;
   //   kMoeSerial: as kBranchesKvSinkhorn, but the shared expert on the main stream after
   //               the router;
   //   kSerial:    everything on the main stream, one chain of programmatic dependent
   //               launches without joins, the Sinkhorn inside hc_pre.
   // The dense kernels fill every multiprocessor, so side branches mostly wait for room
   // rather than run beside them. Default from DS4_CUDA_DECODE_SCHEDULE (branches,
-  // branches_kv_sinkhorn, moe_serial, serial). Takes effect for graphs recorded later.
-  enum class DecodeSchedule { kBranches, kBranchesKvSinkhorn, kMoeSerial, kSerial };
+  // shared_first, branches_kv_sinkhorn, moe_serial, serial). Takes effect for graphs
+  // recorded later.
+  enum class DecodeSchedule { kBranches, kSharedFirst, kBranchesKvSinkhorn, kMoeSerial, kSerial };
   void set_decode_schedule(DecodeSchedule s) { schedule_ = s; }
   // With `on` (the default; DS4_CUDA_ROUTER_FOLD=0 turns it off) the decode's routed
   // gate+up selects the experts itself instead of after a router kernel (the same ids

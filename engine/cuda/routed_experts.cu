@@ -43,7 +43,7 @@ Status launch_routed_down(const RoutedExpertsLaunch& r, cudaStream_t stream) {
   ed.x = r.h;
   ed.ids = r.ids;
   ed.n_used = r.n_used;
-  ed.accumulate = true;
+  ed.accumulate = r.accumulate;
   ed.y = r.y;
   if (r.fast && expert_down_supported(ed).ok()) {
     // The staged kernel runs by default (cuda/expert_matvec.h); where it does not fit, the
@@ -61,7 +61,7 @@ Status launch_routed_down(const RoutedExpertsLaunch& r, cudaStream_t stream) {
   dn.n_slots = r.n_used;
   dn.slot_matrix = r.ids;
   dn.sum_slots = true;
-  dn.accumulate = true;
+  dn.accumulate = r.accumulate;
   dn.lanes_per_row = 16;  // measured on the H200: 25.4 us against 29.4 us (6 experts, 4096 x 2048)
   return launch_matvec(dn, stream);
 }

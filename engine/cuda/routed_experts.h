@@ -31,12 +31,13 @@ struct RoutedExpertsLaunch {
   // route->weights, which must be `ids` and `weights`; with the one-token kernels the
   // staged gate+up does it inside its own launch (cuda/expert_matvec.h).
   const RouterLaunch* route = nullptr;
+  bool accumulate = true;          // down: y += the sum (false: y = the sum)
 };
 
 // h[s] = silu(min(G_s x, limit)) * clamp(U_s x, -limit, limit) * weights[s] (after routing,
 // when `route` is set). Errors: route's ids or weights not the launch's.
 Status launch_routed_gate_up(const RoutedExpertsLaunch& launch, cudaStream_t stream);
-// y += sum over s of D_s h[s].
+// y += sum over s of D_s h[s] (y = ... without `accumulate`).
 Status launch_routed_down(const RoutedExpertsLaunch& launch, cudaStream_t stream);
 
 }  // namespace ds4

@@ -194,8 +194,10 @@ void check_fixture(const std::string& dir) {
                                              {}, Schedule::kBranchesKvSinkhorn);
     const DecodeRun router_apart = run_decode(**dm, qat, true, tokens, name + ", PDL on, router kernel of its own", {},
                                               Schedule::kBranches, false);
+    const DecodeRun shared_first = run_decode(**dm, qat, true, tokens, name + ", PDL on, shared expert stored first",
+                                              {}, Schedule::kSharedFirst);
     if (!off.ok || !on.ok || !off2.ok || !prefetch.ok || !moe_serial.ok || !serial.ok || !kv_sinkhorn.ok ||
-        !router_apart.ok) {
+        !router_apart.ok || !shared_first.ok) {
       continue;
     }
     if (pdl_supported()) {
@@ -208,6 +210,7 @@ void check_fixture(const std::string& dir) {
     compare_runs(on, serial, vocab, name + ": branches vs one stream");
     compare_runs(on, kv_sinkhorn, vocab, name + ": Sinkhorn on its own branch vs on the kv branch");
     compare_runs(on, router_apart, vocab, name + ": routing inside gate+up vs a router kernel");
+    compare_runs(on, shared_first, vocab, name + ": shared down added last vs stored first");
   }
 }
 
