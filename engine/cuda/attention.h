@@ -98,9 +98,10 @@ struct AttentionPlan {
 // compressed or selected rows; the rows present at a position are counted on the device
 // and only the splits that hold rows run, so one plan serves every position), `ratio`
 // the layer's compression ratio (0, 4 or 128), with a workspace for `max_splits` splits.
-// Staged when the rows of a split fit the device's shared memory; else (or with the
-// environment variable DS4_CUDA_STAGED_ATTENTION=0, read once) the fused kernel with the
-// forward pass's earlier shape (max_visible / 64 splits, two heads per block).
+// With the environment variable DS4_CUDA_STAGED_ATTENTION=1 (read once), staged where the
+// rows of a split fit the device's shared memory; otherwise (the default: faster in the
+// whole decode on the H200) the fused kernel with max_visible / 64 splits and two heads
+// per block.
 AttentionPlan attention_decode_plan(int heads, int head_dim, int max_visible, int ratio, int max_splits);
 
 // The plan for a split of at most `rows_per_split` rows and `head_group` heads per block

@@ -411,13 +411,18 @@ void check_staged_attention(const AttentionData& d, const std::string& at, cudaS
   }
   const AttentionPlan plan = attention_decode_plan(d.k.heads, d.k.head_dim, d.max_visible, d.k.ratio, 16);
   check(plan.splits >= 1 && plan.splits <= 16, at + ": the decode plan's splits within the workspace");
-  if (std::getenv("DS4_CUDA_STAGED_ATTENTION") == nullptr && std::getenv("DS4_CUDA_MAX_SHARED_PER_BLOCK") == nullptr &&
-      d.k.head_dim % 128 == 0 && d.k.head_dim <= 512) {
-    check(plan.staged, at + ": the decode plan is staged");
+  const char* env = std::getenv("DS4_CUDA_STAGED_ATTENTION");
+  if (env == nullptr || std::string(env) != "1") {
+    check(!plan.staged, at + ": the decode plan is the fused kernel unless DS4_CUDA_STAGED_ATTENTION=1");
+  } else if (std::getenv("DS4_CUDA_MAX_SHARED_PER_BLOCK") == nullptr && d.k.head_dim % 128 == 0 &&
+             d.k.head_dim <= 512) {
+    check(plan.staged, at + ": the decode plan is staged with DS4_CUDA_STAGED_ATTENTION=1");
   }
-  if (plan.staged) {
-    for (int variant = 0; variant < 4; ++variant) check_staged_launch(d, at + " plan", plan, variant, st);
-  }
+  // The staged shape the plan takes when asked (16 splits of 40 rows, four heads, for ratio
+  // 4; else splits of 32 rows and head pairs), with each of the plan's variants.
+  const AttentionPlan asked = d.k.ratio == 4 ? attention_staged_plan(d.max_visible, 40, 4, 16)
+                                             : attention_staged_plan(d.max_visible, 32, 2, 16);
+  for (int variant = 0; variant < 4; ++variant) check_staged_launch(d, at + " staged plan", asked, variant, st);
 }
 
 // One row of the timing table: microseconds per step for each column.
