@@ -30,6 +30,7 @@ struct CudaForward::Workspace {
   float *n = nullptr, *a = nullptr, *qf = nullptr, *kv = nullptr, *heads = nullptr, *u = nullptr;
   float *out = nullptr, *ck = nullptr, *ick = nullptr, *iq = nullptr, *iw = nullptr;
   float *router = nullptr, *route_w = nullptr, *h = nullptr, *hs = nullptr, *moe = nullptr;
+  float* moe_shared = nullptr;  // the shared expert's output where hc_post adds it (kBranches)
   float *head = nullptr, *logits = nullptr;
   int32_t *route_ids = nullptr, *selected = nullptr, *index_active = nullptr, *argmax = nullptr;
   float* split = nullptr;  // matvec split-row partial sums (main stream)
@@ -208,6 +209,7 @@ Status CudaForward::init() {
   k.take(&w.route_w, c.n_experts_used);
   k.take(&w.route_ids, c.n_experts_used);
   k.take(&w.h, static_cast<int64_t>(c.n_experts_used) * c.expert_ffn);
+  k.take(&w.moe_shared, c.dim);
   k.take(&w.hs, c.expert_ffn);
   k.take(&w.moe, c.dim);
   k.take(&w.head, c.dim);
@@ -326,7 +328,7 @@ static Status project_compressor(const DeviceCompressor& c, const float* n, floa
 // records their count in pending_mix_tiles_ for that consumer (the same bits as the
 // separate launches); falls back to hc_post alone where the fused form does not apply.
 Status CudaForward::hc_post(const float* x_in, const float* f, float* x_out, const DeviceMatrix* next_mix,
-                            cudaStream_t st) {
+                            cudaStream_t st, const float* f_add) {
   const ModelConfig& c = model_.config();
   Workspace& w = *ws_;
   const HcShape hc = hc_shape(c);
@@ -335,6 +337,7 @@ Status CudaForward::hc_post(const float* x_in, const float* f, float* x_out, con
     HcPostMixLaunch pm;
     pm.x_in = x_in;
     pm.f = f;
+    pm.f_add = f_add;
     pm.post = w.post;
     pm.comb = w.comb;
     pm.shape = hc;
@@ -348,7 +351,7 @@ Status CudaForward::hc_post(const float* x_in, const float* f, float* x_out, con
       return Status::Ok();
     }
   }
-  return launch_hc_post(x_in, f, w.post, w.comb, hc, x_out, st);
+  return launch_hc_post(x_in, f, w.post, w.comb, hc, x_out, st, f_add);
 }
 
 // The output HC head (spec/MODEL.md §2.10) of the state in w.x into w.head: from the
@@ -665,10 +668,12 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   DS4_RETURN_IF_ERROR(hc_pre(L.hc_ffn_fn, w.xb, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm));
   stage("hc_pre ffn");
   const float limit = L.swiglu_limit > 0 ? L.swiglu_limit : INFINITY;
-  // The shared expert: gate+up into w.hs, then its down projection stored into w.moe (the
-  // routed sum is added to it) or, with kBranches, added to the routed sum already there
-  // (shared + routed == routed + shared: one f32 addition either way, the same bits).
-  const bool shared_after = schedule_ == DecodeSchedule::kBranches;
+  // The shared expert: gate+up into w.hs, then its down projection. kBranches stores it in
+  // w.moe_shared and hc_post adds it to the routed sum (which the routed down stores in
+  // w.moe), so neither waits for the other; the other schedules store it in w.moe and the
+  // routed down adds to it. shared + routed == routed + shared: one f32 addition either
+  // way, the same bits.
+  const bool shared_apart = schedule_ == DecodeSchedule::kBranches;
   auto shared_gate_up = [&](cudaStream_t s) -> Status {
     MatvecLaunch sgu;
     sgu.w = &L.gate_shexp;
@@ -682,8 +687,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
     MatvecLaunch sd;
     sd.w = &L.down_shexp;
     sd.x = w.hs;
-    sd.y = w.moe;
-    sd.accumulate = shared_after;
+    sd.y = shared_apart ? w.moe_shared : w.moe;
     return launch_dense_or_matvec(sd, s);
   };
   // The Sinkhorn of this sublayer's comb on its own branch or first on the shared
@@ -700,7 +704,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
                               schedule_ == DecodeSchedule::kBranchesKvSinkhorn;
   if (shared_on_side) {
     DS4_RETURN_IF_ERROR(shared_gate_up(side));
-    if (!shared_after) DS4_RETURN_IF_ERROR(shared_down(side));
+    DS4_RETURN_IF_ERROR(shared_down(side));
   }
   // Main: router and routed experts.
   DS4_RETURN_IF_ERROR(mv(L.gate_inp, w.n, w.router, st, w.split));
@@ -747,13 +751,9 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   if (router_fold_) re.route = &rl;
   DS4_RETURN_IF_ERROR(launch_routed_gate_up(re, st));
   stage("experts gate/up");
-  if (shared_after) {
-    // The routed sum is stored first; the shared expert's down projection, on its branch
-    // once both that sum and its own gate+up are there, adds to it.
-    re.accumulate = false;
+  if (shared_apart) {
+    re.accumulate = false;  // the routed sum stored; hc_post adds the shared expert's
     DS4_RETURN_IF_ERROR(launch_routed_down(re, st));
-    DS4_RETURN_IF_ERROR(join(st, ev_latent_, side));
-    DS4_RETURN_IF_ERROR(shared_down(side));
     DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
   } else {
     DS4_RETURN_IF_ERROR(join(side, ev_join_, st));
@@ -761,7 +761,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   }
   if (comb_apart) DS4_RETURN_IF_ERROR(join(side_comb_, ev_join_comb_, st));
   stage("experts down (+ shared, joined)");
-  DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st));
+  DS4_RETURN_IF_ERROR(hc_post(w.xb, w.moe, w.x, next_mix, st, shared_apart ? w.moe_shared : nullptr));
   stage("hc_post ffn");
   return Status::Ok();
 }

@@ -75,9 +75,9 @@ class CudaForward {
   void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
   // How a decode layer's launches are spread over streams (results are the same bits):
   //   kBranches:  the kv row, the compressors and the indexer on side branches beside the
-  //               q path; the shared expert's gate+up beside the router and routed
-  //               experts, its down projection added after the routed sum is stored; each
-  //               sublayer's Sinkhorn on a branch of its own;
+  //               q path; the shared expert beside the router and routed experts, into a
+  //               buffer of its own that hc_post adds to the routed sum; each sublayer's
+  //               Sinkhorn on a branch of its own;
   //   kSharedFirst: the same, but the whole shared expert beside them, stored first, and the
   //               routed down projection adding to it (it waits for the shared branch);
   //   kBranchesKvSinkhorn: as kSharedFirst, the Sinkhorn first on the kv (attention) and
@@ -141,7 +141,9 @@ class CudaForward {
   // `next_mix`: the mixing projection applied to the layer's output next (the next
   // layer's hc_attn_fn, or the head's); see hc_post.
   Status enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix* next_mix);
-  Status hc_post(const float* x_in, const float* f, float* x_out, const DeviceMatrix* next_mix, cudaStream_t st);
+  // `f_add`: a second part of the sublayer output, added to f (launch_hc_post).
+  Status hc_post(const float* x_in, const float* f, float* x_out, const DeviceMatrix* next_mix, cudaStream_t st,
+                 const float* f_add = nullptr);
   Status hc_head(const DeviceMatrix& fn, const float* scale, const float* base, const float* norm,
                  cudaStream_t st);
   Status enqueue_mtp(DeviceSequence& seq);

@@ -221,14 +221,15 @@ __global__ void hc_pre_kernel(const float* x, const float* mix_raw, const float*
 }
 
 __global__ void hc_post_kernel(const float* x_in, const float* f, const float* post,
-                               const float* comb, HcShape s, float* x_out) {
+                               const float* comb, HcShape s, float* x_out, const float* f_add) {
   pdl_wait();  // PDL: everything below reads earlier kernels' results or writes
   pdl_launch_dependents();
   const int n = s.dim * s.mult;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
     const int k = idx / s.dim;
     const int d = idx - k * s.dim;
-    float v = post[k] * f[d];
+    const float fd = f_add ? __fadd_rn(f[d], f_add[d]) : f[d];
+    float v = post[k] * fd;
     for (int i = 0; i < s.mult; ++i) v += comb[i * s.mult + k] * x_in[i * s.dim + d];
     x_out[idx] = v;
   }
@@ -634,6 +635,7 @@ constexpr int kPostMixThreads = 256;  // the matvec column-tile kernel's block s
 struct HcPostMixParams {
   const float* x_in;
   const float* f;
+  const float* f_add;
   const float* post;
   const float* comb;
   HcShape s;
@@ -648,9 +650,12 @@ struct HcPostMixParams {
 
 // The hc_post value of state element (k, d), in the order and roundings of
 // hc_post_kernel (one product, then one fused multiply-add per source stream).
-__device__ __forceinline__ float hc_post_value(const float* x_in, const float* f, const float* post,
-                                               const float* comb, const HcShape& s, int k, int d) {
-  float v = __fmul_rn(post[k], f[d]);
+// With f_add the sublayer output is f + f_add (one f32 addition).
+__device__ __forceinline__ float hc_post_value(const float* x_in, const float* f, const float* f_add,
+                                               const float* post, const float* comb, const HcShape& s, int k,
+                                               int d) {
+  const float fd = f_add ? __fadd_rn(f[d], f_add[d]) : f[d];
+  float v = __fmul_rn(post[k], fd);
   for (int i = 0; i < s.mult; ++i) v = __fmaf_rn(comb[i * s.mult + k], x_in[i * s.dim + d], v);
   return v;
 }
@@ -674,7 +679,7 @@ __global__ void __launch_bounds__(kPostMixThreads) hc_post_mix_kernel(HcPostMixP
     const int idx = static_cast<int>(col0 + j);
     const int k = idx / p.s.dim;
     const int d = idx - k * p.s.dim;
-    const float v = hc_post_value(p.x_in, p.f, p.post, p.comb, p.s, k, d);
+    const float v = hc_post_value(p.x_in, p.f, p.f_add, p.post, p.comb, p.s, k, d);
     tile_store_x(xs, p.lanes, j, v);
     if (blockIdx.y == 0) p.x_out[idx] = v;
   }
@@ -755,10 +760,10 @@ Status launch_hc_sinkhorn(float* comb, const HcShape& s, cudaStream_t stream, Hc
 }
 
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
-                      const HcShape& s, float* x_out, cudaStream_t stream) {
+                      const HcShape& s, float* x_out, cudaStream_t stream, const float* f_add) {
   DS4_RETURN_IF_ERROR(check_shape(s));
   const int n = s.dim * s.mult;
-  launch_kernel(hc_post_kernel, (n + 255) / 256, 256, 0, stream, x_in, f, post, comb, s, x_out);
+  launch_kernel(hc_post_kernel, (n + 255) / 256, 256, 0, stream, x_in, f, post, comb, s, x_out, f_add);
   return cuda_status(cudaGetLastError(), "hc_post launch");
 }
 
@@ -846,6 +851,7 @@ Status launch_hc_post_mix(const HcPostMixLaunch& l, cudaStream_t stream) {
   HcPostMixParams p{};
   p.x_in = l.x_in;
   p.f = l.f;
+  p.f_add = l.f_add;
   p.post = l.post;
   p.comb = l.comb;
   p.s = l.shape;

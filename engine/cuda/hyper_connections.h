@@ -98,9 +98,10 @@ Status launch_hc_pre_partials(const float* x, const float* mix_partial, int mix_
                               const float* base, const float* norm_weight, const HcShape& s, float* post,
                               float* comb, float* out, cudaStream_t stream, const HcPreOptions& options = {});
 
-// x_out[k] = post_k * f + sum_i comb[i][k] * x_in[i].
+// x_out[k] = post_k * f + sum_i comb[i][k] * x_in[i]. With f_add, f stands for the sum
+// f + f_add (one f32 addition: a sublayer output left in two parts).
 Status launch_hc_post(const float* x_in, const float* f, const float* post, const float* comb,
-                      const HcShape& s, float* x_out, cudaStream_t stream);
+                      const HcShape& s, float* x_out, cudaStream_t stream, const float* f_add = nullptr);
 
 // Given mix_raw = fn . X (mult values): out = rmsw(sum_h w_h X_h, norm_weight).
 Status launch_hc_head(const float* x, const float* mix_raw, const float* scale, const float* base,
@@ -126,6 +127,7 @@ Status launch_hc_head_partials(const float* x, const float* mix_partial, int mix
 struct HcPostMixLaunch {
   const float* x_in = nullptr;    // old state, mult x dim
   const float* f = nullptr;       // sublayer output, dim
+  const float* f_add = nullptr;   // optional second part: the output is f + f_add (one f32 addition)
   const float* post = nullptr;    // mult
   const float* comb = nullptr;    // mult x mult, [src][dst]
   HcShape shape;

@@ -210,7 +210,7 @@ void check_fixture(const std::string& dir) {
     compare_runs(on, serial, vocab, name + ": branches vs one stream");
     compare_runs(on, kv_sinkhorn, vocab, name + ": Sinkhorn on its own branch vs on the kv branch");
     compare_runs(on, router_apart, vocab, name + ": routing inside gate+up vs a router kernel");
-    compare_runs(on, shared_first, vocab, name + ": shared down added last vs stored first");
+    compare_runs(on, shared_first, vocab, name + ": shared expert added by hc_post vs stored first");
   }
 }
 
