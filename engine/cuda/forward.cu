@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "cuda/attention.h"
@@ -126,6 +127,12 @@ bool router_fold_from_environment() {
   return v == nullptr || std::string(v) != "0";
 }
 
+// Whether the environment variable `name` is "1".
+bool env_is_one(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "1";
+}
+
 // DS4_CUDA_SIDE_PRIORITY=1 gives the decode branches' streams the greatest priority.
 bool side_priority_from_environment() {
   const char* v = std::getenv("DS4_CUDA_SIDE_PRIORITY");
@@ -146,7 +153,8 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat)
       l2_prefetch_(l2_prefetch_from_environment()),
       schedule_(decode_schedule_from_environment()),
       router_fold_(router_fold_from_environment()),
-      side_priority_(side_priority_from_environment()) {}
+      side_priority_(side_priority_from_environment()),
+      plain_q_b_(env_is_one("DS4_CUDA_PLAIN_Q_B")) {}
 
 unsigned long long CudaForward::graph_flags() const {
   return side_priority_ ? cudaGraphInstantiateFlagUseNodePriority : 0;
@@ -588,7 +596,13 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   qb.y = w.qf;
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
-  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
+  {
+    // Optionally without programmatic dependent launch, so that q_b's blocks do not hold
+    // the multiprocessors while q_a runs and the side branches can take them.
+    std::optional<ScopedPlainLaunches> plain;
+    if (plain_q_b_) plain.emplace();
+    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
+  }
   if (l2_prefetch_.out_a || l2_prefetch_.out_b) {
     L2PrefetchLaunch pl;
     if (l2_prefetch_.out_a) pl.add_matrix(L.out_a);

@@ -170,6 +170,9 @@ class CudaForward {
   // graphs (DS4_CUDA_SIDE_PRIORITY=1; fixed when the streams are created).
   bool side_priority_;
   unsigned long long graph_flags() const;  // cudaGraphInstantiate flags
+  // q_b launched without programmatic dependent launch (DS4_CUDA_PLAIN_Q_B=1; see
+  // ScopedPlainLaunches in cuda/launch.h), for measurement.
+  bool plain_q_b_;
   // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
   bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in
