@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <optional>
 #include <string>
 
 #include "cuda/attention.h"
@@ -103,8 +102,8 @@ CudaForward::L2Prefetch l2_prefetch_from_environment() {
   return plan;
 }
 
-// DS4_CUDA_DECODE_SCHEDULE: branches, moe_serial or serial; anything else is named on
-// stderr and the default kept.
+// DS4_CUDA_DECODE_SCHEDULE: branches, shared_first, moe_serial or serial; anything else is
+// named on stderr and the default kept.
 CudaForward::DecodeSchedule decode_schedule_from_environment() {
   using S = CudaForward::DecodeSchedule;
   const S fallback = S::kBranches;
@@ -113,29 +112,16 @@ CudaForward::DecodeSchedule decode_schedule_from_environment() {
   const std::string text(v);
   if (text == "branches") return S::kBranches;
   if (text == "shared_first") return S::kSharedFirst;
-  if (text == "branches_kv_sinkhorn") return S::kBranchesKvSinkhorn;
   if (text == "moe_serial") return S::kMoeSerial;
   if (text == "serial") return S::kSerial;
-  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, shared_first, branches_kv_sinkhorn, moe_serial, serial)\n",
+  std::fprintf(stderr, "ds4: DS4_CUDA_DECODE_SCHEDULE: unknown value '%s' ignored (branches, shared_first, moe_serial, serial)\n",
                text.c_str());
   return fallback;
 }
 
-// DS4_CUDA_ROUTER_FOLD=0 routes in a kernel of its own; default: inside the gate+up.
-bool router_fold_from_environment() {
-  const char* v = std::getenv("DS4_CUDA_ROUTER_FOLD");
-  return v == nullptr || std::string(v) != "0";
-}
-
-// Whether the environment variable `name` is "1".
+// Whether the environment variable `name` is "1" (DS4_CUDA_ROUTER_FOLD).
 bool env_is_one(const char* name) {
   const char* v = std::getenv(name);
-  return v != nullptr && std::string(v) == "1";
-}
-
-// DS4_CUDA_SIDE_PRIORITY=1 gives the decode branches' streams the greatest priority.
-bool side_priority_from_environment() {
-  const char* v = std::getenv("DS4_CUDA_SIDE_PRIORITY");
   return v != nullptr && std::string(v) == "1";
 }
 
@@ -152,13 +138,7 @@ CudaForward::CudaForward(const DeviceModel& model, bool qat)
       qat_(qat),
       l2_prefetch_(l2_prefetch_from_environment()),
       schedule_(decode_schedule_from_environment()),
-      router_fold_(router_fold_from_environment()),
-      side_priority_(side_priority_from_environment()),
-      plain_q_b_(env_is_one("DS4_CUDA_PLAIN_Q_B")) {}
-
-unsigned long long CudaForward::graph_flags() const {
-  return side_priority_ ? cudaGraphInstantiateFlagUseNodePriority : 0;
-}
+      router_fold_(env_is_one("DS4_CUDA_ROUTER_FOLD")) {}
 
 CudaForward::~CudaForward() {
   seqs_.clear();
@@ -179,13 +159,8 @@ Status CudaForward::init() {
   DS4_RETURN_IF_ERROR(indexer_init());
   DS4_RETURN_IF_ERROR(matmul_init());
   DS4_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  // With side_priority_ the branches' streams get the device's greatest priority: their
-  // kernels are captured with it, and the graphs are instantiated to honour node
-  // priorities, so their blocks take multiprocessors before the main stream's waiting ones.
-  int least = 0, greatest = 0;
-  DS4_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   for (cudaStream_t* s : {&side_, &side_kv_, &side_index_, &side_prefetch_, &side_comb_}) {
-    DS4_CUDA_TRY(cudaStreamCreateWithPriority(s, cudaStreamNonBlocking, side_priority_ ? greatest : least));
+    DS4_CUDA_TRY(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
   }
   for (cudaEvent_t* e : {&ev_fork_, &ev_latent_, &ev_join_, &ev_join_kv_, &ev_join_index_, &ev_prefetch_, &ev_join_comb_}) {
     DS4_CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -402,8 +377,8 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   cudaStream_t side = serial ? st : side_;
   cudaStream_t side_kv = serial ? st : side_kv_;
   cudaStream_t side_index = serial ? st : side_index_;
-  // The Sinkhorn's own branch (kBranches, kSharedFirst), or the kv branch's / shared
-  // expert's head.
+  // The Sinkhorn's own branch (kBranches, kSharedFirst), or the shared expert's head
+  // (kMoeSerial); kSerial runs it inside hc_pre.
   const bool comb_apart = schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kSharedFirst;
   const int32_t* pos = seq.step + 1;
   const int32_t* token = seq.step;
@@ -596,13 +571,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   qb.y = w.qf;
   qb.x_norm_weight = L.q_a_norm;
   qb.x_norm_eps = c.norm_eps;
-  {
-    // Optionally without programmatic dependent launch, so that q_b's blocks do not hold
-    // the multiprocessors while q_a runs and the side branches can take them.
-    std::optional<ScopedPlainLaunches> plain;
-    if (plain_q_b_) plain.emplace();
-    DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
-  }
+  DS4_RETURN_IF_ERROR(launch_dense_or_matvec(qb, st));
   if (l2_prefetch_.out_a || l2_prefetch_.out_b) {
     L2PrefetchLaunch pl;
     if (l2_prefetch_.out_a) pl.add_matrix(L.out_a);
@@ -714,8 +683,7 @@ Status CudaForward::enqueue_layer(DeviceSequence& seq, int l, const DeviceMatrix
   } else {
     DS4_RETURN_IF_ERROR(finish_comb(side));
   }
-  const bool shared_on_side = schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kSharedFirst ||
-                              schedule_ == DecodeSchedule::kBranchesKvSinkhorn;
+  const bool shared_on_side = schedule_ == DecodeSchedule::kBranches || schedule_ == DecodeSchedule::kSharedFirst;
   if (shared_on_side) {
     DS4_RETURN_IF_ERROR(shared_gate_up(side));
     DS4_RETURN_IF_ERROR(shared_down(side));
@@ -833,7 +801,7 @@ Status CudaForward::record(DeviceSequence& seq, bool advance) {
     DS4_RETURN_IF_ERROR(s);
     DS4_RETURN_IF_ERROR(cuda_status(end, "recording the decode graph"));
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, graph_flags());
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the decode graph"));
     (advance ? seq.graph_advance : seq.graph) = exec;
@@ -1025,7 +993,7 @@ Status CudaForward::record_mtp(DeviceSequence& seq) {
     DS4_RETURN_IF_ERROR(s);
     DS4_RETURN_IF_ERROR(cuda_status(end, "recording the MTP graph"));
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, graph_flags());
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     DS4_RETURN_IF_ERROR(cuda_status(inst, "instantiating the MTP graph"));
     seq.graph_mtp = exec;

@@ -78,23 +78,21 @@ class CudaForward {
   //               q path; the shared expert beside the router and routed experts, into a
   //               buffer of its own that hc_post adds to the routed sum; each sublayer's
   //               Sinkhorn on a branch of its own;
-  //   kSharedFirst: the same, but the whole shared expert beside them, stored first, and the
-  //               routed down projection adding to it (it waits for the shared branch);
-  //   kBranchesKvSinkhorn: as kSharedFirst, the Sinkhorn first on the kv (attention) and
-  //               shared expert (MoE) branches;
-  //   kMoeSerial: as kBranchesKvSinkhorn, but the shared expert on the main stream after
-  //               the router;
+  //   kSharedFirst: the same, but the shared expert's output stored first and the routed
+  //               down projection adding to it (it waits for the shared branch);
+  //   kMoeSerial: the shared expert on the main stream after the router (stored first), the
+  //               Sinkhorn first on the kv (attention) and shared-expert (MoE) branches;
   //   kSerial:    everything on the main stream, one chain of programmatic dependent
   //               launches without joins, the Sinkhorn inside hc_pre.
   // The dense kernels fill every multiprocessor, so side branches mostly wait for room
   // rather than run beside them. Default from DS4_CUDA_DECODE_SCHEDULE (branches,
-  // shared_first, branches_kv_sinkhorn, moe_serial, serial). Takes effect for graphs
-  // recorded later.
-  enum class DecodeSchedule { kBranches, kSharedFirst, kBranchesKvSinkhorn, kMoeSerial, kSerial };
+  // shared_first, moe_serial, serial). Takes effect for graphs recorded later.
+  enum class DecodeSchedule { kBranches, kSharedFirst, kMoeSerial, kSerial };
   void set_decode_schedule(DecodeSchedule s) { schedule_ = s; }
-  // With `on` (the default; DS4_CUDA_ROUTER_FOLD=0 turns it off) the decode's routed
-  // gate+up selects the experts itself instead of after a router kernel (the same ids
-  // and weights). Takes effect for graphs recorded later.
+  // With `on` (DS4_CUDA_ROUTER_FOLD=1; off by default: on the H200 the whole decode
+  // measured 2-3 % slower with it) the decode's routed gate+up selects the experts itself
+  // instead of after a router kernel (the same ids and weights). Takes effect for graphs
+  // recorded later.
   void set_router_fold(bool on) { router_fold_ = on; }
   const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
@@ -166,13 +164,6 @@ class CudaForward {
   L2Prefetch l2_prefetch_;
   DecodeSchedule schedule_;
   bool router_fold_;
-  // The decode branches' streams at the device's greatest priority, honoured by the
-  // graphs (DS4_CUDA_SIDE_PRIORITY=1; fixed when the streams are created).
-  bool side_priority_;
-  unsigned long long graph_flags() const;  // cudaGraphInstantiate flags
-  // q_b launched without programmatic dependent launch (DS4_CUDA_PLAIN_Q_B=1; see
-  // ScopedPlainLaunches in cuda/launch.h), for measurement.
-  bool plain_q_b_;
   // While enqueueing: whether side_prefetch_ holds launches not yet joined to stream_.
   bool prefetch_pending_ = false;
   // While enqueueing: the column tiles of mixing partial sums the last hc_post left in

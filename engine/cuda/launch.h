@@ -19,8 +19,7 @@
 // as programmatic dependencies), so a change applies to graphs recorded afterwards.
 // Results do not depend on the switch: only when kernels start changes.
 //
-// Thread-safety: the switch is an atomic, ScopedPlainLaunches thread-local; launches follow
-// the CUDA runtime's rules.
+// Thread-safety: the switch is an atomic; launches follow the CUDA runtime's rules.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -73,24 +72,7 @@ inline bool set_pdl_enabled(bool on) {
   return s == 1;
 }
 
-namespace pdl_detail {
-inline thread_local int t_plain_scopes = 0;
-}  // namespace pdl_detail
-
-// While one lives, launch_kernel() calls of this thread launch plainly: such a kernel
-// becomes resident only once the kernel before it has completed, leaving the
-// multiprocessors to other branches of a graph meanwhile (a decode-graph schedule choice;
-// results do not change).
-class ScopedPlainLaunches {
- public:
-  ScopedPlainLaunches() { ++pdl_detail::t_plain_scopes; }
-  ~ScopedPlainLaunches() { --pdl_detail::t_plain_scopes; }
-  ScopedPlainLaunches(const ScopedPlainLaunches&) = delete;
-  ScopedPlainLaunches& operator=(const ScopedPlainLaunches&) = delete;
-};
-
-// Launches `kernel` on `stream` with the PDL attribute when pdl_enabled() (and no
-// ScopedPlainLaunches of this thread lives), else plainly.
+// Launches `kernel` on `stream` with the PDL attribute when pdl_enabled(), else plainly.
 // Errors are returned and, as for any runtime call, also left for cudaGetLastError().
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t shared_bytes,
@@ -104,7 +86,7 @@ cudaError_t launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, 
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   config.attrs = attribute;
-  config.numAttrs = pdl_enabled() && pdl_detail::t_plain_scopes == 0 ? 1 : 0;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
