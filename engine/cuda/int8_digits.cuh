@@ -20,8 +20,13 @@ struct DigitBlock {
   __device__ float scale() const { return bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 30); }
 };
 
-// Every lane of the warp calls it with its 8 values of the block.
+// Every lane of the warp calls it with its 8 values of the block. DIGITS = 3 (the
+// three-digit variant of cuda/q8_matmul.h): s = 2^(E - 22), |a_e| <= 2^22, digits d0, d1
+// in [-128, 128) and d2 the rest (|d2| <= 65), digit plane 3 left zero; DigitBlock::e is
+// then E + 8, so that scale() still gives s.
+template <int DIGITS = 4>
 __device__ __forceinline__ DigitBlock split_block_digits(const float (&v)[8]) {
+  static_assert(DIGITS == 3 || DIGITS == 4, "three or four digits");
   float m = 0.0f;
   bool bad = false;
 #pragma unroll
@@ -35,17 +40,18 @@ __device__ __forceinline__ DigitBlock split_block_digits(const float (&v)[8]) {
   d.bad = __any_sync(0xffffffffu, bad);
   int e = 0;
   frexpf(m, &e);  // m = f 2^e, f in [0.5, 1) (e = 0 for m = 0)
-  d.e = max(e, -96);
-  const float inv = ldexpf(1.0f, 30 - d.e);
+  e = max(e, -96);
+  d.e = e + 8 * (4 - DIGITS);
+  const float inv = ldexpf(1.0f, 8 * DIGITS - 2 - e);
 #pragma unroll
   for (int L = 0; L < 4; ++L) d.lo[L] = d.hi[L] = 0;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     int a = d.bad ? 0 : __float2int_rn(v[i] * inv);
 #pragma unroll
-    for (int L = 0; L < 4; ++L) {
-      const int digit = L < 3 ? (a << 24) >> 24 : a;
-      if (L < 3) a = (a - digit) >> 8;
+    for (int L = 0; L < DIGITS; ++L) {
+      const int digit = L < DIGITS - 1 ? (a << 24) >> 24 : a;
+      if (L < DIGITS - 1) a = (a - digit) >> 8;
       const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
       if (i < 4) {
         d.lo[L] |= byte << (8 * i);

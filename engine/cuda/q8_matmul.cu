@@ -103,47 +103,8 @@ __device__ __forceinline__ float digit_sum(int r) { return __int_as_float(r) - k
 // One warp per (row, 256-column block); lane l holds columns 8l..8l+7 (block j = l / 4,
 // columns 8 (l % 4).. of it) and writes their four digits at bytes 128 j + 32 L + 8 (l % 4)
 // of the row's block: per j and digit L the 32 digits in column order (the rows that
-// ldmatrix reads as B fragments).
-// Three digits (Q8MatmulOptions::digits): x_e ~ s a_e with s = 2^(E - 22), |a_e| <= 2^22,
-// a_e as d0, d1 in [-128, 128) and d2 the rest (|d2| <= 65); digit plane 3 left zero. A
-// block holding a NaN or an infinity: digits 0 and a NaN scale (as split_block_digits).
-__device__ __forceinline__ cuda_detail::DigitBlock split_block_three_digits(const float (&v)[8]) {
-  float m = 0.0f;
-  bool bad = false;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float a = fabsf(v[i]);
-    bad |= !(a <= 3.402823466e38f);
-    m = fmaxf(m, a);
-  }
-  m = cuda_detail::warp_max(m);
-  cuda_detail::DigitBlock d;
-  d.bad = __any_sync(0xffffffffu, bad);
-  int e = 0;
-  frexpf(m, &e);
-  e = max(e, -96);
-  d.e = e + 8;  // scale() = 2^(e.d - 30) = 2^(e - 22)
-  const float inv = ldexpf(1.0f, 22 - e);
-#pragma unroll
-  for (int L = 0; L < 4; ++L) d.lo[L] = d.hi[L] = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    int a = d.bad ? 0 : __float2int_rn(v[i] * inv);
-#pragma unroll
-    for (int L = 0; L < 3; ++L) {
-      const int digit = L < 2 ? (a << 24) >> 24 : a;
-      if (L < 2) a = (a - digit) >> 8;
-      const uint32_t byte = static_cast<uint32_t>(digit) & 0xFFu;
-      if (i < 4) {
-        d.lo[L] |= byte << (8 * i);
-      } else {
-        d.hi[L] |= byte << (8 * (i - 4));
-      }
-    }
-  }
-  return d;
-}
-
+// ldmatrix reads as B fragments). DIGITS = 3 (Q8MatmulOptions::digits) leaves plane 3 zero
+// (cuda/int8_digits.cuh).
 template <int DIGITS>
 __global__ void __launch_bounds__(256) q8_split_rows_kernel(const float* __restrict__ x, int64_t x_stride,
                                                             int64_t rows, int blocks, uint8_t* __restrict__ digits,
@@ -156,8 +117,7 @@ __global__ void __launch_bounds__(256) q8_split_rows_kernel(const float* __restr
   const float4* src = reinterpret_cast<const float4*>(x + row * x_stride + b * 256 + lane * 8);
   const float4 v0 = src[0], v1 = src[1];
   const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-  const cuda_detail::DigitBlock d =
-      DIGITS == 4 ? cuda_detail::split_block_digits(v) : split_block_three_digits(v);
+  const cuda_detail::DigitBlock d = cuda_detail::split_block_digits<DIGITS>(v);
   const int64_t at = row * blocks + b;
   uint8_t* out = digits + at * kDigitBlockBytes + (lane >> 2) * 128 + (lane & 3) * 8;
 #pragma unroll
