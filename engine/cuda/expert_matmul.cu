@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_limits.h"
@@ -17,6 +18,12 @@
 
 namespace ds4 {
 namespace {
+
+using cuda_detail::smem_addr;
+using cuda_detail::cp_async16;
+using cuda_detail::cp_async4;
+using cuda_detail::cp_async_commit;
+using cuda_detail::cp_async_wait;
 
 using cuda_detail::find_group_tile;
 using cuda_detail::half_bits_to_float;
@@ -85,25 +92,6 @@ struct Params {
   const int32_t* x_rows;
   const float* row_scale;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // d = A B, int8 x int8 -> int32 (A 16 x 32 row, B 32 x 8 col); the zero C is register 0.
 __device__ __forceinline__ void mma_s8_zero(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,

@@ -4,6 +4,7 @@
 #include <mutex>
 #include <string>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/device_limits.h"
@@ -12,6 +13,13 @@
 
 namespace ds4 {
 namespace {
+
+using cuda_detail::smem_addr;
+using cuda_detail::cp_async16;
+using cuda_detail::cp_async8;
+using cuda_detail::cp_async4;
+using cuda_detail::cp_async_commit;
+using cuda_detail::cp_async_wait;
 
 using cuda_detail::half_bits_to_float;
 using cuda_detail::swiglu;
@@ -56,29 +64,6 @@ struct Params {
   float limit;
   int accumulate;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
