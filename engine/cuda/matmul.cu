@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/dequant_chunk.cuh"
 #include "cuda/group_tiles.cuh"
@@ -15,6 +16,10 @@
 
 namespace ds4 {
 namespace {
+
+using cuda_detail::cp_async_commit;
+using cuda_detail::cp_async_wait;
+using cuda_detail::smem_addr;
 
 using cuda_detail::Chunk;
 using cuda_detail::find_group_tile;
@@ -54,10 +59,6 @@ struct MatmulParams {
   const float* row_scale;
   const void* x_split;  // staged kernels: the split activations (hi rows, then lo rows)
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -787,11 +788,6 @@ __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* global,
 __device__ __forceinline__ void cp_async4_zfill(void* smem, const void* global, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(global),
                "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // Per-type facts of the staged kernels.
