@@ -67,12 +67,15 @@ class CudaForward {
   // kernels (cuda/l2_prefetch.h): q_b at the start of each layer (during hc_pre and
   // q_a), out_a and out_b once q_b is done (during attention), the selected experts'
   // gate and up and/or down once the router has chosen them. Results do not change.
-  // The default comes from DS4_CUDA_L2_PREFETCH (a comma list of q_b, out_a, out_b,
-  // gate_up, down; "none"; "all"). Takes effect for graphs recorded later.
+  // The experts' items need the router kernel's ids: with set_router_fold(true) they are
+  // ignored. Off by default (on the H200 only q_b gained, 0.9 %); the default comes from
+  // DS4_CUDA_L2_PREFETCH (a comma list of q_b, out_a, out_b, gate_up, down; "none";
+  // "all"). Takes effect for graphs recorded later.
   struct L2Prefetch {
     bool q_b = false, out_a = false, out_b = false, gate_up = false, down = false;
   };
   void set_l2_prefetch(const L2Prefetch& plan) { l2_prefetch_ = plan; }
+  const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
   // How a decode layer's launches are spread over streams (results are the same bits):
   //   kBranches:  the kv row, the compressors and the indexer on side branches beside the
   //               q path; the shared expert beside the router and routed experts, into a
@@ -80,8 +83,9 @@ class CudaForward {
   //               Sinkhorn on a branch of its own;
   //   kSharedFirst: the same, but the shared expert's output stored first and the routed
   //               down projection adding to it (it waits for the shared branch);
-  //   kMoeSerial: the shared expert on the main stream after the router (stored first), the
-  //               Sinkhorn first on the kv (attention) and shared-expert (MoE) branches;
+  //   kMoeSerial: the shared expert on the main stream after the router (stored first); the
+  //               Sinkhorn first on the kv branch (attention) and alone on a side branch
+  //               (MoE);
   //   kSerial:    everything on the main stream, one chain of programmatic dependent
   //               launches without joins, the Sinkhorn inside hc_pre.
   // The dense kernels fill every multiprocessor, so side branches mostly wait for room
@@ -94,7 +98,6 @@ class CudaForward {
   // instead of after a router kernel (the same ids and weights). Takes effect for graphs
   // recorded later.
   void set_router_fold(bool on) { router_fold_ = on; }
-  const L2Prefetch& l2_prefetch() const { return l2_prefetch_; }
 
   // Runs token `token` at position `pos` of sequence `id`. When `logits` / `hidden`
   // are non-null they receive vocab floats / hc_mult*dim floats (host memory).
