@@ -565,6 +565,81 @@ __device__ __forceinline__ void combine_splits_if_last(const AttentionLaunch& p,
 // reads every split's partials in split order. Each step keeps the arithmetic of the
 // separate launches (row_post_warp_kernel, attention_group_partial_kernel,
 // attention_combine_kernel), so the results are the same bits.
+// The pieces the fused and staged kernels share.
+
+// The group's q rows into shared memory q ([kGroupHeads][D]): normalised and rotated here
+// (q_norm_rope; split 0 also writes them to q_out) or copied; rows past the group's nh
+// heads zero.
+template <int kGroupHeads>
+__device__ __forceinline__ void load_group_q(const AttentionLaunch& p, const float* s_freq, int D, int h0, int nh,
+                                             int j, int pos, int lane, int warp, float* q) {
+  if (p.q_norm_rope) {
+    if (warp < nh) {
+      float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
+      q_row_post(p, s_freq, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
+    } else if (warp < kGroupHeads) {
+      for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
+    }
+  } else {
+    for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
+      q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
+    }
+  }
+}
+
+// The split's max and sum of each of the group's heads, after its partial sums.
+__device__ __forceinline__ void store_split_max_sum(const AttentionLaunch& p, const float* s_max, const float* s_sum,
+                                                    int D, int h0, int nh, int j) {
+  if (threadIdx.x < nh) {
+    float* ws = split_partials(p) + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
+    ws[D] = s_max[threadIdx.x];
+    ws[D + 1] = s_sum[threadIdx.x];
+  }
+}
+
+// attention_combine_kernel with one split: a head's factor and softmax total from its
+// split's max and sum and its sink.
+__device__ __forceinline__ void single_split_total(float sink, float mj, float sum, float* factor, float* total) {
+  const float m = fmaxf(sink, mj);
+  float z = expf(sink - m);
+  const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
+  z = __fmaf_rn(f, sum, z);  // as the combine kernel compiles it (no fusing into expf)
+  *factor = f;
+  *total = z;
+}
+
+// The group's output sums, pair by pair (accumulate(i, acc) gives every head's pair i of
+// the split's probability-weighted rows): with one split (single) scaled and stored as
+// outputs; else stored as the split's partials (store_split_max_sum adds each head's max
+// and sum after them).
+template <int kGroupHeads, typename Accumulate>
+__device__ __forceinline__ void store_group_outputs(const AttentionLaunch& p, const float* s_freq,
+                                                    const float* s_factor, const float* s_total, int D, int h0, int nh,
+                                                    int j, int pos, bool single, Accumulate accumulate) {
+  float* partials = split_partials(p);
+  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
+    float2 acc[kGroupHeads];
+    accumulate(i, acc);
+#pragma unroll
+    for (int g = 0; g < kGroupHeads; ++g) {
+      if (g >= nh) continue;
+      if (single) {
+        const float f = s_factor[g];
+        float2 sum = make_float2(0.0f, 0.0f);
+        if (f != 0.0f) {
+          sum.x = __fmaf_rn(f, acc[g].x, sum.x);
+          sum.y = __fmaf_rn(f, acc[g].y, sum.y);
+        }
+        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
+      } else {
+        float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
+        ws[i] = acc[g].x;
+        ws[i + 1] = acc[g].y;
+      }
+    }
+  }
+}
+
 template <int kGroupHeads>
 __global__ void __launch_bounds__(kThreads, kFusedBlocksPerSm) attention_fused_kernel(AttentionLaunch p) {
   // Before the wait: weights only (the RoPE frequencies, the group's sinks).
@@ -602,62 +677,18 @@ __global__ void __launch_bounds__(kThreads, kFusedBlocksPerSm) attention_fused_k
     rows[r] = row;
     prefetch_l2_range(row, sizeof(float) * static_cast<int64_t>(D), 0, 1, 64);
   }
-  if (p.q_norm_rope) {
-    if (warp < nh) {
-      float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
-      q_row_post(p, s_freq, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
-    } else if (warp < kGroupHeads) {
-      for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
-    }
-  } else {
-    for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
-      q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
-    }
-  }
+  load_group_q<kGroupHeads>(p, s_freq, D, h0, nh, j, pos, lane, warp, q);
   __syncthreads();
   group_scores<kGroupHeads>(p, rows, q, probs, cap, nr, r0, pos, vis, lane, warp);
   __syncthreads();
   group_softmax<kGroupHeads>(probs, cap, nr, s_max, s_sum, lane, warp);
   const bool single = used == 1 && (p.fold_combine || p.fit_splits);
-  if (single && warp < nh && lane == 0) {
-    // attention_combine_kernel with one split.
-    const float mj = s_max[warp];
-    const float m = fmaxf(sink, mj);
-    float z = expf(sink - m);
-    const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
-    z = __fmaf_rn(f, s_sum[warp], z);  // as the combine kernel compiles it (no fusing into expf)
-    s_factor[warp] = f;
-    s_total[warp] = z;
-  }
+  if (single && warp < nh && lane == 0) single_split_total(sink, s_max[warp], s_sum[warp], &s_factor[warp], &s_total[warp]);
   __syncthreads();
-  float* partials = split_partials(p);
-  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
-    float2 acc[kGroupHeads];
-    group_accumulate<kGroupHeads>(rows, probs, cap, nr, i, acc);
-#pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) {
-      if (g >= nh) continue;
-      if (single) {
-        const float f = s_factor[g];
-        float2 sum = make_float2(0.0f, 0.0f);
-        if (f != 0.0f) {
-          sum.x = __fmaf_rn(f, acc[g].x, sum.x);
-          sum.y = __fmaf_rn(f, acc[g].y, sum.y);
-        }
-        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
-      } else {
-        float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
-        ws[i] = acc[g].x;
-        ws[i + 1] = acc[g].y;
-      }
-    }
-  }
+  store_group_outputs<kGroupHeads>(p, s_freq, s_factor, s_total, D, h0, nh, j, pos, single,
+                                   [&](int i, float2 (&acc)[kGroupHeads]) { group_accumulate<kGroupHeads>(rows, probs, cap, nr, i, acc); });
   if (single) return;
-  if (threadIdx.x < nh) {
-    float* ws = partials + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
-    ws[D] = s_max[threadIdx.x];
-    ws[D + 1] = s_sum[threadIdx.x];
-  }
+  store_split_max_sum(p, s_max, s_sum, D, h0, nh, j);
   if (!p.fold_combine) return;
   combine_splits_if_last<kGroupHeads, 8>(p, s_freq, factor, s_total, &s_last, group, h0, nh, used, sink, pos,
                                          lane, warp);
@@ -841,63 +872,20 @@ __global__ void __launch_bounds__(kThreads, kStagedBlocksPerSm) attention_staged
     staged_copy16(stage + r * D + 4 * c, rows[r] + 4 * c);
   }
   staged_commit();
-  if (p.q_norm_rope) {
-    if (warp < nh) {
-      float* also = j == 0 && p.q_out ? p.q_out + static_cast<int64_t>(h0 + warp) * D : nullptr;
-      q_row_post(p, s_freq, h0 + warp, static_cast<float>(pos), lane, q + warp * D, also);
-    } else if (warp < kGroupHeads) {
-      for (int i = lane; i < D; i += 32) q[warp * D + i] = 0.0f;
-    }
-  } else {
-    for (int i = threadIdx.x; i < kGroupHeads * D; i += kThreads) {
-      q[i] = i < nh * D ? p.q[static_cast<int64_t>(h0) * D + i] : 0.0f;
-    }
-  }
+  load_group_q<kGroupHeads>(p, s_freq, D, h0, nh, j, pos, lane, warp, q);
   staged_wait_all();
   __syncthreads();
   staged_scores<kGroupHeads>(p, stage, q, probs, stride, nr, r0, pos, vis, lane, warp);
   __syncthreads();
   group_softmax<kGroupHeads>(probs, stride, nr, s_max, s_sum, lane, warp);
   const bool single = used == 1 && (p.fold_combine || p.fit_splits);
-  if (single && warp < nh && lane == 0) {
-    // attention_combine_kernel with one split (as the fused kernel).
-    const float mj = s_max[warp];
-    const float m = fmaxf(sink, mj);
-    float z = expf(sink - m);
-    const float f = mj == -INFINITY ? 0.0f : expf(mj - m);
-    z = __fmaf_rn(f, s_sum[warp], z);
-    s_factor[warp] = f;
-    s_total[warp] = z;
-  }
+  if (single && warp < nh && lane == 0) single_split_total(sink, s_max[warp], s_sum[warp], &s_factor[warp], &s_total[warp]);
   __syncthreads();
-  float* partials = split_partials(p);
-  for (int i = 2 * threadIdx.x; i < D; i += 2 * kThreads) {
-    float2 acc[kGroupHeads];
-    staged_accumulate<kGroupHeads>(stage, D, probs, stride, nr, i, acc);
-#pragma unroll
-    for (int g = 0; g < kGroupHeads; ++g) {
-      if (g >= nh) continue;
-      if (single) {
-        const float f = s_factor[g];
-        float2 sum = make_float2(0.0f, 0.0f);
-        if (f != 0.0f) {
-          sum.x = __fmaf_rn(f, acc[g].x, sum.x);
-          sum.y = __fmaf_rn(f, acc[g].y, sum.y);
-        }
-        store_output_pair(p, s_freq, h0 + g, i, sum, s_total[g], pos);
-      } else {
-        float* ws = partials + (static_cast<int64_t>(h0 + g) * p.splits + j) * (D + 2);
-        ws[i] = acc[g].x;
-        ws[i + 1] = acc[g].y;
-      }
-    }
-  }
+  store_group_outputs<kGroupHeads>(
+      p, s_freq, s_factor, s_total, D, h0, nh, j, pos, single,
+      [&](int i, float2 (&acc)[kGroupHeads]) { staged_accumulate<kGroupHeads>(stage, D, probs, stride, nr, i, acc); });
   if (single) return;
-  if (threadIdx.x < nh) {
-    float* ws = partials + (static_cast<int64_t>(h0 + threadIdx.x) * p.splits + j) * (D + 2);
-    ws[D] = s_max[threadIdx.x];
-    ws[D + 1] = s_sum[threadIdx.x];
-  }
+  store_split_max_sum(p, s_max, s_sum, D, h0, nh, j);
   if (!p.fold_combine) return;
   // Batches of 24 / G splits: 48 registers of loads in flight for every head of the group.
   combine_splits_if_last<kGroupHeads, 24 / kGroupHeads, true>(p, s_freq, factor, s_total, &s_last, group, h0, nh,
