@@ -278,6 +278,22 @@ struct Fixture {
   std::vector<float> weights, x, h;  // h: a SwiGLU-like input of the down projection
 };
 
+// A gate+up launch of kUsed experts of `gate` and `up` (weights null: 1; limit INFINITY:
+// no clamp).
+ExpertGateUpLaunch gate_up_launch(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const int32_t* ids,
+                                  const float* weights, float limit, float* y) {
+  ExpertGateUpLaunch l;
+  l.gate = &gate;
+  l.up = &up;
+  l.x = x;
+  l.ids = ids;
+  l.weights = weights;
+  l.n_used = kUsed;
+  l.swiglu_limit = limit;
+  l.y = y;
+  return l;
+}
+
 bool make_fixture(int64_t dim, int64_t ffn, int count, std::mt19937& rng, Fixture* f) {
   f->dim = dim;
   f->ffn = ffn;
@@ -351,15 +367,7 @@ void test_gate_up(const Fixture& f, const std::vector<ExpertMatvecOptions>& opti
     for (const ExpertMatvecOptions& o : options) {
       const std::string name = label + "gate+up limit " + std::to_string(limit) + " " + options_name(o);
       cudaMemset(dy.get(), 0xFF, sizeof(float) * n_out);  // NaN: unwritten outputs fail
-      ExpertGateUpLaunch l;
-      l.gate = &f.dg->m;
-      l.up = &f.du->m;
-      l.x = dx.get();
-      l.ids = dids.get();
-      l.weights = dw.get();
-      l.n_used = kUsed;
-      l.swiglu_limit = limit;
-      l.y = dy.get();
+      ExpertGateUpLaunch l = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), dw.get(), limit, dy.get());
       Status s = launch_expert_gate_up(l, nullptr, o);
       check(s.ok(), name + ": launch: " + s.message());
       check(cudaDeviceSynchronize() == cudaSuccess, name + ": kernel failed");
@@ -535,15 +543,7 @@ void test_router_fold(const Fixture& f, int n_experts, const ExpertMatvecOptions
       ra.weights = dwa.get();
       rb.ids = dib.get();
       rb.weights = dwb.get();
-      ExpertGateUpLaunch a;
-      a.gate = &f.dg->m;
-      a.up = &f.du->m;
-      a.x = dx.get();
-      a.ids = dia.get();
-      a.weights = dwa.get();
-      a.n_used = kUsed;
-      a.swiglu_limit = limit;
-      a.y = dya.get();
+      ExpertGateUpLaunch a = gate_up_launch(f.dg->m, f.du->m, dx.get(), dia.get(), dwa.get(), limit, dya.get());
       ExpertGateUpLaunch b = a;
       b.ids = nullptr;
       b.weights = nullptr;
@@ -579,15 +579,7 @@ void test_staged_bits(const Fixture& f, const std::string& label) {
   DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(n_out), dz(f.dim);
   DeviceVec<int32_t> dids(f.ids);
   for (float limit : {INFINITY, 0.5f}) {
-    ExpertGateUpLaunch l;
-    l.gate = &f.dg->m;
-    l.up = &f.du->m;
-    l.x = dx.get();
-    l.ids = dids.get();
-    l.weights = dw.get();
-    l.n_used = kUsed;
-    l.swiglu_limit = limit;
-    l.y = dy.get();
+    ExpertGateUpLaunch l = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), dw.get(), limit, dy.get());
     const auto run = [&](const ExpertMatvecOptions& o, const std::string& name) {
       cudaMemset(dy.get(), 0xFF, sizeof(float) * n_out);
       const Status st = launch_expert_gate_up(l, nullptr, o);
@@ -643,13 +635,7 @@ void test_staged_bits(const Fixture& f, const std::string& label) {
 void test_tiny_support(const Fixture& f) {
   DeviceVec<float> dx(f.x), dh(f.h), dy(kUsed * f.ffn), dz(f.dim);
   DeviceVec<int32_t> dids(f.ids);
-  ExpertGateUpLaunch gu;
-  gu.gate = &f.dg->m;
-  gu.up = &f.du->m;
-  gu.x = dx.get();
-  gu.ids = dids.get();
-  gu.n_used = kUsed;
-  gu.y = dy.get();
+  ExpertGateUpLaunch gu = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), nullptr, INFINITY, dy.get());
   ExpertDownLaunch dn;
   dn.down = &f.dd->m;
   dn.x = dh.get();
@@ -672,13 +658,7 @@ void test_tiny_support(const Fixture& f) {
 void test_refusals(const Fixture& f) {
   DeviceVec<float> dx(kDim + 4), dy(kUsed * kFfn);
   DeviceVec<int32_t> dids(f.ids);
-  ExpertGateUpLaunch l;
-  l.gate = &f.dg->m;
-  l.up = &f.du->m;
-  l.x = dx.get();
-  l.ids = dids.get();
-  l.n_used = kUsed;
-  l.y = dy.get();
+  ExpertGateUpLaunch l = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), nullptr, INFINITY, dy.get());
   const auto refused = [](const Status& s, const std::string& what) {
     check(!s.ok() && !s.message().empty(), "refused: " + what + (s.ok() ? " (was accepted)" : ": " + s.message()));
   };
@@ -721,15 +701,7 @@ void test_refusals(const Fixture& f) {
 void test_first_launch_captured(const Fixture& f) {
   DeviceVec<float> dx(f.x), dw(f.weights), dy(kUsed * kFfn), dy2(kUsed * kFfn);
   DeviceVec<int32_t> dids(f.ids);
-  ExpertGateUpLaunch l;
-  l.gate = &f.dg->m;
-  l.up = &f.du->m;
-  l.x = dx.get();
-  l.ids = dids.get();
-  l.weights = dw.get();
-  l.n_used = kUsed;
-  l.swiglu_limit = 10.0f;
-  l.y = dy.get();
+  ExpertGateUpLaunch l = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), dw.get(), 10.0f, dy.get());
   cudaMemset(dy.get(), 0xFF, sizeof(float) * kUsed * kFfn);
   cudaDeviceSynchronize();
   cudaStream_t stream;
@@ -764,15 +736,7 @@ void test_first_launch_captured(const Fixture& f) {
 void test_repeat(const Fixture& f, const ExpertMatvecOptions& o, const std::string& label) {
   DeviceVec<float> dx(f.x), dw(f.weights), dh(f.h), dy(kUsed * f.ffn), dz(f.dim);
   DeviceVec<int32_t> dids(f.ids);
-  ExpertGateUpLaunch gu;
-  gu.gate = &f.dg->m;
-  gu.up = &f.du->m;
-  gu.x = dx.get();
-  gu.ids = dids.get();
-  gu.weights = dw.get();
-  gu.n_used = kUsed;
-  gu.swiglu_limit = 10.0f;
-  gu.y = dy.get();
+  ExpertGateUpLaunch gu = gate_up_launch(f.dg->m, f.du->m, dx.get(), dids.get(), dw.get(), 10.0f, dy.get());
   ExpertDownLaunch dn;
   dn.down = &f.dd->m;
   dn.x = dh.get();
@@ -940,15 +904,8 @@ void bench(double bandwidth) {
     fastest.current = tc_reference_options();
     for (const ExpertMatvecOptions& o : gate_up_options()) {
       const double us = time_graph([&](int k, cudaStream_t s) {
-        ExpertGateUpLaunch l;
-        l.gate = &(*g)->m;
-        l.up = &(*u)->m;
-        l.x = dx.get();
-        l.ids = dids.get() + k * kUsed;
-        l.weights = dw.get();
-        l.n_used = kUsed;
-        l.swiglu_limit = limit;
-        l.y = dy.get();
+        ExpertGateUpLaunch l =
+            gate_up_launch((*g)->m, (*u)->m, dx.get(), dids.get() + k * kUsed, dw.get(), limit, dy.get());
         return launch_expert_gate_up(l, s, o);
       });
       bench_line("gate+up", "limit " + std::to_string(limit) + " " + options_name(o), gu_bytes, us, bandwidth, mv_us);
@@ -994,15 +951,8 @@ void bench(double bandwidth) {
     ExpertMatvecOptions od = o;
     od.prefetch = false;
     const double us = time_graph([&](int k, cudaStream_t s) {
-      ExpertGateUpLaunch l;
-      l.gate = &(*g)->m;
-      l.up = &(*u)->m;
-      l.x = dx.get();
-      l.ids = dids.get() + k * kUsed;
-      l.weights = dw.get();
-      l.n_used = kUsed;
-      l.swiglu_limit = 10.0f;
-      l.y = dy.get();
+      ExpertGateUpLaunch l =
+          gate_up_launch((*g)->m, (*u)->m, dx.get(), dids.get() + k * kUsed, dw.get(), 10.0f, dy.get());
       DS4_RETURN_IF_ERROR(launch_expert_gate_up(l, s, o));
       ExpertDownLaunch dl;
       dl.down = &(*d)->m;
