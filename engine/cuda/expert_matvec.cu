@@ -13,10 +13,14 @@
 #include "cuda/iq2xxs_compact_table.h"
 #include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
+#include "cuda/mma.cuh"
 #include "cuda/router_select.cuh"
 
 namespace ds4 {
 namespace {
+
+using cuda_detail::mma_s8;
+using cuda_detail::mma_s8_zero;
 
 using cuda_detail::Chunk;
 using cuda_detail::kReduceScatterShift;
@@ -319,25 +323,6 @@ constexpr int kTcDownMaxWarps = 12;    // down: 384 threads, two blocks per mult
 constexpr int kTcPlanePad = 32;        // bytes after each digit plane: planes start 8 banks apart
 constexpr int kTcMaxGateUpBlocks = 32; // gate+up cols <= 8192
 constexpr int kTcMaxDownBlocks = 64;   // down: n_used * cols / 256
-
-__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// d = A B (no accumulator input: the zero C is the register file's zero register).
-__device__ __forceinline__ void mma_s8_zero(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                            uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};"
-      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
-}
 
 // prmt.b32 in its default mode (selector nibbles 0..7; the table's nibbles never set bit 3,
 // so the masking __byte_perm adds is not needed).

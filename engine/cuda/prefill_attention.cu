@@ -7,10 +7,13 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_limits.h"
+#include "cuda/mma.cuh"
 #include "cuda/row_post.cuh"
 
 namespace ds4 {
 namespace {
+
+using cuda_detail::mma_f16;
 
 using namespace cuda_detail;
 
@@ -556,15 +559,6 @@ struct MmaShared {
   float m[kMmaHeads];
   float l[kMmaHeads];
 };
-
-__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                        uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ uint32_t load_half2(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
