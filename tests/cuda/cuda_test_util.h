@@ -1,6 +1,6 @@
 // Shared helpers of the GPU tests (tests/cuda/*_test.cu): the visible skip when no
 // GPU is present (exit code 77, which ctest reports as skipped), a failure counter,
-// random valid quant blocks on the host, and device buffers.
+// random valid quant blocks on the host, device buffers, and launch timing.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -27,6 +27,26 @@ inline void check(bool ok, const std::string& what) {
     ++g_failures;
     if (g_failures <= 20) std::printf("FAIL: %s\n", what.c_str());
   }
+}
+
+// Microseconds per call of `launch` (kernel launches on the legacy stream): one warm-up
+// call, then `reps` calls between two events.
+template <typename F>
+double time_us(F&& launch, int reps) {
+  launch();  // warm-up
+  cudaDeviceSynchronize();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  for (int i = 0; i < reps; ++i) launch();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms * 1000.0 / reps;
 }
 
 // Returns false (after printing why) when the test cannot run here.

@@ -852,9 +852,6 @@ __global__ void mma_f16_peak_kernel(int iters, float* out) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = sum;
 }
 
-template <typename F>
-double time_us(F&& launch, int reps);
-
 void bench_mma_peak() {
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -871,24 +868,6 @@ void bench_mma_peak() {
               "effective at most); f16 m16n8k16 %.0f TFLOP/s (kExact's two per 16 columns: %.0f effective at most); "
               "%.1f / %.1f us\n",
               s8_tops, s8_tops / 4, f16_tflops, f16_tflops / 2, us_s8, us_f16);
-}
-
-template <typename F>
-double time_us(F&& launch, int reps) {
-  launch();
-  cudaDeviceSynchronize();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a);
-  for (int i = 0; i < reps; ++i) launch();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms * 1000.0 / reps;
 }
 
 // One benchmark: us per launch (digit split included) of every variant, printed as one

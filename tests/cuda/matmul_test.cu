@@ -653,24 +653,6 @@ void test_precision_names() {
   if (g_failures == failures_before) std::printf("ok   precision names (exact, f16act, f16; others refused)\n");
 }
 
-template <typename F>
-double time_us(F&& launch, int reps) {
-  launch();  // warm-up
-  cudaDeviceSynchronize();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a);
-  for (int i = 0; i < reps; ++i) launch();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms * 1000.0 / reps;
-}
-
 void bench_dense(MatmulPrecision prec, GgmlType type, int64_t rows, int64_t cols, int n_tokens, int token_tile = 0,
                  bool two_blocks = false, bool k16 = false) {
   auto dm = random_matrix(type, cols, rows, 1, 1234);

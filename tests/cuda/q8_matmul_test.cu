@@ -361,24 +361,6 @@ void check_refusals(const Matrix& m256, std::mt19937& rng) {
   refused(rows, ws.get(), "rows past the matrix");
 }
 
-template <typename F>
-double time_us(F&& launch, int reps) {
-  launch();
-  cudaDeviceSynchronize();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a);
-  for (int i = 0; i < reps; ++i) launch();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms * 1000.0 / reps;
-}
-
 // us and TOPS of every usable variant and of kExact (the prefill's settings: two blocks
 // per multiprocessor where they fit).
 void bench(const Case& c, std::mt19937& rng) {
