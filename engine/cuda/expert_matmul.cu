@@ -16,6 +16,7 @@
 #include "cuda/int8_digits.cuh"
 #include "cuda/iq2xxs_compact_table.h"
 #include "cuda/mma.cuh"
+#include "cuda/relaxed_capture.h"
 
 namespace ds4 {
 namespace {
@@ -767,12 +768,7 @@ bool expert_matmul_scaled_digits_default() {
 
 Status expert_matmul_init() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
-    init_state().status = init_once(&init_state());
-    if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);
-  });
+  std::call_once(once, [] { init_state().status = with_relaxed_capture([] { return init_once(&init_state()); }); });
   return init_state().status;
 }
 

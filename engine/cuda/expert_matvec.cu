@@ -14,6 +14,7 @@
 #include "cuda/kernel_residency.h"
 #include "cuda/launch.h"
 #include "cuda/mma.cuh"
+#include "cuda/relaxed_capture.h"
 #include "cuda/router_select.cuh"
 
 namespace ds4 {
@@ -1738,14 +1739,8 @@ Status launch_staged_down(const ExpertDownLaunch& l, const StagedPlan& plan, cud
 Status expert_matvec_init() {
   static std::once_flag once;
   static Status status;
-  std::call_once(once, [] {
-    // The first launch may come while this thread captures a graph (a decode graph
-    // recorded on the first token): relaxed capture mode lets the one-time upload run.
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
-    status = init_once();
-    if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);
-  });
+  // The first launch may come while this thread captures a graph.
+  std::call_once(once, [] { status = with_relaxed_capture([] { return init_once(); }); });
   return status;
 }
 

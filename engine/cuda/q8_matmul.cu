@@ -10,6 +10,7 @@
 #include "cuda/device_limits.h"
 #include "cuda/device_math.cuh"
 #include "cuda/int8_digits.cuh"
+#include "cuda/relaxed_capture.h"
 
 namespace ds4 {
 namespace {
@@ -365,12 +366,7 @@ bool aligned(const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p
 
 Status q8_matmul_init() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
-    init_state().status = init_once(&init_state());
-    if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);
-  });
+  std::call_once(once, [] { init_state().status = with_relaxed_capture([] { return init_once(&init_state()); }); });
   return init_state().status;
 }
 
